@@ -1,0 +1,121 @@
+"""Files, actions and action keys.
+
+An action is the only unit that runs and the only unit that is cached. Its key is the BLAKE3 of a
+canonical, versioned encoding of everything that can change its outputs: mnemonic, implementation
+kind and version, parameters, input digests by path, output paths, platform and the values of an
+explicit allow-list of environment variables. Descriptions are not part of the key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from blake3 import blake3
+
+from .digest import Digest, canonical_json
+from .label import Label
+
+KEY_SCHEMA = "hb-action-key/1"
+OUTPUT_ROOT = "hb-out"
+
+
+@dataclass(frozen=True, order=True)
+class File:
+    """A file or directory an action reads or writes, by its path in the execution root.
+
+    Source files keep their workspace path (`pkg/a.txt`); generated ones live under
+    `hb-out/<package>/<target>/...`, the same place they are shown in the workspace.
+    """
+
+    path: str
+    owner: Label | None = None
+    is_directory: bool = False
+
+    @property
+    def is_source(self) -> bool:
+        return self.owner is None
+
+    @property
+    def basename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def short_path(self) -> str:
+        """Path relative to the owner's output directory (generated) or the workspace (source)."""
+        if self.owner is None:
+            return self.path
+        prefix = output_dir(self.owner) + "/"
+        return self.path[len(prefix):] if self.path.startswith(prefix) else self.path
+
+
+def output_dir(label: Label) -> str:
+    return "/".join(p for p in (OUTPUT_ROOT, label.package, label.name) if p)
+
+
+@dataclass(frozen=True)
+class Action:
+    owner: Label
+    mnemonic: str
+    kind: str
+    version: str
+    inputs: tuple[File, ...]
+    outputs: tuple[File, ...]
+    params_json: str  # canonical JSON of the parameters
+    platform: str
+    env_allowlist: tuple[str, ...] = ()
+    description: str = field(default="", compare=False)
+
+    @property
+    def params(self) -> dict:
+        return json.loads(self.params_json)
+
+    @property
+    def id(self) -> str:
+        """Stable identity across builds, for `hb explain`: owner and first output."""
+        first = self.outputs[0].path if self.outputs else ""
+        return f"{self.owner} {self.mnemonic} {first}"
+
+
+def make_params_json(params: dict) -> str:
+    return canonical_json(params).decode()
+
+
+def key_fields(action: Action, input_digests: dict[str, Digest], env: dict[str, str]) -> dict:
+    """The fields hashed into an action's key (also what `hb explain` compares)."""
+    return {
+        "schema": KEY_SCHEMA,
+        "mnemonic": action.mnemonic,
+        "kind": f"{action.kind}@{action.version}",
+        "params": json.loads(action.params_json),
+        "inputs": {path: str(d) for path, d in sorted(input_digests.items())},
+        "outputs": [f"{'dir' if o.is_directory else 'file'}:{o.path}" for o in action.outputs],
+        "platform": action.platform,
+        "env": {k: env.get(k, "") for k in sorted(action.env_allowlist)},
+    }
+
+
+def action_key(fields: dict) -> str:
+    return blake3(canonical_json(fields)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ActionKind:
+    """How actions of one kind run: a Python function given an ActionExecution."""
+
+    name: str
+    version: str
+    run: Callable
+
+
+_KINDS: dict[str, ActionKind] = {}
+
+
+def register_action_kind(name: str, version: str, run: Callable) -> ActionKind:
+    kind = ActionKind(name, version, run)
+    _KINDS[name] = kind
+    return kind
+
+
+def get_action_kind(name: str) -> ActionKind | None:
+    return _KINDS.get(name)

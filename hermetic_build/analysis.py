@@ -1,0 +1,359 @@
+"""Analysis: expand patterns, load packages, build the target graph, run rule implementations.
+
+The result is plain data (targets, their default outputs, and the actions in dependency order)
+that can be cached between invocations, so a no-op build never re-evaluates Starlark.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .action import Action, File, get_action_kind, make_params_json, output_dir
+from .buildfile import Package, PackageLoader, TargetDef, all_packages, source_exists, source_path
+from .errors import AnalysisError, BuildFileError, HbError, Location, did_you_mean
+from .label import Label, LabelSyntaxError, TargetPattern
+from .rule import DefaultInfo, Provider, Rule
+from .workspace import Workspace, host_platform
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    label: Label
+    rule: str
+    location: Location
+    deps: tuple[Label, ...]
+    files: tuple[File, ...]  # DefaultInfo
+    sources: tuple[str, ...] = ()  # workspace-relative source files named in attributes
+
+
+@dataclass
+class AnalysisResult:
+    requested: list[Label]
+    targets: dict[Label, TargetSummary]
+    actions: list[Action]  # dependencies first
+    packages: dict[str, str] = field(default_factory=dict)  # package -> build file
+    loads: tuple[str, ...] = ()
+    globs: tuple = ()
+    read_files: tuple[str, ...] = ()  # sources rules read during analysis
+
+    def producers(self) -> dict[str, int]:
+        return {out.path: i for i, action in enumerate(self.actions) for out in action.outputs}
+
+    def closure(self, roots) -> list[Label]:
+        seen, stack = set(), list(roots)
+        while stack:
+            label = stack.pop()
+            if label in seen:
+                continue
+            seen.add(label)
+            stack.extend(self.targets[label].deps)
+        return sorted(seen)
+
+
+class ConfiguredTarget:
+    """A dependency as a rule sees it: its label and its providers."""
+
+    def __init__(self, label: Label, providers: dict[type, Provider]):
+        self.label = label
+        self._providers = providers
+
+    def __getitem__(self, provider_type):
+        try:
+            return self._providers[provider_type]
+        except KeyError:
+            raise KeyError(f"{self.label} does not provide {provider_type.__name__}") from None
+
+    def get(self, provider_type, default=None):
+        return self._providers.get(provider_type, default)
+
+    def __contains__(self, provider_type) -> bool:
+        return provider_type in self._providers
+
+    @property
+    def files(self) -> tuple[File, ...]:
+        return self._providers[DefaultInfo].files
+
+
+class AttrView:
+    def __init__(self, values: dict):
+        self._values = values
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Actions:
+    """ctx.actions: declare the actions of one target."""
+
+    def __init__(self, ctx: "RuleContext"):
+        self._ctx = ctx
+        self.declared: list[Action] = []
+
+    def declare(self, *, mnemonic: str, kind: str, inputs, outputs, params: dict | None = None,
+                platform: str | None = None, env_allowlist=(), description: str = "") -> Action:
+        registered = get_action_kind(kind)
+        if registered is None:
+            raise self._ctx.error(f"unknown action kind {kind!r} (the rule module must register it)")
+        if not outputs:
+            raise self._ctx.error(f"a {mnemonic} action must declare at least one output")
+        action = Action(
+            owner=self._ctx.label, mnemonic=mnemonic, kind=kind, version=registered.version,
+            inputs=tuple(sorted(set(inputs))), outputs=tuple(outputs),
+            params_json=make_params_json(params or {}), platform=platform or self._ctx.platform,
+            env_allowlist=tuple(sorted(set(env_allowlist) | set(self._ctx.settings.env_allowlist))),
+            description=description or f"{mnemonic} {self._ctx.label}",
+        )
+        self.declared.append(action)
+        return action
+
+    def run_shell(self, *, cmd: str, inputs, outputs, mnemonic: str = "Shell", description: str = "",
+                  env: dict | None = None) -> Action:
+        """Run `cmd` with bash in a fresh sandbox holding only `inputs`."""
+        return self.declare(mnemonic=mnemonic, kind="shell", inputs=inputs, outputs=outputs,
+                            params={"cmd": cmd, "env": dict(sorted((env or {}).items()))},
+                            platform=host_platform(), description=description)
+
+
+class RuleContext:
+    def __init__(self, analyzer: "Analyzer", target: TargetDef, deps: dict[Label, ConfiguredTarget]):
+        self._analyzer = analyzer
+        self.target = target
+        self.label = target.label
+        self.location = target.location
+        self.attr = AttrView(target.attrs)
+        self.settings = analyzer.workspace.settings
+        self.workspace_root = analyzer.workspace.root
+        self.platform = self.settings.platforms[0] if self.settings.platforms else host_platform()
+        self._deps = deps
+        self.actions = Actions(self)
+        self._declared: dict[str, File] = {}
+
+    # ----- errors -------------------------------------------------------------------------------
+    def error(self, message: str, hint: str | None = None) -> AnalysisError:
+        return AnalysisError(f"{self.label}: {message}", location=self.location, hint=hint)
+
+    def fail(self, message: str, hint: str | None = None):
+        raise self.error(message, hint)
+
+    # ----- dependencies ---------------------------------------------------------------------------
+    def deps(self, attr_name: str) -> list[ConfiguredTarget]:
+        value = self.target.attrs[attr_name]
+        labels = value if isinstance(value, tuple) else (value,) if value else ()
+        return [self._deps[label] for label in labels if label in self._deps]
+
+    def dep(self, attr_name: str) -> ConfiguredTarget | None:
+        found = self.deps(attr_name)
+        return found[0] if found else None
+
+    def files_by_label(self, attr_name: str) -> dict[Label, tuple[File, ...]]:
+        """For each label of a label attribute: the source file it names, or the target's outputs."""
+        value = self.target.attrs[attr_name]
+        labels = value if isinstance(value, tuple) else (value,) if value else ()
+        return {
+            label: self._deps[label].files if label in self._deps
+            else (File(source_path(label.package, label.name)),)
+            for label in labels
+        }
+
+    def files(self, attr_name: str) -> tuple[File, ...]:
+        """Files named by a label attribute: source files and the default outputs of targets."""
+        return tuple(f for files in self.files_by_label(attr_name).values() for f in files)
+
+    def source(self, name: str) -> File:
+        """A file of this target's package, which must exist."""
+        if not source_exists(self._analyzer.workspace, self.label.package, name):
+            raise self.error(f"source file {source_path(self.label.package, name)} does not exist")
+        return File(source_path(self.label.package, name))
+
+    def read_source(self, file: File) -> bytes:
+        """Read a source file during analysis (e.g. a lockfile); tracked for analysis caching."""
+        if not file.is_source:
+            raise self.error(f"{file.path} is generated; only source files can be read during analysis")
+        path = self.workspace_root / file.path
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise self.error(f"{file.path} does not exist") from None
+        self._analyzer.read_files.add(file.path)
+        return data
+
+    # ----- outputs ----------------------------------------------------------------------------------
+    def declare_file(self, path: str) -> File:
+        return self._declare(path, False)
+
+    def declare_directory(self, path: str) -> File:
+        return self._declare(path, True)
+
+    def _declare(self, path: str, directory: bool) -> File:
+        parts = path.split("/")
+        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise self.error(f"invalid output path {path!r}: use a relative path without '..'")
+        if path in self._declared:
+            raise self.error(f"output {path!r} is declared twice")
+        file = File(f"{output_dir(self.label)}/{path}", self.label, directory)
+        self._declared[path] = file
+        return file
+
+
+class Analyzer:
+    def __init__(self, workspace: Workspace, rules: dict[str, Rule]):
+        self.workspace = workspace
+        self.rules = rules
+        self.loader = PackageLoader(workspace, rules)
+        self.read_files: set[str] = set()
+
+    # ----- patterns --------------------------------------------------------------------------------
+    def expand(self, patterns: list[str], current_package: str = "") -> list[Label]:
+        labels: list[Label] = []
+        for text in patterns:
+            try:
+                pattern = TargetPattern.parse(text, current_package)
+            except LabelSyntaxError as exc:
+                raise AnalysisError(str(exc), hint="labels look like //pkg:name, :name or //pkg/...") from None
+            if pattern.recursive:
+                packages = all_packages(self.workspace, pattern.package)
+                if not packages and not self.workspace.package_dir(pattern.package).is_dir():
+                    raise AnalysisError(f"pattern {text}: directory {pattern.package} does not exist")
+                for package in packages:
+                    labels.extend(Label(package, n) for n in sorted(self.loader.load(package).targets))
+            elif pattern.name is None:
+                labels.extend(Label(pattern.package, n) for n in sorted(self.loader.load(pattern.package).targets))
+            else:
+                label = Label(pattern.package, pattern.name)
+                self._target(label, None)
+                labels.append(label)
+        return list(dict.fromkeys(labels))
+
+    def _target(self, label: Label, referenced_from: Location | None) -> TargetDef:
+        package = self.loader.load(label.package, referenced_from=referenced_from)
+        if label.name not in package.targets:
+            hint = did_you_mean(str(label), [str(Label(label.package, n)) for n in package.targets])
+            raise AnalysisError(
+                f"no target named {label.name!r} in package //{label.package} ({package.build_file})",
+                location=referenced_from, hint=hint,
+            )
+        return package.targets[label.name]
+
+    # ----- graph -------------------------------------------------------------------------------------
+    def _edges(self, target: TargetDef) -> tuple[list[Label], list[str]]:
+        """(target dependencies, source files) named by a target's label attributes."""
+        rule = self.rules[target.rule]
+        deps, sources = [], []
+        for name, spec in rule.attrs.items():
+            if not spec.is_label:
+                continue
+            value = target.attrs[name]
+            for label in (value if isinstance(value, tuple) else (value,) if value else ()):
+                if label.package == target.label.package or self.loader.has_package(label.package):
+                    package = self.loader.load(label.package, referenced_from=target.location)
+                    if label.name in package.targets:
+                        deps.append(label)
+                        continue
+                    if spec.allow_files and source_exists(self.workspace, label.package, label.name):
+                        sources.append(source_path(label.package, label.name))
+                        continue
+                    candidates = [str(Label(label.package, n)) for n in package.targets]
+                    raise AnalysisError(
+                        f"{target.label}: attribute {name!r} names {label}, which is "
+                        + ("neither a target nor a file" if spec.allow_files else "not a target"),
+                        location=target.location, hint=did_you_mean(str(label), candidates),
+                    )
+                self.loader.load(label.package, referenced_from=target.location)
+        return deps, sources
+
+    def target_graph(self, roots: list[Label]):
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        stack = list(roots)
+        while stack:
+            label = stack.pop()
+            if label in graph and "target" in graph.nodes[label]:
+                continue
+            target = self._target(label, None)
+            deps, sources = self._edges(target)
+            graph.add_node(label, target=target, sources=tuple(sources))
+            for dep in deps:
+                graph.add_edge(label, dep)
+                if dep not in graph or "target" not in graph.nodes[dep]:
+                    stack.append(dep)
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return graph
+        chain = [str(u) for u, _ in cycle] + [str(cycle[0][0])]
+        first = graph.nodes[cycle[0][0]]["target"]
+        raise AnalysisError("dependency cycle: " + " -> ".join(chain), location=first.location,
+                            hint="break the cycle by removing one of these dependencies")
+
+    # ----- rules -------------------------------------------------------------------------------------
+    def analyze(self, patterns: list[str], current_package: str = "") -> AnalysisResult:
+        import networkx as nx
+
+        roots = self.expand(patterns, current_package)
+        graph = self.target_graph(roots)
+        configured: dict[Label, ConfiguredTarget] = {}
+        summaries: dict[Label, TargetSummary] = {}
+        actions: list[Action] = []
+        owners: dict[str, Label] = {}
+        order = list(reversed(list(nx.lexicographical_topological_sort(graph))))
+        for label in order:
+            target: TargetDef = graph.nodes[label]["target"]
+            deps = {d: configured[d] for d in graph.successors(label)}
+            ctx = RuleContext(self, target, deps)
+            providers = self._run_rule(ctx)
+            for action in ctx.actions.declared:
+                for out in action.outputs:
+                    if out.path in owners:
+                        raise AnalysisError(f"{label}: output {out.path} is also produced by {owners[out.path]}",
+                                            location=target.location)
+                    owners[out.path] = label
+            actions.extend(ctx.actions.declared)
+            configured[label] = ConfiguredTarget(label, providers)
+            summaries[label] = TargetSummary(label, target.rule, target.location, tuple(sorted(deps)),
+                                             providers[DefaultInfo].files, graph.nodes[label]["sources"])
+        packages = {p.name: p.build_file for p in self.loader._packages.values()}
+        loaded = self.loader._packages.values()
+        return AnalysisResult(
+            requested=roots, targets=summaries, actions=actions, packages=packages,
+            loads=tuple(sorted({f for p in loaded for f in p.loads})),
+            globs=tuple(g for p in loaded for g in p.globs), read_files=tuple(sorted(self.read_files)),
+        )
+
+    def _run_rule(self, ctx: RuleContext) -> dict[type, Provider]:
+        rule = self.rules[ctx.target.rule]
+        try:
+            returned = rule.implementation(ctx) or []
+        except HbError:
+            raise
+        except Exception as exc:  # a bug in a rule: say which rule and target
+            import traceback
+
+            raise AnalysisError(f"{ctx.label}: rule {rule.name} failed: {type(exc).__name__}: {exc}",
+                                location=ctx.location, detail=traceback.format_exc()) from exc
+        providers: dict[type, Provider] = {}
+        for provider in returned:
+            if not isinstance(provider, Provider):
+                raise AnalysisError(f"{ctx.label}: rule {rule.name} returned {provider!r}, not a Provider",
+                                    location=ctx.location)
+            providers[type(provider)] = provider
+        if DefaultInfo not in providers:
+            outputs = tuple(o for a in ctx.actions.declared for o in a.outputs)
+            providers[DefaultInfo] = DefaultInfo(outputs)
+        return providers
+
+
+def package_of_cwd(workspace: Workspace, cwd: Path | None = None) -> str:
+    cwd = (cwd or Path.cwd()).resolve()
+    if cwd != workspace.root and workspace.root not in cwd.parents:
+        return ""
+    rel = os.path.relpath(cwd, workspace.root)
+    return "" if rel == "." else rel.replace(os.sep, "/")
+
+
+BuildFileError, Package  # re-exported

@@ -1,0 +1,17 @@
+"""The one surface rules import. Everything else in hermetic_build is internal."""
+
+from .action import Action, File, register_action_kind
+from .analysis import ConfiguredTarget, RuleContext
+from .digest import Digest, DualHasher, digest_bytes, digest_file
+from .errors import ActionFailed, AnalysisError, BuildFileError, HbError, IntegrityError, Location
+from .label import Label
+from .rule import DefaultInfo, Provider, attr, rule
+from .sandbox import ActionExecution
+from .tree import materialize_tree, store_tree, walk_tree
+
+__all__ = [
+    "Action", "ActionExecution", "ActionFailed", "AnalysisError", "BuildFileError", "ConfiguredTarget",
+    "DefaultInfo", "Digest", "DualHasher", "File", "HbError", "IntegrityError", "Label", "Location",
+    "Provider", "RuleContext", "attr", "digest_bytes", "digest_file", "materialize_tree",
+    "register_action_kind", "rule", "store_tree", "walk_tree",
+]

@@ -1,0 +1,261 @@
+"""One hb invocation on a workspace: rules, analysis (cached), execution, outputs, records."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blake3 import blake3
+
+from . import __version__
+from .action import File
+from .analysis import AnalysisResult, Analyzer
+from .buildfile import all_packages, glob_fingerprint
+from .errors import UsageError
+from .executor import BuildStats, Executor
+from .filecache import FileDigestCache
+from .label import Label, TargetPattern
+from .report import Reporter
+from .rule import registered_rules
+from .store.local import LocalStore
+from .tree import MissingBlob, materialize_tree
+from .workspace import WORKSPACE_FILE, Workspace
+
+ANALYSIS_CACHE_VERSION = 1
+
+
+@dataclass
+class BuildSummary:
+    targets: dict[str, list[dict]]
+    executed: int
+    cached: int
+    seconds: float
+    stats: BuildStats = field(repr=False, default=None)
+
+    def to_json(self) -> dict:
+        return {
+            "targets": self.targets,
+            "actions": {"executed": self.executed, "cached": self.cached},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _stamp(path: Path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+class Session:
+    def __init__(self, workspace: Workspace, *, jobs: int = 0, reporter: Reporter | None = None,
+                 keep_sandbox: bool = False):
+        self.workspace = workspace
+        self.settings = workspace.settings
+        self.jobs = jobs or self.settings.jobs or os.cpu_count() or 1
+        self.reporter = reporter or Reporter()
+        self.keep_sandbox = keep_sandbox
+        self.store = LocalStore(self.settings.cache_dir)
+        ws_id = blake3(str(workspace.root).encode()).hexdigest()[:16]
+        self.state_dir = self.settings.cache_dir / "workspaces" / ws_id
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._rules = None
+
+    # ----- rules ---------------------------------------------------------------------------------
+    def rules(self):
+        if self._rules is None:
+            for name in self.settings.rule_modules:
+                try:
+                    importlib.import_module(name)
+                except ImportError as exc:
+                    raise UsageError(f"cannot import rule module {name!r}: {exc}",
+                                     hint=f"check rule_modules in {WORKSPACE_FILE}") from None
+            from . import sandbox  # noqa: F401 - registers the core "shell" action kind
+
+            self._rules = registered_rules()
+        return self._rules
+
+    def _code_stamp(self) -> list:
+        dirs = [Path(__file__).parent]
+        for name in self.settings.rule_modules:
+            spec = importlib.util.find_spec(name)
+            if spec is not None:
+                dirs.extend(Path(p) for p in (spec.submodule_search_locations or [spec.origin]))
+        stamps = []
+        for d in dirs:
+            if d.is_file():
+                stamps.append((str(d), _stamp(d)))
+                continue
+            for root, _dirs, files in os.walk(d):
+                stamps.extend((os.path.join(root, f), _stamp(Path(root, f))) for f in sorted(files) if f.endswith(".py"))
+        return stamps
+
+    # ----- analysis --------------------------------------------------------------------------------
+    def analyze(self, patterns: list[str], current_package: str = "", use_cache: bool = True) -> AnalysisResult:
+        cache_file = self.state_dir / (
+            "analysis-" + blake3(json.dumps([patterns, current_package]).encode()).hexdigest()[:16] + ".pickle")
+        if use_cache:
+            cached = self._load_analysis(cache_file, patterns, current_package)
+            if cached is not None:
+                return cached
+        analysis = Analyzer(self.workspace, self.rules()).analyze(patterns, current_package)
+        self._save_analysis(cache_file, patterns, current_package, analysis)
+        return analysis
+
+    def _fingerprint(self, patterns, current_package, analysis: AnalysisResult) -> dict:
+        root = self.workspace.root
+        files = {WORKSPACE_FILE, *analysis.packages.values(), *analysis.loads, *analysis.read_files}
+        scans = {}
+        for text in patterns:
+            with contextlib.suppress(ValueError):
+                pattern = TargetPattern.parse(text, current_package)
+                if pattern.recursive:
+                    scans[pattern.package] = all_packages(self.workspace, pattern.package)
+        return {
+            "version": [ANALYSIS_CACHE_VERSION, __version__],
+            "code": self._code_stamp(),
+            "files": {f: _stamp(root / f) for f in sorted(files)},
+            "scans": scans,
+        }
+
+    def _load_analysis(self, cache_file: Path, patterns, current_package) -> AnalysisResult | None:
+        try:
+            with open(cache_file, "rb") as f:
+                fingerprint, analysis = pickle.load(f)
+        except (FileNotFoundError, EOFError, pickle.UnpicklingError, AttributeError, ImportError,
+                ValueError, TypeError):
+            return None
+        if fingerprint["version"] != [ANALYSIS_CACHE_VERSION, __version__]:
+            return None
+        root = self.workspace.root
+        if any(_stamp(root / f) != stamp for f, stamp in fingerprint["files"].items()):
+            return None
+        if any(all_packages(self.workspace, p) != found for p, found in fingerprint["scans"].items()):
+            return None
+        if fingerprint["code"] != self._code_stamp() or not glob_fingerprint(self.workspace, analysis.globs):
+            return None
+        return analysis
+
+    def _save_analysis(self, cache_file: Path, patterns, current_package, analysis: AnalysisResult) -> None:
+        fingerprint = self._fingerprint(patterns, current_package, analysis)
+        _atomic_write(cache_file, pickle.dumps((fingerprint, analysis), protocol=pickle.HIGHEST_PROTOCOL))
+
+    # ----- execution -------------------------------------------------------------------------------
+    def executor(self, analysis: AnalysisResult) -> Executor:
+        return Executor(self.workspace, self.store, analysis.actions,
+                        FileDigestCache(self.state_dir / "file-digests.pickle"),
+                        jobs=self.jobs, reporter=self.reporter, keep_sandbox=self.keep_sandbox,
+                        load_kinds=self.rules)
+
+    def build(self, patterns: list[str], current_package: str = "") -> BuildSummary:
+        started = time.monotonic()
+        with self.store.lock():
+            analysis = self.analyze(patterns, current_package)
+            executor = self.executor(analysis)
+            wanted = [f for label in analysis.requested for f in analysis.targets[label].files]
+            indices = executor.closure(wanted)
+            try:
+                stats = executor.run(indices)
+            finally:
+                executor.file_cache.save()
+                self._save_records(executor)
+            targets = self._publish(analysis, executor)
+        self._save_last_build(stats)
+        return BuildSummary(targets, stats.executed, stats.cached, time.monotonic() - started, stats)
+
+    def _publish(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
+        """Make the outputs of the requested targets visible under hb-out/."""
+        manifest_path = self.workspace.output_root / ".hb-manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (FileNotFoundError, ValueError):
+            manifest = {}
+        changed = False
+        summary: dict[str, list[dict]] = {}
+        for label in analysis.requested:
+            entries = []
+            for f in analysis.targets[label].files:
+                if f.is_source:
+                    entries.append({"path": f.path, "kind": "source"})
+                    continue
+                entry = executor.output_entry(f)
+                dest = self.workspace.root / f.path
+                if manifest.get(f.path) != [str(entry.digest), _stamp(dest)]:
+                    self._materialize(executor, f, dest)
+                    entry = executor.output_entry(f)
+                    manifest[f.path] = [str(entry.digest), _stamp(dest)]
+                    changed = True
+                entries.append({"path": f.path, "kind": entry.kind, "digest": str(entry.digest)})
+            summary[str(label)] = entries
+        if changed:
+            _atomic_write(manifest_path, json.dumps(manifest, sort_keys=True).encode())
+        return summary
+
+    def _materialize(self, executor: Executor, f: File, dest: Path) -> None:
+        for _attempt in range(2):
+            entry = executor.output_entry(f)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif os.path.lexists(dest):
+                os.unlink(dest)
+            try:
+                if entry.kind == "dir":
+                    tmp = Path(tempfile.mkdtemp(prefix=".hb-tmp-", dir=dest.parent))
+                    try:
+                        materialize_tree(self.store, entry.digest, tmp)
+                        os.replace(tmp, dest)
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    if not self.store.fetch_file(entry.digest, dest):
+                        raise MissingBlob(entry.digest)
+                    os.chmod(dest, 0o755 if entry.executable else 0o644)
+                return
+            except MissingBlob:
+                executor.rebuild(executor.producers[f.path])
+        raise MissingBlob(executor.output_entry(f).digest)
+
+    # ----- records ---------------------------------------------------------------------------------
+    def previous_records(self) -> dict:
+        try:
+            return json.loads((self.state_dir / "actions.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_records(self, executor: Executor) -> None:
+        records = self.previous_records()
+        for i, record in executor.stats.records.items():
+            records[executor.actions[i].id] = {"key": record.key, "fields": record.fields}
+        _atomic_write(self.state_dir / "actions.json", json.dumps(records, sort_keys=True).encode())
+
+    def _save_last_build(self, stats: BuildStats) -> None:
+        data = {"executed": stats.executed, "cached": stats.cached, "finished": time.time()}
+        _atomic_write(self.state_dir / "last-build.json", json.dumps(data).encode())
+
+    def last_build(self) -> dict | None:
+        try:
+            return json.loads((self.state_dir / "last-build.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+Label  # re-exported for callers

@@ -1,0 +1,239 @@
+"""The `hb` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import HbError, UsageError
+from .report import Reporter
+
+
+def _session(ctx_obj, jobs: int = 0, keep_sandbox: bool = False, quiet: bool = False):
+    from .build import Session
+    from .workspace import find_workspace
+
+    workspace = find_workspace(Path(ctx_obj.get("workspace") or Path.cwd()))
+    return Session(workspace, jobs=jobs, reporter=Reporter(quiet=quiet), keep_sandbox=keep_sandbox)
+
+
+def _current_package(session) -> str:
+    from .analysis import package_of_cwd
+
+    return package_of_cwd(session.workspace)
+
+
+class HbGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HbError as exc:
+            click.echo(exc.render(), err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            exc.exit_code = UsageError.exit_code
+            raise
+
+
+@click.group(cls=HbGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workspace", "-C", type=click.Path(file_okay=False), help="Run as if started in this directory.")
+@click.version_option(package_name="hermetic-build", prog_name="hb")
+@click.pass_context
+def main(ctx, workspace):
+    """hermetic-build: ML environments as reproducible, cached build targets."""
+    ctx.obj = {"workspace": workspace}
+
+
+@main.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("--jobs", "-j", type=int, default=0, help="Actions run in parallel (default: cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox of a failed action for inspection.")
+@click.option("--quiet", "-q", is_flag=True)
+@click.pass_obj
+def build(obj, labels, jobs, as_json, keep_sandbox, quiet):
+    """Build LABELS (//pkg:name, :name, //pkg/..., //pkg:all)."""
+    session = _session(obj, jobs, keep_sandbox, quiet)
+    summary = session.build(list(labels), _current_package(session))
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    elif not quiet:
+        for label, outputs in summary.targets.items():
+            click.echo(f"{label}")
+            for out in outputs:
+                click.echo(f"  {out['path']}")
+        click.echo(f"{summary.executed} actions executed, {summary.cached} cached, {summary.seconds:.2f}s", err=True)
+
+
+@main.command()
+@click.argument("expression")
+@click.option("--output", type=click.Choice(["label", "label_kind", "location"]), default="label")
+@click.pass_obj
+def query(obj, expression, output):
+    """Query the target graph: deps(L), rdeps(U, L), kind(rule, U), or a pattern."""
+    from .query import run_query
+
+    session = _session(obj)
+    result = run_query(session, expression, _current_package(session))
+    for target in result:
+        if output == "label_kind":
+            click.echo(f"{target.rule} rule {target.label}")
+        elif output == "location":
+            click.echo(f"{target.location}: {target.rule} {target.label}")
+        else:
+            click.echo(str(target.label))
+
+
+@main.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def aquery(obj, labels, as_json):
+    """List the actions needed to build LABELS, with keys and inputs, without running them."""
+    from .explain import plan
+
+    session = _session(obj)
+    steps = plan(session, list(labels), _current_package(session))
+    if as_json:
+        click.echo(json.dumps([s.to_json() for s in steps], indent=2, sort_keys=True))
+        return
+    for step in steps:
+        a = step.action
+        click.echo(f"action {a.mnemonic} {a.owner}")
+        click.echo(f"  kind:     {a.kind}@{a.version}  platform: {a.platform}")
+        click.echo(f"  key:      {step.key or '(pending: depends on outputs of actions not built yet)'}")
+        click.echo(f"  status:   {step.status}")
+        for path, digest in step.inputs.items():
+            click.echo(f"  input:    {path} {digest or '(not built yet)'}")
+        for out in a.outputs:
+            click.echo(f"  output:   {out.path}{'/' if out.is_directory else ''}")
+        for name, value in sorted(a.params.items()):
+            text = json.dumps(value)
+            click.echo(f"  param:    {name} = {text if len(text) < 200 else text[:197] + '...'}")
+
+
+@main.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.pass_obj
+def explain(obj, labels):
+    """For each action that would run, say which input or parameter changed since the last build."""
+    from .explain import plan
+
+    session = _session(obj)
+    steps = plan(session, list(labels), _current_package(session))
+    pending = [s for s in steps if s.status != "cached"]
+    if not pending:
+        click.echo("everything is up to date: no action would run")
+        return
+    for step in pending:
+        click.echo(f"{step.action.description} would run:")
+        for reason in step.reasons:
+            click.echo(f"  - {reason}")
+
+
+@main.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["dot", "png"]), default="dot")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="File to write (png needs one).")
+@click.pass_obj
+def graph(obj, labels, fmt, output):
+    """Draw the target graph of LABELS and their dependencies."""
+    from .query import to_dot
+
+    session = _session(obj)
+    analysis = session.analyze(list(labels), _current_package(session))
+    dot = to_dot(analysis, analysis.closure(analysis.requested))
+    if fmt == "dot":
+        if output:
+            Path(output).write_text(dot)
+        else:
+            click.echo(dot, nl=False)
+        return
+    import shutil
+    import subprocess
+
+    if not shutil.which("dot"):
+        raise UsageError("--format png needs graphviz's `dot`", hint="install graphviz, or use --format dot")
+    if not output:
+        raise UsageError("--format png needs --output FILE")
+    subprocess.run(["dot", "-Tpng", "-o", output], input=dot.encode(), check=True)
+    click.echo(output)
+
+
+@main.command()
+@click.option("--expunge", is_flag=True, help="Also delete the whole local cache (shared by workspaces).")
+@click.pass_obj
+def clean(obj, expunge):
+    """Delete hb-out/ and this workspace's analysis state (and with --expunge, the cache)."""
+    import shutil
+
+    session = _session(obj)
+    shutil.rmtree(session.workspace.output_root, ignore_errors=True)
+    shutil.rmtree(session.state_dir, ignore_errors=True)
+    if expunge:
+        with session.store.lock(exclusive=True):
+            shutil.rmtree(session.store.root, ignore_errors=True)
+    click.echo(f"removed {session.workspace.output_root}" + (f" and {session.store.root}" if expunge else ""))
+
+
+@main.group()
+def cache():
+    """Inspect and trim the local cache."""
+
+
+@cache.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def cache_stats(obj, as_json):
+    """Size of the cache and the hits and misses of the last build."""
+    session = _session(obj)
+    data = {"local": session.store.stats(), "last_build": session.last_build()}
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    local = data["local"]
+    click.echo(f"cache: {local['root']}")
+    click.echo(f"  blobs: {local['blobs']}  action-cache entries: {local['action_cache_entries']}  "
+               f"size: {_human(local['bytes'])}")
+    last = data["last_build"]
+    if last:
+        click.echo(f"last build: {last['executed']} executed, {last['cached']} cached")
+
+
+@cache.command("gc")
+@click.option("--max-size", required=True, help="Target size, e.g. 500M, 10G.")
+@click.pass_obj
+def cache_gc(obj, max_size):
+    """Delete least-recently-used entries until the cache is at most --max-size."""
+    session = _session(obj)
+    result = session.store.gc(_parse_size(max_size))
+    click.echo(f"removed {result['removed']} entries ({_human(result['freed_bytes'])}); "
+               f"{_human(result['remaining_bytes'])} remain")
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B") if text.strip().upper() != "B" else "0"
+    number = t.rstrip("KMGT")
+    unit = t[len(number):]
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise UsageError(f"invalid size {text!r}", hint="use a number with an optional unit: 500M, 10G") from None
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,88 @@
+"""BLAKE3 digests of blobs, files and canonical encodings; sha256 alongside for OCI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+CHUNK = 1 << 20
+EMPTY_HASH = blake3(b"").hexdigest()
+
+
+@dataclass(frozen=True, order=True)
+class Digest:
+    """BLAKE3-256 hash (hex) and size in bytes of one blob, as in REAPI's Digest."""
+
+    hash: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.hash}/{self.size}"
+
+    @staticmethod
+    def parse(text: str) -> "Digest":
+        hash_, _, size = text.partition("/")
+        if len(hash_) != 64 or not size.isdigit() or any(c not in "0123456789abcdef" for c in hash_):
+            raise ValueError(f"not a digest: {text!r} (expected <64 hex>/<size>)")
+        return Digest(hash_, int(size))
+
+    @property
+    def short(self) -> str:
+        return self.hash[:12]
+
+
+def digest_bytes(data: bytes) -> Digest:
+    return Digest(blake3(data).hexdigest(), len(data))
+
+
+def digest_file(path: str | os.PathLike) -> Digest:
+    hasher = blake3(max_threads=blake3.AUTO) if os.path.getsize(path) > 16 * CHUNK else blake3()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return Digest(hasher.hexdigest(), size)
+
+
+class DualHasher:
+    """BLAKE3 and sha256 of the same bytes in one pass (OCI needs sha256, the CAS BLAKE3)."""
+
+    def __init__(self) -> None:
+        self._blake3 = blake3()
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self._blake3.update(data)
+        self._sha256.update(data)
+        self.size += len(data)
+
+    @property
+    def digest(self) -> Digest:
+        return Digest(self._blake3.hexdigest(), self.size)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+
+def canonical_json(value) -> bytes:
+    """The one byte encoding hashed into keys: sorted keys, no whitespace, UTF-8, no floats."""
+    _reject_floats(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _reject_floats(value) -> None:
+    if isinstance(value, float):
+        raise TypeError("floats are not allowed in canonical encodings (write them as strings)")
+    if isinstance(value, dict):
+        for v in value.values():
+            _reject_floats(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _reject_floats(v)

@@ -1,0 +1,279 @@
+"""The executor: computes action keys, consults the action cache, runs what is missing in
+parallel, and stores outputs in the CAS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .action import Action, File, action_key, get_action_kind, key_fields
+from .digest import Digest
+from .errors import ActionFailed, AnalysisError, HbError, IntegrityError
+from .filecache import FileDigestCache
+from .sandbox import ActionExecution, prepare_sandbox
+from .store.base import ActionResult, OutputEntry
+from .tree import MissingBlob, materialize_tree, store_tree
+
+
+@dataclass
+class ActionRecord:
+    """What happened to one action in a build (also what `hb explain` compares next time)."""
+
+    key: str
+    fields: dict
+    cached: bool
+    result: ActionResult
+    duration: float = 0.0
+
+
+@dataclass
+class BuildStats:
+    executed: int = 0
+    cached: int = 0
+    records: dict[int, ActionRecord] = field(default_factory=dict)
+
+
+class Executor:
+    def __init__(self, workspace, store, actions: list[Action], file_cache: FileDigestCache, *,
+                 jobs: int, reporter, keep_sandbox: bool = False, env: dict | None = None, load_kinds=None):
+        self.workspace = workspace
+        self.store = store
+        self.actions = actions
+        self.file_cache = file_cache
+        self.jobs = max(1, jobs)
+        self.reporter = reporter
+        self.keep_sandbox = keep_sandbox
+        self.load_kinds = load_kinds  # imports rule modules on first need (a no-op build needs none)
+        self.env = os.environ if env is None else env
+        self.producers = {out.path: i for i, a in enumerate(actions) for out in a.outputs}
+        self.stats = BuildStats()
+        self._lock = threading.Lock()
+        self._file_lock = threading.Lock()
+        self._rerun_locks: dict[int, threading.Lock] = {}
+        self._rebuilt: set[int] = set()
+
+    # ----- scheduling ---------------------------------------------------------------------------
+    def closure(self, files: list[File]) -> list[int]:
+        """Indices of the actions needed to produce `files`, dependencies first."""
+        needed: set[int] = set()
+        stack = [self.producers[f.path] for f in files if f.path in self.producers]
+        while stack:
+            i = stack.pop()
+            if i in needed:
+                continue
+            needed.add(i)
+            stack.extend(self.producers[f.path] for f in self.actions[i].inputs if f.path in self.producers)
+        return sorted(needed)
+
+    def run(self, indices: list[int]) -> BuildStats:
+        deps = {i: {self.producers[f.path] for f in self.actions[i].inputs if f.path in self.producers}
+                for i in indices}
+        dependents: dict[int, list[int]] = {i: [] for i in indices}
+        for i, ds in deps.items():
+            for d in ds:
+                dependents[d].append(i)
+        remaining = {i: len(ds) for i, ds in deps.items()}
+        ready = [i for i in indices if remaining[i] == 0]
+        self.reporter.start(len(indices))
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            running = {}
+            while ready or running:
+                while ready and failure is None:
+                    i = ready.pop(0)
+                    running[pool.submit(self._process, i)] = i
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = running.pop(future)
+                    try:
+                        future.result()
+                    except BaseException as exc:  # noqa: BLE001 - reported after running ones finish
+                        failure = failure or exc
+                        continue
+                    for j in dependents[i]:
+                        remaining[j] -= 1
+                        if remaining[j] == 0:
+                            ready.append(j)
+                    ready.sort()
+        self.reporter.finish()
+        if failure is not None:
+            raise failure
+        return self.stats
+
+    # ----- one action ---------------------------------------------------------------------------
+    def input_digests(self, action: Action) -> dict[str, Digest]:
+        digests = {}
+        for f in action.inputs:
+            if f.is_source:
+                path = self.workspace.root / f.path
+                try:
+                    with self._file_lock:
+                        digests[f.path] = self.file_cache.digest(path)
+                except FileNotFoundError:
+                    raise AnalysisError(f"{action.owner}: source file {f.path} does not exist") from None
+            else:
+                record = self.stats.records.get(self.producers[f.path])
+                if record is None:
+                    raise HbError(f"internal: {f.path} needed before it was produced")
+                entry = next(o for o in record.result.outputs if o.path == f.path)
+                digests[f.path] = entry.digest
+        return digests
+
+    def key_of(self, action: Action) -> tuple[str, dict]:
+        env = {k: self.env[k] for k in action.env_allowlist if k in self.env}
+        fields = key_fields(action, self.input_digests(action), env)
+        return action_key(fields), fields
+
+    def _process(self, i: int, force: bool = False) -> None:
+        action = self.actions[i]
+        for _attempt in range(3):
+            key, fields = self.key_of(action)
+            result = None if force else self.store.get_action_result(key)
+            if result is not None and result.exit_code == 0 and all(
+                self.store.has_blob(o.digest) for o in result.outputs
+            ):
+                with self._lock:
+                    self.stats.records[i] = ActionRecord(key, fields, True, result)
+                    self.stats.cached += 1
+                self.reporter.action_done(action, cached=True, duration=0.0)
+                return
+            try:
+                started = time.monotonic()
+                result = self._execute(action, key)
+            except MissingBlob as missing:
+                # An input blob was corrupt or gone (and has been removed): rebuild its producer.
+                self._rerun_producer_of(action, missing.digest)
+                force = False
+                continue
+            duration = time.monotonic() - started
+            with self._lock:
+                self.stats.records[i] = ActionRecord(key, fields, False, result, duration)
+                self.stats.executed += 1
+            self.reporter.action_done(action, cached=False, duration=duration)
+            return
+        raise IntegrityError(f"{action.owner}: inputs of {action.mnemonic} kept failing verification")
+
+    def _rerun_producer_of(self, action: Action, digest: Digest) -> None:
+        for f in action.inputs:
+            if f.is_source or f.path not in self.producers:
+                continue
+            j = self.producers[f.path]
+            record = self.stats.records.get(j)
+            if record is None:
+                continue
+            entry = next(o for o in record.result.outputs if o.path == f.path)
+            if entry.digest == digest or entry.kind == "dir":
+                self.rebuild(j)
+
+    def rebuild(self, j: int) -> None:
+        """Run action j again, ignoring its cached result (its outputs were found corrupt)."""
+        with self._lock:
+            lock = self._rerun_locks.setdefault(j, threading.Lock())
+        with lock:
+            if j in self._rebuilt:
+                return
+            self.reporter.warn(f"cache entry for {self.actions[j].description} was corrupt; rebuilding it")
+            with self._lock:
+                if self.stats.records[j].cached:
+                    self.stats.cached -= 1
+                else:
+                    self.stats.executed -= 1
+            self._process(j, force=True)
+            self._rebuilt.add(j)
+
+    def _execute(self, action: Action, key: str) -> ActionResult:
+        kind = get_action_kind(action.kind)
+        if kind is None and self.load_kinds is not None:
+            with self._lock:
+                self.load_kinds()
+            kind = get_action_kind(action.kind)
+        if kind is None:
+            raise ActionFailed(f"{action.owner}: no implementation registered for action kind {action.kind!r}")
+        sandbox, execroot = prepare_sandbox(self.store.tmp_dir)
+        ok = False
+        execution = ActionExecution(action, sandbox, execroot,
+                                    {k: self.env[k] for k in action.env_allowlist if k in self.env},
+                                    self.store, self.workspace.settings, bytearray(), bytearray())
+        try:
+            self._stage_inputs(action, execroot)
+            for out in action.outputs:
+                (execroot / out.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                kind.run(execution)
+            except ActionFailed as exc:
+                raise self._failure(action, exc.message, execution, sandbox) from None
+            except HbError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an action implementation bug, reported with its action
+                import traceback
+
+                raise self._failure(action, f"{type(exc).__name__}: {exc}", execution, sandbox,
+                                    traceback.format_exc()) from exc
+            outputs = []
+            for out in action.outputs:
+                path = execroot / out.path
+                if not os.path.lexists(path):
+                    raise self._failure(action, f"declared output {out.path} was not created", execution, sandbox)
+                if out.is_directory != path.is_dir() or path.is_symlink():
+                    want = "a directory" if out.is_directory else "a regular file"
+                    raise self._failure(action, f"declared output {out.path} is not {want}", execution, sandbox)
+                if out.is_directory:
+                    outputs.append(OutputEntry(out.path, "dir", store_tree(self.store, path, move=True)))
+                else:
+                    executable = os.access(path, os.X_OK)
+                    outputs.append(OutputEntry(out.path, "file", self.store.put_file(path, move=True), executable))
+            result = ActionResult(
+                tuple(outputs), 0,
+                self.store.put_blob(bytes(execution.stdout)), self.store.put_blob(bytes(execution.stderr)),
+                {"mnemonic": action.mnemonic, "owner": str(action.owner)},
+            )
+            self.store.put_action_result(key, result)
+            ok = True
+            return result
+        finally:
+            if ok or not self.keep_sandbox:
+                shutil.rmtree(sandbox, ignore_errors=True)
+
+    def _failure(self, action, message, execution, sandbox, trace: str | None = None) -> ActionFailed:
+        out = bytes(execution.stdout).decode(errors="replace")[-4000:]
+        err = bytes(execution.stderr).decode(errors="replace")[-4000:]
+        detail = ""
+        if out.strip():
+            detail += f"--- stdout ---\n{out}\n"
+        if err.strip():
+            detail += f"--- stderr ---\n{err}\n"
+        if trace:
+            detail += trace
+        hint = (f"the sandbox was kept at {sandbox}" if self.keep_sandbox
+                else "re-run with --keep-sandbox to inspect the sandbox")
+        return ActionFailed(f"{action.owner}: {action.mnemonic} failed: {message}", hint=hint, detail=detail or None)
+
+    def _stage_inputs(self, action: Action, execroot: Path) -> None:
+        for f in action.inputs:
+            dest = execroot / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if f.is_source:
+                src = self.workspace.root / f.path
+                shutil.copyfile(src, dest)
+                shutil.copymode(src, dest)
+                continue
+            record = self.stats.records[self.producers[f.path]]
+            entry = next(o for o in record.result.outputs if o.path == f.path)
+            if entry.kind == "dir":
+                materialize_tree(self.store, entry.digest, dest)
+            else:
+                if not self.store.fetch_file(entry.digest, dest):
+                    raise MissingBlob(entry.digest)
+                os.chmod(dest, 0o755 if entry.executable else 0o644)
+
+    # ----- results to the workspace --------------------------------------------------------------
+    def output_entry(self, f: File) -> OutputEntry:
+        record = self.stats.records[self.producers[f.path]]
+        return next(o for o in record.result.outputs if o.path == f.path)

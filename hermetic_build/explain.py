@@ -1,0 +1,109 @@
+"""What a build would do, without doing it: `hb aquery` and `hb explain`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .action import Action, key_fields
+from .executor import ActionRecord
+
+
+@dataclass
+class Step:
+    action: Action
+    key: str | None
+    status: str  # "cached" | "would run"
+    inputs: dict[str, str | None]
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        a = self.action
+        return {
+            "owner": str(a.owner), "mnemonic": a.mnemonic, "kind": f"{a.kind}@{a.version}",
+            "platform": a.platform, "key": self.key, "status": self.status, "inputs": self.inputs,
+            "outputs": [o.path for o in a.outputs], "params": a.params, "reasons": self.reasons,
+        }
+
+
+def plan(session, labels: list[str], current_package: str = "") -> list[Step]:
+    analysis = session.analyze(labels, current_package)
+    executor = session.executor(analysis)
+    wanted = [f for label in analysis.requested for f in analysis.targets[label].files]
+    previous = session.previous_records()
+    steps = []
+    rerun: dict[str, Action] = {}  # output path -> action that will produce it anew
+    for i in executor.closure(wanted):
+        action = executor.actions[i]
+        inputs: dict[str, str | None] = {}
+        unknown = []
+        for f in action.inputs:
+            if f.path in rerun:
+                inputs[f.path] = None
+                unknown.append(f)
+        if unknown:
+            known = {}
+            for f in action.inputs:
+                if f.path not in rerun:
+                    known[f.path] = _digest_of(executor, f)
+                    inputs[f.path] = str(known[f.path])
+            step = Step(action, None, "would run", inputs)
+            step.reasons = [f"input {f.path} will be rebuilt by {rerun[f.path].description}" for f in unknown]
+            step.reasons += _diff(previous.get(action.id), key_fields(action, known, {}), skip_inputs=True)
+            steps.append(step)
+            rerun.update({o.path: action for o in action.outputs})
+            continue
+        key, fields = executor.key_of(action)
+        inputs = dict(fields["inputs"])
+        result = session.store.get_action_result(key)
+        if result is not None and all(session.store.has_blob(o.digest) for o in result.outputs):
+            executor.stats.records[i] = ActionRecord(key, fields, True, result)
+            steps.append(Step(action, key, "cached", inputs))
+            continue
+        step = Step(action, key, "would run", inputs)
+        before = previous.get(action.id)
+        step.reasons = _diff(before, fields) or (
+            ["its result is no longer in the cache (evicted or found corrupt)"] if before and before["key"] == key
+            else ["no change recorded; its cache entry is missing"])
+        steps.append(step)
+        rerun.update({o.path: action for o in action.outputs})
+    executor.file_cache.save()
+    return steps
+
+
+def _digest_of(executor, f):
+    if f.is_source:
+        return executor.file_cache.digest(executor.workspace.root / f.path)
+    return executor.output_entry(f).digest
+
+
+def _diff(before: dict | None, fields: dict, skip_inputs: bool = False) -> list[str]:
+    if before is None:
+        return ["it has never been built in this workspace"]
+    old = before["fields"]
+    reasons = []
+    if not skip_inputs:
+        old_inputs, new_inputs = old.get("inputs", {}), fields["inputs"]
+        for path in sorted(set(old_inputs) | set(new_inputs)):
+            if path not in old_inputs:
+                reasons.append(f"input {path} was added")
+            elif path not in new_inputs:
+                reasons.append(f"input {path} was removed")
+            elif old_inputs[path] != new_inputs[path]:
+                reasons.append(f"input {path} changed ({old_inputs[path][:12]} -> {new_inputs[path][:12]})")
+    old_params, new_params = old.get("params", {}), fields["params"]
+    for name in sorted(set(old_params) | set(new_params)):
+        if old_params.get(name) != new_params.get(name):
+            reasons.append(f"parameter {name!r} changed: {_short(old_params.get(name))} -> {_short(new_params.get(name))}")
+    for name in ("mnemonic", "kind", "platform", "outputs", "schema"):
+        if old.get(name) != fields.get(name):
+            reasons.append(f"{name} changed: {_short(old.get(name))} -> {_short(fields.get(name))}")
+    for name in sorted(set(old.get("env", {})) | set(fields["env"])):
+        if old.get("env", {}).get(name) != fields["env"].get(name):
+            reasons.append(f"environment variable {name} changed")
+    return reasons
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+

@@ -1,0 +1,102 @@
+"""Labels (`//pkg:name`, `:name`, `//pkg`) and target patterns (`//...`, `//pkg/...`, `//pkg:all`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PACKAGE_RE = re.compile(r"^(?:[A-Za-z0-9_.+=,@~-]+(?:/[A-Za-z0-9_.+=,@~-]+)*)?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.+=,@~/ -]+$")
+
+
+class LabelSyntaxError(ValueError):
+    """A string that is not a valid label or pattern."""
+
+
+@dataclass(frozen=True, order=True)
+class Label:
+    package: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"//{self.package}:{self.name}"
+
+    @property
+    def package_dir(self) -> str:
+        return self.package
+
+    def sibling(self, name: str) -> "Label":
+        return Label(self.package, name)
+
+    @staticmethod
+    def parse(text: str, current_package: str | None = None) -> "Label":
+        """Parse an absolute label, or a relative one (`:name`, `name`) inside `current_package`."""
+        if not isinstance(text, str) or not text:
+            raise LabelSyntaxError(f"empty label {text!r}")
+        if text.startswith("//"):
+            body = text[2:]
+            if ":" in body:
+                package, name = body.split(":", 1)
+            else:
+                package = body
+                name = body.rsplit("/", 1)[-1] if body else ""
+                if not name:
+                    raise LabelSyntaxError(f"label {text!r} names no target: write //:name")
+        elif text.startswith("@"):
+            raise LabelSyntaxError(f"external repositories are not supported: {text!r}")
+        else:
+            if current_package is None:
+                raise LabelSyntaxError(f"relative label {text!r} needs a package: write //pkg:name")
+            package = current_package
+            name = text[1:] if text.startswith(":") else text
+        _check(text, package, name)
+        return Label(package, name)
+
+
+def _check(text: str, package: str, name: str) -> None:
+    if not _PACKAGE_RE.match(package) or any(p in (".", "..") for p in package.split("/") if package):
+        raise LabelSyntaxError(f"invalid package name in label {text!r}")
+    if not name or not _NAME_RE.match(name) or name.startswith("/") or name.endswith("/"):
+        raise LabelSyntaxError(f"invalid target name in label {text!r}")
+    if any(p in (".", "..", "") for p in name.split("/")):
+        raise LabelSyntaxError(f"target name in {text!r} may not contain '.', '..' or empty path parts")
+
+
+@dataclass(frozen=True)
+class TargetPattern:
+    """`//pkg:name` (exact), `//pkg:all` (every target of pkg) or `//pkg/...` (pkg and below)."""
+
+    package: str
+    name: str | None = None  # None: all targets
+    recursive: bool = False
+
+    def __str__(self) -> str:
+        if self.recursive:
+            return f"//{self.package}/..." if self.package else "//..."
+        if self.name is None:
+            return f"//{self.package}:all"
+        return str(Label(self.package, self.name))
+
+    def matches_package(self, package: str) -> bool:
+        if self.recursive:
+            return not self.package or package == self.package or package.startswith(self.package + "/")
+        return package == self.package
+
+    @staticmethod
+    def parse(text: str, current_package: str = "") -> "TargetPattern":
+        if text in ("//...", "..."):
+            return TargetPattern("", None, True)
+        if text.endswith("/..."):
+            base = text[:-4]
+            package = base[2:] if base.startswith("//") else base
+            if not _PACKAGE_RE.match(package):
+                raise LabelSyntaxError(f"invalid package in pattern {text!r}")
+            return TargetPattern(package, None, True)
+        if text.endswith((":all", ":*")):
+            base = text.rsplit(":", 1)[0]
+            package = base[2:] if base.startswith("//") else (current_package if base == "" else base)
+            if not _PACKAGE_RE.match(package):
+                raise LabelSyntaxError(f"invalid package in pattern {text!r}")
+            return TargetPattern(package, None, False)
+        label = Label.parse(text, current_package)
+        return TargetPattern(label.package, label.name, False)

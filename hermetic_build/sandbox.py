@@ -1,0 +1,117 @@
+"""Running commands in a sandbox: a fresh directory holding only the declared inputs, a scrubbed
+environment and, where bubblewrap is installed, no network and no view of the rest of the disk."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .action import register_action_kind
+from .errors import ActionFailed
+
+SANDBOX_ROOT = "/hb"  # where the sandbox directory appears inside bubblewrap
+FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@functools.cache
+def bwrap_path() -> str | None:
+    """bwrap, if installed and able to create namespaces here."""
+    path = shutil.which("bwrap")
+    if not path:
+        return None
+    probe = subprocess.run([path, "--unshare-all", "--ro-bind", "/", "/", "true"],
+                           capture_output=True)
+    return path if probe.returncode == 0 else None
+
+
+def isolation_note() -> str:
+    if bwrap_path():
+        return "sandbox: bubblewrap (no network, only declared inputs visible)"
+    return ("sandbox: NOT ISOLATED - bubblewrap (bwrap) is not available, so actions can read files "
+            "outside their inputs and reach the network; install the 'bubblewrap' package")
+
+
+@dataclass
+class ActionExecution:
+    """What an action's implementation receives while it runs."""
+
+    action: object
+    sandbox_dir: Path  # holds execroot/, home/, tmp/
+    execroot: Path
+    env: dict  # allow-listed environment values
+    store: object
+    settings: object
+    stdout: bytearray
+    stderr: bytearray
+
+    @property
+    def params(self) -> dict:
+        return self.action.params
+
+    def path(self, file) -> Path:
+        return self.execroot / file.path
+
+    def base_env(self, inside_bwrap: bool) -> dict:
+        root = SANDBOX_ROOT if inside_bwrap else str(self.sandbox_dir)
+        return {
+            "PATH": FIXED_PATH,
+            "HOME": f"{root}/home",
+            "TMPDIR": f"{root}/tmp",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "TZ": "UTC",
+            "SOURCE_DATE_EPOCH": str(self.settings.source_date_epoch),
+            **self.env,
+        }
+
+    def run_command(self, argv: list[str], extra_env: dict | None = None, network: bool = False) -> int:
+        """Run argv in the execution root; output is captured into the action's stdout/stderr."""
+        bwrap = bwrap_path()
+        env = {**self.base_env(bwrap is not None), **(extra_env or {})}
+        if bwrap:
+            workdir = f"{SANDBOX_ROOT}/execroot"
+            cmd = [bwrap, "--die-with-parent", "--unshare-all", "--clearenv"]
+            if network:
+                cmd.append("--share-net")
+            for name in ("usr", "etc"):
+                if os.path.isdir(f"/{name}"):
+                    cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+            for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+                if os.path.islink(f"/{name}"):
+                    cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+                elif os.path.isdir(f"/{name}"):
+                    cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+            cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(self.sandbox_dir), SANDBOX_ROOT,
+                    "--chdir", workdir]
+            for key, value in env.items():
+                cmd += ["--setenv", key, value]
+            cmd += ["--", *argv]
+            proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
+        else:
+            proc = subprocess.run(argv, cwd=self.execroot, env=env, capture_output=True, stdin=subprocess.DEVNULL)
+        self.stdout += proc.stdout
+        self.stderr += proc.stderr
+        return proc.returncode
+
+
+def prepare_sandbox(parent: Path) -> tuple[Path, Path]:
+    import tempfile
+
+    sandbox = Path(tempfile.mkdtemp(prefix="sb-", dir=parent))
+    for sub in ("execroot", "home", "tmp"):
+        (sandbox / sub).mkdir()
+    return sandbox, sandbox / "execroot"
+
+
+def _run_shell(execution: ActionExecution) -> None:
+    params = execution.params
+    code = execution.run_command(["/bin/bash", "-c", params["cmd"]], extra_env=params.get("env") or {})
+    if code != 0:
+        raise ActionFailed(f"command exited with status {code}")
+
+
+register_action_kind("shell", "1", _run_shell)

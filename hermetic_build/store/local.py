@@ -1,0 +1,264 @@
+"""The local store: sharded CAS files and action-cache entries on disk.
+
+Writes go to a temp file, are fsynced and renamed into place, so a crash (even kill -9) never
+leaves a partial blob under its final name. Blobs are made read-only. Every read is verified
+against the digest; a corrupt blob is deleted and reported as missing, never served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from blake3 import blake3
+
+from ..digest import CHUNK, Digest, digest_bytes
+from .base import ActionResult, Store
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.cas_dir = self.root / "cas"
+        self.ac_dir = self.root / "ac"
+        self.tmp_dir = self.root / "tmp"
+        self.corrupt_removed: list[Digest] = []
+        for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ----- paths and locking -------------------------------------------------------------
+    def blob_path(self, digest: Digest) -> Path:
+        return self.cas_dir / digest.hash[:2] / digest.hash
+
+    def _ac_path(self, key: str) -> Path:
+        return self.ac_dir / key[:2] / key
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False, wait: bool = True):
+        """Builds hold the cache shared; gc holds it exclusively, so it never races a build."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            if not wait:
+                flags |= fcntl.LOCK_NB
+            fcntl.flock(fd, flags)
+            yield
+        finally:
+            os.close(fd)
+
+    def _temp(self) -> tuple[int, str]:
+        return tempfile.mkstemp(dir=self.tmp_dir, prefix="w-")
+
+    def _commit(self, tmp: str, final: Path, mode: int = 0o444) -> None:
+        os.chmod(tmp, mode)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+
+    # ----- CAS -----------------------------------------------------------------------------
+    def has_blob(self, digest: Digest) -> bool:
+        path = self.blob_path(digest)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        if st.st_size != digest.size:
+            self._remove_corrupt(digest)
+            return False
+        return True
+
+    def touch(self, digest: Digest) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.blob_path(digest))
+
+    def get_blob(self, digest: Digest) -> bytes | None:
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+        if digest_bytes(data) != digest:
+            self._remove_corrupt(digest)
+            return None
+        return data
+
+    def put_blob(self, data: bytes) -> Digest:
+        digest = digest_bytes(data)
+        if self.has_blob(digest):
+            return digest
+        fd, tmp = self._temp()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self._commit(tmp, self.blob_path(digest))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return digest
+
+    def put_file(self, path: Path, *, move: bool = False) -> Digest:
+        """Store a file's content. With move=True the file is renamed into the CAS (same filesystem)."""
+        if move:
+            hasher, size = blake3(), 0
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                os.fsync(f.fileno())
+            digest = Digest(hasher.hexdigest(), size)
+            if self.has_blob(digest):
+                os.unlink(path)
+                return digest
+            try:
+                self._commit(str(path), self.blob_path(digest))
+                return digest
+            except OSError:  # another filesystem: fall back to copying
+                pass
+        fd, tmp = self._temp()
+        try:
+            hasher, size = blake3(), 0
+            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    hasher.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            digest = Digest(hasher.hexdigest(), size)
+            if self.has_blob(digest):
+                os.unlink(tmp)
+            else:
+                self._commit(tmp, self.blob_path(digest))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        if move:
+            os.unlink(path)
+        return digest
+
+    def fetch_file(self, digest: Digest, dest: Path) -> bool:
+        src = self.blob_path(digest)
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.hb-tmp-{os.getpid()}")
+        try:
+            hasher, size = blake3(), 0
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    hasher.update(chunk)
+                    fout.write(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            return False
+        if Digest(hasher.hexdigest(), size) != digest:
+            os.unlink(tmp)
+            self._remove_corrupt(digest)
+            return False
+        os.replace(tmp, dest)
+        return True
+
+    def open_verified(self, digest: Digest) -> Path | None:
+        """Path of a blob after checking its content; for readers that need a real file."""
+        path = self.blob_path(digest)
+        try:
+            hasher, size = blake3(), 0
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            return None
+        if Digest(hasher.hexdigest(), size) != digest:
+            self._remove_corrupt(digest)
+            return None
+        return path
+
+    def _remove_corrupt(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.blob_path(digest))
+        self.corrupt_removed.append(digest)
+
+    # ----- action cache --------------------------------------------------------------------
+    def get_action_result(self, key: str) -> ActionResult | None:
+        path = self._ac_path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            result = ActionResult.decode(data)
+        except (ValueError, KeyError, TypeError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return result
+
+    def put_action_result(self, key: str, result: ActionResult) -> None:
+        fd, tmp = self._temp()
+        with os.fdopen(fd, "wb") as f:
+            f.write(result.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        self._commit(tmp, self._ac_path(key), 0o644)
+
+    def remove_action_result(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._ac_path(key))
+
+    # ----- maintenance ---------------------------------------------------------------------
+    def entries(self):
+        """(mtime, size, path) of every CAS blob and action-cache entry."""
+        for top in (self.cas_dir, self.ac_dir):
+            for shard in os.scandir(top):
+                if not shard.is_dir():
+                    continue
+                for entry in os.scandir(shard.path):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat()
+                        yield st.st_mtime, st.st_size, entry.path
+
+    def stats(self) -> dict:
+        blobs = ac = size = 0
+        for _, entry_size, path in self.entries():
+            size += entry_size
+            if path.startswith(str(self.cas_dir)):
+                blobs += 1
+            else:
+                ac += 1
+        return {"root": str(self.root), "blobs": blobs, "action_cache_entries": ac, "bytes": size}
+
+    def gc(self, max_size: int) -> dict:
+        """Delete least recently used entries until the store is at most max_size bytes.
+
+        Holds the cache exclusively: a build in progress (which holds it shared) is never robbed
+        of the entries it is using; gc waits for it to finish.
+        """
+        with self.lock(exclusive=True):
+            for leftover in os.scandir(self.tmp_dir):  # nobody else holds the lock: all orphans
+                with contextlib.suppress(OSError):
+                    if leftover.is_dir(follow_symlinks=False):
+                        shutil.rmtree(leftover.path)
+                    else:
+                        os.unlink(leftover.path)
+            entries = sorted(self.entries())
+            total = sum(size for _, size, _ in entries)
+            removed = freed = 0
+            for _, size, path in entries:
+                if total <= max_size:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                total -= size
+                freed += size
+                removed += 1
+            return {"removed": removed, "freed_bytes": freed, "remaining_bytes": total, "at": time.time()}

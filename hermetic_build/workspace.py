@@ -1,0 +1,127 @@
+"""The workspace: the nearest ancestor directory holding hermetic.toml, and its settings."""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError, Location, did_you_mean
+
+WORKSPACE_FILE = "hermetic.toml"
+BUILD_FILE = "BUILD.hermetic"
+OUTPUT_DIR = "hb-out"
+
+
+def host_platform() -> str:
+    """The conda-style name of this machine's platform (linux-64, osx-arm64, ...)."""
+    system = {"linux": "linux", "darwin": "osx", "win32": "win"}.get(os.sys.platform, os.sys.platform)
+    machine = _platform.machine().lower()
+    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64"}.get(machine, machine)
+    if system == "osx" and arch == "aarch64":
+        arch = "arm64"
+    return f"{system}-{arch}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache_dir: Path
+    platforms: tuple[str, ...] = ()
+    source_date_epoch: int = 0
+    env_allowlist: tuple[str, ...] = ()
+    remote_cache: str | None = None
+    jobs: int = 0
+    rule_modules: tuple[str, ...] = ("rules",)
+    extra: dict = field(default_factory=dict, compare=False)  # sections owned by rules (e.g. [conda])
+
+
+_KNOWN_KEYS = {"cache_dir", "platforms", "source_date_epoch", "env_allowlist", "remote_cache", "jobs",
+               "rule_modules"}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    settings: Settings
+
+    @property
+    def output_root(self) -> Path:
+        return self.root / OUTPUT_DIR
+
+    def package_dir(self, package: str) -> Path:
+        return self.root / package if package else self.root
+
+    def build_file(self, package: str) -> Path:
+        return self.package_dir(package) / BUILD_FILE
+
+    def relpath(self, path: Path) -> str:
+        return os.path.relpath(path, self.root)
+
+    def package_of(self, directory: Path) -> str:
+        """The package a directory belongs to: the nearest ancestor with BUILD.hermetic ('' = root)."""
+        directory = directory.resolve()
+        while True:
+            if (directory / BUILD_FILE).is_file() or directory == self.root:
+                rel = os.path.relpath(directory, self.root)
+                return "" if rel == "." else rel.replace(os.sep, "/")
+            if self.root not in directory.parents:
+                return ""
+            directory = directory.parent
+
+
+def find_workspace(start: Path | None = None) -> Workspace:
+    start = (start or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        if (directory / WORKSPACE_FILE).is_file():
+            return Workspace(directory, load_settings(directory))
+    raise UsageError(
+        f"no {WORKSPACE_FILE} found in {start} or any parent directory",
+        hint=f"create an empty {WORKSPACE_FILE} at the root of your workspace",
+    )
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hermetic-build"
+
+
+def load_settings(root: Path) -> Settings:
+    path = root / WORKSPACE_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"invalid TOML: {exc}", location=Location(str(path))) from None
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    sections = {k: v for k, v in data.items() if isinstance(v, dict)}
+    for key in top:
+        if key not in _KNOWN_KEYS:
+            raise UsageError(
+                f"unknown setting {key!r}", location=Location(str(path)),
+                hint=did_you_mean(key, _KNOWN_KEYS) or f"known settings: {', '.join(sorted(_KNOWN_KEYS))}",
+            )
+
+    def typed(key, kind, default):
+        value = top.get(key, default)
+        if not isinstance(value, kind):
+            raise UsageError(f"setting {key!r} must be {kind.__name__}, not {type(value).__name__}",
+                             location=Location(str(path)))
+        return value
+
+    env_cache = os.environ.get("HB_CACHE_DIR")
+    cache_dir = Path(env_cache) if env_cache else None
+    if cache_dir is None and "cache_dir" in top:
+        cache_dir = Path(os.path.expanduser(typed("cache_dir", str, "")))
+        if not cache_dir.is_absolute():
+            cache_dir = root / cache_dir
+    return Settings(
+        cache_dir=(cache_dir or default_cache_dir()).absolute(),
+        platforms=tuple(typed("platforms", list, [])) or (host_platform(),),
+        source_date_epoch=typed("source_date_epoch", int, 0),
+        env_allowlist=tuple(sorted(typed("env_allowlist", list, []))),
+        remote_cache=top.get("remote_cache"),
+        jobs=typed("jobs", int, 0),
+        rule_modules=tuple(typed("rule_modules", list, ["rules"])),
+        extra=sections,
+    )
