@@ -301,7 +301,7 @@ class Analyzer:
         summaries: dict[Label, TargetSummary] = {}
         actions: list[Action] = []
         owners: dict[str, Label] = {}
-        order = list(reversed(list(nx.lexicographical_topological_sort(graph))))
+        order = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=str))
         for label in order:
             target: TargetDef = graph.nodes[label]["target"]
             deps = {d: configured[d] for d in graph.successors(label)}
