@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from blake3 import blake3
 
@@ -21,8 +21,7 @@ KEY_SCHEMA = "hb-action-key/1"
 OUTPUT_ROOT = "hb-out"
 
 
-@dataclass(frozen=True, order=True)
-class File:
+class File(NamedTuple):
     """A file or directory an action reads or writes, by its path in the execution root.
 
     Source files keep their workspace path (`pkg/a.txt`); generated ones live under

@@ -103,7 +103,7 @@ class Actions:
             raise self._ctx.error(f"a {mnemonic} action must declare at least one output")
         action = Action(
             owner=self._ctx.label, mnemonic=mnemonic, kind=kind, version=registered.version,
-            inputs=tuple(sorted(set(inputs))), outputs=tuple(outputs),
+            inputs=tuple(sorted(set(inputs), key=_path)), outputs=tuple(outputs),
             params_json=make_params_json(params or {}), platform=platform or self._ctx.platform,
             env_allowlist=tuple(sorted(set(env_allowlist) | set(self._ctx.settings.env_allowlist))),
             description=description or f"{mnemonic} {self._ctx.label}",
@@ -282,10 +282,17 @@ class Analyzer:
                 graph.add_edge(label, dep)
                 if dep not in graph or "target" not in graph.nodes[dep]:
                     stack.append(dep)
+        return graph
+
+    @staticmethod
+    def dependency_order(graph) -> list[Label]:
+        """Targets with their dependencies first; a cycle is an error naming the whole chain."""
+        import networkx as nx
+
         try:
+            return list(nx.topological_sort(graph.reverse(copy=False)))
+        except nx.NetworkXUnfeasible:
             cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
-            return graph
         chain = [str(u) for u, _ in cycle] + [str(cycle[0][0])]
         first = graph.nodes[cycle[0][0]]["target"]
         raise AnalysisError("dependency cycle: " + " -> ".join(chain), location=first.location,
@@ -293,15 +300,13 @@ class Analyzer:
 
     # ----- rules -------------------------------------------------------------------------------------
     def analyze(self, patterns: list[str], current_package: str = "") -> AnalysisResult:
-        import networkx as nx
-
         roots = self.expand(patterns, current_package)
         graph = self.target_graph(roots)
         configured: dict[Label, ConfiguredTarget] = {}
         summaries: dict[Label, TargetSummary] = {}
         actions: list[Action] = []
         owners: dict[str, Label] = {}
-        order = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=str))
+        order = self.dependency_order(graph)
         for label in order:
             target: TargetDef = graph.nodes[label]["target"]
             deps = {d: configured[d] for d in graph.successors(label)}
@@ -346,6 +351,10 @@ class Analyzer:
             outputs = tuple(o for a in ctx.actions.declared for o in a.outputs)
             providers[DefaultInfo] = DefaultInfo(outputs)
         return providers
+
+
+def _path(file: File) -> str:
+    return file.path
 
 
 def package_of_cwd(workspace: Workspace, cwd: Path | None = None) -> str:

@@ -10,18 +10,16 @@ _LOCATION_RE = re.compile(r"\$\(locations? ([^)]+)\)")
 
 
 def _genrule_impl(ctx):
+    by_label = {**ctx.files_by_label("srcs"), **ctx.files_by_label("tools")}
     srcs = ctx.files("srcs")
-    tools = ctx.files("tools")
-    outs = []
-    for out in ctx.attr.outs:
-        outs.append(ctx.declare_file(out))
+    tools = tuple(f for label in ctx.attr.tools for f in by_label[label])
+    outs = [ctx.declare_file(out) for out in ctx.attr.outs]
     if not outs:
         ctx.fail("genrule needs at least one entry in 'outs'")
-    by_label = {str(k): v for name in ("srcs", "tools") for k, v in ctx.files_by_label(name).items()}
 
     def location(match):
         text = match.group(1).strip()
-        label = str(Label.parse(text, ctx.label.package))
+        label = Label.parse(text, ctx.label.package)
         if label not in by_label:
             ctx.fail(f"$(location {text}): {text} is not in srcs or tools")
         files = by_label[label]
@@ -29,7 +27,7 @@ def _genrule_impl(ctx):
             ctx.fail(f"$(location {text}) expands to {len(files)} files; use $(locations {text})")
         return " ".join(f.path for f in files)
 
-    cmd = _LOCATION_RE.sub(location, ctx.attr.cmd)
+    cmd = _LOCATION_RE.sub(location, ctx.attr.cmd) if "$(location" in ctx.attr.cmd else ctx.attr.cmd
     cmd = (cmd.replace("$(SRCS)", " ".join(f.path for f in srcs))
               .replace("$(OUTS)", " ".join(f.path for f in outs))
               .replace("$(RULEDIR)", outs[0].path[: -len(ctx.attr.outs[0]) - 1]))
