@@ -15,7 +15,7 @@ from .action import Action, File, action_key, get_action_kind, key_fields
 from .digest import Digest
 from .errors import ActionFailed, AnalysisError, HbError, IntegrityError
 from .filecache import FileDigestCache
-from .sandbox import ActionExecution, prepare_sandbox
+from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import ActionResult, OutputEntry
 from .tree import MissingBlob, materialize_tree, store_tree
 
@@ -56,6 +56,7 @@ class Executor:
         self._file_lock = threading.Lock()
         self._rerun_locks: dict[int, threading.Lock] = {}
         self._rebuilt: set[int] = set()
+        self._isolation_reported = False
 
     # ----- scheduling ---------------------------------------------------------------------------
     def closure(self, files: list[File]) -> list[int]:
@@ -196,6 +197,9 @@ class Executor:
             kind = get_action_kind(action.kind)
         if kind is None:
             raise ActionFailed(f"{action.owner}: no implementation registered for action kind {action.kind!r}")
+        if not self._isolation_reported and bwrap_path() is None:
+            self._isolation_reported = True
+            self.reporter.warn(isolation_note())
         sandbox, execroot = prepare_sandbox(self.store.tmp_dir)
         ok = False
         execution = ActionExecution(action, sandbox, execroot,

@@ -235,3 +235,24 @@ def test_outputs_in_hb_out_are_restored_when_deleted_or_edited(workspace):
     out.write_text("tampered")
     assert executed(workspace.build_json("//b:join")) == (0, 3)
     assert out.read_text() == "FIRST\ndnoces\n"
+
+
+def test_gc_waits_for_a_running_build(workspace):
+    workspace.write("p/BUILD.hermetic", 'genrule(name="slow", outs=["o"], cmd="sleep 2; echo done > $(OUTS)")\n')
+    build = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "//p:slow"], cwd=workspace.root,
+                             env=workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    started = time.monotonic()
+    gc = workspace.hb("cache", "gc", "--max-size", "0")
+    waited = time.monotonic() - started
+    out, err = build.communicate(timeout=60)
+    assert build.returncode == 0, err
+    assert waited > 0.5, "gc must wait for the build holding the cache"
+    assert "removed" in gc.stdout
+    assert (workspace.root / "hb-out/p/slow/o").read_text() == "done\n"
+
+
+def test_plain_progress_lines_when_not_a_tty(workspace):
+    make_chain(workspace)
+    err = workspace.hb("build", "//b:count").stderr
+    assert "Genrule //a:one (" in err and "[4/4] Genrule //b:count (" in err and "4 actions executed, 0 cached" in err
