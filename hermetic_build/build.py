@@ -50,11 +50,12 @@ class BuildSummary:
 
 
 def _stamp(path: Path):
+    """(size, mtime) as a list, so it compares equal after a JSON round trip."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    return (st.st_size, st.st_mtime_ns)
+    return [st.st_size, st.st_mtime_ns]
 
 
 class Session:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from blake3 import blake3
 
 CHUNK = 1 << 20
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}/[0-9]+\Z")
 EMPTY_HASH = blake3(b"").hexdigest()
 
 
@@ -25,9 +27,9 @@ class Digest:
 
     @staticmethod
     def parse(text: str) -> "Digest":
-        hash_, _, size = text.partition("/")
-        if len(hash_) != 64 or not size.isdigit() or any(c not in "0123456789abcdef" for c in hash_):
+        if not _DIGEST_RE.match(text):
             raise ValueError(f"not a digest: {text!r} (expected <64 hex>/<size>)")
+        hash_, _, size = text.partition("/")
         return Digest(hash_, int(size))
 
     @property

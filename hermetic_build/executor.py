@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class Executor:
         return sorted(needed)
 
     def run(self, indices: list[int]) -> BuildStats:
+        """Run the actions `indices` (dependencies first). Cache hits are settled on this thread,
+        so a no-op build never touches the pool; misses run on up to `jobs` worker threads."""
         deps = {i: {self.producers[f.path] for f in self.actions[i].inputs if f.path in self.producers}
                 for i in indices}
         dependents: dict[int, list[int]] = {i: [] for i in indices}
@@ -79,15 +82,30 @@ class Executor:
             for d in ds:
                 dependents[d].append(i)
         remaining = {i: len(ds) for i, ds in deps.items()}
-        ready = [i for i in indices if remaining[i] == 0]
+        ready = deque(i for i in indices if remaining[i] == 0)
         self.reporter.start(len(indices))
         failure: BaseException | None = None
+
+        def finished(i: int) -> None:
+            for j in dependents[i]:
+                remaining[j] -= 1
+                if remaining[j] == 0:
+                    ready.append(j)
+
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             running = {}
             while ready or running:
                 while ready and failure is None:
-                    i = ready.pop(0)
-                    running[pool.submit(self._process, i)] = i
+                    i = ready.popleft()
+                    try:
+                        hit = self._try_cached(i)
+                    except BaseException as exc:  # noqa: BLE001 - reported after running ones finish
+                        failure = exc
+                        break
+                    if hit:
+                        finished(i)
+                    else:
+                        running[pool.submit(self._run_uncached, i)] = i
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -95,14 +113,10 @@ class Executor:
                     i = running.pop(future)
                     try:
                         future.result()
-                    except BaseException as exc:  # noqa: BLE001 - reported after running ones finish
+                    except BaseException as exc:  # noqa: BLE001
                         failure = failure or exc
                         continue
-                    for j in dependents[i]:
-                        remaining[j] -= 1
-                        if remaining[j] == 0:
-                            ready.append(j)
-                    ready.sort()
+                    finished(i)
         self.reporter.finish()
         if failure is not None:
             raise failure
@@ -132,26 +146,29 @@ class Executor:
         fields = key_fields(action, self.input_digests(action), env)
         return action_key(fields), fields
 
-    def _process(self, i: int, force: bool = False) -> None:
+    def _try_cached(self, i: int) -> bool:
+        """Settle action i from the action cache if its result and output blobs are there."""
+        action = self.actions[i]
+        key, fields = self.key_of(action)
+        result = self.store.get_action_result(key)
+        if result is None or result.exit_code != 0 or not all(self.store.has_blob(o.digest) for o in result.outputs):
+            return False
+        with self._lock:
+            self.stats.records[i] = ActionRecord(key, fields, True, result)
+            self.stats.cached += 1
+        self.reporter.action_done(action, cached=True, duration=0.0)
+        return True
+
+    def _run_uncached(self, i: int) -> None:
         action = self.actions[i]
         for _attempt in range(3):
             key, fields = self.key_of(action)
-            result = None if force else self.store.get_action_result(key)
-            if result is not None and result.exit_code == 0 and all(
-                self.store.has_blob(o.digest) for o in result.outputs
-            ):
-                with self._lock:
-                    self.stats.records[i] = ActionRecord(key, fields, True, result)
-                    self.stats.cached += 1
-                self.reporter.action_done(action, cached=True, duration=0.0)
-                return
             try:
                 started = time.monotonic()
                 result = self._execute(action, key)
             except MissingBlob as missing:
                 # An input blob was corrupt or gone (and has been removed): rebuild its producer.
                 self._rerun_producer_of(action, missing.digest)
-                force = False
                 continue
             duration = time.monotonic() - started
             with self._lock:
@@ -186,7 +203,7 @@ class Executor:
                     self.stats.cached -= 1
                 else:
                     self.stats.executed -= 1
-            self._process(j, force=True)
+            self._run_uncached(j)
             self._rebuilt.add(j)
 
     def _execute(self, action: Action, key: str) -> ActionResult:

@@ -1,0 +1,2 @@
+#include "hb.h"
+const char *hb_prefix(void) { return HB_PREFIX; }

@@ -1,0 +1,1 @@
+const char *hb_prefix(void);
