@@ -64,10 +64,17 @@ class Action:
     platform: str
     env_allowlist: tuple[str, ...] = ()
     description: str = field(default="", compare=False)
+    # Where to find things, not what they are (e.g. a download URL for content pinned by hash in
+    # params): passed to the implementation, never part of the key.
+    hints_json: str = field(default="{}", compare=False)
 
     @property
     def params(self) -> dict:
         return json.loads(self.params_json)
+
+    @property
+    def hints(self) -> dict:
+        return json.loads(self.hints_json)
 
     @property
     def id(self) -> str:

@@ -95,7 +95,8 @@ class Actions:
         self.declared: list[Action] = []
 
     def declare(self, *, mnemonic: str, kind: str, inputs, outputs, params: dict | None = None,
-                platform: str | None = None, env_allowlist=(), description: str = "") -> Action:
+                platform: str | None = None, env_allowlist=(), description: str = "",
+                hints: dict | None = None) -> Action:
         registered = get_action_kind(kind)
         if registered is None:
             raise self._ctx.error(f"unknown action kind {kind!r} (the rule module must register it)")
@@ -107,6 +108,7 @@ class Actions:
             params_json=make_params_json(params or {}), platform=platform or self._ctx.platform,
             env_allowlist=tuple(sorted(set(env_allowlist) | set(self._ctx.settings.env_allowlist))),
             description=description or f"{mnemonic} {self._ctx.label}",
+            hints_json=make_params_json(hints or {}),
         )
         self.declared.append(action)
         return action
@@ -143,7 +145,7 @@ class RuleContext:
     # ----- dependencies ---------------------------------------------------------------------------
     def deps(self, attr_name: str) -> list[ConfiguredTarget]:
         value = self.target.attrs[attr_name]
-        labels = value if isinstance(value, tuple) else (value,) if value else ()
+        labels = _labels(value)
         return [self._deps[label] for label in labels if label in self._deps]
 
     def dep(self, attr_name: str) -> ConfiguredTarget | None:
@@ -153,7 +155,7 @@ class RuleContext:
     def files_by_label(self, attr_name: str) -> dict[Label, tuple[File, ...]]:
         """For each label of a label attribute: the source file it names, or the target's outputs."""
         value = self.target.attrs[attr_name]
-        labels = value if isinstance(value, tuple) else (value,) if value else ()
+        labels = _labels(value)
         return {
             label: self._deps[label].files if label in self._deps
             else (File(source_path(label.package, label.name)),)
@@ -248,7 +250,7 @@ class Analyzer:
             if not spec.is_label:
                 continue
             value = target.attrs[name]
-            for label in (value if isinstance(value, tuple) else (value,) if value else ()):
+            for label in _labels(value):
                 if label.package == target.label.package or self.loader.has_package(label.package):
                     package = self.loader.load(label.package, referenced_from=target.location)
                     if label.name in package.targets:
@@ -351,6 +353,13 @@ class Analyzer:
             outputs = tuple(o for a in ctx.actions.declared for o in a.outputs)
             providers[DefaultInfo] = DefaultInfo(outputs)
         return providers
+
+
+def _labels(value) -> tuple[Label, ...]:
+    """The labels of a label or label_list attribute value (a Label is itself a tuple)."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, Label) else tuple(value)
 
 
 def _path(file: File) -> str:

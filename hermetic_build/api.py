@@ -5,13 +5,15 @@ from .analysis import ConfiguredTarget, RuleContext
 from .digest import Digest, DualHasher, digest_bytes, digest_file
 from .errors import ActionFailed, AnalysisError, BuildFileError, HbError, IntegrityError, Location
 from .label import Label
+from .lock import LockOutcome, LockRequest
 from .rule import DefaultInfo, Provider, attr, rule
 from .sandbox import ActionExecution
 from .tree import materialize_tree, store_tree, walk_tree
+from .workspace import host_platform
 
 __all__ = [
     "Action", "ActionExecution", "ActionFailed", "AnalysisError", "BuildFileError", "ConfiguredTarget",
-    "DefaultInfo", "Digest", "DualHasher", "File", "HbError", "IntegrityError", "Label", "Location",
+    "DefaultInfo", "Digest", "DualHasher", "File", "HbError", "IntegrityError", "Label", "Location", "LockOutcome", "LockRequest",
     "Provider", "RuleContext", "attr", "digest_bytes", "digest_file", "materialize_tree",
-    "register_action_kind", "rule", "store_tree", "walk_tree",
+    "host_platform", "register_action_kind", "rule", "store_tree", "walk_tree",
 ]

@@ -70,6 +70,36 @@ def build(obj, labels, jobs, as_json, keep_sandbox, quiet):
 
 
 @main.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("--update", multiple=True, metavar="NAME",
+              help="Re-solve letting NAME move, keeping every other package at its locked version where possible.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a lock no longer matches its inputs.")
+@click.pass_obj
+def lock(obj, labels, update, check):
+    """Resolve lockable targets (e.g. conda_lock) and write their lock files into the source tree."""
+    from .lock import run_lock
+
+    session = _session(obj)
+    outcomes = run_lock(session, list(labels), _current_package(session), update=update, check=check)
+    stale = False
+    for label, outcome in outcomes:
+        if check:
+            if outcome.stale:
+                stale = True
+                click.echo(f"{label}: lock is stale")
+                for reason in outcome.stale:
+                    click.echo(f"  - {reason}")
+            else:
+                click.echo(f"{label}: lock is up to date")
+        else:
+            for path in outcome.written:
+                click.echo(f"{label}: wrote {path}")
+    if stale:
+        click.echo("run `hb lock` on these targets to update their locks", err=True)
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("expression")
 @click.option("--output", type=click.Choice(["label", "label_kind", "location"]), default="label")
 @click.pass_obj

@@ -10,8 +10,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from blake3 import blake3
+
 from .action import register_action_kind
 from .errors import ActionFailed
+from .store.base import ActionResult, OutputEntry
 
 SANDBOX_ROOT = "/hb"  # where the sandbox directory appears inside bubblewrap
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -52,8 +55,24 @@ class ActionExecution:
     def params(self) -> dict:
         return self.action.params
 
+    @property
+    def hints(self) -> dict:
+        return self.action.hints
+
     def path(self, file) -> Path:
         return self.execroot / file.path
+
+    # ----- blobs by another name (e.g. a package's sha256) --------------------------------------
+    def recall_alias(self, alias: str, dest: Path) -> bool:
+        """Write the blob recorded under `alias` to dest (verified). False if unknown or gone."""
+        result = self.store.get_action_result(alias_key(alias))
+        return result is not None and self.store.fetch_file(result.outputs[0].digest, dest)
+
+    def remember_alias(self, alias: str, path: Path):
+        """Store a file's content and record it under `alias` (e.g. "sha256:<hex>")."""
+        digest = self.store.put_file(path)
+        self.store.put_action_result(alias_key(alias), ActionResult((OutputEntry(alias, "file", digest),)))
+        return digest
 
     def base_env(self, inside_bwrap: bool) -> dict:
         root = SANDBOX_ROOT if inside_bwrap else str(self.sandbox_dir)
@@ -96,6 +115,11 @@ class ActionExecution:
         self.stdout += proc.stdout
         self.stderr += proc.stderr
         return proc.returncode
+
+
+def alias_key(alias: str) -> str:
+    """The action-cache key under which the blob known by `alias` is recorded."""
+    return blake3(f"hb-alias/1:{alias}".encode()).hexdigest()
 
 
 def prepare_sandbox(parent: Path) -> tuple[Path, Path]:

@@ -1,0 +1,71 @@
+"""`hb lock`: the one step that is allowed to look at the world (a channel, a registry) and write
+what it saw into the source tree, where it is committed. Rules opt in with a `lock` hook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Location, UsageError
+from .label import Label
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    written: tuple[str, ...] = ()  # workspace-relative files written
+    stale: tuple[str, ...] = ()  # with check=True: why the committed lock no longer matches
+
+
+class LockRequest:
+    """What a rule's lock hook receives."""
+
+    def __init__(self, session, label: Label, rule_name: str, attrs: dict, location: Location, *,
+                 update: tuple[str, ...], check: bool):
+        self._session = session
+        self.label = label
+        self.rule = rule_name
+        self.attrs = attrs
+        self.location = location
+        self.update = update
+        self.check = check
+        self.workspace = session.workspace
+        self.settings = session.settings
+        self.reporter = session.reporter
+
+    def source_path(self, name: str) -> Path:
+        """A path in the target's package directory."""
+        return self.workspace.package_dir(self.label.package) / name
+
+    def relpath(self, path: Path) -> str:
+        return self.workspace.relpath(path)
+
+    def build(self, labels) -> dict[str, list[Path]]:
+        """Build targets (e.g. a local channel) and return their outputs as absolute paths."""
+        summary = self._session.build([str(label) for label in labels])
+        root = self.workspace.root
+        return {label: [root / out["path"] for out in outs] for label, outs in summary.targets.items()}
+
+    def state_dir(self) -> Path:
+        """A per-workspace scratch directory in the cache (e.g. for repodata caches)."""
+        path = self._session.state_dir / "lock"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def run_lock(session, patterns: list[str], current_package: str, *, update=(), check=False) -> list[tuple[str, LockOutcome]]:
+    analysis = session.analyze(patterns, current_package)
+    rules = session.rules()
+    lockable = [label for label in analysis.requested if rules[analysis.targets[label].rule].lock is not None]
+    if not lockable:
+        raise UsageError(f"none of {' '.join(patterns)} can be locked",
+                         hint="hb lock takes targets of lockable rules, e.g. conda_lock")
+    from .buildfile import PackageLoader
+
+    loader = PackageLoader(session.workspace, rules)
+    outcomes = []
+    for label in lockable:
+        target = loader.load(label.package).targets[label.name]
+        request = LockRequest(session, label, target.rule, target.attrs, target.location,
+                              update=tuple(update), check=check)
+        outcomes.append((str(label), rules[target.rule].lock(request)))
+    return outcomes

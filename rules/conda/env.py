@@ -1,0 +1,88 @@
+"""conda_env: from a committed lock only (hb build never solves), one fetch action per package keyed
+by its sha256, then one stage action that installs them into the final prefix path as a tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hermetic_build.api import DefaultInfo, File, Provider, attr, rule
+
+from . import fetch, stage  # noqa: F401 - registering action kinds
+from .lock import CondaLockInfo, check_fresh
+from .lockfile import LockedPackage, packages_for, read_lockfile
+
+
+@dataclass(frozen=True)
+class CondaEnvInfo(Provider):
+    """A staged environment: its tree (the prefix's contents) and what went into it."""
+
+    tree: File
+    prefix: str
+    platform: str
+    packages: tuple[LockedPackage, ...]
+    archives: tuple[File, ...]
+    lockfile: File
+
+
+def _conda_env_impl(ctx):
+    lock_dep = ctx.dep("lock")
+    info = lock_dep.get(CondaLockInfo) if lock_dep is not None else None
+    lock_file = info.lockfile if info is not None else ctx.files("lock")[0]
+    platform = ctx.attr.platform or (info.platforms[0] if info else ctx.platform)
+    import tempfile
+    from pathlib import Path
+
+    data = ctx.read_source(lock_file)
+    with tempfile.TemporaryDirectory(prefix="hb-lock-") as tmp:
+        path = Path(tmp) / "conda-lock.yml"
+        path.write_bytes(data)
+        try:
+            lock = read_lockfile(path)
+        except Exception as exc:  # conda-lock's validation errors
+            ctx.fail(f"{lock_file.path} is not a valid conda-lock file: {exc}")
+    if info is not None:
+        if platform not in info.platforms:
+            ctx.fail(f"platform {platform!r} is not locked by {info.lock_label} (platforms: {list(info.platforms)})")
+        ctx.read_source(info.environment)  # tracked: editing environment.yml re-checks staleness
+        check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ")
+    packages, pip = packages_for(lock, platform)
+    if pip:
+        ctx.fail(f"{lock_file.path} has pip packages for {platform} ({', '.join(sorted(pip))}); "
+                 "hb stages conda packages only")
+    if not packages:
+        ctx.fail(f"{lock_file.path} has no conda packages for platform {platform!r}",
+                 hint=f"platforms in the lock: {', '.join(lock.metadata.platforms)}")
+    archives = []
+    for pkg in packages:
+        if len(pkg.sha256) != 64:
+            ctx.fail(f"{lock_file.path}: {pkg.name} has no sha256; hb fetches only packages pinned by sha256")
+        archive = ctx.declare_file(f"pkgs/{pkg.filename}")
+        ctx.actions.declare(
+            mnemonic="CondaFetch", kind="conda.fetch", inputs=[], outputs=[archive],
+            params={"sha256": pkg.sha256, "filename": pkg.filename}, hints={"urls": [pkg.url]},
+            platform=platform, description=f"CondaFetch {pkg.filename}",
+        )
+        archives.append(archive)
+    tree = ctx.declare_directory("env")
+    ctx.actions.declare(
+        mnemonic="CondaStage", kind="conda.stage", inputs=archives, outputs=[tree], platform=platform,
+        params={"prefix": ctx.attr.prefix, "platform": platform,
+                "packages": [{"filename": p.filename, "url": p.url, "sha256": p.sha256, "name": p.name}
+                             for p in packages]},
+        description=f"CondaStage {ctx.label} ({platform}, {len(packages)} packages)",
+    )
+    return [DefaultInfo(files=(tree,)),
+            CondaEnvInfo(tree, ctx.attr.prefix, platform, tuple(packages), tuple(archives), lock_file)]
+
+
+conda_env = rule(
+    "conda_env",
+    _conda_env_impl,
+    attrs={
+        "lock": attr.label(mandatory=True, allow_files=True,
+                           doc="a conda_lock target, or a conda-lock.yml made by any tool (then it is the truth)"),
+        "platform": attr.string(doc="the platform to stage (default: the lock's first platform)"),
+        "prefix": attr.string(default="/opt/env", doc="the absolute path the environment will live at"),
+    },
+    doc="Fetch a locked environment's packages by sha256 and install them into a prefix tree.",
+)

@@ -1,0 +1,90 @@
+"""Fetching one conda package, keyed by its sha256: http(s) or file://, retried with backoff,
+verified while streaming. A package already in the CAS is never downloaded again."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from blake3 import blake3
+
+from hermetic_build.api import ActionFailed, Digest, register_action_kind
+
+CHUNK = 1 << 20
+RETRIES = 4
+BACKOFF_SECONDS = 0.25
+TIMEOUT_SECONDS = 60
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _download(url: str, dest: str, expected_sha256: str) -> Digest:
+    """Stream url to dest, hashing as it goes; raise _Mismatch if the bytes are not the package."""
+    sha, b3, size = hashlib.sha256(), blake3(), 0
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        source = open(urllib.request.url2pathname(parsed.path), "rb")
+    elif parsed.scheme in ("http", "https"):
+        source = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "hermetic-build"}),
+                                        timeout=TIMEOUT_SECONDS)
+    else:
+        raise ActionFailed(f"unsupported URL scheme in {url} (use http, https or file)")
+    with source, open(dest, "wb") as out:
+        expected_length = getattr(source, "length", None)
+        while chunk := source.read(CHUNK):
+            sha.update(chunk)
+            b3.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        if expected_length not in (None, 0) and size < expected_length:
+            raise http.client.IncompleteRead(b"", expected_length - size)
+    actual = sha.hexdigest()
+    if actual != expected_sha256:
+        raise _Mismatch(actual)
+    return Digest(b3.hexdigest(), size)
+
+
+def _fetch(execution) -> None:
+    params, urls = execution.params, execution.hints.get("urls", [])
+    sha256, filename = params["sha256"], params["filename"]
+    out = execution.execroot / execution.action.outputs[0].path
+    if execution.recall_alias(f"sha256:{sha256}", out):
+        execution.stdout += f"{filename}: already in the cache\n".encode()
+        return
+    errors = []
+    for url in urls:
+        for attempt in range(RETRIES):
+            try:
+                digest = _download(url, str(out), sha256)
+            except _Mismatch as mismatch:
+                os.unlink(out)
+                raise ActionFailed(
+                    f"{filename} from {url} has the wrong content: expected sha256 {sha256}, got {mismatch.args[0]}; "
+                    "nothing was stored") from None
+            except FileNotFoundError:
+                errors.append(f"{url}: no such file")
+                break
+            except urllib.error.HTTPError as exc:
+                errors.append(f"{url}: HTTP {exc.code} {exc.reason}")
+                if exc.code < 500 and exc.code != 429:
+                    break
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
+                errors.append(f"{url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
+            else:
+                execution.remember_alias(f"sha256:{sha256}", out)
+                execution.stdout += f"{filename}: {digest.size} bytes from {url} (attempt {attempt + 1})\n".encode()
+                return
+            if os.path.exists(out):
+                os.unlink(out)
+            time.sleep(BACKOFF_SECONDS * (2 ** attempt))
+    raise ActionFailed(f"could not fetch {filename} (sha256 {sha256}):\n  " + "\n  ".join(errors[-6:]))
+
+
+register_action_kind("conda.fetch", "1", _fetch)

@@ -1,0 +1,135 @@
+"""conda_lock and `hb lock`: one py-rattler solve per platform with exactly the declared virtual
+packages, written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lock files."""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+from hermetic_build.api import (AnalysisError, DefaultInfo, File, Label, LockOutcome, Provider, attr, rule)
+
+from . import lockfile as lf
+from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
+from .solve import solve
+
+
+@dataclass(frozen=True)
+class CondaLockInfo(Provider):
+    lockfile: File
+    environment: File
+    platforms: tuple[str, ...]
+    channels: tuple[str, ...]
+    virtual_packages: tuple[tuple[str, tuple[str, ...]], ...]
+    lock_label: str
+
+    def virtual_packages_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.virtual_packages}
+
+
+def _platforms(attrs, settings) -> tuple[str, ...]:
+    return tuple(attrs["platforms"]) or tuple(settings.platforms)
+
+
+def _conda_lock_impl(ctx):
+    environment = ctx.files("environment")[0]
+    lockfile = File(f"{ctx.label.package}/{ctx.attr.lockfile}" if ctx.label.package else ctx.attr.lockfile)
+    platforms = _platforms({"platforms": ctx.attr.platforms}, ctx.settings)
+    for platform in ctx.attr.virtual_packages:
+        if platform not in platforms:
+            ctx.fail(f"virtual_packages names platform {platform!r}, which is not in platforms {list(platforms)}")
+    return [
+        DefaultInfo(files=(lockfile,)),
+        CondaLockInfo(lockfile, environment, platforms, tuple(ctx.attr.channels),
+                      tuple(sorted((k, tuple(v)) for k, v in ctx.attr.virtual_packages.items())), str(ctx.label)),
+    ]
+
+
+def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathlib.Path, where: str) -> None:
+    """Raise if the committed lock no longer matches its environment spec (hb build never solves)."""
+    spec = read_environment(workspace_root / info.environment.path, info.platforms, info.channels,
+                            shown_path=info.environment.path)
+    current = content_hashes(spec, info.virtual_packages_dict())
+    recorded = (lock.metadata.content_hash or {}).get(platform)
+    if recorded != current.get(platform):
+        reasons = explain_staleness(lock.metadata.custom_metadata,
+                                    input_fingerprints(spec, info.virtual_packages_dict()), platform)
+        raise AnalysisError(
+            f"{where}{info.lockfile.path} is stale for {platform}: " + "; ".join(reasons),
+            hint=f"run `hb lock {info.lock_label}` and commit the updated lock files")
+
+
+def _lock(request) -> LockOutcome:
+    attrs = request.attrs
+    platforms = _platforms(attrs, request.settings)
+    virtual_packages = {k: list(v) for k, v in attrs["virtual_packages"].items()}
+    env_label = attrs["environment"]
+    env_path = request.workspace.root / (f"{env_label.package}/{env_label.name}" if env_label.package else env_label.name)
+    shown = request.relpath(env_path)
+    spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown)
+    lock_path = request.source_path(attrs["lockfile"])
+    existing = lf.read_lockfile(lock_path) if lock_path.exists() else None
+    hashes = content_hashes(spec, virtual_packages)
+    fingerprints = input_fingerprints(spec, virtual_packages)
+
+    if request.check:
+        if existing is None:
+            return LockOutcome(stale=(f"{request.relpath(lock_path)} does not exist",))
+        stale = []
+        for platform in platforms:
+            if (existing.metadata.content_hash or {}).get(platform) != hashes[platform]:
+                stale += [f"{platform}: {r}" for r in
+                          explain_staleness(existing.metadata.custom_metadata, fingerprints, platform)]
+        if sorted(existing.metadata.platforms) != sorted(platforms):
+            stale.append("the list of platforms changed")
+        return LockOutcome(stale=tuple(dict.fromkeys(stale)))
+
+    channel_urls = _channel_urls(request, spec.channels)
+    packages = []
+    for platform in platforms:
+        locked = []
+        if existing is not None and request.update:
+            keep, _pip = lf.packages_for(existing, platform)
+            locked = [(p.name, p.version, p.build) for p in keep if p.name not in request.update]
+        request.reporter.info(f"solving {request.label} for {platform}")
+        records = solve(channel_urls, spec.match_specs(platform), platform, virtual_packages.get(platform, []),
+                        request.state_dir() / "repodata", locked, where=f"{request.label}: ")
+        packages.extend(lf.locked_dependency(r, platform) for r in records)
+    lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms, [shown], fingerprints)
+    lf.write_lockfile(lockfile, lock_path)
+    written = [request.relpath(lock_path)]
+    if attrs["explicit"]:
+        for platform in platforms:
+            path = request.source_path(f"conda-{platform}.lock")
+            path.write_text(lf.render_explicit(lockfile, platform))
+            written.append(request.relpath(path))
+    return LockOutcome(written=tuple(written))
+
+
+def _channel_urls(request, channels) -> list[str]:
+    """Channel URLs to solve against; `//pkg:name` labels of conda_channel targets are built first."""
+    urls = []
+    for channel in channels:
+        if channel.startswith("//") or channel.startswith(":"):
+            label = Label.parse(channel, request.label.package)
+            outputs = request.build([label])[str(label)]
+            urls.append(outputs[0].as_uri())
+        else:
+            urls.append(channel)
+    return urls
+
+
+conda_lock = rule(
+    "conda_lock",
+    _conda_lock_impl,
+    attrs={
+        "environment": attr.label(default="environment.yml", allow_files=True, doc="the environment.yml"),
+        "platforms": attr.string_list(doc="platforms to lock (default: the workspace's platforms)"),
+        "channels": attr.string_list(doc="channels (URLs or conda_channel labels); default: the file's own"),
+        "virtual_packages": attr.string_list_dict(
+            doc="platform -> virtual packages (e.g. ['__glibc=2.17', '__cuda=12.4']); exactly these are used"),
+        "lockfile": attr.string(default="conda-lock.yml", doc="the unified lock file to write, in this package"),
+        "explicit": attr.bool(default=True, doc="also write explicit conda-<platform>.lock files"),
+    },
+    doc="Lock an environment.yml per platform (`hb lock`). `hb build` reads the committed lock only.",
+    lock=_lock,
+)

@@ -1,0 +1,90 @@
+"""Reading and writing lock files with conda-lock's models, writer and renderer."""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    """One conda package of one platform in a lock, as hb's fetch and stage need it."""
+
+    name: str
+    version: str
+    build: str
+    url: str
+    sha256: str
+    md5: str | None
+    platform: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+def read_lockfile(path: pathlib.Path):
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    return parse_conda_lock_file(path)
+
+
+def packages_for(lockfile, platform: str) -> tuple[list[LockedPackage], list[str]]:
+    """(conda packages of `platform`, names of pip packages that hb refuses)."""
+    packages, pip = [], []
+    for dep in lockfile.package:
+        if dep.platform != platform:
+            continue
+        if dep.manager != "conda":
+            pip.append(dep.name)
+            continue
+        packages.append(LockedPackage(
+            name=dep.name, version=dep.version, build=getattr(dep, "build", None) or _build_from_url(dep.url),
+            url=dep.url, sha256=dep.hash.sha256 or "", md5=dep.hash.md5, platform=platform,
+        ))
+    return sorted(packages, key=lambda p: p.name), pip
+
+
+def _build_from_url(url: str) -> str:
+    name = url.rsplit("/", 1)[-1].removesuffix(".conda").removesuffix(".tar.bz2")
+    return name.rsplit("-", 1)[-1]
+
+
+def locked_dependency(record, platform: str):
+    """A conda-lock LockedDependency from a rattler RepoDataRecord."""
+    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
+
+    deps = {}
+    for spec in record.depends:
+        name, _, constraint = spec.partition(" ")
+        deps[name] = constraint.strip() or "*"
+    return LockedDependency(
+        name=record.name.normalized, version=str(record.version), manager="conda", platform=platform,
+        dependencies=deps, url=record.url,
+        hash=HashModel(md5=record.md5.hex() if record.md5 else None,
+                       sha256=record.sha256.hex() if record.sha256 else None),
+        build=str(record.build), categories={"main"},
+    )
+
+
+def make_lockfile(packages, content_hash: dict, channels, platforms, sources, custom_metadata: dict):
+    from conda_lock.lockfile.v1.models import LockMeta
+    from conda_lock.lockfile.v2prelim.models import Lockfile
+
+    meta = LockMeta(content_hash=content_hash, channels=list(channels), platforms=list(platforms),
+                    sources=list(sources), custom_metadata=custom_metadata)
+    return Lockfile(package=sorted(packages, key=lambda d: (d.platform, d.name)), metadata=meta)
+
+
+def write_lockfile(lockfile, path: pathlib.Path) -> None:
+    from conda_lock.lockfile import write_conda_lock_file
+
+    write_conda_lock_file(lockfile, path, metadata_choices=set(), include_help_text=True)
+
+
+def render_explicit(lockfile, platform: str) -> str:
+    from conda_lock.conda_lock import render_lockfile_for_platform
+
+    lines = render_lockfile_for_platform(lockfile=lockfile, include_dev_dependencies=True, extras=None,
+                                         kind="explicit", platform=platform)
+    return "\n".join(lines) + "\n"
