@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from support import SHARED_DATA
 from hermetic_build.digest import Digest, DualHasher, canonical_json, digest_bytes, digest_file
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import require_tool
+from support import require_tool
 
 CHAIN = {
     "a/BUILD.hermetic": """\

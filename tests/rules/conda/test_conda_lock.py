@@ -1,0 +1,148 @@
+"""`hb lock` with py-rattler and conda-lock's file formats."""
+
+import json
+import shutil
+import textwrap
+
+from conda_lock.lockfile import parse_conda_lock_file
+
+from conftest import env_workspace
+
+
+def _lock(ws):
+    return parse_conda_lock_file(ws.root / "env" / "conda-lock.yml")
+
+
+def _by_platform(lock):
+    out = {}
+    for p in lock.package:
+        out.setdefault(p.platform, {})[p.name] = p
+    return out
+
+
+def test_lock_two_platforms_over_http(workspace, nginx_channel):
+    env_workspace(workspace, nginx_channel.url, ["python 3.11.*", "nlp-tok", "hb-accel", "hb-vocab >=2"],
+                  platforms=("linux-64", "osx-arm64"))
+    proc = workspace.hb("lock", "//env:lock")
+    assert "wrote env/conda-lock.yml" in proc.stdout and "wrote env/conda-osx-arm64.lock" in proc.stdout
+    lock = _lock(workspace)
+    by_platform = _by_platform(lock)
+    assert set(by_platform) == {"linux-64", "osx-arm64"}
+    assert set(by_platform["linux-64"]) == {"python", "nlp-tok", "hb-accel", "hb-vocab", "hb-config"}
+    assert by_platform["osx-arm64"]["hb-accel"].url.endswith(".conda") and "/osx-arm64/" in by_platform["osx-arm64"]["hb-accel"].url
+    assert by_platform["linux-64"]["hb-vocab"].version == "2.0.0"
+    assert all(p.url.startswith(nginx_channel.url) and len(p.hash.sha256) == 64 for p in lock.package)
+    assert set(lock.metadata.content_hash) == {"linux-64", "osx-arm64"}
+    explicit = (workspace.root / "env" / "conda-linux-64.lock").read_text()
+    assert "@EXPLICIT" in explicit and explicit.count(nginx_channel.url) == 5
+    assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+
+
+def test_cuda_build_chosen_only_with_declared_cuda(workspace, nginx_channel):
+    env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix"]})
+    workspace.hb("lock", "//env:lock")
+    assert _by_platform(_lock(workspace))["linux-64"]["hb-accel"].build.startswith("cpu")
+    env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix", "__cuda=12.4"]})
+    workspace.hb("lock", "//env:lock")
+    assert _by_platform(_lock(workspace))["linux-64"]["hb-accel"].build.startswith("cuda12")
+    env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix", "__cuda=11.8"]})
+    workspace.hb("lock", "//env:lock")
+    assert _by_platform(_lock(workspace))["linux-64"]["hb-accel"].build.startswith("cpu")
+
+
+def test_unsatisfiable_spec_explains(workspace, nginx_channel):
+    env_workspace(workspace, nginx_channel.url, ["hb-vocab >=3"])
+    proc = workspace.hb("lock", "//env:lock", check=False)
+    assert proc.returncode == 4
+    assert "//env:lock: cannot solve the environment for linux-64" in proc.stderr
+    assert "hb-vocab" in proc.stderr and ">=3" in proc.stderr
+
+
+def test_stale_lock_detected_and_explained(workspace, nginx_channel):
+    env_workspace(workspace, nginx_channel.url, ["hb-vocab"])
+    workspace.hb("lock", "//env:lock")
+    workspace.hb("build", "//env:env")
+    workspace.write("env/environment.yml", (workspace.root / "env/environment.yml").read_text() + "  - hb-config\n")
+    proc = workspace.hb("build", "//env:env", check=False)
+    assert proc.returncode == 4
+    assert "env/conda-lock.yml is stale for linux-64: the dependencies for linux-64 changed" in proc.stderr
+    assert "hb lock //env:lock" in proc.stderr
+    check = workspace.hb("lock", "--check", "//env:lock", check=False)
+    assert check.returncode == 1 and "linux-64: the dependencies for linux-64 changed" in check.stdout
+    workspace.hb("lock", "//env:lock")
+    assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+    workspace.hb("build", "//env:env")
+
+
+def test_virtual_package_change_makes_lock_stale(workspace, nginx_channel):
+    env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix"]})
+    workspace.hb("lock", "//env:lock")
+    env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix", "__cuda=12.4"]})
+    check = workspace.hb("lock", "--check", "//env:lock", check=False)
+    assert check.returncode == 1 and "the virtual packages for linux-64 changed" in check.stdout
+
+
+def test_pip_section_is_refused_with_location(workspace, nginx_channel):
+    env_workspace(workspace, nginx_channel.url, ["hb-vocab"])
+    workspace.write("env/environment.yml", f"channels: [{nginx_channel.url}]\ndependencies:\n  - hb-vocab\n  - pip:\n    - requests\n")
+    proc = workspace.hb("lock", "//env:lock", check=False)
+    assert proc.returncode == 4
+    assert "env/environment.yml:4: pip dependencies are not supported" in proc.stderr
+
+
+def _tiny_recipe(root, name, version):
+    path = root / f"{name}-{version}" / "recipe.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(textwrap.dedent(f"""\
+        package:
+          name: {name}
+          version: "{version}"
+        build:
+          noarch: generic
+          script:
+            - mkdir -p $PREFIX/share && echo {version} > $PREFIX/share/{name}.txt
+    """))
+    return path
+
+
+def _build(recipe, channel):
+    from rattler_build import Stage0Recipe
+
+    from rules.conda.channel import index_channel
+
+    Stage0Recipe.from_file(str(recipe)).run_build(output_dir=str(channel), channels=[channel.as_uri()],
+                                                  no_build_id=True, no_include_recipe=True)
+    shutil.rmtree(channel / "bld", ignore_errors=True)
+    index_channel(channel)
+
+
+def test_update_moves_one_package_and_keeps_the_others(workspace, tmp_path):
+    from rules.conda.channel import index_channel
+
+    channel = tmp_path / "chan"
+    index_channel(channel)
+    recipes = tmp_path / "recipes"
+    for name in ("pkg-a", "pkg-b"):
+        _build(_tiny_recipe(recipes, name, "1.0"), channel)
+    env_workspace(workspace, channel.as_uri(), ["pkg-a", "pkg-b"])
+    workspace.hb("lock", "//env:lock")
+    assert {n: p.version for n, p in _by_platform(_lock(workspace))["linux-64"].items()} == {"pkg-a": "1.0", "pkg-b": "1.0"}
+    for name in ("pkg-a", "pkg-b"):
+        _build(_tiny_recipe(recipes, name, "2.0"), channel)
+    workspace.hb("lock", "--update", "pkg-a", "//env:lock")
+    assert {n: p.version for n, p in _by_platform(_lock(workspace))["linux-64"].items()} == {"pkg-a": "2.0", "pkg-b": "1.0"}
+    workspace.hb("lock", "//env:lock")
+    assert {n: p.version for n, p in _by_platform(_lock(workspace))["linux-64"].items()} == {"pkg-a": "2.0", "pkg-b": "2.0"}
+
+
+def test_lock_with_channel_label_builds_the_channel(workspace, tmp_path):
+    from support import REPO
+
+    shutil.copytree(REPO / "examples" / "channel", workspace.root / "channel")
+    env_workspace(workspace, "//channel:test-channel", ["hb-hello"])
+    workspace.hb("lock", "//env:lock", timeout=600)
+    lock = _lock(workspace)
+    assert lock.metadata.channels[0].url == "//channel:test-channel"
+    hello = _by_platform(lock)["linux-64"]["hb-hello"]
+    assert hello.url.startswith((workspace.root / "hb-out/channel/test-channel/channel").as_uri())
+    assert json.loads(workspace.hb("build", "--json", "//env:env").stdout)["actions"]["executed"] == 3

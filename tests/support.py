@@ -1,0 +1,150 @@
+"""Test support: temporary workspaces, the real `hb` command, and real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def require_tool(name: str) -> str:
+    """A real tool the test needs. Missing tools fail the test (CI installs them), never skip it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; .ci/run installs it (apt-get install)")
+    return path
+
+
+class Workspace:
+    def __init__(self, root: Path, cache: Path):
+        self.root = root
+        self.cache = cache
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env["HB_CACHE_DIR"] = str(self.cache)
+        env.pop("COLUMNS", None)
+        return env
+
+    def hb(self, *args, check: bool = True, cwd: Path | None = None, timeout: float = 300):
+        proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", *args], cwd=cwd or self.root,
+                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hb {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def build_json(self, *labels: str) -> dict:
+        return json.loads(self.hb("build", "--json", *labels).stdout)
+
+
+# ----- real servers on free 127.0.0.1 ports, stopped by PID -------------------------------------
+import signal  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server at {url} did not answer in {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Nginx:
+    """nginx serving `root` read-only (static files), on a free port."""
+
+    def __init__(self, root: Path, workdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "nginx.conf"
+        conf.write_text(f"""
+            user root;
+            worker_processes 1;
+            daemon off;
+            pid {workdir}/nginx.pid;
+            error_log {workdir}/error.log;
+            events {{ worker_connections 64; }}
+            http {{
+                access_log {workdir}/access.log;
+                client_body_temp_path {workdir}/body;
+                proxy_temp_path {workdir}/proxy;
+                fastcgi_temp_path {workdir}/fastcgi;
+                uwsgi_temp_path {workdir}/uwsgi;
+                scgi_temp_path {workdir}/scgi;
+                server {{
+                    listen 127.0.0.1:{self.port};
+                    root {root};
+                    location / {{ autoindex on; }}
+                }}
+            }}
+        """)
+        self.access_log = workdir / "access.log"
+        self.proc = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_http(self.url + "/", self.proc)
+
+    def requests(self) -> list[str]:
+        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class FaultyServer:
+    def __init__(self, root: Path, workdir: Path, *flags: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / f"faulty-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "servers" / "faulty_http.py"), "--root", str(root),
+             "--port", str(self.port), "--log", str(self.log), *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_http(self.url + "/", self.proc)
+
+    def requests(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def stop(self) -> None:
+        stop(self.proc)
