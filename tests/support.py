@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,10 +58,6 @@ class Workspace:
 
 
 # ----- real servers on free 127.0.0.1 ports, stopped by PID -------------------------------------
-import signal  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
 
 
 def free_port() -> int:
@@ -148,3 +149,35 @@ class FaultyServer:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+# ----- conda environments -------------------------------------------------------------------------
+VPKGS = {
+    "linux-64": ["__unix", "__linux=5.10", "__glibc=2.36"],
+    "osx-arm64": ["__unix", "__osx=13.0"],
+}
+
+
+def env_workspace(ws: Workspace, channel_url: str, dependencies: list[str], *, platforms=("linux-64",),
+                  virtual_packages=None, env_platform: str = "linux-64", extra_build: str = "") -> None:
+    """A package //env with an environment.yml, a conda_lock and a conda_env."""
+    deps = "\n".join(f"  - {d}" for d in dependencies)
+    ws.write("env/environment.yml", f"name: t\nchannels:\n  - {channel_url}\ndependencies:\n{deps}\n")
+    vp = virtual_packages if virtual_packages is not None else {p: VPKGS[p] for p in platforms}
+    ws.write("env/BUILD.hermetic", textwrap.dedent(f"""\
+        conda_lock(
+            name = "lock",
+            platforms = {list(platforms)!r},
+            virtual_packages = {vp!r},
+        )
+        conda_env(name = "env", lock = ":lock", platform = {env_platform!r})
+    """) + extra_build)
+
+
+def run_in_prefix(tree: Path, *argv: str) -> subprocess.CompletedProcess:
+    """Run a program of a staged environment with the tree placed at /opt/env (bubblewrap)."""
+    return subprocess.run([require_tool("bwrap"), "--ro-bind", "/", "/", "--tmpfs", "/opt", "--ro-bind", str(tree),
+                           "/opt/env", "--dev", "/dev", "--proc", "/proc", *argv],
+                          capture_output=True, text=True, timeout=60)
+
+

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from support import REPO, FaultyServer, Nginx, Workspace
-
-VPKGS = {
-    "linux-64": ["__unix", "__linux=5.10", "__glibc=2.36"],
-    "osx-arm64": ["__unix", "__osx=13.0"],
-}
 
 
 @pytest.fixture(scope="session")
@@ -53,30 +46,3 @@ def faulty_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
-
-
-def env_workspace(ws: Workspace, channel_url: str, dependencies: list[str], *, platforms=("linux-64",),
-                  virtual_packages=None, env_platform: str = "linux-64", extra_build: str = "") -> None:
-    """A package //env with an environment.yml, a conda_lock and a conda_env."""
-    deps = "\n".join(f"  - {d}" for d in dependencies)
-    ws.write("env/environment.yml", f"name: t\nchannels:\n  - {channel_url}\ndependencies:\n{deps}\n")
-    vp = virtual_packages if virtual_packages is not None else {p: VPKGS[p] for p in platforms}
-    ws.write("env/BUILD.hermetic", textwrap.dedent(f"""\
-        conda_lock(
-            name = "lock",
-            platforms = {list(platforms)!r},
-            virtual_packages = {vp!r},
-        )
-        conda_env(name = "env", lock = ":lock", platform = {env_platform!r})
-    """) + extra_build)
-
-
-def run_in_prefix(tree: Path, *argv: str) -> subprocess.CompletedProcess:
-    """Run a program of a staged environment with the tree placed at /opt/env (bubblewrap)."""
-    from support import require_tool
-
-    return subprocess.run([require_tool("bwrap"), "--ro-bind", "/", "/", "--tmpfs", "/opt", "--ro-bind", str(tree),
-                           "/opt/env", "--dev", "/dev", "--proc", "/proc", *argv],
-                          capture_output=True, text=True, timeout=60)
-
-

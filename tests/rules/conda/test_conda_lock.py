@@ -6,7 +6,7 @@ import textwrap
 
 from conda_lock.lockfile import parse_conda_lock_file
 
-from conftest import env_workspace
+from support import env_workspace
 
 
 def _lock(ws):

@@ -1,0 +1,37 @@
+"""The bundled example workspace, driven the way the README tells a newcomer to."""
+
+import json
+import shutil
+
+import pytest
+
+from support import REPO, Workspace
+
+
+@pytest.fixture
+def example(tmp_path) -> Workspace:
+    root = tmp_path / "examples"
+    shutil.copytree(REPO / "examples", root, ignore=shutil.ignore_patterns("hb-out", "conda-lock.yml", "conda-*.lock"))
+    return Workspace(root, tmp_path / "cache")
+
+
+def test_data_pipeline(example):
+    summary = example.build_json("//data:stats")
+    assert summary["actions"]["executed"] == 6
+    assert (example.root / "hb-out/data/stats/stats.txt").read_text().startswith("rows 400\n")
+
+
+@pytest.mark.slow
+def test_nlp_env_from_readme(example):
+    example.hb("lock", "//env:nlp-lock", timeout=600)
+    for name in ("conda-lock.yml", "conda-linux-64.lock", "conda-osx-arm64.lock"):
+        assert (example.root / "env" / name).is_file()
+    summary = example.build_json("//env:nlp-env")
+    assert summary["actions"]["executed"] == 8
+    actions = json.loads(example.hb("aquery", "--json", "//env:nlp-env").stdout)
+    assert sorted({a["mnemonic"] for a in actions}) == ["CondaFetch", "CondaStage"]
+    from support import run_in_prefix
+
+    tree = example.root / summary["targets"]["//env:nlp-env"][0]["path"]
+    assert run_in_prefix(tree, "/opt/env/bin/hb-hello").stdout == "hello from /opt/env\n"
+    assert example.build_json("//env:nlp-env")["actions"]["executed"] == 0
