@@ -167,10 +167,11 @@ class Session:
             indices = executor.closure(wanted)
             try:
                 stats = executor.run(indices)
+                targets = self._publish(analysis, executor)
             finally:
                 executor.file_cache.save()
                 self._save_records(executor)
-            targets = self._publish(analysis, executor)
+                executor.close()
         self._save_last_build(stats)
         return BuildSummary(targets, stats.executed, stats.cached, time.monotonic() - started, stats)
 

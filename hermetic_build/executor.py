@@ -58,6 +58,8 @@ class Executor:
         self._rerun_locks: dict[int, threading.Lock] = {}
         self._rebuilt: set[int] = set()
         self._isolation_reported = False
+        self._deleter: ThreadPoolExecutor | None = None
+        self._deletions: list = []
 
     # ----- scheduling ---------------------------------------------------------------------------
     def closure(self, files: list[File]) -> list[int]:
@@ -260,7 +262,20 @@ class Executor:
             return result
         finally:
             if ok or not self.keep_sandbox:
-                shutil.rmtree(sandbox, ignore_errors=True)
+                self._discard(sandbox)
+
+    def _discard(self, sandbox: Path) -> None:
+        """Delete a sandbox off the critical path: deleting an environment's thousands of files
+        took as long as installing them. close() waits for the deletions."""
+        with self._lock:
+            if self._deleter is None:
+                self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hb-delete")
+            self._deletions.append(self._deleter.submit(shutil.rmtree, sandbox, True))
+
+    def close(self) -> None:
+        if self._deleter is not None:
+            self._deleter.shutdown(wait=True)
+            self._deleter = None
 
     def _failure(self, action, message, execution, sandbox, trace: str | None = None) -> ActionFailed:
         out = bytes(execution.stdout).decode(errors="replace")[-4000:]

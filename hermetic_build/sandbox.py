@@ -68,11 +68,10 @@ class ActionExecution:
         result = self.store.get_action_result(alias_key(alias))
         return result is not None and self.store.fetch_file(result.outputs[0].digest, dest)
 
-    def remember_alias(self, alias: str, path: Path):
-        """Store a file's content and record it under `alias` (e.g. "sha256:<hex>")."""
-        digest = self.store.put_file(path)
+    def remember_alias(self, alias: str, digest) -> None:
+        """Record that the blob `digest` (an output of this action, stored when it succeeds) is
+        also known as `alias` (e.g. "sha256:<hex>"). An alias whose blob is missing is a miss."""
         self.store.put_action_result(alias_key(alias), ActionResult((OutputEntry(alias, "file", digest),)))
-        return digest
 
     def base_env(self, inside_bwrap: bool) -> dict:
         root = SANDBOX_ROOT if inside_bwrap else str(self.sandbox_dir)

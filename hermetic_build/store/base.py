@@ -75,10 +75,10 @@ class Store(ABC):
     def get_blob(self, digest: Digest) -> bytes | None: ...
 
     @abstractmethod
-    def put_blob(self, data: bytes) -> Digest: ...
+    def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest: ...
 
     @abstractmethod
-    def put_file(self, path: Path, *, move: bool = False) -> Digest: ...
+    def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest: ...
 
     @abstractmethod
     def fetch_file(self, digest: Digest, dest: Path) -> bool:
@@ -89,6 +89,9 @@ class Store(ABC):
 
     @abstractmethod
     def put_action_result(self, key: str, result: ActionResult) -> None: ...
+
+    def flush(self) -> None:
+        """Make blobs written with fsync=False durable. Stores that write through need nothing."""
 
     def find_missing(self, digests) -> list[Digest]:
         return [d for d in digests if not self.has_blob(d)]

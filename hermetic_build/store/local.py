@@ -21,6 +21,18 @@ from ..digest import CHUNK, Digest, digest_bytes
 from .base import ActionResult, Store
 
 
+def _load_syncfs():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
 class LocalStore(Store):
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -28,12 +40,22 @@ class LocalStore(Store):
         self.ac_dir = self.root / "ac"
         self.tmp_dir = self.root / "tmp"
         self.corrupt_removed: list[Digest] = []
-        for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        self._cas = str(self.cas_dir)
+        self._tmp = str(self.tmp_dir)
+        if not (self.root / ".layout-v1").exists():
+            for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            for i in range(256):  # all shards up front: no mkdir on the hot path
+                os.makedirs(os.path.join(self._cas, f"{i:02x}"), exist_ok=True)
+                os.makedirs(os.path.join(self.ac_dir, f"{i:02x}"), exist_ok=True)
+            (self.root / ".layout-v1").touch()
 
     # ----- paths and locking -------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
-        return self.cas_dir / digest.hash[:2] / digest.hash
+        return Path(self._blob(digest))
+
+    def _blob(self, digest: Digest) -> str:
+        return f"{self._cas}/{digest.hash[:2]}/{digest.hash}"
 
     def _ac_path(self, key: str) -> Path:
         return self.ac_dir / key[:2] / key
@@ -52,18 +74,20 @@ class LocalStore(Store):
             os.close(fd)
 
     def _temp(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self.tmp_dir, prefix="w-")
+        return tempfile.mkstemp(dir=self._tmp, prefix="w-")
 
-    def _commit(self, tmp: str, final: Path, mode: int = 0o444) -> None:
+    def _commit(self, tmp: str, final, mode: int = 0o444) -> None:
         os.chmod(tmp, mode)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:  # a shard removed by hand: recreate it
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
 
     # ----- CAS -----------------------------------------------------------------------------
     def has_blob(self, digest: Digest) -> bool:
-        path = self.blob_path(digest)
         try:
-            st = path.stat()
+            st = os.stat(self._blob(digest))
         except FileNotFoundError:
             return False
         if st.st_size != digest.size:
@@ -85,7 +109,7 @@ class LocalStore(Store):
             return None
         return data
 
-    def put_blob(self, data: bytes) -> Digest:
+    def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
         digest = digest_bytes(data)
         if self.has_blob(digest):
             return digest
@@ -94,29 +118,34 @@ class LocalStore(Store):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
-            self._commit(tmp, self.blob_path(digest))
+                if fsync:
+                    os.fsync(f.fileno())
+            self._commit(tmp, self._blob(digest))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         return digest
 
-    def put_file(self, path: Path, *, move: bool = False) -> Digest:
-        """Store a file's content. With move=True the file is renamed into the CAS (same filesystem)."""
+    def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest:
+        """Store a file's content. With move=True the file is renamed into the CAS (same filesystem).
+
+        fsync=False leaves durability to one flush() for a batch (a tree of thousands of files):
+        the caller must flush() before recording anything that refers to these blobs."""
         if move:
             hasher, size = blake3(), 0
             with open(path, "rb") as f:
                 while chunk := f.read(CHUNK):
                     hasher.update(chunk)
                     size += len(chunk)
-                os.fsync(f.fileno())
+                if fsync:
+                    os.fsync(f.fileno())
             digest = Digest(hasher.hexdigest(), size)
             if self.has_blob(digest):
                 os.unlink(path)
                 return digest
             try:
-                self._commit(str(path), self.blob_path(digest))
+                self._commit(str(path), self._blob(digest))
                 return digest
             except OSError:  # another filesystem: fall back to copying
                 pass
@@ -129,12 +158,13 @@ class LocalStore(Store):
                     dst.write(chunk)
                     size += len(chunk)
                 dst.flush()
-                os.fsync(dst.fileno())
+                if fsync:
+                    os.fsync(dst.fileno())
             digest = Digest(hasher.hexdigest(), size)
             if self.has_blob(digest):
                 os.unlink(tmp)
             else:
-                self._commit(tmp, self.blob_path(digest))
+                self._commit(tmp, self._blob(digest))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -142,6 +172,15 @@ class LocalStore(Store):
         if move:
             os.unlink(path)
         return digest
+
+    def flush(self) -> None:
+        """Make every blob written so far durable (one syncfs instead of an fsync per file)."""
+        fd = os.open(self.cas_dir, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def fetch_file(self, digest: Digest, dest: Path) -> bool:
         src = self.blob_path(digest)

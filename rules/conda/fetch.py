@@ -15,6 +15,8 @@ from blake3 import blake3
 
 from hermetic_build.api import ActionFailed, Digest, register_action_kind
 
+from .archive import check_archive
+
 CHUNK = 1 << 20
 RETRIES = 4
 BACKOFF_SECONDS = 0.25
@@ -78,7 +80,9 @@ def _fetch(execution) -> None:
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
                 errors.append(f"{url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
             else:
-                execution.remember_alias(f"sha256:{sha256}", out)
+                # Checked once per package, here: the stage only ever sees archives that passed.
+                check_archive(out, filename)
+                execution.remember_alias(f"sha256:{sha256}", digest)
                 execution.stdout += f"{filename}: {digest.size} bytes from {url} (attempt {attempt + 1})\n".encode()
                 return
             if os.path.exists(out):
@@ -87,4 +91,4 @@ def _fetch(execution) -> None:
     raise ActionFailed(f"could not fetch {filename} (sha256 {sha256}):\n  " + "\n  ".join(errors[-6:]))
 
 
-register_action_kind("conda.fetch", "1", _fetch)
+register_action_kind("conda.fetch", "2", _fetch)
