@@ -1,0 +1,69 @@
+"""A local store in front of a remote one: reads try local first, remote hits are written to the
+local store, writes go to local and (when uploading) to the remote. A decorator, not a peer: the
+remote can be any Store (HTTP cache, OCI registry, another directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..digest import Digest
+from .base import ActionResult, Store
+
+
+class TieredStore(Store):
+    def __init__(self, local, remote: Store, *, upload: bool = True):
+        self.local = local
+        self.remote = remote
+        self.upload = upload
+
+    def __getattr__(self, name):  # tmp_dir, lock(), gc(), stats() ... are the local store's
+        return getattr(self.local, name)
+
+    # ----- CAS -------------------------------------------------------------------------------------
+    def has_blob(self, digest: Digest) -> bool:
+        return self.local.has_blob(digest) or self.remote.has_blob(digest)
+
+    def get_blob(self, digest: Digest) -> bytes | None:
+        data = self.local.get_blob(digest)
+        if data is None:
+            data = self.remote.get_blob(digest)  # verified by the remote store
+            if data is not None:
+                self.local.put_blob(data)
+        return data
+
+    def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
+        digest = self.local.put_blob(data, fsync=fsync)
+        if self.upload:
+            self.remote.put_blob(data)
+        return digest
+
+    def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest:
+        digest = self.local.put_file(path, move=move, fsync=fsync)
+        if self.upload:
+            self.remote.put_file(self.local.blob_path(digest))
+        return digest
+
+    def fetch_file(self, digest: Digest, dest: Path) -> bool:
+        if self.local.fetch_file(digest, dest):
+            return True
+        if not self.remote.fetch_file(digest, dest):
+            return False
+        self.local.put_file(Path(dest))
+        return True
+
+    def flush(self) -> None:
+        self.local.flush()
+
+    # ----- action cache ----------------------------------------------------------------------------
+    def get_action_result(self, key: str) -> ActionResult | None:
+        result = self.local.get_action_result(key)
+        if result is None:
+            result = self.remote.get_action_result(key)
+            if result is not None:
+                self.local.put_action_result(key, result)
+        return result
+
+    def put_action_result(self, key: str, result: ActionResult) -> None:
+        self.local.put_action_result(key, result)
+        if self.upload:
+            self.remote.put_action_result(key, result)

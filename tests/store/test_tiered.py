@@ -1,0 +1,54 @@
+"""The tiered store, with another local directory standing in as the remote peer."""
+
+import os
+
+from hermetic_build.digest import digest_bytes
+from hermetic_build.store.base import ActionResult, OutputEntry
+from hermetic_build.store.local import LocalStore
+from hermetic_build.store.tiered import TieredStore
+
+
+def _stores(tmp_path, upload=True):
+    local, remote = LocalStore(tmp_path / "local"), LocalStore(tmp_path / "remote")
+    return local, remote, TieredStore(local, remote, upload=upload)
+
+
+def test_writes_go_to_both_when_uploading(tmp_path):
+    local, remote, tiered = _stores(tmp_path)
+    d = tiered.put_blob(b"x")
+    f = tmp_path / "f"
+    f.write_bytes(b"file content")
+    d2 = tiered.put_file(f)
+    result = ActionResult((OutputEntry("o", "file", d),))
+    tiered.put_action_result("ab" * 32, result)
+    for store in (local, remote):
+        assert store.get_blob(d) == b"x" and store.get_blob(d2) == b"file content"
+        assert store.get_action_result("ab" * 32) == result
+
+
+def test_read_only_remote_is_not_written(tmp_path):
+    local, remote, tiered = _stores(tmp_path, upload=False)
+    d = tiered.put_blob(b"x")
+    assert local.has_blob(d) and not remote.has_blob(d)
+
+
+def test_remote_hits_are_written_locally(tmp_path):
+    local, remote, tiered = _stores(tmp_path)
+    d = remote.put_blob(b"from remote")
+    result = ActionResult((OutputEntry("o", "file", d),))
+    remote.put_action_result("cd" * 32, result)
+    assert tiered.get_action_result("cd" * 32) == result
+    assert local.get_action_result("cd" * 32) == result
+    dest = tmp_path / "dest"
+    assert tiered.fetch_file(d, dest) and dest.read_bytes() == b"from remote"
+    assert local.get_blob(d) == b"from remote"
+
+
+def test_corrupt_remote_blob_is_a_miss(tmp_path):
+    local, remote, tiered = _stores(tmp_path)
+    d = remote.put_blob(b"good")
+    os.chmod(remote.blob_path(d), 0o644)
+    remote.blob_path(d).write_bytes(b"evil")
+    assert tiered.get_blob(d) is None and not local.has_blob(d)
+    assert not tiered.fetch_file(d, tmp_path / "dest")
+    assert not local.has_blob(digest_bytes(b"evil"))
