@@ -58,15 +58,39 @@ def _stamp(path: Path):
     return [st.st_size, st.st_mtime_ns]
 
 
+@dataclass(frozen=True)
+class RemoteOptions:
+    url: str | None = None
+    upload: bool | None = None  # None: the workspace setting
+    required: bool = False
+    timeout: int | None = None
+
+
 class Session:
     def __init__(self, workspace: Workspace, *, jobs: int = 0, reporter: Reporter | None = None,
-                 keep_sandbox: bool = False):
+                 keep_sandbox: bool = False, remote: RemoteOptions | None = None):
         self.workspace = workspace
         self.settings = workspace.settings
         self.jobs = jobs or self.settings.jobs or os.cpu_count() or 1
         self.reporter = reporter or Reporter()
         self.keep_sandbox = keep_sandbox
-        self.store = LocalStore(self.settings.cache_dir)
+        self.local_store = LocalStore(self.settings.cache_dir)
+        self.remote = None
+        self.store = self.local_store
+        remote = remote or RemoteOptions()
+        url = remote.url or self.settings.remote_cache
+        if url:
+            from .store.factory import open_remote
+            from .store.remote import GuardedRemote
+            from .store.tiered import TieredStore
+
+            timeout = remote.timeout or self.settings.remote_timeout
+            self.remote = GuardedRemote(open_remote(url, timeout=timeout, local=self.local_store),
+                                        required=remote.required, warn=self.reporter.warn, url=url)
+            upload = self.settings.remote_upload if remote.upload is None else remote.upload
+            self.store = TieredStore(self.local_store, self.remote, upload=upload)
+            if remote.required:
+                self.remote.probe(upload)
         ws_id = blake3(str(workspace.root).encode()).hexdigest()[:16]
         self.state_dir = self.settings.cache_dir / "workspaces" / ws_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -243,6 +267,16 @@ class Session:
 
     def _save_last_build(self, stats: BuildStats) -> None:
         data = {"executed": stats.executed, "cached": stats.cached, "finished": time.time()}
+        if self.remote is not None:
+            remote = self.remote.stats.to_json()
+            data["remote"] = {"url": self.remote.url, "disabled": self.remote.disabled, **remote}
+            data["local_hits"] = stats.cached - remote["ac_hits"]
+            if remote["rejected_entries"]:
+                self.reporter.warn(f"remote cache: ignored {remote['rejected_entries']} action-cache entries that "
+                                   "were unsigned or badly signed (HB_REMOTE_HMAC_KEY is set)")
+            if remote["rejected_blobs"]:
+                self.reporter.warn(f"remote cache: rejected {remote['rejected_blobs']} blobs whose content did not "
+                                   "match their digest")
         _atomic_write(self.state_dir / "last-build.json", json.dumps(data).encode())
 
     def last_build(self) -> dict | None:

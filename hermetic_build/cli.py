@@ -12,12 +12,33 @@ from .errors import HbError, UsageError
 from .report import Reporter
 
 
-def _session(ctx_obj, jobs: int = 0, keep_sandbox: bool = False, quiet: bool = False):
+def _session(ctx_obj, jobs: int = 0, keep_sandbox: bool = False, quiet: bool = False, remote=None):
     from .build import Session
     from .workspace import find_workspace
 
     workspace = find_workspace(Path(ctx_obj.get("workspace") or Path.cwd()))
-    return Session(workspace, jobs=jobs, reporter=Reporter(quiet=quiet), keep_sandbox=keep_sandbox)
+    return Session(workspace, jobs=jobs, reporter=Reporter(quiet=quiet), keep_sandbox=keep_sandbox, remote=remote)
+
+
+def remote_options(fn):
+    """--remote-cache and friends, for commands that may read or write a remote cache."""
+    options = [
+        click.option("--remote-cache", metavar="URL", help="http(s)://host/prefix or oci://host/repo "
+                     "(default: remote_cache in hermetic.toml)."),
+        click.option("--remote-upload/--no-remote-upload", default=None,
+                     help="Write results to the remote (typical on CI); default: remote_upload in hermetic.toml."),
+        click.option("--remote-required", is_flag=True, help="Fail instead of building locally when the remote fails."),
+        click.option("--remote-timeout", type=int, default=None, metavar="SECONDS", help="Per-request timeout."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _remote(remote_cache, remote_upload, remote_required, remote_timeout):
+    from .build import RemoteOptions
+
+    return RemoteOptions(remote_cache, remote_upload, remote_required, remote_timeout)
 
 
 def _current_package(session) -> str:
@@ -53,10 +74,13 @@ def main(ctx, workspace):
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox of a failed action for inspection.")
 @click.option("--quiet", "-q", is_flag=True)
+@remote_options
 @click.pass_obj
-def build(obj, labels, jobs, as_json, keep_sandbox, quiet):
+def build(obj, labels, jobs, as_json, keep_sandbox, quiet, remote_cache, remote_upload, remote_required,
+          remote_timeout):
     """Build LABELS (//pkg:name, :name, //pkg/..., //pkg:all)."""
-    session = _session(obj, jobs, keep_sandbox, quiet)
+    session = _session(obj, jobs, keep_sandbox, quiet,
+                       _remote(remote_cache, remote_upload, remote_required, remote_timeout))
     summary = session.build(list(labels), _current_package(session))
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
@@ -231,6 +255,14 @@ def cache_stats(obj, as_json):
     last = data["last_build"]
     if last:
         click.echo(f"last build: {last['executed']} executed, {last['cached']} cached")
+        remote = last.get("remote")
+        if remote:
+            click.echo(f"  local hits: {last['local_hits']}  remote hits: {remote['ac_hits']}  "
+                       f"remote misses: {remote['ac_misses']}  ({remote['url']}"
+                       f"{', disabled after an error' if remote['disabled'] else ''})")
+            click.echo(f"  down: {remote['blobs_down']} blobs, {_human(remote['bytes_down'])}  "
+                       f"up: {remote['blobs_up']} blobs, {_human(remote['bytes_up'])}  "
+                       f"rejected: {remote['rejected_entries']} entries, {remote['rejected_blobs']} blobs")
 
 
 @cache.command("gc")

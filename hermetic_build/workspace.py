@@ -32,13 +32,15 @@ class Settings:
     source_date_epoch: int = 0
     env_allowlist: tuple[str, ...] = ()
     remote_cache: str | None = None
+    remote_upload: bool = False
+    remote_timeout: int = 10
     jobs: int = 0
     rule_modules: tuple[str, ...] = ("rules",)
     extra: dict = field(default_factory=dict, compare=False)  # sections owned by rules (e.g. [conda])
 
 
 _KNOWN_KEYS = {"cache_dir", "platforms", "source_date_epoch", "env_allowlist", "remote_cache", "jobs",
-               "rule_modules"}
+               "rule_modules", "remote_upload", "remote_timeout"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,9 @@ def load_settings(root: Path) -> Settings:
         platforms=tuple(typed("platforms", list, [])) or (host_platform(),),
         source_date_epoch=typed("source_date_epoch", int, 0),
         env_allowlist=tuple(sorted(typed("env_allowlist", list, []))),
-        remote_cache=top.get("remote_cache"),
+        remote_cache=typed("remote_cache", str, "") or None,
+        remote_upload=typed("remote_upload", bool, False),
+        remote_timeout=typed("remote_timeout", int, 10),
         jobs=typed("jobs", int, 0),
         rule_modules=tuple(typed("rule_modules", list, ["rules"])),
         extra=sections,

@@ -132,6 +132,67 @@ class Nginx:
         stop(self.proc)
 
 
+class NginxCache:
+    """nginx with WebDAV PUT under /cas/ and /ac/: Bazel's HTTP cache layout. `mode` is "rw",
+    "ro" (PUT forbidden: 403) or "auth" (basic auth with user hb / password secret)."""
+
+    USER, PASSWORD = "hb", "secret"
+
+    def __init__(self, workdir: Path, mode: str = "rw"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = workdir / "data"
+        for sub in ("cas", "ac"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        auth = ""
+        if mode == "auth":
+            htpasswd = subprocess.run(["openssl", "passwd", "-apr1", self.PASSWORD], capture_output=True,
+                                      text=True, check=True).stdout.strip()
+            (workdir / "htpasswd").write_text(f"{self.USER}:{htpasswd}\n")
+            auth = f'auth_basic "hb"; auth_basic_user_file {workdir}/htpasswd;'
+        methods = "GET HEAD" if mode == "ro" else "GET HEAD PUT"
+        conf = workdir / "nginx.conf"
+        conf.write_text(f"""
+            user root;
+            worker_processes 1;
+            daemon off;
+            pid {workdir}/nginx.pid;
+            error_log {workdir}/error.log;
+            events {{ worker_connections 256; }}
+            http {{
+                access_log {workdir}/access.log;
+                client_body_temp_path {workdir}/body;
+                proxy_temp_path {workdir}/proxy;
+                fastcgi_temp_path {workdir}/fastcgi;
+                uwsgi_temp_path {workdir}/uwsgi;
+                scgi_temp_path {workdir}/scgi;
+                server {{
+                    listen 127.0.0.1:{self.port};
+                    root {self.root};
+                    client_max_body_size 0;
+                    location / {{ return 404; }}
+                    location ~ "^/(cas|ac)/[0-9a-f]{{64}}$" {{
+                        {auth}
+                        dav_methods PUT;
+                        create_full_put_path on;
+                        dav_access user:rw group:r all:r;
+                        limit_except {methods} {{ deny all; }}
+                    }}
+                }}
+            }}
+        """)
+        self.access_log = workdir / "access.log"
+        self.proc = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_http(self.url + "/", self.proc)
+
+    def requests(self) -> list[str]:
+        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 class FaultyServer:
     def __init__(self, root: Path, workdir: Path, *flags: str):
         self.port = free_port()

@@ -1,0 +1,173 @@
+"""Bazel's HTTP cache layout: GET/HEAD/PUT {base}/cas/{digest} and {base}/ac/{key}.
+
+Works against nginx with WebDAV, bazel-remote, or an object store behind a gateway. Neither kind of
+server checks that content matches its name, so every blob read is verified here, and action-cache
+entries are signed (see remote.Signer)."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import ssl
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+from blake3 import blake3
+
+from ..digest import CHUNK, Digest, digest_bytes
+from .base import ActionResult, Store
+from .remote import RemoteAuthError, RemoteStats, RemoteUnavailable, Signer
+
+RETRIES = 3
+BACKOFF_SECONDS = 0.2
+
+
+class HttpStore(Store):
+    def __init__(self, base_url: str, *, signer: Signer, timeout: float = 10.0, cafile: str | None = None,
+                 user: str | None = None, password: str | None = None):
+        parsed = urllib.parse.urlparse(base_url.rstrip("/"))
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url}")
+        self.url = base_url.rstrip("/")
+        self._scheme, self._host, self._port = parsed.scheme, parsed.hostname, parsed.port
+        self._path = parsed.path.rstrip("/")
+        self._timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=cafile) if parsed.scheme == "https" else None
+        user = user if user is not None else (parsed.username or os.environ.get("HB_REMOTE_USER"))
+        password = password if password is not None else (parsed.password or os.environ.get("HB_REMOTE_PASSWORD"))
+        self._auth = ("Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()) if user else None
+        self.signer = signer
+        self.stats = RemoteStats()
+        self._local = threading.local()
+
+    # ----- transport: one keep-alive connection per thread ----------------------------------------
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._scheme == "https":
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def _request(self, method: str, path: str, body=None, headers=None, stream_to=None):
+        """(status, body bytes or None). Retries connection errors and 5xx with backoff."""
+        headers = dict(headers or {})
+        if self._auth:
+            headers["Authorization"] = self._auth
+        last = None
+        for attempt in range(RETRIES):
+            conn = self._conn()
+            try:
+                if hasattr(body, "seek"):
+                    body.seek(0)
+                conn.request(method, self._path + path, body=body, headers=headers)
+                response = conn.getresponse()
+                status = response.status
+                if status in (401, 403):
+                    response.read()
+                    raise RemoteAuthError(f"HTTP {status} for {method} {path}")
+                if status >= 500:
+                    response.read()
+                    last = f"HTTP {status} for {method} {path}"
+                elif stream_to is not None and status == 200:
+                    return status, stream_to(response)
+                else:
+                    return status, response.read()
+            except (ConnectionError, TimeoutError, http.client.HTTPException, OSError) as exc:
+                if isinstance(exc, RemoteAuthError):
+                    raise
+                last = f"{type(exc).__name__}: {exc}"
+                conn.close()
+                self._local.conn = None
+                if isinstance(exc, (TimeoutError, ConnectionRefusedError)) and attempt == RETRIES - 1:
+                    break
+            time.sleep(BACKOFF_SECONDS * (2 ** attempt))
+        raise RemoteUnavailable(last or "no answer")
+
+    # ----- CAS -------------------------------------------------------------------------------------
+    def has_blob(self, digest: Digest) -> bool:
+        status, _ = self._request("HEAD", f"/cas/{digest.hash}")
+        return status == 200
+
+    def get_blob(self, digest: Digest) -> bytes | None:
+        status, data = self._request("GET", f"/cas/{digest.hash}")
+        if status != 200:
+            return None
+        if digest_bytes(data) != digest:
+            self.stats.add(rejected_blobs=1)
+            return None
+        self.stats.add(blobs_down=1, bytes_down=len(data))
+        return data
+
+    def fetch_file(self, digest: Digest, dest: Path) -> bool:
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.hb-remote-{os.getpid()}-{threading.get_ident()}")
+
+        def stream(response) -> Digest:
+            hasher, size = blake3(), 0
+            with open(tmp, "wb") as out:
+                while chunk := response.read(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            return Digest(hasher.hexdigest(), size)
+
+        try:
+            status, got = self._request("GET", f"/cas/{digest.hash}", stream_to=stream)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if status != 200:
+            tmp.unlink(missing_ok=True)
+            return False
+        if got != digest:
+            tmp.unlink(missing_ok=True)
+            self.stats.add(rejected_blobs=1)
+            return False
+        os.replace(tmp, dest)
+        self.stats.add(blobs_down=1, bytes_down=digest.size)
+        return True
+
+    def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
+        digest = digest_bytes(data)
+        self._put(f"/cas/{digest.hash}", data, len(data))
+        return digest
+
+    def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest:
+        from ..digest import digest_file
+
+        digest = digest_file(path)
+        if not self.has_blob(digest):
+            with open(path, "rb") as f:
+                self._put(f"/cas/{digest.hash}", f, digest.size)
+        return digest
+
+    def _put(self, path: str, body, size: int) -> None:
+        status, _ = self._request("PUT", path, body=body, headers={"Content-Length": str(size)})
+        if status not in (200, 201, 204):
+            raise RemoteUnavailable(f"HTTP {status} for PUT {path}")
+        self.stats.add(blobs_up=1, bytes_up=size)
+
+    # ----- action cache ----------------------------------------------------------------------------
+    def get_action_result(self, key: str) -> ActionResult | None:
+        status, data = self._request("GET", f"/ac/{key}")
+        if status != 200:
+            self.stats.add(ac_misses=1)
+            return None
+        result, why = self.signer.open(key, data)
+        if result is None:
+            self.stats.add(rejected_entries=1, ac_misses=1)
+            with self.stats._lock:
+                self.stats.errors.append(f"ignored action-cache entry {key[:12]}: {why}")
+            return None
+        self.stats.add(ac_hits=1)
+        return result
+
+    def put_action_result(self, key: str, result: ActionResult) -> None:
+        data = self.signer.seal(key, result)
+        self._put(f"/ac/{key}", data, len(data))
