@@ -193,6 +193,49 @@ class NginxCache:
         stop(self.proc)
 
 
+class Registry:
+    """The Debian docker-registry (distribution 2.8) on a free port, storing under workdir."""
+
+    def __init__(self, workdir: Path, *, htpasswd: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None):
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.storage = workdir / "storage"
+        self.storage.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "version: 0.1",
+            "log: {level: error}",
+            f"storage: {{filesystem: {{rootdirectory: {self.storage}}}, delete: {{enabled: true}}}}",
+            f"http: {{addr: {self.host}" + (f", tls: {{certificate: {tls[0]}, key: {tls[1]}}}" if tls else "") + "}",
+        ]
+        if htpasswd:
+            user, password = htpasswd
+            hashed = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            (workdir / "htpasswd").write_text(hashed + "\n")
+            lines.append(f"auth: {{htpasswd: {{realm: hb-test, path: {workdir / 'htpasswd'}}}}}")
+        conf = workdir / "config.yml"
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([require_tool("docker-registry"), "serve", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        scheme = "https" if tls else "http"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {self.proc.stderr.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        self.url = f"{scheme}://{self.host}"
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.storage / "docker/registry/v2/blobs/sha256" / sha256[:2] / sha256 / "data"
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 class FaultyServer:
     def __init__(self, root: Path, workdir: Path, *flags: str):
         self.port = free_port()

@@ -1,13 +1,14 @@
 """Remote cache end to end: two workspaces on one machine standing in for two machines."""
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from support import NginxCache, Workspace, free_port
+from support import NginxCache, Registry, Workspace, free_port
 
 BUILD = """\
 genrule(name = "one", srcs = ["in.txt"], outs = ["one.txt"], cmd = "tr a-z A-Z < $(SRCS) > $(OUTS)")
@@ -23,6 +24,48 @@ def _workspace(root, cache) -> Workspace:
     ws.write("p/BUILD.hermetic", BUILD)
     ws.write("p/in.txt", "hello remote\n")
     return ws
+
+
+class _Backend:
+    """One remote cache under test: its URL and a way to alter a stored blob."""
+
+    def __init__(self, kind, tmp_path):
+        self.kind = kind
+        if kind == "http":
+            self.server = NginxCache(tmp_path / "nginx")
+            self.url = self.server.url
+        else:
+            self.server = Registry(tmp_path / "registry")
+            self.url = f"oci://{self.server.host}/hb/cache"
+
+    def alter_blob(self, blake3_hex: str, size: int) -> None:
+        forged = b"tampered output!".ljust(size, b"!")[:size]
+        if self.kind == "http":
+            (self.server.root / "cas" / blake3_hex).write_bytes(forged)
+            return
+        # find the registry blob whose manifest annotation names this BLAKE3 digest
+        import json as _json
+
+        for data in (self.server.storage / "docker/registry/v2/blobs/sha256").glob("*/*/data"):
+            try:
+                manifest = _json.loads(data.read_bytes())
+            except ValueError:
+                continue
+            for layer in manifest.get("layers", []) if isinstance(manifest, dict) else []:
+                if layer.get("annotations", {}).get("dev.hermetic-build.blake3") == blake3_hex:
+                    self.server.blob_path(layer["digest"].split(":")[1]).write_bytes(forged)
+                    return
+        raise AssertionError(f"no registry blob for {blake3_hex}")
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.fixture(params=["http", "oci"])
+def backend(request, tmp_path):
+    b = _Backend(request.param, tmp_path)
+    yield b
+    b.stop()
 
 
 @pytest.fixture
@@ -42,12 +85,12 @@ def _build(ws, url, *extra, env=None, check=True):
                           capture_output=True, text=True)
 
 
-def test_second_machine_downloads_instead_of_building(tmp_path, cache_server):
+def test_second_machine_downloads_instead_of_building(tmp_path, backend):
     a = _workspace(tmp_path / "a" / "ws", tmp_path / "a" / "cache")
-    first = json.loads(_build(a, cache_server.url, "--remote-upload").stdout)
+    first = json.loads(_build(a, backend.url, "--remote-upload").stdout)
     assert first["actions"] == {"executed": 3, "cached": 0}
     b = _workspace(tmp_path / "b" / "elsewhere", tmp_path / "b" / "cache")
-    second = json.loads(_build(b, cache_server.url).stdout)
+    second = json.loads(_build(b, backend.url).stdout)
     assert second["actions"] == {"executed": 0, "cached": 3}
     assert second["targets"] == first["targets"]
     assert (b.root / "hb-out/p/tree/t.txt").read_text() == (a.root / "hb-out/p/tree/t.txt").read_text()
@@ -59,20 +102,21 @@ def test_second_machine_downloads_instead_of_building(tmp_path, cache_server):
     assert stats["remote"]["blobs_up"] == 0
 
 
-def test_altered_blob_is_rejected_and_rebuilt_locally(tmp_path, cache_server):
+def test_altered_blob_is_rejected_and_rebuilt_locally(tmp_path, backend):
     a = _workspace(tmp_path / "a" / "ws", tmp_path / "a" / "cache")
-    first = json.loads(_build(a, cache_server.url, "--remote-upload").stdout)
-    digest = first["targets"]["//p:tree"][0]["digest"].split("/")[0]
-    (cache_server.root / "cas" / digest).write_bytes(b"tampered output!!!!!!!!!!!!!!!!!!!!!"[: int(first["targets"]["//p:tree"][0]["digest"].split("/")[1])])
+    first = json.loads(_build(a, backend.url, "--remote-upload").stdout)
+    digest, size = first["targets"]["//p:tree"][0]["digest"].split("/")
+    backend.alter_blob(digest, int(size))
     b = _workspace(tmp_path / "b" / "ws", tmp_path / "b" / "cache")
-    proc = _build(b, cache_server.url)
+    proc = _build(b, backend.url)
     second = json.loads(proc.stdout)
     assert second["actions"]["executed"] >= 1
     assert (b.root / "hb-out/p/tree/t.txt").read_text() == (a.root / "hb-out/p/tree/t.txt").read_text()
     assert "rejected 1 blobs whose content did not match" in proc.stderr
 
 
-def test_unsigned_entries_are_ignored_with_a_key(tmp_path, cache_server):
+def test_unsigned_entries_are_ignored_with_a_key(tmp_path, backend):
+    cache_server = backend
     a = _workspace(tmp_path / "a" / "ws", tmp_path / "a" / "cache")
     _build(a, cache_server.url, "--remote-upload")  # no HB_REMOTE_HMAC_KEY: unsigned entries
     b = _workspace(tmp_path / "b" / "ws", tmp_path / "b" / "cache")
@@ -132,3 +176,27 @@ def test_auth_failures_are_one_clear_line_when_required(tmp_path, mode, status):
         server.stop()
 
 
+
+
+def test_registry_garbage_collection_keeps_everything_in_use(tmp_path):
+    """Every blob hb stores in a registry is reachable from an action-cache manifest, so the
+    registry's own garbage collector deletes nothing a later build needs."""
+    registry = Registry(tmp_path / "registry")
+    a = _workspace(tmp_path / "a" / "ws", tmp_path / "a" / "cache")
+    first = json.loads(_build(a, f"oci://{registry.host}/hb/cache", "--remote-upload").stdout)
+    registry.stop()
+    gc = subprocess.run(["docker-registry", "garbage-collect", str(tmp_path / "registry" / "config.yml")],
+                        capture_output=True, text=True)
+    assert gc.returncode == 0, gc.stderr
+    assert "blob eligible for deletion" not in gc.stdout, gc.stdout
+    registry = Registry.__new__(Registry)
+    Registry.__init__(registry, tmp_path / "registry2")
+    shutil.rmtree(registry.storage)
+    shutil.copytree(tmp_path / "registry" / "storage", registry.storage)
+    try:
+        b = _workspace(tmp_path / "b" / "ws", tmp_path / "b" / "cache")
+        second = json.loads(_build(b, f"oci://{registry.host}/hb/cache").stdout)
+        assert second["actions"] == {"executed": 0, "cached": 3}
+        assert second["targets"] == first["targets"]
+    finally:
+        registry.stop()

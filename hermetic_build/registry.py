@@ -1,0 +1,320 @@
+"""A small client for the OCI distribution API (registries): blobs (HEAD, GET, monolithic and chunked
+upload, cross-repository mount) and manifests, with basic and bearer-token auth and TLS with a custom
+CA. Used by the OCI-registry remote cache and by image push."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import re
+import ssl
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, "application/vnd.docker.distribution.manifest.list.v2+json")
+
+
+class RegistryError(Exception):
+    """A registry answered with an error (status and its message)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryAuthError(RegistryError):
+    pass
+
+
+class RegistryUnavailable(RegistryError):
+    pass
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """host[:port]/repository[:tag|@digest] (what `hb push` and oci:// caches take)."""
+
+    host: str
+    repository: str
+    reference: str | None = None
+    secure: bool = True
+
+    @staticmethod
+    def parse(text: str, *, default_secure: bool | None = None) -> "RegistryRef":
+        secure = default_secure
+        for prefix, is_secure in (("oci+http://", False), ("oci+https://", True), ("oci://", None),
+                                  ("docker://", None)):
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+                secure = is_secure if is_secure is not None else secure
+                break
+        host, _, rest = text.partition("/")
+        if not rest or not host:
+            raise ValueError(f"not a registry reference: {text!r} (expected host[:port]/repository[:tag])")
+        reference = None
+        if "@" in rest:
+            rest, reference = rest.split("@", 1)
+        elif ":" in rest.rsplit("/", 1)[-1]:
+            rest, reference = rest.rsplit(":", 1)
+        if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", rest):
+            raise ValueError(f"invalid repository name {rest!r}: lowercase letters, digits, '.', '_', '-', '/'")
+        if secure is None:
+            hostname = host.rsplit(":", 1)[0]
+            secure = not (hostname in ("127.0.0.1", "localhost", "::1") and not os.environ.get("HB_REMOTE_CA"))
+        return RegistryRef(host, rest, reference, secure)
+
+
+def docker_config_credentials(host: str) -> tuple[str, str] | None:
+    """user/password for host from ~/.docker/config.json (auths[host].auth), if any."""
+    path = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    try:
+        auths = json.loads(path.read_text()).get("auths", {})
+    except (FileNotFoundError, ValueError):
+        return None
+    for key in (host, f"https://{host}", f"http://{host}"):
+        entry = auths.get(key)
+        if entry and entry.get("auth"):
+            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            return user, password
+    return None
+
+
+class RegistryClient:
+    def __init__(self, host: str, *, secure: bool = True, cafile: str | None = None,
+                 credentials: tuple[str, str] | None = None, timeout: float = 30.0):
+        self.host = host
+        self.secure = secure
+        self.timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=cafile) if secure else None
+        if credentials is None:
+            user = os.environ.get("HB_REGISTRY_USER") or os.environ.get("HB_REMOTE_USER")
+            if user:
+                credentials = (user, os.environ.get("HB_REGISTRY_PASSWORD") or os.environ.get("HB_REMOTE_PASSWORD", ""))
+            else:
+                credentials = docker_config_credentials(host)
+        self.credentials = credentials
+        self._tokens: dict[str, str] = {}  # scope -> "Bearer ..." or "Basic ..."
+        self._local = threading.local()
+        self.base = f"{'https' if secure else 'http'}://{host}"
+
+    # ----- transport ----------------------------------------------------------------------------------
+    def _conn(self, host: str | None = None):
+        host = host or self.host
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(host)
+        if conn is None:
+            if self.secure:
+                conn = http.client.HTTPSConnection(host, timeout=self.timeout, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(host, timeout=self.timeout)
+            conns[host] = conn
+        return conn
+
+    def _drop(self, host: str | None = None) -> None:
+        conns = getattr(self._local, "conns", {})
+        conn = conns.pop(host or self.host, None)
+        if conn is not None:
+            conn.close()
+
+    def request(self, method: str, url: str, *, scope: str, body=None, headers=None, stream_to=None,
+                expect=(200,)):
+        """(status, headers, body). Answers 401 by authenticating (basic or bearer) and retrying once."""
+        for attempt in range(3):
+            status, resp_headers, data = self._send(method, url, scope, body, headers, stream_to)
+            if status == 401 and attempt == 0:
+                self._authenticate(resp_headers.get("WWW-Authenticate", ""), scope)
+                continue
+            if status in (401, 403):
+                raise RegistryAuthError(_describe(method, url, status, data), status)
+            if status >= 500 and attempt < 2:
+                continue
+            if status not in expect:
+                raise RegistryError(_describe(method, url, status, data), status)
+            return status, resp_headers, data
+        raise RegistryError(_describe(method, url, status, data), status)
+
+    def _send(self, method, url, scope, body, headers, stream_to):
+        parsed = urllib.parse.urlparse(url if "://" in url else self.base + url)
+        host = parsed.netloc
+        path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        headers = dict(headers or {})
+        if scope in self._tokens and host == self.host:
+            headers["Authorization"] = self._tokens[scope]
+        for attempt in range(2):
+            conn = self._conn(host)
+            try:
+                if hasattr(body, "seek"):
+                    body.seek(0)
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                if stream_to is not None and response.status == 200:
+                    data = stream_to(response)
+                else:
+                    data = response.read()
+                return response.status, response.headers, data
+            except ssl.SSLError as exc:
+                self._drop(host)
+                raise RegistryUnavailable(f"TLS error talking to {host}: {exc.reason or exc}; "
+                                          "if it uses a private CA, set HB_REMOTE_CA=/path/to/ca.pem") from None
+            except (ConnectionError, TimeoutError, http.client.HTTPException, OSError) as exc:
+                self._drop(host)
+                if attempt == 1 or isinstance(exc, (ConnectionRefusedError, TimeoutError)):
+                    raise RegistryUnavailable(f"{host}: {type(exc).__name__}: {exc}") from None
+
+    def _authenticate(self, challenge: str, scope: str) -> None:
+        scheme, _, params = challenge.partition(" ")
+        if self.credentials is None and scheme.lower() == "basic":
+            raise RegistryAuthError(f"{self.host} requires a login: set HB_REGISTRY_USER/HB_REGISTRY_PASSWORD "
+                                    "or log in with docker login", 401)
+        if scheme.lower() == "basic":
+            user, password = self.credentials
+            self._tokens[scope] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            return
+        if scheme.lower() == "bearer":
+            fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+            query = {"service": fields.get("service", "")}
+            query["scope"] = fields.get("scope") or scope
+            url = fields["realm"] + "?" + urllib.parse.urlencode(query)
+            headers = {}
+            if self.credentials:
+                user, password = self.credentials
+                headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            parsed = urllib.parse.urlparse(url)
+            conn = (http.client.HTTPSConnection(parsed.netloc, timeout=self.timeout, context=self._ssl)
+                    if parsed.scheme == "https" else http.client.HTTPConnection(parsed.netloc, timeout=self.timeout))
+            conn.request("GET", parsed.path + "?" + parsed.query, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            conn.close()
+            if response.status != 200:
+                raise RegistryAuthError(f"token server {parsed.netloc} refused: HTTP {response.status}", response.status)
+            token = json.loads(data).get("token") or json.loads(data).get("access_token")
+            self._tokens[scope] = f"Bearer {token}"
+            return
+        raise RegistryAuthError(f"{self.host} asked for unsupported authentication {challenge!r}", 401)
+
+    # ----- blobs ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _scope(repo: str, push: bool) -> str:
+        return f"repository:{repo}:{'pull,push' if push else 'pull'}"
+
+    def blob_size(self, repo: str, digest: str) -> int | None:
+        """Size of blob `digest` ("sha256:...") in repo, or None when absent."""
+        status, headers, _ = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=self._scope(repo, False),
+                                          expect=(200, 404))
+        return int(headers.get("Content-Length", 0)) if status == 200 else None
+
+    def get_blob(self, repo: str, digest: str, stream_to=None):
+        status, _, data = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=self._scope(repo, False),
+                                       stream_to=stream_to, expect=(200, 404))
+        return data if status == 200 else None
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount; False when the registry wants an upload instead."""
+        status, headers, _ = self.request(
+            "POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}",
+            scope=f"repository:{repo}:pull,push repository:{from_repo}:pull", expect=(201, 202),
+            headers={"Content-Length": "0"})
+        if status == 202:  # an upload session was opened instead; cancel it
+            location = headers.get("Location")
+            if location:
+                try:
+                    self.request("DELETE", location, scope=self._scope(repo, True), expect=(204, 404))
+                except RegistryError:
+                    pass
+        return status == 201
+
+    def upload_blob(self, repo: str, source, digest: str, size: int, *, chunk_size: int | None = None) -> None:
+        """Upload bytes or a file path. Monolithic (one PUT), or chunked (PATCH per chunk_size)."""
+        scope = self._scope(repo, True)
+        _, headers, _ = self.request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, expect=(202,),
+                                     headers={"Content-Length": "0"})
+        location = headers["Location"]
+        if isinstance(source, (bytes, bytearray)):
+            opener = _BytesSource(bytes(source))
+        else:
+            opener = _FileSource(Path(source))
+        with opener as f:
+            if chunk_size:
+                offset = 0
+                while offset < size:
+                    chunk = f.read(min(chunk_size, size - offset))
+                    _, headers, _ = self.request(
+                        "PATCH", location, scope=scope, body=chunk, expect=(202,),
+                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(chunk)),
+                                 "Content-Range": f"{offset}-{offset + len(chunk) - 1}"})
+                    location = headers["Location"]
+                    offset += len(chunk)
+                body, length = b"", 0
+            else:
+                body, length = f, size
+            sep = "&" if "?" in location else "?"
+            self.request("PUT", f"{location}{sep}digest={digest}", scope=scope, body=body, expect=(201,),
+                         headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)})
+
+    # ----- manifests ------------------------------------------------------------------------------------
+    def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
+        _, headers, _ = self.request("PUT", f"/v2/{repo}/manifests/{reference}", scope=self._scope(repo, True),
+                                     body=data, expect=(201,),
+                                     headers={"Content-Type": media_type, "Content-Length": str(len(data))})
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        returned = headers.get("Docker-Content-Digest")
+        if returned and returned != digest:
+            raise RegistryError(f"registry stored manifest {returned}, expected {digest}")
+        return digest
+
+    def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str] | None:
+        status, headers, data = self.request("GET", f"/v2/{repo}/manifests/{reference}",
+                                             scope=self._scope(repo, False), expect=(200, 404),
+                                             headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        if status != 200:
+            return None
+        if reference.startswith("sha256:") and "sha256:" + hashlib.sha256(data).hexdigest() != reference:
+            raise RegistryError(f"manifest {reference} from {self.host}/{repo} does not match its digest")
+        return data, headers.get("Content-Type", "")
+
+
+class _BytesSource:
+    def __init__(self, data: bytes):
+        import io
+
+        self._f = io.BytesIO(data)
+
+    def __enter__(self):
+        return self._f
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+class _FileSource:
+    def __init__(self, path: Path):
+        self._path = path
+
+    def __enter__(self):
+        self._f = open(self._path, "rb")
+        return self._f
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def _describe(method: str, url: str, status: int, data) -> str:
+    detail = ""
+    try:
+        errors = json.loads(data or b"{}").get("errors") or []
+        detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+    except (ValueError, AttributeError):
+        pass
+    return f"HTTP {status} for {method} {url.split('?')[0]}" + (f" ({detail})" if detail else "")

@@ -1,0 +1,218 @@
+"""An OCI registry as a remote cache (oci://host/repository).
+
+Blobs are registry blobs (addressed there by sha256). An action-cache entry is a small OCI manifest
+tagged `ac-<action key>`: its config blob is the signed action result, and its layers list every blob
+the result refers to (for a tree: every directory and file blob), each annotated with its BLAKE3
+digest. So every stored blob is reachable from a manifest, and registry garbage collection keeps what
+is in use. The BLAKE3 -> sha256 mapping is learned from those manifests and from uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from blake3 import blake3
+
+from ..digest import CHUNK, Digest, digest_bytes
+from ..registry import OCI_MANIFEST, RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
+from .base import ActionResult, Store
+from .remote import RemoteAuthError, RemoteStats, RemoteUnavailable, Signer
+
+RESULT_MEDIA_TYPE = "application/vnd.hermetic-build.action-result.v1+json"
+BLOB_MEDIA_TYPE = "application/vnd.hermetic-build.blob.v1"
+BLAKE3_ANNOTATION = "dev.hermetic-build.blake3"
+KEY_ANNOTATION = "dev.hermetic-build.action-key"
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class RegistryStore(Store):
+    def __init__(self, url: str, *, signer: Signer, timeout: float, cafile: str | None, local):
+        self.ref = RegistryRef.parse(url)
+        self.url = url
+        self.client = RegistryClient(self.ref.host, secure=self.ref.secure, cafile=cafile, timeout=timeout)
+        self.repo = self.ref.repository
+        self.signer = signer
+        self.local = local  # to read directory blobs of trees being recorded
+        self.stats = RemoteStats()
+        self._sha256: dict[str, str] = {}  # blake3 hex -> sha256 hex
+        self._uploaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RegistryAuthError as exc:
+            raise RemoteAuthError(str(exc)) from None
+        except RegistryUnavailable as exc:
+            raise RemoteUnavailable(str(exc)) from None
+        except RegistryError as exc:
+            if exc.status and exc.status >= 500:
+                raise RemoteUnavailable(str(exc)) from None
+            raise RemoteUnavailable(str(exc)) from None
+
+    # ----- CAS -------------------------------------------------------------------------------------
+    def has_blob(self, digest: Digest) -> bool:
+        sha = self._sha256.get(digest.hash)
+        if sha is None:
+            return False
+        return self._call(self.client.blob_size, self.repo, f"sha256:{sha}") == digest.size
+
+    def get_blob(self, digest: Digest) -> bytes | None:
+        sha = self._sha256.get(digest.hash)
+        if sha is None:
+            return None
+        data = self._call(self.client.get_blob, self.repo, f"sha256:{sha}")
+        if data is None:
+            return None
+        if digest_bytes(data) != digest or hashlib.sha256(data).hexdigest() != sha:
+            self.stats.add(rejected_blobs=1)
+            return None
+        self.stats.add(blobs_down=1, bytes_down=len(data))
+        return data
+
+    def fetch_file(self, digest: Digest, dest: Path) -> bool:
+        sha = self._sha256.get(digest.hash)
+        if sha is None:
+            return False
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.hb-oci-{os.getpid()}-{threading.get_ident()}")
+
+        def stream(response):
+            b3, s2, size = blake3(), hashlib.sha256(), 0
+            with open(tmp, "wb") as out:
+                while chunk := response.read(CHUNK):
+                    b3.update(chunk)
+                    s2.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            return Digest(b3.hexdigest(), size), s2.hexdigest()
+
+        try:
+            got = self._call(self.client.get_blob, self.repo, f"sha256:{sha}", stream)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if got is None:
+            tmp.unlink(missing_ok=True)
+            return False
+        if got != (digest, sha):
+            tmp.unlink(missing_ok=True)
+            self.stats.add(rejected_blobs=1)
+            return False
+        os.replace(tmp, dest)
+        self.stats.add(blobs_down=1, bytes_down=digest.size)
+        return True
+
+    def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
+        digest = digest_bytes(data)
+        sha = hashlib.sha256(data).hexdigest()
+        self._upload(digest, sha, data, len(data))
+        return digest
+
+    def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest:
+        b3, s2, size = blake3(), hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                b3.update(chunk)
+                s2.update(chunk)
+                size += len(chunk)
+        digest = Digest(b3.hexdigest(), size)
+        self._upload(digest, s2.hexdigest(), path, size)
+        return digest
+
+    def _upload(self, digest: Digest, sha: str, source, size: int) -> None:
+        with self._lock:
+            self._sha256[digest.hash] = sha
+            if sha in self._uploaded:
+                return
+        if self._call(self.client.blob_size, self.repo, f"sha256:{sha}") is None:
+            self._call(self.client.upload_blob, self.repo, source, f"sha256:{sha}", size)
+            self.stats.add(blobs_up=1, bytes_up=size)
+        with self._lock:
+            self._uploaded.add(sha)
+
+    # ----- action cache ----------------------------------------------------------------------------
+    def get_action_result(self, key: str) -> ActionResult | None:
+        found = self._call(self.client.get_manifest, self.repo, f"ac-{key}")
+        if found is None:
+            self.stats.add(ac_misses=1)
+            return None
+        try:
+            manifest = json.loads(found[0])
+            config = manifest["config"]
+            layers = manifest.get("layers", [])
+        except (ValueError, KeyError, TypeError):
+            return self._reject(key, "unreadable manifest")
+        sealed = self._call(self.client.get_blob, self.repo, config["digest"])
+        if sealed is None or "sha256:" + hashlib.sha256(sealed).hexdigest() != config["digest"]:
+            return self._reject(key, "config blob missing or corrupt")
+        result, why = self.signer.open(key, sealed)
+        if result is None:
+            return self._reject(key, why)
+        with self._lock:
+            for layer in layers:
+                b3 = (layer.get("annotations") or {}).get(BLAKE3_ANNOTATION)
+                if b3 and layer.get("digest", "").startswith("sha256:"):
+                    self._sha256[b3] = layer["digest"][len("sha256:"):]
+        self.stats.add(ac_hits=1)
+        return result
+
+    def _reject(self, key: str, why: str):
+        self.stats.add(rejected_entries=1, ac_misses=1)
+        with self.stats._lock:
+            self.stats.errors.append(f"ignored action-cache entry {key[:12]}: {why}")
+        return None
+
+    def put_action_result(self, key: str, result: ActionResult) -> None:
+        blobs: dict[str, Digest] = {}
+        for out in result.outputs:
+            blobs[out.digest.hash] = out.digest
+            if out.kind == "dir":
+                self._collect_tree(out.digest, blobs)
+        for d in (result.stdout, result.stderr):
+            if d is not None:
+                blobs[d.hash] = d
+        layers = []
+        for b3, digest in sorted(blobs.items()):
+            sha = self._sha256.get(b3)
+            if sha is None or sha not in self._uploaded:  # not uploaded by this process: do it now
+                path = self.local.blob_path(digest)
+                sha = _sha256_file(path)
+                self._upload(digest, sha, path, digest.size)
+            layers.append({"mediaType": BLOB_MEDIA_TYPE, "digest": f"sha256:{sha}", "size": digest.size,
+                           "annotations": {BLAKE3_ANNOTATION: b3}})
+        sealed = self.signer.seal(key, result)
+        config_sha = hashlib.sha256(sealed).hexdigest()
+        if config_sha not in self._uploaded:
+            self._call(self.client.upload_blob, self.repo, sealed, f"sha256:{config_sha}", len(sealed))
+            self._uploaded.add(config_sha)
+        manifest = {
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": RESULT_MEDIA_TYPE,
+            "config": {"mediaType": RESULT_MEDIA_TYPE, "digest": f"sha256:{config_sha}", "size": len(sealed)},
+            "layers": layers, "annotations": {KEY_ANNOTATION: key},
+        }
+        data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        self._call(self.client.put_manifest, self.repo, f"ac-{key}", data, OCI_MANIFEST)
+        self.stats.add(blobs_up=1, bytes_up=len(data))
+
+    def _collect_tree(self, digest: Digest, blobs: dict) -> None:
+        from ..tree import decode_directory
+
+        data = self.local.get_blob(digest)
+        if data is None:
+            return
+        for entry in decode_directory(data):
+            if entry.digest is not None:
+                blobs[entry.digest.hash] = entry.digest
+                if entry.kind == "dir":
+                    self._collect_tree(entry.digest, blobs)
