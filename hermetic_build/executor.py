@@ -181,6 +181,9 @@ class Executor:
         raise IntegrityError(f"{action.owner}: inputs of {action.mnemonic} kept failing verification")
 
     def _rerun_producer_of(self, action: Action, digest: Digest) -> None:
+        """An input could not be materialized: rebuild the producer of that blob, and of every other
+        input whose blobs this machine does not hold (a remote that failed mid-build)."""
+        local = getattr(self.store, "local", self.store)
         for f in action.inputs:
             if f.is_source or f.path not in self.producers:
                 continue
@@ -189,7 +192,7 @@ class Executor:
             if record is None:
                 continue
             entry = next(o for o in record.result.outputs if o.path == f.path)
-            if entry.digest == digest or entry.kind == "dir":
+            if entry.digest == digest or entry.kind == "dir" or not local.has_blob(entry.digest):
                 self.rebuild(j)
 
     def rebuild(self, j: int) -> None:
@@ -199,7 +202,8 @@ class Executor:
         with lock:
             if j in self._rebuilt:
                 return
-            self.reporter.warn(f"cache entry for {self.actions[j].description} was corrupt; rebuilding it")
+            self.reporter.warn(f"the cached outputs of {self.actions[j].description} could not be read (corrupt, "
+                               "or the remote cache failed); rebuilding it")
             with self._lock:
                 if self.stats.records[j].cached:
                     self.stats.cached -= 1

@@ -63,15 +63,19 @@ class ActionExecution:
         return self.execroot / file.path
 
     # ----- blobs by another name (e.g. a package's sha256) --------------------------------------
+    # Aliases live in the local store only: they save this machine a download; another machine gets
+    # the same content through the remote cache's entry for the action itself.
     def recall_alias(self, alias: str, dest: Path) -> bool:
         """Write the blob recorded under `alias` to dest (verified). False if unknown or gone."""
-        result = self.store.get_action_result(alias_key(alias))
-        return result is not None and self.store.fetch_file(result.outputs[0].digest, dest)
+        local = getattr(self.store, "local", self.store)
+        result = local.get_action_result(alias_key(alias))
+        return result is not None and local.fetch_file(result.outputs[0].digest, dest)
 
     def remember_alias(self, alias: str, digest) -> None:
         """Record that the blob `digest` (an output of this action, stored when it succeeds) is
         also known as `alias` (e.g. "sha256:<hex>"). An alias whose blob is missing is a miss."""
-        self.store.put_action_result(alias_key(alias), ActionResult((OutputEntry(alias, "file", digest),)))
+        local = getattr(self.store, "local", self.store)
+        local.put_action_result(alias_key(alias), ActionResult((OutputEntry(alias, "file", digest),)))
 
     def base_env(self, inside_bwrap: bool) -> dict:
         root = SANDBOX_ROOT if inside_bwrap else str(self.sandbox_dir)

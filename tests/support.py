@@ -122,7 +122,7 @@ class Nginx:
         """)
         self.access_log = workdir / "access.log"
         self.proc = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
         wait_for_http(self.url + "/", self.proc)
 
     def requests(self) -> list[str]:
@@ -183,7 +183,7 @@ class NginxCache:
         """)
         self.access_log = workdir / "access.log"
         self.proc = subprocess.Popen([require_tool("nginx"), "-c", str(conf), "-p", str(workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
         wait_for_http(self.url + "/", self.proc)
 
     def requests(self) -> list[str]:
@@ -215,13 +215,16 @@ class Registry:
             lines.append(f"auth: {{htpasswd: {{realm: hb-test, path: {workdir / 'htpasswd'}}}}}")
         conf = workdir / "config.yml"
         conf.write_text("\n".join(lines) + "\n")
+        # its log goes to a file: an unread pipe fills up (an error line per missing blob) and then
+        # the registry blocks on writing it, mid-request
+        self.log = open(workdir / "registry.log", "w")
         self.proc = subprocess.Popen([require_tool("docker-registry"), "serve", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True)
         scheme = "https" if tls else "http"
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {self.proc.stderr.read()}")
+                raise RuntimeError(f"docker-registry exited: {(workdir / 'registry.log').read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     break
@@ -234,6 +237,7 @@ class Registry:
 
     def stop(self) -> None:
         stop(self.proc)
+        self.log.close()
 
 
 class FaultyServer:
@@ -245,7 +249,7 @@ class FaultyServer:
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).parent / "servers" / "faulty_http.py"), "--root", str(root),
              "--port", str(self.port), "--log", str(self.log), *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
         wait_for_http(self.url + "/", self.proc)
 
     def requests(self) -> list[str]:

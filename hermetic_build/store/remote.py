@@ -103,6 +103,8 @@ class GuardedRemote(Store):
                               "set HB_REMOTE_USER/HB_REMOTE_PASSWORD (or a registry login in ~/.docker/config.json)")
         except RemoteUnavailable as exc:
             return self._fail(default, f"{self.url} is unavailable: {exc}", None)
+        except Exception as exc:  # noqa: BLE001 - a remote never fails a build unless it is required
+            return self._fail(default, f"{self.url} failed: {type(exc).__name__}: {exc}", None)
 
     def _fail(self, default, message: str, hint: str | None):
         if self.required:
