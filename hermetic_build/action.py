@@ -19,6 +19,7 @@ from .label import Label
 
 KEY_SCHEMA = "hb-action-key/1"
 OUTPUT_ROOT = "hb-out"
+INTERNAL_ROOT = "hb-out/.internal"  # intermediates that are never shown under hb-out/<package>/
 
 
 class File(NamedTuple):
@@ -112,13 +113,16 @@ class ActionKind:
     name: str
     version: str
     run: Callable
+    # False: directory inputs are not copied into the sandbox; the implementation reads them from
+    # the store (ActionExecution.input_tree), e.g. to stream a tree into a tar layer.
+    stage_inputs: bool = True
 
 
 _KINDS: dict[str, ActionKind] = {}
 
 
-def register_action_kind(name: str, version: str, run: Callable) -> ActionKind:
-    kind = ActionKind(name, version, run)
+def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs)
     _KINDS[name] = kind
     return kind
 

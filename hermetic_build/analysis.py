@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .action import Action, File, get_action_kind, make_params_json, output_dir
+from .action import INTERNAL_ROOT, OUTPUT_ROOT, Action, File, get_action_kind, make_params_json, output_dir
 from .buildfile import Package, PackageLoader, TargetDef, all_packages, source_exists, source_path
 from .errors import AnalysisError, BuildFileError, HbError, Location, did_you_mean
 from .label import Label, LabelSyntaxError, TargetPattern
@@ -108,7 +108,7 @@ class Actions:
             params_json=make_params_json(params or {}), platform=platform or self._ctx.platform,
             env_allowlist=tuple(sorted(set(env_allowlist) | set(self._ctx.settings.env_allowlist))),
             description=description or f"{mnemonic} {self._ctx.label}",
-            hints_json=make_params_json(hints or {}),
+            hints_json=make_params_json(hints) if hints else "{}",
         )
         self.declared.append(action)
         return action
@@ -185,20 +185,39 @@ class RuleContext:
         return data
 
     # ----- outputs ----------------------------------------------------------------------------------
-    def declare_file(self, path: str) -> File:
-        return self._declare(path, False)
+    def declare_file(self, path: str, internal: bool = False) -> File:
+        """A file output at hb-out/<package>/<name>/<path>; internal=True keeps it out of that
+        directory (hb-out/.internal/...), for intermediates of a target whose output is '.'."""
+        return self._declare(path, False, internal)
 
-    def declare_directory(self, path: str) -> File:
-        return self._declare(path, True)
+    def declare_directory(self, path: str, internal: bool = False) -> File:
+        """A directory output; path '.' is the target's output directory itself (then every other
+        output of the target must be internal)."""
+        return self._declare(path, True, internal)
 
-    def _declare(self, path: str, directory: bool) -> File:
+    def _declare(self, path: str, directory: bool, internal: bool = False) -> File:
+        public = [p for p, f in self._declared.items() if not f.path.startswith(INTERNAL_ROOT)]
+        if path == "." and directory and not internal:
+            if public:
+                raise self.error("the output directory '.' must be the target's only public output "
+                                 f"(already declared: {', '.join(public)}); declare the others internal")
+            file = File(output_dir(self.label), self.label, True)
+            self._declared[path] = file
+            return file
+        if "." in self._declared and not internal:
+            raise self.error("the output directory '.' must be the target's only public output; "
+                             f"declare {path!r} internal")
         parts = path.split("/")
         if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise self.error(f"invalid output path {path!r}: use a relative path without '..'")
-        if path in self._declared:
+        key = f"internal:{path}" if internal else path
+        if key in self._declared:
             raise self.error(f"output {path!r} is declared twice")
-        file = File(f"{output_dir(self.label)}/{path}", self.label, directory)
-        self._declared[path] = file
+        base = output_dir(self.label)
+        if internal:
+            base = INTERNAL_ROOT + base[len(OUTPUT_ROOT):]
+        file = File(f"{base}/{path}", self.label, directory)
+        self._declared[key] = file
         return file
 
 

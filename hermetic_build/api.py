@@ -2,13 +2,15 @@
 
 from .action import Action, File, register_action_kind
 from .analysis import ConfiguredTarget, RuleContext
-from .digest import Digest, DualHasher, digest_bytes, digest_file
-from .errors import ActionFailed, AnalysisError, BuildFileError, HbError, IntegrityError, Location
+from .digest import Digest, DualHasher, canonical_json, digest_bytes, digest_file
+from .errors import ActionFailed, AnalysisError, BuildFileError, HbError, IntegrityError, Location, RegistryPushError, RemoteError, UsageError
 from .label import Label
 from .lock import LockOutcome, LockRequest
+from .publish import PublishRequest
+from .registry import RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
 from .rule import DefaultInfo, Provider, attr, rule
 from .sandbox import ActionExecution
-from .tree import materialize_tree, store_tree, walk_tree
+from .tree import MissingBlob, TreeEntry, materialize_tree, store_tree, walk_tree
 from .workspace import host_platform
 
 __all__ = [
@@ -16,4 +18,6 @@ __all__ = [
     "DefaultInfo", "Digest", "DualHasher", "File", "HbError", "IntegrityError", "Label", "Location", "LockOutcome", "LockRequest",
     "Provider", "RuleContext", "attr", "digest_bytes", "digest_file", "materialize_tree",
     "host_platform", "register_action_kind", "rule", "store_tree", "walk_tree",
+    "MissingBlob", "PublishRequest", "RegistryAuthError", "RegistryClient", "RegistryError", "RegistryRef",
+    "RegistryUnavailable", "RegistryPushError", "RemoteError", "TreeEntry", "UsageError", "canonical_json",
 ]

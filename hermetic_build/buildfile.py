@@ -272,7 +272,7 @@ def source_path(package: str, name: str) -> str:
 
 
 def source_exists(workspace: Workspace, package: str, name: str) -> bool:
-    path = os.path.join(workspace.root, source_path(package, name))
+    path = os.path.join(str(workspace.root), source_path(package, name))
     directory, base = os.path.split(path)
     return base in _files_in(directory) or os.path.isfile(path)
 

@@ -123,6 +123,38 @@ def lock(obj, labels, update, check):
 
 
 @main.command()
+@click.argument("label")
+@click.argument("reference")
+@click.option("--ca", "cafile", type=click.Path(dir_okay=False, exists=True),
+              help="CA certificate(s) to trust for a registry with a private CA (default: $HB_REGISTRY_CA).")
+@click.option("--plain-http", is_flag=True, help="Talk plain HTTP (default only for 127.0.0.1/localhost).")
+@click.option("--chunk-size", type=int, default=0, metavar="BYTES",
+              help="Upload blobs in chunks of this size (PATCH); default: one monolithic PUT.")
+@click.option("--mount-from", multiple=True, metavar="REPOSITORY",
+              help="Try a cross-repository mount from this repository of the same registry first.")
+@click.pass_obj
+def push(obj, label, reference, cafile, plain_http, chunk_size, mount_from):
+    """Build LABEL (an image) and push it to REFERENCE (host[:port]/repository[:tag])."""
+    from .publish import run_publish
+
+    session = _session(obj)
+    options = {"cafile": cafile, "plain_http": plain_http, "chunk_size": chunk_size, "mount_from": list(mount_from)}
+    click.echo(run_publish(session, "push", label, _current_package(session), reference, options))
+
+
+@main.command()
+@click.argument("label")
+@click.option("--docker-host", metavar="URL", help="Daemon to load into (default: $DOCKER_HOST or the local socket).")
+@click.pass_obj
+def load(obj, label, docker_host):
+    """Build LABEL (an image) and load it into a Docker-API daemon (dockerd or podman system service)."""
+    from .publish import run_publish
+
+    session = _session(obj)
+    click.echo(run_publish(session, "load", label, _current_package(session), "", {"docker_host": docker_host}))
+
+
+@main.command()
 @click.argument("expression")
 @click.option("--output", type=click.Choice(["label", "label_kind", "location"]), default="label")
 @click.pass_obj

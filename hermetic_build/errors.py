@@ -88,6 +88,12 @@ class RemoteError(HbError):
     family = "remote cache error"
 
 
+class RegistryPushError(RemoteError):
+    """A registry or daemon refused or failed an image push/load (same exit code as remote errors)."""
+
+    family = "registry error"
+
+
 def did_you_mean(word: str, candidates) -> str | None:
     """A suggestion for a misspelt name, or None."""
     import difflib

@@ -227,16 +227,18 @@ class Executor:
         ok = False
         execution = ActionExecution(action, sandbox, execroot,
                                     {k: self.env[k] for k in action.env_allowlist if k in self.env},
-                                    self.store, self.workspace.settings, bytearray(), bytearray())
+                                    self.store, self.workspace.settings, bytearray(), bytearray(),
+                                    {f.path: self.output_entry(f) for f in action.inputs if not f.is_source})
         try:
-            self._stage_inputs(action, execroot)
+            if kind.stage_inputs:
+                self._stage_inputs(action, execroot)
             for out in action.outputs:
                 (execroot / out.path).parent.mkdir(parents=True, exist_ok=True)
             try:
                 kind.run(execution)
             except ActionFailed as exc:
                 raise self._failure(action, exc.message, execution, sandbox) from None
-            except HbError:
+            except (HbError, MissingBlob):
                 raise
             except Exception as exc:  # noqa: BLE001 - an action implementation bug, reported with its action
                 import traceback

@@ -53,19 +53,21 @@ class LockRequest:
 
 
 def run_lock(session, patterns: list[str], current_package: str, *, update=(), check=False) -> list[tuple[str, LockOutcome]]:
-    analysis = session.analyze(patterns, current_package)
-    rules = session.rules()
-    lockable = [label for label in analysis.requested if rules[analysis.targets[label].rule].lock is not None]
-    if not lockable:
-        raise UsageError(f"none of {' '.join(patterns)} can be locked",
-                         hint="hb lock takes targets of lockable rules, e.g. conda_lock")
-    from .buildfile import PackageLoader
+    """Lock without analysing the targets first: a rule may need its lock to analyse at all."""
+    from .analysis import Analyzer
 
-    loader = PackageLoader(session.workspace, rules)
+    rules = session.rules()
+    analyzer = Analyzer(session.workspace, rules)
+    labels = analyzer.expand(patterns, current_package)
     outcomes = []
-    for label in lockable:
-        target = loader.load(label.package).targets[label.name]
+    for label in labels:
+        target = analyzer.loader.load(label.package).targets[label.name]
+        if rules[target.rule].lock is None:
+            continue
         request = LockRequest(session, label, target.rule, target.attrs, target.location,
                               update=tuple(update), check=check)
         outcomes.append((str(label), rules[target.rule].lock(request)))
+    if not outcomes:
+        raise UsageError(f"none of {' '.join(patterns)} can be locked",
+                         hint="hb lock takes targets of lockable rules, e.g. conda_lock or deb_base")
     return outcomes

@@ -86,6 +86,8 @@ class Rule:
     doc: str = ""
     # Optional: a function run by `hb lock` for targets of this rule (see hermetic_build.api).
     lock: Callable | None = field(default=None, hash=False)
+    # Optional: verb ("push", "load") -> function run by `hb <verb> LABEL` after building the target.
+    publish: dict = field(default_factory=dict, hash=False)
 
     def all_attrs(self) -> dict[str, Attr]:
         return {**COMMON_ATTRS, **self.attrs}
@@ -95,12 +97,12 @@ _RULES: dict[str, Rule] = {}
 
 
 def rule(name: str, implementation: Callable, attrs: dict[str, Attr] | None = None, doc: str = "",
-         lock: Callable | None = None) -> Rule:
+         lock: Callable | None = None, publish: dict | None = None) -> Rule:
     """Declare a rule; BUILD.hermetic files can then call `name(...)`."""
     for attr_name in attrs or {}:
         if attr_name in COMMON_ATTRS:
             raise ValueError(f"rule {name}: attribute {attr_name!r} is reserved")
-    defined = Rule(name, implementation, dict(attrs or {}), doc, lock)
+    defined = Rule(name, implementation, dict(attrs or {}), doc, lock, dict(publish or {}))
     _RULES[name] = defined
     return defined
 

@@ -50,6 +50,11 @@ class ActionExecution:
     settings: object
     stdout: bytearray
     stderr: bytearray
+    input_entries: dict = None  # path -> OutputEntry, for generated inputs
+
+    def input_tree(self, file):
+        """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""
+        return self.input_entries[file.path].digest
 
     @property
     def params(self) -> dict:

@@ -1,3 +1,3 @@
 """hermetic-build's rules. Importing this package registers them with the core."""
 
-from . import conda, genrule  # noqa: F401
+from . import conda, genrule, oci  # noqa: F401

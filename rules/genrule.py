@@ -11,7 +11,7 @@ _LOCATION_RE = re.compile(r"\$\(locations? ([^)]+)\)")
 
 def _genrule_impl(ctx):
     by_label = {**ctx.files_by_label("srcs"), **ctx.files_by_label("tools")}
-    srcs = ctx.files("srcs")
+    srcs = tuple(f for label in ctx.attr.srcs for f in by_label[label])
     tools = tuple(f for label in ctx.attr.tools for f in by_label[label])
     outs = [ctx.declare_file(out) for out in ctx.attr.outs]
     if not outs:

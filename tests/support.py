@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parent / "data"  # copied from ../shared/data (PROVENANCE.md)
 
 
 def require_tool(name: str) -> str:

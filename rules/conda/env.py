@@ -22,6 +22,8 @@ class CondaEnvInfo(Provider):
     packages: tuple[LockedPackage, ...]
     archives: tuple[File, ...]
     lockfile: File
+    content_hash: str = ""  # the lock's content hash for this platform (conda-lock's)
+    cuda: str = ""  # the __cuda version of a GPU variant's lock, or ""
 
 
 def _conda_env_impl(ctx):
@@ -72,7 +74,8 @@ def _conda_env_impl(ctx):
         description=f"CondaStage {ctx.label} ({platform}, {len(packages)} packages)",
     )
     return [DefaultInfo(files=(tree,)),
-            CondaEnvInfo(tree, ctx.attr.prefix, platform, tuple(packages), tuple(archives), lock_file)]
+            CondaEnvInfo(tree, ctx.attr.prefix, platform, tuple(packages), tuple(archives), lock_file,
+                         (lock.metadata.content_hash or {}).get(platform, ""), info.cuda if info else "")]
 
 
 conda_env = rule(

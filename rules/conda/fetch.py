@@ -54,6 +54,12 @@ def _download(url: str, dest: str, expected_sha256: str) -> Digest:
 
 
 def _fetch(execution) -> None:
+    fetch_pinned(execution, check=lambda path, filename: check_archive(path, filename))
+
+
+def fetch_pinned(execution, check) -> None:
+    """Fetch the one output of an action pinned by params sha256/filename from hints' urls;
+    check(path, filename) raises ActionFailed when the verified bytes are not what they claim."""
     params, urls = execution.params, execution.hints.get("urls", [])
     sha256, filename = params["sha256"], params["filename"]
     out = execution.execroot / execution.action.outputs[0].path
@@ -81,7 +87,7 @@ def _fetch(execution) -> None:
                 errors.append(f"{url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
             else:
                 # Checked once per package, here: the stage only ever sees archives that passed.
-                check_archive(out, filename)
+                check(out, filename)
                 execution.remember_alias(f"sha256:{sha256}", digest)
                 execution.stdout += f"{filename}: {digest.size} bytes from {url} (attempt {attempt + 1})\n".encode()
                 return

@@ -21,6 +21,7 @@ class CondaLockInfo(Provider):
     channels: tuple[str, ...]
     virtual_packages: tuple[tuple[str, tuple[str, ...]], ...]
     lock_label: str
+    cuda: str = ""  # the __cuda version the lock was solved with (a GPU variant), or ""
 
     def virtual_packages_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.virtual_packages}
@@ -30,6 +31,16 @@ def _platforms(attrs, settings) -> tuple[str, ...]:
     return tuple(attrs["platforms"]) or tuple(settings.platforms)
 
 
+def _with_cuda(virtual_packages: dict, platforms, cuda: str) -> dict[str, list[str]]:
+    """A GPU variant: __cuda=<version> on every linux platform, in addition to the declared ones."""
+    out = {k: list(v) for k, v in virtual_packages.items()}
+    if cuda:
+        for platform in platforms:
+            if platform.startswith("linux-"):
+                out[platform] = [v for v in out.get(platform, []) if not v.startswith("__cuda")] + [f"__cuda={cuda}"]
+    return out
+
+
 def _conda_lock_impl(ctx):
     environment = ctx.files("environment")[0]
     lockfile = File(f"{ctx.label.package}/{ctx.attr.lockfile}" if ctx.label.package else ctx.attr.lockfile)
@@ -37,10 +48,13 @@ def _conda_lock_impl(ctx):
     for platform in ctx.attr.virtual_packages:
         if platform not in platforms:
             ctx.fail(f"virtual_packages names platform {platform!r}, which is not in platforms {list(platforms)}")
+    if ctx.attr.cuda and not any(p.startswith("linux-") for p in platforms):
+        ctx.fail(f"cuda = {ctx.attr.cuda!r} needs a linux platform to lock for (platforms: {list(platforms)})")
+    virtual = _with_cuda(ctx.attr.virtual_packages, platforms, ctx.attr.cuda)
     return [
         DefaultInfo(files=(lockfile,)),
         CondaLockInfo(lockfile, environment, platforms, tuple(ctx.attr.channels),
-                      tuple(sorted((k, tuple(v)) for k, v in ctx.attr.virtual_packages.items())), str(ctx.label)),
+                      tuple(sorted((k, tuple(v)) for k, v in virtual.items())), str(ctx.label), ctx.attr.cuda),
     ]
 
 
@@ -61,7 +75,7 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
 def _lock(request) -> LockOutcome:
     attrs = request.attrs
     platforms = _platforms(attrs, request.settings)
-    virtual_packages = {k: list(v) for k, v in attrs["virtual_packages"].items()}
+    virtual_packages = _with_cuda(attrs["virtual_packages"], platforms, attrs["cuda"])
     env_label = attrs["environment"]
     env_path = request.workspace.root / (f"{env_label.package}/{env_label.name}" if env_label.package else env_label.name)
     shown = request.relpath(env_path)
@@ -99,10 +113,19 @@ def _lock(request) -> LockOutcome:
     written = [request.relpath(lock_path)]
     if attrs["explicit"]:
         for platform in platforms:
-            path = request.source_path(f"conda-{platform}.lock")
+            path = request.source_path(explicit_name(attrs["lockfile"], platform))
             path.write_text(lf.render_explicit(lockfile, platform))
             written.append(request.relpath(path))
     return LockOutcome(written=tuple(written))
+
+
+def explicit_name(lockfile: str, platform: str) -> str:
+    """conda-<platform>.lock beside conda-lock.yml; <stem>.<platform>.lock beside any other name."""
+    if lockfile == "conda-lock.yml":
+        return f"conda-{platform}.lock"
+    stem = lockfile[:-4] if lockfile.endswith((".yml", ".yaml")) else lockfile
+    stem = stem[:-1] if stem.endswith(".") else stem
+    return f"{stem}.{platform}.lock"
 
 
 def _channel_urls(request, channels) -> list[str]:
@@ -127,6 +150,8 @@ conda_lock = rule(
         "channels": attr.string_list(doc="channels (URLs or conda_channel labels); default: the file's own"),
         "virtual_packages": attr.string_list_dict(
             doc="platform -> virtual packages (e.g. ['__glibc=2.17', '__cuda=12.4']); exactly these are used"),
+        "cuda": attr.string(doc="GPU variant: solve with the __cuda virtual package at this version (e.g. '12.4') "
+                            "on linux platforms, so CUDA builds win; images of it get the NVIDIA runtime settings"),
         "lockfile": attr.string(default="conda-lock.yml", doc="the unified lock file to write, in this package"),
         "explicit": attr.bool(default=True, doc="also write explicit conda-<platform>.lock files"),
     },

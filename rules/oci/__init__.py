@@ -1,0 +1,3 @@
+"""OCI rules: deterministic layers, images, base images from Debian packages, push and load."""
+
+from . import debs, image, layers  # noqa: F401 - registering rules and action kinds

@@ -1,0 +1,231 @@
+"""deb_base: a small base image from Debian packages pinned by sha256, so images run without Docker Hub.
+
+`hb lock` asks apt (`apt-get download --print-uris`) for the URL, size and sha256 of each listed
+package and writes them to a JSON lock in the source tree. `hb build` fetches each .deb by sha256 (one
+cached action each), unpacks them in order with a deterministic extractor (no maintainer scripts, no
+device nodes, hard links as copies), adds the declared symlinks and directories, and makes the result
+one layer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from hermetic_build.api import ActionFailed, DefaultInfo, LockOutcome, attr, register_action_kind, rule
+
+from .image import OciBaseInfo
+from .layers import declare_layers
+
+LOCK_VERSION = 1
+_URI_LINE = re.compile(r"^'(?P<url>[^']+)' (?P<filename>\S+) (?P<size>\d+) SHA256:(?P<sha256>[0-9a-f]{64})$")
+
+
+# ----- lock ---------------------------------------------------------------------------------------
+def _read_lock(data: bytes, shown: str) -> dict:
+    try:
+        lock = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{shown} is not valid JSON: {exc}") from None
+    if lock.get("version") != LOCK_VERSION or not isinstance(lock.get("packages"), list):
+        raise ValueError(f"{shown} is not a deb_base lock (version {LOCK_VERSION})")
+    for entry in lock["packages"]:
+        for field in ("name", "filename", "url", "sha256", "size"):
+            if field not in entry:
+                raise ValueError(f"{shown}: package entry {entry.get('name', '?')} lacks {field!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+            raise ValueError(f"{shown}: {entry['name']} has no valid sha256")
+    return lock
+
+
+def _lock(request) -> LockOutcome:
+    attrs = request.attrs
+    path = request.source_path(attrs["lock"])
+    packages = list(attrs["packages"])
+    if request.check:
+        try:
+            lock = _read_lock(path.read_bytes(), request.relpath(path))
+        except FileNotFoundError:
+            return LockOutcome(stale=(f"{request.relpath(path)} does not exist",))
+        if lock.get("requested") != packages:
+            return LockOutcome(stale=("the list of packages changed",))
+        return LockOutcome()
+    with tempfile.TemporaryDirectory(prefix="hb-apt-") as tmp:
+        proc = subprocess.run(["apt-get", "download", "--print-uris", *packages], cwd=tmp, capture_output=True,
+                              text=True)
+    if proc.returncode != 0:
+        raise ActionFailed(f"{request.label}: apt-get download --print-uris failed:\n{proc.stderr.strip()}\n"
+                           "(is apt's package list current? run `apt-get update`)")
+    entries = []
+    for line in proc.stdout.splitlines():
+        match = _URI_LINE.match(line.strip())
+        if match is None:
+            continue
+        filename = match["filename"]
+        entries.append({"name": filename.split("_", 1)[0], "filename": filename, "url": match["url"],
+                        "size": int(match["size"]), "sha256": match["sha256"]})
+    by_name = {e["name"]: e for e in entries}
+    missing = [p for p in packages if p.split(":")[0] not in by_name]
+    if missing:
+        raise ActionFailed(f"{request.label}: apt gave no sha256-pinned download for {', '.join(missing)}")
+    lock = {"version": LOCK_VERSION, "requested": packages,
+            "packages": [by_name[p.split(":")[0]] for p in packages]}
+    path.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    return LockOutcome(written=(request.relpath(path),))
+
+
+# ----- analysis -------------------------------------------------------------------------------------
+def _deb_base_impl(ctx):
+    lock_file = ctx.source(ctx.attr.lock)
+    try:
+        data = ctx.read_source(lock_file)
+    except Exception:  # noqa: BLE001 - a missing lock is the common first-run case
+        ctx.fail(f"{lock_file.path} does not exist", hint=f"run `hb lock {ctx.label}` and commit it")
+    try:
+        lock = _read_lock(data, lock_file.path)
+    except ValueError as exc:
+        ctx.fail(str(exc), hint=f"run `hb lock {ctx.label}` to rewrite it")
+    if lock.get("requested") != list(ctx.attr.packages):
+        ctx.fail(f"{lock_file.path} is stale: it locks {lock.get('requested')}, the target lists "
+                 f"{list(ctx.attr.packages)}", hint=f"run `hb lock {ctx.label}` and commit it")
+    debs = []
+    for entry in lock["packages"]:
+        deb = ctx.declare_file(f"debs/{entry['filename']}", internal=True)
+        ctx.actions.declare(mnemonic="DebFetch", kind="deb.fetch", inputs=[], outputs=[deb],
+                            params={"sha256": entry["sha256"], "filename": entry["filename"]},
+                            hints={"urls": [entry["url"]]}, description=f"DebFetch {entry['filename']}")
+        debs.append(deb)
+    rootfs = ctx.declare_directory("rootfs", internal=True)
+    ctx.actions.declare(
+        mnemonic="DebExtract", kind="deb.extract", inputs=debs, outputs=[rootfs],
+        params={"debs": [d.path for d in debs], "symlinks": dict(sorted(ctx.attr.symlinks.items())),
+                "directories": list(ctx.attr.directories), "exclude": list(ctx.attr.exclude)},
+        description=f"DebExtract {ctx.label} ({len(debs)} packages)",
+    )
+    layers = declare_layers(ctx, rootfs, root="", split="single", platform=ctx.platform, name="layers")
+    return [DefaultInfo(files=()), OciBaseInfo((layers,))]
+
+
+# ----- actions ----------------------------------------------------------------------------------------
+def _check_deb(path: Path, filename: str) -> None:
+    with open(path, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise ActionFailed(f"{filename} is not a Debian package (no ar header)")
+
+
+def _fetch_deb(execution) -> None:
+    from rules.conda.fetch import fetch_pinned
+
+    fetch_pinned(execution, check=_check_deb)
+
+
+def data_tar(path: Path) -> tarfile.TarFile:
+    """The data.tar.* member of a .deb (an ar archive), opened for reading."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise ActionFailed(f"{path.name} is not a Debian package")
+        while header := f.read(60):
+            name = header[:16].strip().rstrip(b"/").decode()
+            size = int(header[48:58])
+            if name.startswith("data.tar"):
+                data = f.read(size)
+                if name.endswith(".zst"):
+                    import zstandard
+
+                    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+                    return tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+                return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+            f.seek(size + (size % 2), 1)
+    raise ActionFailed(f"{path.name} has no data.tar member")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    real = os.path.realpath(path.parent)
+    return real == str(root) or real.startswith(str(root) + os.sep)
+
+
+def extract_debs(debs: list[Path], root: Path, exclude=()) -> list[str]:
+    """Unpack debs in order into root; returns notes about skipped entries."""
+    root = Path(os.path.realpath(root))
+    notes, dir_modes = [], {}
+    for deb in debs:
+        with data_tar(deb) as tar:
+            for member in tar:
+                rel = PurePosixPath(member.name.removeprefix("./") if member.name not in (".", "./") else "")
+                name = str(rel)
+                if name in ("", ".") or any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+                    continue
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise ActionFailed(f"{deb.name}: entry {member.name!r} leaves the root")
+                dest = root / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not _inside(root, dest):
+                    raise ActionFailed(f"{deb.name}: {name} would be written through a symlink out of the root")
+                if member.isdir():
+                    if dest.is_symlink():
+                        continue  # a later package's directory over an earlier symlink: keep the link
+                    dest.mkdir(exist_ok=True)
+                    dir_modes[name] = member.mode & 0o7777
+                    continue
+                if os.path.lexists(dest) and not dest.is_dir():
+                    dest.unlink()
+                if member.issym():
+                    os.symlink(member.linkname, dest)
+                elif member.islnk():
+                    source = root / member.linkname.removeprefix("./").lstrip("/")
+                    shutil.copyfile(source, dest)
+                    os.chmod(dest, member.mode & 0o7777)
+                elif member.isfile():
+                    with tar.extractfile(member) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    os.chmod(dest, member.mode & 0o7777)
+                else:
+                    notes.append(f"{deb.name}: skipped special file {name}")
+    for name, mode in sorted(dir_modes.items(), reverse=True):
+        os.chmod(root / name, mode)
+    return notes
+
+
+def _extract(execution) -> None:
+    params = execution.params
+    root = execution.path(execution.action.outputs[0])
+    root.mkdir(parents=True, exist_ok=True)
+    notes = extract_debs([execution.execroot / p for p in params["debs"]], root, params["exclude"])
+    for directory in params["directories"]:
+        path = root / directory.strip("/")
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o1777 if directory.strip("/") == "tmp" else 0o755)
+    for link, target in params["symlinks"].items():
+        path = root / link.strip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(path):
+            path.unlink()
+        os.symlink(target, path)
+    execution.stdout += ("\n".join(notes) + "\n").encode() if notes else b""
+
+
+register_action_kind("deb.fetch", "1", _fetch_deb)
+register_action_kind("deb.extract", "1", _extract)
+
+deb_base = rule(
+    "deb_base",
+    _deb_base_impl,
+    attrs={
+        "packages": attr.string_list(mandatory=True, doc="Debian package names, unpacked in this order"),
+        "lock": attr.string(default="debs.lock.json", doc="the lock `hb lock` writes (URL, size, sha256 per .deb)"),
+        "symlinks": attr.string_dict(doc="path -> target, e.g. {'bin/sh': 'busybox'}"),
+        "directories": attr.string_list(default=["tmp"], doc="empty directories to create (tmp gets mode 1777)"),
+        "exclude": attr.string_list(default=["usr/share/doc/*", "usr/share/man/*", "usr/share/lintian/*"],
+                                    doc="glob patterns of paths not to unpack"),
+    },
+    doc="A base image layer from Debian packages pinned by sha256 (`hb lock` refreshes the pins).",
+    lock=_lock,
+)

@@ -1,0 +1,162 @@
+"""OCI image layouts (index.json, oci-layout, blobs/sha256) and docker-archive tarballs, as bytes
+with one canonical JSON encoding so that the same inputs always give the same manifest digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def canonical(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def descriptor(media_type: str, data: bytes, **extra) -> dict:
+    return {"mediaType": media_type, "digest": sha256_of(data), "size": len(data), **extra}
+
+
+def epoch_rfc3339(epoch: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def blob_path(layout: Path, digest: str) -> Path:
+    algorithm, _, hex_ = digest.partition(":")
+    return layout / "blobs" / algorithm / hex_
+
+
+def write_blob(layout: Path, data: bytes) -> str:
+    digest = sha256_of(data)
+    path = blob_path(layout, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+def write_layout(layout: Path, manifest: bytes, config: bytes, platform: dict, ref_name: str) -> str:
+    """Write config, manifest, index.json and oci-layout (layer blobs are placed by the caller)."""
+    write_blob(layout, config)
+    digest = write_blob(layout, manifest)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+             "manifests": [descriptor(OCI_MANIFEST, manifest, platform=platform,
+                                      annotations={REF_NAME: ref_name})]}
+    (layout / "index.json").write_bytes(canonical(index))
+    (layout / "oci-layout").write_bytes(canonical({"imageLayoutVersion": "1.0.0"}))
+    return digest
+
+
+@dataclass(frozen=True)
+class LayoutImage:
+    """The one image of a layout, read back and checked against its digests."""
+
+    layout: Path
+    manifest: bytes
+    manifest_digest: str
+    config: bytes
+    ref_name: str
+
+    @property
+    def manifest_json(self) -> dict:
+        return json.loads(self.manifest)
+
+    @property
+    def config_json(self) -> dict:
+        return json.loads(self.config)
+
+    def blob(self, digest: str) -> Path:
+        return blob_path(self.layout, digest)
+
+
+class LayoutError(Exception):
+    pass
+
+
+def read_layout(layout: Path, ref_name: str | None = None, digest: str | None = None) -> LayoutImage:
+    try:
+        index = json.loads((layout / "index.json").read_text())
+    except FileNotFoundError:
+        raise LayoutError(f"{layout} is not an OCI image layout (no index.json)") from None
+    manifests = index.get("manifests", [])
+    if digest:
+        chosen = [m for m in manifests if m["digest"] == digest]
+    elif ref_name:
+        chosen = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == ref_name]
+    else:
+        chosen = manifests
+    if len(chosen) != 1:
+        names = [m.get("annotations", {}).get(REF_NAME, m["digest"]) for m in manifests]
+        raise LayoutError(f"{layout}: expected one image{f' named {ref_name}' if ref_name else ''}"
+                          f"{f' with digest {digest}' if digest else ''}, found {len(chosen)} (images: {names})")
+    entry = chosen[0]
+    manifest = _read_checked(layout, entry["digest"])
+    if json.loads(manifest).get("mediaType", OCI_MANIFEST) == OCI_INDEX:
+        raise LayoutError(f"{layout}: {entry['digest']} is an index of several platforms; pin one platform's manifest")
+    config = _read_checked(layout, json.loads(manifest)["config"]["digest"])
+    return LayoutImage(layout, manifest, entry["digest"], config,
+                       entry.get("annotations", {}).get(REF_NAME, "latest"))
+
+
+def _read_checked(layout: Path, digest: str) -> bytes:
+    path = blob_path(layout, digest)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LayoutError(f"{layout}: blob {digest} is missing") from None
+    if sha256_of(data) != digest:
+        raise LayoutError(f"{layout}: blob {digest} does not match its digest (corrupt layout)")
+    return data
+
+
+def write_docker_archive(image: LayoutImage, out: Path, repo_tags: list[str], epoch: int = 0) -> None:
+    """A tarball `docker load` accepts: manifest.json naming the config and layer blobs (gzip layers
+    are accepted as they are) plus the OCI layout files, entries sorted, times fixed."""
+    manifest = image.manifest_json
+    layers = [layer["digest"] for layer in manifest["layers"]]
+    config_digest = manifest["config"]["digest"]
+    docker_manifest = [{"Config": f"blobs/sha256/{config_digest.split(':')[1]}", "RepoTags": repo_tags,
+                        "Layers": [f"blobs/sha256/{d.split(':')[1]}" for d in layers]}]
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+             "manifests": [descriptor(OCI_MANIFEST, image.manifest,
+                                      annotations={REF_NAME: image.ref_name,
+                                                   "io.containerd.image.name": repo_tags[0] if repo_tags else ""})]}
+    files: dict[str, Path | bytes] = {
+        "manifest.json": canonical(docker_manifest),
+        "index.json": canonical(index),
+        "oci-layout": canonical({"imageLayoutVersion": "1.0.0"}),
+        f"blobs/sha256/{image.manifest_digest.split(':')[1]}": image.manifest,
+        f"blobs/sha256/{config_digest.split(':')[1]}": image.config,
+    }
+    for d in layers:
+        files[f"blobs/sha256/{d.split(':')[1]}"] = image.blob(d)
+    with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for directory in ("blobs", "blobs/sha256"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, epoch
+            tar.addfile(info)
+        for name in sorted(files):
+            content = files[name]
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = 0o644, epoch
+            if isinstance(content, bytes):
+                import io
+
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+            else:
+                info.size = os.path.getsize(content)
+                with open(content, "rb") as src:
+                    tar.addfile(info, src)

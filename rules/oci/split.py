@@ -1,0 +1,109 @@
+"""Splitting a staged conda environment into per-package layers.
+
+Each package's layer holds the files conda-meta says it installed. Packages are ordered so that the
+ones others depend on (rarely changing: libraries, the interpreter) come first and the ones nothing
+depends on come last. With more packages than the `max_layers` budget allows, the smallest packages
+share one layer. A final layer holds what no single package owns (conda-meta, anything written at
+install time), so bumping one package changes only its own layer and the final one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from hermetic_build.api import ActionFailed, MissingBlob, TreeEntry, walk_tree
+
+FINAL_LAYER = "(environment metadata)"
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """What goes into one layer: packages and the paths (relative to the tree) they own."""
+
+    name: str
+    packages: tuple[str, ...]
+    paths: tuple[str, ...]
+    size: int
+
+
+def tree_entries(store, digest) -> dict[str, TreeEntry]:
+    return dict(walk_tree(store, digest))
+
+
+def _dep_name(spec: str) -> str:
+    return re.split(r"[\s=<>!~\[]", spec.strip(), maxsplit=1)[0]
+
+
+def _ordered(records: dict[str, dict]) -> list[str]:
+    """Dependencies before dependents; ties broken by name (deterministic Kahn)."""
+    deps = {name: sorted({_dep_name(d) for d in rec.get("depends", ())} & records.keys() - {name})
+            for name, rec in records.items()}
+    done: list[str] = []
+    placed: set[str] = set()
+    while len(done) < len(records):
+        ready = sorted(n for n in records if n not in placed and all(d in placed for d in deps[n]))
+        if not ready:  # a dependency cycle: place the rest by name
+            ready = sorted(n for n in records if n not in placed)
+        done.append(ready[0])
+        placed.add(ready[0])
+    return done
+
+
+def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[LayerGroup]:
+    if max_layers < 2:
+        raise ActionFailed(f"max_layers must be at least 2 (one package layer and the final one), got {max_layers}")
+    records: dict[str, dict] = {}
+    for path, entry in entries.items():
+        if path.startswith("conda-meta/") and path.endswith(".json") and entry.kind == "file":
+            data = store.get_blob(entry.digest)
+            if data is None:
+                raise MissingBlob(entry.digest)
+            record = json.loads(data)
+            records[record["name"]] = record
+    owner: dict[str, str] = {}
+    for name in _ordered(records):  # a path two packages install belongs to the later one, as in the prefix
+        for path in records[name].get("files", ()):
+            if path in entries and entries[path].kind != "dir":
+                owner[path] = name
+    owned: dict[str, list[str]] = {name: [] for name in records}
+    for path, name in owner.items():
+        owned[name].append(path)
+    sizes = {name: sum(entries[p].digest.size for p in paths if entries[p].digest is not None)
+             for name, paths in owned.items()}
+    order = [name for name in _ordered(records) if owned[name]]
+    groups: list[LayerGroup] = []
+    budget = max_layers - 1  # the final layer is always there
+    if len(order) > budget:
+        merged = set(sorted(order, key=lambda n: (sizes[n], n))[: len(order) - budget + 1])
+        names = tuple(n for n in order if n in merged)
+        groups.append(LayerGroup("+".join(names) if len(names) <= 4 else f"{len(names)} small packages", names,
+                                 tuple(sorted(p for n in names for p in owned[n])), sum(sizes[n] for n in names)))
+        order = [n for n in order if n not in merged]
+    for name in order:
+        groups.append(LayerGroup(name, (name,), tuple(sorted(owned[name])), sizes[name]))
+    parents = {p.rsplit("/", 1)[0] for p in entries if "/" in p}
+    # an empty directory is owned by no file: keep it in the final layer so that it exists in the image
+    rest = sorted(p for p, e in entries.items() if p not in owner and (e.kind != "dir" or p not in parents))
+    groups.append(LayerGroup(FINAL_LAYER, (), tuple(rest),
+                             sum(entries[p].digest.size for p in rest if entries[p].kind == "file")))
+    return groups
+
+
+def layer_entries(paths, entries: dict[str, TreeEntry], root: str) -> list[tuple[str, TreeEntry]]:
+    """The tar entries of a layer: its paths under `root` (e.g. "opt/env") plus every parent directory."""
+    root = root.strip("/")
+    out: dict[str, TreeEntry] = {}
+    parts = root.split("/") if root else []
+    for i in range(len(parts)):
+        out["/".join(parts[: i + 1])] = TreeEntry(parts[i], "dir", mode=0o755)
+    for path in paths:
+        pieces = path.split("/")
+        for i in range(1, len(pieces)):
+            parent = "/".join(pieces[:i])
+            full = f"{root}/{parent}" if root else parent
+            if full not in out:
+                out[full] = entries[parent]
+        out[f"{root}/{path}" if root else path] = entries[path]
+    return sorted(out.items())

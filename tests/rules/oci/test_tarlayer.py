@@ -1,0 +1,85 @@
+import gzip
+import hashlib
+import io
+import tarfile
+
+import pytest
+
+from hermetic_build.api import TreeEntry, digest_bytes
+from rules.oci.tarlayer import GZIP_LAYER, write_layer, zlib_version
+
+FILES = {"opt/env/bin/tool": (b"#!/bin/sh\necho hi\n", 0o755), "opt/env/share/data.txt": (b"x" * 5000, 0o644)}
+
+
+def _entries():
+    blobs = {}
+    entries = [("opt", TreeEntry("opt", "dir", mode=0o755)), ("opt/env", TreeEntry("env", "dir", mode=0o755)),
+               ("opt/env/bin", TreeEntry("bin", "dir", mode=0o755)), ("opt/env/share", TreeEntry("share", "dir", mode=0o755)),
+               ("opt/env/bin/link", TreeEntry("link", "symlink", mode=0o777, target="tool"))]
+    for path, (data, mode) in FILES.items():
+        digest = digest_bytes(data)
+        blobs[digest] = data
+        entries.append((path, TreeEntry(path.rsplit("/", 1)[1], "file", digest, mode)))
+    return entries[::-1], blobs  # given unsorted: the writer sorts
+
+
+def test_layer_is_deterministic_and_hashes_match(tmp_path):
+    entries, blobs = _entries()
+    a = write_layer(blobs.get, entries, tmp_path / "a", epoch=1700000000)
+    b = write_layer(blobs.get, list(reversed(entries)), tmp_path / "b", epoch=1700000000)
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    assert a == b
+    data = (tmp_path / "a").read_bytes()
+    assert a.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert a.blake3 == digest_bytes(data)
+    assert a.size == len(data) and a.media_type == GZIP_LAYER
+    assert a.diff_id == "sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest()
+    # gzip header: magic, deflate, no flags (no file name), mtime 0, then XFL and OS byte 255
+    assert data[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def test_tar_entries_follow_the_determinism_rules(tmp_path):
+    entries, blobs = _entries()
+    write_layer(blobs.get, entries, tmp_path / "l", epoch=1234)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress((tmp_path / "l").read_bytes()))) as tar:
+        members = tar.getmembers()
+        names = [m.name for m in members]
+        assert names == sorted(names)
+        assert names[:2] == ["opt", "opt/env"]  # explicit parent directories
+        for m in members:
+            assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (1234, 0, 0, "", "")
+        assert tar.getmember("opt/env/bin/tool").mode == 0o755
+        assert tar.getmember("opt/env/bin/link").issym() and tar.getmember("opt/env/bin/link").linkname == "tool"
+        assert tar.extractfile("opt/env/share/data.txt").read() == b"x" * 5000
+
+
+def test_zstd_layers_are_deterministic(tmp_path):
+    import zstandard
+
+    entries, blobs = _entries()
+    a = write_layer(blobs.get, entries, tmp_path / "a", compression="zstd", level=3)
+    b = write_layer(blobs.get, entries, tmp_path / "b", compression="zstd", level=3)
+    assert a == b and a.media_type.endswith("+zstd")
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO((tmp_path / "a").read_bytes())).read()
+    assert a.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def test_golden_digest_pinned_with_zlib_version(tmp_path):
+    entries, blobs = _entries()
+    layer = write_layer(blobs.get, entries, tmp_path / "l", epoch=0)
+    # the uncompressed tar does not depend on zlib; the compressed bytes do
+    assert layer.diff_id == GOLDEN_DIFF_ID
+    if zlib_version() == "1.2.13":
+        assert layer.digest == GOLDEN_GZIP_1_2_13
+
+
+def test_missing_blob_is_reported(tmp_path):
+    from hermetic_build.api import MissingBlob
+
+    entries, _ = _entries()
+    with pytest.raises(MissingBlob):
+        write_layer(lambda d: None, entries, tmp_path / "l")
+
+
+GOLDEN_DIFF_ID = "sha256:b96a3f07ef59eb5096727e6c319bdbfc7315872b0b71f9ad4dc651803d342464"
+GOLDEN_GZIP_1_2_13 = "sha256:0af8e9cec8b8132ae256fc0485c9ed08efb8b3a20bfd0483ccf4e93e38126e24"
