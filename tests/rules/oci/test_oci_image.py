@@ -244,3 +244,49 @@ def test_load_into_a_real_daemon_and_run(images, dockerd):
     output = client.containers.run("env/nlp:latest", ["hello", "world"], network_mode="none", remove=True)
     assert output.decode().startswith("tokens=2 ")
     assert os.path.exists(dockerd.removeprefix("unix://"))
+
+
+def _base_users(tmp_path, build):
+    ws = Workspace(tmp_path / "ws", tmp_path / "cache")
+    ws.root.mkdir()
+    (ws.root / "hermetic.toml").write_text("")
+    ws.write("app/BUILD.hermetic", build)
+    return ws
+
+
+def test_base_from_a_workspace_layout_pinned_by_digest(images, tmp_path):
+    digest, manifest, _ = layout_image(images.root / "hb-out/env/nlp")
+    ws = _base_users(tmp_path, f"""\
+        oci_layout_base(name = "base", srcs = glob(["nlp-layout/**"]), digest = "{digest}")
+        oci_image(name = "app", base = ":base", cmd = ["/opt/env/bin/hb-hello"], entrypoint = ["/bin/sh", "-c", "exec \\"$@\\"", "--"])
+        oci_image(name = "wrong", base = ":wrong-base")
+        oci_layout_base(name = "wrong-base", srcs = glob(["nlp-layout/**"]), digest = "sha256:{'0' * 64}")
+    """)
+    shutil.copytree(images.root / "hb-out/env/nlp", ws.root / "app/nlp-layout")
+    ws.build_json("//app:app")
+    _, app, app_config = layout_image(ws.root / "hb-out/app/app")
+    assert [layer["digest"] for layer in app["layers"]] == [layer["digest"] for layer in manifest["layers"]]
+    assert app["annotations"]["org.opencontainers.image.base.digest"] == digest
+    env = dict(item.split("=", 1) for item in app_config["config"]["Env"])
+    assert env["CONDA_PREFIX"] == "/opt/env"  # inherited from the base's config
+    rootfs = _unpack(tmp_path, ws.root / "hb-out/app/app")
+    assert _run(rootfs, "/opt/env/bin/hb-hello").stdout == "hello from /opt/env\n"
+    wrong = ws.hb("build", "//app:wrong", check=False)
+    assert wrong.returncode == 5 and "pinned to sha256:000" in wrong.stderr
+
+
+def test_base_pulled_from_a_registry_by_digest(images, registry, tmp_path):
+    digest, manifest, _ = layout_image(images.root / "hb-out/env/nlp-gpu")
+    images.hb("push", "//env:nlp-gpu", f"{registry.host}/team/base:v1")
+    ws = _base_users(tmp_path, f"""\
+        oci_pull(name = "base", image = "{registry.host}/team/base@{digest}")
+        oci_image(name = "app", base = ":base", labels = {{"stage": "app"}})
+        oci_pull(name = "by-tag", image = "{registry.host}/team/base:v1")
+    """)
+    ws.build_json("//app:app")
+    _, app, config = layout_image(ws.root / "hb-out/app/app")
+    assert [layer["digest"] for layer in app["layers"]] == [layer["digest"] for layer in manifest["layers"]]
+    assert config["config"]["Labels"]["com.nvidia.cuda.version"] == "12.4" and config["config"]["Labels"]["stage"] == "app"
+    _unpack(tmp_path, ws.root / "hb-out/app/app")  # skopeo + umoci: digests and diff_ids hold
+    by_tag = ws.hb("build", "//app:by-tag", check=False)
+    assert by_tag.returncode == 4 and "not pinned by digest" in by_tag.stderr
