@@ -11,7 +11,8 @@ from support import REPO, Workspace
 @pytest.fixture
 def example(tmp_path) -> Workspace:
     root = tmp_path / "examples"
-    shutil.copytree(REPO / "examples", root, ignore=shutil.ignore_patterns("hb-out", "conda-lock.yml", "conda-*.lock"))
+    shutil.copytree(REPO / "examples", root,
+                    ignore=shutil.ignore_patterns("hb-out", "conda-lock.yml", "conda-*.lock", "conda-lock.gpu*"))
     return Workspace(root, tmp_path / "cache")
 
 
@@ -35,3 +36,15 @@ def test_nlp_env_from_readme(example):
     tree = example.root / summary["targets"]["//env:nlp-env"][0]["path"]
     assert run_in_prefix(tree, "/opt/env/bin/hb-hello").stdout == "hello from /opt/env\n"
     assert example.build_json("//env:nlp-env")["actions"]["executed"] == 0
+
+
+@pytest.mark.slow
+def test_readme_main_job_builds_the_gpu_image(example):
+    """The README's first command: hb lock //... then hb build //env:nlp-gpu."""
+    example.hb("lock", "//...", timeout=900)
+    summary = example.build_json("//env:nlp-gpu")
+    assert summary["targets"]["//env:nlp-gpu"][0]["path"] == "hb-out/env/nlp-gpu"
+    layout = example.root / "hb-out/env/nlp-gpu"
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "latest"
+    assert example.build_json("//env:nlp-gpu")["actions"]["executed"] == 0
