@@ -32,8 +32,6 @@ from support import Nginx, Workspace, env_workspace  # noqa: E402
 
 def synthetic_channel(root: Path, packages: int, files: int, file_kib: int) -> Path:
     """Noarch packages of `files` text files each, built with py-rattler-build."""
-    from rattler_build import Stage0Recipe
-
     from rules.conda.channel import index_channel
 
     channel = root / "channel"
@@ -46,24 +44,31 @@ def synthetic_channel(root: Path, packages: int, files: int, file_kib: int) -> P
         for j in range(files):
             text = " ".join(rng.choice(words) for _ in range(file_kib * 1024 // 12))
             (src / f"f{j}.txt").write_text(text[: file_kib * 1024])
-        recipe = root / "recipes" / f"pkg{i}" / "recipe.yaml"
-        recipe.parent.mkdir(parents=True)
-        recipe.write_text(textwrap.dedent(f"""\
-            package:
-              name: bench-pkg{i}
-              version: "1.0"
-            source:
-              path: {src}
-            build:
-              noarch: generic
-              script:
-                - mkdir -p $PREFIX/share/pkg{i} && cp *.txt $PREFIX/share/pkg{i}/
-        """))
-        Stage0Recipe.from_file(str(recipe)).run_build(output_dir=str(channel), channels=[channel.as_uri()],
-                                                      no_build_id=True, no_include_recipe=True)
-        shutil.rmtree(channel / "bld", ignore_errors=True)
+        build_text_package(channel, root, i, "1.0")
     index_channel(channel)
     return channel
+
+
+def build_text_package(channel: Path, root: Path, i: int, version: str) -> None:
+    """bench-pkg<i> at `version`: a noarch package of the text files in root/src/pkg<i>."""
+    from rattler_build import Stage0Recipe
+
+    recipe = root / "recipes" / f"pkg{i}-{version}" / "recipe.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text(textwrap.dedent(f"""\
+        package:
+          name: bench-pkg{i}
+          version: "{version}"
+        source:
+          path: {root / "src" / f"pkg{i}"}
+        build:
+          noarch: generic
+          script:
+            - mkdir -p $PREFIX/share/pkg{i} && cp *.txt $PREFIX/share/pkg{i}/
+    """))
+    Stage0Recipe.from_file(str(recipe)).run_build(output_dir=str(channel), channels=[channel.as_uri()],
+                                                  no_build_id=True, no_include_recipe=True)
+    shutil.rmtree(channel / "bld", ignore_errors=True)
 
 
 def timed(fn):

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -29,8 +28,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from conda import action_seconds, synthetic_channel, timed  # noqa: E402
-from support import Registry, Workspace, env_workspace  # noqa: E402
+from conda import action_seconds, build_text_package, synthetic_channel, timed
+from support import Registry, Workspace, env_workspace
 
 
 def shell_seconds(cmd: str) -> tuple[float, int]:
@@ -42,28 +41,11 @@ def shell_seconds(cmd: str) -> tuple[float, int]:
 
 def bump_package(channel: Path, root: Path, index: int) -> None:
     """Add version 1.1 of bench-pkg<index> (one file changed) to the channel."""
-    from rattler_build import Stage0Recipe
-
     from rules.conda.channel import index_channel
 
     src = root / "src" / f"pkg{index}"
     (src / "f0.txt").write_text("bumped " + (src / "f0.txt").read_text()[7:])
-    recipe = root / "recipes" / f"pkg{index}-bump" / "recipe.yaml"
-    recipe.parent.mkdir(parents=True)
-    recipe.write_text(textwrap.dedent(f"""\
-        package:
-          name: bench-pkg{index}
-          version: "1.1"
-        source:
-          path: {src}
-        build:
-          noarch: generic
-          script:
-            - mkdir -p $PREFIX/share/pkg{index} && cp *.txt $PREFIX/share/pkg{index}/
-    """))
-    Stage0Recipe.from_file(str(recipe)).run_build(output_dir=str(channel), channels=[channel.as_uri()],
-                                                  no_build_id=True, no_include_recipe=True)
-    shutil.rmtree(channel / "bld", ignore_errors=True)
+    build_text_package(channel, root, index, "1.1")
     index_channel(channel)
 
 

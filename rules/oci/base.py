@@ -9,8 +9,16 @@ import json
 import os
 import re
 
-from hermetic_build.api import (ActionFailed, DefaultInfo, RegistryClient, RegistryError, RegistryRef, attr,
-                                register_action_kind, rule)
+from hermetic_build.api import (
+    ActionFailed,
+    DefaultInfo,
+    RegistryClient,
+    RegistryError,
+    RegistryRef,
+    attr,
+    register_action_kind,
+    rule,
+)
 
 from .image import OciBaseInfo
 from .layers import OciLayersInfo

@@ -12,10 +12,18 @@ from dataclasses import dataclass
 
 from hermetic_build.api import ActionFailed, DefaultInfo, File, Provider, attr, register_action_kind, rule
 
-from .publish import load_image, push_image
 from .layers import DEFAULT_MAX_LAYERS, OciLayersInfo, declare_layers, read_layers
-from .layout import (OCI_CONFIG, OCI_MANIFEST, LayoutError, canonical, epoch_rfc3339, read_layout,
-                     write_docker_archive, write_layout)
+from .layout import (
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    LayoutError,
+    canonical,
+    epoch_rfc3339,
+    read_layout,
+    write_docker_archive,
+    write_layout,
+)
+from .publish import load_image, push_image
 
 CUDA_ENV_DRIVER_CAPABILITIES = "compute,utility"
 # conda platform -> OCI platform

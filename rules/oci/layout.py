@@ -31,7 +31,7 @@ def descriptor(media_type: str, data: bytes, **extra) -> dict:
 def epoch_rfc3339(epoch: int) -> str:
     import datetime
 
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def blob_path(layout: Path, digest: str) -> Path:

@@ -6,8 +6,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from hermetic_build.api import (RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable,
-                                UsageError)
+from hermetic_build.api import (
+    RegistryAuthError,
+    RegistryClient,
+    RegistryError,
+    RegistryRef,
+    RegistryUnavailable,
+    UsageError,
+)
 from hermetic_build.api import RegistryPushError as RemoteError
 
 from .layout import OCI_MANIFEST, LayoutError, read_layout, write_docker_archive

@@ -40,7 +40,7 @@ class LayerBlob:
                 "blake3": str(self.blake3)}
 
     @staticmethod
-    def from_json(data: dict) -> "LayerBlob":
+    def from_json(data: dict) -> LayerBlob:
         return LayerBlob(data["diff_id"], data["digest"], int(data["size"]), data["mediaType"],
                          Digest.parse(data["blake3"]))
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from support import REPO, Registry, Workspace, require_tool
 
 IGNORED = shutil.ignore_patterns("hb-out", "conda-lock.yml", "conda-*.lock", "conda-lock.gpu*")

@@ -7,7 +7,6 @@ import json
 import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
-
 from support import SHARED_DATA
 
 SCHEMAS = SHARED_DATA / "oci-image-spec-schema"

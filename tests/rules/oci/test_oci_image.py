@@ -11,8 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-
-from conftest import copy_example, layout_image
+from conftest import layout_image
 from oci_schemas import validate
 from support import Workspace, require_tool
 
