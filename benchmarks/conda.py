@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from support import Nginx, Workspace, env_workspace  # noqa: E402
+from support import Nginx, Workspace, copy_example, env_workspace  # noqa: E402
 
 
 def synthetic_channel(root: Path, packages: int, files: int, file_kib: int) -> Path:
@@ -134,8 +134,7 @@ def main() -> None:
     servers = []
     try:
         # 1. lock time of the example, all platforms (its channel built beforehand, not timed)
-        example = Workspace(tmp / "examples", tmp / "cache-example")
-        shutil.copytree(REPO / "examples", example.root, ignore=shutil.ignore_patterns("hb-out", "conda-*.lock", "conda-lock.yml"))
+        example = copy_example(tmp / "examples", tmp / "cache-example")
         example.hb("build", "//channel:test-channel", timeout=900)
         lock_times = [timed(lambda: example.hb("lock", "//env:nlp-lock"))[0] for _ in range(3)]
         print(f"hb lock //env:nlp-lock (linux-64 + osx-arm64, channel cached): median {statistics.median(lock_times):.2f} s "

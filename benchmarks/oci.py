@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conda import action_seconds, build_text_package, synthetic_channel, timed
-from support import Registry, Workspace, env_workspace
+from support import Registry, Workspace, copy_example, env_workspace
 
 
 def shell_seconds(cmd: str) -> tuple[float, int]:
@@ -125,9 +125,7 @@ def main() -> None:
               f"first push: {re.search(r'[0-9]+ blobs uploaded.*', first.stderr).group(0)}")
 
         # 4. no-op build of the example's GPU image
-        example = Workspace(tmp / "examples", tmp / "cache-example")
-        shutil.copytree(REPO / "examples", example.root,
-                        ignore=shutil.ignore_patterns("hb-out", "conda-*.lock", "conda-lock.yml", "conda-lock.gpu*"))
+        example = copy_example(tmp / "examples", tmp / "cache-example")
         example.hb("lock", "//...", timeout=900)
         example.hb("build", "//env:nlp-gpu", timeout=900)
         example.hb("build", "//env:nlp-gpu")

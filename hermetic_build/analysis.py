@@ -196,8 +196,8 @@ class RuleContext:
         return self._declare(path, True, internal)
 
     def _declare(self, path: str, directory: bool, internal: bool = False) -> File:
-        public = [p for p, f in self._declared.items() if not f.path.startswith(INTERNAL_ROOT)]
         if path == "." and directory and not internal:
+            public = [p for p, f in self._declared.items() if not f.path.startswith(INTERNAL_ROOT)]
             if public:
                 raise self.error("the output directory '.' must be the target's only public output "
                                  f"(already declared: {', '.join(public)}); declare the others internal")

@@ -50,7 +50,7 @@ class ActionExecution:
     settings: object
     stdout: bytearray
     stderr: bytearray
-    input_entries: dict = None  # path -> OutputEntry, for generated inputs
+    input_entries: dict = None  # path -> OutputEntry of generated inputs, for kinds with stage_inputs=False
 
     def input_tree(self, file):
         """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""

@@ -29,6 +29,13 @@ def require_tool(name: str) -> str:
     return path
 
 
+def copy_example(dest: Path, cache: Path) -> "Workspace":
+    """examples/ as a fresh clone has it: no hb-out, no lock files `hb lock` writes for its channel."""
+    shutil.copytree(REPO / "examples", dest,
+                    ignore=shutil.ignore_patterns("hb-out", "conda-lock.yml", "conda-*.lock", "conda-lock.gpu*"))
+    return Workspace(dest, cache)
+
+
 class Workspace:
     def __init__(self, root: Path, cache: Path):
         self.root = root

@@ -1,19 +1,14 @@
 """The bundled example workspace, driven the way the README tells a newcomer to."""
 
 import json
-import shutil
 
 import pytest
-
-from support import REPO, Workspace
+from support import Workspace, copy_example
 
 
 @pytest.fixture
 def example(tmp_path) -> Workspace:
-    root = tmp_path / "examples"
-    shutil.copytree(REPO / "examples", root,
-                    ignore=shutil.ignore_patterns("hb-out", "conda-lock.yml", "conda-*.lock", "conda-lock.gpu*"))
-    return Workspace(root, tmp_path / "cache")
+    return copy_example(tmp_path / "examples", tmp_path / "cache")
 
 
 def test_data_pipeline(example):

@@ -54,7 +54,7 @@ def _download(url: str, dest: str, expected_sha256: str) -> Digest:
 
 
 def _fetch(execution) -> None:
-    fetch_pinned(execution, check=lambda path, filename: check_archive(path, filename))
+    fetch_pinned(execution, check=check_archive)
 
 
 def fetch_pinned(execution, check) -> None:

@@ -90,8 +90,9 @@ def _pull(execution) -> None:
         if got is None:
             raise ActionFailed(f"{hints['host']}/{repo}@{params['digest']} does not exist")
         manifest, _ = got
-        if json.loads(manifest).get("mediaType") == OCI_INDEX or "manifests" in json.loads(manifest):
-            entry = next((m for m in json.loads(manifest)["manifests"]
+        parsed = json.loads(manifest)
+        if parsed.get("mediaType") == OCI_INDEX or "manifests" in parsed:
+            entry = next((m for m in parsed["manifests"]
                           if {k: m.get("platform", {}).get(k) for k in _PLATFORM} == _PLATFORM), None)
             if entry is None:
                 raise ActionFailed(f"{params['digest']} is an index without a linux/amd64 image")

@@ -58,12 +58,15 @@ def _lock(request) -> LockOutcome:
         if lock.get("requested") != packages:
             return LockOutcome(stale=("the list of packages changed",))
         return LockOutcome()
-    with tempfile.TemporaryDirectory(prefix="hb-apt-") as tmp:
-        proc = subprocess.run(["apt-get", "download", "--print-uris", *packages], cwd=tmp, capture_output=True,
-                              text=True)
+    proc = _print_uris(packages)
     if proc.returncode != 0:
-        raise ActionFailed(f"{request.label}: apt-get download --print-uris failed:\n{proc.stderr.strip()}\n"
-                           "(is apt's package list current? run `apt-get update`)")
+        # No (or old) system package lists, as on a fresh machine or container: ask apt with lists of
+        # its own in hb's state directory, refreshed now; the system's apt state is left alone.
+        request.reporter.info(f"{request.label}: apt has no usable package lists; fetching a private copy")
+        proc = _print_uris(packages, request.state_dir() / "apt")
+    if proc.returncode != 0:
+        raise ActionFailed(f"{request.label}: apt-get download --print-uris failed:\n{proc.stderr.strip()}",
+                           hint="check the package names, and that apt's sources (/etc/apt/sources.list*) answer")
     entries = []
     for line in proc.stdout.splitlines():
         match = _URI_LINE.match(line.strip())
@@ -80,6 +83,21 @@ def _lock(request) -> LockOutcome:
             "packages": [by_name[p.split(":")[0]] for p in packages]}
     path.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
     return LockOutcome(written=(request.relpath(path),))
+
+
+def _print_uris(packages: list[str], private: Path | None = None) -> subprocess.CompletedProcess:
+    options = []
+    if private is not None:
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (private / sub).mkdir(parents=True, exist_ok=True)
+        options = ["-o", f"Dir::State::Lists={private / 'lists'}", "-o", f"Dir::Cache={private / 'cache'}",
+                   "-o", "Debug::NoLocking=1"]
+        update = subprocess.run(["apt-get", "-q", *options, "update"], capture_output=True, text=True)
+        if update.returncode != 0:
+            return update
+    with tempfile.TemporaryDirectory(prefix="hb-apt-") as tmp:
+        return subprocess.run(["apt-get", *options, "download", "--print-uris", *packages], cwd=tmp,
+                              capture_output=True, text=True)
 
 
 # ----- analysis -------------------------------------------------------------------------------------

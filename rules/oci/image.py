@@ -20,10 +20,11 @@ from .layout import (
     canonical,
     epoch_rfc3339,
     read_layout,
+    sha256_of,
     write_docker_archive,
     write_layout,
 )
-from .publish import load_image, push_image
+from .publish import default_repo_tags, load_image, push_image
 
 CUDA_ENV_DRIVER_CAPABILITIES = "compute,utility"
 # conda platform -> OCI platform
@@ -130,7 +131,7 @@ def _oci_image_impl(ctx):
                 "ref_name": ctx.attr.tag, "epoch": ctx.settings.source_date_epoch, "owner": str(ctx.label)},
         description=f"OciImage {ctx.label}",
     )
-    repo_tags = tuple(ctx.attr.repo_tags) or (f"{(ctx.label.package or 'hb').replace('/', '-')}/{ctx.label.name}:{ctx.attr.tag}".lower(),)
+    repo_tags = tuple(default_repo_tags(ctx.label, {"repo_tags": ctx.attr.repo_tags, "tag": ctx.attr.tag}))
     return [DefaultInfo(files=(layout,)), OciImageInfo(layout, ctx.attr.tag, repo_tags)]
 
 
@@ -182,16 +183,10 @@ def _run_image(execution) -> None:
     }
     config_bytes = canonical(image_config)
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": _sha(config_bytes), "size": len(config_bytes)},
+                "config": {"mediaType": OCI_CONFIG, "digest": sha256_of(config_bytes), "size": len(config_bytes)},
                 "layers": descriptors, "annotations": params["annotations"]}
     digest = write_layout(layout, canonical(manifest), config_bytes, params["platform"], params["ref_name"])
     execution.stdout += f"manifest {digest}, {len(descriptors)} layers\n".encode()
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 oci_image = rule(

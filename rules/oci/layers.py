@@ -12,6 +12,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from blake3 import blake3
 
@@ -104,7 +105,7 @@ def _run_layers(execution) -> None:
 
 
 def read_layers(path) -> list[dict]:
-    return json.loads(open(path).read())["layers"]
+    return json.loads(Path(path).read_text())["layers"]
 
 
 register_action_kind("oci.layers", "1", _run_layers, stage_inputs=False)

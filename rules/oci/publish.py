@@ -10,11 +10,11 @@ from hermetic_build.api import (
     RegistryAuthError,
     RegistryClient,
     RegistryError,
+    RegistryPushError,
     RegistryRef,
     RegistryUnavailable,
     UsageError,
 )
-from hermetic_build.api import RegistryPushError as RemoteError
 
 from .layout import OCI_MANIFEST, LayoutError, read_layout, write_docker_archive
 
@@ -29,7 +29,7 @@ def _image(request):
     try:
         return read_layout(Path(request.outputs[0]), request.attrs.get("tag") or "latest")
     except LayoutError as exc:
-        raise RemoteError(f"{request.label}: {exc}") from None
+        raise RegistryPushError(f"{request.label}: {exc}") from None
 
 
 def push_image(request) -> str:
@@ -65,11 +65,11 @@ def push_image(request) -> str:
             sent += size
         pushed = client.put_manifest(ref.repository, tag, image.manifest, OCI_MANIFEST)
     except RegistryAuthError as exc:
-        raise RemoteError(f"push to {where} was refused: {exc}",
+        raise RegistryPushError(f"push to {where} was refused: {exc}",
                           hint="check the credentials: HB_REGISTRY_USER / HB_REGISTRY_PASSWORD, or `docker login "
                                f"{ref.host}` (~/.docker/config.json); a 403 means this user may not push there") from None
     except RegistryUnavailable as exc:
-        raise RemoteError(f"push to {where} failed: {exc}",
+        raise RegistryPushError(f"push to {where} failed: {exc}",
                           hint="for a registry with a private CA pass --ca FILE (or HB_REGISTRY_CA); "
                                "for a plain-HTTP registry pass --plain-http") from None
     except RegistryError as exc:
@@ -77,9 +77,9 @@ def push_image(request) -> str:
         if exc.status == 400 and not ref.secure:
             hint = (f"{ref.host} answered 400 to plain HTTP: it probably speaks TLS; pass --ca FILE "
                     "(its CA certificate) to push over https")
-        raise RemoteError(f"push to {where} failed: {exc}", hint=hint) from None
+        raise RegistryPushError(f"push to {where} failed: {exc}", hint=hint) from None
     if pushed != image.manifest_digest:
-        raise RemoteError(f"{where} stored manifest {pushed}, but the local one is {image.manifest_digest}")
+        raise RegistryPushError(f"{where} stored manifest {pushed}, but the local one is {image.manifest_digest}")
     request.reporter.info(f"{uploaded} blobs uploaded ({sent} bytes), {skipped} already there, {mounted} mounted")
     return f"{where}:{tag}@{pushed}"
 
@@ -94,7 +94,7 @@ def load_image(request) -> str:
         client = docker.DockerClient(base_url=host) if host else docker.from_env()
         client.ping()
     except DockerException as exc:
-        raise RemoteError(f"no Docker-API daemon answers at {host or 'the default socket'}: {exc}",
+        raise RegistryPushError(f"no Docker-API daemon answers at {host or 'the default socket'}: {exc}",
                           hint="start dockerd or `podman system service`, and pass --docker-host unix:///path/to.sock "
                                "(or set DOCKER_HOST)") from None
     repo_tags = default_repo_tags(request.label, request.attrs)
@@ -105,6 +105,6 @@ def load_image(request) -> str:
             with open(archive, "rb") as f:
                 loaded = client.images.load(f)
         except DockerException as exc:
-            raise RemoteError(f"the daemon at {host or 'the default socket'} refused the image: {exc}") from None
+            raise RegistryPushError(f"the daemon at {host or 'the default socket'} refused the image: {exc}") from None
     names = sorted({t for img in loaded for t in img.tags}) or [img.id for img in loaded]
     return f"loaded {', '.join(names)} (manifest {image.manifest_digest})"

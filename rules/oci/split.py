@@ -62,8 +62,9 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
                 raise MissingBlob(entry.digest)
             record = json.loads(data)
             records[record["name"]] = record
+    ordered = _ordered(records)
     owner: dict[str, str] = {}
-    for name in _ordered(records):  # a path two packages install belongs to the later one, as in the prefix
+    for name in ordered:  # a path two packages install belongs to the later one, as in the prefix
         for path in records[name].get("files", ()):
             if path in entries and entries[path].kind != "dir":
                 owner[path] = name
@@ -72,7 +73,7 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
         owned[name].append(path)
     sizes = {name: sum(entries[p].digest.size for p in paths if entries[p].digest is not None)
              for name, paths in owned.items()}
-    order = [name for name in _ordered(records) if owned[name]]
+    order = [name for name in ordered if owned[name]]
     groups: list[LayerGroup] = []
     budget = max_layers - 1  # the final layer is always there
     if len(order) > budget:

@@ -122,16 +122,10 @@ def write_layer(read_blob, entries: list[tuple[str, TreeEntry]], out_path, *, ep
         emit(b"\0" * (2 * _BLOCK))  # end-of-archive marker
         diff.update(pending)
         compressor.write(bytes(pending))
-        compressor.close() if compression == "gzip" else compressor.flush(_zstd_frame_end())
+        compressor.close()  # ends the gzip member / zstd frame; the sink stays open
         raw.flush()
     return LayerBlob(f"sha256:{diff.hexdigest()}", f"sha256:{sink.hasher.sha256}", sink.hasher.size,
                      MEDIA_TYPES[compression], sink.hasher.digest)
-
-
-def _zstd_frame_end():
-    import zstandard
-
-    return zstandard.FLUSH_FRAME
 
 
 def zlib_version() -> str:

@@ -3,19 +3,10 @@ real registries (plain; htpasswd + self-signed TLS) on free 127.0.0.1 ports."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 
 import pytest
-from support import REPO, Registry, Workspace, require_tool
-
-IGNORED = shutil.ignore_patterns("hb-out", "conda-lock.yml", "conda-*.lock", "conda-lock.gpu*")
-
-
-def copy_example(dest, cache) -> Workspace:
-    shutil.copytree(REPO / "examples", dest, ignore=IGNORED)
-    return Workspace(dest, cache)
+from support import Registry, copy_example, require_tool
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +38,3 @@ def tls_registry(tmp_path_factory):
     server.ca = cert
     yield server
     server.stop()
-
-
-def layout_image(layout):
-    """(manifest digest, manifest, config) of an OCI layout with one image."""
-    index = json.loads((layout / "index.json").read_text())
-    digest = index["manifests"][0]["digest"]
-    manifest = json.loads((layout / "blobs/sha256" / digest.split(":")[1]).read_text())
-    config = json.loads((layout / "blobs/sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
-    return digest, manifest, config

@@ -1,6 +1,6 @@
 import json
 
-from oci_schemas import validate
+from oci_support import validate
 
 from rules.oci.layout import OCI_CONFIG, OCI_MANIFEST, canonical, read_layout, write_layout
 

@@ -11,8 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import layout_image
-from oci_schemas import validate
+from oci_support import layout_image, validate
 from support import Workspace, require_tool
 
 pytestmark = pytest.mark.slow

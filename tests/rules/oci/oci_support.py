@@ -1,4 +1,5 @@
-"""Validation against the OCI image-spec JSON schemas (draft-04) copied into tests/data."""
+"""OCI test helpers: validation against the OCI image-spec JSON schemas (draft-04, copied into
+tests/data) and reading an image layout back."""
 
 from __future__ import annotations
 
@@ -32,3 +33,12 @@ def validate(kind: str, document: dict) -> None:
     """kind: image-manifest-schema, image-index-schema, config-schema, image-layout-schema."""
     schema = json.loads((SCHEMAS / f"{kind}.json").read_text())
     jsonschema.Draft4Validator(schema, registry=REGISTRY).validate(document)
+
+
+def layout_image(layout):
+    """(manifest digest, manifest, config) of an OCI layout with one image."""
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    manifest = json.loads((layout / "blobs/sha256" / digest.split(":")[1]).read_text())
+    config = json.loads((layout / "blobs/sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
+    return digest, manifest, config
