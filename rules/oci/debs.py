@@ -58,6 +58,9 @@ def _lock(request) -> LockOutcome:
         if lock.get("requested") != packages:
             return LockOutcome(stale=("the list of packages changed",))
         return LockOutcome()
+    if shutil.which("apt-get") is None:
+        raise ActionFailed(f"{request.label}: locking Debian packages needs apt-get, which is not installed here",
+                           hint="run `hb lock` for deb_base targets on a Debian or Ubuntu machine and commit the lock")
     proc = _print_uris(packages)
     if proc.returncode != 0:
         # No (or old) system package lists, as on a fresh machine or container: ask apt with lists of

@@ -288,3 +288,23 @@ def test_base_pulled_from_a_registry_by_digest(images, registry, tmp_path):
     _unpack(tmp_path, ws.root / "hb-out/app/app")  # skopeo + umoci: digests and diff_ids hold
     by_tag = ws.hb("build", "//app:by-tag", check=False)
     assert by_tag.returncode == 4 and "not pinned by digest" in by_tag.stderr
+
+
+def test_app_layer_from_files_and_generated_outputs(images, tmp_path):
+    digest, manifest, _ = layout_image(images.root / "hb-out/env/nlp")
+    ws = _base_users(tmp_path, f"""\
+        oci_layout_base(name = "base", srcs = glob(["nlp-layout/**"]), digest = "{digest}")
+        genrule(name = "greeting", outs = ["greeting.txt"], cmd = "echo generated > $(OUTS)")
+        oci_files(name = "app-files", srcs = ["run.sh", ":greeting"], prefix = "/app")
+        oci_image(name = "app", base = ":base", layers = [":app-files"], entrypoint = ["/app/run.sh"])
+    """)
+    shutil.copytree(images.root / "hb-out/env/nlp", ws.root / "app/nlp-layout")
+    ws.write("app/run.sh", "#!/bin/sh\nread line < /app/greeting.txt\necho \"$line\"\nexec /opt/env/bin/hb-hello\n")
+    (ws.root / "app/run.sh").chmod(0o755)
+    ws.build_json("//app:app")
+    _, app, config = layout_image(ws.root / "hb-out/app/app")
+    assert len(app["layers"]) == len(manifest["layers"]) + 1
+    assert config["config"]["Entrypoint"] == ["/app/run.sh"]
+    rootfs = _unpack(tmp_path, ws.root / "hb-out/app/app")
+    proc = _run(rootfs, "/app/run.sh")
+    assert proc.stdout == "generated\nhello from /opt/env\n", proc.stderr
