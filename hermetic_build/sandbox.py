@@ -95,8 +95,12 @@ class ActionExecution:
             **self.env,
         }
 
-    def run_command(self, argv: list[str], extra_env: dict | None = None, network: bool = False) -> int:
-        """Run argv in the execution root; output is captured into the action's stdout/stderr."""
+    def run_command(self, argv: list[str], extra_env: dict | None = None, network: bool = False,
+                    read_only: tuple[str, ...] = ()) -> int:
+        """Run argv in the execution root; output is captured into the action's stdout/stderr.
+
+        read_only: host paths (e.g. the Python interpreter and its site-packages, for an action kind
+        that runs hb code inside the sandbox) made visible read-only at the same path."""
         bwrap = bwrap_path()
         env = {**self.base_env(bwrap is not None), **(extra_env or {})}
         if bwrap:
@@ -112,8 +116,11 @@ class ActionExecution:
                     cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
                 elif os.path.isdir(f"/{name}"):
                     cmd += ["--ro-bind", f"/{name}", f"/{name}"]
-            cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(self.sandbox_dir), SANDBOX_ROOT,
-                    "--chdir", workdir]
+            cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            for path in read_only:
+                if os.path.exists(path):
+                    cmd += ["--ro-bind", path, path]
+            cmd += ["--bind", str(self.sandbox_dir), SANDBOX_ROOT, "--chdir", workdir]
             for key, value in env.items():
                 cmd += ["--setenv", key, value]
             cmd += ["--", *argv]
