@@ -54,8 +54,10 @@ def test_unknown_attribute_suggests(workspace):
 
 def test_wrong_type_and_missing(workspace):
     workspace.write("p/BUILD.hermetic", 'genrule(name = "x", outs = "o", cmd = "x")\n')
-    with pytest.raises(BuildFileError, match="'outs' must be a string_list"):
+    # a value of the wrong type is an analysis error (exit 4, README); a missing one a BUILD file error
+    with pytest.raises(AnalysisError, match="'outs' must be a string_list") as exc:
         analyzer(workspace).analyze(["//p:x"])
+    assert str(exc.value.location) == "p/BUILD.hermetic:1"
     workspace.write("p/BUILD.hermetic", 'genrule(name = "x", outs = ["o"])\n')
     with pytest.raises(BuildFileError, match="missing mandatory attribute 'cmd'"):
         analyzer(workspace).analyze(["//p:x"])
