@@ -253,8 +253,9 @@ class Analyzer:
                 continue
             found = [Label(p, n) for p in packages for n in sorted(self.loader.load(p).targets)]
             if not found:
-                raise UsageError(f"no targets match {text}: {self._why_empty(pattern, packages)}",
-                                 hint="name a package that defines targets, e.g. //pkg:all or //pkg/...")
+                hint = ("run hb inside a workspace that has BUILD.hermetic files (hb -C DIR ...)" if not packages
+                        else "add a rule call to the BUILD file, or name another package")
+                raise UsageError(f"no targets match {text}: {self._why_empty(pattern, packages)}", hint=hint)
             labels.extend(found)
         return list(dict.fromkeys(labels))
 

@@ -230,7 +230,7 @@ class PackageLoader:
             if error.message == "Evaluation cancelled":
                 raise BuildFileError(
                     f"evaluation took longer than starlark_timeout_s = {self.limits.timeout_s} s; stopped here",
-                    location=error.location, hint=_TIMEOUT_HINT) from None
+                    location=error.location, hint=_TIMEOUT_HINT, detail=error.detail) from None
             raise error from None
         return module
 

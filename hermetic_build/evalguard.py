@@ -12,6 +12,7 @@ nothing it prints reaches hb's output.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import os
 import pickle
@@ -98,6 +99,8 @@ def _child(work, limits: Limits, read_fd: int, write_fd: int, captured) -> None:
         _die_with_parent()
         os.dup2(captured.fileno(), 1)
         os.dup2(captured.fileno(), 2)
+        sys.stdout = sys.stderr = open(captured.fileno(), "w", closefd=False)  # noqa: SIM115
+        faulthandler.disable()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         # A Rust panic that prints a backtrace allocates; out of memory, that deadlocks instead of
         # raising PanicException (measured: a hang until the kill, instead of an error in 0.4 s).
@@ -121,6 +124,8 @@ def _child(work, limits: Limits, read_fd: int, write_fd: int, captured) -> None:
     except BaseException:  # noqa: BLE001 - the parent sees the missing DONE and reports a crash
         code = 70
     finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
         os._exit(code)
 
 
