@@ -10,7 +10,10 @@ import pytest
 from hermetic_build.evalguard import GuardFailure, Limits, run_guarded
 
 
-def run(work, limits=Limits(256, 5)):
+DEFAULT = Limits(256, 5)
+
+
+def run(work, limits=DEFAULT):
     received = []
     run_guarded(work, limits, received.append)
     return received
