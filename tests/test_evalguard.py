@@ -9,7 +9,6 @@ import pytest
 
 from hermetic_build.evalguard import GuardFailure, Limits, run_guarded
 
-
 DEFAULT = Limits(256, 5)
 
 
