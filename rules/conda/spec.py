@@ -60,7 +60,8 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
 
 def _check_environment_shape(text: str, shown: str) -> None:
     """Check the shape conda-lock expects before it sees the file, so that a wrong shape is an
-    error at `file:line` instead of a Python exception from deep inside conda-lock."""
+    error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
+    from deep inside conda-lock."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -114,7 +115,7 @@ def _shape(node) -> str:
 
 
 def _at(node, shown: str) -> Location:
-    return Location(shown, node.start_mark.line + 1, node.start_mark.column + 1)
+    return Location(shown, node.start_mark.line + 1)
 
 
 def _yaml_error_location(exc, text: str, shown: str) -> Location:
