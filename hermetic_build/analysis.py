@@ -12,10 +12,10 @@ from pathlib import Path
 
 from .action import INTERNAL_ROOT, OUTPUT_ROOT, Action, File, get_action_kind, make_params_json, output_dir
 from .buildfile import Package, PackageLoader, TargetDef, all_packages, source_exists, source_path
-from .errors import AnalysisError, BuildFileError, HbError, Location, did_you_mean
+from .errors import AnalysisError, BuildFileError, HbError, Location, UsageError, did_you_mean
 from .label import Label, LabelSyntaxError, TargetPattern
 from .rule import DefaultInfo, Provider, Rule
-from .workspace import Workspace, host_platform
+from .workspace import BUILD_FILE, Workspace, host_platform
 
 
 @dataclass(frozen=True)
@@ -230,25 +230,42 @@ class Analyzer:
 
     # ----- patterns --------------------------------------------------------------------------------
     def expand(self, patterns: list[str], current_package: str = "") -> list[Label]:
-        labels: list[Label] = []
+        parsed = []
         for text in patterns:
             try:
                 pattern = TargetPattern.parse(text, current_package)
             except LabelSyntaxError as exc:
                 raise AnalysisError(str(exc), hint="labels look like //pkg:name, :name or //pkg/...") from None
+            packages = [pattern.package]
             if pattern.recursive:
                 packages = all_packages(self.workspace, pattern.package)
                 if not packages and not self.workspace.package_dir(pattern.package).is_dir():
                     raise AnalysisError(f"pattern {text}: directory {pattern.package} does not exist")
-                for package in packages:
-                    labels.extend(Label(package, n) for n in sorted(self.loader.load(package).targets))
-            elif pattern.name is None:
-                labels.extend(Label(pattern.package, n) for n in sorted(self.loader.load(pattern.package).targets))
-            else:
+            parsed.append((text, pattern, packages))
+        # every package the patterns name, evaluated in one guarded child (see buildfile.py)
+        self.loader.preload(p for _text, _pattern, packages in parsed for p in packages)
+        labels: list[Label] = []
+        for text, pattern, packages in parsed:
+            if pattern.name is not None:
                 label = Label(pattern.package, pattern.name)
                 self._target(label, None)
                 labels.append(label)
+                continue
+            found = [Label(p, n) for p in packages for n in sorted(self.loader.load(p).targets)]
+            if not found:
+                hint = ("run hb inside a workspace that has BUILD.hermetic files (hb -C DIR ...)" if not packages
+                        else "add a rule call to the BUILD file, or name another package")
+                raise UsageError(f"no targets match {text}: {self._why_empty(pattern, packages)}", hint=hint)
+            labels.extend(found)
         return list(dict.fromkeys(labels))
+
+    def _why_empty(self, pattern: TargetPattern, packages: list[str]) -> str:
+        root = self.workspace.root
+        if pattern.recursive and not packages:
+            where = f"the workspace at {root}" if not pattern.package else f"{root / pattern.package}"
+            return f"{where} has no {BUILD_FILE} files"
+        files = [self.loader.load(p).build_file for p in packages]
+        return f"{', '.join(files[:3])}{' and others' if len(files) > 3 else ''} define{'s' if len(files) == 1 else ''} no targets"
 
     def _target(self, label: Label, referenced_from: Location | None) -> TargetDef:
         package = self.loader.load(label.package, referenced_from=referenced_from)
@@ -343,6 +360,7 @@ class Analyzer:
             configured[label] = ConfiguredTarget(label, providers)
             summaries[label] = TargetSummary(label, target.rule, target.location, tuple(sorted(deps)),
                                              providers[DefaultInfo].files, graph.nodes[label]["sources"])
+        _check_nested_outputs(owners, graph)
         packages = {p.name: p.build_file for p in self.loader._packages.values()}
         loaded = self.loader._packages.values()
         return AnalysisResult(
@@ -372,6 +390,22 @@ class Analyzer:
             outputs = tuple(o for a in ctx.actions.declared for o in a.outputs)
             providers[DefaultInfo] = DefaultInfo(outputs)
         return providers
+
+
+def _check_nested_outputs(owners: dict[str, Label], graph) -> None:
+    """No output may lie inside another output (`a` with outs ["x"] next to target `a/x`): one of
+    them would have to be a file and a directory at once."""
+    for path in sorted(owners):
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            outer = "/".join(parts[:i])
+            if outer in owners:
+                inner_owner, outer_owner = owners[path], owners[outer]
+                outer_at = graph.nodes[outer_owner]["target"].location
+                raise AnalysisError(
+                    f"{inner_owner}: output {path} is inside {outer}, an output of {outer_owner} ({outer_at})",
+                    location=graph.nodes[inner_owner]["target"].location,
+                    hint="rename one of the targets or outputs so that neither output path contains the other")
 
 
 def _labels(value) -> tuple[Label, ...]:

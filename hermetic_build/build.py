@@ -53,7 +53,7 @@ def _stamp(path: Path):
     """(size, mtime) as a list, so it compares equal after a JSON round trip."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return [st.st_size, st.st_mtime_ns]
 
@@ -230,6 +230,7 @@ class Session:
     def _materialize(self, executor: Executor, f: File, dest: Path) -> None:
         for _attempt in range(2):
             entry = executor.output_entry(f)
+            self._clear_parents(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
@@ -251,6 +252,17 @@ class Session:
             except MissingBlob:
                 executor.rebuild(executor.producers[f.path])
         raise MissingBlob(executor.output_entry(f).digest)
+
+    def _clear_parents(self, dest: Path) -> None:
+        """hb-out is a view of the last outputs published: a file where `dest` needs a directory
+        (target `a` published output `x`, now target `a/x` publishes `x/y`) is replaced."""
+        root = self.workspace.output_root
+        parent = dest.parent
+        while parent != root and root in parent.parents:
+            if os.path.lexists(parent) and (parent.is_symlink() or not parent.is_dir()):
+                os.unlink(parent)
+                return
+            parent = parent.parent
 
     # ----- records ---------------------------------------------------------------------------------
     def previous_records(self) -> dict:

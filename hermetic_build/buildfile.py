@@ -3,6 +3,11 @@
 A BUILD file sees Starlark's standard builtins, `glob()`, `package_name()` and one function per
 registered rule; nothing else. There is no file I/O, clock, print or Python import. `load()` of
 `.bzl` files inside the workspace provides macros.
+
+BUILD files are untrusted. They are evaluated in a forked child process with a memory and a time
+budget per BUILD file (`starlark_memory_mb`, `starlark_timeout_s` in hermetic.toml; see
+evalguard.py): one child per command evaluates every package the command needs, and hb's own
+process only receives the targets.
 """
 
 from __future__ import annotations
@@ -11,18 +16,23 @@ import functools
 import json
 import os
 import re
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import starlark as sl
 
-from .errors import BuildFileError, Location, did_you_mean
+from .errors import AnalysisError, BuildFileError, HbError, Location, did_you_mean
+from .evalguard import Channel, GuardFailure, Limits, run_guarded
 from .label import Label, LabelSyntaxError
-from .rule import Rule, check_attrs
+from .rule import AttributeValueError, Rule, check_attrs
 from .workspace import BUILD_FILE, OUTPUT_DIR, Workspace
 
 _FRAME_RE = re.compile(r"^\s*\* (.+?):(\d+), in ", re.M)
 _ERROR_AT_RE = re.compile(r"-->\s*(.+?):(\d+)(?::\d+)?\s*$", re.M)
+_TIMEOUT_HINT = "raise starlark_timeout_s in hermetic.toml if this BUILD file really needs that long"
+_MEMORY_HINT = "raise starlark_memory_mb in hermetic.toml if this BUILD file really needs that much memory"
 
 
 @dataclass(frozen=True)
@@ -62,25 +72,32 @@ class PackageLoader:
     def __init__(self, workspace: Workspace, rules: dict[str, Rule]):
         self.workspace = workspace
         self.rules = rules
+        settings = workspace.settings
+        self.limits = Limits(settings.starlark_memory_mb, settings.starlark_timeout_s)
         self._dialect = _starlark_dialect()
         ext = sl.LibraryExtension
         self._globals = sl.Globals.extended_by([ext.StructType, ext.Json, ext.Map, ext.Filter, ext.Partial])
         self._prelude_globals = sl.Globals.extended_by([ext.CallStack, ext.Json])
         # One JSON string per rule call crosses into Python: converting kwargs value by value
         # costs more than the whole rule call (measured: 10,000 calls 1.0 s -> 0.6 s).
+        # glob() is defined here too, so that it knows the line it is called from.
         self._prelude = sl.parse("<hb-prelude>", "".join(
             f"def {name}(**kwargs):\n    _hb_rule(json.encode([{name!r}, call_stack(), kwargs]))\n"
             for name in sorted(rules)
-        ) or "pass\n", self._dialect)
+        ) + "def glob(include, exclude = None, allow_empty = True):\n"
+            "    return _hb_glob(include, exclude, allow_empty, call_stack())\n", self._dialect)
         self._packages: dict[str, Package] = {}
+        self._failed: dict[str, HbError] = {}  # package -> the error its evaluation raised
         self._bzl: dict[str, "sl.FrozenModule"] = {}
         self._bzl_loading: list[str] = []
-        # state of the package being evaluated
+        # state of the package being evaluated (in the guarded child)
         self._current: str | None = None
         self._targets: dict[str, TargetDef] = {}
         self._loads: list[str] = []
         self._globs: list[GlobCall] = []
-        self._pending: BuildFileError | None = None
+        self._pending: HbError | None = None
+        self._deadline = 0.0
+        self._eval_options = sl.EvalOptions(check_cancelled=self._out_of_time)
 
     # ----- public ----------------------------------------------------------------------------
     def has_package(self, package: str) -> bool:
@@ -89,31 +106,113 @@ class PackageLoader:
     def load(self, package: str, *, referenced_from: Location | None = None) -> Package:
         if package in self._packages:
             return self._packages[package]
+        if package not in self._failed:
+            self._check_build_file(package, referenced_from)
+            self.preload([package])
+        if package in self._failed:
+            raise self._failed[package]
+        return self._packages[package]
+
+    def preload(self, packages) -> None:
+        """Evaluate `packages` and every package their targets name, in one guarded child process."""
+        wanted = [p for p in dict.fromkeys(packages)
+                  if p not in self._packages and p not in self._failed and self.has_package(p)]
+        if not wanted:
+            return
+        try:
+            run_guarded(lambda channel: self._evaluate_closure(wanted, channel), self.limits, self._receive)
+        except GuardFailure as failure:
+            raise self._guard_error(failure) from None
+
+    # ----- in hb's process -----------------------------------------------------------------------
+    def _check_build_file(self, package: str, referenced_from: Location | None) -> None:
         path = self.workspace.build_file(package)
-        if not path.is_file():
-            known = all_packages(self.workspace)
-            hint = did_you_mean(f"//{package}", [f"//{p}" for p in known])
-            raise BuildFileError(
-                f"no package //{package}: {self.workspace.relpath(path)} does not exist",
-                location=referenced_from,
-                hint=hint or "create a BUILD.hermetic file in that directory",
-            )
+        if path.is_file():
+            return
+        rel = self.workspace.relpath(path)
+        if os.path.lexists(path):
+            what = ("is a directory" if path.is_dir() else
+                    "is a broken symbolic link" if path.is_symlink() else "is not a regular file")
+            raise BuildFileError(f"no package //{package}: {rel} {what}", location=referenced_from,
+                                 hint=f"make {rel} a regular file")
+        known = all_packages(self.workspace)
+        hint = did_you_mean(f"//{package}", [f"//{p}" for p in known])
+        raise BuildFileError(
+            f"no package //{package}: {rel} does not exist",
+            location=referenced_from,
+            hint=hint or "create a BUILD.hermetic file in that directory",
+        )
+
+    def _receive(self, message) -> None:
+        """A result from the child: a package's targets, or the error its BUILD file raised."""
+        if message[0] == "package":
+            package = message[1]
+            self._packages[package.name] = package
+        else:
+            _, name, (cls, text, location, hint, detail) = message
+            self._failed[name] = cls(text, location=location, hint=hint, detail=detail)
+
+    def _guard_error(self, failure: GuardFailure) -> BuildFileError:
+        where = Location(failure.unit) if failure.unit else None
+        if failure.reason == "timeout":
+            return BuildFileError(
+                f"evaluation took longer than starlark_timeout_s = {self.limits.timeout_s} s; stopped",
+                location=where, hint=_TIMEOUT_HINT)
+        if failure.reason == "memory":
+            return BuildFileError(
+                f"evaluation used more than starlark_memory_mb = {self.limits.memory_mb} MiB; stopped"
+                + (f" ({failure.detail})" if failure.detail else ""),
+                location=where, hint=_MEMORY_HINT)
+        first, _, rest = failure.detail.partition("\n")
+        return BuildFileError(f"evaluation crashed: {first}", location=where, detail=rest.strip() or None)
+
+    # ----- evaluation (in the guarded child) -----------------------------------------------------
+    def _evaluate_closure(self, wanted: list[str], channel: Channel) -> None:
+        queue, seen = deque(wanted), set(wanted)
+        while queue:
+            package = queue.popleft()
+            channel.begin(self.workspace.relpath(self.workspace.build_file(package)))
+            try:
+                loaded = self._evaluate(package)
+            except HbError as exc:
+                channel.begin(None)
+                channel.send(("error", package, (type(exc), exc.message, exc.location, exc.hint, exc.detail)))
+                continue
+            channel.begin(None)
+            channel.send(("package", loaded))
+            for name in self._referenced_packages(loaded):
+                if name not in seen and name not in self._packages and self.has_package(name):
+                    seen.add(name)
+                    queue.append(name)
+
+    def _referenced_packages(self, package: Package) -> list[str]:
+        names = []
+        for target in package.targets.values():
+            for attr_name, spec in self.rules[target.rule].attrs.items():
+                value = target.attrs.get(attr_name)
+                if spec.is_label and value is not None:
+                    names.extend(label.package for label in ((value,) if isinstance(value, Label) else value))
+        return names
+
+    def _evaluate(self, package: str) -> Package:
+        path = self.workspace.build_file(package)
         rel = self.workspace.relpath(path)
         self._current, self._targets, self._loads, self._globs = package, {}, [], []
+        self._deadline = time.monotonic() + self.limits.timeout_s
         try:
-            self._eval(rel, path.read_text(), package)
+            self._eval(rel, _read_source(path, rel, None), package)
         finally:
             self._current = None
-        pkg = Package(package, rel, self._targets, tuple(self._loads), tuple(self._globs))
-        self._packages[package] = pkg
-        return pkg
+        return Package(package, rel, self._targets, tuple(self._loads), tuple(self._globs))
 
-    # ----- evaluation ----------------------------------------------------------------------
+    def _out_of_time(self) -> bool:
+        return time.monotonic() > self._deadline
+
     def _new_module(self) -> "sl.Module":
         module = sl.Module()
         module.add_callable("_hb_rule", self._register)
+        module.add_callable("_hb_glob", self._glob)
         sl.eval(module, self._prelude, self._prelude_globals)
-        module.add_callable("glob", self._glob)
         module.add_callable("package_name", self._package_name)
         return module
 
@@ -122,11 +221,17 @@ class PackageLoader:
         self._pending = None
         try:
             ast = sl.parse(rel, source, self._dialect)
-            sl.eval(module, ast, self._globals, sl.FileLoader(lambda spec: self._load_bzl(spec, rel, package)))
+            sl.eval_with(self._eval_options, module, ast, self._globals,
+                         sl.FileLoader(lambda spec: self._load_bzl(spec, rel, package)))
         except sl.StarlarkError as exc:
             if self._pending is not None:
                 raise self._pending from None
-            raise _starlark_error(exc, rel) from None
+            error = _starlark_error(exc, rel)
+            if error.message == "Evaluation cancelled":
+                raise BuildFileError(
+                    f"evaluation took longer than starlark_timeout_s = {self.limits.timeout_s} s; stopped here",
+                    location=error.location, hint=_TIMEOUT_HINT, detail=error.detail) from None
+            raise error from None
         return module
 
     def _load_bzl(self, spec: str, loading_file: str, package: str) -> "sl.FrozenModule":
@@ -153,7 +258,7 @@ class PackageLoader:
             raise ValueError(self._pending.message)
         self._bzl_loading.append(rel)
         try:
-            module = self._eval(rel, path.read_text(), label.package)
+            module = self._eval(rel, _read_source(path, rel, Location(loading_file)), label.package)
         finally:
             self._bzl_loading.pop()
         frozen = module.freeze()
@@ -175,7 +280,11 @@ class PackageLoader:
         try:
             attrs = check_attrs(self.rules[rule_name], kwargs, package)
             label = Label.parse(":" + attrs["name"], package)
-        except (ValueError, LabelSyntaxError) as exc:
+        except (AttributeValueError, LabelSyntaxError) as exc:
+            # a value of the wrong type or shape: an analysis error (exit 4), as the README says
+            self._pending = AnalysisError(str(exc), location=location)
+            raise ValueError(str(exc)) from None
+        except ValueError as exc:  # the call itself is wrong: an unknown or a missing attribute
             self._pending = BuildFileError(str(exc), location=location)
             raise ValueError(str(exc)) from None
         if label.name in self._targets:
@@ -187,26 +296,70 @@ class PackageLoader:
     def _package_name(self) -> str:
         return self._current or ""
 
-    def _glob(self, include, exclude=None, allow_empty=True):
+    def _glob(self, include, exclude, allow_empty, stack: str):
         package = self._current or ""
-        include = tuple(include)
-        exclude = tuple(exclude or ())
+        frames = _FRAME_RE.findall(stack)
+        location = (Location(frames[0][0], int(frames[0][1])) if frames
+                    else Location(self.workspace.relpath(self.workspace.build_file(package))))
+        try:
+            include = _glob_patterns("include", include)
+            exclude = _glob_patterns("exclude", exclude or [])
+        except (TypeError, ValueError) as exc:
+            self._pending = BuildFileError(str(exc), location=location,
+                                           hint='patterns are relative to the package: glob(["*.txt", "data/**"])')
+            raise
         result = tuple(run_glob(self.workspace, package, include, exclude))
         if not result and not allow_empty:
-            self._pending = BuildFileError(f"glob({list(include)}) matched no files in //{package}",
-                                           location=Location(self.workspace.relpath(self.workspace.build_file(package))))
+            self._pending = BuildFileError(f"glob({list(include)}) matched no files in //{package}", location=location)
             raise ValueError(self._pending.message)
         self._globs.append(GlobCall(package, include, exclude, result))
         return list(result)
 
 
+def _glob_patterns(argument: str, patterns) -> tuple[str, ...]:
+    """glob() patterns: a list of relative paths inside the package (no '..', no absolute path)."""
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+        raise TypeError(f"glob() {argument} must be a list of patterns, got {type(patterns).__name__} {patterns!r}")
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"glob() {argument} patterns must be non-empty strings, got {pattern!r}")
+        if pattern.startswith("/") or any(part in ("", ".", "..") for part in pattern.split("/")):
+            raise ValueError(f"glob() pattern {pattern!r} must be a relative path inside the package "
+                             "(no leading '/', no '.', '..' or empty parts)")
+    return tuple(patterns)
+
+
+def _read_source(path: Path, rel: str, referenced_from: Location | None) -> str:
+    """The text of a BUILD or .bzl file; an unreadable or non-UTF-8 file is a BUILD file error."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BuildFileError(f"cannot read {rel}: {exc.strerror or exc}", location=referenced_from) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BuildFileError(f"not valid UTF-8 (byte {data[exc.start]:#04x})", location=Location(rel, line)) from None
+
+
 def _starlark_error(exc: Exception, default_path: str) -> BuildFileError:
+    """`path:line: message` and the source excerpt; the call stack is summed up in one line, so a
+    runaway recursion prints a few lines, not a hundred frames."""
     text = str(exc)
     match = _ERROR_AT_RE.search(text)
     location = Location(match.group(1), int(match.group(2))) if match else Location(default_path)
-    first = next((ln for ln in text.splitlines() if ln.startswith("error:")), text.splitlines()[0] if text else "")
+    lines = text.splitlines()
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("error:")), None)
+    first = lines[at] if at is not None else (lines[0] if lines else "")
     message = first.removeprefix("error:").strip()
-    return BuildFileError(message or "invalid Starlark", location=location, detail=text)
+    excerpt = [ln for ln in lines[at + 1:] if ln.strip(" |")] if at is not None else []
+    frames = _FRAME_RE.findall(text)
+    if frames:
+        outer = Location(frames[0][0], int(frames[0][1]))
+        depth = f" ({len(frames)} calls deep)" if len(frames) > 2 else ""
+        if outer != location or depth:
+            excerpt.insert(0, f"  called from {outer}{depth}")
+    return BuildFileError(message or "invalid Starlark", location=location, detail="\n".join(excerpt) or None)
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:

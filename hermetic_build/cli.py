@@ -57,6 +57,9 @@ class HbGroup(click.Group):
         except click.UsageError as exc:
             exc.exit_code = UsageError.exit_code
             raise
+        except KeyboardInterrupt:  # Ctrl-C: a message, not a Python traceback
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=HbGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Location:
-    """A place in a BUILD.hermetic or .bzl file."""
+    """A place in a BUILD.hermetic or .bzl file (or another file hb reads, e.g. environment.yml)."""
 
     path: str
     line: int = 0
+    column: int = 0  # shown only with a line
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}" if self.line else self.path
+        if not self.line:
+            return self.path
+        return f"{self.path}:{self.line}:{self.column}" if self.column else f"{self.path}:{self.line}"
 
 
 class HbError(Exception):

@@ -56,8 +56,14 @@ def _parse_label(text: str, current_package: str | None) -> Label:
     return Label(package, name)
 
 
+def _valid_package(package: str) -> bool:
+    """A workspace-relative directory: no '.', '..' or '...' parts (a pattern's '...' is not one)."""
+    return bool(_PACKAGE_RE.match(package)) and not (package and any(
+        p in (".", "..", "...") for p in package.split("/")))
+
+
 def _check(text: str, package: str, name: str) -> None:
-    if not _PACKAGE_RE.match(package) or any(p in (".", "..") for p in package.split("/") if package):
+    if not _valid_package(package):
         raise LabelSyntaxError(f"invalid package name in label {text!r}")
     if not name or not _NAME_RE.match(name) or name.startswith("/") or name.endswith("/"):
         raise LabelSyntaxError(f"invalid target name in label {text!r}")
@@ -92,13 +98,13 @@ class TargetPattern:
         if text.endswith("/..."):
             base = text[:-4]
             package = base[2:] if base.startswith("//") else base
-            if not _PACKAGE_RE.match(package):
+            if not _valid_package(package):
                 raise LabelSyntaxError(f"invalid package in pattern {text!r}")
             return TargetPattern(package, None, True)
         if text.endswith((":all", ":*")):
             base = text.rsplit(":", 1)[0]
             package = base[2:] if base.startswith("//") else (current_package if base == "" else base)
-            if not _PACKAGE_RE.match(package):
+            if not _valid_package(package):
                 raise LabelSyntaxError(f"invalid package in pattern {text!r}")
             return TargetPattern(package, None, False)
         label = Label.parse(text, current_package)

@@ -96,6 +96,11 @@ class Rule:
 _RULES: dict[str, Rule] = {}
 
 
+class AttributeValueError(ValueError):
+    """An attribute's value has the wrong type or shape (an analysis error, exit 4); a plain
+    ValueError from check_attrs means the call itself is wrong (unknown or missing attribute)."""
+
+
 def rule(name: str, implementation: Callable, attrs: dict[str, Attr] | None = None, doc: str = "",
          lock: Callable | None = None, publish: dict | None = None) -> Rule:
     """Declare a rule; BUILD.hermetic files can then call `name(...)`."""
@@ -114,7 +119,7 @@ def registered_rules() -> dict[str, Rule]:
 def check_attrs(rule_: Rule, raw: dict, package: str) -> dict:
     """Validate a rule call's attributes; return them normalised (labels parsed, lists as tuples).
 
-    Raises ValueError with a message meant for `path:line: ...`.
+    Raises ValueError (AttributeValueError for a bad value) with a message meant for `path:line: ...`.
     """
     schema = rule_.all_attrs()
     for key in raw:
@@ -141,31 +146,33 @@ def _normalise(rule_name: str, key: str, spec: Attr, value, package: str):
     expected = _TYPES[spec.kind]
     where = f"{rule_name}() attribute {key!r}"
     if spec.kind == "int" and isinstance(value, bool) or not isinstance(value, expected):
-        raise ValueError(f"{where} must be a {spec.kind}, got {type(value).__name__} {value!r}")
+        raise AttributeValueError(f"{where} must be a {spec.kind}, got {type(value).__name__} {value!r}")
     if spec.kind == "string" and spec.values and value not in spec.values:
-        raise ValueError(f"{where} must be one of {', '.join(map(repr, spec.values))}, got {value!r}")
+        raise AttributeValueError(f"{where} must be one of {', '.join(map(repr, spec.values))}, got {value!r}")
     if spec.kind in ("string_list", "label_list"):
         for item in value:
             if not isinstance(item, str):
-                raise ValueError(f"{where} must be a list of strings, got element {item!r}")
-        if len(set(value)) != len(value):
-            dup = next(v for v in value if value.count(v) > 1)
-            raise ValueError(f"{where} lists {dup!r} twice")
+                raise AttributeValueError(f"{where} must be a list of strings, got element {item!r}")
+        seen = set()
+        for item in value:
+            if item in seen:
+                raise AttributeValueError(f"{where} lists {item!r} twice")
+            seen.add(item)
     if spec.kind == "string_dict":
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
-                raise ValueError(f"{where} must map strings to strings, got {k!r}: {v!r}")
+                raise AttributeValueError(f"{where} must map strings to strings, got {k!r}: {v!r}")
     if spec.kind == "string_list_dict":
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise ValueError(f"{where} must map strings to lists of strings, got {k!r}: {v!r}")
+                raise AttributeValueError(f"{where} must map strings to lists of strings, got {k!r}: {v!r}")
     try:
         if spec.kind == "label":
             return Label.parse(value, package)
         if spec.kind == "label_list":
             return tuple(Label.parse(v, package) for v in value)
     except LabelSyntaxError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise AttributeValueError(f"{where}: {exc}") from None
     return _freeze(value)
 
 

@@ -36,11 +36,14 @@ class Settings:
     remote_timeout: int = 10
     jobs: int = 0
     rule_modules: tuple[str, ...] = ("rules",)
+    # Budget for evaluating one BUILD file (with the .bzl files it loads): BUILD files are untrusted.
+    starlark_memory_mb: int = 2048
+    starlark_timeout_s: int = 60
     extra: dict = field(default_factory=dict, compare=False)  # sections owned by rules (e.g. [conda])
 
 
 _KNOWN_KEYS = {"cache_dir", "platforms", "source_date_epoch", "env_allowlist", "remote_cache", "jobs",
-               "rule_modules", "remote_upload", "remote_timeout"}
+               "rule_modules", "remote_upload", "remote_timeout", "starlark_memory_mb", "starlark_timeout_s"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,12 @@ def load_settings(root: Path) -> Settings:
                              location=Location(str(path)))
         return value
 
+    def positive(key, default):
+        value = typed(key, int, default)
+        if isinstance(value, bool) or value <= 0:
+            raise UsageError(f"setting {key!r} must be a positive integer, not {value!r}", location=Location(str(path)))
+        return value
+
     env_cache = os.environ.get("HB_CACHE_DIR")
     cache_dir = Path(env_cache) if env_cache else None
     if cache_dir is None and "cache_dir" in top:
@@ -127,5 +136,7 @@ def load_settings(root: Path) -> Settings:
         remote_timeout=typed("remote_timeout", int, 10),
         jobs=typed("jobs", int, 0),
         rule_modules=tuple(typed("rule_modules", list, ["rules"])),
+        starlark_memory_mb=positive("starlark_memory_mb", 2048),
+        starlark_timeout_s=positive("starlark_timeout_s", 60),
         extra=sections,
     )

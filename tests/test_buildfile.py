@@ -4,7 +4,7 @@ import pytest
 
 import rules  # noqa: F401 - registers genrule
 from hermetic_build.analysis import Analyzer
-from hermetic_build.errors import AnalysisError, BuildFileError
+from hermetic_build.errors import AnalysisError, BuildFileError, UsageError
 from hermetic_build.label import Label
 from hermetic_build.rule import registered_rules
 from hermetic_build.workspace import find_workspace
@@ -54,8 +54,10 @@ def test_unknown_attribute_suggests(workspace):
 
 def test_wrong_type_and_missing(workspace):
     workspace.write("p/BUILD.hermetic", 'genrule(name = "x", outs = "o", cmd = "x")\n')
-    with pytest.raises(BuildFileError, match="'outs' must be a string_list"):
+    # a value of the wrong type is an analysis error (exit 4, README); a missing one a BUILD file error
+    with pytest.raises(AnalysisError, match="'outs' must be a string_list") as exc:
         analyzer(workspace).analyze(["//p:x"])
+    assert str(exc.value.location) == "p/BUILD.hermetic:1"
     workspace.write("p/BUILD.hermetic", 'genrule(name = "x", outs = ["o"])\n')
     with pytest.raises(BuildFileError, match="missing mandatory attribute 'cmd'"):
         analyzer(workspace).analyze(["//p:x"])
@@ -125,3 +127,98 @@ def test_recursive_pattern_and_root_package(workspace):
     result = analyzer(workspace).analyze(["//..."])
     assert sorted(map(str, result.requested)) == ["//:r", "//a/b:c"]
     assert result.actions[0].outputs[0].path in ("hb-out/r/o", "hb-out/a/b/c/o")
+
+
+# ----- issue 8: clean errors instead of tracebacks ----------------------------------------------
+def test_output_inside_another_output_names_both_targets(workspace):
+    workspace.write("p/BUILD.hermetic", """\
+        genrule(name = "a", outs = ["x"], cmd = "echo > $(OUTS)")
+        genrule(name = "a/x", outs = ["y"], cmd = "echo > $(OUTS)")
+    """)
+    with pytest.raises(AnalysisError) as exc:
+        analyzer(workspace).analyze(["//p:all"])
+    assert str(exc.value.location) == "p/BUILD.hermetic:2"
+    assert exc.value.message == ("//p:a/x: output hb-out/p/a/x/y is inside hb-out/p/a/x, an output of //p:a "
+                                 "(p/BUILD.hermetic:1)")
+
+
+def test_targets_nested_by_name_without_colliding_outputs_are_fine(workspace):
+    workspace.write("p/BUILD.hermetic", """\
+        genrule(name = "a", outs = ["x"], cmd = "echo > $(OUTS)")
+        genrule(name = "a/y", outs = ["z"], cmd = "echo > $(OUTS)")
+    """)
+    assert len(analyzer(workspace).analyze(["//p:all"]).actions) == 2
+
+
+def test_pattern_matching_no_target_is_a_usage_error(workspace):
+    with pytest.raises(UsageError, match=r"no targets match //\.\.\.: the workspace at .* has no BUILD.hermetic files"):
+        analyzer(workspace).analyze(["//..."])
+    workspace.write("p/BUILD.hermetic", "X = 1\n")
+    with pytest.raises(UsageError, match="no targets match //p:all: p/BUILD.hermetic defines no targets"):
+        analyzer(workspace).analyze(["//p:all"])
+
+
+@pytest.mark.parametrize("pattern", ["//../...", "//p/../...", "//p/...:x", "//..:all"])
+def test_patterns_cannot_leave_the_workspace(workspace, pattern):
+    with pytest.raises(AnalysisError, match="invalid package"):
+        analyzer(workspace).analyze([pattern])
+
+
+@pytest.mark.parametrize("call, message", [
+    ('glob(["../*"])', "glob() pattern '../*' must be a relative path inside the package"),
+    ('glob(["/etc/*"])', "glob() pattern '/etc/*' must be a relative path inside the package"),
+    ('glob("*.txt")', "glob() include must be a list of patterns, got str '*.txt'"),
+    ('glob(["*.txt"], exclude = "a")', "glob() exclude must be a list of patterns"),
+])
+def test_bad_glob_patterns_are_errors_at_their_line(workspace, call, message):
+    workspace.write("p/BUILD.hermetic", f'\ngenrule(name = "g", srcs = {call}, outs = ["o"], cmd = "x")\n')
+    with pytest.raises(BuildFileError) as exc:
+        analyzer(workspace).analyze(["//p:g"])
+    assert message in exc.value.message and str(exc.value.location) == "p/BUILD.hermetic:2"
+
+
+def test_unreadable_build_files_are_build_file_errors(workspace):
+    (workspace.root / "p").mkdir()
+    (workspace.root / "p/BUILD.hermetic").write_bytes(b'# ok\ngenrule(name = "x", outs = ["o"], cmd = "\xff")\n')
+    with pytest.raises(BuildFileError, match=r"not valid UTF-8 \(byte 0xff\)") as exc:
+        analyzer(workspace).analyze(["//p:x"])
+    assert str(exc.value.location) == "p/BUILD.hermetic:2"
+    (workspace.root / "p/BUILD.hermetic").unlink()
+    (workspace.root / "p/BUILD.hermetic").mkdir()
+    with pytest.raises(BuildFileError, match="no package //p: p/BUILD.hermetic is a directory"):
+        analyzer(workspace).analyze(["//p:x"])
+    (workspace.root / "p/BUILD.hermetic").rmdir()
+    (workspace.root / "p/BUILD.hermetic").symlink_to(workspace.root / "nowhere")
+    with pytest.raises(BuildFileError, match="is a broken symbolic link"):
+        analyzer(workspace).analyze(["//p:x"])
+
+
+def test_load_errors(workspace):
+    workspace.write("p/BUILD.hermetic", 'load(":nope.bzl", "x")\n')
+    with pytest.raises(BuildFileError, match="p/nope.bzl does not exist"):
+        analyzer(workspace).analyze(["//p:all"])
+    workspace.write("p/a.bzl", 'load(":b.bzl", "y")\nx = 1\n')
+    workspace.write("p/b.bzl", 'load(":a.bzl", "x")\ny = 1\n')
+    workspace.write("p/BUILD.hermetic", 'load(":a.bzl", "x")\n')
+    with pytest.raises(BuildFileError, match=r"load cycle: p/a.bzl -> p/b.bzl -> p/a.bzl"):
+        analyzer(workspace).analyze(["//p:all"])
+
+
+def test_errors_of_dependency_packages_keep_their_order(workspace):
+    """Packages are evaluated ahead in one child; errors still surface where analysis meets them."""
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "a", srcs = ["//q:nope"], outs = ["o"], cmd = "x")\n')
+    workspace.write("q/BUILD.hermetic", 'genrule(name = "b", outs = ["o"], cmd = "x")\n')
+    workspace.write("r/BUILD.hermetic", "syntax error here\n")
+    with pytest.raises(AnalysisError, match="names //q:nope, which is neither a target nor a file"):
+        analyzer(workspace).analyze(["//p:a"])
+    with pytest.raises(BuildFileError) as exc:
+        analyzer(workspace).analyze(["//..."])
+    assert str(exc.value.location).startswith("r/BUILD.hermetic:1")
+
+
+def test_recursion_error_is_short(workspace):
+    workspace.write("p/BUILD.hermetic", "def f():\n    f()\n\nf()\n")
+    with pytest.raises(BuildFileError) as exc:
+        analyzer(workspace).analyze(["//p:all"])
+    assert str(exc.value.location) == "p/BUILD.hermetic:2" and "call stack overflow" in exc.value.message
+    assert len(exc.value.render().splitlines()) <= 6

@@ -101,10 +101,18 @@ def test_relative_labels_from_package_dir(workspace):
     ('genrule(name = "x", outs = ["o"] cmd = "x")\n', 3, "p/BUILD.hermetic:1"),
     ('genrule(name = "x", outs = ["o"], cmd = "x", sources = [])\n', 3, "p/BUILD.hermetic:1: genrule() got an unknown attribute 'sources'"),
     ('genrule(name = "x", srcs = [":y"], outs = ["o"], cmd = "x")\n', 4, "neither a target nor a file"),
+    # README: 4 = analysis (unknown label, cycle, bad attribute value)
+    ('genrule(name = "x", outs = "o", cmd = "x")\n', 4, "p/BUILD.hermetic:1: genrule() attribute 'outs' must be a string_list"),
+    ('genrule(name = "x", outs = ["o"], cmd = 5)\n', 4, "p/BUILD.hermetic:1: genrule() attribute 'cmd' must be a string"),
+    ('genrule(name = "x", outs = ["o", "o"], cmd = "x")\n', 4, "lists 'o' twice"),
+    ('genrule(name = "x", outs = ["o"])\n', 3, "p/BUILD.hermetic:1: genrule() is missing mandatory attribute 'cmd'"),
+    ('genrule(name = "x", outs = ["o"], cmd = "x")\ngenrule(name = "x/o", outs = ["y"], cmd = "x")\n', 4,
+     "p/BUILD.hermetic:2: //p:x/o: output hb-out/p/x/o/y is inside hb-out/p/x/o, an output of //p:x (p/BUILD.hermetic:1)"),
+    ('x = [0] * 2000000000\n', 3, "p/BUILD.hermetic: evaluation used more than starlark_memory_mb = 2048 MiB"),
 ])
 def test_errors_have_location_and_exit_code(workspace, build, expected_code, expected):
     workspace.write("p/BUILD.hermetic", build)
-    proc = workspace.hb("build", "//p:x", check=False)
+    proc = workspace.hb("build", "//p:all", check=False)
     assert proc.returncode == expected_code, proc.stderr
     assert expected in proc.stderr
 
@@ -117,6 +125,41 @@ def test_unknown_label_suggestion_and_usage_errors(workspace):
     assert proc.returncode == 4
     proc = workspace.hb("build", check=False)
     assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("command", [["build"], ["query"], ["aquery"], ["lock"], ["explain"]])
+def test_a_pattern_that_matches_nothing_is_a_usage_error(workspace, command):
+    proc = workspace.hb(*command, "//...", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"no targets match //...: the workspace at {workspace.root} has no BUILD.hermetic files" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_separate_builds_of_nested_outputs_replace_each_other_in_hb_out(workspace):
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "a", outs = ["x"], cmd = "echo a > $(OUTS)")\n'
+                                        'genrule(name = "a/x", outs = ["y"], cmd = "echo y > $(OUTS)")\n')
+    workspace.hb("build", "//p:a")
+    workspace.hb("build", "//p:a/x")
+    assert (workspace.root / "hb-out/p/a/x/y").read_text() == "y\n"
+    workspace.hb("build", "//p:a")
+    assert (workspace.root / "hb-out/p/a/x").read_text() == "a\n"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["build", "--frob", "//..."], "No such option"),
+    (["build", "//../..."], "invalid package in pattern"),
+    (["frob"], "No such command"),
+])
+def test_bad_command_lines(workspace, args, expected):
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "a", outs = ["x"], cmd = "echo > $(OUTS)")\n')
+    proc = workspace.hb(*args, check=False)
+    assert proc.returncode in (2, 4) and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_starlark_settings(workspace):
+    (workspace.root / "hermetic.toml").write_text("starlark_memory_mb = 0\n")
+    proc = workspace.hb("build", "//...", check=False)
+    assert proc.returncode == 2 and "'starlark_memory_mb' must be a positive integer" in proc.stderr
 
 
 def test_cycle_exit_code(workspace):

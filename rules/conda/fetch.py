@@ -13,7 +13,7 @@ import urllib.request
 
 from blake3 import blake3
 
-from hermetic_build.api import ActionFailed, Digest, register_action_kind
+from hermetic_build.api import ActionFailed, Digest, IntegrityError, register_action_kind
 
 from .archive import check_archive
 
@@ -73,9 +73,10 @@ def fetch_pinned(execution, check) -> None:
                 digest = _download(url, str(out), sha256)
             except _Mismatch as mismatch:
                 os.unlink(out)
-                raise ActionFailed(
-                    f"{filename} from {url} has the wrong content: expected sha256 {sha256}, got {mismatch.args[0]}; "
-                    "nothing was stored") from None
+                # a download that does not match its pin: an integrity error (exit 6, README)
+                raise IntegrityError(
+                    f"{execution.action.owner}: {filename} from {url} has the wrong content: expected sha256 "
+                    f"{sha256}, got {mismatch.args[0]}; nothing was stored") from None
             except FileNotFoundError:
                 errors.append(f"{url}: no such file")
                 break

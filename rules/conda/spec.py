@@ -44,23 +44,7 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
         text = path.read_text()
     except FileNotFoundError:
         raise AnalysisError(f"{shown} does not exist", location=Location(shown)) from None
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise AnalysisError(f"invalid YAML: {getattr(exc, 'problem', exc)}",
-                            location=Location(shown, mark.line + 1 if mark else 0)) from None
-    if node is None or not isinstance(node, yaml.MappingNode):
-        raise AnalysisError("an environment file must be a mapping with 'dependencies'", location=Location(shown))
-    for key, value in node.value:
-        if key.value == "dependencies" and isinstance(value, yaml.SequenceNode):
-            for item in value.value:
-                if isinstance(item, yaml.MappingNode):
-                    raise AnalysisError(
-                        "pip dependencies are not supported: hb locks conda packages only",
-                        location=Location(shown, item.start_mark.line + 1),
-                        hint="package the Python dependency as a conda package (a noarch: python recipe), "
-                             "or install it in a later layer")
+    _check_environment_shape(text, shown)
     import logging
 
     from conda_lock.src_parser import make_lock_spec
@@ -72,6 +56,78 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
     except Exception as exc:  # conda-lock raises plain exceptions for bad specs
         raise AnalysisError(f"cannot read {shown}: {exc}", location=Location(shown)) from None
     return EnvironmentSpec(path, lock_spec, tuple(platforms))
+
+
+def _check_environment_shape(text: str, shown: str) -> None:
+    """Check the shape conda-lock expects before it sees the file, so that a wrong shape is an
+    error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
+    from deep inside conda-lock."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise AnalysisError(f"invalid YAML: {problem}",
+                            location=_yaml_error_location(exc, text, shown)) from None
+    if node is None or not isinstance(node, yaml.MappingNode):
+        raise AnalysisError("an environment file must be a mapping with 'dependencies'",
+                            location=_at(node, shown) if node is not None else Location(shown))
+    for key, value in node.value:
+        if key.value in ("channels", "platforms"):
+            _require_strings(value, key.value, shown, example="conda-forge" if key.value == "channels" else "linux-64")
+        elif key.value == "dependencies":
+            if not isinstance(value, yaml.SequenceNode):
+                raise AnalysisError(f"'dependencies' must be a list of package specs, got {_shape(value)}",
+                                    location=_at(value, shown), hint="write one spec per line: '  - numpy >=1.26'")
+            for item in value.value:
+                if isinstance(item, yaml.MappingNode):
+                    raise AnalysisError(
+                        "pip dependencies are not supported: hb locks conda packages only",
+                        location=_at(item, shown),
+                        hint="package the Python dependency as a conda package (a noarch: python recipe), "
+                             "or install it in a later layer")
+                _require_string(item, "each dependency", shown, example="numpy >=1.26")
+
+
+def _require_strings(node, what: str, shown: str, example: str) -> None:
+    if not isinstance(node, yaml.SequenceNode):
+        raise AnalysisError(f"'{what}' must be a list of strings, got {_shape(node)}", location=_at(node, shown),
+                            hint=f"write one per line: '  - {example}'")
+    for item in node.value:
+        _require_string(item, f"each entry of '{what}'", shown, example)
+
+
+def _require_string(node, what: str, shown: str, example: str) -> None:
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str" and node.value.strip()):
+        raise AnalysisError(f"{what} must be a non-empty string such as {example!r}, got {_shape(node)}",
+                            location=_at(node, shown))
+
+
+def _shape(node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    kind = node.tag.rsplit(":", 1)[-1]
+    if kind == "null" or node.value == "":
+        return "nothing"
+    name = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean"}.get(kind, f"a {kind}")
+    return f"{name} {node.value!r}"
+
+
+def _at(node, shown: str) -> Location:
+    return Location(shown, node.start_mark.line + 1)
+
+
+def _yaml_error_location(exc, text: str, shown: str) -> Location:
+    """file:line:column of a YAML error; a reader error (e.g. a NUL byte) has only an offset."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return Location(shown, mark.line + 1, mark.column + 1)
+    position = getattr(exc, "position", None)
+    if isinstance(position, int):
+        line_start = text.rfind("\n", 0, position) + 1
+        return Location(shown, text.count("\n", 0, position) + 1, position - line_start + 1)
+    return Location(shown)
 
 
 def virtual_package_repo(virtual_packages: dict[str, list[str]], platforms):

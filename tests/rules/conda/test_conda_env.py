@@ -60,7 +60,7 @@ def test_wrong_bytes_are_rejected_and_nothing_is_cached(workspace, channel_dir, 
     workspace.hb("lock", "//env:lock")
     lock = (workspace.root / "env/conda-lock.yml").read_text()
     proc = workspace.hb("build", "//env:env", check=False)
-    assert proc.returncode == 5, proc.stderr
+    assert proc.returncode == 6, proc.stderr  # download integrity (README's exit codes)
     assert "hb-vocab-2.0.0" in proc.stderr and "has the wrong content: expected sha256" in proc.stderr
     assert server.url in proc.stderr
     expected = next(line.split(":")[1].strip() for line in lock.splitlines() if "sha256:" in line)
@@ -94,7 +94,7 @@ def test_tampered_file_package_is_rejected(workspace, channel_dir, tmp_path):
     data[len(data) // 2] ^= 1
     package.write_bytes(bytes(data))
     proc = workspace.hb("build", "//env:env", check=False)
-    assert proc.returncode == 5 and "has the wrong content" in proc.stderr and package.as_uri() in proc.stderr
+    assert proc.returncode == 6 and "has the wrong content" in proc.stderr and package.as_uri() in proc.stderr
 
 
 def test_package_in_cas_is_never_downloaded_again(workspace, nginx_channel):

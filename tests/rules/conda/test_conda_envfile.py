@@ -1,0 +1,42 @@
+"""environment.yml shapes conda-lock does not expect are errors at file:line (YAML syntax errors,
+a NUL byte included, at file:line:column), never a Python exception from inside conda-lock (issue 8)."""
+
+import pytest
+
+from hermetic_build.errors import AnalysisError
+from rules.conda.spec import read_environment
+
+
+def read(tmp_path, text: str):
+    path = tmp_path / "environment.yml"
+    path.write_text(text)
+    return read_environment(path, ["linux-64"], shown_path="env/environment.yml")
+
+
+@pytest.mark.parametrize("text, where, message", [
+    ("dependencies: 5\n", "1", "'dependencies' must be a list of package specs, got an integer '5'"),
+    ("dependencies: numpy\n", "1", "'dependencies' must be a list of package specs, got a string 'numpy'"),
+    ("dependencies:\n  numpy: 1\n", "2", "'dependencies' must be a list of package specs, got a mapping"),
+    ("dependencies:\n  - numpy\n  - 5\n", "3", "each dependency must be a non-empty string such as 'numpy >=1.26'"),
+    ("dependencies:\n  -\n", "2", "got nothing"),
+    ("dependencies:\n  - [numpy]\n", "2", "got a list"),
+    ("dependencies:\n  - pip:\n    - requests\n", "2", "pip dependencies are not supported"),
+    ("dependencies:\n  - pip: 5\n", "2", "pip dependencies are not supported"),
+    ("channels: conda-forge\ndependencies: [numpy]\n", "1", "'channels' must be a list of strings"),
+    ("channels:\n  - {url: x}\ndependencies: [numpy]\n", "2", "each entry of 'channels' must be a non-empty string"),
+    ("dependencies: [numpy]\nplatforms: linux-64\n", "2", "'platforms' must be a list of strings"),
+    ("- numpy\n", "1", "an environment file must be a mapping with 'dependencies'"),
+    ("dependencies: [numpy\n", "2:1", "invalid YAML: expected ',' or ']'"),
+    ("dependencies: [numpy]\nname: a\x00b\n", "2:8", "invalid YAML: unacceptable character #x0000"),
+])
+def test_wrong_shapes_name_file_and_line(tmp_path, text, where, message):
+    with pytest.raises(AnalysisError) as exc:
+        read(tmp_path, text)
+    assert str(exc.value.location) == f"env/environment.yml:{where}"
+    assert message in exc.value.message
+    assert exc.value.exit_code == 4
+
+
+def test_a_good_file_still_reads(tmp_path):
+    spec = read(tmp_path, "name: x\nchannels:\n  - conda-forge\ndependencies:\n  - numpy >=1.26\n  - python 3.11.*\n")
+    assert spec.match_specs("linux-64") == ["numpy >=1.26", "python 3.11.*"]
