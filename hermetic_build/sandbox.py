@@ -86,9 +86,10 @@ def userns_advice() -> str:
                 return f"enable unprivileged user namespaces: {command} (as root)"
         except OSError:
             continue
-    return ("this kernel allows user namespaces, so hb runs in a chroot or a container that forbids them: "
-            "run hb on the host or outside the chroot, or start the container with user namespaces allowed "
-            "(docker run --security-opt seccomp=unconfined --security-opt apparmor=unconfined, or --privileged)")
+    return ("this kernel allows user namespaces, so something around hb forbids them (a chroot, a container's "
+            "seccomp or AppArmor profile, a user namespace without a uid map): run hb on the host or outside the "
+            "chroot, or start the container with user namespaces allowed (docker run --security-opt "
+            "seccomp=unconfined --security-opt apparmor=unconfined, or --privileged)")
 
 
 def etc_arguments(network: bool) -> list[str]:
