@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import sys
 
-from hermetic_build.sandbox import ETC_ENTRIES, SandboxSupport, etc_arguments, isolation_note
 from support import require_tool
+
+from hermetic_build.sandbox import ETC_ENTRIES, SandboxSupport, etc_arguments, isolation_note
 
 BUILD = 'genrule(name="x", outs=["o"], cmd="echo hi > $(OUTS)")\n'
 

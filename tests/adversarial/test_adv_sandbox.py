@@ -11,7 +11,6 @@ import pwd
 import stat
 
 import pytest
-
 from payloads_sandbox import SECRET, SandboxWorkspace, assert_victim_intact, files_containing, make_victim
 from support import require_tool
 
