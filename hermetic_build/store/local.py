@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from blake3 import blake3
@@ -33,6 +33,7 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
+_move_names = itertools.count()  # names in tmp/ for outputs being moved into the CAS
 
 
 class LocalStore(Store):
@@ -176,7 +177,7 @@ class LocalStore(Store):
                 if self.has_blob(digest):
                     os.unlink(name, dir_fd=dir_fd)
                     return digest
-                tmp = f"{self._tmp}/m-{os.getpid()}-{st.st_ino}-{uuid.uuid4().hex}"
+                tmp = f"{self._tmp}/m-{os.getpid()}-{next(_move_names)}"
                 try:
                     os.rename(name, tmp, src_dir_fd=dir_fd)
                 except OSError:  # another filesystem: copy below
