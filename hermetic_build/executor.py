@@ -283,6 +283,9 @@ class Executor:
             raise self._failure(action, f"declared output {out.path} is not collected: "
                                 f"{str(refused).removeprefix('execroot/')} (outputs are never collected through a "
                                 "link)", execution, sandbox) from None
+        except OSError as exc:
+            raise self._failure(action, f"declared output {out.path} could not be read: {exc}",
+                                execution, sandbox) from None
         try:
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -303,6 +306,9 @@ class Executor:
             except RefusedPath as refused:
                 where = f"{out.path}/{refused}" if out.is_directory else str(refused)
                 raise self._failure(action, f"declared output {out.path} is not collected: {where}",
+                                    execution, sandbox) from None
+            except OSError as exc:  # e.g. a directory the command made unreadable (chmod 000)
+                raise self._failure(action, f"declared output {out.path} could not be read: {exc}",
                                     execution, sandbox) from None
         finally:
             os.close(dir_fd)
