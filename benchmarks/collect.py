@@ -54,7 +54,7 @@ def timed_build(root: Path, cache: Path, hb_root: Path, target: str) -> float:
     env = {**os.environ, "HB_CACHE_DIR": str(cache), "PYTHONPATH": f"{hb_root}{os.pathsep}{root}"}
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "-q", target], cwd=root,
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"hb build {target} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")

@@ -39,7 +39,7 @@ def test_hb_without_bwrap_on_path_says_it_is_missing(workspace, tmp_path):
     env = workspace.env()
     env["PATH"] = str(tmp_path)  # no bwrap there
     proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "//p:x"], cwd=workspace.root,
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "bubblewrap (bwrap) is not installed" in proc.stderr
     assert "cannot create namespaces" not in proc.stderr
@@ -51,10 +51,10 @@ def test_hb_where_real_bwrap_cannot_create_namespaces_says_so(workspace):
     unshare = require_tool("unshare")
     workspace.write("p/BUILD.hermetic", BUILD)
     probe = subprocess.run([unshare, "--user", shutil.which("bwrap"), "--unshare-all", "--ro-bind", "/", "/", "true"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     assert probe.returncode != 0, "bwrap worked inside an unmapped user namespace; this test needs it to fail"
     proc = subprocess.run([unshare, "--user", sys.executable, "-m", "hermetic_build.cli", "build", "//p:x"],
-                          cwd=workspace.root, env=workspace.env(), capture_output=True, text=True)
+                          cwd=workspace.root, env=workspace.env(), capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "bubblewrap is installed" in proc.stderr and "but cannot create namespaces" in proc.stderr
     assert f"bwrap said: {probe.stderr.strip()}" in proc.stderr
