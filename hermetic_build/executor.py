@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import threading
 import time
 from collections import deque
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .action import Action, File, action_key, get_action_kind, key_fields
+from .anchored import RefusedPath, describe, open_directory, open_subdirectory
 from .digest import Digest
 from .errors import ActionFailed, AnalysisError, HbError, IntegrityError
 from .filecache import FileDigestCache
@@ -246,19 +248,7 @@ class Executor:
 
                 raise self._failure(action, f"{type(exc).__name__}: {exc}", execution, sandbox,
                                     traceback.format_exc()) from exc
-            outputs = []
-            for out in action.outputs:
-                path = execroot / out.path
-                if not os.path.lexists(path):
-                    raise self._failure(action, f"declared output {out.path} was not created", execution, sandbox)
-                if out.is_directory != path.is_dir() or path.is_symlink():
-                    want = "a directory" if out.is_directory else "a regular file"
-                    raise self._failure(action, f"declared output {out.path} is not {want}", execution, sandbox)
-                if out.is_directory:
-                    outputs.append(OutputEntry(out.path, "dir", store_tree(self.store, path, move=True)))
-                else:
-                    executable = os.access(path, os.X_OK)
-                    outputs.append(OutputEntry(out.path, "file", self.store.put_file(path, move=True), executable))
+            outputs = self._collect_outputs(action, execution, sandbox)
             result = ActionResult(
                 tuple(outputs), 0,
                 self.store.put_blob(bytes(execution.stdout)), self.store.put_blob(bytes(execution.stderr)),
@@ -270,6 +260,58 @@ class Executor:
         finally:
             if ok or not self.keep_sandbox:
                 self._discard(sandbox)
+
+    def _collect_outputs(self, action: Action, execution, sandbox: Path) -> list[OutputEntry]:
+        """Move the declared outputs into the CAS through descriptors anchored at the sandbox
+        directory (which the command cannot replace: it is the bind mount's source). Every path
+        component is opened with O_NOFOLLOW, so an output under a link, or that is a link, is
+        refused and nothing outside the sandbox is read, moved or deleted."""
+        sandbox_fd = os.open(sandbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return [self._collect_output(action, out, sandbox_fd, execution, sandbox) for out in action.outputs]
+        finally:
+            os.close(sandbox_fd)
+
+    def _collect_output(self, action: Action, out: File, sandbox_fd: int, execution, sandbox: Path) -> OutputEntry:
+        parent, _, name = f"execroot/{out.path}".rpartition("/")
+        want = "a directory" if out.is_directory else "a regular file"
+        try:
+            dir_fd = open_directory(sandbox_fd, parent)
+        except FileNotFoundError:
+            raise self._failure(action, f"declared output {out.path} was not created", execution, sandbox) from None
+        except RefusedPath as refused:
+            raise self._failure(action, f"declared output {out.path} is not collected: "
+                                f"{str(refused).removeprefix('execroot/')} (outputs are never collected through a "
+                                "link)", execution, sandbox) from None
+        except OSError as exc:
+            raise self._failure(action, f"declared output {out.path} could not be read: {exc}",
+                                execution, sandbox) from None
+        try:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise self._failure(action, f"declared output {out.path} was not created", execution, sandbox) from None
+            if out.is_directory != stat.S_ISDIR(st.st_mode) or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                raise self._failure(action, f"declared output {describe(dir_fd, name, out.path)}, not {want}",
+                                    execution, sandbox)
+            try:
+                if out.is_directory:
+                    tree_fd = open_subdirectory(dir_fd, name, out.path)
+                    try:
+                        return OutputEntry(out.path, "dir", store_tree(self.store, tree_fd, move=True))
+                    finally:
+                        os.close(tree_fd)
+                digest = self.store.put_at(dir_fd, name, move=True)
+                return OutputEntry(out.path, "file", digest, bool(st.st_mode & stat.S_IXUSR))
+            except RefusedPath as refused:
+                where = f"{out.path}/{refused}" if out.is_directory else str(refused)
+                raise self._failure(action, f"declared output {out.path} is not collected: {where}",
+                                    execution, sandbox) from None
+            except OSError as exc:  # e.g. a directory the command made unreadable (chmod 000)
+                raise self._failure(action, f"declared output {out.path} could not be read: {exc}",
+                                    execution, sandbox) from None
+        finally:
+            os.close(dir_fd)
 
     def _discard(self, sandbox: Path) -> None:
         """Delete a sandbox off the critical path: deleting an environment's thousands of files

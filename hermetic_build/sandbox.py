@@ -20,22 +20,86 @@ SANDBOX_ROOT = "/hb"  # where the sandbox directory appears inside bubblewrap
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+# What of the host's /etc a command sees: name resolution of users and hosts, the dynamic linker's
+# cache, CA certificates, the time zone, and Debian's alternatives (/usr/bin/awk, cc, ... are links
+# through /etc/alternatives). Nothing else: not shadow, gshadow, ssh keys, ssl/private, sudoers.
+ETC_ENTRIES = (
+    "passwd", "group", "nsswitch.conf", "hosts", "host.conf", "gai.conf", "services", "protocols",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone", "mime.types",
+    "os-release", "debian_version", "lsb-release", "locale.alias", "magic", "magic.mime",
+    "ssl/certs", "ssl/openssl.cnf", "ca-certificates.conf", "pki/tls/certs", "pki/ca-trust/extracted",
+    "crypto-policies/back-ends",
+)
+ETC_NETWORK_ENTRIES = ("resolv.conf",)  # only for actions that have the network
+
+
+@dataclass(frozen=True)
+class SandboxSupport:
+    """Whether commands can run isolated here. path: bwrap, if installed; usable: whether it could
+    create namespaces; reason: what bwrap printed when it could not."""
+
+    path: str | None
+    usable: bool
+    reason: str = ""
+
+
 @functools.cache
-def bwrap_path() -> str | None:
-    """bwrap, if installed and able to create namespaces here."""
+def sandbox_support() -> SandboxSupport:
     path = shutil.which("bwrap")
     if not path:
-        return None
+        return SandboxSupport(None, False)
     probe = subprocess.run([path, "--unshare-all", "--ro-bind", "/", "/", "true"],
-                           capture_output=True)
-    return path if probe.returncode == 0 else None
+                           check=False, capture_output=True, stdin=subprocess.DEVNULL)
+    if probe.returncode == 0:
+        return SandboxSupport(path, True)
+    said = probe.stderr.decode(errors="replace").strip() or f"it exited with status {probe.returncode}"
+    return SandboxSupport(path, False, said)
 
 
-def isolation_note() -> str:
-    if bwrap_path():
+def bwrap_path() -> str | None:
+    """bwrap, if installed and able to create namespaces here."""
+    support = sandbox_support()
+    return support.path if support.usable else None
+
+
+def isolation_note(support: SandboxSupport | None = None) -> str:
+    support = support or sandbox_support()
+    if support.usable:
         return "sandbox: bubblewrap (no network, only declared inputs visible)"
-    return ("sandbox: NOT ISOLATED - bubblewrap (bwrap) is not available, so actions can read files "
-            "outside their inputs and reach the network; install the 'bubblewrap' package")
+    risk = "so actions can read files outside their inputs and reach the network"
+    if support.path is None:
+        return (f"sandbox: NOT ISOLATED - bubblewrap (bwrap) is not installed, {risk}; install it "
+                "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)")
+    return (f"sandbox: NOT ISOLATED - bubblewrap is installed ({support.path}) but cannot create namespaces "
+            f"here, {risk}. bwrap said: {support.reason}\n  to fix: {userns_advice()}")
+
+
+def userns_advice() -> str:
+    """What to do when user namespaces are refused, judged from the knobs this kernel has."""
+    knobs = (("/proc/sys/kernel/unprivileged_userns_clone", "0", "sysctl -w kernel.unprivileged_userns_clone=1"),
+             ("/proc/sys/user/max_user_namespaces", "0", "sysctl -w user.max_user_namespaces=15000"),
+             ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+              "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"))
+    for path, off, command in knobs:
+        try:
+            if Path(path).read_text().strip() == off:
+                return f"enable unprivileged user namespaces: {command} (as root)"
+        except OSError:
+            continue
+    return ("this kernel allows user namespaces, so something around hb forbids them (a chroot, a container's "
+            "seccomp or AppArmor profile, a user namespace without a uid map): run hb on the host or outside the "
+            "chroot, or start the container with user namespaces allowed (docker run --security-opt "
+            "seccomp=unconfined --security-opt apparmor=unconfined, or --privileged)")
+
+
+def etc_arguments(network: bool) -> list[str]:
+    """bwrap arguments for a synthetic /etc holding only ETC_ENTRIES that exist on this host
+    (a link is bound as what it points to, so a distribution's layout of links keeps working)."""
+    args = ["--dir", "/etc"]
+    for name in ETC_ENTRIES + (ETC_NETWORK_ENTRIES if network else ()):
+        if os.path.exists(f"/etc/{name}"):
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    return args
 
 
 @dataclass
@@ -108,9 +172,7 @@ class ActionExecution:
             cmd = [bwrap, "--die-with-parent", "--unshare-all", "--clearenv"]
             if network:
                 cmd.append("--share-net")
-            for name in ("usr", "etc"):
-                if os.path.isdir(f"/{name}"):
-                    cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+            cmd += ["--ro-bind", "/usr", "/usr", *etc_arguments(network)]
             for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
                 if os.path.islink(f"/{name}"):
                     cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]

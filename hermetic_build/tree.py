@@ -9,6 +9,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .anchored import DIR_FLAGS, RefusedPath, open_subdirectory
 from .digest import Digest
 from .errors import IntegrityError
 
@@ -47,44 +48,63 @@ def decode_directory(data: bytes) -> list[TreeEntry]:
     ]
 
 
-def store_tree(store, root: Path, *, move: bool = False) -> Digest:
-    """Put every file of `root` into the store and return the digest of its root directory.
+MAX_TREE_DEPTH = 256  # deeper trees are refused (with a message), not a RecursionError
+
+
+def store_tree(store, root: Path | int, *, move: bool = False) -> Digest:
+    """Put every file of a directory into the store and return the digest of its root directory.
+
+    root: a path (its last component must not be a link) or an open directory descriptor (left
+    open). The tree is walked by descriptors: each entry is opened relative to its parent with
+    O_NOFOLLOW, so a link is stored as a symlink entry (its target as data) and never followed,
+    and an entry swapped for a link while it is read is refused (anchored.RefusedPath), as is
+    anything that is not a file, directory or link.
 
     Files are stored without an fsync each; one flush() at the end makes them all durable.
     (Hashing on several threads was measured slower here: 9,000 small files, 1.5 s vs 2.4 s.)"""
-    files: list[str] = []
-    dirs: list[tuple[str, list]] = []  # (path, [(name, kind, mode, path-or-target)]) parents first
-    stack = [str(root)]
-    while stack:
-        directory = stack.pop()
-        children = []
-        with os.scandir(directory) as it:
-            for child in it:
-                st = child.stat(follow_symlinks=False)
-                mode = stat.S_IMODE(st.st_mode)
-                if stat.S_ISLNK(st.st_mode):
-                    children.append((child.name, "symlink", 0o777, os.readlink(child.path)))
-                elif stat.S_ISDIR(st.st_mode):
-                    children.append((child.name, "dir", mode, child.path))
-                    stack.append(child.path)
-                elif stat.S_ISREG(st.st_mode):
-                    children.append((child.name, "file", mode, child.path))
-                    files.append(child.path)
-                else:
-                    raise IntegrityError(f"{child.path}: only files, directories and symlinks can be stored")
-        dirs.append((directory, children))
-    digests = {p: store.put_file(p, move=move, fsync=False) for p in files}
-    dir_digests: dict[str, Digest] = {}
-    for directory, children in reversed(dirs):  # children before parents
-        entries = []
-        for name, kind, mode, ref in children:
-            if kind == "symlink":
-                entries.append(TreeEntry(name, kind, mode=mode, target=ref))
-            else:
-                entries.append(TreeEntry(name, kind, (digests if kind == "file" else dir_digests)[ref], mode))
-        dir_digests[directory] = store.put_blob(encode_directory(entries), fsync=False)
+    if isinstance(root, int):
+        root_fd = os.dup(root)
+    else:
+        parent_fd = os.open(Path(root).parent, DIR_FLAGS & ~os.O_NOFOLLOW)
+        try:
+            root_fd = open_subdirectory(parent_fd, Path(root).name, str(root))
+        finally:
+            os.close(parent_fd)
+    try:
+        digest = _store_directory(store, root_fd, "", move, 0)
+    finally:
+        os.close(root_fd)
     store.flush()
-    return dir_digests[str(root)]
+    return digest
+
+
+def _store_directory(store, fd: int, prefix: str, move: bool, depth: int) -> Digest:
+    if depth > MAX_TREE_DEPTH:
+        raise RefusedPath(f"{prefix or '.'} is nested more than {MAX_TREE_DEPTH} directories deep")
+    entries = []
+    with os.scandir(fd) as it:
+        children = [(child.name, child.stat(follow_symlinks=False)) for child in it]
+    for name, st in children:
+        shown = f"{prefix}{name}"
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            entries.append(TreeEntry(name, "symlink", mode=0o777, target=os.readlink(name, dir_fd=fd)))
+        elif stat.S_ISDIR(st.st_mode):
+            sub = open_subdirectory(fd, name, shown)
+            try:
+                entries.append(TreeEntry(name, "dir", _store_directory(store, sub, shown + "/", move, depth + 1), mode))
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(st.st_mode):
+            try:
+                digest = store.put_at(fd, name, move=move, fsync=False)
+            except RefusedPath as exc:
+                raise RefusedPath(f"{prefix}{exc}") from None
+            entries.append(TreeEntry(name, "file", digest, mode))
+        else:
+            raise RefusedPath(f"{shown}: only files, directories and symlinks can be stored "
+                              f"(this is {stat.filemode(st.st_mode)})")
+    return store.put_blob(encode_directory(entries), fsync=False)
 
 
 def read_directory(store, digest: Digest) -> list[TreeEntry]:

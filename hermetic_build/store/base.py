@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..anchored import open_regular_file
 from ..digest import Digest
 
 
@@ -79,6 +80,14 @@ class Store(ABC):
 
     @abstractmethod
     def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest: ...
+
+    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True) -> Digest:
+        """Store the regular file `name` of the directory dir_fd, never following a link (a link
+        or special file raises anchored.RefusedPath). This default reads it into memory; stores
+        that keep blobs on disk stream it, and move it with move=True."""
+        fd, _ = open_regular_file(dir_fd, name)
+        with open(fd, "rb") as src:
+            return self.put_blob(src.read(), fsync=fsync)
 
     @abstractmethod
     def fetch_file(self, digest: Digest, dest: Path) -> bool:

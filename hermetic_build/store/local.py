@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from ..anchored import RefusedPath, open_regular_file
 from ..digest import CHUNK, Digest, digest_bytes
 from .base import ActionResult, Store
 
@@ -31,6 +33,7 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
+_move_names = itertools.count()  # names in tmp/ for outputs being moved into the CAS
 
 
 class LocalStore(Store):
@@ -149,10 +152,57 @@ class LocalStore(Store):
                 return digest
             except OSError:  # another filesystem: fall back to copying
                 pass
+        with open(path, "rb") as src:
+            digest = self._copy_in(src, fsync)
+        if move:
+            os.unlink(path)
+        return digest
+
+    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True) -> Digest:
+        """Store the regular file `name` of the directory dir_fd without following a link: a link or
+        a special file raises RefusedPath; the content is read from the descriptor that was opened.
+        With move=True that same inode is renamed into the CAS (by name relative to dir_fd, then
+        checked to be the inode that was hashed), unless it has other hard links: then it is copied,
+        so a file outside the directory is never moved, deleted or chmod-ed."""
+        fd, st = open_regular_file(dir_fd, name)
+        with os.fdopen(fd, "rb") as src:
+            if move and st.st_nlink == 1:
+                hasher, size = blake3(), 0
+                while chunk := src.read(CHUNK):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                digest = Digest(hasher.hexdigest(), size)
+                if fsync:
+                    os.fsync(src.fileno())
+                if self.has_blob(digest):
+                    os.unlink(name, dir_fd=dir_fd)
+                    return digest
+                tmp = f"{self._tmp}/m-{os.getpid()}-{next(_move_names)}"
+                try:
+                    os.rename(name, tmp, src_dir_fd=dir_fd)
+                except OSError:  # another filesystem: copy below
+                    pass
+                else:
+                    moved = os.stat(tmp, follow_symlinks=False)
+                    if (moved.st_dev, moved.st_ino) == (st.st_dev, st.st_ino):
+                        self._commit(tmp, self._blob(digest))
+                        return digest
+                    with contextlib.suppress(OSError):  # left for gc if it is a directory
+                        os.unlink(tmp)
+                    raise RefusedPath(f"{name} changed while it was being collected")
+                src.seek(0)
+            digest = self._copy_in(src, fsync)
+        if move:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+        return digest
+
+    def _copy_in(self, src, fsync: bool) -> Digest:
+        """Copy an open binary file into the CAS, hashing it on the way."""
         fd, tmp = self._temp()
         try:
             hasher, size = blake3(), 0
-            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            with os.fdopen(fd, "wb") as dst:
                 while chunk := src.read(CHUNK):
                     hasher.update(chunk)
                     dst.write(chunk)
@@ -169,8 +219,6 @@ class LocalStore(Store):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        if move:
-            os.unlink(path)
         return digest
 
     def flush(self) -> None:

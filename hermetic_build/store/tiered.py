@@ -43,6 +43,12 @@ class TieredStore(Store):
             self.remote.put_file(self.local.blob_path(digest))
         return digest
 
+    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True) -> Digest:
+        digest = self.local.put_at(dir_fd, name, move=move, fsync=fsync)
+        if self.upload:
+            self.remote.put_file(self.local.blob_path(digest))
+        return digest
+
     def fetch_file(self, digest: Digest, dest: Path) -> bool:
         if self.local.fetch_file(digest, dest):
             return True

@@ -1,0 +1,72 @@
+"""LocalStore.put_at: storing a file by name relative to a directory descriptor, never following a
+link, moving only an inode that has no other name."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from hermetic_build.anchored import RefusedPath
+from hermetic_build.digest import digest_bytes
+from hermetic_build.store.local import LocalStore
+from hermetic_build.store.tiered import TieredStore
+
+
+@pytest.fixture
+def setup(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    work = tmp_path / "c/tmp/sb-test"  # like a sandbox: on the CAS's filesystem
+    work.mkdir()
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    yield store, work, fd
+    os.close(fd)
+
+
+def test_put_at_moves_the_file(setup):
+    store, work, fd = setup
+    (work / "f").write_bytes(b"content")
+    inode = os.stat(work / "f").st_ino
+    digest = store.put_at(fd, "f", move=True)
+    assert digest == digest_bytes(b"content")
+    assert not (work / "f").exists()
+    assert os.stat(store.blob_path(digest)).st_ino == inode  # renamed, not copied
+    assert stat.S_IMODE(os.stat(store.blob_path(digest)).st_mode) == 0o444
+
+
+def test_put_at_copies_without_move(setup):
+    store, work, fd = setup
+    (work / "f").write_bytes(b"kept")
+    digest = store.put_at(fd, "f")
+    assert (work / "f").read_bytes() == b"kept" and store.get_blob(digest) == b"kept"
+
+
+def test_put_at_refuses_a_link(setup, tmp_path):
+    store, work, fd = setup
+    (tmp_path / "victim").write_bytes(b"victim")
+    os.symlink(tmp_path / "victim", work / "l")
+    with pytest.raises(RefusedPath, match="is a symbolic link"):
+        store.put_at(fd, "l", move=True)
+    assert (tmp_path / "victim").read_bytes() == b"victim"
+    assert not store.has_blob(digest_bytes(b"victim"))
+
+
+def test_put_at_copies_a_hard_linked_file_and_leaves_its_other_name_alone(setup, tmp_path):
+    store, work, fd = setup
+    (tmp_path / "victim").write_bytes(b"victim")
+    os.chmod(tmp_path / "victim", 0o644)
+    os.link(tmp_path / "victim", work / "h")
+    digest = store.put_at(fd, "h", move=True)
+    assert os.stat(store.blob_path(digest)).st_ino != os.stat(tmp_path / "victim").st_ino
+    assert stat.S_IMODE(os.stat(tmp_path / "victim").st_mode) == 0o644
+    assert (tmp_path / "victim").read_bytes() == b"victim"
+    assert not (work / "h").exists()
+
+
+def test_tiered_put_at_uploads(setup, tmp_path):
+    store, work, fd = setup
+    remote = LocalStore(tmp_path / "remote")
+    (work / "f").write_bytes(b"shared")
+    digest = TieredStore(store, remote).put_at(fd, "f", move=True)
+    assert remote.get_blob(digest) == b"shared" and store.get_blob(digest) == b"shared"
