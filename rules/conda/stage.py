@@ -55,14 +55,20 @@ def _stage(execution) -> None:
     # untrusted archives); the worker adds the directories that hold rattler itself
     code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
     if code != 0:
-        lines = bytes(execution.stderr).decode(errors="replace").strip().splitlines()
-        last = next((line for line in reversed(lines) if line.startswith("stage: ")), None)
-        if last is not None:
-            raise ActionFailed(last[len("stage: "):])
-        signal_number = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128+N
-        how = (f"was killed by signal {signal_number} ({_signal_name(signal_number)})" if signal_number
-               else f"exited with status {code}")
-        raise ActionFailed(f"the stage into {params['prefix']} {how}" + (f": {lines[-1]}" if lines else ""))
+        _raise_worker_failure(execution, code)
+
+
+def _raise_worker_failure(execution, code: int):
+    """The worker's one-line message, or how it died (its stderr tail is in the action's report)."""
+    params = execution.params
+    lines = bytes(execution.stderr).decode(errors="replace").strip().splitlines()
+    last = next((line for line in reversed(lines) if line.startswith("stage: ")), None)
+    if last is not None:
+        raise ActionFailed(last[len("stage: "):])
+    signal_number = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128+N
+    how = (f"was killed by signal {signal_number} ({_signal_name(signal_number)})" if signal_number
+           else f"exited with status {code}")
+    raise ActionFailed(f"the stage into {params['prefix']} {how}" + (f": {lines[-1]}" if lines else ""))
 
 
 def _signal_name(number: int) -> str:

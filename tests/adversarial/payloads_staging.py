@@ -153,3 +153,34 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
         if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
             found.append(path)
     return found
+
+
+def stage_directly(tmp_path: Path, package: Package):
+    """Run the conda.stage action kind directly on an archive that never went through the fetch's
+    check, in a real sandbox directory; returns (the ActionFailed it raised or None, the output
+    prefix, the execution)."""
+    import rules  # noqa: F401 - registers the action kinds
+    from hermetic_build.action import Action, File, get_action_kind, make_params_json
+    from hermetic_build.api import ActionFailed
+    from hermetic_build.label import Label
+    from hermetic_build.sandbox import ActionExecution, prepare_sandbox
+    from hermetic_build.workspace import Settings
+
+    owner = Label("env", "env")
+    archive = File(f"hb-out/env/env/pkgs/{package.filename}", owner)
+    out = File("hb-out/env/env/env", owner, True)
+    params = {"prefix": "/opt/env", "platform": "linux-64",
+              "packages": [{"filename": package.filename, "url": "file:///nowhere", "sha256": "0" * 64,
+                            "name": package.name}]}
+    action = Action(owner, "CondaStage", "conda.stage", "2", (archive,), (out,), make_params_json(params), "linux-64")
+    (tmp_path / "sandboxes").mkdir()
+    sandbox, execroot = prepare_sandbox(tmp_path / "sandboxes")
+    (execroot / archive.path).parent.mkdir(parents=True)
+    package.write((execroot / archive.path).parent)
+    execution = ActionExecution(action, sandbox, execroot, {}, None, Settings(cache_dir=tmp_path / "cache"),
+                                bytearray(), bytearray())
+    try:
+        get_action_kind("conda.stage").run(execution)
+    except ActionFailed as exc:
+        return exc, execroot / out.path, execution
+    return None, execroot / out.path, execution

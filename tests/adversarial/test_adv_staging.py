@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from payloads_staging import Package, adopt_lock, directory, file, files_containing, symlink, zeros
+from payloads_staging import Package, adopt_lock, directory, file, files_containing, stage_directly, symlink, zeros
 from support import Workspace, require_tool
 
 pytestmark = pytest.mark.slow
@@ -136,34 +136,9 @@ def test_invalid_limit_is_an_analysis_error(ws, tmp_path):
 
 # ----- (e) defense in depth: the stage itself, on unchecked archives, in the sandbox ------------
 def _stage_unchecked(tmp_path: Path, package: Package):
-    """Run the conda.stage action kind directly on an archive that never went through the fetch's
-    check, in a real sandbox; returns the ActionFailed it raised, or None."""
-    import rules  # noqa: F401 - registers the action kinds
-    from hermetic_build.action import Action, File, get_action_kind, make_params_json
-    from hermetic_build.api import ActionFailed
-    from hermetic_build.label import Label
-    from hermetic_build.sandbox import ActionExecution, prepare_sandbox
-    from hermetic_build.workspace import Settings
-
     require_tool("bwrap")
-    owner = Label("env", "env")
-    archive = File(f"hb-out/env/env/pkgs/{package.filename}", owner)
-    out = File("hb-out/env/env/env", owner, True)
-    params = {"prefix": "/opt/env", "platform": "linux-64",
-              "packages": [{"filename": package.filename, "url": "file:///nowhere", "sha256": "0" * 64,
-                            "name": package.name}]}
-    action = Action(owner, "CondaStage", "conda.stage", "2", (archive,), (out,), make_params_json(params), "linux-64")
-    (tmp_path / "sandboxes").mkdir()
-    sandbox, execroot = prepare_sandbox(tmp_path / "sandboxes")
-    (execroot / archive.path).parent.mkdir(parents=True)
-    package.write((execroot / archive.path).parent)
-    execution = ActionExecution(action, sandbox, execroot, {}, None, Settings(cache_dir=tmp_path / "cache"),
-                                bytearray(), bytearray())
-    try:
-        get_action_kind("conda.stage").run(execution)
-    except ActionFailed as exc:
-        return exc, execroot / out.path
-    return None, execroot / out.path
+    failure, prefix, _ = stage_directly(tmp_path, package)
+    return failure, prefix
 
 
 def test_unchecked_hardlink_outside_prefix_cannot_touch_the_host(tmp_path):
