@@ -1,28 +1,327 @@
-"""Checking a conda package archive before anything is extracted from it."""
+"""Checking a conda package archive before anything is extracted from it.
+
+One scan of the archive's tar streams (a .tar.bz2, or a .conda's info and pkg components) proves:
+- every path any reader of the package will write or read (tar members, hardlink targets, the
+  entries of info/paths.json, info/files and info/has_prefix, noarch entry points, the
+  name-version-build of info/index.json) is a clean relative path;
+- no such path passes THROUGH a symlink of the archive (so `a/l -> ..` cannot be used to reach
+  outside the prefix, however the links are chained), and every symlink, resolved through the
+  archive's own links, stays inside the prefix; a hardlink names a regular file of the archive;
+- info/paths.json and info/files list only members of the archive, with their real kind;
+- unpacking stays within limits: expanded bytes against compressed bytes, and the member count.
+"""
 
 from __future__ import annotations
 
-import posixpath
+import json
+import os
+import shlex
+import tarfile
+import zipfile
+from dataclasses import dataclass
 
 from hermetic_build.api import ActionFailed
 
+DEFAULT_MAX_UNPACK_RATIO = 1000  # expanded : compressed; real packages are 2-20x, CUDA 2-4x
+UNPACK_FLOOR_BYTES = 64 << 20  # a package expanding to less than this passes whatever its ratio
+MAX_MEMBERS = 1_000_000  # tar members and zip entries together
+TAR_HEADER_BYTES = 512  # counted per member: a million empty files is not free to unpack
+MAX_METADATA_BYTES = 64 << 20  # info/paths.json and friends are read into memory
+MAX_LINK_HOPS = 40  # like the kernel's limit on symlinks followed in one lookup
 
-def check_archive(path, filename: str) -> None:
-    """Refuse archives with absolute paths, '..' components, or links escaping the prefix."""
-    from conda_package_streaming.package_streaming import stream_conda_component
+# files a package manager reads to decide what to write: regular files, parsed here
+_METADATA = ("info/index.json", "info/paths.json", "info/files", "info/has_prefix", "info/link.json")
+_PATH_TYPES = {"hardlink": ("file", "hardlink"), "softlink": ("symlink",), "directory": ("dir",)}
 
-    components = ("pkg", "info") if filename.endswith(".conda") else ("pkg",)
-    for component in components:
-        for _tar, member in stream_conda_component(str(path), component=component):
-            name = member.name
-            parts = name.split("/")
-            if name.startswith("/") or ".." in parts:
-                raise ActionFailed(f"{filename}: refusing archive entry {name!r} (absolute path or '..')")
-            if member.issym() or member.islnk():
-                target = member.linkname
-                base = posixpath.dirname(name) if member.issym() else ""
-                resolved = posixpath.normpath(posixpath.join(base, target))
-                if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                    raise ActionFailed(f"{filename}: refusing link {name!r} -> {target!r}, which escapes the prefix")
-            elif not (member.isfile() or member.isdir()):
-                raise ActionFailed(f"{filename}: refusing special file {name!r} (devices and fifos are not allowed)")
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How far one package may expand: max_ratio times its compressed size, or floor_bytes."""
+
+    max_ratio: int = DEFAULT_MAX_UNPACK_RATIO
+    floor_bytes: int = UNPACK_FLOOR_BYTES
+    max_members: int = MAX_MEMBERS
+
+    def max_expanded(self, compressed: int) -> int:
+        return max(self.floor_bytes, compressed * self.max_ratio)
+
+
+def path_problem(path) -> str | None:
+    """Why `path` is not a clean relative path of single components, or None if it is."""
+    if not isinstance(path, str):
+        return f"not a string ({type(path).__name__})"
+    if not path:
+        return "empty path"
+    if "\x00" in path:
+        return "NUL byte"
+    if any(ord(c) < 32 for c in path):
+        return "control character"
+    if "\\" in path:
+        return "backslash"
+    if path.startswith("/"):
+        return "absolute path"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "empty, '.' or '..' component"
+    return None
+
+
+class _Scan:
+    """What one archive holds, gathered member by member, then checked as a whole."""
+
+    def __init__(self, filename: str, limits: UnpackLimits, compressed: int):
+        self.filename = filename
+        self.limits = limits
+        self.compressed = compressed
+        self.max_expanded = limits.max_expanded(compressed)
+        self.kinds: dict[str, str] = {}  # member name -> file | dir | symlink | hardlink
+        self.symlinks: dict[str, str] = {}
+        self.hardlinks: dict[str, str] = {}
+        self.metadata: dict[str, bytes] = {}
+        self.count = 0
+        self.expanded = 0
+
+    def refuse(self, what: str, entry, why: str):
+        raise ActionFailed(f"{self.filename}: refusing {what} {entry!r}: {why}")
+
+    def count_entries(self, n: int, size: int = 0) -> None:
+        self.count += n
+        self.expanded += size
+        if self.count > self.limits.max_members:
+            raise ActionFailed(
+                f"{self.filename}: refusing archive with more than {self.limits.max_members:,} members")
+        if self.expanded > self.max_expanded:
+            ratio = -(-self.expanded // max(self.compressed, 1))
+            raise ActionFailed(
+                f"{self.filename}: refusing to unpack: it expands to at least {self.expanded:,} bytes from "
+                f"{self.compressed:,} compressed bytes ({ratio:,}:1); the limit is {self.limits.max_ratio:,}:1 "
+                f"for packages over {self.limits.floor_bytes >> 20} MiB. If this package is genuine, raise the "
+                f"limit on its conda_env target (max_unpack_ratio = {ratio}) or for the workspace "
+                f"([conda] max_unpack_ratio = {ratio} in hermetic.toml)")
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        name = member.name
+        why = path_problem(name)
+        if why:
+            self.refuse("archive entry", name, why)
+        if member.isfile():
+            kind = "file"
+        elif member.isdir():
+            kind = "dir"
+        elif member.issym():
+            kind = "symlink"
+        elif member.islnk():
+            kind = "hardlink"
+        else:
+            self.refuse("special file", name, "devices and fifos are not allowed")
+        if name in self.kinds:
+            self.refuse("archive entry", name, "it appears twice")
+        # header sizes are known before the data is read: a bomb is refused before it is inflated
+        self.count_entries(1, max(member.size, 0) + TAR_HEADER_BYTES)
+        self.kinds[name] = kind
+        if name in _METADATA and kind != "file":
+            self.refuse("metadata file", name, "it must be a regular file")
+        if kind == "symlink":
+            if not member.linkname or "\x00" in member.linkname:
+                self.refuse("link", name, "empty link target or NUL byte")
+            self.symlinks[name] = member.linkname
+        elif kind == "hardlink":
+            why = path_problem(member.linkname)
+            if why:
+                self.refuse("hardlink", f"{name} -> {member.linkname}", why)
+            self.hardlinks[name] = member.linkname
+        elif name in _METADATA:
+            if member.size > MAX_METADATA_BYTES:
+                self.refuse("metadata file", name, f"{member.size:,} bytes is too large")
+            self.metadata[name] = tar.extractfile(member).read()
+
+    # ----- checks on the whole archive --------------------------------------------------------
+    def through_symlink(self, path: str) -> str | None:
+        """The first proper prefix of path that is a symlink member, if any."""
+        index = path.find("/")
+        while index != -1:
+            if path[:index] in self.symlinks:
+                return path[:index]
+            index = path.find("/", index + 1)
+        return None
+
+    def link_problem(self, link: str) -> str | None:
+        """Resolve link's target through the archive's own links, as the kernel would: why it leaves
+        the prefix, or None if it stays inside."""
+        target = self.symlinks[link]
+        if target.startswith("/"):
+            return "it is absolute: it escapes the prefix"
+        stack = link.split("/")[:-1]
+        pending = list(reversed(target.split("/")))
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return "it escapes the prefix"
+                stack.pop()
+                continue
+            stack.append(part)
+            next_target = self.symlinks.get("/".join(stack))
+            if next_target is not None:
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    return f"it goes through more than {MAX_LINK_HOPS} links (a loop?)"
+                if next_target.startswith("/"):
+                    return "it escapes the prefix through an absolute link"
+                stack.pop()
+                pending.extend(reversed(next_target.split("/")))
+        return None
+
+    def check_members(self) -> None:
+        for name in self.kinds:
+            via = self.through_symlink(name)
+            if via:
+                self.refuse("archive entry", name, f"it lies under the symlink {via!r}")
+        for name, target in self.symlinks.items():
+            why = self.link_problem(name)
+            if why:
+                self.refuse("link", f"{name} -> {target}", why)
+        for name, target in self.hardlinks.items():
+            if self.kinds.get(target) != "file":
+                self.refuse("hardlink", f"{name} -> {target}", "its target is not a regular file of the archive")
+
+    def check_listed(self, where: str, path, kinds: tuple[str, ...] | None = None) -> None:
+        """A path the package's metadata names: clean, through no symlink, a member of this kind."""
+        why = path_problem(path)
+        if why:
+            self.refuse(f"{where} entry", path, why)
+        via = self.through_symlink(path)
+        if via:
+            self.refuse(f"{where} entry", path, f"it lies under the symlink {via!r}")
+        kind = self.kinds.get(path)
+        if kind is None:
+            self.refuse(f"{where} entry", path, "no such file in the archive")
+        if kinds is not None and kind not in kinds:
+            self.refuse(f"{where} entry", path, f"it is listed as {'/'.join(kinds)} but the archive has a {kind}")
+
+    def check_metadata(self) -> None:
+        if "info/paths.json" in self.metadata:
+            data = self._json("info/paths.json")
+            entries = data.get("paths") if isinstance(data, dict) else None
+            if not isinstance(entries, list):
+                self.refuse("metadata file", "info/paths.json", "it has no 'paths' list")
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    self.refuse("info/paths.json entry", entry, "not an object")
+                path_type = entry.get("path_type", "hardlink")
+                if path_type not in _PATH_TYPES:
+                    self.refuse("info/paths.json entry", entry.get("_path"), f"unknown path_type {path_type!r}")
+                self.check_listed("info/paths.json", entry.get("_path"), _PATH_TYPES[path_type])
+        for line in self._lines("info/files"):
+            self.check_listed("info/files", line)
+        for line in self._lines("info/has_prefix"):
+            try:
+                parts = [p.strip("\"'") for p in shlex.split(line, posix=False)]
+            except ValueError:
+                parts = []
+            if len(parts) not in (1, 3):
+                self.refuse("info/has_prefix line", line, "expected 'path' or 'placeholder mode path'")
+            self.check_listed("info/has_prefix", parts[-1])
+        if "info/link.json" in self.metadata:
+            link = self._json("info/link.json")
+            noarch = link.get("noarch") if isinstance(link, dict) else None
+            points = noarch.get("entry_points", []) if isinstance(noarch, dict) else []
+            for point in points if isinstance(points, list) else [points]:
+                command = point.split("=", 1)[0].strip() if isinstance(point, str) else point
+                why = path_problem(command) or ("'/' in a command name" if "/" in command else None)
+                if why:
+                    self.refuse("info/link.json entry point", point, why)
+        if "info/index.json" in self.metadata:
+            index = self._json("info/index.json")
+            for field in ("name", "version", "build"):
+                value = index.get(field) if isinstance(index, dict) else None
+                if value is not None and (not isinstance(value, str) or path_problem(value) or "/" in value):
+                    self.refuse("info/index.json field", f"{field}: {value}", "it names a file: no '/', '..' or control characters")
+
+    def _json(self, name: str):
+        try:
+            return json.loads(self.metadata[name])
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.refuse("metadata file", name, f"invalid JSON: {exc}")
+
+    def _lines(self, name: str) -> list[str]:
+        if name not in self.metadata:
+            return []
+        try:
+            text = self.metadata[name].decode()
+        except UnicodeDecodeError:
+            self.refuse("metadata file", name, "not UTF-8")
+        return [line for line in text.split("\n") if line.strip()]
+
+
+def _members(scan: _Scan, reader):
+    """(tar, member) of one tar stream, then proof that nothing but zero padding follows its end:
+    a reader that ignores the end marker must not find members this scan never saw."""
+    with reader, tarfile.open(fileobj=reader, mode="r|") as tar:
+        for member in tar:
+            yield tar, member
+        while chunk := tar.fileobj.read(1 << 20):
+            scan.count_entries(0, len(chunk))
+            if chunk.count(0) != len(chunk):
+                raise ActionFailed(f"{scan.filename}: refusing archive with data after the end of its tar stream")
+
+
+def _conda_components(path, scan: _Scan):
+    """The info and pkg tar streams of a .conda: exactly one of each, besides metadata.json."""
+    from conda_package_streaming.package_streaming import zstd
+
+    if zstd is None:
+        raise ActionFailed(f"{scan.filename}: cannot check a .conda package without zstd support "
+                           "(pip install backports.zstd)")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ActionFailed(f"{scan.filename}: not a valid .conda (zip) archive: {exc}") from None
+    with zf:
+        entries = zf.infolist()
+        scan.count_entries(len(entries))
+        found = {"info": [], "pkg": []}
+        for entry in entries:
+            name = entry.filename
+            kind = name.split("-", 1)[0] if name.endswith(".tar.zst") else None
+            if kind in found and "/" not in name:
+                found[kind].append(entry)
+            elif name != "metadata.json":
+                scan.refuse("zip entry", name, "a .conda holds metadata.json, info-*.tar.zst and pkg-*.tar.zst only")
+        for kind in ("info", "pkg"):
+            if len(found[kind]) != 1:
+                raise ActionFailed(f"{scan.filename}: a .conda must hold exactly one {kind}-*.tar.zst "
+                                   f"component, not {len(found[kind])}")
+            yield from _members(scan, zstd.open(zf.open(found[kind][0])))
+
+
+def _all_members(path, scan: _Scan):
+    if scan.filename.endswith(".conda"):
+        yield from _conda_components(path, scan)
+    elif scan.filename.endswith(".tar.bz2"):
+        import bz2
+
+        yield from _members(scan, bz2.open(path, mode="rb"))  # noqa: SIM115 - _members closes it
+    else:
+        raise ActionFailed(f"{scan.filename}: not a conda package (.conda or .tar.bz2)")
+
+
+def _decoder_errors() -> tuple[type[BaseException], ...]:
+    from conda_package_streaming.package_streaming import zstd
+
+    errors = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError)
+    return errors + ((zstd.ZstdError,) if zstd is not None else ())
+
+
+def check_archive(path, filename: str, limits: UnpackLimits = UnpackLimits()) -> None:
+    """Raise ActionFailed naming the package and the entry unless the archive is safe to unpack."""
+    scan = _Scan(filename, limits, os.path.getsize(path))
+    try:
+        for tar, member in _all_members(path, scan):
+            scan.add(tar, member)
+    except _decoder_errors() as exc:  # a truncated or corrupt stream
+        raise ActionFailed(f"{filename}: not a readable conda package: {type(exc).__name__}: {exc}") from None
+    scan.check_members()
+    scan.check_metadata()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from hermetic_build.api import DefaultInfo, File, Provider, attr, rule
 
 from . import fetch, stage  # noqa: F401 - registering action kinds
+from .archive import DEFAULT_MAX_UNPACK_RATIO
 from .lock import CondaLockInfo, check_fresh
 from .lockfile import LockedPackage, packages_for, read_lockfile
 
@@ -54,6 +55,7 @@ def _conda_env_impl(ctx):
     if not packages:
         ctx.fail(f"{lock_file.path} has no conda packages for platform {platform!r}",
                  hint=f"platforms in the lock: {', '.join(lock.metadata.platforms)}")
+    ratio = _max_unpack_ratio(ctx)
     archives = []
     for pkg in packages:
         if len(pkg.sha256) != 64:
@@ -61,7 +63,10 @@ def _conda_env_impl(ctx):
         archive = ctx.declare_file(f"pkgs/{pkg.filename}")
         ctx.actions.declare(
             mnemonic="CondaFetch", kind="conda.fetch", inputs=[], outputs=[archive],
-            params={"sha256": pkg.sha256, "filename": pkg.filename}, hints={"urls": [pkg.url]},
+            params={"sha256": pkg.sha256, "filename": pkg.filename,
+                    # only when raised or lowered: the default keeps every existing fetch key
+                    **({"max_unpack_ratio": ratio} if ratio != DEFAULT_MAX_UNPACK_RATIO else {})},
+            hints={"urls": [pkg.url]},
             platform=platform, description=f"CondaFetch {pkg.filename}",
         )
         archives.append(archive)
@@ -78,6 +83,19 @@ def _conda_env_impl(ctx):
                          (lock.metadata.content_hash or {}).get(platform, ""), info.cuda if info else "")]
 
 
+def _max_unpack_ratio(ctx) -> int:
+    """The target's max_unpack_ratio, else hermetic.toml's [conda] max_unpack_ratio, else the default."""
+    if ctx.attr.max_unpack_ratio:
+        ratio, where = ctx.attr.max_unpack_ratio, "max_unpack_ratio"
+    else:
+        section = ctx.settings.extra.get("conda", {})
+        ratio, where = section.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO), "[conda] max_unpack_ratio in hermetic.toml"
+    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
+        ctx.fail(f"{where} must be a positive integer (expanded bytes per compressed byte), not {ratio!r}",
+                 hint=f"the default is {DEFAULT_MAX_UNPACK_RATIO}")
+    return ratio
+
+
 conda_env = rule(
     "conda_env",
     _conda_env_impl,
@@ -86,6 +104,9 @@ conda_env = rule(
                            doc="a conda_lock target, or a conda-lock.yml made by any tool (then it is the truth)"),
         "platform": attr.string(doc="the platform to stage (default: the lock's first platform)"),
         "prefix": attr.string(default="/opt/env", doc="the absolute path the environment will live at"),
+        "max_unpack_ratio": attr.int(doc=f"refuse a package that expands to more than this many times its "
+                                     f"compressed size (and over 64 MiB); default: [conda] max_unpack_ratio "
+                                     f"in hermetic.toml, else {DEFAULT_MAX_UNPACK_RATIO}"),
     },
     doc="Fetch a locked environment's packages by sha256 and install them into a prefix tree.",
 )

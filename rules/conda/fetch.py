@@ -15,7 +15,7 @@ from blake3 import blake3
 
 from hermetic_build.api import ActionFailed, Digest, IntegrityError, register_action_kind
 
-from .archive import check_archive
+from .archive import DEFAULT_MAX_UNPACK_RATIO, UnpackLimits, check_archive
 
 CHUNK = 1 << 20
 RETRIES = 4
@@ -54,7 +54,8 @@ def _download(url: str, dest: str, expected_sha256: str) -> Digest:
 
 
 def _fetch(execution) -> None:
-    fetch_pinned(execution, check=check_archive)
+    limits = UnpackLimits(max_ratio=execution.params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO))
+    fetch_pinned(execution, check=lambda path, filename: check_archive(path, filename, limits))
 
 
 def fetch_pinned(execution, check) -> None:
@@ -64,6 +65,8 @@ def fetch_pinned(execution, check) -> None:
     sha256, filename = params["sha256"], params["filename"]
     out = execution.execroot / execution.action.outputs[0].path
     if execution.recall_alias(f"sha256:{sha256}", out):
+        # checked again: the bytes were stored by another action, perhaps under other limits
+        check(out, filename)
         execution.stdout += f"{filename}: already in the cache\n".encode()
         return
     errors = []
@@ -98,4 +101,4 @@ def fetch_pinned(execution, check) -> None:
     raise ActionFailed(f"could not fetch {filename} (sha256 {sha256}):\n  " + "\n  ".join(errors[-6:]))
 
 
-register_action_kind("conda.fetch", "2", _fetch)
+register_action_kind("conda.fetch", "3", _fetch)  # 3: paths.json, links and unpack limits checked

@@ -1,89 +1,83 @@
-"""Staging: install fetched packages into the final prefix path with py-rattler, then normalise the
-result so two stages of the same lock give the same tree digest."""
+"""Staging: install the fetched packages into the final prefix path, inside the sandbox.
+
+The archives are untrusted (a lock can name any package, a remote cache can hand back any bytes
+for a fetch), so the install does not run in hb's process: stage_worker.py runs in bubblewrap with
+the sandbox directory (execroot with the archives and the output prefix, tmp/ with the package
+cache) as the only writable place, no network, and nothing of the host visible but the Python
+installation that runs it. The fetch's archive check (archive.py) is the first line; this is the
+second, which holds even if that check, or rattler, has a flaw."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import time
-
+import site
+import sys
+from pathlib import Path
 
 from hermetic_build.api import ActionFailed, register_action_kind
 
-# conda-meta fields that record where this machine happened to keep things
-_MACHINE_FIELDS = ("extracted_package_dir", "package_tarball_full_path")
+WORKER = Path(__file__).resolve().with_name("stage_worker.py")
+PARAMS_FILE = "../tmp/hb-stage-params.json"  # relative to the execution root, inside or outside bwrap
+
+
+def python_paths() -> tuple[list[str], tuple[str, ...]]:
+    """(the directories the worker needs on sys.path to import rattler, the host paths to expose
+    read-only: the interpreter's installation, those directories and the worker itself)."""
+    import rattler
+
+    rattler_dir = str(Path(rattler.__file__).resolve().parent.parent)
+    sites = [*site.getsitepackages(), site.getusersitepackages(), rattler_dir]
+    sys_path = [p for p in dict.fromkeys(sites) if os.path.isdir(p)]
+    roots = {sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
+             os.path.realpath(sys.executable), *sys_path, str(WORKER)}
+    exposed = []
+    for path in sorted(os.path.realpath(p) for p in roots if os.path.exists(p)):
+        if not any(path == e or path.startswith(e.rstrip("/") + "/") for e in exposed):
+            exposed.append(path)
+    return sys_path, tuple(exposed)
 
 
 def _stage(execution) -> None:
-    import rattler
-    from rattler import Config, Subdir
-
     params = execution.params
-    prefix = params["prefix"]
-    out = execution.execroot / execution.action.outputs[0].path
-    cache = execution.sandbox_dir / "tmp" / "pkgs"
-    cache.mkdir(parents=True, exist_ok=True)
-    packages = params["packages"]
-    archives = {f.basename: execution.execroot / f.path for f in execution.action.inputs}
+    sys_path, read_only = python_paths()
+    worker_params = {
+        "sys_path": sys_path,
+        "archives": {f.basename: f.path for f in execution.action.inputs},
+        "out": execution.action.outputs[0].path,
+        "cache": "../tmp/pkgs",
+        "prefix": params["prefix"],
+        "platform": params["platform"],
+        "packages": params["packages"],
+    }
+    (execution.execroot / PARAMS_FILE).write_text(json.dumps(worker_params))
+    # -I: no PYTHON* variables, no user site, no working directory on sys.path (it holds the
+    # untrusted archives); the worker adds the directories that hold rattler itself
+    code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
+    if code != 0:
+        _raise_worker_failure(execution, code)
 
-    async def install():
-        records = [await rattler.RepoDataRecord.from_package_archive(str(archives[p["filename"]])) for p in packages]
-        await rattler.install(
-            records, target_prefix=str(out), cache_dir=str(cache), alternative_target_prefix=prefix,
-            platform=Subdir(params["platform"]), execute_link_scripts=False, show_progress=False,
-            config=Config.from_toml("allow-hard-links = false\nallow-ref-links = false"),
-        )
 
-    started = time.monotonic()
+def _raise_worker_failure(execution, code: int):
+    """The worker's one-line message, or how it died (its stderr tail is in the action's report)."""
+    params = execution.params
+    lines = bytes(execution.stderr).decode(errors="replace").strip().splitlines()
+    last = next((line for line in reversed(lines) if line.startswith("stage: ")), None)
+    if last is not None:
+        raise ActionFailed(last[len("stage: "):])
+    signal_number = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128+N
+    how = (f"was killed by signal {signal_number} ({_signal_name(signal_number)})" if signal_number
+           else f"exited with status {code}")
+    raise ActionFailed(f"the stage into {params['prefix']} {how}" + (f": {lines[-1]}" if lines else ""))
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
     try:
-        asyncio.run(install())
-    except Exception as exc:  # rattler's install errors name the package
-        raise ActionFailed(f"installing into {prefix} failed: {type(exc).__name__}: {exc}") from None
-    execution.stdout += f"rattler.install: {len(packages)} packages in {time.monotonic() - started:.2f}s\n".encode()
-    normalise_prefix(out, {p["filename"]: p for p in packages})
-    check_links(out)
-
-
-def normalise_prefix(root, locked: dict[str, dict]) -> None:
-    """Remove what depends on this machine or this moment; record the lock's URLs."""
-    tag = root / "CACHEDIR.TAG"
-    if tag.exists():
-        tag.unlink()
-    meta = root / "conda-meta"
-    for path in sorted(meta.glob("*.json")):
-        record = json.loads(path.read_text())
-        for field in _MACHINE_FIELDS:
-            record.pop(field, None)
-        link = record.get("link")
-        if isinstance(link, dict):
-            link.pop("source", None)
-        entry = locked.get(record.get("fn"))
-        if entry is not None:
-            record["url"] = entry["url"]
-            record["channel"] = entry["url"].rsplit("/", 2)[0] if "/" in entry["url"] else ""
-        # sorted keys, no indentation: json's C encoder (indent=2 cost 0.5 s for 30 packages)
-        path.write_text(json.dumps(record, sort_keys=True) + "\n")
-        os.chmod(path, 0o644)
-    history = meta / "history"
-    if history.exists():
-        history.write_text("")
-        os.chmod(history, 0o644)
-
-
-def check_links(root) -> None:
-    """No symlink in the installed prefix may point outside it."""
-    root_real = os.path.realpath(root)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                target = os.readlink(path)
-                resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
-                if target.startswith("/") or not (resolved == root_real or resolved.startswith(root_real + os.sep)):
-                    rel = os.path.relpath(path, root)
-                    raise ActionFailed(f"installed link {rel} -> {target} escapes the prefix")
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 register_action_kind("conda.stage", "2", _stage)
-

@@ -1,0 +1,291 @@
+"""The archive check (rules/conda/archive.py): paths, links, metadata and unpack limits."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from hermetic_build.api import ActionFailed
+from rules.conda.archive import UnpackLimits, check_archive, path_problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adversarial"))
+from payloads_staging import Member, Package, directory, file, hardlink, symlink, zeros
+
+
+def _check(tmp_path, package: Package, limits: UnpackLimits | None = None) -> None:
+    check_archive(package.write(tmp_path), package.filename, limits or UnpackLimits())
+
+
+def _refused(tmp_path, package: Package, *needles: str, limits: UnpackLimits | None = None) -> str:
+    with pytest.raises(ActionFailed) as info:
+        _check(tmp_path, package, limits)
+    message = info.value.message
+    assert message.startswith(f"{package.filename}: "), message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("", "empty path"), ("/etc/passwd", "absolute path"), ("a/../b", "'..' component"),
+    ("..", "'..' component"), ("./a", "'.' or '..' component"), ("a//b", "empty"), ("a/", "empty"),
+    ("a\\..\\b", "backslash"), ("a\x00b", "NUL byte"), ("a\nb", "control character"), (5, "not a string"),
+])
+def test_path_problem(path, problem):
+    assert problem in path_problem(path)
+
+
+@pytest.mark.parametrize("path", ["a", "lib/libfoo.so.1", "share/a b/c..d", "bin/.hidden", "x/...y"])
+def test_clean_paths(path):
+    assert path_problem(path) is None
+
+
+def test_a_well_formed_package_passes(tmp_path):
+    _check(tmp_path, Package(members=(
+        directory("lib"), file("lib/libfoo.so.1.2"), symlink("lib/libfoo.so.1", "libfoo.so.1.2"),
+        symlink("lib/libfoo.so", "./libfoo.so.1"), symlink("lib64", "lib"), symlink("bin/foo", "../lib64/libfoo.so"),
+        hardlink("lib/libbar.so", "lib/libfoo.so.1.2"), directory("share/empty"), symlink("dangling", "nothing/here"),
+    ), paths=(
+        {"_path": "lib/libfoo.so.1.2", "path_type": "hardlink"}, {"_path": "lib/libfoo.so.1", "path_type": "softlink"},
+        {"_path": "lib/libfoo.so", "path_type": "softlink"}, {"_path": "lib64", "path_type": "softlink"},
+        {"_path": "bin/foo", "path_type": "softlink"}, {"_path": "lib/libbar.so"},
+        {"_path": "share/empty", "path_type": "directory"}, {"_path": "dangling", "path_type": "softlink"},
+    )))
+
+
+# ----- tar members --------------------------------------------------------------------------
+@pytest.mark.parametrize("name, problem", [
+    ("../escape.txt", "empty, '.' or '..' component"), ("/etc/evil", "absolute path"),
+    ("a/./b", "empty, '.' or '..' component"),
+    ("a\\b", "backslash"),
+])
+def test_bad_member_names(tmp_path, name, problem):
+    _refused(tmp_path, Package(members=(file(name),), paths=()), f"refusing archive entry {name!r}: {problem}")
+
+
+def test_member_under_a_symlink_is_refused_whatever_the_order(tmp_path):
+    for members in ((directory("a"), symlink("a/l", ".."), file("a/l/x")),
+                    (file("a/l/x"), directory("a"), symlink("a/l", "."))):
+        _refused(tmp_path, Package(members=members, paths=()),
+                 "refusing archive entry 'a/l/x': it lies under the symlink 'a/l'")
+
+
+def test_the_chain_payload_is_refused_at_its_root(tmp_path):
+    chain = "a/l/" * 20
+    _refused(tmp_path, Package(members=(directory("a"), symlink("a/l", ".."), symlink(chain + "x", "../" * 40 + "etc")),
+                               paths=()),
+             "it lies under the symlink 'a/l'")
+
+
+@pytest.mark.parametrize("members, message", [
+    ((symlink("share/l", "../../etc/passwd"),), "'share/l -> ../../etc/passwd': it escapes the prefix"),
+    ((symlink("share/l", "/etc/passwd"),), "it is absolute: it escapes the prefix"),
+    ((directory("a"), symlink("a/l", ".."), symlink("b", "a/l/../..")), "'b -> a/l/../..': it escapes the prefix"),
+    ((directory("d"), symlink("d/up", ".."), symlink("d/e", "up/..")), "'d/e -> up/..': it escapes the prefix"),
+    ((symlink("x", "y"), symlink("y", "x")), "more than 40 links"),
+])
+def test_links_resolved_through_the_archive_stay_inside(tmp_path, members, message):
+    _refused(tmp_path, Package(members=members, paths=()), message)
+
+
+@pytest.mark.parametrize("members, message", [
+    ((hardlink("h", "nothing"),), "'h -> nothing': its target is not a regular file of the archive"),
+    ((directory("d"), hardlink("h", "d")), "its target is not a regular file"),
+    ((file("f"), symlink("s", "f"), hardlink("h", "s")), "its target is not a regular file"),
+    ((file("f"), hardlink("h", "../f")), "refusing hardlink 'h -> ../f': empty, '.' or '..' component"),
+])
+def test_hardlinks_name_a_regular_file_of_the_archive(tmp_path, members, message):
+    _refused(tmp_path, Package(members=members, paths=()), message)
+
+
+def test_duplicate_and_special_members_are_refused(tmp_path):
+    _refused(tmp_path, Package(members=(directory("a"), symlink("a", "b")), paths=()), "'a': it appears twice")
+    _refused(tmp_path, Package(members=(Member("fifo", "fifo"),), paths=()), "special file 'fifo'")
+
+
+def test_metadata_must_be_regular_files(tmp_path):
+    package = Package(members=(file("share/x"),), paths=())
+    path = package.write(tmp_path)
+    # rewrite with info/paths.json replaced by a link to another file
+    import bz2
+
+    with bz2.open(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+    with bz2.open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w|") as tar:
+        for member, data in members:
+            if member.name == "info/paths.json":
+                member = tarfile.TarInfo("info/paths.json")
+                member.type, member.linkname = tarfile.SYMTYPE, "../share/x"
+                tar.addfile(member)
+            else:
+                tar.addfile(member, io.BytesIO(data) if data is not None else None)
+    with pytest.raises(ActionFailed, match="metadata file 'info/paths.json': it must be a regular file"):
+        check_archive(path, package.filename)
+
+
+# ----- info/paths.json, info/files, info/has_prefix, link.json, index.json ----------------------
+@pytest.mark.parametrize("entry, message", [
+    ({"_path": "../../x", "path_type": "hardlink"}, "entry '../../x': empty, '.' or '..' component"),
+    ({"_path": "/etc/shadow", "path_type": "hardlink"}, "entry '/etc/shadow': absolute path"),
+    ({"_path": "missing.txt", "path_type": "hardlink"}, "entry 'missing.txt': no such file in the archive"),
+    ({"_path": "l/f", "path_type": "hardlink"}, "entry 'l/f': it lies under the symlink 'l'"),
+    ({"_path": "f", "path_type": "softlink"}, "entry 'f': it is listed as symlink but the archive has a file"),
+    ({"_path": "l", "path_type": "hardlink"}, "entry 'l': it is listed as file/hardlink but the archive has a symlink"),
+    ({"_path": "f", "path_type": "pyc_file"}, "unknown path_type 'pyc_file'"),
+    ({"path_type": "hardlink"}, "entry None: not a string"),
+])
+def test_paths_json_entries(tmp_path, entry, message):
+    package = Package(members=(file("f"), directory("d"), symlink("l", "d")), paths=(entry,), info_files=())
+    _refused(tmp_path, package, f"refusing info/paths.json {message}" if message.startswith("entry") else message)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("../x", "refusing info/files entry '../x'"), ("ghost", "'ghost': no such file in the archive"),
+    ("/abs", "'/abs': absolute path"),
+])
+def test_info_files_lines(tmp_path, line, message):
+    _refused(tmp_path, Package(members=(file("f"),), info_files=("f", line)), message)
+
+
+def test_has_prefix_link_json_and_index_json(tmp_path):
+    members = (file("f"),)
+    extra = (
+        file("info/has_prefix", b'/opt/placeholder text "../../x"\n'),
+    )
+    _refused(tmp_path, Package(members=members + extra), "refusing info/has_prefix entry '../../x'")
+    _refused(tmp_path, Package(members=members + (file("info/has_prefix", b"f g\n"),)),
+             "expected 'path' or 'placeholder mode path'")
+    _check(tmp_path, Package(members=members + (file("info/has_prefix", b"/opt/placeholder text f\n"),)))
+    link = {"noarch": {"type": "python", "entry_points": ["../../bin/evil = m:f"]}}
+    _refused(tmp_path, Package(members=members + (file("info/link.json", json.dumps(link).encode()),)),
+             "refusing info/link.json entry point '../../bin/evil = m:f'")
+    link = {"noarch": {"type": "python", "entry_points": ["good = m:f"]}}
+    _check(tmp_path, Package(members=members + (file("info/link.json", json.dumps(link).encode()),)))
+    _refused(tmp_path, Package(build="0", index={"build": "../../../x"}, members=members),
+             "refusing info/index.json field 'build: ../../../x'")
+
+
+# ----- unpack limits --------------------------------------------------------------------------
+def test_expansion_limit_ratio_and_floor(tmp_path):
+    bomb = Package(name="bomb", members=(zeros("share/zeros", 4 << 20),))
+    path = bomb.write(tmp_path)
+    compressed = path.stat().st_size
+    with pytest.raises(ActionFailed) as info:
+        check_archive(path, bomb.filename, UnpackLimits(max_ratio=1000, floor_bytes=1 << 20))
+    message = info.value.message
+    assert f"from {compressed:,} compressed bytes" in message and "the limit is 1,000:1 for packages over 1 MiB" in message
+    needed = int(message.split("max_unpack_ratio = ")[1].split(")")[0])
+    assert needed > 1000
+    # the ratio the message suggests lets it pass; so does a floor above its size
+    check_archive(path, bomb.filename, UnpackLimits(max_ratio=needed * 2, floor_bytes=1 << 20))
+    check_archive(path, bomb.filename, UnpackLimits(max_ratio=1000, floor_bytes=8 << 20))
+
+
+def test_the_bomb_is_refused_before_it_is_inflated(tmp_path):
+    """A 1 TiB member is refused from its header: the check takes no time."""
+    import time
+
+    bomb = Package(name="bomb", members=(file("share/a"),))
+    path = bomb.write(tmp_path)
+    import bz2
+
+    with bz2.open(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+    with bz2.open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+        huge = tarfile.TarInfo("share/huge")
+        huge.size = 1 << 40
+        tar.addfile(huge)  # header only: the stream is cut short, but the header is enough
+    started = time.monotonic()
+    with pytest.raises(ActionFailed, match="refusing to unpack: it expands to at least 1,099,511,"):
+        check_archive(path, bomb.filename)
+    assert time.monotonic() - started < 5
+
+
+def test_member_count_limit(tmp_path):
+    package = Package(members=tuple(file(f"f{i}") for i in range(10)))
+    _refused(tmp_path, package, "more than 8 members", limits=UnpackLimits(max_members=8))
+    _check(tmp_path, package, UnpackLimits(max_members=20))
+
+
+def test_data_after_the_end_of_the_tar_stream_is_refused(tmp_path):
+    package = Package(members=(file("f"),))
+    path = package.write(tmp_path)
+    import bz2
+
+    data = bz2.decompress(path.read_bytes())
+    hidden = io.BytesIO()
+    with tarfile.open(fileobj=hidden, mode="w") as tar:
+        info = tarfile.TarInfo("/etc/evil")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    path.write_bytes(bz2.compress(data + hidden.getvalue()))
+    with pytest.raises(ActionFailed, match="data after the end of its tar stream"):
+        check_archive(path, package.filename)
+
+
+def test_corrupt_archive_is_a_clean_error(tmp_path):
+    path = tmp_path / "broken-1.0-0.tar.bz2"
+    path.write_bytes(b"BZh91AY&SY" + b"\x00" * 100)
+    with pytest.raises(ActionFailed, match="broken-1.0-0.tar.bz2: not a readable conda package"):
+        check_archive(path, path.name)
+
+
+# ----- .conda ---------------------------------------------------------------------------------
+def _tar_zst(members: list[tuple[str, bytes]]) -> bytes:
+    from conda_package_streaming.package_streaming import zstd
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return zstd.compress(raw.getvalue())
+
+
+def _dot_conda(tmp_path, components: dict[str, bytes], name: str) -> Path:
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.json", '{"conda_pkg_format_version": 2}')
+        for component, data in components.items():
+            zf.writestr(component, data)
+    return path
+
+
+def test_dot_conda_components(tmp_path):
+    paths = json.dumps({"paths": [{"_path": "share/x", "path_type": "hardlink"}], "paths_version": 1}).encode()
+    info = _tar_zst([("info/paths.json", paths), ("info/index.json", b"{}")])
+    pkg = _tar_zst([("share/x", b"x")])
+    good = _dot_conda(tmp_path, name="good-1.0-0.conda", components={"info-pkg-1.0-0.tar.zst": info, "pkg-pkg-1.0-0.tar.zst": pkg})
+    check_archive(good, good.name)
+    # a second pkg component, under another name, that another reader might pick
+    evil = _tar_zst([("../../evil", b"x")])
+    two = _dot_conda(tmp_path, name="two-1.0-0.conda", components={"info-pkg-1.0-0.tar.zst": info, "pkg-pkg-1.0-0.tar.zst": pkg, "pkg-other.tar.zst": evil})
+    with pytest.raises(ActionFailed, match="exactly one pkg-\\*.tar.zst component, not 2"):
+        check_archive(two, two.name)
+    extra = _dot_conda(tmp_path, name="extra-1.0-0.conda", components={"info-pkg-1.0-0.tar.zst": info, "pkg-pkg-1.0-0.tar.zst": pkg, "junk.bin": b"x"})
+    with pytest.raises(ActionFailed, match="refusing zip entry 'junk.bin'"):
+        check_archive(extra, extra.name)
+    # members of both components are checked, and counted together
+    bad = _dot_conda(tmp_path, name="bad-1.0-0.conda", components={"info-pkg-1.0-0.tar.zst": info, "pkg-pkg-1.0-0.tar.zst": evil})
+    with pytest.raises(ActionFailed, match="refusing archive entry '../../evil'"):
+        check_archive(bad, bad.name)
+    with pytest.raises(ActionFailed, match="more than 5 members"):
+        check_archive(good, good.name, UnpackLimits(max_members=5))  # 3 zip entries + 2 + 1 members
+    check_archive(good, good.name, UnpackLimits(max_members=6))
+
+
+@pytest.mark.slow
+def test_every_package_of_the_example_channel_passes(channel_dir):
+    archives = sorted(p for p in channel_dir.rglob("*") if p.name.endswith((".conda", ".tar.bz2")))
+    assert archives
+    for archive in archives:
+        check_archive(archive, archive.name)

@@ -1,0 +1,59 @@
+"""The conda.stage action: rattler runs in a worker process, in bubblewrap where it is available,
+and the same worker runs unsandboxed (paths relative to the execution root) where it is not."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from support import require_tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adversarial"))
+from payloads_staging import Package, file, stage_directly, symlink
+
+PACKAGE = Package(name="plain", members=(file("share/plain/a.txt", b"made at /opt/env\n"),
+                                         symlink("share/plain/b.txt", "a.txt")))
+
+
+def _staged(tmp_path) -> dict[str, bytes]:
+    failure, prefix, execution = stage_directly(tmp_path, PACKAGE)
+    assert failure is None, (failure, bytes(execution.stderr).decode())
+    assert b"rattler.install: 1 packages in" in execution.stdout
+    meta = json.loads((prefix / "conda-meta/plain-1.0-0.json").read_text())
+    assert "extracted_package_dir" not in meta and meta["url"] == "file:///nowhere"
+    assert (prefix / "share/plain/b.txt").readlink() == Path("a.txt")
+    return {str(p.relative_to(prefix)): p.read_bytes() for p in sorted(prefix.rglob("*")) if p.is_file()}
+
+
+def test_stage_in_the_sandbox_and_without_it_give_the_same_tree(tmp_path, monkeypatch):
+    require_tool("bwrap")
+    (tmp_path / "a").mkdir()
+    sandboxed = _staged(tmp_path / "a")
+    import hermetic_build.sandbox
+
+    monkeypatch.setattr(hermetic_build.sandbox, "bwrap_path", lambda: None)
+    (tmp_path / "b").mkdir()
+    assert _staged(tmp_path / "b") == sandboxed
+    assert sandboxed["share/plain/a.txt"] == b"made at /opt/env\n"
+
+
+def test_worker_sees_nothing_of_the_host_but_python(tmp_path):
+    """The read-only paths handed to bubblewrap: the Python installation and the worker, never
+    the workspace, the cache or the home directory."""
+    from rules.conda.stage import WORKER, python_paths
+
+    sys_path, exposed = python_paths()
+    assert str(WORKER) in exposed or any(str(WORKER).startswith(p + "/") for p in exposed)
+    assert all(any(p == e or p.startswith(e + "/") for e in exposed) for p in sys_path)
+    assert str(WORKER.parent.parent.parent) not in exposed  # the hb source root itself is not bound
+    assert not any(Path.home() == Path(e) for e in exposed)
+
+
+def test_an_escaping_link_fails_the_stage_with_the_workers_one_line(tmp_path):
+    """Links are checked again in the installed prefix (the fetch's check never saw this archive)."""
+    require_tool("bwrap")
+    package = Package(name="links", members=(file("share/a.txt"), symlink("share/out", "../../../etc")))
+    failure, _, execution = stage_directly(tmp_path, package)
+    assert failure is not None and failure.message == "installed link share/out -> ../../../etc escapes the prefix"
+    assert bytes(execution.stderr).decode().strip().splitlines()[-1].startswith("stage: installed link share/out")
