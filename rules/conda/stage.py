@@ -80,4 +80,4 @@ def _signal_name(number: int) -> str:
         return "unknown signal"
 
 
-register_action_kind("conda.stage", "2", _stage)
+register_action_kind("conda.stage", "3", _stage)

@@ -40,6 +40,7 @@ def stage(params: dict) -> str:
     os.makedirs(cache, exist_ok=True)
     packages = params["packages"]
     archives = {name: os.path.abspath(path) for name, path in params["archives"].items()}
+    verify_archives(archives, packages)
 
     async def install():
         records = [await rattler.RepoDataRecord.from_package_archive(archives[p["filename"]]) for p in packages]
@@ -59,6 +60,25 @@ def stage(params: dict) -> str:
     normalise_prefix(out, {p["filename"]: p for p in packages})
     check_links(out)
     return f"rattler.install: {len(packages)} packages in {elapsed:.2f}s"
+
+
+def verify_archives(archives: dict[str, str], packages: list[dict]) -> None:
+    """Each archive must be the bytes its lock pins: a fetch result can come from a remote cache
+    that anyone with write access could have changed, so the pin is checked where it is used."""
+    import hashlib
+
+    for package in packages:
+        expected = package.get("sha256")
+        if not expected:
+            raise StageError(f"{package['filename']} is not pinned by sha256")
+        digest = hashlib.sha256()
+        with open(archives[package["filename"]], "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise StageError(f"{package['filename']} is not the locked package: sha256 {digest.hexdigest()}, "
+                             f"the lock pins {expected} (a cache entry for its fetch was changed; "
+                             "run `hb clean --expunge` or check who writes to your remote cache)")
 
 
 def normalise_prefix(root, locked: dict[str, dict]) -> None:
