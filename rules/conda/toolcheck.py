@@ -60,9 +60,8 @@ def build_scripts(recipe: Path) -> str:
             texts.extend(str(line) for line in script)
         elif isinstance(script, str) and "\n" not in script and (recipe.parent / script).is_file():
             texts.append((recipe.parent / script).read_text(errors="replace"))
-        elif isinstance(script, str):
-            if not script.endswith((".sh", ".bat")):
-                texts.append(script)
+        elif isinstance(script, str) and not script.endswith((".sh", ".bat")):
+            texts.append(script)
     return "\n".join(texts)
 
 

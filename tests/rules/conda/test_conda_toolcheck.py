@@ -4,8 +4,9 @@ import shutil
 import subprocess
 import sys
 
-from rules.conda.toolcheck import C_COMPILER, build_scripts
 from support import REPO, Workspace
+
+from rules.conda.toolcheck import C_COMPILER, build_scripts
 
 RECIPES = REPO / "examples" / "channel" / "recipes"
 
@@ -28,12 +29,11 @@ def test_missing_c_compiler_is_one_line_with_the_install_command(tmp_path):
     ws = Workspace(root, tmp_path / "cache")
     env = ws.env()
     env["PATH"] = str(tmp_path / "empty-bin")  # no cc (hb itself runs from sys.executable)
-    proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "//channel:ch"], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "//channel:ch"], check=False,
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 5, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("action failed:")]
-    assert errors == [
-        "action failed: conda_channel //channel:ch needs a C compiler: channel/recipes/libhb/recipe.yaml runs `cc`, "
-        "which was not found on PATH (Debian: apt-get install gcc libc6-dev)"], proc.stderr
+    assert errors == [("action failed: conda_channel //channel:ch needs a C compiler: channel/recipes/libhb/recipe.yaml "
+                       "runs `cc`, which was not found on PATH (Debian: apt-get install gcc libc6-dev)")], proc.stderr
     after = proc.stderr.split(errors[0], 1)[1]
     assert after.strip() == "" and "Traceback" not in proc.stderr, proc.stderr
