@@ -28,7 +28,7 @@ INCLUDE = ("python3", "python3-venv", "git", "ca-certificates")
 CACHE = Path("/var/cache/hb-fresh-debian")
 ENTER = Path(__file__).resolve().parent / "fresh_machine" / "enter_root.sh"
 CLONE = "/root/hermetic-build"  # where the clone lies inside the root
-PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
 ERROR_LINE = re.compile(r"^[a-z ]*(error|failed): ")
 
 
@@ -102,7 +102,8 @@ def base_root(root: Path, mirror: str, timings: dict) -> None:
         return
     require_tool("debootstrap")
     proc = subprocess.run(in_namespaces(["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}",
-                                         SUITE, str(root), mirror]), capture_output=True, text=True, timeout=600)
+                                         SUITE, str(root), mirror]),
+                          check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"debootstrap failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
@@ -117,11 +118,10 @@ def configure_like_this_network(root: Path, mirror: str, security: str | None) -
     """What a Debian 12 installed on this network has: the standard sources (from this machine's
     mirrors), and the local certificate authorities this machine trusts (an intercepting proxy's)."""
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
-    stanzas = [f"Types: deb\nURIs: {mirror}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n"
-               "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"]
+    keyring = "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    stanzas = [f"Types: deb\nURIs: {mirror}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n{keyring}"]
     if security:
-        stanzas.append(f"Types: deb\nURIs: {security}\nSuites: {SUITE}-security\nComponents: main\n"
-                       "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+        stanzas.append(f"Types: deb\nURIs: {security}\nSuites: {SUITE}-security\nComponents: main\n{keyring}")
     (root / "etc/apt/sources.list.d/debian.sources").write_text("\n".join(stanzas))
     # apt's maintainer scripts must not start services (nginx, dockerd) on this machine's network
     policy = root / "usr/sbin/policy-rc.d"
@@ -145,7 +145,8 @@ def clone_into(root: Path, scratch: Path) -> Path:
 def enter(root: Path, script: str, timeout: float) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ.get("PATH", os.defpath), "HB_FRESH_PIP_CACHE": str(CACHE / "pip")}
     (CACHE / "pip").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([str(ENTER), str(root), script], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(ENTER), str(root), script], env=env, check=False, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def timed(command: str) -> str:
@@ -156,14 +157,16 @@ def timed(command: str) -> str:
     return " && ".join(marks)
 
 
-def record_marks(command: str, stdout: str, timings: dict, run: str) -> None:
-    parts = command.split(" && ")
-    marks = dict(re.findall(r"^@@mark (\S+) (\S+)$", stdout, re.M))
+def record_marks(command: str, stdout: str, ended: float, timings: dict, run: str) -> None:
+    """The time of each part of the command, from its marks; the part that failed ends at `ended`."""
+    marks = dict(re.findall(r"^@@mark (\S+) (\S+)$", stdout, re.MULTILINE))
     previous = float(marks["start"])
-    for i, part in enumerate(parts):
+    for i, part in enumerate(command.split(" && ")):
+        name = f"{run}: {part.split(' -C ')[-1][:60]}"
         if str(i) not in marks:
+            timings[f"{name} (failed)"] = ended - previous
             break
-        timings[f"{run}: {part.split(' -C ')[-1][:60]}"] = float(marks[str(i)]) - previous
+        timings[name] = float(marks[str(i)]) - previous
         previous = float(marks[str(i)])
 
 
@@ -200,7 +203,7 @@ def test_readme_set_up_commands_on_a_fresh_debian_12(tmp_path):
         # 1. Only python3, python3-venv and git: no C compiler, no bubblewrap.
         assert not (root / "usr/bin/cc").exists() and not (root / "usr/bin/bwrap").exists()
         bare = enter(root, f"cd {CLONE} && {timed(main_command)}", timeout=900)
-        record_marks(main_command, bare.stdout, timings, "bare")
+        record_marks(main_command, bare.stdout, time.time(), timings, "bare")
         output = bare.stdout + bare.stderr
         assert bare.returncode != 0, "the main command succeeded without a C compiler:\n" + output[-3000:]
         assert "Traceback" not in output and "externally-managed-environment" not in output, output[-3000:]
@@ -208,6 +211,7 @@ def test_readme_set_up_commands_on_a_fresh_debian_12(tmp_path):
         assert len(error) == 1, "hb's error is not one line:\n" + bare.stderr[-3000:]
         assert "apt-get install" in error[0] and ("C compiler" in error[0] or "bubblewrap" in error[0]), error[0]
         assert "bubblewrap" in output, "hb did not say that bubblewrap is missing:\n" + bare.stderr[-3000:]
+        print(f"\nwithout gcc and bwrap, the main command says:\n{bare.stderr.strip()}")
 
         # 2. What hb asked for, then the main command again: it builds the image.
         started = time.monotonic()
@@ -216,7 +220,7 @@ def test_readme_set_up_commands_on_a_fresh_debian_12(tmp_path):
         assert apt.returncode == 0, apt.stdout[-3000:] + apt.stderr[-3000:]
         timings["apt-get install gcc libc6-dev bubblewrap"] = time.monotonic() - started
         full = enter(root, f"cd {CLONE} && {timed(main_command)}", timeout=900)
-        record_marks(main_command, full.stdout, timings, "full")
+        record_marks(main_command, full.stdout, time.time(), timings, "full")
         assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
         assert "NOT ISOLATED" not in full.stderr, "bwrap cannot create namespaces in the root:\n" + full.stderr
         layout = clone / "examples/hb-out/env/nlp-gpu"
@@ -233,7 +237,7 @@ def test_readme_set_up_commands_on_a_fresh_debian_12(tmp_path):
                    timeout=900)
         timings[f"{test_command} --collect-only (apt tools, .venv)"] = time.monotonic() - started
         assert ci.returncode == 0, ci.stdout[-3000:] + ci.stderr[-3000:]
-        assert re.search(r"^tests/test_label\.py(: \d+|::)", ci.stdout, re.M), ci.stdout[-3000:]
+        assert re.search(r"^tests/test_label\.py(: \d+|::)", ci.stdout, re.MULTILINE), ci.stdout[-3000:]
     finally:
         timings["total"] = time.monotonic() - total
         print("\nfresh Debian 12, phase times:")
