@@ -13,6 +13,8 @@ from hermetic_build.api import ActionFailed, DefaultInfo, File, Provider, attr, 
 
 from hermetic_build.api import host_platform
 
+from .toolcheck import check_host_tools
+
 NOARCH = "noarch"
 
 
@@ -59,6 +61,7 @@ def index_channel(directory) -> None:
 def _build_channel(execution) -> None:
     from rattler_build import PlatformConfig, RenderConfig, Stage0Recipe
 
+    check_host_tools(execution)  # say in one line what is missing, before rattler-build fails on it
     out = execution.execroot / execution.params["out"]
     out.mkdir(parents=True, exist_ok=True)
     index_channel(out)
