@@ -354,6 +354,11 @@ def test_a_frozen_remote_costs_one_timeout_then_the_build_goes_local(tmp_path):
     ws.write("p/BUILD.hermetic", BUILD + "".join(
         f'genrule(name = "g{i}", srcs = [":g"], outs = ["y{i}.txt"], cmd = "cat $(SRCS) > $(OUTS)")\n'
         for i in range(6)))
+    local = _ws(tmp_path / "local", tmp_path / "cache-local")
+    local.write("p/BUILD.hermetic", (ws.root / "p/BUILD.hermetic").read_text())
+    started = time.monotonic()
+    local.build("//p:all")
+    baseline = time.monotonic() - started  # the same build with no remote
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -368,7 +373,9 @@ def test_a_frozen_remote_costs_one_timeout_then_the_build_goes_local(tmp_path):
     assert [line for line in proc.stderr.splitlines() if line.startswith("warning: remote cache")] == [
         line for line in proc.stderr.splitlines() if "is unavailable" in line]
     assert proc.stderr.count("warning: remote cache") == 1
-    assert elapsed < 10, f"{elapsed:.1f}s with a 2s remote timeout"
+    print(f"frozen remote: {elapsed:.1f}s, no remote: {baseline:.1f}s")
+    # one timeout (2 s), not one per retry or per request: well under two
+    assert elapsed - baseline < 4, f"{elapsed:.1f}s with a 2s remote timeout ({baseline:.1f}s without a remote)"
 
 
 def test_local_hits_are_never_negative(tmp_path):
