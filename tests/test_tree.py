@@ -1,7 +1,26 @@
+import json
 import os
+import sys
+from pathlib import Path
 
+import pytest
+
+from hermetic_build.digest import digest_bytes
+from hermetic_build.store.base import InvalidEntry
 from hermetic_build.store.local import LocalStore
-from hermetic_build.tree import materialize_tree, store_tree, walk_tree
+from hermetic_build.tree import (
+    MAX_TREE_DEPTH,
+    InvalidTree,
+    decode_directory,
+    encode_directory,
+    materialize_tree,
+    read_directory,
+    store_tree,
+    walk_tree,
+)
+
+sys.path.insert(0, str(Path(__file__).parent / "adversarial"))
+from payloads_stores import CONTENT, deep_chain, hostile_trees, wide_dag
 
 
 def _make(root):
@@ -37,19 +56,9 @@ def test_tree_digest_depends_on_content_and_mode(tmp_path):
 
 
 # ----- hostile directory blobs: validated before anything is written ---------------------------------
-import json  # noqa: E402
-import sys  # noqa: E402
 
-import pytest  # noqa: E402
 
-from hermetic_build.digest import digest_bytes  # noqa: E402
-from hermetic_build.store.base import InvalidEntry  # noqa: E402
-from hermetic_build.tree import (  # noqa: E402
-    MAX_TREE_DEPTH, InvalidTree, decode_directory, encode_directory, read_directory,
-)
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "adversarial"))
-from payloads_stores import CONTENT, deep_chain, hostile_trees, wide_dag  # noqa: E402
 
 
 def _plant(store, blobs):

@@ -14,12 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from hermetic_build.digest import digest_bytes
 from payloads_stores import (
-    CONTENT, MALFORMED_NAMES, SCHEMA_VALID, deep_chain, hostile_trees, malformed_results,
+    CONTENT,
+    MALFORMED_NAMES,
+    SCHEMA_VALID,
+    deep_chain,
+    hostile_trees,
+    malformed_results,
 )
 from support import NginxCache, Workspace
+
+from hermetic_build.digest import digest_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +243,7 @@ def _hb(ws: Ws, cache, *args, env_extra=None, argv_prefix=()):
     env["HB_CACHE_DIR"] = str(cache)
     env.update(env_extra or {})
     proc = subprocess.run([*argv_prefix, sys.executable, "-m", "hermetic_build.cli", *args], cwd=ws.root, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
@@ -343,7 +348,7 @@ def test_leftovers_of_a_killed_build_are_removed_by_the_next_one(tmp_path):
 
 # ----- item 12: a frozen remote, and the hit counts --------------------------------------------------
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=True).stdout
     return [int(p) for p in out.split()]
 
 

@@ -1,9 +1,20 @@
+import json
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
+
+import pytest
 
 from hermetic_build.digest import digest_bytes
+from hermetic_build.errors import UsageError
 from hermetic_build.store.base import ActionResult, OutputEntry
-from hermetic_build.store.local import LocalStore
+from hermetic_build.store.local import CACHEDIR_TAG, MARKER, LocalStore
+from hermetic_build.store.remote import Signer
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "adversarial"))
+from payloads_stores import MALFORMED_NAMES, SCHEMA_VALID, malformed_results
 
 
 def test_put_get_roundtrip(tmp_path):
@@ -93,19 +104,9 @@ def test_gc_removes_least_recently_used(tmp_path):
 
 
 # ----- malformed action-cache entries: a miss, removed and counted -----------------------------------
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
 
-from hermetic_build.errors import UsageError  # noqa: E402
-from hermetic_build.store.local import CACHEDIR_TAG, MARKER  # noqa: E402
-from hermetic_build.store.remote import Signer  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "adversarial"))
-from payloads_stores import MALFORMED_NAMES, SCHEMA_VALID, malformed_results  # noqa: E402
 
 
 def _good(store):
