@@ -24,11 +24,12 @@ from .errors import UsageError
 from .executor import BuildStats, Executor
 from .filecache import FileDigestCache
 from .label import Label, TargetPattern
+from .leftovers import publish_temp_prefix, sweep
 from .report import Reporter
 from .rule import registered_rules
 from .store.local import LocalStore
 from .tree import MissingBlob, materialize_tree
-from .workspace import WORKSPACE_FILE, Workspace
+from .workspace import OUTPUT_DIR, WORKSPACE_FILE, Workspace
 
 ANALYSIS_CACHE_VERSION = 1
 
@@ -74,7 +75,7 @@ class Session:
         self.jobs = jobs or self.settings.jobs or os.cpu_count() or 1
         self.reporter = reporter or Reporter()
         self.keep_sandbox = keep_sandbox
-        self.local_store = LocalStore(self.settings.cache_dir)
+        self.local_store = LocalStore(self.settings.cache_dir, setting=self.settings.cache_dir_setting or None)
         self.remote = None
         self.store = self.local_store
         remote = remote or RemoteOptions()
@@ -185,6 +186,8 @@ class Session:
     def build(self, patterns: list[str], current_package: str = "") -> BuildSummary:
         started = time.monotonic()
         with self.store.lock():
+            self.local_store.sweep_leftovers()  # sandboxes and temp files of builds killed mid-way
+            sweep(self.state_dir)
             analysis = self.analyze(patterns, current_package)
             executor = self.executor(analysis)
             wanted = [f for label in analysis.requested for f in analysis.targets[label].files]
@@ -206,8 +209,11 @@ class Session:
             manifest = json.loads(manifest_path.read_text())
         except (FileNotFoundError, ValueError):
             manifest = {}
+        if not isinstance(manifest, dict):
+            manifest = {}
         changed = False
         summary: dict[str, list[dict]] = {}
+        self._sweep_outputs(manifest, analysis)
         for label in analysis.requested:
             entries = []
             for f in analysis.targets[label].files:
@@ -227,6 +233,16 @@ class Session:
             _atomic_write(manifest_path, json.dumps(manifest, sort_keys=True).encode())
         return summary
 
+    def _sweep_outputs(self, manifest: dict, analysis: AnalysisResult) -> None:
+        """Remove partial files of publishes killed mid-way (.name.hb-tmp-<dead pid>...) from the
+        directories hb publishes into: those of every output published before or requested now."""
+        paths = {p for p in manifest if isinstance(p, str)}
+        for label in analysis.requested:
+            paths.update(f.path for f in analysis.targets[label].files if not f.is_source)
+        parents = {os.path.dirname(p) for p in paths if p.startswith(OUTPUT_DIR + "/") and ".." not in p.split("/")}
+        for parent in parents | {OUTPUT_DIR}:
+            sweep(self.workspace.root / parent)
+
     def _materialize(self, executor: Executor, f: File, dest: Path) -> None:
         for _attempt in range(2):
             entry = executor.output_entry(f)
@@ -238,16 +254,15 @@ class Session:
                 os.unlink(dest)
             try:
                 if entry.kind == "dir":
-                    tmp = Path(tempfile.mkdtemp(prefix=".hb-tmp-", dir=dest.parent))
+                    tmp = Path(tempfile.mkdtemp(prefix=publish_temp_prefix(), dir=dest.parent))
                     try:
                         materialize_tree(self.store, entry.digest, tmp)
                         os.replace(tmp, dest)
                     finally:
                         shutil.rmtree(tmp, ignore_errors=True)
                 else:
-                    if not self.store.fetch_file(entry.digest, dest):
+                    if not self.store.fetch_file(entry.digest, dest, mode=0o755 if entry.executable else 0o644):
                         raise MissingBlob(entry.digest)
-                    os.chmod(dest, 0o755 if entry.executable else 0o644)
                 return
             except MissingBlob:
                 executor.rebuild(executor.producers[f.path])
@@ -279,13 +294,28 @@ class Session:
 
     def _save_last_build(self, stats: BuildStats) -> None:
         data = {"executed": stats.executed, "cached": stats.cached, "finished": time.time()}
+        rejected = self.local_store.rejected_entries
+        data["rejected_entries"] = len(rejected)
+        data["corrupt_blobs"] = len(self.local_store.corrupt_removed)
+        if rejected:
+            self.reporter.warn(f"cache: removed {len(rejected)} malformed action-cache entries and rebuilt what "
+                               f"they described (first: {rejected[0][0][:12]}: {rejected[0][1]})")
         if self.remote is not None:
             remote = self.remote.stats.to_json()
+            remote_keys = getattr(self.store, "remote_hits", set())
+            cached = [r for r in stats.records.values() if r.cached]
             data["remote"] = {"url": self.remote.url, "disabled": self.remote.disabled, **remote}
-            data["local_hits"] = stats.cached - remote["ac_hits"]
-            if remote["rejected_entries"]:
-                self.reporter.warn(f"remote cache: ignored {remote['rejected_entries']} action-cache entries that "
-                                   "were unsigned or badly signed (HB_REMOTE_HMAC_KEY is set)")
+            data["local_hits"] = sum(1 for r in cached if r.key not in remote_keys)
+            data["remote_hits_used"] = len(cached) - data["local_hits"]
+            unsigned = remote["unsigned_entries"]
+            if unsigned:
+                self.reporter.warn(f"remote cache: ignored {unsigned} action-cache entries that were unsigned or "
+                                   "badly signed (HB_REMOTE_HMAC_KEY is set)")
+            if remote["rejected_entries"] > unsigned:
+                why = next((e for e in remote["errors"] if "unsigned entry" not in e and "bad signature" not in e),
+                           "")
+                self.reporter.warn(f"remote cache: ignored {remote['rejected_entries'] - unsigned} malformed "
+                                   f"action-cache entries ({why})")
             if remote["rejected_blobs"]:
                 self.reporter.warn(f"remote cache: rejected {remote['rejected_blobs']} blobs whose content did not "
                                    "match their digest")
@@ -300,7 +330,7 @@ class Session:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.hb-tmp-{os.getpid()}-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

@@ -262,10 +262,11 @@ def clean(obj, expunge):
     session = _session(obj)
     shutil.rmtree(session.workspace.output_root, ignore_errors=True)
     shutil.rmtree(session.state_dir, ignore_errors=True)
-    if expunge:
-        with session.store.lock(exclusive=True):
-            shutil.rmtree(session.store.root, ignore_errors=True)
-    click.echo(f"removed {session.workspace.output_root}" + (f" and {session.store.root}" if expunge else ""))
+    left = session.local_store.expunge() if expunge else []
+    click.echo(f"removed {session.workspace.output_root}" + (f" and {session.local_store.root}" if expunge else ""))
+    if left:
+        shown = ", ".join(left[:10]) + (f" and {len(left) - 10} more" if len(left) > 10 else "")
+        click.echo(f"left {len(left)} entries in {session.local_store.root} that hb did not make: {shown}", err=True)
 
 
 @main.group()
@@ -290,9 +291,12 @@ def cache_stats(obj, as_json):
     last = data["last_build"]
     if last:
         click.echo(f"last build: {last['executed']} executed, {last['cached']} cached")
+        if last.get("rejected_entries") or last.get("corrupt_blobs"):
+            click.echo(f"  removed: {last.get('rejected_entries', 0)} malformed action-cache entries, "
+                       f"{last.get('corrupt_blobs', 0)} corrupt blobs")
         remote = last.get("remote")
         if remote:
-            click.echo(f"  local hits: {last['local_hits']}  remote hits: {remote['ac_hits']}  "
+            click.echo(f"  local hits: {last['local_hits']}  remote hits: {last.get('remote_hits_used', remote['ac_hits'])}  "
                        f"remote misses: {remote['ac_misses']}  ({remote['url']}"
                        f"{', disabled after an error' if remote['disabled'] else ''})")
             click.echo(f"  down: {remote['blobs_down']} blobs, {_human(remote['bytes_down'])}  "
@@ -306,7 +310,7 @@ def cache_stats(obj, as_json):
 def cache_gc(obj, max_size):
     """Delete least-recently-used entries until the cache is at most --max-size."""
     session = _session(obj)
-    result = session.store.gc(_parse_size(max_size))
+    result = session.local_store.gc(_parse_size(max_size))
     click.echo(f"removed {result['removed']} entries ({_human(result['freed_bytes'])}); "
                f"{_human(result['remaining_bytes'])} remain")
 

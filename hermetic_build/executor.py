@@ -155,7 +155,16 @@ class Executor:
         action = self.actions[i]
         key, fields = self.key_of(action)
         result = self.store.get_action_result(key)
-        if result is None or result.exit_code != 0 or not all(self.store.has_blob(o.digest) for o in result.outputs):
+        if result is None or result.exit_code != 0:
+            return False
+        declared = {out.path: "dir" if out.is_directory else "file" for out in action.outputs}
+        if {o.path: o.kind for o in result.outputs} != declared or len(result.outputs) != len(declared):
+            # a well-formed entry that does not describe this action's outputs: planted or damaged
+            reject = getattr(self.store, "reject_action_result", None)
+            if reject is not None:
+                reject(key, f"its outputs are not the declared outputs of {action.description}")
+            return False
+        if not all(self.store.has_blob(o.digest) for o in result.outputs):
             return False
         with self._lock:
             self.stats.records[i] = ActionRecord(key, fields, True, result)

@@ -202,7 +202,9 @@ def alias_key(alias: str) -> str:
 def prepare_sandbox(parent: Path) -> tuple[Path, Path]:
     import tempfile
 
-    sandbox = Path(tempfile.mkdtemp(prefix="sb-", dir=parent))
+    from .leftovers import sandbox_prefix
+
+    sandbox = Path(tempfile.mkdtemp(prefix=sandbox_prefix(), dir=parent))  # sb-<pid>-: swept once the pid is gone
     for sub in ("execroot", "home", "tmp"):
         (sandbox / sub).mkdir()
     return sandbox, sandbox / "execroot"

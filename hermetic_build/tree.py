@@ -1,8 +1,12 @@
 """Directory trees as Merkle trees in the CAS: each directory is a canonical JSON blob listing
-its entries (name, kind, digest or link target, mode bits), sorted by name."""
+its entries (name, kind, digest or link target, mode bits), sorted by name.
+
+Directory blobs come from caches others can write to: they are validated (decode_directory) before
+any entry is used, and trees are written without ever following a link (materialize_tree)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -12,8 +16,13 @@ from pathlib import Path
 from .anchored import DIR_FLAGS, RefusedPath, open_subdirectory
 from .digest import Digest
 from .errors import IntegrityError
+from .store.base import InvalidEntry, load_json, parse_digest
 
 TREE_VERSION = 1
+MAX_DIRECTORY_BYTES = 64 << 20  # one directory blob (about 400,000 entries)
+MAX_TREE_DEPTH = 4096  # deeper than any path Linux can open (PATH_MAX 4096)
+MAX_TREE_ENTRIES = 1_000_000  # entries in one tree, counting a shared subtree each time it appears
+_KINDS = ("file", "dir", "symlink")
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,56 @@ def encode_directory(entries: list[TreeEntry]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _check_name(name) -> str:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise InvalidEntry(f"entry name {str(name)[:80]!r} is not a single path component")
+    try:
+        if len(name.encode()) > 255:
+            raise InvalidEntry(f"entry name {name[:40]!r}... is longer than 255 bytes")
+    except UnicodeEncodeError:
+        raise InvalidEntry(f"entry name {name[:40]!r} is not UTF-8") from None
+    return name
+
+
+def _decode_entry(e) -> TreeEntry:
+    if not isinstance(e, dict):
+        raise InvalidEntry("an entry is not an object")
+    name = _check_name(e.get("name"))
+    kind = e.get("kind")
+    if kind not in _KINDS:
+        raise InvalidEntry(f"{name!r}: unknown kind {str(kind)[:20]!r}")
+    allowed = {"name", "kind", "mode", "target" if kind == "symlink" else "digest"}
+    unknown = e.keys() - allowed
+    if unknown or not allowed <= e.keys():
+        field = min(unknown or allowed - e.keys())
+        raise InvalidEntry(f"{name!r}: field {field[:40]!r} {'not allowed' if unknown else 'missing'} for a {kind}")
+    mode = e["mode"]
+    if type(mode) is not int or not 0 <= mode <= 0o7777:
+        raise InvalidEntry(f"{name!r}: mode is not an integer within 0..0o7777")
+    if kind == "symlink":
+        target = e["target"]
+        if not isinstance(target, str) or not target or "\0" in target or len(target) > 4095:
+            raise InvalidEntry(f"{name!r}: bad symlink target")
+        return TreeEntry(name, kind, None, mode, target)
+    return TreeEntry(name, kind, parse_digest(e["digest"], name), mode)
+
+
 def decode_directory(data: bytes) -> list[TreeEntry]:
-    obj = json.loads(data)
-    return [
-        TreeEntry(e["name"], e["kind"], Digest.parse(e["digest"]) if "digest" in e else None,
-                  int(e["mode"]), e.get("target"))
-        for e in obj["entries"]
-    ]
+    """Parse a directory blob with a strict schema; raises InvalidEntry (a ValueError) if it is not
+    exactly what encode_directory writes: version, single-component names, strictly sorted (so
+    unique), known kinds, a digest for files and directories, a target for links, mode bits."""
+    obj = load_json(data, limit=MAX_DIRECTORY_BYTES)
+    if not isinstance(obj, dict) or obj.keys() != {"v", "entries"}:
+        raise InvalidEntry("not a directory blob")
+    if type(obj["v"]) is not int or obj["v"] != TREE_VERSION:
+        raise InvalidEntry(f"directory blob version {str(obj['v'])[:20]}, expected {TREE_VERSION}")
+    if not isinstance(obj["entries"], list):
+        raise InvalidEntry("entries is not a list")
+    entries = [_decode_entry(e) for e in obj["entries"]]
+    for before, after in itertools.pairwise(entries):
+        if not before.name < after.name:
+            raise InvalidEntry(f"entries not strictly sorted by name ({before.name[:40]!r}, {after.name[:40]!r})")
+    return entries
 
 
 MAX_TREE_DEPTH = 256  # deeper trees are refused (with a message), not a RecursionError
@@ -107,41 +159,126 @@ def _store_directory(store, fd: int, prefix: str, move: bool, depth: int) -> Dig
     return store.put_blob(encode_directory(entries), fsync=False)
 
 
-def read_directory(store, digest: Digest) -> list[TreeEntry]:
-    data = store.get_blob(digest)
-    if data is None:
-        raise MissingBlob(digest)
-    return decode_directory(data)
-
-
 class MissingBlob(Exception):
     """A blob a tree refers to is missing or failed verification (and was removed)."""
 
-    def __init__(self, digest: Digest):
-        super().__init__(f"blob {digest} is missing or corrupt")
+    def __init__(self, digest: Digest, message: str | None = None):
+        super().__init__(message or f"blob {digest} is missing or corrupt")
         self.digest = digest
 
 
-def materialize_tree(store, digest: Digest, dest: Path) -> None:
-    """Recreate a tree from the store under dest (verified blob by blob)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in read_directory(store, digest):
-        path = dest / entry.name
+class InvalidTree(MissingBlob):
+    """A directory blob that is not a valid tree (or a tree beyond the limits): treated like a
+    corrupt blob. It has been removed from the local store; whoever produced it runs again."""
+
+    def __init__(self, digest: Digest, why: str):
+        super().__init__(digest, f"directory blob {digest} is not a valid tree: {why}")
+        self.why = why
+
+
+def _discard(store, digest: Digest, why: str) -> None:
+    remove = getattr(store, "remove_corrupt_blob", None)
+    if remove is not None:
+        remove(digest, f"not a valid tree: {why}")
+
+
+def read_directory(store, digest: Digest) -> list[TreeEntry]:
+    """The validated entries of one directory blob. MissingBlob if it is missing or corrupt,
+    InvalidTree (a MissingBlob) if it does not follow the schema (it is then removed)."""
+    data = store.get_blob(digest)
+    if data is None:
+        raise MissingBlob(digest)
+    try:
+        return decode_directory(data)
+    except InvalidEntry as exc:
+        _discard(store, digest, str(exc))
+        raise InvalidTree(digest, str(exc)) from None
+
+
+def _walk(store, digest: Digest, prefix: str, cache: dict | None):
+    """Parents before children, in name order, without recursion; bounded in depth and size."""
+    def entries_of(d: Digest) -> list[TreeEntry]:
+        if cache is None:
+            return read_directory(store, d)
+        if d not in cache:
+            cache[d] = read_directory(store, d)
+        return cache[d]
+
+    stack = [(prefix, iter(entries_of(digest)))]
+    count = 0
+    while stack:
+        base, it = stack[-1]
+        entry = next(it, None)
+        if entry is None:
+            stack.pop()
+            continue
+        count += 1
+        if count > MAX_TREE_ENTRIES:
+            _discard(store, digest, "too many entries")
+            raise InvalidTree(digest, f"more than {MAX_TREE_ENTRIES} entries")
+        path = base + entry.name
+        yield path, entry, len(stack)
         if entry.kind == "dir":
-            materialize_tree(store, entry.digest, path)
-            os.chmod(path, entry.mode)
-        elif entry.kind == "file":
-            if not store.fetch_file(entry.digest, path):
-                raise MissingBlob(entry.digest)
-            os.chmod(path, entry.mode)
-        else:
-            os.symlink(entry.target, path)
+            if len(stack) >= MAX_TREE_DEPTH:
+                _discard(store, digest, "too deep")
+                raise InvalidTree(digest, f"deeper than {MAX_TREE_DEPTH} levels")
+            stack.append((path + "/", iter(entries_of(entry.digest))))
 
 
 def walk_tree(store, digest: Digest, prefix: str = ""):
-    """Yield (relative path, TreeEntry) for every entry, parents before children, sorted."""
-    for entry in read_directory(store, digest):
-        path = f"{prefix}{entry.name}"
+    """Yield (relative path, TreeEntry) for every entry, parents before children, sorted.
+    Every directory blob is validated as it is read (InvalidTree / MissingBlob otherwise)."""
+    for path, entry, _depth in _walk(store, digest, prefix, None):
         yield path, entry
-        if entry.kind == "dir":
-            yield from walk_tree(store, entry.digest, path + "/")
+
+
+def materialize_tree(store, digest: Digest, dest: Path) -> None:
+    """Recreate a tree from the store under dest (verified blob by blob).
+
+    The whole tree is read and validated before anything is written. Then every entry is created
+    new, relative to the open directory that holds it: directories with mkdir (which fails on
+    anything already there, a link included) and opened O_NOFOLLOW; files as new temp files
+    renamed into place; links only where nothing exists. So nothing is ever written through a
+    link, whatever the tree says. Only permission bits (0o777) are applied: never setuid, setgid
+    or sticky bits from a cache."""
+    cache: dict[Digest, list[TreeEntry]] = {}
+    for _ in _walk(store, digest, "", cache):  # validate everything (and the limits) first
+        pass
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    stack = [(root_fd, iter(cache[digest]), None)]  # (dir fd, entries left, mode to set when done)
+    try:
+        while stack:
+            fd, it, _mode = stack[-1]
+            entry = next(it, None)
+            if entry is None:
+                stack.pop()
+                try:
+                    if _mode is not None:
+                        os.fchmod(fd, _mode)
+                finally:
+                    os.close(fd)
+                continue
+            mode = entry.mode & 0o777
+            if entry.kind == "dir":
+                os.mkdir(entry.name, 0o700, dir_fd=fd)
+                child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                stack.append((child, iter(cache[entry.digest]), mode))
+            elif entry.kind == "file":
+                _check_absent(fd, entry.name)
+                if not store.fetch_file(entry.digest, entry.name, dir_fd=fd, mode=mode):
+                    raise MissingBlob(entry.digest)
+            else:
+                _check_absent(fd, entry.name)
+                os.symlink(entry.target, entry.name, dir_fd=fd)
+    finally:
+        for fd, _it, _mode in stack:
+            os.close(fd)
+
+
+def _check_absent(dir_fd: int, name: str) -> None:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    raise FileExistsError(f"{name} already exists where a tree is being written")

@@ -28,6 +28,7 @@ def host_platform() -> str:
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path
+    cache_dir_setting: str = ""  # how the user named it, for errors: "HB_CACHE_DIR=/x", ...
     platforms: tuple[str, ...] = ()
     source_date_epoch: int = 0
     env_allowlist: tuple[str, ...] = ()
@@ -92,6 +93,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "hermetic-build"
 
 
+def check_cache_dir(cache_dir: Path, workspace_root: Path, setting: str) -> Path:
+    """Refuse a cache directory whose loss would hurt: /, $HOME (or above it), the workspace or a
+    directory above it. (That it is an hb cache at all is checked when the store opens it.)"""
+    if "\0" in str(cache_dir):
+        raise UsageError(f"{setting}: the path contains a NUL byte")
+    try:
+        resolved = cache_dir.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"{setting}: cannot resolve the path: {exc}") from None
+    home = Path(os.path.expanduser("~")).resolve()
+    ws = workspace_root.resolve()
+    why = None
+    if resolved == Path(resolved.anchor):
+        why = "the root directory"
+    elif resolved == home or resolved in home.parents:
+        why = "your home directory" if resolved == home else f"a directory above your home directory {home}"
+    elif resolved == ws or resolved in ws.parents:
+        why = "the workspace" if resolved == ws else f"a directory above the workspace {ws}"
+    if why:
+        raise UsageError(f"{setting} is {why}: hb will not use it as its cache",
+                         hint="use a directory of its own, e.g. HB_CACHE_DIR=~/.cache/hermetic-build")
+    return cache_dir
+
+
 def load_settings(root: Path) -> Settings:
     path = root / WORKSPACE_FILE
     try:
@@ -121,13 +146,21 @@ def load_settings(root: Path) -> Settings:
         return value
 
     env_cache = os.environ.get("HB_CACHE_DIR")
-    cache_dir = Path(env_cache) if env_cache else None
-    if cache_dir is None and "cache_dir" in top:
-        cache_dir = Path(os.path.expanduser(typed("cache_dir", str, "")))
+    if env_cache:
+        cache_dir, setting = Path(env_cache), f"HB_CACHE_DIR={env_cache}"
+    elif "cache_dir" in top:
+        text = typed("cache_dir", str, "")
+        cache_dir = Path(os.path.expanduser(text))
         if not cache_dir.is_absolute():
             cache_dir = root / cache_dir
+        setting = f"cache_dir = {text!r} in {path}"
+    else:
+        cache_dir = default_cache_dir()
+        setting = f"the default cache directory {cache_dir} (XDG_CACHE_HOME)"
+    cache_dir = check_cache_dir(cache_dir.absolute(), root, setting)
     return Settings(
-        cache_dir=(cache_dir or default_cache_dir()).absolute(),
+        cache_dir=cache_dir,
+        cache_dir_setting=setting,
         platforms=tuple(typed("platforms", list, [])) or (host_platform(),),
         source_date_epoch=typed("source_date_epoch", int, 0),
         env_allowlist=tuple(sorted(typed("env_allowlist", list, []))),

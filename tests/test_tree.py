@@ -1,7 +1,26 @@
+import json
 import os
+import sys
+from pathlib import Path
 
+import pytest
+
+from hermetic_build.digest import digest_bytes
+from hermetic_build.store.base import InvalidEntry
 from hermetic_build.store.local import LocalStore
-from hermetic_build.tree import materialize_tree, store_tree, walk_tree
+from hermetic_build.tree import (
+    MAX_TREE_DEPTH,
+    InvalidTree,
+    decode_directory,
+    encode_directory,
+    materialize_tree,
+    read_directory,
+    store_tree,
+    walk_tree,
+)
+
+sys.path.insert(0, str(Path(__file__).parent / "adversarial"))
+from payloads_stores import CONTENT, deep_chain, hostile_trees, wide_dag
 
 
 def _make(root):
@@ -34,3 +53,119 @@ def test_tree_digest_depends_on_content_and_mode(tmp_path):
     (tmp_path / "a" / "data.txt").write_text("other")
     d3 = store_tree(store, tmp_path / "a")
     assert len({d1, d2, d3}) == 3
+
+
+# ----- hostile directory blobs: validated before anything is written ---------------------------------
+
+
+
+
+
+def _plant(store, blobs):
+    """Put blobs into the store byte for byte (bypassing every encoder); the root digest."""
+    for blob in blobs:
+        store.put_blob(blob)
+    return digest_bytes(blobs[-1])
+
+
+def test_encoded_directories_decode_to_the_same_entries(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    _make(tmp_path / "a")
+    digest = store_tree(store, tmp_path / "a")
+    entries = decode_directory(store.get_blob(digest))
+    assert decode_directory(encode_directory(entries)) == entries
+
+
+@pytest.mark.parametrize("name", sorted(hostile_trees("/victim")))
+def test_hostile_tree_is_refused_and_removed_before_anything_is_written(tmp_path, name):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    store = LocalStore(tmp_path / "c")
+    store.put_blob(CONTENT)
+    blobs = hostile_trees(str(victim))[name]
+    root = _plant(store, blobs)
+    dest = tmp_path / "out" / "tree"
+    with pytest.raises(InvalidTree):
+        materialize_tree(store, root, dest)
+    assert list(victim.iterdir()) == []
+    assert not dest.exists() or list(dest.iterdir()) == []
+    assert not (tmp_path / "out" / "pwned").exists()
+    bad = {digest_bytes(b) for b in blobs} & set(store.corrupt_removed)
+    assert len(bad) == 1 and not store.has_blob(bad.pop())
+    with pytest.raises(InvalidTree):
+        list(walk_tree(store, _plant(store, blobs)))
+
+
+def test_decode_directory_raises_only_invalid_entry():
+    for blobs in hostile_trees("/victim").values():
+        with pytest.raises(InvalidEntry):
+            for blob in blobs:
+                decode_directory(blob)
+
+
+def test_a_tree_deeper_than_the_limit_is_refused_without_recursion(tmp_path):
+    """5,000 levels: beyond the limit and beyond Python's recursion limit (the 100,000-deep tree
+    planted through a cache is in tests/adversarial/test_adv_stores.py)."""
+    store = LocalStore(tmp_path / "c")
+    blobs = deep_chain(5000)
+    for blob in blobs:
+        store.put_blob(blob, fsync=False)
+    root = digest_bytes(blobs[-1])
+    with pytest.raises(InvalidTree, match=f"deeper than {MAX_TREE_DEPTH}"):
+        materialize_tree(store, root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # validated first: nothing written
+    assert not store.has_blob(root)  # the root of the refused tree is removed
+    with pytest.raises(InvalidTree):
+        list(walk_tree(store, _plant(store, blobs[-1:])))
+
+
+def test_a_tree_at_the_depth_limit_is_written(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    blobs = deep_chain(200)
+    root = _plant(store, blobs)
+    materialize_tree(store, root, tmp_path / "out")
+    assert (tmp_path / "out" / "/".join(["d"] * 200)).is_dir()
+
+
+def test_shared_subtrees_are_counted_each_time(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    store.put_blob(CONTENT)
+    root = _plant(store, wide_dag(21))  # 2**21 paths from 22 blobs
+    with pytest.raises(InvalidTree, match="more than"):
+        materialize_tree(store, root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_permission_bits_are_materialized(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    f = store.put_blob(CONTENT)
+    sub = store.put_blob(json.dumps({"v": 1, "entries": []}).encode())
+    root = store.put_blob(json.dumps({"v": 1, "entries": [
+        {"name": "d", "kind": "dir", "digest": str(sub), "mode": 0o3777},
+        {"name": "tool", "kind": "file", "digest": str(f), "mode": 0o6755},
+    ]}).encode())
+    materialize_tree(store, root, tmp_path / "out")
+    assert os.stat(tmp_path / "out" / "tool").st_mode & 0o7777 == 0o755
+    assert os.stat(tmp_path / "out" / "d").st_mode & 0o7777 == 0o777
+
+
+def test_nothing_is_written_through_a_link_already_in_the_destination(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    _make(tmp_path / "a")
+    digest = store_tree(store, tmp_path / "a")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    dest = tmp_path / "out"
+    dest.mkdir()
+    os.symlink(victim, dest / "bin")  # a directory the tree has, planted as a link
+    os.symlink(victim / "data.txt", dest / "data.txt")
+    with pytest.raises(FileExistsError):
+        materialize_tree(store, digest, dest)
+    assert list(victim.iterdir()) == []
+
+
+def test_read_directory_of_a_valid_blob(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    _make(tmp_path / "a")
+    digest = store_tree(store, tmp_path / "a")
+    assert [e.name for e in read_directory(store, digest)] == ["bin", "data.txt", "empty", "link"]

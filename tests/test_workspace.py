@@ -33,3 +33,35 @@ def test_bad_settings(tmp_path, text, message):
 
 def test_host_platform_is_conda_style():
     assert host_platform() in ("linux-64", "linux-aarch64", "osx-64", "osx-arm64", "win-64")
+
+
+@pytest.mark.parametrize("where, why", [
+    ("/", "the root directory"),
+    ("HOME", "your home directory"),
+    ("ABOVE_HOME", "a directory above your home directory"),
+    (".", "the workspace"),
+    ("..", "a directory above the workspace"),
+])
+def test_cache_dir_that_would_take_others_files_with_it_is_refused(tmp_path, monkeypatch, where, why):
+    home = tmp_path / "home" / "user"
+    home.mkdir(parents=True)
+    ws = tmp_path / "src" / "ws"
+    ws.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    value = {"HOME": str(home), "ABOVE_HOME": str(home.parent), ".": str(ws), "..": str(ws.parent)}.get(where, where)
+    monkeypatch.setenv("HB_CACHE_DIR", value)
+    (ws / "hermetic.toml").write_text("")
+    with pytest.raises(UsageError) as exc:
+        find_workspace(ws)
+    assert f"HB_CACHE_DIR={value} is {why}" in exc.value.message
+    # the same through hermetic.toml
+    monkeypatch.delenv("HB_CACHE_DIR")
+    (ws / "hermetic.toml").write_text(f"cache_dir = {value!r}\n")
+    with pytest.raises(UsageError, match=f"cache_dir = .* is {why}"):
+        find_workspace(ws)
+
+
+def test_cache_dir_inside_the_workspace_is_fine(tmp_path, monkeypatch):
+    monkeypatch.delenv("HB_CACHE_DIR", raising=False)
+    (tmp_path / "hermetic.toml").write_text('cache_dir = ".hb-cache"\n')
+    assert find_workspace(tmp_path).settings.cache_dir == tmp_path / ".hb-cache"

@@ -18,7 +18,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from ..digest import CHUNK, Digest, digest_bytes
-from .base import ActionResult, Store
+from .base import MAX_ENTRY_BYTES, ActionResult, NewFile, Store
 from .remote import RemoteAuthError, RemoteStats, RemoteUnavailable, Signer
 
 RETRIES = 3
@@ -55,7 +55,8 @@ class HttpStore(Store):
         return conn
 
     def _request(self, method: str, path: str, body=None, headers=None, stream_to=None):
-        """(status, body bytes or None). Retries connection errors and 5xx with backoff."""
+        """(status, body bytes or None). Retries dropped connections and 5xx with backoff; a timeout
+        or a refused connection is not retried (the remote is then disabled for the build)."""
         headers = dict(headers or {})
         if self._auth:
             headers["Authorization"] = self._auth
@@ -84,7 +85,8 @@ class HttpStore(Store):
                 last = f"{type(exc).__name__}: {exc}"
                 conn.close()
                 self._local.conn = None
-                if isinstance(exc, (TimeoutError, ConnectionRefusedError)) and attempt == RETRIES - 1:
+                if isinstance(exc, (TimeoutError, ConnectionRefusedError)):
+                    # an unresponsive or absent server: retrying would only multiply the wait
                     break
             time.sleep(BACKOFF_SECONDS * (2 ** attempt))
         raise RemoteUnavailable(last or "no answer")
@@ -104,32 +106,34 @@ class HttpStore(Store):
         self.stats.add(blobs_down=1, bytes_down=len(data))
         return data
 
-    def fetch_file(self, digest: Digest, dest: Path) -> bool:
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.hb-remote-{os.getpid()}-{threading.get_ident()}")
+    def fetch_file(self, digest: Digest, dest: Path, *, dir_fd: int | None = None, mode: int | None = None) -> bool:
+        holder = []
 
         def stream(response) -> Digest:
+            out = NewFile(dest, dir_fd=dir_fd, mode=mode)
+            holder.append(out)
             hasher, size = blake3(), 0
-            with open(tmp, "wb") as out:
-                while chunk := response.read(CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+            while chunk := response.read(CHUNK):
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
             return Digest(hasher.hexdigest(), size)
 
         try:
             status, got = self._request("GET", f"/cas/{digest.hash}", stream_to=stream)
+            if status != 200 or got != digest:
+                for out in holder:
+                    out.discard()
+                if status == 200:
+                    self.stats.add(rejected_blobs=1)
+                return False
+            for out in holder[:-1]:  # attempts cut short and retried
+                out.discard()
+            holder[-1].commit()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            for out in holder:
+                out.discard()
             raise
-        if status != 200:
-            tmp.unlink(missing_ok=True)
-            return False
-        if got != digest:
-            tmp.unlink(missing_ok=True)
-            self.stats.add(rejected_blobs=1)
-            return False
-        os.replace(tmp, dest)
         self.stats.add(blobs_down=1, bytes_down=digest.size)
         return True
 
@@ -155,18 +159,28 @@ class HttpStore(Store):
 
     # ----- action cache ----------------------------------------------------------------------------
     def get_action_result(self, key: str) -> ActionResult | None:
-        status, data = self._request("GET", f"/ac/{key}")
+        status, data = self._request("GET", f"/ac/{key}", stream_to=self._read_bounded)
         if status != 200:
             self.stats.add(ac_misses=1)
             return None
         result, why = self.signer.open(key, data)
         if result is None:
-            self.stats.add(rejected_entries=1, ac_misses=1)
-            with self.stats._lock:
-                self.stats.errors.append(f"ignored action-cache entry {key[:12]}: {why}")
+            self.stats.reject_entry(key, why)
             return None
         self.stats.add(ac_hits=1)
         return result
+
+    def _read_bounded(self, response) -> bytes:
+        """An action-cache entry's body, at most MAX_ENTRY_BYTES + 1 bytes (the rest is not read:
+        the connection is dropped instead), so a huge entry costs no memory before it is refused."""
+        data = response.read(MAX_ENTRY_BYTES + 1)
+        if len(data) > MAX_ENTRY_BYTES:
+            response.close()
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+        return data
 
     def put_action_result(self, key: str, result: ActionResult) -> None:
         data = self.signer.seal(key, result)

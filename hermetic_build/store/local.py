@@ -2,7 +2,12 @@
 
 Writes go to a temp file, are fsynced and renamed into place, so a crash (even kill -9) never
 leaves a partial blob under its final name. Blobs are made read-only. Every read is verified
-against the digest; a corrupt blob is deleted and reported as missing, never served.
+against the digest; a corrupt blob is deleted and reported as missing, never served. Action-cache
+entries are parsed strictly; a malformed one is deleted, counted and reported as a miss.
+
+A cache directory carries a marker (hb-cache.json with the layout version, and a CACHEDIR.TAG):
+hb creates it only in a new or empty directory, and deletes only what it made, only where the
+marker is (`hb clean --expunge`, `hb cache gc`).
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +28,20 @@ from blake3 import blake3
 
 from ..anchored import RefusedPath, open_regular_file
 from ..digest import CHUNK, Digest, digest_bytes
-from .base import ActionResult, Store
+from ..errors import UsageError
+from ..leftovers import owner_pid, pid_alive, store_temp_prefix, sweep
+from .base import MAX_ENTRY_BYTES, ActionResult, InvalidEntry, NewFile, Store, load_json
+
+LAYOUT = 1
+MARKER = "hb-cache.json"  # {"layout": 1}: proves hb made this directory
+CACHEDIR_TAG = "CACHEDIR.TAG"  # https://bford.info/cachedir/: backup tools skip the directory
+CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+                     "# This file is a cache directory tag created by hermetic-build (hb).\n"
+                     "# For information about cache directory tags see https://bford.info/cachedir/\n")
+LEGACY_MARKER = ".layout-v1"  # caches made before hb-cache.json; also "all shards exist"
+# everything hb creates at the top of a cache directory (workspaces/ is the sessions' state)
+HB_ENTRIES = ("cas", "ac", "tmp", "workspaces", "lock", MARKER, CACHEDIR_TAG, LEGACY_MARKER)
+_LEGACY_TEMP = re.compile(r"(?:sb|w)-[a-z0-9_]{8}")  # temp names before they carried a PID
 
 
 def _load_syncfs():
@@ -37,21 +58,110 @@ _move_names = itertools.count()  # names in tmp/ for outputs being moved into th
 
 
 class LocalStore(Store):
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, setting: str | None = None):
+        """setting: how the user named this directory, for errors (e.g. "HB_CACHE_DIR=/x")."""
         self.root = Path(root)
+        self.setting = setting or f"cache directory {self.root}"
         self.cas_dir = self.root / "cas"
         self.ac_dir = self.root / "ac"
         self.tmp_dir = self.root / "tmp"
         self.corrupt_removed: list[Digest] = []
+        self.rejected_entries: list[tuple[str, str]] = []  # (action key, why) of malformed entries removed
         self._cas = str(self.cas_dir)
         self._tmp = str(self.tmp_dir)
-        if not (self.root / ".layout-v1").exists():
+        try:
+            self._open_root()
+        except OSError as exc:
+            raise UsageError(f"{self.setting}: cannot use it as the cache directory: {exc.strerror or exc}",
+                             hint="point HB_CACHE_DIR (or cache_dir in hermetic.toml) at a writable directory "
+                                  "that hb may create or already uses") from None
+
+    # ----- the cache directory and its marker -------------------------------------------------
+    def _open_root(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except FileExistsError:
+            raise UsageError(f"{self.setting} is not a directory",
+                             hint="point it at an empty or new directory") from None
+        if not self.root.is_dir():
+            raise UsageError(f"{self.setting} is not a directory", hint="point it at an empty or new directory")
+        if not os.path.lexists(self.root / MARKER):
+            self._claim()
+        self._check_marker()
+        if not (self.root / LEGACY_MARKER).exists():
             for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
-                d.mkdir(parents=True, exist_ok=True)
+                d.mkdir(exist_ok=True)
             for i in range(256):  # all shards up front: no mkdir on the hot path
                 os.makedirs(os.path.join(self._cas, f"{i:02x}"), exist_ok=True)
                 os.makedirs(os.path.join(self.ac_dir, f"{i:02x}"), exist_ok=True)
-            (self.root / ".layout-v1").touch()
+            (self.root / LEGACY_MARKER).touch()
+        fd, probe = self._temp()  # fail now, with the setting's name, if it is not writable
+        os.close(fd)
+        os.unlink(probe)
+
+    def _claim(self) -> None:
+        """Write the marker into a new or empty directory, or an hb cache from before markers."""
+        names = os.listdir(self.root)
+        in_progress = {n for n in names if n == CACHEDIR_TAG or n.startswith(MARKER + ".tmp-")}
+        if LEGACY_MARKER not in names and set(names) - in_progress:
+            raise UsageError(f"{self.setting} is not an hb cache (no {MARKER}); "
+                             "point it at an empty or new directory",
+                             hint="hb only creates its cache in a new or empty directory, so that "
+                                  "`hb clean --expunge` and `hb cache gc` never delete anything else")
+        self._write_root_file(CACHEDIR_TAG, CACHEDIR_TAG_TEXT.encode())
+        self._write_root_file(MARKER, json.dumps({"layout": LAYOUT}).encode() + b"\n")
+
+    def _write_root_file(self, name: str, data: bytes) -> None:
+        tmp = self.root / f"{MARKER}.tmp-{os.getpid()}-{name}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.root / name)
+
+    def _check_marker(self) -> None:
+        path = self.root / MARKER
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise InvalidEntry("not a regular file")
+            marker = load_json(path.read_bytes(), limit=4096)
+            layout = marker.get("layout") if isinstance(marker, dict) else None
+        except (InvalidEntry, FileNotFoundError) as exc:
+            raise UsageError(f"{self.setting}: {MARKER} is unreadable ({exc})",
+                             hint=f"if this is an hb cache, delete {path} and run hb again") from None
+        if layout != LAYOUT:
+            raise UsageError(f"{self.setting}: cache layout {layout!r}, this hb uses layout {LAYOUT}",
+                             hint="use another HB_CACHE_DIR for this hb version")
+
+    def is_marked(self) -> bool:
+        """True if the directory still carries hb's marker (checked again before deleting)."""
+        try:
+            self._check_marker()
+        except UsageError:
+            return False
+        return True
+
+    def expunge(self) -> list[str]:
+        """Delete every entry hb makes in the cache directory (and the directory if that empties
+        it). Returns the names of the entries left because hb did not make them."""
+        if not self.is_marked():
+            raise UsageError(f"{self.setting} is not an hb cache (no valid {MARKER}); not deleting anything")
+        with self.lock(exclusive=True):
+            for name in HB_ENTRIES:
+                path = self.root / name
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISDIR(os.lstat(path).st_mode):
+                        shutil.rmtree(path)
+                    elif name != MARKER:
+                        os.unlink(path)
+            left = sorted(os.listdir(self.root))
+            os.unlink(self.root / MARKER)  # last: until everything else is gone, it stays an hb cache
+        if left == [MARKER]:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.root)
+        return [n for n in left if n != MARKER]
+
+    def sweep_leftovers(self) -> int:
+        """Remove sandboxes and temp files of hb processes that are gone (killed mid-build)."""
+        return sweep(self.tmp_dir)
 
     # ----- paths and locking -------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
@@ -77,7 +187,7 @@ class LocalStore(Store):
             os.close(fd)
 
     def _temp(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self._tmp, prefix="w-")
+        return tempfile.mkstemp(dir=self._tmp, prefix=store_temp_prefix())
 
     def _commit(self, tmp: str, final, mode: int = 0o444) -> None:
         os.chmod(tmp, mode)
@@ -177,7 +287,7 @@ class LocalStore(Store):
                 if self.has_blob(digest):
                     os.unlink(name, dir_fd=dir_fd)
                     return digest
-                tmp = f"{self._tmp}/m-{os.getpid()}-{next(_move_names)}"
+                tmp = f"{self._tmp}/{store_temp_prefix()}m{next(_move_names)}"
                 try:
                     os.rename(name, tmp, src_dir_fd=dir_fd)
                 except OSError:  # another filesystem: copy below
@@ -230,26 +340,28 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def fetch_file(self, digest: Digest, dest: Path) -> bool:
+    def fetch_file(self, digest: Digest, dest: Path, *, dir_fd: int | None = None, mode: int | None = None) -> bool:
         src = self.blob_path(digest)
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.hb-tmp-{os.getpid()}")
         try:
-            hasher, size = blake3(), 0
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            return False
+        with fin:
+            out = NewFile(dest, dir_fd=dir_fd, mode=mode)
+            try:
+                hasher, size = blake3(), 0
                 while chunk := fin.read(CHUNK):
                     hasher.update(chunk)
-                    fout.write(chunk)
+                    out.write(chunk)
                     size += len(chunk)
-        except FileNotFoundError:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            return False
-        if Digest(hasher.hexdigest(), size) != digest:
-            os.unlink(tmp)
-            self._remove_corrupt(digest)
-            return False
-        os.replace(tmp, dest)
+                if Digest(hasher.hexdigest(), size) != digest:
+                    out.discard()
+                    self._remove_corrupt(digest)
+                    return False
+                out.commit()
+            except BaseException:
+                out.discard()
+                raise
         return True
 
     def open_verified(self, digest: Digest) -> Path | None:
@@ -273,22 +385,42 @@ class LocalStore(Store):
             os.unlink(self.blob_path(digest))
         self.corrupt_removed.append(digest)
 
+    def remove_corrupt_blob(self, digest: Digest, why: str = "") -> None:
+        """A reader found a blob's content unusable (e.g. a directory blob that is not a valid
+        tree): delete it, like a blob that fails verification."""
+        self._remove_corrupt(digest)
+
     # ----- action cache --------------------------------------------------------------------
     def get_action_result(self, key: str) -> ActionResult | None:
         path = self._ac_path(key)
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a link, or something else that is not an entry hb wrote
+            self.reject_action_result(key, f"unreadable: {exc.strerror}")
+            return None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+                data = None
+            else:
+                data = f.read(MAX_ENTRY_BYTES + 1)
         try:
+            if data is None:
+                raise InvalidEntry("not a regular file of at most 1 MiB")
             result = ActionResult.decode(data)
-        except (ValueError, KeyError, TypeError):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        except InvalidEntry as exc:
+            self.reject_action_result(key, str(exc))
             return None
         with contextlib.suppress(OSError):
             os.utime(path)
         return result
+
+    def reject_action_result(self, key: str, why: str) -> None:
+        """An entry is malformed, or does not fit its action: delete it and count it."""
+        self.remove_action_result(key)
+        self.rejected_entries.append((key, why))
 
     def put_action_result(self, key: str, result: ActionResult) -> None:
         fd, tmp = self._temp()
@@ -330,8 +462,15 @@ class LocalStore(Store):
         Holds the cache exclusively: a build in progress (which holds it shared) is never robbed
         of the entries it is using; gc waits for it to finish.
         """
+        if not self.is_marked():
+            raise UsageError(f"{self.setting} is not an hb cache (no valid {MARKER}); not deleting anything")
         with self.lock(exclusive=True):
-            for leftover in os.scandir(self.tmp_dir):  # nobody else holds the lock: all orphans
+            for leftover in os.scandir(self.tmp_dir):  # only hb's own temp names
+                pid = owner_pid(leftover.name)
+                if pid is None and not _LEGACY_TEMP.fullmatch(leftover.name):
+                    continue
+                if pid is not None and (pid == os.getpid() or pid_alive(pid)):
+                    continue
                 with contextlib.suppress(OSError):
                     if leftover.is_dir(follow_symlinks=False):
                         shutil.rmtree(leftover.path)

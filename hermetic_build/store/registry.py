@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import threading
 from pathlib import Path
 
@@ -18,13 +18,14 @@ from blake3 import blake3
 
 from ..digest import CHUNK, Digest, digest_bytes
 from ..registry import OCI_MANIFEST, RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
-from .base import ActionResult, Store
+from .base import MAX_ENTRY_BYTES, ActionResult, InvalidEntry, NewFile, Store, load_json
 from .remote import RemoteAuthError, RemoteStats, RemoteUnavailable, Signer
 
 RESULT_MEDIA_TYPE = "application/vnd.hermetic-build.action-result.v1+json"
 BLOB_MEDIA_TYPE = "application/vnd.hermetic-build.blob.v1"
 BLAKE3_ANNOTATION = "dev.hermetic-build.blake3"
 KEY_ANNOTATION = "dev.hermetic-build.action-key"
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 def _sha256_file(path) -> str:
@@ -80,36 +81,38 @@ class RegistryStore(Store):
         self.stats.add(blobs_down=1, bytes_down=len(data))
         return data
 
-    def fetch_file(self, digest: Digest, dest: Path) -> bool:
+    def fetch_file(self, digest: Digest, dest: Path, *, dir_fd: int | None = None, mode: int | None = None) -> bool:
         sha = self._sha256.get(digest.hash)
         if sha is None:
             return False
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.hb-oci-{os.getpid()}-{threading.get_ident()}")
+        holder = []
 
         def stream(response):
+            out = NewFile(dest, dir_fd=dir_fd, mode=mode)
+            holder.append(out)
             b3, s2, size = blake3(), hashlib.sha256(), 0
-            with open(tmp, "wb") as out:
-                while chunk := response.read(CHUNK):
-                    b3.update(chunk)
-                    s2.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+            while chunk := response.read(CHUNK):
+                b3.update(chunk)
+                s2.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
             return Digest(b3.hexdigest(), size), s2.hexdigest()
 
         try:
             got = self._call(self.client.get_blob, self.repo, f"sha256:{sha}", stream)
+            if got != (digest, sha):
+                for out in holder:
+                    out.discard()
+                if got is not None:
+                    self.stats.add(rejected_blobs=1)
+                return False
+            for out in holder[:-1]:
+                out.discard()
+            holder[-1].commit()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            for out in holder:
+                out.discard()
             raise
-        if got is None:
-            tmp.unlink(missing_ok=True)
-            return False
-        if got != (digest, sha):
-            tmp.unlink(missing_ok=True)
-            self.stats.add(rejected_blobs=1)
-            return False
-        os.replace(tmp, dest)
         self.stats.add(blobs_down=1, bytes_down=digest.size)
         return True
 
@@ -148,29 +151,22 @@ class RegistryStore(Store):
             self.stats.add(ac_misses=1)
             return None
         try:
-            manifest = json.loads(found[0])
-            config = manifest["config"]
-            layers = manifest.get("layers", [])
-        except (ValueError, KeyError, TypeError):
-            return self._reject(key, "unreadable manifest")
-        sealed = self._call(self.client.get_blob, self.repo, config["digest"])
-        if sealed is None or "sha256:" + hashlib.sha256(sealed).hexdigest() != config["digest"]:
+            config_sha, mapping = _parse_manifest(found[0])
+        except InvalidEntry as exc:
+            return self._reject(key, f"malformed manifest: {exc}")
+        sealed = self._call(self.client.get_blob, self.repo, f"sha256:{config_sha}")
+        if sealed is None or hashlib.sha256(sealed).hexdigest() != config_sha:
             return self._reject(key, "config blob missing or corrupt")
         result, why = self.signer.open(key, sealed)
         if result is None:
             return self._reject(key, why)
         with self._lock:
-            for layer in layers:
-                b3 = (layer.get("annotations") or {}).get(BLAKE3_ANNOTATION)
-                if b3 and layer.get("digest", "").startswith("sha256:"):
-                    self._sha256[b3] = layer["digest"][len("sha256:"):]
+            self._sha256.update(mapping)
         self.stats.add(ac_hits=1)
         return result
 
     def _reject(self, key: str, why: str):
-        self.stats.add(rejected_entries=1, ac_misses=1)
-        with self.stats._lock:
-            self.stats.errors.append(f"ignored action-cache entry {key[:12]}: {why}")
+        self.stats.reject_entry(key, why)
         return None
 
     def put_action_result(self, key: str, result: ActionResult) -> None:
@@ -206,13 +202,39 @@ class RegistryStore(Store):
         self.stats.add(blobs_up=1, bytes_up=len(data))
 
     def _collect_tree(self, digest: Digest, blobs: dict) -> None:
-        from ..tree import decode_directory
+        from ..tree import MissingBlob, walk_tree
 
-        data = self.local.get_blob(digest)
-        if data is None:
-            return
-        for entry in decode_directory(data):
-            if entry.digest is not None:
-                blobs[entry.digest.hash] = entry.digest
-                if entry.kind == "dir":
-                    self._collect_tree(entry.digest, blobs)
+        try:
+            for _path, entry in walk_tree(self.local, digest):
+                if entry.digest is not None:
+                    blobs[entry.digest.hash] = entry.digest
+        except MissingBlob:  # recorded without its tree: the layers list what was found
+            pass
+
+
+def _parse_manifest(data: bytes) -> tuple[str, dict[str, str]]:
+    """(sha256 of the config blob, {blake3 hex: sha256 hex} of the layers) of an action-cache
+    manifest; InvalidEntry unless every digest is well-formed (they become request paths)."""
+    manifest = load_json(data, limit=16 * MAX_ENTRY_BYTES)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise InvalidEntry("no config")
+    config = manifest["config"].get("digest")
+    if not isinstance(config, str) or not config.startswith("sha256:") or not _HEX64.match(config[7:]):
+        raise InvalidEntry("config digest is not sha256:<64 hex>")
+    layers = manifest.get("layers", [])
+    if not isinstance(layers, list):
+        raise InvalidEntry("layers is not a list")
+    mapping = {}
+    for layer in layers:
+        if not isinstance(layer, dict):
+            raise InvalidEntry("a layer is not an object")
+        annotations = layer.get("annotations") or {}
+        b3 = annotations.get(BLAKE3_ANNOTATION) if isinstance(annotations, dict) else None
+        digest = layer.get("digest")
+        if b3 is None:
+            continue
+        if not isinstance(b3, str) or not _HEX64.match(b3) or not isinstance(digest, str) \
+                or not digest.startswith("sha256:") or not _HEX64.match(digest[7:]):
+            raise InvalidEntry("a layer digest is not well-formed")
+        mapping[b3] = digest[7:]
+    return config[7:], mapping

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..digest import Digest
 from ..errors import RemoteError
-from .base import ActionResult, Store
+from .base import ActionResult, InvalidEntry, Store, load_json
 
 
 class RemoteUnavailable(Exception):
@@ -30,7 +30,8 @@ class RemoteStats:
     bytes_down: int = 0
     blobs_up: int = 0
     bytes_up: int = 0
-    rejected_entries: int = 0  # unsigned or badly signed action-cache entries ignored
+    rejected_entries: int = 0  # action-cache entries ignored (unsigned, badly signed or malformed)
+    unsigned_entries: int = 0  # of those: unsigned or badly signed, while HB_REMOTE_HMAC_KEY is set
     rejected_blobs: int = 0  # blobs whose content did not match their digest
     errors: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -40,8 +41,22 @@ class RemoteStats:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
+    def reject_entry(self, key: str, why: str) -> None:
+        """An action-cache entry was ignored: count it (a miss) and keep why, for the summary."""
+        signature = why in (UNSIGNED, BAD_SIGNATURE)
+        with self._lock:
+            self.rejected_entries += 1
+            self.unsigned_entries += signature
+            self.ac_misses += 1
+            if len(self.errors) < 100:
+                self.errors.append(f"ignored action-cache entry {key[:12]}: {why}")
+
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+UNSIGNED = "unsigned entry"
+BAD_SIGNATURE = "bad signature"
 
 
 class Signer:
@@ -60,21 +75,24 @@ class Signer:
         return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
 
     def open(self, action_key: str, data: bytes) -> tuple[ActionResult | None, str | None]:
-        """(result, None), or (None, why it was rejected)."""
+        """(result, None), or (None, why it was rejected). Never raises on malformed input."""
         try:
-            envelope = json.loads(data)
+            envelope = load_json(data)
+            if not isinstance(envelope, dict) or not envelope.keys() <= {"key", "result", "hmac"} \
+                    or "result" not in envelope:
+                raise InvalidEntry("not an action-cache envelope")
+            result = ActionResult.from_json(envelope["result"])  # validated first: then safe to re-encode
             body = json.dumps(envelope["result"], sort_keys=True, separators=(",", ":")).encode()
-            result = ActionResult.decode(body)
-        except (ValueError, KeyError, TypeError):
-            return None, "unreadable entry"
+        except InvalidEntry as exc:
+            return None, f"malformed entry: {exc}"
         if envelope.get("key") != action_key:
             return None, "entry recorded for another action key"
         if self.key:
             mac = envelope.get("hmac")
             if not mac:
-                return None, "unsigned entry"
-            if not hmac.compare_digest(mac, self._mac(action_key, body)):
-                return None, "bad signature"
+                return None, UNSIGNED
+            if not isinstance(mac, str) or not hmac.compare_digest(mac.encode(), self._mac(action_key, body).encode()):
+                return None, BAD_SIGNATURE
         return result, None
 
     def _mac(self, action_key: str, body: bytes) -> str:
@@ -83,7 +101,10 @@ class Signer:
 
 class GuardedRemote(Store):
     """Wraps a remote store: the first failure disables it for this build with one warning line,
-    unless the remote is required (then it is an error naming the remote)."""
+    unless the remote is required (then it is an error naming the remote).
+
+    Remote stores do not retry a request that timed out, so an unresponsive remote (a frozen
+    server) costs one timeout (per thread that was waiting on it), then none: it is disabled."""
 
     def __init__(self, remote: Store, *, required: bool, warn, url: str):
         self.remote = remote
@@ -92,6 +113,7 @@ class GuardedRemote(Store):
         self.url = url
         self.disabled = False
         self._lock = threading.Lock()
+        self._unsigned_noted = False
 
     def _call(self, default, fn, *args, **kwargs):
         if self.disabled:
@@ -136,11 +158,24 @@ class GuardedRemote(Store):
     def put_file(self, path, *, move: bool = False, fsync: bool = True):
         return self._call(None, self.remote.put_file, path)
 
-    def fetch_file(self, digest: Digest, dest) -> bool:
-        return self._call(False, self.remote.fetch_file, digest, dest)
+    def fetch_file(self, digest: Digest, dest, **kwargs) -> bool:
+        return self._call(False, self.remote.fetch_file, digest, dest, **kwargs)
 
     def get_action_result(self, key: str):
+        if not self._unsigned_noted:
+            self._note_unsigned()
         return self._call(None, self.remote.get_action_result, key)
+
+    def _note_unsigned(self) -> None:
+        signer = getattr(self.remote, "signer", None)
+        with self._lock:
+            if self._unsigned_noted:
+                return
+            self._unsigned_noted = True
+        if signer is not None and not signer.key and not self.disabled:
+            self.warn(f"remote action results are not signed: anyone who can write to {self.url} can change "
+                      "your outputs; set HB_REMOTE_HMAC_KEY (a secret shared by the machines that write and "
+                      "read this cache) so that hb accepts only results signed with it")
 
     def put_action_result(self, key: str, result: ActionResult) -> None:
         self._call(None, self.remote.put_action_result, key, result)

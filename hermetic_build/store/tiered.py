@@ -4,6 +4,8 @@ remote can be any Store (HTTP cache, OCI registry, another directory)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from ..digest import Digest
@@ -15,6 +17,7 @@ class TieredStore(Store):
         self.local = local
         self.remote = remote
         self.upload = upload
+        self.remote_hits: set[str] = set()  # action keys whose result came from the remote
 
     def __getattr__(self, name):  # tmp_dir, lock(), gc(), stats() ... are the local store's
         return getattr(self.local, name)
@@ -49,13 +52,21 @@ class TieredStore(Store):
             self.remote.put_file(self.local.blob_path(digest))
         return digest
 
-    def fetch_file(self, digest: Digest, dest: Path) -> bool:
-        if self.local.fetch_file(digest, dest):
+    def fetch_file(self, digest: Digest, dest: Path, *, dir_fd: int | None = None, mode: int | None = None) -> bool:
+        if self.local.fetch_file(digest, dest, dir_fd=dir_fd, mode=mode):
             return True
-        if not self.remote.fetch_file(digest, dest):
-            return False
-        self.local.put_file(Path(dest))
-        return True
+        # download into the local store first (a temp file in its tmp/, moved into the CAS), then
+        # write dest from there like any local blob
+        fd, tmp = self.local._temp()
+        os.close(fd)
+        try:
+            if not self.remote.fetch_file(digest, Path(tmp)):
+                return False
+            self.local.put_file(Path(tmp), move=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return self.local.fetch_file(digest, dest, dir_fd=dir_fd, mode=mode)
 
     def flush(self) -> None:
         self.local.flush()
@@ -66,6 +77,7 @@ class TieredStore(Store):
         if result is None:
             result = self.remote.get_action_result(key)
             if result is not None:
+                self.remote_hits.add(key)
                 self.local.put_action_result(key, result)
         return result
 

@@ -1,9 +1,20 @@
+import json
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
+
+import pytest
 
 from hermetic_build.digest import digest_bytes
+from hermetic_build.errors import UsageError
 from hermetic_build.store.base import ActionResult, OutputEntry
-from hermetic_build.store.local import LocalStore
+from hermetic_build.store.local import CACHEDIR_TAG, MARKER, LocalStore
+from hermetic_build.store.remote import Signer
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "adversarial"))
+from payloads_stores import MALFORMED_NAMES, SCHEMA_VALID, malformed_results
 
 
 def test_put_get_roundtrip(tmp_path):
@@ -90,3 +101,155 @@ def test_gc_removes_least_recently_used(tmp_path):
     result = store.gc(max_size=5000)
     assert result["removed"] == 5
     assert [store.has_blob(d) for d in digests] == [False] * 5 + [True] * 5
+
+
+# ----- malformed action-cache entries: a miss, removed and counted -----------------------------------
+
+
+
+
+
+def _good(store):
+    d = store.put_blob(b"o")
+    return ActionResult((OutputEntry("hb-out/p/t/x.txt", "file", d, False),), 0, d, d, {"mnemonic": "Genrule"})
+
+
+@pytest.mark.parametrize("name", sorted(set(MALFORMED_NAMES) - set(SCHEMA_VALID)))
+def test_malformed_entry_is_a_miss_removed_and_counted(tmp_path, name):
+    store = LocalStore(tmp_path / "c")
+    good = _good(store)
+    key = "ab" * 32
+    store.put_action_result(key, good)
+    payload = malformed_results(json.loads(good.encode()))[name]
+    path = store._ac_path(key)
+    os.chmod(path, 0o644)
+    path.write_bytes(payload)
+    assert store.get_action_result(key) is None
+    assert not path.exists()
+    assert [k for k, _ in store.rejected_entries] == [key]
+
+
+def test_an_entry_that_is_not_a_regular_file_is_a_miss(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    fifo, link = store._ac_path("ab" * 32), store._ac_path("cd" * 32)
+    os.mkfifo(fifo)  # reading it would block forever
+    os.symlink("/etc/hostname", link)
+    assert store.get_action_result("ab" * 32) is None
+    assert store.get_action_result("cd" * 32) is None
+    assert not os.path.lexists(fifo) and not os.path.lexists(link)
+    assert len(store.rejected_entries) == 2
+
+
+def test_signer_rejects_malformed_envelopes_without_raising(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    good = json.loads(_good(store).encode())
+    key = "ab" * 32
+    for name, payload in malformed_results(good).items():
+        for data in (payload, b'{"key":"' + key.encode() + b'","result":' + payload + b"}"):
+            result, why = Signer(None).open(key, data)
+            if name in SCHEMA_VALID and data is not payload:
+                continue
+            assert result is None and why, name
+    assert Signer(None).open(key, json.dumps({"key": key, "result": good}).encode())[0] is not None
+
+
+# ----- the cache directory: a marker, and only what hb made is deleted --------------------------------
+def test_a_new_or_empty_directory_gets_the_markers(tmp_path):
+    for root in (tmp_path / "new", tmp_path / "empty"):
+        if root.name == "empty":
+            root.mkdir()
+        LocalStore(root)
+        assert json.loads((root / MARKER).read_text()) == {"layout": 1}
+        assert (root / CACHEDIR_TAG).read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+
+
+def test_a_directory_with_other_files_is_refused(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    (tmp_path / "mine" / "tmp").mkdir()
+    with pytest.raises(UsageError, match=r"HB_CACHE_DIR=.*mine is not an hb cache \(no hb-cache.json\); "
+                                         r"point it at an empty or new directory"):
+        LocalStore(tmp_path / "mine", setting=f"HB_CACHE_DIR={tmp_path / 'mine'}")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex", "tmp"]
+
+
+def test_a_cache_from_before_the_marker_is_adopted(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    d = store.put_blob(b"kept")
+    (tmp_path / "c" / MARKER).unlink()
+    (tmp_path / "c" / CACHEDIR_TAG).unlink()
+    assert (tmp_path / "c" / ".layout-v1").exists()
+    again = LocalStore(tmp_path / "c")
+    assert again.get_blob(d) == b"kept" and (tmp_path / "c" / MARKER).exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "proc", "marker-garbage", "newer-layout"])
+def test_unusable_cache_directories_are_clean_errors(tmp_path, kind):
+    root = {"file": tmp_path / "f", "proc": Path("/proc/x")}.get(kind, tmp_path / "c")
+    if kind == "file":
+        root.write_text("x")
+    elif kind == "marker-garbage":
+        LocalStore(root)
+        (root / MARKER).write_text("[[[[")
+    elif kind == "newer-layout":
+        LocalStore(root)
+        (root / MARKER).write_text('{"layout": 2}')
+    with pytest.raises(UsageError) as info:
+        LocalStore(root, setting=f"HB_CACHE_DIR={root}")
+    assert f"HB_CACHE_DIR={root}" in info.value.message
+
+
+def test_expunge_deletes_only_what_hb_made(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    store.put_blob(b"x")
+    (tmp_path / "c" / "workspaces" / "w1").mkdir(parents=True)
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    os.rmdir(tmp_path / "c" / "tmp")
+    os.symlink(outside, tmp_path / "c" / "tmp")  # a link where hb's tmp/ was: removed, not followed
+    assert store.expunge() == ["notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["notes.txt"]
+    assert (outside / "keep").read_text() == "keep"
+    (tmp_path / "c" / "notes.txt").unlink()
+    LocalStore(tmp_path / "c").expunge()
+    assert not (tmp_path / "c").exists()
+
+
+def test_gc_and_expunge_refuse_a_directory_that_lost_its_marker(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    (tmp_path / "c" / MARKER).unlink()
+    with pytest.raises(UsageError, match="not an hb cache"):
+        store.gc(0)
+    with pytest.raises(UsageError, match="not an hb cache"):
+        store.expunge()
+    assert (tmp_path / "c" / "cas").is_dir()
+
+
+# ----- leftovers of killed processes ---------------------------------------------------------------
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_gc_and_sweep_remove_only_hb_temp_names_of_dead_processes(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    dead, alive = _dead_pid(), os.getppid()
+    tmp = store.tmp_dir
+    (tmp / f"sb-{dead}-abc123").mkdir()
+    (tmp / f"sb-{dead}-abc123" / "execroot").mkdir()
+    (tmp / f"w-{dead}-x1y2z3").write_text("partial")
+    (tmp / f"sb-{alive}-live12").mkdir()
+    (tmp / "user-file").write_text("not hb's")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("keep")
+    os.symlink(victim, tmp / f"sb-{dead}-link12")  # a link with hb's name: unlinked, never followed
+    assert store.sweep_leftovers() == 3
+    assert sorted(p.name for p in tmp.iterdir()) == [f"sb-{alive}-live12", "user-file"]
+    assert (victim / "keep").exists()
+    (tmp / "w-oldstyle").write_text("from hb before PIDs in names")
+    store.gc(1 << 30)
+    assert sorted(p.name for p in tmp.iterdir()) == [f"sb-{alive}-live12", "user-file"]
