@@ -138,7 +138,9 @@ class ActionExecution:
         """Write the blob recorded under `alias` to dest (verified). False if unknown or gone."""
         local = getattr(self.store, "local", self.store)
         result = local.get_action_result(alias_key(alias))
-        return result is not None and local.fetch_file(result.outputs[0].digest, dest)
+        if result is None or len(result.outputs) != 1 or result.outputs[0].kind != "file":
+            return False  # unknown, or not an entry remember_alias wrote: a miss, never a crash
+        return local.fetch_file(result.outputs[0].digest, dest)
 
     def remember_alias(self, alias: str, digest) -> None:
         """Record that the blob `digest` (an output of this action, stored when it succeeds) is

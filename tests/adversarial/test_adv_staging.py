@@ -172,3 +172,34 @@ def test_unchecked_absolute_path_is_an_action_failure_not_a_crash(tmp_path):
     assert ("was killed by signal 6 (SIGABRT)" in failure.message
             or "installing into /opt/env failed: InstallerError" in failure.message), failure
     assert not target.exists()
+
+
+# ----- a poisoned fetch result: the stage checks each archive against the lock's sha256 -----------
+def test_poisoned_fetch_entry_cannot_change_the_environment(ws, tmp_path):
+    """Whoever can write to a (shared, unsigned) cache can point a fetch action's entry at other
+    bytes; the stage verifies every archive's sha256 where it uses it, so the build fails naming
+    the package instead of installing the attacker's files."""
+    from hermetic_build.store.local import LocalStore
+
+    good = Package(name="good", members=(file("share/good.txt", b"good\n"),)).write(tmp_path)
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    evil = Package(name="good", members=(file("share/good.txt", SECRET),)).write(evil_dir)
+    adopt_lock(ws, [good])
+    ws.hb("build", "//env:env")
+    store = LocalStore(ws.cache)
+    planted = 0
+    for shard in (ws.cache / "ac").iterdir():
+        for entry in shard.iterdir():
+            result = store.get_action_result(entry.name)
+            if result is not None and [o.path for o in result.outputs] == ["hb-out/env/env/pkgs/" + good.name]:
+                evil_digest = store.put_file(evil)
+                store.put_action_result(entry.name, type(result)(
+                    (type(result.outputs[0])(result.outputs[0].path, "file", evil_digest),), 0,
+                    result.stdout, result.stderr))
+                planted += 1
+    assert planted == 1, "the fetch action's cache entry was not found"
+    proc = ws.hb("build", "//env:env", check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert f"{good.name} is not the locked package" in proc.stderr, proc.stderr
+    assert not files_containing(ws.root / "hb-out", SECRET.strip())
