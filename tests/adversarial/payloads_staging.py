@@ -169,14 +169,15 @@ def stage_directly(tmp_path: Path, package: Package):
     owner = Label("env", "env")
     archive = File(f"hb-out/env/env/pkgs/{package.filename}", owner)
     out = File("hb-out/env/env/env", owner, True)
-    params = {"prefix": "/opt/env", "platform": "linux-64",
-              "packages": [{"filename": package.filename, "url": "file:///nowhere", "sha256": "0" * 64,
-                            "name": package.name}]}
-    action = Action(owner, "CondaStage", "conda.stage", "2", (archive,), (out,), make_params_json(params), "linux-64")
     (tmp_path / "sandboxes").mkdir()
     sandbox, execroot = prepare_sandbox(tmp_path / "sandboxes")
     (execroot / archive.path).parent.mkdir(parents=True)
-    package.write((execroot / archive.path).parent)
+    written = package.write((execroot / archive.path).parent)
+    # pinned as a lock would pin it: the stage checks the archive's sha256 before installing
+    params = {"prefix": "/opt/env", "platform": "linux-64",
+              "packages": [{"filename": package.filename, "url": "file:///nowhere",
+                            "sha256": hashlib.sha256(written.read_bytes()).hexdigest(), "name": package.name}]}
+    action = Action(owner, "CondaStage", "conda.stage", "3", (archive,), (out,), make_params_json(params), "linux-64")
     execution = ActionExecution(action, sandbox, execroot, {}, None, Settings(cache_dir=tmp_path / "cache"),
                                 bytearray(), bytearray())
     try:
