@@ -257,6 +257,7 @@ class Session:
                     tmp = Path(tempfile.mkdtemp(prefix=publish_temp_prefix(), dir=dest.parent))
                     try:
                         materialize_tree(self.store, entry.digest, tmp)
+                        os.chmod(tmp, 0o755)  # mkdtemp made it 0700; a published directory is readable
                         os.replace(tmp, dest)
                     finally:
                         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,7 @@ def test_nlp_env_from_readme(example):
 
     tree = example.root / summary["targets"]["//env:nlp-env"][0]["path"]
     assert run_in_prefix(tree, "/opt/env/bin/hb-hello").stdout == "hello from /opt/env\n"
+    assert oct(tree.stat().st_mode & 0o777) == oct(0o755)  # published directories are not 0700
     assert example.build_json("//env:nlp-env")["actions"]["executed"] == 0
 
 
@@ -40,6 +41,7 @@ def test_readme_main_job_builds_the_gpu_image(example):
     summary = example.build_json("//env:nlp-gpu")
     assert summary["targets"]["//env:nlp-gpu"][0]["path"] == "hb-out/env/nlp-gpu"
     layout = example.root / "hb-out/env/nlp-gpu"
+    assert oct(layout.stat().st_mode & 0o777) == oct(0o755)
     index = json.loads((layout / "index.json").read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "latest"
     assert example.build_json("//env:nlp-gpu")["actions"]["executed"] == 0
