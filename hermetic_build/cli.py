@@ -206,12 +206,14 @@ def aquery(obj, labels, as_json):
 
 @main.command()
 @click.argument("labels", nargs=-1, required=True)
+@remote_options
 @click.pass_obj
-def explain(obj, labels):
-    """For each action that would run, say which input or parameter changed since the last build."""
+def explain(obj, labels, remote_cache, remote_upload, remote_required, remote_timeout):
+    """For each action that would run, say which input or parameter changed since the last build
+    (consulting the same caches a build with the same options would)."""
     from .explain import plan
 
-    session = _session(obj)
+    session = _session(obj, remote=_remote(remote_cache, remote_upload, remote_required, remote_timeout))
     steps = plan(session, list(labels), _current_package(session))
     pending = [s for s in steps if s.status != "cached"]
     if not pending:

@@ -154,23 +154,31 @@ class Executor:
         """Settle action i from the action cache if its result and output blobs are there."""
         action = self.actions[i]
         key, fields = self.key_of(action)
-        result = self.store.get_action_result(key)
-        if result is None or result.exit_code != 0:
-            return False
-        declared = {out.path: "dir" if out.is_directory else "file" for out in action.outputs}
-        if {o.path: o.kind for o in result.outputs} != declared or len(result.outputs) != len(declared):
-            # a well-formed entry that does not describe this action's outputs: planted or damaged
-            reject = getattr(self.store, "reject_action_result", None)
-            if reject is not None:
-                reject(key, f"its outputs are not the declared outputs of {action.description}")
-            return False
-        if not all(self.store.has_blob(o.digest) for o in result.outputs):
+        result = self.cached_result(action, key)
+        if result is None:
             return False
         with self._lock:
             self.stats.records[i] = ActionRecord(key, fields, True, result)
             self.stats.cached += 1
         self.reporter.action_done(action, cached=True, duration=0.0)
         return True
+
+    def cached_result(self, action: Action, key: str) -> ActionResult | None:
+        """The usable cached result of `action` under `key`: successful, describing exactly its declared
+        outputs, every output blob present. None otherwise (what a build would run)."""
+        result = self.store.get_action_result(key)
+        if result is None or result.exit_code != 0:
+            return None
+        declared = {out.path: "dir" if out.is_directory else "file" for out in action.outputs}
+        if {o.path: o.kind for o in result.outputs} != declared or len(result.outputs) != len(declared):
+            # a well-formed entry that does not describe this action's outputs: planted or damaged
+            reject = getattr(self.store, "reject_action_result", None)
+            if reject is not None:
+                reject(key, f"its outputs are not the declared outputs of {action.description}")
+            return None
+        if not all(self.store.has_blob(o.digest) for o in result.outputs):
+            return None
+        return result
 
     def _run_uncached(self, i: int) -> None:
         action = self.actions[i]

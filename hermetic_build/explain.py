@@ -54,20 +54,30 @@ def plan(session, labels: list[str], current_package: str = "") -> list[Step]:
             continue
         key, fields = executor.key_of(action)
         inputs = dict(fields["inputs"])
-        result = session.store.get_action_result(key)
-        if result is not None and all(session.store.has_blob(o.digest) for o in result.outputs):
+        result = executor.cached_result(action, key)
+        if result is not None:
             executor.stats.records[i] = ActionRecord(key, fields, True, result)
             steps.append(Step(action, key, "cached", inputs))
             continue
         step = Step(action, key, "would run", inputs)
         before = previous.get(action.id)
         step.reasons = _diff(before, fields) or (
-            ["its result is no longer in the cache (evicted or found corrupt)"] if before and before["key"] == key
+            [_missing_reason(session)] if before and before["key"] == key
             else ["no change recorded; its cache entry is missing"])
         steps.append(step)
         rerun.update({o.path: action for o in action.outputs})
     executor.file_cache.save()
     return steps
+
+
+def _missing_reason(session) -> str:
+    """Why an unchanged action's result is not found: evicted, or it lives in a remote cache that
+    this command was not told about (a build with the same options would take it from there)."""
+    last_remote = ((session.last_build() or {}).get("remote") or {}).get("url")
+    if last_remote and session.remote is None:
+        return (f"its result is not in the local cache; the last build used the remote cache {last_remote} "
+                f"(run `hb explain --remote-cache {last_remote} ...` to check it there)")
+    return "its result is no longer in the cache (evicted or found corrupt)"
 
 
 def _digest_of(executor, f):

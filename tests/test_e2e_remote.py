@@ -200,3 +200,17 @@ def test_registry_garbage_collection_keeps_everything_in_use(tmp_path):
         assert second["targets"] == first["targets"]
     finally:
         registry.stop()
+
+
+def test_explain_consults_the_remote_the_build_used(tmp_path, cache_server):
+    """After a build that took its results from a remote cache, `hb explain` with the same remote
+    says nothing would run; without it, it says where the results are and how to check them."""
+    a = _workspace(tmp_path / "a" / "ws", tmp_path / "a" / "cache")
+    _build(a, cache_server.url, "--remote-upload")
+    b = _workspace(tmp_path / "b" / "ws", tmp_path / "b" / "cache")
+    assert json.loads(_build(b, cache_server.url).stdout)["actions"] == {"executed": 0, "cached": 3}
+    same = b.hb("explain", "--remote-cache", cache_server.url, "//p:tree")
+    assert same.stdout.strip() == "everything is up to date: no action would run", same.stdout
+    assert json.loads(_build(b, cache_server.url).stdout)["actions"]["executed"] == 0
+    alone = b.hb("explain", "//p:tree").stdout
+    assert f"`hb explain --remote-cache {cache_server.url} ...`" in alone, alone
