@@ -176,7 +176,7 @@ class RuleContext:
         """Read a source file during analysis (e.g. a lockfile); tracked for analysis caching."""
         if not file.is_source:
             raise self.error(f"{file.path} is generated; only source files can be read during analysis")
-        path = self.workspace_root / file.path
+        path = self._analyzer.workspace.source_file(file.path)
         try:
             data = path.read_bytes()
         except FileNotFoundError:

@@ -131,7 +131,7 @@ class Executor:
         digests = {}
         for f in action.inputs:
             if f.is_source:
-                path = self.workspace.root / f.path
+                path = self.workspace.source_file(f.path)
                 try:
                     with self._file_lock:
                         digests[f.path] = self.file_cache.digest(path)
@@ -362,7 +362,7 @@ class Executor:
             dest = execroot / f.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             if f.is_source:
-                src = self.workspace.root / f.path
+                src = self.workspace.source_file(f.path)
                 shutil.copyfile(src, dest)
                 shutil.copymode(src, dest)
                 continue

@@ -82,7 +82,7 @@ def _missing_reason(session) -> str:
 
 def _digest_of(executor, f):
     if f.is_source:
-        return executor.file_cache.digest(executor.workspace.root / f.path)
+        return executor.file_cache.digest(executor.workspace.source_file(f.path))
     return executor.output_entry(f).digest
 
 

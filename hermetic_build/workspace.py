@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform as _platform
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError, Location, did_you_mean
+from .errors import Location, UsageError, did_you_mean
 
 WORKSPACE_FILE = "hermetic.toml"
 BUILD_FILE = "BUILD.hermetic"
@@ -64,6 +65,10 @@ class Workspace:
 
     def relpath(self, path: Path) -> str:
         return os.path.relpath(path, self.root)
+
+    def source_file(self, rel: str) -> Path:
+        """The real path of the workspace-relative source file `rel`, for reading it (resolve_source)."""
+        return resolve_source(self.root, rel)
 
     def package_of(self, directory: Path) -> str:
         """The package a directory belongs to: the nearest ancestor with BUILD.hermetic ('' = root)."""
@@ -173,3 +178,30 @@ def load_settings(root: Path) -> Settings:
         starlark_timeout_s=positive("starlark_timeout_s", 60),
         extra=sections,
     )
+
+
+def resolve_source(root: Path, rel: str) -> Path:
+    """The real path of the source file `rel` of the workspace at `root`. A source that is (or lies
+    under) a symbolic link resolving outside the workspace, or into hb-out/, is refused: a checked-out
+    repository must not make hb read, hash and publish files from elsewhere on the machine (~/.ssh,
+    /etc). Links inside the workspace are followed."""
+    from .errors import AnalysisError
+
+    real_root = _realpath_cached(str(root))
+    directory, name = os.path.split(rel)
+    real_dir = _realpath_cached(os.path.join(real_root, directory)) if directory else real_root
+    real = os.path.join(real_dir, name)
+    if os.path.islink(real):  # one lstat per file; directories are resolved once per process
+        real = os.path.realpath(real)
+    outputs = os.path.join(real_root, OUTPUT_DIR)
+    if not real.startswith(real_root + os.sep) or real == outputs or real.startswith(outputs + os.sep):
+        where = "into hb-out/" if real.startswith(real_root + os.sep) else "outside the workspace"
+        raise AnalysisError(f"source file {rel} resolves to {real}, {where}",
+                            hint="hb reads only source files inside the workspace: copy the file in, "
+                                 "or make the link point inside the workspace")
+    return Path(real)
+
+
+@functools.lru_cache(maxsize=65536)
+def _realpath_cached(path: str) -> str:
+    return os.path.realpath(path)

@@ -6,11 +6,21 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
-from hermetic_build.api import (AnalysisError, DefaultInfo, File, Label, LockOutcome, Provider, attr, rule)
+from hermetic_build.api import (
+    AnalysisError,
+    DefaultInfo,
+    File,
+    Label,
+    LockOutcome,
+    Provider,
+    attr,
+    resolve_source,
+    rule,
+)
 
 from . import lockfile as lf
-from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 from .solve import solve
+from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ def _conda_lock_impl(ctx):
 
 def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathlib.Path, where: str) -> None:
     """Raise if the committed lock no longer matches its environment spec (hb build never solves)."""
-    spec = read_environment(workspace_root / info.environment.path, info.platforms, info.channels,
+    spec = read_environment(resolve_source(workspace_root, info.environment.path), info.platforms, info.channels,
                             shown_path=info.environment.path)
     current = content_hashes(spec, info.virtual_packages_dict())
     recorded = (lock.metadata.content_hash or {}).get(platform)
@@ -77,8 +87,9 @@ def _lock(request) -> LockOutcome:
     platforms = _platforms(attrs, request.settings)
     virtual_packages = _with_cuda(attrs["virtual_packages"], platforms, attrs["cuda"])
     env_label = attrs["environment"]
-    env_path = request.workspace.root / (f"{env_label.package}/{env_label.name}" if env_label.package else env_label.name)
-    shown = request.relpath(env_path)
+    env_rel = f"{env_label.package}/{env_label.name}" if env_label.package else env_label.name
+    env_path = request.workspace.source_file(env_rel)  # refuses a link out of the workspace
+    shown = env_rel
     spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown)
     lock_path = request.source_path(attrs["lockfile"])
     existing = lf.read_lockfile(lock_path) if lock_path.exists() else None
