@@ -204,6 +204,7 @@ class Session:
 
     def _publish(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
         """Make the outputs of the requested targets visible under hb-out/."""
+        refuse_linked_output_root(self.workspace.output_root)
         manifest_path = self.workspace.output_root / ".hb-manifest.json"
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -338,3 +339,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 Label  # re-exported for callers
+
+
+def refuse_linked_output_root(root: Path) -> None:
+    """hb-out/ must be a real directory of the workspace (or not exist yet): a repository that ships
+    `hb-out` as a link would otherwise make hb write and replace files wherever it points. Links
+    below it are hb's to replace (_clear_parents), never to follow."""
+    if os.path.islink(root) or (os.path.lexists(root) and not os.path.isdir(root)):
+        what = f"a symbolic link (-> {os.readlink(root)})" if os.path.islink(root) else "not a directory"
+        raise UsageError(f"{root} is {what}: hb publishes outputs only into a real directory of the workspace",
+                         hint=f"remove it (rm {root}) and build again")

@@ -261,7 +261,10 @@ def clean(obj, expunge):
     """Delete hb-out/ and this workspace's analysis state (and with --expunge, the cache)."""
     import shutil
 
+    from .build import refuse_linked_output_root
+
     session = _session(obj)
+    refuse_linked_output_root(session.workspace.output_root)  # never delete through a link
     shutil.rmtree(session.workspace.output_root, ignore_errors=True)
     shutil.rmtree(session.state_dir, ignore_errors=True)
     left = session.local_store.expunge() if expunge else []

@@ -73,3 +73,19 @@ def test_links_inside_the_workspace_are_followed(workspace):
     os.symlink("../shared/data.txt", workspace.root / "p" / "in.txt")
     workspace.hb("build", "//p:x")
     assert (workspace.root / "hb-out/p/x/o.txt").read_text() == "inside\n"
+
+
+def test_an_hb_out_link_shipped_by_a_repository_is_refused(workspace, tmp_path):
+    """A repository that commits `hb-out` as a link would make hb write and delete wherever it
+    points: publishing and `hb clean` refuse it and leave the target untouched."""
+    victim = tmp_path / "victim"
+    (victim / "p" / "x").mkdir(parents=True)
+    (victim / "p" / "x" / "o.txt").write_text("precious\n")
+    os.symlink(victim, workspace.root / "hb-out")
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "x", outs = ["o.txt"], cmd = "echo new > $(OUTS)")\n')
+    for args in (("build", "//p:x"), ("clean",)):
+        proc = workspace.hb(*args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "is a symbolic link" in proc.stderr and "rm " in proc.stderr, proc.stderr
+    assert (victim / "p" / "x" / "o.txt").read_text() == "precious\n"
+    assert sorted(p.name for p in victim.iterdir()) == ["p"]
