@@ -117,6 +117,10 @@ def _deb_base_impl(ctx):
     if lock.get("requested") != list(ctx.attr.packages):
         ctx.fail(f"{lock_file.path} is stale: it locks {lock.get('requested')}, the target lists "
                  f"{list(ctx.attr.packages)}", hint=f"run `hb lock {ctx.label}` and commit it")
+    for name in [*ctx.attr.symlinks, *ctx.attr.directories]:
+        parts = name.strip("/").split("/")
+        if not name.strip("/") or any(part in ("", ".", "..") for part in parts) or "\0" in name:
+            ctx.fail(f"{name!r} is not a path inside the image root (no empty, '.' or '..' components)")
     debs = []
     for entry in lock["packages"]:
         deb = ctx.declare_file(f"debs/{entry['filename']}", internal=True)
@@ -169,26 +173,43 @@ def data_tar(path: Path) -> tarfile.TarFile:
 
 
 def _inside(root: Path, path: Path) -> bool:
-    real = os.path.realpath(path.parent)
+    """Whether `path` (which exists, or whose nearest existing ancestor is checked) resolves inside root,
+    links included: nothing is created or written through a link that leads out of the root."""
+    while not os.path.lexists(path) and path != root:
+        path = path.parent
+    real = os.path.realpath(path)
     return real == str(root) or real.startswith(str(root) + os.sep)
 
 
+def relative_path(text: str, what: str) -> str:
+    """`text` as a path relative to the image root (a leading './' or '/' is dropped); refuses empty,
+    '.', '..' components and NUL, so no name from a package or a BUILD file can leave the root."""
+    name = text.removeprefix("./").lstrip("/")
+    parts = name.split("/")
+    if not name or "\0" in name or any(part in ("", ".", "..") for part in parts):
+        raise ActionFailed(f"{what} {text!r} is not a relative path inside the root (empty, '.', '..' or NUL)")
+    return name
+
+
 def extract_debs(debs: list[Path], root: Path, exclude=()) -> list[str]:
-    """Unpack debs in order into root; returns notes about skipped entries."""
+    """Unpack debs in order into root; returns notes about skipped entries. Every name and hard-link
+    target must stay inside the root, and nothing is created or written through a link that leads
+    out of it (checked before anything is made, on the nearest existing ancestor)."""
     root = Path(os.path.realpath(root))
     notes, dir_modes = [], {}
     for deb in debs:
         with data_tar(deb) as tar:
             for member in tar:
-                rel = PurePosixPath(member.name.removeprefix("./") if member.name not in (".", "./") else "")
-                name = str(rel)
-                if name in ("", ".") or any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+                if member.name in ("", ".", "./", "/"):
                     continue
-                if rel.is_absolute() or ".." in rel.parts:
-                    raise ActionFailed(f"{deb.name}: entry {member.name!r} leaves the root")
+                name = relative_path(member.name, f"{deb.name}: entry")
+                if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+                    continue
                 dest = root / name
+                if not _inside(root, dest.parent):
+                    raise ActionFailed(f"{deb.name}: {name} would be written through a symlink out of the root")
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                if not _inside(root, dest):
+                if not _inside(root, dest.parent):  # made only of new directories: cannot have changed
                     raise ActionFailed(f"{deb.name}: {name} would be written through a symlink out of the root")
                 if member.isdir():
                     if dest.is_symlink():
@@ -196,16 +217,20 @@ def extract_debs(debs: list[Path], root: Path, exclude=()) -> list[str]:
                     dest.mkdir(exist_ok=True)
                     dir_modes[name] = member.mode & 0o7777
                     continue
-                if os.path.lexists(dest) and not dest.is_dir():
-                    dest.unlink()
+                if os.path.islink(dest) or (os.path.lexists(dest) and not dest.is_dir()):
+                    dest.unlink()  # replace a link or a file; never write through a link
                 if member.issym():
                     os.symlink(member.linkname, dest)
                 elif member.islnk():
-                    source = root / member.linkname.removeprefix("./").lstrip("/")
-                    shutil.copyfile(source, dest)
+                    source = root / relative_path(member.linkname, f"{deb.name}: hard link target of {name}")
+                    if os.path.islink(source) or not source.is_file() or not _inside(root, source):
+                        raise ActionFailed(f"{deb.name}: hard link {name} -> {member.linkname!r} does not name a "
+                                           "regular file already unpacked in the root")
+                    with open(source, "rb") as src, open(dest, "xb") as out:
+                        shutil.copyfileobj(src, out)
                     os.chmod(dest, member.mode & 0o7777)
                 elif member.isfile():
-                    with tar.extractfile(member) as src, open(dest, "wb") as out:
+                    with tar.extractfile(member) as src, open(dest, "xb") as out:
                         shutil.copyfileobj(src, out)
                     os.chmod(dest, member.mode & 0o7777)
                 else:
@@ -220,12 +245,17 @@ def _extract(execution) -> None:
     root = execution.path(execution.action.outputs[0])
     root.mkdir(parents=True, exist_ok=True)
     notes = extract_debs([execution.execroot / p for p in params["debs"]], root, params["exclude"])
+    root = Path(os.path.realpath(root))
     for directory in params["directories"]:
-        path = root / directory.strip("/")
+        path = root / relative_path(directory, "directory")
+        if not _inside(root, path):
+            raise ActionFailed(f"directory {directory!r} would be created through a symlink out of the root")
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o1777 if directory.strip("/") == "tmp" else 0o755)
     for link, target in params["symlinks"].items():
-        path = root / link.strip("/")
+        path = root / relative_path(link, "symlink")
+        if not _inside(root, path.parent):
+            raise ActionFailed(f"symlink {link!r} would be created through a symlink out of the root")
         path.parent.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(path):
             path.unlink()
@@ -234,7 +264,7 @@ def _extract(execution) -> None:
 
 
 register_action_kind("deb.fetch", "1", _fetch_deb)
-register_action_kind("deb.extract", "1", _extract)
+register_action_kind("deb.extract", "2", _extract)
 
 deb_base = rule(
     "deb_base",
