@@ -100,12 +100,13 @@ def build(obj, labels, jobs, as_json, keep_sandbox, quiet, remote_cache, remote_
 @click.option("--update", multiple=True, metavar="NAME",
               help="Re-solve letting NAME move, keeping every other package at its locked version where possible.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a lock no longer matches its inputs.")
+@click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox of a failed action (e.g. a channel build).")
 @click.pass_obj
-def lock(obj, labels, update, check):
+def lock(obj, labels, update, check, keep_sandbox):
     """Resolve lockable targets (e.g. conda_lock) and write their lock files into the source tree."""
     from .lock import run_lock
 
-    session = _session(obj)
+    session = _session(obj, keep_sandbox=keep_sandbox)
     outcomes = run_lock(session, list(labels), _current_package(session), update=update, check=check)
     stale = False
     for label, outcome in outcomes:

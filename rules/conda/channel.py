@@ -3,15 +3,21 @@ an indexed local channel. The channel is an action output like any other, so it 
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import os
-import shutil
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from hermetic_build.api import ActionFailed, DefaultInfo, File, Provider, attr, register_action_kind, rule
-
-from hermetic_build.api import host_platform
+from hermetic_build.api import (
+    ActionFailed,
+    DefaultInfo,
+    File,
+    Provider,
+    attr,
+    host_platform,
+    register_action_kind,
+    rule,
+)
 
 from .toolcheck import check_host_tools
 
@@ -50,40 +56,33 @@ def _conda_channel_impl(ctx):
 
 
 def index_channel(directory) -> None:
-    from rattler.index import index_fs
+    from .channel_worker import index_channel as index
 
-    (directory / NOARCH).mkdir(parents=True, exist_ok=True)
-    result = index_fs(directory)
-    if inspect.iscoroutine(result):
-        asyncio.run(result)
+    index(str(directory))
+
+
+WORKER = Path(__file__).resolve().with_name("channel_worker.py")
+PARAMS_FILE = "../tmp/hb-channel-params.json"  # relative to the execution root, inside or outside bwrap
 
 
 def _build_channel(execution) -> None:
-    from rattler_build import PlatformConfig, RenderConfig, Stage0Recipe
+    """Recipe build scripts are arbitrary shell: rattler-build runs in channel_worker.py, in the
+    sandbox (no network, only the sandbox writable), never in hb's process."""
+    from .stage import python_paths
 
     check_host_tools(execution)  # say in one line what is missing, before rattler-build fails on it
-    out = execution.execroot / execution.params["out"]
-    out.mkdir(parents=True, exist_ok=True)
-    index_channel(out)
-    os.environ.setdefault("SOURCE_DATE_EPOCH", str(execution.settings.source_date_epoch))
-    for build in execution.params["builds"]:
-        recipe_path = execution.execroot / build["recipe"]
-        try:
-            recipe = Stage0Recipe.from_file(str(recipe_path))
-            render = RenderConfig(platform=PlatformConfig(target_platform=build["platform"]))
-            results = recipe.run_build(output_dir=str(out), channels=[out.as_uri()], no_build_id=True,
-                                       no_include_recipe=True, render_config=render)
-        except Exception as exc:  # py-rattler-build's errors carry the build log
-            raise ActionFailed(f"building {build['recipe']} for {build['platform']} failed: {exc}") from None
-        for result in results:
-            execution.stdout += f"built {result}\n".encode()
-        index_channel(out)
-    shutil.rmtree(out / "bld", ignore_errors=True)
-    for leftover in ("src_cache",):
-        shutil.rmtree(out / leftover, ignore_errors=True)
+    sys_path, read_only = python_paths(extra=(str(WORKER),))
+    params = {"sys_path": sys_path, "out": execution.params["out"], "builds": execution.params["builds"]}
+    (execution.execroot / PARAMS_FILE).write_text(json.dumps(params))
+    code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
+    if code != 0:
+        # the worker printed the build's own output first; the executor shows the stderr tail
+        lines = bytes(execution.stderr).decode(errors="replace").strip().splitlines()
+        last = next((line for line in reversed(lines) if line.startswith("channel: ")), None)
+        raise ActionFailed(last[len("channel: "):] if last else f"the channel build exited with status {code}")
 
 
-register_action_kind("conda.channel", "1", _build_channel)
+register_action_kind("conda.channel", "2", _build_channel)
 
 conda_channel = rule(
     "conda_channel",

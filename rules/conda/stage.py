@@ -21,16 +21,21 @@ WORKER = Path(__file__).resolve().with_name("stage_worker.py")
 PARAMS_FILE = "../tmp/hb-stage-params.json"  # relative to the execution root, inside or outside bwrap
 
 
-def python_paths() -> tuple[list[str], tuple[str, ...]]:
-    """(the directories the worker needs on sys.path to import rattler, the host paths to expose
-    read-only: the interpreter's installation, those directories and the worker itself)."""
-    import rattler
+def python_paths(extra: tuple[str, ...] = (str(WORKER),)) -> tuple[list[str], tuple[str, ...]]:
+    """(the directories a worker needs on sys.path to import rattler and rattler_build, the host paths
+    to expose read-only: the interpreter's installation, those directories and the `extra` files,
+    by default the stage worker itself)."""
+    import importlib.util
 
-    rattler_dir = str(Path(rattler.__file__).resolve().parent.parent)
-    sites = [*site.getsitepackages(), site.getusersitepackages(), rattler_dir]
+    package_dirs = []
+    for module in ("rattler", "rattler_build"):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            package_dirs.append(str(Path(spec.origin).resolve().parent.parent))
+    sites = [*site.getsitepackages(), site.getusersitepackages(), *package_dirs]
     sys_path = [p for p in dict.fromkeys(sites) if os.path.isdir(p)]
     roots = {sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
-             os.path.realpath(sys.executable), *sys_path, str(WORKER)}
+             os.path.realpath(sys.executable), *sys_path, *extra}
     exposed = []
     for path in sorted(os.path.realpath(p) for p in roots if os.path.exists(p)):
         if not any(path == e or path.startswith(e.rstrip("/") + "/") for e in exposed):
