@@ -56,8 +56,8 @@ def test_a_recipe_script_cannot_read_write_or_connect_outside(workspace, tmp_pat
         "mkdir -p $PREFIX/share",
         f"cat {secret} > $PREFIX/share/stolen.txt 2>/dev/null || echo no-secret > $PREFIX/share/stolen.txt",
         f"touch {pwned} 2>/dev/null || true",
-        f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo connected > $PREFIX/share/net.txt "
-        "|| echo offline > $PREFIX/share/net.txt",
+        (f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo connected > $PREFIX/share/net.txt "
+         "|| echo offline > $PREFIX/share/net.txt"),
         "ls /root > $PREFIX/share/home.txt 2>&1 || true",
     ])
     proc = workspace.hb("build", "//ch:ch", check=False)
