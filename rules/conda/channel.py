@@ -71,8 +71,9 @@ def _build_channel(execution) -> None:
     from .stage import python_paths
 
     check_host_tools(execution)  # say in one line what is missing, before rattler-build fails on it
-    sys_path, read_only = python_paths(extra=(str(WORKER),))
-    params = {"sys_path": sys_path, "out": execution.params["out"], "builds": execution.params["builds"]}
+    sys_path, read_only = python_paths(extra=(str(WORKER), str(WORKER.with_name("package_normalise.py"))))
+    params = {"sys_path": sys_path, "out": execution.params["out"], "builds": execution.params["builds"],
+              "source_date_epoch": execution.settings.source_date_epoch}
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(params))
     code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
     if code != 0:
@@ -82,7 +83,7 @@ def _build_channel(execution) -> None:
         raise ActionFailed(last[len("channel: "):] if last else f"the channel build exited with status {code}")
 
 
-register_action_kind("conda.channel", "2", _build_channel)
+register_action_kind("conda.channel", "3", _build_channel)
 
 conda_channel = rule(
     "conda_channel",
