@@ -9,16 +9,13 @@ one layer.
 
 from __future__ import annotations
 
-import fnmatch
-import io
 import json
-import os
 import re
 import shutil
 import subprocess
-import tarfile
+import sys
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from hermetic_build.api import ActionFailed, DefaultInfo, LockOutcome, attr, register_action_kind, rule
 
@@ -152,119 +149,40 @@ def _fetch_deb(execution) -> None:
     fetch_pinned(execution, check=_check_deb)
 
 
-def data_tar(path: Path) -> tarfile.TarFile:
-    """The data.tar.* member of a .deb (an ar archive), opened for reading."""
-    with open(path, "rb") as f:
-        if f.read(8) != b"!<arch>\n":
-            raise ActionFailed(f"{path.name} is not a Debian package")
-        while header := f.read(60):
-            name = header[:16].strip().rstrip(b"/").decode()
-            size = int(header[48:58])
-            if name.startswith("data.tar"):
-                data = f.read(size)
-                if name.endswith(".zst"):
-                    import zstandard
-
-                    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
-                    return tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-                return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-            f.seek(size + (size % 2), 1)
-    raise ActionFailed(f"{path.name} has no data.tar member")
-
-
-def _inside(root: Path, path: Path) -> bool:
-    """Whether `path` (which exists, or whose nearest existing ancestor is checked) resolves inside root,
-    links included: nothing is created or written through a link that leads out of the root."""
-    while not os.path.lexists(path) and path != root:
-        path = path.parent
-    real = os.path.realpath(path)
-    return real == str(root) or real.startswith(str(root) + os.sep)
-
-
-def relative_path(text: str, what: str) -> str:
-    """`text` as a path relative to the image root (a leading './' or '/' is dropped); refuses empty,
-    '.', '..' components and NUL, so no name from a package or a BUILD file can leave the root."""
-    name = text.removeprefix("./").lstrip("/")
-    parts = name.split("/")
-    if not name or "\0" in name or any(part in ("", ".", "..") for part in parts):
-        raise ActionFailed(f"{what} {text!r} is not a relative path inside the root (empty, '.', '..' or NUL)")
-    return name
+WORKER = Path(__file__).resolve().with_name("deb_extract.py")
+PARAMS_FILE = "../tmp/hb-deb-extract-params.json"  # relative to the execution root, inside or outside bwrap
 
 
 def extract_debs(debs: list[Path], root: Path, exclude=()) -> list[str]:
-    """Unpack debs in order into root; returns notes about skipped entries. Every name and hard-link
-    target must stay inside the root, and nothing is created or written through a link that leads
-    out of it (checked before anything is made, on the nearest existing ancestor)."""
-    root = Path(os.path.realpath(root))
-    notes, dir_modes = [], {}
-    for deb in debs:
-        with data_tar(deb) as tar:
-            for member in tar:
-                if member.name in ("", ".", "./", "/"):
-                    continue
-                name = relative_path(member.name, f"{deb.name}: entry")
-                if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
-                    continue
-                dest = root / name
-                if not _inside(root, dest.parent):
-                    raise ActionFailed(f"{deb.name}: {name} would be written through a symlink out of the root")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if not _inside(root, dest.parent):  # made only of new directories: cannot have changed
-                    raise ActionFailed(f"{deb.name}: {name} would be written through a symlink out of the root")
-                if member.isdir():
-                    if dest.is_symlink():
-                        continue  # a later package's directory over an earlier symlink: keep the link
-                    dest.mkdir(exist_ok=True)
-                    dir_modes[name] = member.mode & 0o7777
-                    continue
-                if os.path.islink(dest) or (os.path.lexists(dest) and not dest.is_dir()):
-                    dest.unlink()  # replace a link or a file; never write through a link
-                if member.issym():
-                    os.symlink(member.linkname, dest)
-                elif member.islnk():
-                    source = root / relative_path(member.linkname, f"{deb.name}: hard link target of {name}")
-                    if os.path.islink(source) or not source.is_file() or not _inside(root, source):
-                        raise ActionFailed(f"{deb.name}: hard link {name} -> {member.linkname!r} does not name a "
-                                           "regular file already unpacked in the root")
-                    with open(source, "rb") as src, open(dest, "xb") as out:
-                        shutil.copyfileobj(src, out)
-                    os.chmod(dest, member.mode & 0o7777)
-                elif member.isfile():
-                    with tar.extractfile(member) as src, open(dest, "xb") as out:
-                        shutil.copyfileobj(src, out)
-                    os.chmod(dest, member.mode & 0o7777)
-                else:
-                    notes.append(f"{deb.name}: skipped special file {name}")
-    for name, mode in sorted(dir_modes.items(), reverse=True):
-        os.chmod(root / name, mode)
-    return notes
+    """Unpack debs in order into root, in this process (deb_extract.py's checks; for tests and tools)."""
+    from .deb_extract import ExtractError
+    from .deb_extract import extract_debs as extract
+
+    try:
+        return extract(debs, root, exclude)
+    except ExtractError as exc:
+        raise ActionFailed(str(exc)) from None
 
 
 def _extract(execution) -> None:
+    """Unpack in deb_extract.py inside the sandbox: the .debs may be hostile (their lock is in the repo)."""
+    from rules.conda.stage import python_paths
+
     params = execution.params
-    root = execution.path(execution.action.outputs[0])
-    root.mkdir(parents=True, exist_ok=True)
-    notes = extract_debs([execution.execroot / p for p in params["debs"]], root, params["exclude"])
-    root = Path(os.path.realpath(root))
-    for directory in params["directories"]:
-        path = root / relative_path(directory, "directory")
-        if not _inside(root, path):
-            raise ActionFailed(f"directory {directory!r} would be created through a symlink out of the root")
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o1777 if directory.strip("/") == "tmp" else 0o755)
-    for link, target in params["symlinks"].items():
-        path = root / relative_path(link, "symlink")
-        if not _inside(root, path.parent):
-            raise ActionFailed(f"symlink {link!r} would be created through a symlink out of the root")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(path):
-            path.unlink()
-        os.symlink(target, path)
-    execution.stdout += ("\n".join(notes) + "\n").encode() if notes else b""
+    sys_path, read_only = python_paths(extra=(str(WORKER),))
+    worker_params = {"sys_path": sys_path, "debs": params["debs"], "out": execution.action.outputs[0].path,
+                     "exclude": params["exclude"], "directories": params["directories"],
+                     "symlinks": params["symlinks"]}
+    (execution.execroot / PARAMS_FILE).write_text(json.dumps(worker_params))
+    code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
+    if code != 0:
+        lines = bytes(execution.stderr).decode(errors="replace").strip().splitlines()
+        last = next((line for line in reversed(lines) if line.startswith("extract: ")), None)
+        raise ActionFailed(last[len("extract: "):] if last else f"unpacking the packages exited with status {code}")
 
 
 register_action_kind("deb.fetch", "1", _fetch_deb)
-register_action_kind("deb.extract", "2", _extract)
+register_action_kind("deb.extract", "3", _extract)
 
 deb_base = rule(
     "deb_base",
