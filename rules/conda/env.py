@@ -50,7 +50,7 @@ def _conda_env_impl(ctx):
         check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ")
     packages, pip = packages_for(lock, platform)
     if pip:
-        ctx.fail(f"{lock_file.path} has pip packages for {platform} ({', '.join(sorted(pip))}); "
+        ctx.fail(f"{lock_file.path} has pip packages for {platform} ({', '.join(w.name for w in pip)}); "
                  "hb stages conda packages only")
     if not packages:
         ctx.fail(f"{lock_file.path} has no conda packages for platform {platform!r}",

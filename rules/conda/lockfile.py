@@ -23,26 +23,46 @@ class LockedPackage:
         return self.url.rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class LockedWheel:
+    """One PyPI wheel of one platform in a lock (a conda-lock `manager: pip` entry, a pixi PyPI
+    package): fetched by sha256 like a conda package, installed after the conda packages."""
+
+    name: str
+    version: str
+    url: str
+    sha256: str
+    platform: str
+    category: str = "main"
+
+    @property
+    def filename(self) -> str:
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(self.url).path.rsplit("/", 1)[-1])
+
+
 def read_lockfile(path: pathlib.Path):
     from conda_lock.lockfile import parse_conda_lock_file
 
     return parse_conda_lock_file(path)
 
 
-def packages_for(lockfile, platform: str) -> tuple[list[LockedPackage], list[str]]:
-    """(conda packages of `platform`, names of pip packages that hb refuses)."""
+def packages_for(lockfile, platform: str) -> tuple[list[LockedPackage], list[LockedWheel]]:
+    """(conda packages of `platform`, its PyPI wheels), each sorted by name."""
     packages, pip = [], []
     for dep in lockfile.package:
         if dep.platform != platform:
             continue
         if dep.manager != "conda":
-            pip.append(dep.name)
+            pip.append(LockedWheel(name=dep.name, version=dep.version, url=dep.url, sha256=dep.hash.sha256 or "",
+                                   platform=platform, category=min(dep.categories or {"main"})))
             continue
         packages.append(LockedPackage(
             name=dep.name, version=dep.version, build=getattr(dep, "build", None) or _build_from_url(dep.url),
             url=dep.url, sha256=dep.hash.sha256 or "", md5=dep.hash.md5, platform=platform,
         ))
-    return sorted(packages, key=lambda p: p.name), pip
+    return sorted(packages, key=lambda p: p.name), sorted(pip, key=lambda w: w.name)
 
 
 def _build_from_url(url: str) -> str:
