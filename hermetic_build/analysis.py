@@ -121,8 +121,37 @@ class Actions:
                             platform=host_platform(), description=description)
 
 
+class SourceDepsContext:
+    """What a rule's source_deps function sees: the target's attributes and a way to read the
+    source files they name (tracked, so that editing one re-runs analysis)."""
+
+    def __init__(self, analyzer: "Analyzer", target: TargetDef):
+        self._analyzer = analyzer
+        self.label = target.label
+        self.location = target.location
+        self.attr = AttrView(target.attrs)
+
+    def source_path(self, label: Label) -> str:
+        """The workspace-relative path of the source file a label attribute names."""
+        return source_path(label.package, label.name)
+
+    def read_source(self, path: str) -> bytes | None:
+        """The bytes of a workspace source file, or None if it does not exist (the rule's
+        implementation reports that, with its own message)."""
+        try:
+            data = self._analyzer.workspace.source_file(path).read_bytes()
+        except FileNotFoundError:
+            data = None
+        self._analyzer.read_files.add(path)
+        return data
+
+    def error(self, message: str, location: Location | None = None, hint: str | None = None) -> AnalysisError:
+        return AnalysisError(f"{self.label}: {message}", location=location or self.location, hint=hint)
+
+
 class RuleContext:
-    def __init__(self, analyzer: "Analyzer", target: TargetDef, deps: dict[Label, ConfiguredTarget]):
+    def __init__(self, analyzer: "Analyzer", target: TargetDef, deps: dict[Label, ConfiguredTarget],
+                 source_deps: dict[str, tuple[Label, ...]] | None = None):
         self._analyzer = analyzer
         self.target = target
         self.label = target.label
@@ -132,6 +161,7 @@ class RuleContext:
         self.workspace_root = analyzer.workspace.root
         self.platform = self.settings.platforms[0] if self.settings.platforms else host_platform()
         self._deps = deps
+        self._source_deps = source_deps or {}
         self.actions = Actions(self)
         self._declared: dict[str, File] = {}
 
@@ -144,8 +174,11 @@ class RuleContext:
 
     # ----- dependencies ---------------------------------------------------------------------------
     def deps(self, attr_name: str) -> list[ConfiguredTarget]:
-        value = self.target.attrs[attr_name]
-        labels = _labels(value)
+        """The targets a label attribute names, or those the rule's source_deps returned under that name."""
+        if attr_name in self.target.attrs:
+            labels = _labels(self.target.attrs[attr_name])
+        else:
+            labels = self._source_deps.get(attr_name, ())
         return [self._deps[label] for label in labels if label in self._deps]
 
     def dep(self, attr_name: str) -> ConfiguredTarget | None:
@@ -304,6 +337,31 @@ class Analyzer:
                 self.loader.load(label.package, referenced_from=target.location)
         return deps, sources
 
+    def _source_deps(self, target: TargetDef) -> dict[str, tuple[Label, ...]]:
+        """The dependencies a rule finds in the source files its target names (rule.source_deps)."""
+        rule = self.rules[target.rule]
+        if rule.source_deps is None:
+            return {}
+        try:
+            found = rule.source_deps(SourceDepsContext(self, target)) or {}
+        except HbError:
+            raise
+        except Exception as exc:  # a bug in a rule: say which rule and target
+            raise AnalysisError(f"{target.label}: rule {rule.name} failed to find its dependencies: "
+                                f"{type(exc).__name__}: {exc}", location=target.location) from exc
+        out = {}
+        for name, labels in found.items():
+            parsed = []
+            for text in labels:
+                try:
+                    label = text if isinstance(text, Label) else Label.parse(text, target.label.package)
+                except LabelSyntaxError as exc:
+                    raise AnalysisError(f"{target.label}: {exc}", location=target.location) from None
+                self._target(label, target.location)  # must be a target: an error naming it otherwise
+                parsed.append(label)
+            out[name] = tuple(parsed)
+        return out
+
     def target_graph(self, roots: list[Label]):
         import networkx as nx
 
@@ -315,7 +373,9 @@ class Analyzer:
                 continue
             target = self._target(label, None)
             deps, sources = self._edges(target)
-            graph.add_node(label, target=target, sources=tuple(sources))
+            source_deps = self._source_deps(target)
+            deps += [d for labels in source_deps.values() for d in labels if d not in deps]
+            graph.add_node(label, target=target, sources=tuple(sources), source_deps=source_deps)
             for dep in deps:
                 graph.add_edge(label, dep)
                 if dep not in graph or "target" not in graph.nodes[dep]:
@@ -348,7 +408,7 @@ class Analyzer:
         for label in order:
             target: TargetDef = graph.nodes[label]["target"]
             deps = {d: configured[d] for d in graph.successors(label)}
-            ctx = RuleContext(self, target, deps)
+            ctx = RuleContext(self, target, deps, graph.nodes[label]["source_deps"])
             providers = self._run_rule(ctx)
             for action in ctx.actions.declared:
                 for out in action.outputs:

@@ -88,6 +88,10 @@ class Rule:
     lock: Callable | None = field(default=None, hash=False)
     # Optional: verb ("push", "load") -> function run by `hb <verb> LABEL` after building the target.
     publish: dict = field(default_factory=dict, hash=False)
+    # Optional: dependencies named inside a source file rather than in an attribute (a channel label
+    # in an environment.yml). Called while the target graph is built with a SourceDepsContext;
+    # returns {name: [label, ...]}; the rule reads them with ctx.deps(name), and query/graph show them.
+    source_deps: Callable | None = field(default=None, hash=False)
 
     def all_attrs(self) -> dict[str, Attr]:
         return {**COMMON_ATTRS, **self.attrs}
@@ -102,12 +106,12 @@ class AttributeValueError(ValueError):
 
 
 def rule(name: str, implementation: Callable, attrs: dict[str, Attr] | None = None, doc: str = "",
-         lock: Callable | None = None, publish: dict | None = None) -> Rule:
+         lock: Callable | None = None, publish: dict | None = None, source_deps: Callable | None = None) -> Rule:
     """Declare a rule; BUILD.hermetic files can then call `name(...)`."""
     for attr_name in attrs or {}:
         if attr_name in COMMON_ATTRS:
             raise ValueError(f"rule {name}: attribute {attr_name!r} is reserved")
-    defined = Rule(name, implementation, dict(attrs or {}), doc, lock, dict(publish or {}))
+    defined = Rule(name, implementation, dict(attrs or {}), doc, lock, dict(publish or {}), source_deps)
     _RULES[name] = defined
     return defined
 

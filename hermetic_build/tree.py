@@ -225,6 +225,20 @@ def _walk(store, digest: Digest, prefix: str, cache: dict | None):
             stack.append((path + "/", iter(entries_of(entry.digest))))
 
 
+def lookup_tree(store, digest: Digest, path: str) -> TreeEntry | None:
+    """The entry at the relative `path` ("a/b/c") of a tree, or None; directories on the way are
+    validated as they are read, and a symlink on the way is not followed (None)."""
+    entry = None
+    for i, name in enumerate(path.split("/")):
+        if i and (entry is None or entry.kind != "dir"):
+            return None
+        entries = read_directory(store, digest if entry is None else entry.digest)
+        entry = next((e for e in entries if e.name == name), None)
+        if entry is None:
+            return None
+    return entry
+
+
 def walk_tree(store, digest: Digest, prefix: str = ""):
     """Yield (relative path, TreeEntry) for every entry, parents before children, sorted.
     Every directory blob is validated as it is read (InvalidTree / MissingBlob otherwise)."""

@@ -1,6 +1,7 @@
 """The bundled example workspace, driven the way the README tells a newcomer to."""
 
 import json
+import re
 
 import pytest
 from support import Workspace, copy_example
@@ -17,15 +18,28 @@ def test_data_pipeline(example):
     assert (example.root / "hb-out/data/stats/stats.txt").read_text().startswith("rows 400\n")
 
 
+def test_committed_locks_are_fresh(tmp_path):
+    """CI fails on a stale committed lock: `hb lock --check //...` on the repository's own examples."""
+    from support import REPO
+
+    proc = Workspace(REPO / "examples", tmp_path / "cache").hb("lock", "--check", "//...")
+    assert proc.stdout.count("lock is up to date") == 3, proc.stdout
+
+
 @pytest.mark.slow
 def test_nlp_env_from_readme(example):
+    before = {name: (example.root / "env" / name).read_text()
+              for name in ("conda-lock.yml", "conda-linux-64.lock", "conda-osx-arm64.lock")}
     example.hb("lock", "//env:nlp-lock", timeout=600)
-    for name in ("conda-lock.yml", "conda-linux-64.lock", "conda-osx-arm64.lock"):
-        assert (example.root / "env" / name).is_file()
+    # re-locking in another checkout changes nothing but the file:// URLs into that checkout's hb-out
+    for name, text in before.items():
+        again = (example.root / "env" / name).read_text()
+        strip = lambda t: re.sub(r"file://\S*/hb-out/", "file://…/hb-out/", t)  # noqa: E731
+        assert strip(again) == strip(text), name
     summary = example.build_json("//env:nlp-env")
-    assert summary["actions"]["executed"] == 8
+    assert summary["actions"]["executed"] == 8  # the channel was built by `hb lock`
     actions = json.loads(example.hb("aquery", "--json", "//env:nlp-env").stdout)
-    assert sorted({a["mnemonic"] for a in actions}) == ["CondaFetch", "CondaStage"]
+    assert sorted({a["mnemonic"] for a in actions}) == ["CondaChannel", "CondaFromChannel", "CondaStage"]
     from support import run_in_prefix
 
     tree = example.root / summary["targets"]["//env:nlp-env"][0]["path"]
@@ -34,14 +48,49 @@ def test_nlp_env_from_readme(example):
     assert example.build_json("//env:nlp-env")["actions"]["executed"] == 0
 
 
+EXAMPLE_OUTPUTS = ("//env:nlp", "//env:nlp-gpu", "//env:nlp-env", "//env:nlp-gpu-env")
+
+
 @pytest.mark.slow
-def test_readme_main_job_builds_the_gpu_image(example):
-    """The README's first command: hb lock //... then hb build //env:nlp-gpu."""
-    example.hb("lock", "//...", timeout=900)
-    summary = example.build_json("//env:nlp-gpu")
-    assert summary["targets"]["//env:nlp-gpu"][0]["path"] == "hb-out/env/nlp-gpu"
-    layout = example.root / "hb-out/env/nlp-gpu"
-    assert oct(layout.stat().st_mode & 0o777) == oct(0o755)
-    index = json.loads((layout / "index.json").read_text())
-    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "latest"
-    assert example.build_json("//env:nlp-gpu")["actions"]["executed"] == 0
+def test_readme_main_job_is_bit_reproducible(tmp_path):
+    """The README's main command, `hb build //env:nlp-gpu` from the committed locks (no solving), in
+    two checkouts at different paths with two empty caches: every image has the same manifest
+    digest and every environment the same tree digest."""
+    builds = []
+    for name in ("one", "checkout-two"):
+        example = copy_example(tmp_path / name / "examples", tmp_path / name / "cache")
+        locks = {p: p.read_bytes() for p in (example.root / "env").glob("conda-*")}
+        summary = example.build_json("//env:nlp-gpu", *EXAMPLE_OUTPUTS[:1], *EXAMPLE_OUTPUTS[2:])
+        assert {p: p.read_bytes() for p in locks} == locks  # the build never re-locks
+        layout = example.root / "hb-out/env/nlp-gpu"
+        assert oct(layout.stat().st_mode & 0o777) == oct(0o755)
+        manifests = {}
+        for label in ("nlp", "nlp-gpu"):
+            index = json.loads((example.root / f"hb-out/env/{label}/index.json").read_text())
+            assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "latest"
+            manifests[label] = index["manifests"][0]["digest"]
+        trees = {label: summary["targets"][label][0]["digest"] for label in EXAMPLE_OUTPUTS}
+        builds.append((manifests, trees))
+        assert example.build_json("//env:nlp-gpu")["actions"]["executed"] == 0
+    assert builds[0] == builds[1]
+
+
+def test_query_and_graph_show_the_channel_environment_yml_names(example):
+    """environment.yml's `channels: [//channel:test-channel]` is a dependency of the lock, so of the image."""
+    deps = example.hb("query", "deps(//env:nlp-gpu)").stdout.split()
+    assert "//channel:test-channel" in deps and "//env:nlp-gpu-lock" in deps
+    assert "//env:nlp-gpu-lock" in example.hb("query", "rdeps(//..., //channel:test-channel)").stdout.split()
+    dot = example.hb("graph", "--format", "dot", "//env:nlp-gpu").stdout
+    assert re.search(r'"//env:nlp-gpu-lock"\s*->\s*"//channel:test-channel"', dot), dot
+    # editing the file's channels re-runs analysis: the edge follows the file
+    env_file = example.root / "env/environment.yml"
+    env_file.write_text(env_file.read_text().replace("//channel:test-channel", "https://conda.example.invalid/c"))
+    assert "//channel:test-channel" not in example.hb("query", "deps(//env:nlp-gpu-lock)").stdout.split()
+
+
+def test_a_channel_label_that_is_not_a_target_is_an_error(example):
+    env_file = example.root / "env/environment.yml"
+    env_file.write_text(env_file.read_text().replace("//channel:test-channel", "//channel:no-such-channel"))
+    proc = example.hb("build", "//env:nlp-env", check=False)
+    assert proc.returncode != 0
+    assert "no target named 'no-such-channel' in package //channel" in proc.stderr, proc.stderr

@@ -68,14 +68,14 @@ PARAMS_FILE = "../tmp/hb-channel-params.json"  # relative to the execution root,
 def _build_channel(execution) -> None:
     """Recipe build scripts are arbitrary shell: rattler-build runs in channel_worker.py, in the
     sandbox (no network, only the sandbox writable), never in hb's process."""
-    from .stage import python_paths
+    from .stage import python_paths, worker_python
 
     check_host_tools(execution)  # say in one line what is missing, before rattler-build fails on it
     sys_path, read_only = python_paths(extra=(str(WORKER), str(WORKER.with_name("package_normalise.py"))))
     params = {"sys_path": sys_path, "out": execution.params["out"], "builds": execution.params["builds"],
               "source_date_epoch": execution.settings.source_date_epoch}
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(params))
-    code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
+    code = execution.run_command([worker_python(), "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
     if code != 0:
         # the worker printed the build's own output first; the executor shows the stderr tail
         lines = bytes(execution.stderr).decode(errors="replace").strip().splitlines()

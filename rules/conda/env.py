@@ -56,16 +56,28 @@ def _conda_env_impl(ctx):
         ctx.fail(f"{lock_file.path} has no conda packages for platform {platform!r}",
                  hint=f"platforms in the lock: {', '.join(lock.metadata.platforms)}")
     ratio = _max_unpack_ratio(ctx)
+    limits = {"max_unpack_ratio": ratio} if ratio != DEFAULT_MAX_UNPACK_RATIO else {}
     archives = []
     for pkg in packages:
         if len(pkg.sha256) != 64:
             ctx.fail(f"{lock_file.path}: {pkg.name} has no sha256; hb fetches only packages pinned by sha256")
         archive = ctx.declare_file(f"pkgs/{pkg.filename}")
+        built = _built_by_channel(pkg, info.channel_dirs if info is not None else ())
+        if built is not None:
+            channel_label, directory, subdir = built
+            ctx.actions.declare(
+                mnemonic="CondaFromChannel", kind="conda.from_channel", inputs=[directory], outputs=[archive],
+                params={"sha256": pkg.sha256, "filename": pkg.filename, "subdir": subdir,
+                        "channel": directory.path, **limits},
+                hints={"channel_label": channel_label, "lock_label": info.lock_label},
+                platform=platform, description=f"CondaFromChannel {pkg.filename}",
+            )
+            archives.append(archive)
+            continue
         ctx.actions.declare(
             mnemonic="CondaFetch", kind="conda.fetch", inputs=[], outputs=[archive],
-            params={"sha256": pkg.sha256, "filename": pkg.filename,
-                    # only when raised or lowered: the default keeps every existing fetch key
-                    **({"max_unpack_ratio": ratio} if ratio != DEFAULT_MAX_UNPACK_RATIO else {})},
+            # max_unpack_ratio only when raised or lowered: the default keeps every existing fetch key
+            params={"sha256": pkg.sha256, "filename": pkg.filename, **limits},
             hints={"urls": [pkg.url]},
             platform=platform, description=f"CondaFetch {pkg.filename}",
         )
@@ -81,6 +93,24 @@ def _conda_env_impl(ctx):
     return [DefaultInfo(files=(tree,)),
             CondaEnvInfo(tree, ctx.attr.prefix, platform, tuple(packages), tuple(archives), lock_file,
                          (lock.metadata.content_hash or {}).get(platform, ""), info.cuda if info else "")]
+
+
+def _built_by_channel(pkg: LockedPackage, channel_dirs) -> tuple[str, File, str] | None:
+    """(channel label, channel directory, subdir) when the lock's URL for `pkg` points into the
+    output of a conda_channel target the environment names (file://<any checkout>/<its output
+    path>/<subdir>/<filename>): the package is then taken from that channel by sha256."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(pkg.url)
+    if parsed.scheme != "file":
+        return None
+    path = unquote(parsed.path)
+    for label, directory in channel_dirs:
+        _head, marker, tail = path.rpartition(f"/{directory.path}/")
+        parts = tail.split("/")
+        if marker and len(parts) == 2 and parts[1] == pkg.filename and parts[0] not in ("", ".", ".."):
+            return label, directory, parts[0]
+    return None
 
 
 def _max_unpack_ratio(ctx) -> int:

@@ -13,7 +13,7 @@ import urllib.request
 
 from blake3 import blake3
 
-from hermetic_build.api import ActionFailed, Digest, IntegrityError, register_action_kind
+from hermetic_build.api import ActionFailed, Digest, IntegrityError, MissingBlob, lookup_tree, register_action_kind
 
 from .archive import DEFAULT_MAX_UNPACK_RATIO, UnpackLimits, check_archive
 
@@ -101,4 +101,45 @@ def fetch_pinned(execution, check) -> None:
     raise ActionFailed(f"could not fetch {filename} (sha256 {sha256}):\n  " + "\n  ".join(errors[-6:]))
 
 
+def _sha256_of(path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _from_channel(execution) -> None:
+    """A package that a conda_channel target builds, taken from that channel's tree by
+    <subdir>/<filename> and accepted only when its sha256 is the one the lock pins. The URL the lock
+    records (a file:// path into the hb-out/ of the machine that locked) plays no part, so a committed
+    lock works in any checkout on any machine."""
+    params, hints = execution.params, execution.hints
+    sha256, filename, subdir = params["sha256"], params["filename"], params["subdir"]
+    channel = next(f for f in execution.action.inputs if f.path == params["channel"])
+    out = execution.execroot / execution.action.outputs[0].path
+    where = hints.get("channel_label", channel.path)
+    relock = f"run `hb lock {hints['lock_label']}` and commit the lock files" if hints.get("lock_label") else \
+        "re-lock the environment"
+    try:
+        entry = lookup_tree(execution.store, execution.input_tree(channel), f"{subdir}/{filename}")
+    except MissingBlob as exc:
+        raise ActionFailed(f"{where}: the channel's tree is incomplete in the cache ({exc})") from None
+    if entry is None or entry.kind != "file":
+        raise ActionFailed(f"{where} builds no {subdir}/{filename}, which the lock pins (sha256 {sha256}): the lock "
+                           f"is stale (a recipe changed); {relock}")
+    if not execution.store.fetch_file(entry.digest, out):
+        raise ActionFailed(f"{where}: {subdir}/{filename} is missing from the cache")
+    actual = _sha256_of(out)
+    if actual != sha256:
+        os.unlink(out)
+        raise ActionFailed(f"{where} builds {subdir}/{filename} with sha256 {actual}, but the lock pins {sha256}: "
+                           f"the lock is stale (a recipe or its sources changed); {relock}")
+    limits = UnpackLimits(max_ratio=params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO))
+    check_archive(out, filename, limits)
+    execution.remember_alias(f"sha256:{sha256}", entry.digest)
+    execution.stdout += f"{filename}: from {hints.get('channel_label', channel.path)}\n".encode()
+
+
 register_action_kind("conda.fetch", "3", _fetch)  # 3: paths.json, links and unpack limits checked
+register_action_kind("conda.from_channel", "1", _from_channel, stage_inputs=False)

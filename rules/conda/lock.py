@@ -6,6 +6,8 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
+import yaml
+
 from hermetic_build.api import (
     AnalysisError,
     DefaultInfo,
@@ -19,6 +21,7 @@ from hermetic_build.api import (
 )
 
 from . import lockfile as lf
+from .channel import CondaChannelInfo
 from .solve import solve
 from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 
@@ -32,6 +35,9 @@ class CondaLockInfo(Provider):
     virtual_packages: tuple[tuple[str, tuple[str, ...]], ...]
     lock_label: str
     cuda: str = ""  # the __cuda version the lock was solved with (a GPU variant), or ""
+    # (label, channel directory) of each conda_channel target the environment names: packages of the
+    # lock that one of them builds are taken from it by sha256, whatever URL the lock records
+    channel_dirs: tuple[tuple[str, File], ...] = ()
 
     def virtual_packages_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.virtual_packages}
@@ -61,11 +67,41 @@ def _conda_lock_impl(ctx):
     if ctx.attr.cuda and not any(p.startswith("linux-") for p in platforms):
         ctx.fail(f"cuda = {ctx.attr.cuda!r} needs a linux platform to lock for (platforms: {list(platforms)})")
     virtual = _with_cuda(ctx.attr.virtual_packages, platforms, ctx.attr.cuda)
+    channel_dirs = []
+    for dep in ctx.deps(CHANNEL_TARGETS):
+        if CondaChannelInfo not in dep:
+            ctx.fail(f"the channels of {environment.path} name {dep.label}, which is not a conda_channel target",
+                     hint="a channel is a URL (https://conda.anaconda.org/conda-forge) or the label of a conda_channel")
+        channel_dirs.append((str(dep.label), dep[CondaChannelInfo].directory))
     return [
         DefaultInfo(files=(lockfile,)),
         CondaLockInfo(lockfile, environment, platforms, tuple(ctx.attr.channels),
-                      tuple(sorted((k, tuple(v)) for k, v in virtual.items())), str(ctx.label), ctx.attr.cuda),
+                      tuple(sorted((k, tuple(v)) for k, v in virtual.items())), str(ctx.label), ctx.attr.cuda,
+                      tuple(channel_dirs)),
     ]
+
+
+CHANNEL_TARGETS = "channel targets"  # the source_deps name of the conda_channel targets a lock's channels name
+
+
+def is_channel_label(channel: str) -> bool:
+    return channel.startswith(("//", ":"))
+
+
+def _channel_targets(ctx) -> dict[str, list[str]]:
+    """The conda_channel targets among the channels: the `channels` attribute, else environment.yml's
+    own `channels:` list. They are dependencies of the lock (query and graph show them), and conda_env
+    takes their packages from them."""
+    channels = list(ctx.attr.channels)
+    if not channels and ctx.attr.environment is not None:
+        data = ctx.read_source(ctx.source_path(ctx.attr.environment))
+        try:
+            parsed = yaml.safe_load(data) if data is not None else None
+        except yaml.YAMLError:
+            parsed = None  # the implementation reports the file's errors, at file:line
+        found = parsed.get("channels") if isinstance(parsed, dict) else None
+        channels = [c for c in found if isinstance(c, str)] if isinstance(found, list) else []
+    return {CHANNEL_TARGETS: [c.strip() for c in channels if is_channel_label(c.strip())]}
 
 
 def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathlib.Path, where: str) -> None:
@@ -143,7 +179,7 @@ def _channel_urls(request, channels) -> list[str]:
     """Channel URLs to solve against; `//pkg:name` labels of conda_channel targets are built first."""
     urls = []
     for channel in channels:
-        if channel.startswith("//") or channel.startswith(":"):
+        if is_channel_label(channel):
             label = Label.parse(channel, request.label.package)
             outputs = request.build([label])[str(label)]
             urls.append(outputs[0].as_uri())
@@ -168,4 +204,5 @@ conda_lock = rule(
     },
     doc="Lock an environment.yml per platform (`hb lock`). `hb build` reads the committed lock only.",
     lock=_lock,
+    source_deps=_channel_targets,
 )

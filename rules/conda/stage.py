@@ -21,6 +21,15 @@ WORKER = Path(__file__).resolve().with_name("stage_worker.py")
 PARAMS_FILE = "../tmp/hb-stage-params.json"  # relative to the execution root, inside or outside bwrap
 
 
+def worker_python() -> str:
+    """The interpreter that runs a sandboxed worker, as an absolute path that exists inside the
+    sandbox: `hb` started as `../.venv/bin/hb` has sys.executable `/w/examples/../.venv/bin/python`,
+    whose `..` goes through a directory the sandbox does not have. The directory is resolved; the
+    file name is kept, so that a virtual environment's `bin/python` link still finds its pyvenv.cfg."""
+    return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(sys.executable))),
+                        os.path.basename(sys.executable))
+
+
 def python_paths(extra: tuple[str, ...] = (str(WORKER),)) -> tuple[list[str], tuple[str, ...]]:
     """(the directories a worker needs on sys.path to import rattler and rattler_build, the host paths
     to expose read-only: the interpreter's installation, those directories and the `extra` files,
@@ -35,7 +44,7 @@ def python_paths(extra: tuple[str, ...] = (str(WORKER),)) -> tuple[list[str], tu
     sites = [*site.getsitepackages(), site.getusersitepackages(), *package_dirs]
     sys_path = [p for p in dict.fromkeys(sites) if os.path.isdir(p)]
     roots = {sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
-             os.path.realpath(sys.executable), *sys_path, *extra}
+             os.path.realpath(sys.executable), os.path.dirname(worker_python()), *sys_path, *extra}
     exposed = []
     for path in sorted(os.path.realpath(p) for p in roots if os.path.exists(p)):
         if not any(path == e or path.startswith(e.rstrip("/") + "/") for e in exposed):
@@ -58,7 +67,7 @@ def _stage(execution) -> None:
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(worker_params))
     # -I: no PYTHON* variables, no user site, no working directory on sys.path (it holds the
     # untrusted archives); the worker adds the directories that hold rattler itself
-    code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
+    code = execution.run_command([worker_python(), "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
     if code != 0:
         _raise_worker_failure(execution, code)
 

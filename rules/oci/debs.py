@@ -166,7 +166,7 @@ def extract_debs(debs: list[Path], root: Path, exclude=()) -> list[str]:
 
 def _extract(execution) -> None:
     """Unpack in deb_extract.py inside the sandbox: the .debs may be hostile (their lock is in the repo)."""
-    from rules.conda.stage import python_paths
+    from rules.conda.stage import python_paths, worker_python
 
     params = execution.params
     sys_path, read_only = python_paths(extra=(str(WORKER),))
@@ -174,7 +174,7 @@ def _extract(execution) -> None:
                      "exclude": params["exclude"], "directories": params["directories"],
                      "symlinks": params["symlinks"]}
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(worker_params))
-    code = execution.run_command([sys.executable, "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
+    code = execution.run_command([worker_python(), "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
     if code != 0:
         lines = bytes(execution.stderr).decode(errors="replace").strip().splitlines()
         last = next((line for line in reversed(lines) if line.startswith("extract: ")), None)
