@@ -228,6 +228,40 @@ def explain(obj, labels, remote_cache, remote_upload, remote_required, remote_ti
 
 @main.command()
 @click.argument("labels", nargs=-1, required=True)
+@click.option("--jobs", "-j", type=int, default=0, help="Actions run in parallel (default: cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout (for CI).")
+@click.option("--quiet", "-q", is_flag=True)
+@click.pass_obj
+def verify(obj, labels, jobs, as_json, quiet):
+    """Rebuild everything LABELS need from nothing (fresh temporary cache, no remote, another
+    directory) and compare every output with the last build's: R = identical actions / total.
+    Exit 0 only when R = 1 (exit 1 otherwise)."""
+    from .verify import verify as run_verify
+
+    session = _session(obj, jobs, quiet=quiet or as_json)
+    result = run_verify(session, list(labels), _current_package(session))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        for target in result.targets:
+            state = "identical" if target.identical else "DIFFERENT"
+            line = f"{target.label}: {state}"
+            for recorded, rebuilt in target.manifests:
+                line += (f"; manifest {recorded} {'matched' if recorded == rebuilt else f'became {rebuilt}'}")
+            click.echo(line)
+        for action in result.actions:
+            if not action.identical:
+                click.echo(f"differs: {action.description}")
+        click.echo(f"R = {result.identical}/{len(result.actions)} = {result.ratio:.3f} identical actions "
+                   f"({result.seconds:.1f}s)")
+        if result.first_difference:
+            click.echo(f"first difference: {result.first_difference}")
+    if result.ratio < 1:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("labels", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(["dot", "png"]), default="dot")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File to write (png needs one).")
 @click.pass_obj

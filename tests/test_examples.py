@@ -73,6 +73,12 @@ def test_readme_main_job_is_bit_reproducible(tmp_path):
         builds.append((manifests, trees))
         assert example.build_json("//env:nlp-gpu")["actions"]["executed"] == 0
     assert builds[0] == builds[1]
+    # hb verify: every action rebuilt from nothing gives the outputs of the last build (R = 1)
+    verdict = json.loads(example.hb("verify", "--json", "//env:nlp", "//env:nlp-gpu", timeout=600).stdout)
+    assert verdict["R"] == 1 and verdict["total"] == verdict["identical"] > 20, verdict["first_difference"]
+    for label in ("//env:nlp", "//env:nlp-gpu"):
+        assert verdict["targets"][label]["identical"]
+        assert [m["recorded"] for m in verdict["targets"][label]["manifests"]] == [builds[1][0][label[6:]]]
 
 
 def test_query_and_graph_show_the_channel_environment_yml_names(example):
