@@ -48,7 +48,8 @@ def test_nlp_env_from_readme(example):
     assert example.build_json("//env:nlp-env")["actions"]["executed"] == 0
 
 
-EXAMPLE_OUTPUTS = ("//env:nlp", "//env:nlp-gpu", "//env:nlp-env", "//env:nlp-gpu-env")
+EXAMPLE_OUTPUTS = ("//env:nlp", "//env:nlp-gpu", "//env:nlp-env", "//env:nlp-gpu-env", "//env:nlp-sbom",
+                   "//env:nlp-gpu-sbom")
 
 
 @pytest.mark.slow

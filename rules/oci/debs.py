@@ -133,7 +133,10 @@ def _deb_base_impl(ctx):
         description=f"DebExtract {ctx.label} ({len(debs)} packages)",
     )
     layers = declare_layers(ctx, rootfs, root="", split="single", platform=ctx.platform, name="layers")
-    return [DefaultInfo(files=()), OciBaseInfo((layers,))]
+    from .sbom import deb_package
+
+    return [DefaultInfo(files=()),
+            OciBaseInfo((layers,), packages=tuple(deb_package(e, 0) for e in lock["packages"]))]
 
 
 # ----- actions ----------------------------------------------------------------------------------------

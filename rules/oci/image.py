@@ -43,6 +43,7 @@ class OciBaseInfo(Provider):
     config: File | None = None
     reference: str = ""  # e.g. registry/repo@sha256:... for the base.name/base.digest annotations
     manifest_digest: str = ""
+    packages: tuple = ()  # sbom.SbomPackage of what the base holds (its layer_set counts in `layers`)
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,23 @@ class OciImageInfo(Provider):
     layout: File
     ref_name: str
     repo_tags: tuple[str, ...]
+    # what the SBOM and provenance need: each layer set's layers.json in image order, the packages
+    # (sbom.SbomPackage) with the index of the set holding them, the base image by reference and digest
+    layer_indexes: tuple[File, ...] = ()
+    packages: tuple = ()
+    base_reference: str = ""
+    base_digest: str = ""
 
 
 def _oci_image_impl(ctx):
     from rules.conda.env import CondaEnvInfo  # the one rule family images know how to layer
 
+    from .sbom import conda_packages
+
     layer_sets: list[OciLayersInfo] = []
+    packages = []
     base_config = None
+    base = None
     annotations = {}
     base_dep = ctx.dep("base")
     if base_dep is not None:
@@ -64,6 +75,7 @@ def _oci_image_impl(ctx):
         if base is None:
             ctx.fail(f"base = {base_dep.label} is not a base image",
                      hint="use a deb_base, oci_pull or oci_layout_base target (or leave base out for scratch)")
+        packages += base.packages
         layer_sets.extend(base.layers)
         base_config = base.config
         if base.reference:
@@ -79,6 +91,7 @@ def _oci_image_impl(ctx):
         if env is None:
             ctx.fail(f"env = {env_dep.label} is not a conda_env target")
         platform = platform or env.platform
+        packages += conda_packages(env, len(layer_sets))
         layer_sets.append(declare_layers(ctx, env.tree, root=env.prefix, split="conda-packages", platform=env.platform,
                                          max_layers=ctx.attr.max_layers, compression=ctx.attr.compression,
                                          name="env-layers"))
@@ -132,7 +145,9 @@ def _oci_image_impl(ctx):
         description=f"OciImage {ctx.label}",
     )
     repo_tags = tuple(default_repo_tags(ctx.label, {"repo_tags": ctx.attr.repo_tags, "tag": ctx.attr.tag}))
-    return [DefaultInfo(files=(layout,)), OciImageInfo(layout, ctx.attr.tag, repo_tags)]
+    return [DefaultInfo(files=(layout,)),
+            OciImageInfo(layout, ctx.attr.tag, repo_tags, tuple(s.index for s in layer_sets), tuple(packages),
+                         base.reference if base else "", base.manifest_digest if base else "")]
 
 
 def _merge_env(base: list[str], ours: list[str]) -> list[str]:

@@ -1,0 +1,309 @@
+"""oci_sbom: the software bill of materials of an oci_image, as SPDX 2.3 JSON and CycloneDX 1.6 JSON,
+made with the maintained libraries (spdx-tools, cyclonedx-python-lib) and validated by them before
+it is written. Every conda package (pkg:conda), PyPI wheel (pkg:pypi) and Debian package (pkg:deb)
+with the sha256 its lock records, the base image by digest, and the relationships image CONTAINS
+layer CONTAINS package. Reproducible: the only time in it is source_date_epoch, identifiers are
+derived from the image's manifest digest, everything is sorted."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from urllib.parse import unquote, urlparse
+
+from hermetic_build.api import ActionFailed, DefaultInfo, MissingBlob, attr, lookup_tree, register_action_kind, rule
+
+SPDX_FILE = "sbom.spdx.json"
+CYCLONEDX_FILE = "sbom.cdx.json"
+TOOL = "hermetic-build"
+
+
+@dataclass(frozen=True)
+class SbomPackage:
+    """One package in an image, as its lock records it."""
+
+    type: str  # "conda" | "pypi" | "deb"
+    name: str
+    version: str
+    sha256: str
+    url: str
+    layer_set: int  # index of the image's layer set that holds it
+    build: str = ""
+    subdir: str = ""
+    arch: str = ""
+
+    @property
+    def purl(self) -> str:
+        from packageurl import PackageURL
+
+        if self.type == "conda":
+            qualifiers = {"build": self.build, "subdir": self.subdir, "channel": _channel_of(self.url, self.subdir)}
+            return PackageURL("conda", None, self.name, self.version,
+                              {k: v for k, v in qualifiers.items() if v}).to_string()
+        if self.type == "deb":
+            return PackageURL("deb", "debian", self.name, self.version, {"arch": self.arch} if self.arch else None
+                              ).to_string()
+        return PackageURL("pypi", None, self.name.lower().replace("_", "-"), self.version).to_string()
+
+
+def _channel_of(url: str, subdir: str) -> str:
+    """The channel URL of a package URL (<channel>/<subdir>/<file>); a local file:// path is reduced to
+    its last component, so that the SBOM names no path of the machine that locked."""
+    head = url.rsplit("/", 2)[0] if url.count("/") >= 2 else url
+    if urlparse(head).scheme == "file":
+        return unquote(head.rstrip("/").rsplit("/", 1)[-1])
+    return head
+
+
+def conda_packages(env, layer_set: int) -> list[SbomPackage]:
+    out = []
+    for p in env.packages:
+        subdir = p.url.rsplit("/", 2)[-2] if p.url.count("/") >= 2 else ""
+        out.append(SbomPackage("conda", p.name, p.version, p.sha256, p.url, layer_set, build=p.build, subdir=subdir))
+    for w in getattr(env, "wheels", ()):  # PyPI wheels staged into the environment
+        out.append(SbomPackage("pypi", w.name, w.version, w.sha256, w.url, layer_set))
+    return out
+
+
+def deb_package(entry: dict, layer_set: int) -> SbomPackage:
+    """A deb_base lock entry; version and architecture come from the Debian file name name_version_arch.deb."""
+    parts = unquote(entry["filename"]).removesuffix(".deb").split("_")
+    version, arch = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+    return SbomPackage("deb", entry["name"], version, entry["sha256"], entry["url"], layer_set, arch=arch)
+
+
+# ----- analysis -------------------------------------------------------------------------------------------
+def _oci_sbom_impl(ctx):
+    from .image import OciImageInfo
+
+    dep = ctx.dep("image")
+    image = dep.get(OciImageInfo) if dep is not None else None
+    if image is None:
+        ctx.fail(f"image = {ctx.attr.image} is not an oci_image target")
+    out = ctx.declare_directory(".")
+    ctx.actions.declare(
+        mnemonic="OciSbom", kind="oci.sbom", inputs=[image.layout, *image.layer_indexes], outputs=[out],
+        params={"layout": image.layout.path, "layer_indexes": [f.path for f in image.layer_indexes],
+                "ref_name": image.ref_name, "image": str(dep.label), "base": image.base_reference,
+                "base_digest": image.base_digest, "epoch": ctx.settings.source_date_epoch,
+                "packages": [asdict(p) for p in sorted(image.packages, key=lambda p: (p.type, p.name, p.version))]},
+        description=f"OciSbom {dep.label}",
+    )
+    return [DefaultInfo(files=(out,))]
+
+
+# ----- execution ------------------------------------------------------------------------------------------
+def _blob_of(execution, tree_file, path: str) -> bytes:
+    try:
+        entry = lookup_tree(execution.store, execution.input_tree(tree_file), path)
+        data = execution.store.get_blob(entry.digest) if entry is not None and entry.kind == "file" else None
+    except MissingBlob:
+        data = None
+    if data is None:
+        raise ActionFailed(f"{tree_file.path}/{path} is missing from the image layout")
+    return data
+
+
+def _image_layers(execution) -> tuple[str, list[dict]]:
+    """(manifest digest, the manifest's layer descriptors) of the layout's ref_name."""
+    params = execution.params
+    layout = next(f for f in execution.action.inputs if f.path == params["layout"])
+    index = json.loads(_blob_of(execution, layout, "index.json"))
+    found = [m for m in index.get("manifests", [])
+             if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == params["ref_name"]]
+    if len(found) != 1:
+        raise ActionFailed(f"{layout.path}/index.json has no single manifest named {params['ref_name']!r}")
+    digest = found[0]["digest"]
+    manifest = json.loads(_blob_of(execution, layout, f"blobs/sha256/{digest.split(':', 1)[1]}"))
+    return digest, manifest["layers"]
+
+
+def _layer_sets(execution) -> list[list[dict]]:
+    """Each layer set's layers.json entries (digest, packages), in image order."""
+    sets = []
+    for path in execution.params["layer_indexes"]:
+        digest = execution.input_entries[path].digest
+        data = execution.store.get_blob(digest)
+        if data is None:
+            raise MissingBlob(digest)
+        sets.append(json.loads(data)["layers"])
+    return sets
+
+
+def _run_sbom(execution) -> None:
+    params = execution.params
+    manifest_digest, descriptors = _image_layers(execution)
+    layer_sets = _layer_sets(execution)
+    if sum(len(s) for s in layer_sets) != len(descriptors):
+        raise ActionFailed("the image's layers are not those of its layer sets")
+    packages = [SbomPackage(**p) for p in params["packages"]]
+    contains = layer_contents(layer_sets, packages)
+    created = datetime.fromtimestamp(params["epoch"], tz=timezone.utc)
+    model = SbomModel(params["image"], manifest_digest, [d["digest"] for d in descriptors], packages, contains,
+                      params["base"], params["base_digest"], created)
+    out = execution.path(execution.action.outputs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SPDX_FILE).write_text(spdx_json(model))
+    (out / CYCLONEDX_FILE).write_text(cyclonedx_json(model))
+    execution.stdout += f"{len(packages)} packages in {len(descriptors)} layers of {manifest_digest}\n".encode()
+
+
+def layer_contents(layer_sets: list[list[dict]], packages: list[SbomPackage]) -> dict[str, list[int]]:
+    """layer digest -> indices of the packages it holds. A conda layer lists its packages by name; a
+    layer set that lists none (a Debian base, one layer) holds all of that set's packages in its
+    first layer."""
+    contains: dict[str, list[int]] = {}
+    for set_index, layers in enumerate(layer_sets):
+        members = [i for i, p in enumerate(packages) if p.layer_set == set_index]
+        named = {}
+        for i in members:
+            named.setdefault(packages[i].name, []).append(i)
+        placed = set()
+        for layer in layers:
+            for name in layer.get("packages", []):
+                for i in named.get(name, []):
+                    contains.setdefault(layer["digest"], []).append(i)
+                    placed.add(i)
+        rest = [i for i in members if i not in placed]
+        if rest and layers:
+            contains.setdefault(layers[0]["digest"], []).extend(rest)
+    return {k: sorted(v) for k, v in contains.items()}
+
+
+@dataclass(frozen=True)
+class SbomModel:
+    image: str
+    manifest_digest: str
+    layers: list[str]
+    packages: list[SbomPackage]
+    contains: dict[str, list[int]]
+    base: str
+    base_digest: str
+    created: datetime
+
+
+def _spdx_id(kind: str, text: str) -> str:
+    safe = "".join(c if c.isalnum() or c in ".-" else "-" for c in text)
+    return f"SPDXRef-{kind}-{safe}"
+
+
+def spdx_json(model: SbomModel) -> str:
+    from spdx_tools.spdx.model import (
+        Actor,
+        ActorType,
+        Checksum,
+        ChecksumAlgorithm,
+        CreationInfo,
+        Document,
+        ExternalPackageRef,
+        ExternalPackageRefCategory,
+        Package,
+        PackagePurpose,
+        Relationship,
+        RelationshipType,
+        SpdxNoAssertion,
+    )
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+    from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
+
+    hex_ = model.manifest_digest.split(":", 1)[1]
+    info = CreationInfo(spdx_version="SPDX-2.3", spdx_id="SPDXRef-DOCUMENT", name=f"{model.image}@{model.manifest_digest}",
+                        document_namespace=f"https://hermetic-build.dev/spdx/{hex_}",
+                        creators=[Actor(ActorType.TOOL, TOOL)], created=model.created.replace(tzinfo=None))
+    image_id = _spdx_id("Image", hex_[:16])
+    packages = [Package(image_id, model.image, SpdxNoAssertion(), version=model.manifest_digest,
+                        checksums=[Checksum(ChecksumAlgorithm.SHA256, hex_)], files_analyzed=False,
+                        primary_package_purpose=PackagePurpose.CONTAINER,
+                        external_references=[ExternalPackageRef(ExternalPackageRefCategory.PACKAGE_MANAGER, "purl",
+                                                                f"pkg:oci/{model.image.rsplit(':', 1)[-1]}@{model.manifest_digest.replace(':', '%3A')}")])]
+    relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, image_id)]
+    if model.base_digest:
+        base_id = _spdx_id("Base", model.base_digest.split(":", 1)[-1][:16])
+        packages.append(Package(base_id, model.base or "base image", SpdxNoAssertion(), version=model.base_digest,
+                                checksums=[Checksum(ChecksumAlgorithm.SHA256, model.base_digest.split(":", 1)[-1])],
+                                files_analyzed=False, primary_package_purpose=PackagePurpose.CONTAINER))
+        relationships.append(Relationship(image_id, RelationshipType.DESCENDANT_OF, base_id))
+    for i, layer in enumerate(model.layers):
+        layer_id = _spdx_id("Layer", f"{i}-{layer.split(':', 1)[1][:16]}")
+        packages.append(Package(layer_id, f"layer {i}", SpdxNoAssertion(), version=layer,
+                                checksums=[Checksum(ChecksumAlgorithm.SHA256, layer.split(":", 1)[1])],
+                                files_analyzed=False, primary_package_purpose=PackagePurpose.ARCHIVE))
+        relationships.append(Relationship(image_id, RelationshipType.CONTAINS, layer_id))
+        for p_index in model.contains.get(layer, []):
+            relationships.append(Relationship(layer_id, RelationshipType.CONTAINS, _package_id(model.packages[p_index])))
+    for p in model.packages:
+        packages.append(Package(
+            # a file:// URL (a local channel) is no download location anyone else can use
+            _package_id(p), p.name, p.url if p.url.startswith(("https://", "http://")) else SpdxNoAssertion(),
+            version=p.version,
+            checksums=[Checksum(ChecksumAlgorithm.SHA256, p.sha256)], files_analyzed=False,
+            primary_package_purpose=PackagePurpose.LIBRARY,
+            external_references=[ExternalPackageRef(ExternalPackageRefCategory.PACKAGE_MANAGER, "purl", p.purl)]))
+    document = Document(info, packages=packages, relationships=relationships)
+    problems = validate_full_spdx_document(document)
+    if problems:
+        raise ActionFailed("the SPDX document does not validate: " + "; ".join(m.validation_message for m in problems[:5]))
+    import io
+
+    stream = io.StringIO()
+    write_document_to_stream(document, stream, validate=False)
+    return json.dumps(json.loads(stream.getvalue()), indent=2, sort_keys=True) + "\n"
+
+
+def _package_id(p: SbomPackage) -> str:
+    return _spdx_id(f"Package-{p.type}", f"{p.name}-{p.version}-{p.sha256[:12]}")
+
+
+def cyclonedx_json(model: SbomModel) -> str:
+    from cyclonedx.model import HashAlgorithm, HashType
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.output.json import JsonV1Dot6
+    from cyclonedx.validation.json import JsonStrictValidator
+    from cyclonedx.schema import SchemaVersion
+    from packageurl import PackageURL
+
+    hex_ = model.manifest_digest.split(":", 1)[1]
+    bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"https://hermetic-build.dev/cdx/{hex_}"))
+    bom.metadata.timestamp = model.created
+    image = Component(type=ComponentType.CONTAINER, name=model.image, version=model.manifest_digest,
+                      bom_ref=f"image:{model.manifest_digest}", hashes=[HashType(alg=HashAlgorithm.SHA_256, content=hex_)],
+                      purl=PackageURL("oci", None, model.image.rsplit(":", 1)[-1], model.manifest_digest))
+    bom.metadata.component = image
+    by_index = {}
+    for i, p in enumerate(model.packages):
+        by_index[i] = Component(type=ComponentType.LIBRARY, name=p.name, version=p.version,
+                                bom_ref=f"{p.type}:{p.name}@{p.version}#{p.sha256[:12]}", purl=PackageURL.from_string(p.purl),
+                                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=p.sha256)])
+    layer_components = []
+    for i, layer in enumerate(model.layers):
+        layer_hex = layer.split(":", 1)[1]
+        component = Component(type=ComponentType.FILE, name=f"layer {i}", version=layer, bom_ref=f"layer:{i}:{layer}",
+                              hashes=[HashType(alg=HashAlgorithm.SHA_256, content=layer_hex)])
+        for p_index in model.contains.get(layer, []):
+            component.components.add(by_index[p_index])
+        layer_components.append(component)
+        bom.components.add(component)
+    if model.base_digest:
+        base = Component(type=ComponentType.CONTAINER, name=model.base or "base image", version=model.base_digest,
+                         bom_ref=f"base:{model.base_digest}",
+                         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=model.base_digest.split(":", 1)[-1])])
+        bom.components.add(base)
+    bom.register_dependency(image, layer_components)
+    text = JsonV1Dot6(bom).output_as_string(indent=2)
+    errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+    if errors is not None:
+        raise ActionFailed(f"the CycloneDX document does not validate: {errors}")
+    return json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+
+
+register_action_kind("oci.sbom", "1", _run_sbom, stage_inputs=False)
+
+oci_sbom = rule(
+    "oci_sbom",
+    _oci_sbom_impl,
+    attrs={"image": attr.label(mandatory=True, doc="an oci_image target")},
+    doc="The image's SBOM: hb-out/<pkg>/<name>/sbom.spdx.json (SPDX 2.3) and sbom.cdx.json (CycloneDX 1.6).",
+)
