@@ -227,6 +227,74 @@ def explain(obj, labels, remote_cache, remote_upload, remote_required, remote_ti
 
 
 @main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+def keygen(path):
+    """Make an ed25519 signing key: PATH (private, mode 0600) and PATH.pub."""
+    from .attest import keygen as make_key
+
+    private, public = make_key(Path(path))
+    click.echo(f"wrote {private} (keep it secret) and {public}")
+
+
+@main.group()
+def attest():
+    """Sign and verify in-toto statements (DSSE envelopes, ed25519)."""
+
+
+@attest.command("sign")
+@click.argument("label")
+@click.option("--key", "key_path", metavar="FILE", help="ed25519 private key (default: $HB_SIGNING_KEY).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Envelope to write (default: hb-out/<pkg>/<name>.dsse.json).")
+@click.pass_obj
+def attest_sign(obj, label, key_path, output):
+    """Build LABEL (e.g. an oci_provenance target) and sign the in-toto statement it produces."""
+    from .attest import load_private_key, sign
+
+    key = load_private_key(key_path)  # before building: a missing key fails fast
+    session = _session(obj)
+    summary = session.build([label], _current_package(session))
+    (name, outputs), = summary.targets.items()
+    statements = []
+    for out in outputs:
+        path = session.workspace.root / out["path"]
+        statements += sorted(path.rglob("*.intoto.json")) if path.is_dir() else (
+            [path] if path.name.endswith(".intoto.json") else [])
+    if len(statements) != 1:
+        raise UsageError(f"{name} produces {len(statements)} in-toto statements (*.intoto.json); hb attest sign "
+                         "signs exactly one", hint="name an oci_provenance target")
+    envelope = sign(statements[0].read_bytes(), key)
+    dest = Path(output) if output else session.workspace.root / (outputs[0]["path"].rstrip("/") + ".dsse.json")
+    dest.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
+    click.echo(f"signed {statements[0].relative_to(session.workspace.root)}: wrote {dest}")
+
+
+@attest.command("verify")
+@click.argument("envelope", type=click.Path(dir_okay=False, exists=True))
+@click.option("--key", "key_path", required=True, metavar="PUB", help="ed25519 public key (PEM).")
+@click.option("--image", type=click.Path(file_okay=False, exists=True),
+              help="OCI image layout: the statement's subject must be its manifest digest.")
+@click.option("--subject", metavar="sha256:HEX", help="The digest the statement must be about.")
+@click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A lock file whose every package must be among the statement's dependencies (repeatable).")
+def attest_verify(envelope, key_path, image, subject, locks):
+    """Check an envelope's signature, its subject and (with --lock) that every locked package is in it."""
+    from .attest import check_statement, layout_manifest_digest, load_public_key, lock_sha256s, verify as check
+
+    try:
+        data = json.loads(Path(envelope).read_text())
+    except ValueError as exc:
+        raise UsageError(f"{envelope} is not JSON: {exc}") from None
+    payload = check(data, load_public_key(Path(key_path)))
+    if image:
+        subject = layout_manifest_digest(Path(image), "latest" if subject is None else None)
+    pinned = [lock_sha256s(Path(lock)) for lock in locks]
+    statement = check_statement(payload, subject=subject, lock_sha256s=pinned)
+    about = ", ".join(f"{s['name']}@sha256:{s['digest']['sha256']}" for s in statement["subject"])
+    click.echo(f"verified: signature OK; about {about}" + (f"; every package of {', '.join(locks)} is in it" if locks else ""))
+
+
+@main.command()
 @click.argument("labels", nargs=-1, required=True)
 @click.option("--jobs", "-j", type=int, default=0, help="Actions run in parallel (default: cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout (for CI).")

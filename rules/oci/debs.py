@@ -136,7 +136,8 @@ def _deb_base_impl(ctx):
     from .sbom import deb_package
 
     return [DefaultInfo(files=()),
-            OciBaseInfo((layers,), packages=tuple(deb_package(e, 0) for e in lock["packages"]))]
+            OciBaseInfo((layers,), packages=tuple(deb_package(e, 0) for e in lock["packages"]),
+                        lockfiles=(lock_file,))]
 
 
 # ----- actions ----------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class OciBaseInfo(Provider):
     reference: str = ""  # e.g. registry/repo@sha256:... for the base.name/base.digest annotations
     manifest_digest: str = ""
     packages: tuple = ()  # sbom.SbomPackage of what the base holds (its layer_set counts in `layers`)
+    lockfiles: tuple[File, ...] = ()  # the lock files that pin them
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class OciImageInfo(Provider):
     packages: tuple = ()
     base_reference: str = ""
     base_digest: str = ""
+    lockfiles: tuple[File, ...] = ()  # the lock files the packages come from (source files)
 
 
 def _oci_image_impl(ctx):
@@ -66,6 +68,7 @@ def _oci_image_impl(ctx):
 
     layer_sets: list[OciLayersInfo] = []
     packages = []
+    lockfiles: list[File] = []
     base_config = None
     base = None
     annotations = {}
@@ -76,6 +79,7 @@ def _oci_image_impl(ctx):
             ctx.fail(f"base = {base_dep.label} is not a base image",
                      hint="use a deb_base, oci_pull or oci_layout_base target (or leave base out for scratch)")
         packages += base.packages
+        lockfiles += base.lockfiles
         layer_sets.extend(base.layers)
         base_config = base.config
         if base.reference:
@@ -92,6 +96,7 @@ def _oci_image_impl(ctx):
             ctx.fail(f"env = {env_dep.label} is not a conda_env target")
         platform = platform or env.platform
         packages += conda_packages(env, len(layer_sets))
+        lockfiles.append(env.lockfile)
         layer_sets.append(declare_layers(ctx, env.tree, root=env.prefix, split="conda-packages", platform=env.platform,
                                          max_layers=ctx.attr.max_layers, compression=ctx.attr.compression,
                                          name="env-layers"))
@@ -147,7 +152,8 @@ def _oci_image_impl(ctx):
     repo_tags = tuple(default_repo_tags(ctx.label, {"repo_tags": ctx.attr.repo_tags, "tag": ctx.attr.tag}))
     return [DefaultInfo(files=(layout,)),
             OciImageInfo(layout, ctx.attr.tag, repo_tags, tuple(s.index for s in layer_sets), tuple(packages),
-                         base.reference if base else "", base.manifest_digest if base else "")]
+                         base.reference if base else "", base.manifest_digest if base else "",
+                         tuple(f for f in lockfiles if f.is_source))]
 
 
 def _merge_env(base: list[str], ours: list[str]) -> list[str]:

@@ -106,7 +106,7 @@ def _blob_of(execution, tree_file, path: str) -> bytes:
     return data
 
 
-def _image_layers(execution) -> tuple[str, list[dict]]:
+def image_layers(execution) -> tuple[str, list[dict]]:
     """(manifest digest, the manifest's layer descriptors) of the layout's ref_name."""
     params = execution.params
     layout = next(f for f in execution.action.inputs if f.path == params["layout"])
@@ -120,7 +120,7 @@ def _image_layers(execution) -> tuple[str, list[dict]]:
     return digest, manifest["layers"]
 
 
-def _layer_sets(execution) -> list[list[dict]]:
+def read_layer_sets(execution) -> list[list[dict]]:
     """Each layer set's layers.json entries (digest, packages), in image order."""
     sets = []
     for path in execution.params["layer_indexes"]:
@@ -134,8 +134,8 @@ def _layer_sets(execution) -> list[list[dict]]:
 
 def _run_sbom(execution) -> None:
     params = execution.params
-    manifest_digest, descriptors = _image_layers(execution)
-    layer_sets = _layer_sets(execution)
+    manifest_digest, descriptors = image_layers(execution)
+    layer_sets = read_layer_sets(execution)
     if sum(len(s) for s in layer_sets) != len(descriptors):
         raise ActionFailed("the image's layers are not those of its layer sets")
     packages = [SbomPackage(**p) for p in params["packages"]]
