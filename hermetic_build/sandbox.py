@@ -162,12 +162,17 @@ class ActionExecution:
         }
 
     def run_command(self, argv: list[str], extra_env: dict | None = None, network: bool = False,
-                    read_only: tuple[str, ...] = ()) -> int:
+                    read_only: tuple[str, ...] = (), mounts: tuple[tuple[str, str], ...] = ()) -> int:
         """Run argv in the execution root; output is captured into the action's stdout/stderr.
 
         read_only: host paths (e.g. the Python interpreter and its site-packages, for an action kind
-        that runs hb code inside the sandbox) made visible read-only at the same path."""
+        that runs hb code inside the sandbox) made visible read-only at the same path.
+        mounts: (path relative to the execution root, absolute path in the sandbox) pairs, mounted
+        read-only (e.g. a staged environment at its prefix); they need bubblewrap."""
         bwrap = bwrap_path()
+        if mounts and not bwrap:
+            raise ActionFailed(f"{self.action.owner}: mounting {', '.join(m[1] for m in mounts)} needs bubblewrap, "
+                               f"which is not usable here ({isolation_note()})")
         env = {**self.base_env(bwrap is not None), **(extra_env or {})}
         if bwrap:
             workdir = f"{SANDBOX_ROOT}/execroot"
@@ -184,7 +189,10 @@ class ActionExecution:
             for path in read_only:
                 if os.path.exists(path):
                     cmd += ["--ro-bind", path, path]
-            cmd += ["--bind", str(self.sandbox_dir), SANDBOX_ROOT, "--chdir", workdir]
+            cmd += ["--bind", str(self.sandbox_dir), SANDBOX_ROOT]
+            for rel, target in mounts:  # bwrap reads a bind's source on the host
+                cmd += ["--ro-bind", str(self.execroot / rel), target]
+            cmd += ["--chdir", workdir]
             for key, value in env.items():
                 cmd += ["--setenv", key, value]
             cmd += ["--", *argv]
