@@ -206,6 +206,7 @@ def spdx_json(model: SbomModel) -> str:
         SpdxNoAssertion,
     )
     from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+    from spdx_tools.spdx.validation.uri_validators import validate_download_location
     from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
 
     hex_ = model.manifest_digest.split(":", 1)[1]
@@ -235,8 +236,10 @@ def spdx_json(model: SbomModel) -> str:
             relationships.append(Relationship(layer_id, RelationshipType.CONTAINS, _package_id(model.packages[p_index])))
     for p in model.packages:
         packages.append(Package(
-            # a file:// URL (a local channel) is no download location anyone else can use
-            _package_id(p), p.name, p.url if p.url.startswith(("https://", "http://")) else SpdxNoAssertion(),
+            # a file:// URL (a local channel) is no download location anyone else can use, and SPDX's
+            # own grammar decides what else is one
+            _package_id(p), p.name, p.url if p.url.startswith(("https://", "http://"))
+            and not validate_download_location(p.url) else SpdxNoAssertion(),
             version=p.version,
             checksums=[Checksum(ChecksumAlgorithm.SHA256, p.sha256)], files_analyzed=False,
             primary_package_purpose=PackagePurpose.LIBRARY,

@@ -1,0 +1,75 @@
+"""Chain-of-custody benchmark, measured side by side in one run (whole processes, as a user runs them):
+
+1. what SBOM + provenance add to an image build: a cold `hb build //env:nlp //env:nlp-sbom
+   //env:nlp-gpu-provenance ...` vs a cold `hb build` of the images alone, each in a fresh copy of the
+   example with an empty cache (goal: under 5 % more);
+2. `hb verify //env:nlp //env:nlp-gpu` (every action rebuilt from nothing) vs the cold build of the
+   same images (goal: <= 1.1).
+
+Median of --repeat runs (default 3); peak RSS of the hb process (the largest child's max RSS).
+
+    python3 benchmarks/chain.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from support import copy_example  # noqa: E402
+
+IMAGES = ["//env:nlp", "//env:nlp-gpu"]
+CUSTODY = ["//env:nlp-sbom", "//env:nlp-gpu-sbom", "//env:nlp-gpu-provenance"]
+
+
+def run_hb(example, *args) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of this child) of one hb process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hermetic_build.cli", *args], cwd=example.root, env=example.env(),
+                   check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(before, after) / 1024
+
+
+def cold(labels: list[str], tmp: Path, name: str):
+    example = copy_example(tmp / name / "examples", tmp / name / "cache")
+    return example, run_hb(example, "build", *labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    images, custody, verify = [], [], []
+    peak = 0.0
+    with tempfile.TemporaryDirectory(prefix="hb-bench-chain-") as tmp:
+        for i in range(args.repeat):  # A/B pairs, alternating which runs first
+            order = [("images", IMAGES), ("custody", IMAGES + CUSTODY)]
+            for name, labels in order if i % 2 == 0 else order[::-1]:
+                example, (seconds, rss) = cold(labels, Path(tmp), f"{name}-{i}")
+                (images if name == "images" else custody).append(seconds)
+                peak = max(peak, rss)
+                if name == "images":
+                    seconds, rss = run_hb(example, "verify", *IMAGES)
+                    verify.append(seconds)
+                    peak = max(peak, rss)
+    a, b, v = statistics.median(images), statistics.median(custody), statistics.median(verify)
+    print(f"cold build of the example images:           {a:6.2f} s (median of {args.repeat})")
+    print(f"same, with 2 SBOMs and a provenance:        {b:6.2f} s  -> +{(b / a - 1) * 100:.1f} % (goal < 5 %)")
+    print(f"hb verify of the images (rebuild from 0):   {v:6.2f} s  -> {v / a:.2f}x the cold build (goal <= 1.1)")
+    print(f"peak RSS of an hb process:                  {peak:6.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
