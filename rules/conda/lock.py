@@ -161,8 +161,11 @@ def _lock_pip(request, requirements, records, platform: str, virtual_packages, p
         raise AnalysisError(f"{where}the pip section needs a conda `python` in the environment for {platform}",
                             location=Location(first.path, first.line), hint="add `- python 3.11.*` to dependencies")
     target = pypi.wheel_target(platform, virtual_packages, str(python.version), where)
-    wheels = pypi.resolve(requirements, target, pypi.conda_provided(records), preferences,
-                          request.state_dir() / "uv-cache", where)
+    provided = pypi.conda_provided(records)
+    requirements = pypi.without_conda_provided(requirements, provided, target, where)
+    if not requirements:
+        return []
+    wheels = pypi.resolve(requirements, target, provided, preferences, request.state_dir() / "uv-cache", where)
     return [pypi.locked_wheel_dependency(w, platform) for w in wheels]
 
 

@@ -2,8 +2,10 @@
 
 `hb lock` runs `uv pip compile --format pylock.toml --only-binary :all:` for the Python version of
 the locked conda `python` and the platform's wheel tags (manylinux level from `__glibc`, macOS
-version from `__osx`). Python packages the conda side already installs are passed to uv as
-constraints at their conda versions and left out of the result, so nothing is installed twice.
+version from `__osx`). Python packages the conda side already installs (conda names mapped to PyPI
+names through pypi_mapping.json, else PEP 503-normalised, for conda packages that depend on python,
+as conda-lock does) are dropped from the requirements, passed to uv as constraints at their conda
+versions and left out of the result, so nothing is installed twice.
 Each resolved package is pinned to the one wheel file whose tags the platform supports (checked
 here again with `packaging`, whatever uv listed), by URL and sha256, and written into conda-lock.yml
 as a conda-lock `manager: pip` entry. hb build never runs uv.
@@ -123,6 +125,32 @@ def conda_provided(records) -> dict[str, str]:
         if name == "python" or name.startswith("__") or "python" not in depends:
             continue
         out[normalise(reverse.get(name, name))] = str(record.version)
+    return out
+
+
+def without_conda_provided(requirements: list[PipRequirement], provided: dict[str, str], target: WheelTarget,
+                           where: str = "") -> list[PipRequirement]:
+    """The requirements uv must resolve: one a conda package already satisfies is not installed twice
+    (and need not exist on PyPI); one it provides at a version the requirement excludes is an error."""
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+
+    out = []
+    for r in requirements:
+        version = provided.get(r.name)
+        if version is None:
+            out.append(r)
+            continue
+        specifier = Requirement(r.text).specifier
+        try:
+            ok = not specifier or specifier.contains(Version(version), prereleases=True)
+        except InvalidVersion:
+            ok = True  # a conda version PEP 440 cannot read: the conda package is taken as it is
+        if not ok:
+            raise AnalysisError(f"{where}pip requirement {r.text!r} conflicts with the conda package {r.name} "
+                                f"{version} of the same environment ({target.platform})",
+                                location=Location(r.path, r.line),
+                                hint="a Python package is installed once: change the conda spec or the pip one")
     return out
 
 
