@@ -23,9 +23,11 @@ def test_nlp_env_from_readme(example):
     for name in ("conda-lock.yml", "conda-linux-64.lock", "conda-osx-arm64.lock"):
         assert (example.root / "env" / name).is_file()
     summary = example.build_json("//env:nlp-env")
-    assert summary["actions"]["executed"] == 8
     actions = json.loads(example.hb("aquery", "--json", "//env:nlp-env").stdout)
-    assert sorted({a["mnemonic"] for a in actions}) == ["CondaFetch", "CondaStage"]
+    assert sorted({a["mnemonic"] for a in actions}) == ["CondaFetch", "CondaStage", "WheelFetch"]
+    assert summary["actions"]["executed"] == len(actions) == 7 + sum(a["mnemonic"] == "WheelFetch" for a in actions) + 1
+    wheels = {a["params"]["filename"].split("-")[0] for a in actions if a["mnemonic"] == "WheelFetch"}
+    assert {"numpy", "tokenizers"} <= wheels
     from support import run_in_prefix
 
     tree = example.root / summary["targets"]["//env:nlp-env"][0]["path"]
