@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from hermetic_build.api import DefaultInfo, File, Provider, attr, rule
 
-from . import fetch, stage  # noqa: F401 - registering action kinds
+from . import fetch, stage, wheels  # noqa: F401 - registering action kinds
 from .archive import DEFAULT_MAX_UNPACK_RATIO
 from .lock import CondaLockInfo, check_fresh
-from .lockfile import LockedPackage, packages_for, read_lockfile
+from .lockfile import LockedPackage, LockedWheel, packages_for, read_lockfile
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class CondaEnvInfo(Provider):
     lockfile: File
     content_hash: str = ""  # the lock's content hash for this platform (conda-lock's)
     cuda: str = ""  # the __cuda version of a GPU variant's lock, or ""
+    wheels: tuple[LockedWheel, ...] = ()  # PyPI wheels installed after the conda packages
 
 
 def _conda_env_impl(ctx):
@@ -47,11 +48,10 @@ def _conda_env_impl(ctx):
         if platform not in info.platforms:
             ctx.fail(f"platform {platform!r} is not locked by {info.lock_label} (platforms: {list(info.platforms)})")
         ctx.read_source(info.environment)  # tracked: editing environment.yml re-checks staleness
+        for extra in info.extra_environments:
+            ctx.read_source(extra)
         check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ")
     packages, pip = packages_for(lock, platform)
-    if pip:
-        ctx.fail(f"{lock_file.path} has pip packages for {platform} ({', '.join(w.name for w in pip)}); "
-                 "hb stages conda packages only")
     if not packages:
         ctx.fail(f"{lock_file.path} has no conda packages for platform {platform!r}",
                  hint=f"platforms in the lock: {', '.join(lock.metadata.platforms)}")
@@ -82,17 +82,29 @@ def _conda_env_impl(ctx):
             platform=platform, description=f"CondaFetch {pkg.filename}",
         )
         archives.append(archive)
+    wheel_files = [wheels.declare_fetch(ctx, lock_file.path, wheel, platform, ratio) for wheel in pip]
+    wheel_params = {}
+    if pip:  # only with wheels: a conda-only stage keeps its key
+        python = next((p for p in packages if p.name == "python"), None)
+        if python is None:
+            ctx.fail(f"{lock_file.path} has pip packages for {platform} but no conda python to install them into",
+                     hint="add python to the environment's conda dependencies and run `hb lock`")
+        wheel_params = {"python": ".".join(python.version.split(".")[:2]),
+                        "wheels": [{"filename": w.filename, "url": w.url, "sha256": w.sha256, "name": w.name,
+                                    "version": w.version} for w in pip]}
     tree = ctx.declare_directory("env")
     ctx.actions.declare(
-        mnemonic="CondaStage", kind="conda.stage", inputs=archives, outputs=[tree], platform=platform,
+        mnemonic="CondaStage", kind="conda.stage", inputs=archives + wheel_files, outputs=[tree], platform=platform,
         params={"prefix": ctx.attr.prefix, "platform": platform,
                 "packages": [{"filename": p.filename, "url": p.url, "sha256": p.sha256, "name": p.name}
-                             for p in packages]},
-        description=f"CondaStage {ctx.label} ({platform}, {len(packages)} packages)",
+                             for p in packages], **wheel_params},
+        description=f"CondaStage {ctx.label} ({platform}, {len(packages)} packages"
+                    + (f", {len(pip)} wheels)" if pip else ")"),
     )
     return [DefaultInfo(files=(tree,)),
             CondaEnvInfo(tree, ctx.attr.prefix, platform, tuple(packages), tuple(archives), lock_file,
-                         (lock.metadata.content_hash or {}).get(platform, ""), info.cuda if info else "")]
+                         (lock.metadata.content_hash or {}).get(platform, ""), info.cuda if info else "",
+                         tuple(pip))]
 
 
 def _built_by_channel(pkg: LockedPackage, channel_dirs) -> tuple[str, File, str] | None:
@@ -138,5 +150,5 @@ conda_env = rule(
                                      f"compressed size (and over 64 MiB); default: [conda] max_unpack_ratio "
                                      f"in hermetic.toml, else {DEFAULT_MAX_UNPACK_RATIO}"),
     },
-    doc="Fetch a locked environment's packages by sha256 and install them into a prefix tree.",
+    doc="Fetch a locked environment's packages and wheels by sha256 and install them into a prefix tree.",
 )

@@ -1,5 +1,6 @@
 """conda_lock and `hb lock`: one py-rattler solve per platform with exactly the declared virtual
-packages, written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lock files."""
+packages, then (for a `pip:` section) one uv resolution per platform against the locked python,
+written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lock files."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hermetic_build.api import (
     DefaultInfo,
     File,
     Label,
+    Location,
     LockOutcome,
     Provider,
     attr,
@@ -22,6 +24,7 @@ from hermetic_build.api import (
 
 from . import lockfile as lf
 from .channel import CondaChannelInfo
+from . import pypi
 from .solve import solve
 from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 
@@ -38,6 +41,7 @@ class CondaLockInfo(Provider):
     # (label, channel directory) of each conda_channel target the environment names: packages of the
     # lock that one of them builds are taken from it by sha256, whatever URL the lock records
     channel_dirs: tuple[tuple[str, File], ...] = ()
+    extra_environments: tuple[File, ...] = ()  # merged on top of `environment` (conda-lock -f a -f b)
 
     def virtual_packages_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.virtual_packages}
@@ -73,11 +77,12 @@ def _conda_lock_impl(ctx):
             ctx.fail(f"the channels of {environment.path} name {dep.label}, which is not a conda_channel target",
                      hint="a channel is a URL (https://conda.anaconda.org/conda-forge) or the label of a conda_channel")
         channel_dirs.append((str(dep.label), dep[CondaChannelInfo].directory))
+    extra = tuple(ctx.files("extra_environments")) if ctx.attr.extra_environments else ()
     return [
         DefaultInfo(files=(lockfile,)),
         CondaLockInfo(lockfile, environment, platforms, tuple(ctx.attr.channels),
                       tuple(sorted((k, tuple(v)) for k, v in virtual.items())), str(ctx.label), ctx.attr.cuda,
-                      tuple(channel_dirs)),
+                      channel_dirs=tuple(channel_dirs), extra_environments=extra),
     ]
 
 
@@ -107,7 +112,9 @@ def _channel_targets(ctx) -> dict[str, list[str]]:
 def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathlib.Path, where: str) -> None:
     """Raise if the committed lock no longer matches its environment spec (hb build never solves)."""
     spec = read_environment(resolve_source(workspace_root, info.environment.path), info.platforms, info.channels,
-                            shown_path=info.environment.path)
+                            shown_path=info.environment.path,
+                            extra=tuple((resolve_source(workspace_root, f.path), f.path)
+                                        for f in info.extra_environments))
     current = content_hashes(spec, info.virtual_packages_dict())
     recorded = (lock.metadata.content_hash or {}).get(platform)
     if recorded != current.get(platform):
@@ -123,10 +130,12 @@ def _lock(request) -> LockOutcome:
     platforms = _platforms(attrs, request.settings)
     virtual_packages = _with_cuda(attrs["virtual_packages"], platforms, attrs["cuda"])
     env_label = attrs["environment"]
-    env_rel = f"{env_label.package}/{env_label.name}" if env_label.package else env_label.name
+    env_rel = _rel(env_label)
     env_path = request.workspace.source_file(env_rel)  # refuses a link out of the workspace
     shown = env_rel
-    spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown)
+    extra = tuple((request.workspace.source_file(_rel(label)), _rel(label))
+                  for label in attrs.get("extra_environments") or ())
+    spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown, extra=extra)
     lock_path = request.source_path(attrs["lockfile"])
     existing = lf.read_lockfile(lock_path) if lock_path.exists() else None
     hashes = content_hashes(spec, virtual_packages)
@@ -147,15 +156,23 @@ def _lock(request) -> LockOutcome:
     channel_urls = _channel_urls(request, spec.channels)
     packages = []
     for platform in platforms:
-        locked = []
+        locked, preferences = [], {}
         if existing is not None and request.update:
-            keep, _pip = lf.packages_for(existing, platform)
+            keep, keep_pip = lf.packages_for(existing, platform)
             locked = [(p.name, p.version, p.build) for p in keep if p.name not in request.update]
+            updated = {pypi.normalise(n) for n in request.update}
+            preferences = {w.name: w.version for w in keep_pip if pypi.normalise(w.name) not in updated}
         request.reporter.info(f"solving {request.label} for {platform}")
         records = solve(channel_urls, spec.match_specs(platform), platform, virtual_packages.get(platform, []),
                         request.state_dir() / "repodata", locked, where=f"{request.label}: ")
         packages.extend(lf.locked_dependency(r, platform) for r in records)
-    lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms, [shown], fingerprints)
+        requirements = spec.pip_requirements(platform)
+        if requirements:
+            request.reporter.info(f"resolving the pip requirements of {request.label} for {platform} with uv")
+            packages.extend(_lock_pip(request, requirements, records, platform,
+                                      virtual_packages.get(platform, []), preferences))
+    lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms,
+                                [shown, *(s for _, s in extra)], fingerprints)
     lf.write_lockfile(lockfile, lock_path)
     written = [request.relpath(lock_path)]
     if attrs["explicit"]:
@@ -164,6 +181,27 @@ def _lock(request) -> LockOutcome:
             path.write_text(lf.render_explicit(lockfile, platform))
             written.append(request.relpath(path))
     return LockOutcome(written=tuple(written))
+
+
+def _rel(label) -> str:
+    return f"{label.package}/{label.name}" if label.package else label.name
+
+
+def _lock_pip(request, requirements, records, platform: str, virtual_packages, preferences):
+    """conda-lock `manager: pip` entries for the pip requirements, resolved against the solved conda side."""
+    where = f"{request.label}: "
+    python = next((r for r in records if r.name.normalized == "python"), None)
+    if python is None:
+        first = requirements[0]
+        raise AnalysisError(f"{where}the pip section needs a conda `python` in the environment for {platform}",
+                            location=Location(first.path, first.line), hint="add `- python 3.11.*` to dependencies")
+    target = pypi.wheel_target(platform, virtual_packages, str(python.version), where)
+    provided = pypi.conda_provided(records)
+    requirements = pypi.without_conda_provided(requirements, provided, target, where)
+    if not requirements:
+        return []
+    wheels = pypi.resolve(requirements, target, provided, preferences, request.state_dir() / "uv-cache", where)
+    return [pypi.locked_wheel_dependency(w, platform) for w in wheels]
 
 
 def explicit_name(lockfile: str, platform: str) -> str:
@@ -199,6 +237,10 @@ conda_lock = rule(
             doc="platform -> virtual packages (e.g. ['__glibc=2.17', '__cuda=12.4']); exactly these are used"),
         "cuda": attr.string(doc="GPU variant: solve with the __cuda virtual package at this version (e.g. '12.4') "
                             "on linux platforms, so CUDA builds win; images of it get the NVIDIA runtime settings"),
+        "extra_environments": attr.label_list(
+            allow_files=True, doc="more environment files merged on top of `environment`, as "
+                                  "`conda-lock -f environment.yml -f environment.gpu.yml` (e.g. a GPU variant's extra pip "
+                                  "packages)"),
         "lockfile": attr.string(default="conda-lock.yml", doc="the unified lock file to write, in this package"),
         "explicit": attr.bool(default=True, doc="also write explicit conda-<platform>.lock files"),
     },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import tempfile
 from dataclasses import dataclass
 
@@ -11,8 +12,20 @@ from blake3 import blake3
 
 from hermetic_build.api import AnalysisError, Location
 
-# conda-lock needs a PyPI name mapping only for pip dependencies, which hb refuses (see README).
-_NO_PIP_MAPPING = "https://hermetic-build.invalid/no-pip-mapping.json"
+# conda-lock's parser maps PyPI names to conda names for the conda `pip` it adds to an environment
+# with a pip section; hb ships its own small mapping (offline), the same one pypi.py uses the other way.
+PYPI_MAPPING = pathlib.Path(__file__).resolve().with_name("pypi_mapping.json")
+_PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--")
+
+
+@dataclass(frozen=True)
+class PipRequirement:
+    """One line of an environment file's `pip:` section, as written, with where it was written."""
+
+    text: str
+    name: str  # PEP 503-normalised
+    path: str
+    line: int
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,8 @@ class EnvironmentSpec:
     path: pathlib.Path
     lock_spec: object  # conda_lock.models.lock_spec.LockSpecification
     platforms: tuple[str, ...]
+    pip: tuple[PipRequirement, ...] = ()  # every pip: line of every file, before platform selectors
+    conda_pip_declared: bool = True  # False: the conda `pip` in lock_spec is conda-lock's addition
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -28,6 +43,8 @@ class EnvironmentSpec:
     def match_specs(self, platform: str) -> list[str]:
         specs = []
         for dep in self.lock_spec.dependencies.get(platform, []):
+            if dep.manager != "conda" or (dep.name == "pip" and not self.conda_pip_declared):
+                continue  # hb installs wheels itself: the conda `pip` conda-lock adds is not needed
             text = dep.name
             if getattr(dep, "version", ""):
                 text += f" {dep.version}"
@@ -37,28 +54,45 @@ class EnvironmentSpec:
         return specs
 
 
-def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_path: str | None = None) -> EnvironmentSpec:
-    """Parse an environment.yml; refuse what hb cannot lock, naming file and line."""
+    def pip_requirements(self, platform: str) -> list[PipRequirement]:
+        """The pip: lines that apply to `platform` (conda-lock evaluated selectors and markers)."""
+        kept = {d.name for d in self.lock_spec.dependencies.get(platform, []) if d.manager == "pip"}
+        return [r for r in self.pip if r.name in kept]
+
+    def conda_names(self, platform: str) -> set[str]:
+        return {spec.split()[0] for spec in self.match_specs(platform)}
+
+
+def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_path: str | None = None,
+                     extra: tuple[tuple[pathlib.Path, str], ...] = ()) -> EnvironmentSpec:
+    """Parse an environment.yml (and `extra` files merged on top, as `conda-lock -f a.yml -f b.yml`
+    does; (path, shown path) each); refuse what hb cannot lock, naming file and line."""
+    pip: list[PipRequirement] = []
+    conda_pip = False
+    for file, file_shown in ((path, shown_path or str(path)), *extra):
+        try:
+            text = file.read_text()
+        except FileNotFoundError:
+            raise AnalysisError(f"{file_shown} does not exist", location=Location(file_shown)) from None
+        file_pip, file_conda_pip = _check_environment_shape(text, file_shown)
+        pip += file_pip
+        conda_pip = conda_pip or file_conda_pip
     shown = shown_path or str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise AnalysisError(f"{shown} does not exist", location=Location(shown)) from None
-    _check_environment_shape(text, shown)
     import logging
 
     from conda_lock.src_parser import make_lock_spec
 
     logging.getLogger("conda_lock").setLevel(logging.ERROR)  # it logs every filtered selector line
     try:
-        lock_spec = make_lock_spec(src_files=[path], channel_overrides=list(channel_overrides) or None,
-                                   platform_overrides=list(platforms), mapping_url=_NO_PIP_MAPPING)
+        lock_spec = make_lock_spec(src_files=[path, *(f for f, _ in extra)],
+                                   channel_overrides=list(channel_overrides) or None,
+                                   platform_overrides=list(platforms), mapping_url=str(PYPI_MAPPING))
     except Exception as exc:  # conda-lock raises plain exceptions for bad specs
         raise AnalysisError(f"cannot read {shown}: {exc}", location=Location(shown)) from None
-    return EnvironmentSpec(path, lock_spec, tuple(platforms))
+    return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip)
 
 
-def _check_environment_shape(text: str, shown: str) -> None:
+def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement], bool]:
     """Check the shape conda-lock expects before it sees the file, so that a wrong shape is an
     error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
     from deep inside conda-lock."""
@@ -68,6 +102,8 @@ def _check_environment_shape(text: str, shown: str) -> None:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise AnalysisError(f"invalid YAML: {problem}",
                             location=_yaml_error_location(exc, text, shown)) from None
+    pip: list[PipRequirement] = []
+    conda_pip = False
     if node is None or not isinstance(node, yaml.MappingNode):
         raise AnalysisError("an environment file must be a mapping with 'dependencies'",
                             location=_at(node, shown) if node is not None else Location(shown))
@@ -80,12 +116,42 @@ def _check_environment_shape(text: str, shown: str) -> None:
                                     location=_at(value, shown), hint="write one spec per line: '  - numpy >=1.26'")
             for item in value.value:
                 if isinstance(item, yaml.MappingNode):
-                    raise AnalysisError(
-                        "pip dependencies are not supported: hb locks conda packages only",
-                        location=_at(item, shown),
-                        hint="package the Python dependency as a conda package (a noarch: python recipe), "
-                             "or install it in a later layer")
+                    pip += _pip_section(item, shown)
+                    continue
                 _require_string(item, "each dependency", shown, example="numpy >=1.26")
+                conda_pip = conda_pip or re.split(r"[\s=<>!~\[]", item.value.strip(), maxsplit=1)[0] == "pip"
+    return pip, conda_pip
+
+
+def _pip_section(item, shown: str) -> list[PipRequirement]:
+    """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    keys = [k.value for k, _ in item.value]
+    if keys != ["pip"]:
+        raise AnalysisError(f"a mapping in 'dependencies' must be a 'pip:' section, got {keys}",
+                            location=_at(item, shown), hint="write '  - pip:' followed by PyPI requirements")
+    value = item.value[0][1]
+    if not isinstance(value, yaml.SequenceNode):
+        raise AnalysisError(f"'pip' must be a list of PyPI requirements, got {_shape(value)}",
+                            location=_at(value, shown), hint="write one per line: '      - tokenizers ==0.21.*'")
+    out = []
+    for node in value.value:
+        _require_string(node, "each pip requirement", shown, example="tokenizers ==0.21.*")
+        text = node.value.strip()
+        if _PIP_REFUSED.search(text):
+            raise AnalysisError(
+                f"pip requirement {text!r} is not a PyPI name with a version: hb locks wheels from the index only",
+                location=_at(node, shown),
+                hint="editable installs, paths, URLs and pip options are refused (they are not pinned by a "
+                     "hash or they run a build); publish the package as a wheel or a conda package")
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as exc:
+            raise AnalysisError(f"invalid pip requirement {text!r}: {exc}", location=_at(node, shown)) from None
+        out.append(PipRequirement(text, canonicalize_name(requirement.name), shown, node.start_mark.line + 1))
+    return out
 
 
 def _require_strings(node, what: str, shown: str, example: str) -> None:
@@ -172,6 +238,9 @@ def input_fingerprints(spec: EnvironmentSpec, virtual_packages: dict[str, list[s
     for platform in spec.platforms:
         out[f"hb.dependencies.{platform}"] = h(sorted(spec.match_specs(platform)))
         out[f"hb.virtual_packages.{platform}"] = h(sorted(virtual_packages.get(platform, ())))
+        pip = sorted(r.text for r in spec.pip_requirements(platform))
+        if pip:  # only when there is a pip section: locks without one keep their fingerprints
+            out[f"hb.pip.{platform}"] = h(pip)
     return out
 
 
@@ -191,6 +260,8 @@ def explain_staleness(recorded: dict | None, current: dict[str, str], platform: 
             reasons.append(names[key])
         elif key.startswith("hb.dependencies."):
             reasons.append(f"the dependencies for {key.split('.', 2)[2]} changed")
+        elif key.startswith("hb.pip."):
+            reasons.append(f"the pip requirements for {key.split('.', 2)[2]} changed")
         elif key.startswith("hb.virtual_packages."):
             reasons.append(f"the virtual packages for {key.split('.', 2)[2]} changed")
     return reasons or ["its content hash no longer matches the environment spec"]

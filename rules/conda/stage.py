@@ -37,7 +37,7 @@ def python_paths(extra: tuple[str, ...] = (str(WORKER),)) -> tuple[list[str], tu
     import importlib.util
 
     package_dirs = []
-    for module in ("rattler", "rattler_build"):
+    for module in ("rattler", "rattler_build", "installer"):
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.origin:
             package_dirs.append(str(Path(spec.origin).resolve().parent.parent))
@@ -63,6 +63,8 @@ def _stage(execution) -> None:
         "prefix": params["prefix"],
         "platform": params["platform"],
         "packages": params["packages"],
+        "wheels": params.get("wheels", []),
+        "python": params.get("python", ""),
     }
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(worker_params))
     # -I: no PYTHON* variables, no user site, no working directory on sys.path (it holds the

@@ -9,9 +9,17 @@ flaw in their check or in rattler must not reach the host. Standalone on purpose
 library and rattler only): it is run as a script, without hb on its path.
 
 PARAMS.json: {"sys_path": [...], "archives": {filename: path}, "out": path, "cache": path,
-"prefix": "/opt/env", "platform": "linux-64", "packages": [{"filename", "url", ...}]}; relative
+"prefix": "/opt/env", "platform": "linux-64", "packages": [{"filename", "url", ...}], and with PyPI
+wheels "python": "3.11", "wheels": [{"filename", "sha256", "name", "version", ...}]}; relative
 paths are relative to the working directory (the execution root). On failure it prints one line,
 `stage: <what went wrong>`, on stderr and exits 1.
+
+Wheels are installed after the conda packages with PyPA's `installer` into
+lib/pythonX.Y/site-packages of the conda python: console scripts start with `#!<prefix>/bin/python`
+(the final prefix, not this sandbox), INSTALLER says `hb`, RECORD lists every file, and no .pyc is
+written (nothing that depends on the moment or the machine; Python compiles in memory when the
+prefix is read-only). A wheel may not overwrite a file of a conda package or of another wheel, write
+through a link, or hold anything but regular files and directories.
 """
 
 from __future__ import annotations
@@ -58,8 +66,16 @@ def stage(params: dict) -> str:
         raise StageError(f"installing into {params['prefix']} failed: {type(exc).__name__}: {message}") from None
     elapsed = time.monotonic() - started
     normalise_prefix(out, {p["filename"]: p for p in packages})
+    line = f"rattler.install: {len(packages)} packages in {elapsed:.2f}s"
+    wheels = params.get("wheels") or []
+    if wheels:
+        started = time.monotonic()
+        verify_archives(archives, wheels)
+        for wheel in wheels:
+            install_wheel(archives[wheel["filename"]], wheel, out, params["prefix"], params["python"])
+        line += f"; installer: {len(wheels)} wheels in {time.monotonic() - started:.2f}s"
     check_links(out)
-    return f"rattler.install: {len(packages)} packages in {elapsed:.2f}s"
+    return line
 
 
 def verify_archives(archives: dict[str, str], packages: list[dict]) -> None:
@@ -113,6 +129,89 @@ def normalise_prefix(root, locked: dict[str, dict]) -> None:
         os.chmod(history, 0o644)
 
 
+MAX_WHEEL_MEMBERS = 200_000
+MIN_UNPACK_LIMIT = 64 << 20
+MAX_UNPACK_RATIO = 1000
+
+
+def check_wheel_members(path: str, filename: str) -> None:
+    """The fetch's checks again, here where the bytes are unpacked: safe relative names, regular
+    files and directories only, no duplicates, bounded size (the result may come from a shared cache)."""
+    import stat
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+    limit = max(MIN_UNPACK_LIMIT, MAX_UNPACK_RATIO * os.path.getsize(path))
+    seen, total = set(), 0
+    if len(infos) > MAX_WHEEL_MEMBERS:
+        raise StageError(f"wheel {filename} has {len(infos)} members")
+    for info in infos:
+        name = info.filename
+        parts = name.rstrip("/").split("/")
+        if (not name or name.startswith("/") or "\\" in name or any(ord(c) < 32 for c in name)
+                or any(p in ("", ".", "..") for p in parts)):
+            raise StageError(f"wheel {filename}: member {name!r} is not a safe relative path")
+        mode = info.external_attr >> 16
+        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise StageError(f"wheel {filename}: member {name!r} is a link or a special file")
+        if name.rstrip("/") in seen:
+            raise StageError(f"wheel {filename}: member {name!r} appears twice")
+        seen.add(name.rstrip("/"))
+        total += info.file_size
+    if total > limit:
+        raise StageError(f"wheel {filename} expands to {total} bytes, more than {limit}")
+
+
+def install_wheel(path: str, wheel: dict, out: str, prefix: str, python: str) -> None:
+    """Install one wheel into the staged prefix `out`, as if it lived at `prefix`."""
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+
+    filename = wheel["filename"]
+    check_wheel_members(path, filename)
+    out_real = os.path.realpath(out)
+    site = os.path.join(out, "lib", f"python{python}", "site-packages")
+    if not os.path.isdir(site) or os.path.islink(site):
+        raise StageError(f"installing {filename}: the conda python has no lib/python{python}/site-packages")
+
+    class Destination(SchemeDictionaryDestination):
+        def write_to_fs(self, scheme, path, stream, is_executable):
+            target = os.path.abspath(os.path.join(self.scheme_dict[scheme], path))
+            if not (target + os.sep).startswith(out_real + os.sep):
+                raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
+            rel = os.path.relpath(target, out_real)
+            current = out_real
+            for part in rel.split(os.sep):  # never write through a link of the prefix
+                current = os.path.join(current, part)
+                if os.path.islink(current):
+                    raise StageError(f"wheel {filename}: {rel} would be written through the link "
+                                     f"{os.path.relpath(current, out_real)}")
+                if not os.path.lexists(current):
+                    break
+            if os.path.lexists(target):
+                raise StageError(f"wheel {filename} would overwrite {rel}, installed by a conda package or "
+                                 "another wheel (the lock installs it twice)")
+            return super().write_to_fs(scheme, path, stream, is_executable)
+
+    scheme = {
+        "purelib": site, "platlib": site, "scripts": os.path.join(out, "bin"), "data": out,
+        "headers": os.path.join(out, "include", f"python{python}", wheel["name"]),
+    }
+    destination = Destination(scheme, interpreter=f"{prefix.rstrip('/')}/bin/python", script_kind="posix",
+                              bytecode_optimization_levels=(), overwrite_existing=False)
+    try:
+        with WheelFile.open(path) as source:
+            source.validate_record()  # every member listed in RECORD with its hash and size
+            install(source, destination, additional_metadata={"INSTALLER": b"hb\n"})
+    except StageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - installer's errors name the file
+        raise StageError(f"installing wheel {filename} failed: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}") from None
+
+
 def check_links(root) -> None:
     """No symlink in the installed prefix may point outside it, resolved as the kernel would (links
     through links included, also across packages)."""
@@ -136,6 +235,7 @@ def main(argv: list[str]) -> int:
         params = json.load(f)
     # -I left hb's environment out: the directories holding rattler come from the parameters
     sys.path[:0] = [p for p in params.get("sys_path", []) if p not in sys.path]
+    os.umask(0o022)  # installed files' modes do not depend on the caller's umask
     try:
         print(stage(params), flush=True)
     except StageError as exc:

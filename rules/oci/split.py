@@ -1,6 +1,7 @@
 """Splitting a staged conda environment into per-package layers.
 
-Each package's layer holds the files conda-meta says it installed. Packages are ordered so that the
+Each package's layer holds the files conda-meta says it installed; each PyPI wheel's layer the files
+its `.dist-info/RECORD` lists (layer name `pypi:<name>`). Packages are ordered so that the
 ones others depend on (rarely changing: libraries, the interpreter) come first and the ones nothing
 depends on come last. With more packages than the `max_layers` budget allows, the smallest packages
 share one layer. A final layer holds what no single package owns (conda-meta, anything written at
@@ -51,6 +52,63 @@ def _ordered(records: dict[str, dict]) -> list[str]:
     return done
 
 
+WHEEL_RECORD = re.compile(r"^(lib/python[0-9.]+/site-packages)/[^/]+\.dist-info/RECORD$")
+
+
+def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -> dict[str, dict]:
+    """conda-meta-like records ({name, depends, files}) of the wheels installed in site-packages: the
+    files their RECORD lists, relative to the prefix. A .dist-info shipped inside a conda package
+    (its RECORD listed in conda-meta) belongs to that package, not to a wheel."""
+    import csv
+    import posixpath
+
+    out: dict[str, dict] = {}
+    for path, entry in sorted(entries.items()):
+        match = WHEEL_RECORD.match(path)
+        if not match or entry.kind != "file" or path in conda_files:
+            continue
+        site = match.group(1)
+        dist_info = path.rsplit("/", 1)[0]
+        files = []
+        for row in csv.reader(_text(store, entry).splitlines()):
+            if not row or not row[0]:
+                continue
+            rel = posixpath.normpath(posixpath.join(site, row[0]))
+            if not rel.startswith("../") and rel != "..":
+                files.append(rel)
+        name, depends = _wheel_metadata(store, entries.get(f"{dist_info}/METADATA"))
+        name = name or dist_info.rsplit("/", 1)[1].rsplit("-", 1)[0]
+        key = f"pypi:{_normalise(name)}"
+        out[key] = {"name": key, "depends": ["python", *(f"pypi:{_normalise(d)}" for d in depends)],
+                    "files": files}
+    return out
+
+
+def _text(store, entry: TreeEntry) -> str:
+    data = store.get_blob(entry.digest)
+    if data is None:
+        raise MissingBlob(entry.digest)
+    return data.decode("utf-8", errors="replace")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel_metadata(store, entry: TreeEntry | None) -> tuple[str, list[str]]:
+    """(Name, names of its unconditional Requires-Dist) from a METADATA file's header."""
+    if entry is None or entry.kind != "file":
+        return "", []
+    name, depends = "", []
+    for line in _text(store, entry).split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        if key == "Name":
+            name = value.strip()
+        elif key == "Requires-Dist" and "extra" not in value.partition(";")[2]:
+            depends.append(re.split(r"[\s;(<>=!~\[]", value.strip(), maxsplit=1)[0])
+    return name, depends
+
+
 def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[LayerGroup]:
     if max_layers < 2:
         raise ActionFailed(f"max_layers must be at least 2 (one package layer and the final one), got {max_layers}")
@@ -62,6 +120,8 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
                 raise MissingBlob(entry.digest)
             record = json.loads(data)
             records[record["name"]] = record
+    conda_files = {path for record in records.values() for path in record.get("files", ())}
+    records.update(wheel_records(store, entries, conda_files))
     ordered = _ordered(records)
     owner: dict[str, str] = {}
     for name in ordered:  # a path two packages install belongs to the later one, as in the prefix

@@ -20,8 +20,12 @@ def read(tmp_path, text: str):
     ("dependencies:\n  - numpy\n  - 5\n", "3", "each dependency must be a non-empty string such as 'numpy >=1.26'"),
     ("dependencies:\n  -\n", "2", "got nothing"),
     ("dependencies:\n  - [numpy]\n", "2", "got a list"),
-    ("dependencies:\n  - pip:\n    - requests\n", "2", "pip dependencies are not supported"),
-    ("dependencies:\n  - pip: 5\n", "2", "pip dependencies are not supported"),
+    ("dependencies:\n  - pip: 5\n", "2", "'pip' must be a list of PyPI requirements, got an integer '5'"),
+    ("dependencies:\n  - conda: [x]\n", "2", "a mapping in 'dependencies' must be a 'pip:' section"),
+    ("dependencies:\n  - pip:\n    - requests\n    - -e .\n", "4", "'-e .' is not a PyPI name with a version"),
+    ("dependencies:\n  - pip:\n    - x @ https://e.org/x-1.tar.gz\n", "3", "is not a PyPI name with a version"),
+    ("dependencies:\n  - pip:\n    - ./local\n", "3", "is not a PyPI name with a version"),
+    ("dependencies:\n  - pip:\n    - numpy >=>2\n", "3", "invalid pip requirement 'numpy >=>2'"),
     ("channels: conda-forge\ndependencies: [numpy]\n", "1", "'channels' must be a list of strings"),
     ("channels:\n  - {url: x}\ndependencies: [numpy]\n", "2", "each entry of 'channels' must be a non-empty string"),
     ("dependencies: [numpy]\nplatforms: linux-64\n", "2", "'platforms' must be a list of strings"),
@@ -40,3 +44,12 @@ def test_wrong_shapes_name_file_and_line(tmp_path, text, where, message):
 def test_a_good_file_still_reads(tmp_path):
     spec = read(tmp_path, "name: x\nchannels:\n  - conda-forge\ndependencies:\n  - numpy >=1.26\n  - python 3.11.*\n")
     assert spec.match_specs("linux-64") == ["numpy >=1.26", "python 3.11.*"]
+
+
+def test_a_pip_section_reads_with_lines_and_without_condas_pip(tmp_path):
+    spec = read(tmp_path, "dependencies:\n  - python 3.11.*\n  - pip:\n    - Tokenizers >=0.21\n"
+                          "    - numpy ; sys_platform == 'win32'\n")
+    assert [(r.text, r.name, r.line) for r in spec.pip] == [("Tokenizers >=0.21", "tokenizers", 4),
+                                                            ("numpy ; sys_platform == 'win32'", "numpy", 5)]
+    assert [r.name for r in spec.pip_requirements("linux-64")] == ["tokenizers"]  # the marker is evaluated
+    assert spec.match_specs("linux-64") == ["python 3.11.*"]  # not the conda `pip` conda-lock adds

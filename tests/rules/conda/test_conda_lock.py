@@ -82,12 +82,60 @@ def test_virtual_package_change_makes_lock_stale(workspace, nginx_channel):
     assert check.returncode == 1 and "the virtual packages for linux-64 changed" in check.stdout
 
 
-def test_pip_section_is_refused_with_location(workspace, nginx_channel):
-    env_workspace(workspace, nginx_channel.url, ["hb-vocab"])
-    workspace.write("env/environment.yml", f"channels: [{nginx_channel.url}]\ndependencies:\n  - hb-vocab\n  - pip:\n    - requests\n")
-    proc = workspace.hb("lock", "//env:lock", check=False)
+def _pip_env(ws, channel_url, pip_lines):
+    env_workspace(ws, channel_url, ["hb-vocab"])
+    ws.write("env/environment.yml", f"channels: [{channel_url}]\ndependencies:\n  - python 3.11.*\n  - nlp-tok\n"
+                                    "  - pip:\n" + "".join(f"      - {line}\n" for line in pip_lines))
+
+
+def _pip_entries(ws):
+    return {p.name: p for p in _lock(ws).package if p.manager == "pip"}
+
+
+def test_pip_section_is_locked_with_uv_fetched_and_installed(workspace, nginx_channel):
+    """PyPI is reachable: uv resolves wheels for the locked python 3.11 and __glibc=2.36; conda-lock's
+    own parser reads the result; --check, --update and staleness cover the pip entries."""
+    from support import run_in_prefix
+
+    _pip_env(workspace, nginx_channel.url, ["idna <3.10", "nlp-tok"])  # nlp-tok: the conda package
+    workspace.hb("lock", "//env:lock", timeout=300)
+    pip = _pip_entries(workspace)
+    assert set(pip) == {"idna"}  # nlp-tok is provided by conda: not installed twice
+    idna = pip["idna"]
+    assert idna.version == "3.9" and idna.url.endswith("-py3-none-any.whl") and len(idna.hash.sha256) == 64
+    assert idna.url.startswith("https://files.pythonhosted.org/")
+    explicit = (workspace.root / "env/conda-linux-64.lock").read_text()
+    assert f"# pip idna @ {idna.url}#sha256={idna.hash.sha256}" in explicit
+    assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+
+    summary = workspace.build_json("//env:env")
+    tree = workspace.root / summary["targets"]["//env:env"][0]["path"]
+    proc = run_in_prefix(tree, "/opt/env/bin/python", "-c", "import idna, sys; print(idna.__file__)")
+    assert proc.stdout.strip() == "/opt/env/lib/python3.11/site-packages/idna/__init__.py", proc.stderr
+    installer = tree / "lib/python3.11/site-packages/idna-3.9.dist-info/INSTALLER"
+    assert installer.read_text() == "hb\n"
+
+    # loosening the pin makes the lock stale; --update of another package keeps idna where it was
+    _pip_env(workspace, nginx_channel.url, ["idna", "nlp-tok"])
+    check = workspace.hb("lock", "--check", "//env:lock", check=False)
+    assert check.returncode == 1 and "the pip requirements for linux-64 changed" in check.stdout
+    workspace.hb("lock", "--update", "hb-vocab", "//env:lock", timeout=300)
+    assert _pip_entries(workspace)["idna"].version == "3.9"
+    workspace.hb("lock", "--update", "idna", "//env:lock", timeout=300)
+    assert _pip_entries(workspace)["idna"].version != "3.9"
+
+
+def test_sdist_only_and_conflicting_pip_requirements_are_errors_at_their_line(workspace, nginx_channel):
+    _pip_env(workspace, nginx_channel.url, ["idna", "pyperclip ==1.8.2"])  # 1.8.2: an sdist only
+    proc = workspace.hb("lock", "//env:lock", check=False, timeout=300)
     assert proc.returncode == 4
-    assert "env/environment.yml:4: pip dependencies are not supported" in proc.stderr
+    assert "env/environment.yml:7: //env:lock: cannot lock the pip requirements for linux-64" in proc.stderr
+    assert "pyperclip" in proc.stderr and "hb installs wheels only" in proc.stderr
+    _pip_env(workspace, nginx_channel.url, ["nlp-tok ==0.1"])
+    proc = workspace.hb("lock", "//env:lock", check=False, timeout=300)
+    assert proc.returncode == 4
+    assert "env/environment.yml:6: //env:lock: pip requirement 'nlp-tok ==0.1' conflicts with the conda package" \
+        in proc.stderr
 
 
 def _tiny_recipe(root, name, version):

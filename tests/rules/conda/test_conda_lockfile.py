@@ -70,12 +70,18 @@ def test_large_lock_gives_one_fetch_per_package_per_platform(workspace):
         assert stage["platform"] == ("osx-arm64" if label.endswith("mac") else "linux-64")
 
 
-def test_pip_packages_in_an_adopted_lock_are_refused(workspace):
-    workspace.write("env/conda-lock.yml", yaml.safe_dump(realistic_lock(n_linux=20, n_osx=5, n_pip=3)))
+def test_pip_packages_in_an_adopted_lock_are_fetched_by_sha256(workspace):
+    data = realistic_lock(n_linux=20, n_osx=5, n_pip=3)
+    workspace.write("env/conda-lock.yml", yaml.safe_dump(data))
     workspace.write("env/BUILD.hermetic", 'conda_env(name = "env", lock = "conda-lock.yml")\n')
-    proc = workspace.hb("build", "//env:env", check=False)
-    assert proc.returncode == 4
-    assert "has pip packages for linux-64 (pypi-only-0, pypi-only-1, pypi-only-2)" in proc.stderr
+    actions = json.loads(workspace.hb("aquery", "--json", "//env:env").stdout)
+    fetches = {a["params"]["filename"]: a["params"]["sha256"] for a in actions if a["mnemonic"] == "WheelFetch"}
+    pinned = {p["url"].rsplit("/", 1)[1]: p["hash"]["sha256"] for p in data["package"] if p["manager"] == "pip"}
+    assert fetches == pinned
+    stage = next(a for a in actions if a["mnemonic"] == "CondaStage")
+    assert [w["name"] for w in stage["params"]["wheels"]] == ["pypi-only-0", "pypi-only-1", "pypi-only-2"]
+    python = next(p for p in data["package"] if p["name"] == "python" and p["platform"] == "linux-64")
+    assert stage["params"]["python"] == ".".join(python["version"].split(".")[:2])  # its site-packages
 
 
 def test_unknown_platform_is_a_clear_error(workspace):

@@ -48,7 +48,14 @@ def test_image_is_valid_and_runs(images, tmp_path, name, backend):
     rootfs = _unpack(tmp_path, layout)
     proc = _run(rootfs, "/opt/env/bin/hb-tokenize", "hello", "world")  # the entry point, via /bin/sh + python
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("tokens=2 ") and "prefix=/opt/env" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("tokens=2 ") and "prefix=/opt/env" in lines[0]
+    # tokenizers and numpy from PyPI wheels: a BPE tokenizer trained on the bundled corpus
+    assert lines[1] == ("bpe vocab=120 tokens=['he', 'l', 'l', 'o', 'w', 'o', 'r', 'ld'] "
+                        "ids=[37, 21, 21, 24, 32, 24, 27, 42]"), proc.stdout
+    assert re.fullmatch(r"numpy 2\.\d+\.\d+ mean_id=28\.500 max_id=42", lines[2]), proc.stdout
+    script = (rootfs / "opt/env/bin/tqdm").read_text()  # a wheel's console script, for the final prefix
+    assert script.startswith("#!/opt/env/bin/python\n")
     proc = _run(rootfs, "/opt/env/bin/hb-hello")  # an executable linked against the env's libhb
     assert proc.stdout == "hello from /opt/env\n", proc.stderr
     proc = _run(rootfs, "/opt/env/bin/hb-accel")
@@ -56,6 +63,18 @@ def test_image_is_valid_and_runs(images, tmp_path, name, backend):
     # the environment's conda-meta records the lock's URLs, not this machine's cache paths
     meta = next((rootfs / "opt/env/conda-meta").glob("hb-hello-*.json"))
     assert "extracted_package_dir" not in json.loads(meta.read_text())
+    if backend == "cuda12":  # the CUDA runtime wheel loads; without a driver it says so
+        proc = _run(rootfs, "/opt/env/bin/python", "-c", CUDA_PROBE)
+        assert proc.returncode == 0, proc.stderr
+        assert int(proc.stdout) in (35, 100), proc.stdout  # cudaErrorInsufficientDriver / cudaErrorNoDevice
+
+
+CUDA_PROBE = """
+import ctypes, glob
+lib = ctypes.CDLL(glob.glob("/opt/env/lib/python3.11/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12")[0])
+count = ctypes.c_int(0)
+print(lib.cudaGetDeviceCount(ctypes.byref(count)))
+"""
 
 
 def _layers(ws, name):
@@ -73,9 +92,13 @@ def test_cpu_and_gpu_images_share_layers_and_gpu_config_has_nvidia_settings(imag
     gpu_layers = [layer["digest"] for layer in gpu["layers"]]
     different = [i for i, (a, b) in enumerate(zip(cpu_layers, gpu_layers)) if a != b]
     names = [layer["name"] for layer in _layers(images, "nlp")]
-    # only hb-accel (CPU vs CUDA build) and the environment's metadata layer differ
-    assert sorted(names[i] for i in different) == ["(environment metadata)", "hb-accel"]
-    assert len(cpu_layers) == len(gpu_layers) == 1 + 7 + 1  # base, one per package, final
+    gpu_names = [layer["name"] for layer in _layers(images, "nlp-gpu")]
+    cpu_by_name, gpu_by_name = dict(zip(names, cpu_layers)), dict(zip(gpu_names, gpu_layers))
+    # only hb-accel (CPU vs CUDA build), the GPU's CUDA runtime wheel and the metadata layer differ
+    differ = sorted(n for n in set(names) | set(gpu_names) if cpu_by_name.get(n) != gpu_by_name.get(n))
+    assert differ == ["(environment metadata)", "hb-accel", "pypi:nvidia-cuda-runtime-cu12"]
+    assert {"pypi:numpy", "pypi:tokenizers"} <= set(names)  # each wheel is its own layer, shared
+    assert len(gpu_layers) == len(cpu_layers) + 1 == 1 + 7 + len(_wheels(images, "conda-lock.gpu.yml")) + 1
     env = dict(item.split("=", 1) for item in gpu_config["config"]["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
@@ -83,6 +106,12 @@ def test_cpu_and_gpu_images_share_layers_and_gpu_config_has_nvidia_settings(imag
     assert gpu_config["config"]["Labels"]["com.nvidia.cuda.version"] == "12.4"
     cpu_env = dict(item.split("=", 1) for item in cpu_config["config"]["Env"])
     assert "NVIDIA_VISIBLE_DEVICES" not in cpu_env and "com.nvidia.cuda.version" not in cpu_config["config"]["Labels"]
+
+
+def _wheels(ws, lockfile):
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    return [p for p in parse_conda_lock_file(ws.root / "env" / lockfile).package if p.manager == "pip"]
 
 
 def test_second_build_runs_nothing(images):

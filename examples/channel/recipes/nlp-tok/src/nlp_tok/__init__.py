@@ -1,3 +1,3 @@
 """A tiny tokenizer, packaged as a conda noarch: python package for hermetic-build's tests."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -1,0 +1,249 @@
+"""Locking the `pip:` section of an environment with uv, per platform, wheels only.
+
+`hb lock` runs `uv pip compile --format pylock.toml --only-binary :all:` for the Python version of
+the locked conda `python` and the platform's wheel tags (manylinux level from `__glibc`, macOS
+version from `__osx`). Python packages the conda side already installs (conda names mapped to PyPI
+names through pypi_mapping.json, else PEP 503-normalised, for conda packages that depend on python,
+as conda-lock does) are dropped from the requirements, passed to uv as constraints at their conda
+versions and left out of the result, so nothing is installed twice.
+Each resolved package is pinned to the one wheel file whose tags the platform supports (checked
+here again with `packaging`, whatever uv listed), by URL and sha256, and written into conda-lock.yml
+as a conda-lock `manager: pip` entry. hb build never runs uv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from hermetic_build.api import AnalysisError, Location
+
+from .spec import PYPI_MAPPING, PipRequirement, parse_virtual_package
+
+# uv's --python-platform names the manylinux levels it knows; a glibc in between rounds down
+_MANYLINUX_MINORS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
+_ARCH = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "osx-arm64": "arm64", "osx-64": "x86_64"}
+# the environment uv runs with: no UV_* / PIP_* settings of the user's shell change a lock
+_ENV_KEPT = ("PATH", "HOME", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy",
+             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+@dataclass(frozen=True)
+class WheelTarget:
+    """What a platform's wheels must match: uv's --python-platform (+ its environment) and tags."""
+
+    platform: str
+    python_version: str  # e.g. "3.11.2" (the locked conda python)
+    uv_platform: str
+    uv_env: tuple[tuple[str, str], ...]
+    tag_platforms: tuple[str, ...]  # packaging platform tags, most specific first
+
+
+@dataclass(frozen=True)
+class ResolvedWheel:
+    name: str  # PEP 503-normalised
+    version: str
+    url: str
+    sha256: str
+    dependencies: tuple[str, ...] = ()
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_target(platform: str, virtual_packages: list[str], python_version: str, where: str = "") -> WheelTarget:
+    versions = dict(parse_virtual_package(v) for v in virtual_packages)
+    arch = _ARCH.get(platform)
+    if arch is None:
+        raise AnalysisError(f"{where}pip packages cannot be locked for {platform} (hb knows the wheel tags of "
+                            f"{', '.join(sorted(_ARCH))})")
+    if platform.startswith("linux-"):
+        glibc = versions.get("__glibc")
+        if not glibc or glibc == "0":
+            raise AnalysisError(f"{where}locking pip packages for {platform} needs the __glibc virtual package",
+                                hint="declare it, e.g. virtual_packages = {\"%s\": [\"__glibc=2.28\", ...]}" % platform)
+        major, minor = (int(x) for x in glibc.split(".")[:2])
+        usable = [m for m in _MANYLINUX_MINORS if major == 2 and m <= minor]
+        if not usable:
+            raise AnalysisError(f"{where}__glibc={glibc} is older than manylinux2014 (glibc 2.17), the oldest "
+                                "wheels hb locks")
+        tags = tuple(f"manylinux_2_{m}_{arch}" for m in range(minor, 4, -1)) + (
+            f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}")
+        return WheelTarget(platform, python_version, f"{arch}-manylinux_2_{usable[-1]}", (), tags)
+    osx = versions.get("__osx")
+    if not osx or osx == "0":
+        raise AnalysisError(f"{where}locking pip packages for {platform} needs the __osx virtual package",
+                            hint="declare it, e.g. \"__osx=13.0\"")
+    from packaging.tags import mac_platforms
+
+    major, minor = (int(x) for x in (osx.split(".") + ["0"])[:2])
+    uv_platform = "aarch64-apple-darwin" if arch == "arm64" else "x86_64-apple-darwin"
+    return WheelTarget(platform, python_version, uv_platform, (("MACOSX_DEPLOYMENT_TARGET", f"{major}.{minor}"),),
+                       tuple(mac_platforms((major, minor), arch)))
+
+
+def supported_tags(target: WheelTarget):
+    from packaging.tags import compatible_tags, cpython_tags
+
+    major, minor = (int(x) for x in target.python_version.split(".")[:2])
+    return [*cpython_tags((major, minor), platforms=list(target.tag_platforms)),
+            *compatible_tags((major, minor), platforms=list(target.tag_platforms))]
+
+
+def pick_wheel(name: str, wheels: list[dict], target: WheelTarget) -> dict | None:
+    """The wheel of `wheels` (pylock entries: url, hashes) whose best tag ranks highest for target."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    rank = {tag: i for i, tag in enumerate(supported_tags(target))}
+    best = None
+    for wheel in wheels:
+        filename = wheel.get("name") or wheel["url"].rsplit("/", 1)[-1]
+        try:
+            _, _, _, tags = parse_wheel_filename(filename)
+        except InvalidWheelFilename:
+            continue
+        score = min((rank[t] for t in tags if t in rank), default=None)
+        if score is not None and (best is None or score < best[0]):
+            best = (score, wheel)
+    return best[1] if best else None
+
+
+def conda_provided(records) -> dict[str, str]:
+    """PyPI name -> version of the Python packages the conda side installs (conda-lock's rule:
+    packages that depend on python, named through the mapping, else by their PEP 503-normalised name)."""
+    reverse = {entry["conda_name"]: pypi for pypi, entry in json.loads(PYPI_MAPPING.read_text()).items()}
+    out = {}
+    for record in records:
+        name = record.name.normalized
+        depends = {d.split()[0] for d in record.depends}
+        if name == "python" or name.startswith("__") or "python" not in depends:
+            continue
+        out[normalise(reverse.get(name, name))] = str(record.version)
+    return out
+
+
+def without_conda_provided(requirements: list[PipRequirement], provided: dict[str, str], target: WheelTarget,
+                           where: str = "") -> list[PipRequirement]:
+    """The requirements uv must resolve: one a conda package already satisfies is not installed twice
+    (and need not exist on PyPI); one it provides at a version the requirement excludes is an error."""
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+
+    out = []
+    for r in requirements:
+        version = provided.get(r.name)
+        if version is None:
+            out.append(r)
+            continue
+        specifier = Requirement(r.text).specifier
+        try:
+            ok = not specifier or specifier.contains(Version(version), prereleases=True)
+        except InvalidVersion:
+            ok = True  # a conda version PEP 440 cannot read: the conda package is taken as it is
+        if not ok:
+            raise AnalysisError(f"{where}pip requirement {r.text!r} conflicts with the conda package {r.name} "
+                                f"{version} of the same environment ({target.platform})",
+                                location=Location(r.path, r.line),
+                                hint="a Python package is installed once: change the conda spec or the pip one")
+    return out
+
+
+def uv_binary() -> str:
+    import uv
+
+    return uv.find_uv_bin()
+
+
+def resolve(requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
+            preferences: dict[str, str], cache_dir: pathlib.Path, where: str = "") -> list[ResolvedWheel]:
+    """Resolve `requirements` for `target` with uv; `provided` (conda's Python packages) constrain and
+    are left out; `preferences` (name -> version of the old lock) are kept where possible."""
+    from packaging.version import InvalidVersion, Version
+
+    with tempfile.TemporaryDirectory(prefix="hb-uv-") as tmp:
+        tmp_path = pathlib.Path(tmp)
+        (tmp_path / "requirements.in").write_text("".join(r.text + "\n" for r in requirements))
+        constraints = []
+        for name, version in sorted(provided.items()):
+            try:
+                constraints.append(f"{name}=={Version(version)}\n")
+            except InvalidVersion:
+                continue  # not a PEP 440 version: the package is still left out of the result
+        (tmp_path / "constraints.txt").write_text("".join(constraints))
+        out = tmp_path / "pylock.toml"
+        if preferences:  # uv keeps the pins of an existing output file where it can
+            out.write_text('lock-version = "1.0"\ncreated-by = "hb"\n' + "".join(
+                f'\n[[packages]]\nname = "{n}"\nversion = "{v}"\n' for n, v in sorted(preferences.items())))
+        env = {k: os.environ[k] for k in _ENV_KEPT if k in os.environ}
+        env.update(dict(target.uv_env))
+        argv = [uv_binary(), "pip", "compile", "requirements.in", "--constraints", "constraints.txt",
+                "--format", "pylock.toml", "-o", "pylock.toml", "--only-binary", ":all:", "--no-config",
+                "--python-version", target.python_version, "--python-platform", target.uv_platform,
+                "--cache-dir", str(cache_dir), "--quiet", "--no-header"]
+        proc = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise _resolution_error(proc.stderr, requirements, target, where)
+        import tomllib
+
+        lock = tomllib.loads(out.read_text())
+    wheels = []
+    for package in lock.get("packages", []):
+        name = normalise(package["name"])
+        if name in provided:
+            continue
+        listed = package.get("wheels") or []
+        chosen = pick_wheel(name, listed, target)
+        if chosen is None:
+            raise _not_installable(name, package, listed, requirements, target, where)
+        sha256 = (chosen.get("hashes") or {}).get("sha256", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise AnalysisError(f"{where}uv gave no sha256 for {chosen['url']}")
+        deps = tuple(sorted(normalise(d["name"]) for d in package.get("dependencies", []) if "name" in d))
+        wheels.append(ResolvedWheel(name, str(package["version"]), chosen["url"], sha256, deps))
+    return wheels
+
+
+def _location(requirements: list[PipRequirement], text: str) -> Location | None:
+    for r in requirements:
+        if re.search(rf"(?<![\w.-]){re.escape(r.name)}(?![\w.-])", normalise(text)):
+            return Location(r.path, r.line)
+    return Location(requirements[0].path, requirements[0].line) if requirements else None
+
+
+def _resolution_error(stderr: str, requirements, target: WheelTarget, where: str) -> AnalysisError:
+    message = "\n".join(line for line in stderr.strip().splitlines() if line.strip())
+    hint = "check the pip: requirements (name, version) against PyPI"
+    if "no usable wheels" in message or "building from source is disabled" in message or "--only-binary" in message:
+        hint = ("hb installs wheels only: a requirement published only as an sdist would run its build at "
+                "install time and cannot be pinned to one file; pick a version with wheels for this platform "
+                "or package it as a conda package")
+    return AnalysisError(f"{where}cannot lock the pip requirements for {target.platform} (Python "
+                         f"{target.python_version}, {target.uv_platform}):\n{message}",
+                         location=_location(requirements, message), hint=hint)
+
+
+def _not_installable(name, package, listed, requirements, target: WheelTarget, where: str) -> AnalysisError:
+    if not listed:
+        what = f"{name} {package.get('version', '')} has no wheel (only an sdist)"
+    else:
+        what = (f"none of the wheels of {name} {package.get('version', '')} fits {target.platform} (Python "
+                f"{target.python_version}, {target.tag_platforms[0]}): "
+                + ", ".join(w['url'].rsplit('/', 1)[-1] for w in listed))
+    return AnalysisError(f"{where}{what}", location=_location(requirements, name),
+                         hint="hb installs wheels only; pick a version with a wheel for this platform, "
+                              "or package it as a conda package")
+
+
+def locked_wheel_dependency(wheel: ResolvedWheel, platform: str):
+    """A conda-lock `manager: pip` LockedDependency (conda-lock's own model and schema)."""
+    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
+
+    return LockedDependency(name=wheel.name, version=wheel.version, manager="pip", platform=platform,
+                            dependencies={d: "*" for d in wheel.dependencies}, url=wheel.url,
+                            hash=HashModel(sha256=wheel.sha256), categories={"main"})

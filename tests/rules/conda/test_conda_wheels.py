@@ -1,0 +1,206 @@
+"""PyPI wheels without the network: picking the wheel for a platform's tags, the fetch's zip check,
+the sandboxed worker's install (hostile members, overwrites, links, reproducibility), and layers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import zipfile
+
+import pytest
+
+from hermetic_build.api import ActionFailed, AnalysisError, TreeEntry, digest_bytes
+from rules.conda import stage_worker
+from rules.conda.pypi import pick_wheel, wheel_target
+from rules.conda.wheels import check_wheel
+from rules.oci.split import env_groups
+
+
+def make_wheel(path, name="demo", version="1.0", files=None, scripts=None, record=True, extra=()):
+    """A wheel with a valid RECORD; `extra` are raw (ZipInfo or name, data) members added as they are."""
+    files = dict(files if files is not None else {f"{name}/__init__.py": b"VALUE = 1\n"})
+    dist = f"{name}-{version}.dist-info"
+    files[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    files[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    if scripts:
+        files[f"{dist}/entry_points.txt"] = ("[console_scripts]\n" + "".join(
+            f"{k} = {v}\n" for k, v in scripts.items())).encode()
+    rows = []
+    for member, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        rows.append(f"{member},sha256={digest},{len(data)}")
+    rows.append(f"{dist}/RECORD,,")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member, data in files.items():
+            zf.writestr(member, data)
+        for member, data in extra:
+            zf.writestr(member, data)
+        if record:
+            zf.writestr(f"{dist}/RECORD", "\n".join(rows) + "\n")
+    return path
+
+
+def _dir(tmp_path, name):
+    (tmp_path / name).mkdir()
+    return tmp_path / name
+
+
+class _named:
+    """Say which case failed."""
+
+    def __init__(self, case):
+        self.case = case
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None and not issubclass(kind, ActionFailed):
+            raise AssertionError(f"case {self.case}") from value
+        return False
+
+
+def test_wheel_target_reads_glibc_and_osx():
+    linux = wheel_target("linux-64", ["__unix", "__glibc=2.36"], "3.11.2")
+    assert linux.uv_platform == "x86_64-manylinux_2_36" and linux.tag_platforms[0] == "manylinux_2_36_x86_64"
+    assert wheel_target("linux-64", ["__glibc=2.30"], "3.11.2").uv_platform == "x86_64-manylinux_2_28"
+    mac = wheel_target("osx-arm64", ["__osx=13.0"], "3.11.2")
+    assert mac.uv_platform == "aarch64-apple-darwin" and dict(mac.uv_env)["MACOSX_DEPLOYMENT_TARGET"] == "13.0"
+    with pytest.raises(AnalysisError, match="needs the __glibc virtual package"):
+        wheel_target("linux-64", ["__unix"], "3.11.2")
+    with pytest.raises(AnalysisError, match="older than manylinux2014"):
+        wheel_target("linux-64", ["__glibc=2.12"], "3.11.2")
+
+
+def test_pick_wheel_chooses_by_tags():
+    def w(filename):
+        return {"url": f"https://files.example/{filename}", "hashes": {"sha256": "0" * 64}}
+
+    wheels = [w("numpy-2.2.0-cp312-cp312-manylinux_2_17_x86_64.whl"), w("numpy-2.2.0-cp311-cp311-macosx_14_0_arm64.whl"),
+              w("numpy-2.2.0-cp311-cp311-macosx_11_0_arm64.whl"), w("numpy-2.2.0-cp311-cp311-manylinux_2_28_x86_64.whl"),
+              w("numpy-2.2.0-cp311-cp311-musllinux_1_2_x86_64.whl")]
+    linux = wheel_target("linux-64", ["__glibc=2.36"], "3.11.2")
+    assert pick_wheel("numpy", wheels, linux)["url"].endswith("cp311-cp311-manylinux_2_28_x86_64.whl")
+    mac = wheel_target("osx-arm64", ["__osx=13.0"], "3.11.2")
+    assert pick_wheel("numpy", wheels, mac)["url"].endswith("macosx_11_0_arm64.whl")  # 14.0 is too new
+    old = wheel_target("linux-64", ["__glibc=2.17"], "3.11.2")
+    assert pick_wheel("numpy", wheels, old) is None  # 2_28 needs a newer glibc
+    assert pick_wheel("x", [w("x-1-py3-none-any.whl")], old)["url"].endswith("py3-none-any.whl")
+
+
+def test_fetch_check_accepts_a_wheel_and_refuses_hostile_ones(tmp_path):
+    good = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl")
+    check_wheel(good, good.name)
+    with pytest.raises(ActionFailed, match="not a wheel file name"):
+        check_wheel(good, "../demo-1.0-py3-none-any.whl")
+    (tmp_path / "junk.whl").write_bytes(b"not a zip")
+    with pytest.raises(ActionFailed, match="is not a zip archive"):
+        check_wheel(tmp_path / "junk.whl", "demo-1.0-py3-none-any.whl")
+    link = zipfile.ZipInfo("demo/evil")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    cases = {"escape": [("../../etc/evil", b"x")], "absolute": [("/etc/evil", b"x")], "link": [(link, "/etc/passwd")],
+             "bomb": [("demo/zeros", b"\0" * (200 << 20))]}
+    messages = {"escape": "'..' component", "absolute": "not a relative POSIX path", "link": "not a regular file",
+                "bomb": "expands to"}
+    for case, extra in cases.items():
+        path = make_wheel(_dir(tmp_path, case) / "demo-1.0-py3-none-any.whl", extra=extra)
+        with pytest.raises(ActionFailed, match=messages[case]), _named(case):
+            check_wheel(path, path.name)
+        with pytest.raises(stage_worker.StageError):  # the worker refuses them too, on its own
+            stage_worker.check_wheel_members(str(path), path.name)
+
+
+def _prefix(tmp_path, name="out"):
+    out = tmp_path / name
+    (out / "lib/python3.11/site-packages").mkdir(parents=True)
+    (out / "bin").mkdir()
+    (out / "bin/python").write_text("#!/bin/sh\n")
+    return out
+
+
+def _install(tmp_path, wheel, out):
+    stage_worker.install_wheel(str(wheel), {"filename": wheel.name, "name": "demo"}, str(out), "/opt/env", "3.11")
+
+
+def test_install_writes_scripts_for_the_final_prefix_record_installer_and_no_pyc(tmp_path):
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", scripts={"demo-cli": "demo:main"})
+    trees = []
+    for name in ("a", "b"):
+        out = _prefix(tmp_path, name)
+        _install(tmp_path, wheel, out)
+        trees.append({str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mode)
+                      for p in sorted(out.rglob("*")) if p.is_file()})
+    assert trees[0] == trees[1]  # byte for byte, modes included
+    out = tmp_path / "a"
+    script = (out / "bin/demo-cli").read_text()
+    assert script.startswith("#!/opt/env/bin/python\n") and os.access(out / "bin/demo-cli", os.X_OK)
+    dist = out / "lib/python3.11/site-packages/demo-1.0.dist-info"
+    assert (dist / "INSTALLER").read_text() == "hb\n"
+    assert "../../../bin/demo-cli,sha256=" in (dist / "RECORD").read_text()
+    assert not list(out.rglob("*.pyc"))
+
+
+def test_install_refuses_overwrites_links_and_escapes(tmp_path):
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl")
+    out = _prefix(tmp_path, "conda-owned")
+    (out / "lib/python3.11/site-packages/demo").mkdir()
+    (out / "lib/python3.11/site-packages/demo/__init__.py").write_text("conda's\n")
+    with pytest.raises(stage_worker.StageError, match="would overwrite"):
+        _install(tmp_path, wheel, out)
+    out = _prefix(tmp_path, "linked")
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", out / "lib/python3.11/site-packages/demo")
+    with pytest.raises(stage_worker.StageError, match="through the link"):
+        _install(tmp_path, wheel, out)
+    assert not list((tmp_path / "outside").iterdir())
+    data = make_wheel(_dir(tmp_path, "data") / "demo-1.0-py3-none-any.whl", files={"demo-1.0.data/data/../../etc/x": b"x"})
+    with pytest.raises(stage_worker.StageError):
+        _install(tmp_path, data, _prefix(tmp_path, "data-out"))
+    tampered = make_wheel(_dir(tmp_path, "t") / "demo-1.0-py3-none-any.whl")
+    with zipfile.ZipFile(tampered, "a") as zf:
+        zf.writestr("demo/unlisted.py", b"import os\n")
+    with pytest.raises(stage_worker.StageError, match="installing wheel"):
+        _install(tmp_path, tampered, _prefix(tmp_path, "t-out"))
+
+
+class Blobs(dict):
+    def get_blob(self, digest):
+        return self.get(digest)
+
+
+def test_each_wheel_is_its_own_layer_after_python(tmp_path):
+    blobs, entries = Blobs(), {}
+
+    def add(path, data: bytes):
+        d = digest_bytes(data)
+        blobs[d] = data
+        entries[path] = TreeEntry(path.rsplit("/", 1)[-1], "file", d)
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            entries.setdefault("/".join(parts[:i]), TreeEntry(parts[i - 1], "dir", mode=0o755))
+
+    sp = "lib/python3.11/site-packages"
+    add("conda-meta/python-3.11-0.json", json.dumps({"name": "python", "depends": [], "files": ["bin/python"]}).encode())
+    add("bin/python", b"py")
+    add("conda-meta/tool-1-0.json", json.dumps({"name": "tool", "depends": ["python"],
+                                                 "files": [f"{sp}/tool-1.dist-info/RECORD", f"{sp}/tool.py"]}).encode())
+    add(f"{sp}/tool.py", b"t")
+    add(f"{sp}/tool-1.dist-info/RECORD", b"tool.py,,\n")  # shipped by a conda package: stays conda's
+    for name, requires in (("Tok_Enizers", "Requires-Dist: numpy>=2\nRequires-Dist: rich; extra == 'x'\n"),
+                           ("numpy", "")):
+        dist = f"{sp}/{name}-1.dist-info"
+        add(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1\n{requires}\nbody\n".encode())
+        add(f"{sp}/{name.lower()}/__init__.py", name.encode())
+        add(f"bin/{name.lower()}-cli", b"#!/opt/env/bin/python\n")
+        add(f"{dist}/RECORD", (f"{name.lower()}/__init__.py,sha256=x,1\n../../../bin/{name.lower()}-cli,,\n"
+                               f"{name}-1.dist-info/METADATA,,\n{name}-1.dist-info/RECORD,,\n").encode())
+    groups = env_groups(blobs, entries, 100)
+    names = [g.name for g in groups]
+    assert names == ["python", "pypi:numpy", "pypi:tok-enizers", "tool", "(environment metadata)"]
+    tok = groups[2]
+    assert set(tok.paths) == {f"{sp}/tok_enizers/__init__.py", "bin/tok_enizers-cli",
+                              f"{sp}/Tok_Enizers-1.dist-info/METADATA", f"{sp}/Tok_Enizers-1.dist-info/RECORD"}
+    assert all(p.startswith("conda-meta/") for p in groups[-1].paths)
