@@ -108,3 +108,21 @@ def test_a_channel_label_that_is_not_a_target_is_an_error(example):
     proc = example.hb("build", "//env:nlp-env", check=False)
     assert proc.returncode != 0
     assert "no target named 'no-such-channel' in package //channel" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_research_metrics_run_inside_the_environment_and_verify(example):
+    """env_run: numpy from the example environment's PyPI wheels, on a bundled data file, as a build target."""
+    summary = example.build_json("//research:metrics")
+    metrics = json.loads((example.root / summary["targets"]["//research:metrics"][0]["path"]).read_text())
+    assert metrics["n"] == 200 and abs(metrics["fit"]["slope"] - 1.5) < 0.05
+    assert metrics["numpy"].startswith("2.")
+    assert example.build_json("//research:metrics")["actions"]["executed"] == 0
+    verdict = json.loads(example.hb("verify", "--json", "//research:metrics", timeout=600).stdout)
+    assert verdict["R"] == 1 and verdict["targets"]["//research:metrics"]["identical"]
+    # the data changes: only the run re-executes
+    data = example.root / "research/measurements.csv"
+    data.write_text(data.read_text() + "10.0,15.3\n")
+    again = example.build_json("//research:metrics")
+    assert again["actions"]["executed"] == 1
+    assert json.loads((example.root / again["targets"]["//research:metrics"][0]["path"]).read_text())["n"] == 201
