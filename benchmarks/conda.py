@@ -1,9 +1,13 @@
 """Conda benchmark: lock time of the example, warm-cache stage vs a direct rattler.install of the
 same records, and fetch throughput from a local HTTP server (nginx).
 
-    python3 benchmarks/conda.py [--packages 30 --files 300 --file-kib 16]
+    python3 benchmarks/conda.py [--packages 30 --files 300 --file-kib 16] [--pip-only]
 
 Prints measurements taken side by side in one run. Goal (issue 3): hb's stage / direct install <= 1.1.
+With the example's pip section (issue 9): `hb lock` vs `uv pip compile` of the same requirements
+alone, and the stage of the real example environment (7 conda packages + the PyPI wheels) vs
+`rattler.install` + `uv pip install` of the same files into an empty prefix: whole-process wall
+times, median of 3, with each process's peak RSS (its own and its waited-for children's).
 """
 
 from __future__ import annotations
@@ -124,15 +128,130 @@ def fetch_throughput(ws, cache: Path, nginx, archives) -> tuple[float, float]:
     return seconds, raw
 
 
+def run_measured(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MiB, stderr) of one whole process (os.wait4's rusage: the process
+    and the children it waited for)."""
+    import subprocess
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} exited {proc.returncode}:\n{stderr[-3000:]}")
+    return seconds, usage.ru_maxrss // 1024, stderr
+
+
+def _median(runs) -> tuple[float, int]:
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
+DIRECT_INSTALL = """
+import asyncio, subprocess, sys, rattler
+from rattler import Config
+archives, prefix, cache, uv, python, wheels = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+async def run():
+    records = [await rattler.RepoDataRecord.from_package_archive(a) for a in archives]
+    await rattler.install(records, target_prefix=prefix, cache_dir=cache, alternative_target_prefix="/opt/env",
+                          execute_link_scripts=False, show_progress=False,
+                          config=Config.from_toml("allow-hard-links = false\\nallow-ref-links = false"))
+asyncio.run(run())
+subprocess.run([uv, "pip", "install", "--python", python, "--prefix", prefix, "--no-deps", "--offline",
+                "--no-config", "--break-system-packages", "--link-mode", "copy", "--cache-dir", cache + "-uv", "--quiet", *wheels], check=True)
+"""
+
+
+def pip_benchmarks(tmp: Path) -> None:
+    """hb lock with a pip section vs uv pip compile alone; hb's stage vs rattler.install + uv pip install."""
+    import tomllib  # noqa: F401 - python >= 3.11
+
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    from rules.conda.pypi import uv_binary, wheel_target
+
+    example = copy_example(tmp / "examples", tmp / "cache-example")
+    example.hb("lock", "//...", timeout=900)  # builds the channel, warms uv's cache (not timed)
+    hb = [sys.executable, "-m", "hermetic_build.cli"]
+    env = example.env()
+    lock_runs = [run_measured([*hb, "lock", "//env:nlp-lock"], cwd=example.root, env=env) for _ in range(3)]
+    # the same requirements alone, for the same two platforms and python, uv's cache warm as hb's is
+    requirements = tmp / "requirements.in"
+    requirements.write_text("numpy >=2.2,<2.5\ntokenizers >=0.21,<0.24\n")
+    uv, uv_cache = uv_binary(), tmp / "uv-cache"
+    targets = [wheel_target("linux-64", ["__glibc=2.36"], "3.11.2"), wheel_target("osx-arm64", ["__osx=13.0"], "3.11.2")]
+
+    def uv_compile():
+        total, peak = 0.0, 0
+        for target in targets:
+            out = tmp / "pylock.toml"
+            out.unlink(missing_ok=True)
+            seconds, rss, _ = run_measured(
+                [uv, "pip", "compile", str(requirements), "--format", "pylock.toml", "-o", str(out), "--only-binary",
+                 ":all:", "--no-config", "--python-version", target.python_version, "--python-platform",
+                 target.uv_platform, "--cache-dir", str(uv_cache), "--quiet"],
+                env={**os.environ, **dict(target.uv_env)})
+            total, peak = total + seconds, max(peak, rss)
+        return total, peak, ""
+
+    uv_compile()  # warm uv's cache
+    uv_runs = [uv_compile() for _ in range(3)]
+    (h, h_rss), (u, u_rss) = _median(lock_runs), _median(uv_runs)
+    print(f"hb lock //env:nlp-lock with its pip section (conda solve + uv, linux-64 + osx-arm64): median {h:.2f} s, "
+          f"peak {h_rss} MiB; uv pip compile of the same requirements alone (2 platforms): {u:.2f} s, peak {u_rss} MiB: "
+          f"ratio {h / u:.1f}x (hb adds python start-up, conda-lock's import and models, the conda solve, explicit files)")
+
+    # stage of the real environment: warm CAS, a new prefix each time so only the stage re-runs
+    example.hb("build", "//env:nlp-env", timeout=900)
+    lock = parse_conda_lock_file(example.root / "env/conda-lock.yml")
+    conda = [p for p in lock.package if p.platform == "linux-64" and p.manager == "conda"]
+    wheels_dir = tmp / "wheels"
+    wheels_dir.mkdir()
+    wheels = []
+    for p in lock.package:
+        if p.platform == "linux-64" and p.manager == "pip":
+            dest = wheels_dir / p.url.rsplit("/", 1)[1]
+            dest.write_bytes(urllib.request.urlopen(p.url).read())
+            wheels.append(str(dest))
+    archives = [urllib.request.url2pathname(p.url[len("file://"):]) for p in conda]
+    build_file = example.root / "env/BUILD.hermetic"
+    original = build_file.read_text()
+    hb_runs, direct_runs, stage_seconds = [], [], []
+    for n in range(3):
+        build_file.write_text(original.replace('prefix = "/opt/env",\n)', f'prefix = "/opt/bench{n}",\n)', 1))
+        seconds, rss, stderr = run_measured([*hb, "build", "//env:nlp-env"], cwd=example.root, env=env)
+        assert action_seconds(stderr, "CondaStage") and not action_seconds(stderr, "WheelFetch"), stderr
+        hb_runs.append((seconds, rss))
+        stage_seconds.append(action_seconds(stderr, "CondaStage")[0])
+        prefix, cache = tmp / f"direct{n}", tmp / f"direct-cache{n}"
+        direct_runs.append(run_measured([sys.executable, "-c", DIRECT_INSTALL, ",".join(archives), str(prefix),
+                                         str(cache), uv, "/usr/bin/python3.11", *wheels])[:2])
+        shutil.rmtree(prefix)
+        shutil.rmtree(cache)
+        shutil.rmtree(str(cache) + "-uv", ignore_errors=True)
+    build_file.write_text(original)
+    (h, h_rss), (d, d_rss) = _median(hb_runs), _median(direct_runs)
+    print(f"stage of the example env ({len(conda)} conda packages + {len(wheels)} wheels), warm CAS: hb build "
+          f"(whole process, only CondaStage runs) {h:.2f} s, peak {h_rss} MiB [the action itself "
+          f"{statistics.median(stage_seconds):.2f} s] vs rattler.install + uv pip install (whole process, fresh "
+          f"caches, --link-mode copy) {d:.2f} s, peak {d_rss} MiB: ratio {h / d:.2f} "
+          f"(goal <= 1.1: {'met' if h / d <= 1.1 else 'MISSED'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--packages", type=int, default=30)
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--file-kib", type=int, default=16)
+    parser.add_argument("--pip-only", action="store_true", help="only the pip (uv, wheels) measurements")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hb-bench-conda-"))
     servers = []
     try:
+        pip_benchmarks(tmp / "pip")
+        if args.pip_only:
+            return
         # 1. lock time of the example, all platforms (its channel built beforehand, not timed)
         example = copy_example(tmp / "examples", tmp / "cache-example")
         example.hb("build", "//channel:test-channel", timeout=900)

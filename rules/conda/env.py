@@ -91,7 +91,8 @@ def _conda_env_impl(ctx):
                      hint="add python to the environment's conda dependencies and run `hb lock`")
         wheel_params = {"python": ".".join(python.version.split(".")[:2]),
                         "wheels": [{"filename": w.filename, "url": w.url, "sha256": w.sha256, "name": w.name,
-                                    "version": w.version} for w in pip]}
+                                    "version": w.version} for w in pip],
+                        **({"max_unpack_ratio": ratio} if ratio != DEFAULT_MAX_UNPACK_RATIO else {})}
     tree = ctx.declare_directory("env")
     ctx.actions.declare(
         mnemonic="CondaStage", kind="conda.stage", inputs=archives + wheel_files, outputs=[tree], platform=platform,

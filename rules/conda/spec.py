@@ -264,4 +264,7 @@ def explain_staleness(recorded: dict | None, current: dict[str, str], platform: 
             reasons.append(f"the pip requirements for {key.split('.', 2)[2]} changed")
         elif key.startswith("hb.virtual_packages."):
             reasons.append(f"the virtual packages for {key.split('.', 2)[2]} changed")
+    for key in sorted(recorded):  # a pip section that was removed leaves no current fingerprint
+        if key.startswith("hb.pip.") and key not in current and (not platform or key.endswith(f".{platform}")):
+            reasons.append(f"the pip requirements for {key.split('.', 2)[2]} changed")
     return reasons or ["its content hash no longer matches the environment spec"]

@@ -65,6 +65,7 @@ def _stage(execution) -> None:
         "packages": params["packages"],
         "wheels": params.get("wheels", []),
         "python": params.get("python", ""),
+        "max_unpack_ratio": params.get("max_unpack_ratio", 0),
     }
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(worker_params))
     # -I: no PYTHON* variables, no user site, no working directory on sys.path (it holds the

@@ -72,7 +72,8 @@ def stage(params: dict) -> str:
         started = time.monotonic()
         verify_archives(archives, wheels)
         for wheel in wheels:
-            install_wheel(archives[wheel["filename"]], wheel, out, params["prefix"], params["python"])
+            install_wheel(archives[wheel["filename"]], wheel, out, params["prefix"], params["python"],
+                          params.get("max_unpack_ratio") or 0)
         line += f"; installer: {len(wheels)} wheels in {time.monotonic() - started:.2f}s"
     check_links(out)
     return line
@@ -134,7 +135,7 @@ MIN_UNPACK_LIMIT = 64 << 20
 MAX_UNPACK_RATIO = 1000
 
 
-def check_wheel_members(path: str, filename: str) -> None:
+def check_wheel_members(path: str, filename: str, max_ratio: int = 0) -> None:
     """The fetch's checks again, here where the bytes are unpacked: safe relative names, regular
     files and directories only, no duplicates, bounded size (the result may come from a shared cache)."""
     import stat
@@ -142,7 +143,7 @@ def check_wheel_members(path: str, filename: str) -> None:
 
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
-    limit = max(MIN_UNPACK_LIMIT, MAX_UNPACK_RATIO * os.path.getsize(path))
+    limit = max(MIN_UNPACK_LIMIT, (max_ratio or MAX_UNPACK_RATIO) * os.path.getsize(path))
     seen, total = set(), 0
     if len(infos) > MAX_WHEEL_MEMBERS:
         raise StageError(f"wheel {filename} has {len(infos)} members")
@@ -163,14 +164,14 @@ def check_wheel_members(path: str, filename: str) -> None:
         raise StageError(f"wheel {filename} expands to {total} bytes, more than {limit}")
 
 
-def install_wheel(path: str, wheel: dict, out: str, prefix: str, python: str) -> None:
+def install_wheel(path: str, wheel: dict, out: str, prefix: str, python: str, max_ratio: int = 0) -> None:
     """Install one wheel into the staged prefix `out`, as if it lived at `prefix`."""
     from installer import install
     from installer.destinations import SchemeDictionaryDestination
     from installer.sources import WheelFile
 
     filename = wheel["filename"]
-    check_wheel_members(path, filename)
+    check_wheel_members(path, filename, max_ratio)
     out_real = os.path.realpath(out)
     site = os.path.join(out, "lib", f"python{python}", "site-packages")
     if not os.path.isdir(site) or os.path.islink(site):

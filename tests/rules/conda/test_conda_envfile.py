@@ -53,3 +53,14 @@ def test_a_pip_section_reads_with_lines_and_without_condas_pip(tmp_path):
                                                             ("numpy ; sys_platform == 'win32'", "numpy", 5)]
     assert [r.name for r in spec.pip_requirements("linux-64")] == ["tokenizers"]  # the marker is evaluated
     assert spec.match_specs("linux-64") == ["python 3.11.*"]  # not the conda `pip` conda-lock adds
+
+
+def test_staleness_names_changed_and_removed_pip_sections(tmp_path):
+    from rules.conda.spec import explain_staleness, input_fingerprints
+
+    vp = {"linux-64": ["__glibc=2.36"]}
+    with_pip = input_fingerprints(read(tmp_path, "dependencies:\n  - python\n  - pip:\n    - idna\n"), vp)
+    changed = input_fingerprints(read(tmp_path, "dependencies:\n  - python\n  - pip:\n    - idna <4\n"), vp)
+    without = input_fingerprints(read(tmp_path, "dependencies:\n  - python\n"), vp)
+    assert explain_staleness(with_pip, changed, "linux-64") == ["the pip requirements for linux-64 changed"]
+    assert "the pip requirements for linux-64 changed" in explain_staleness(with_pip, without, "linux-64")
