@@ -194,17 +194,36 @@ def install_wheel(path: str, wheel: dict, out: str, prefix: str, python: str, ma
             if os.path.lexists(target):
                 raise StageError(f"wheel {filename} would overwrite {rel}, installed by a conda package or "
                                  "another wheel (the lock installs it twice)")
-            return super().write_to_fs(scheme, path, stream, is_executable)
+            entry = super().write_to_fs(scheme, path, stream, is_executable)
+            record = expected[0]
+            if record is not None and record[1]:
+                algorithm, _, digest = record[1].partition("=")
+                if (entry.hash_ is None or entry.hash_.name != algorithm or entry.hash_.value != digest
+                        or (record[2] and int(record[2]) != entry.size)):
+                    raise StageError(f"wheel {filename}: {record[0]} does not match its RECORD hash / size")
+            return entry
 
     scheme = {
         "purelib": site, "platlib": site, "scripts": os.path.join(out, "bin"), "data": out,
         "headers": os.path.join(out, "include", f"python{python}", wheel["name"]),
     }
+    expected: list = [None]  # the RECORD row of the member being written, or None (generated files)
+
+    class CheckedWheel(WheelFile):
+        """Each member's hash is checked against its RECORD row as installer writes it (installer
+        hashes while copying): one pass over the bytes, not two."""
+
+        def get_contents(self):
+            for record, stream, is_executable in super().get_contents():
+                expected[0] = record
+                yield record, stream, is_executable
+                expected[0] = None
+
     destination = Destination(scheme, interpreter=f"{prefix.rstrip('/')}/bin/python", script_kind="posix",
                               bytecode_optimization_levels=(), overwrite_existing=False)
     try:
-        with WheelFile.open(path) as source:
-            source.validate_record()  # every member listed in RECORD with its hash and size
+        with CheckedWheel.open(path) as source:
+            source.validate_record(validate_contents=False)  # every member listed in RECORD with a hash
             install(source, destination, additional_metadata={"INSTALLER": b"hb\n"})
     except StageError:
         raise

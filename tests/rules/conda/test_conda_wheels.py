@@ -164,6 +164,13 @@ def test_install_refuses_overwrites_links_and_escapes(tmp_path):
         zf.writestr("demo/unlisted.py", b"import os\n")
     with pytest.raises(stage_worker.StageError, match="installing wheel"):
         _install(tmp_path, tampered, _prefix(tmp_path, "t-out"))
+    changed = _dir(tmp_path, "c") / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(make_wheel(tmp_path / "c-src.whl")) as src, zipfile.ZipFile(changed, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, b"VALUE = 2\n" if item.filename == "demo/__init__.py" else data)
+    with pytest.raises(stage_worker.StageError, match="does not match its RECORD hash"):
+        _install(tmp_path, changed, _prefix(tmp_path, "c-out"))
 
 
 class Blobs(dict):
