@@ -32,7 +32,9 @@ def _image(request):
         raise RegistryPushError(f"{request.label}: {exc}") from None
 
 
-def push_image(request) -> str:
+def push_image(request, after=None) -> str:
+    """Push the image; then `after(client, ref, manifest_digest)` (e.g. its attached artifacts), whose
+    (count, how) result is reported."""
     image = _image(request)
     options = request.options
     cafile = options.get("cafile") or os.environ.get("HB_REGISTRY_CA")
@@ -64,6 +66,7 @@ def push_image(request) -> str:
             uploaded += 1
             sent += size
         pushed = client.put_manifest(ref.repository, tag, image.manifest, OCI_MANIFEST)
+        attached = after(client, ref, pushed) if after is not None else None
     except RegistryAuthError as exc:
         raise RegistryPushError(f"push to {where} was refused: {exc}",
                           hint="check the credentials: HB_REGISTRY_USER / HB_REGISTRY_PASSWORD, or `docker login "
@@ -81,6 +84,8 @@ def push_image(request) -> str:
     if pushed != image.manifest_digest:
         raise RegistryPushError(f"{where} stored manifest {pushed}, but the local one is {image.manifest_digest}")
     request.reporter.info(f"{uploaded} blobs uploaded ({sent} bytes), {skipped} already there, {mounted} mounted")
+    if attached is not None:
+        request.reporter.info(f"{attached[0]} attached artifacts pushed (listed by the {attached[1]})")
     return f"{where}:{tag}@{pushed}"
 
 
