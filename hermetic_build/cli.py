@@ -264,7 +264,10 @@ def attest_sign(obj, label, key_path, output):
         raise UsageError(f"{name} produces {len(statements)} in-toto statements (*.intoto.json); hb attest sign "
                          "signs exactly one", hint="name an oci_provenance target")
     envelope = sign(statements[0].read_bytes(), key)
-    dest = Path(output) if output else session.workspace.root / (outputs[0]["path"].rstrip("/") + ".dsse.json")
+    from .action import output_dir
+    from .label import Label
+
+    dest = Path(output) if output else session.workspace.root / (output_dir(Label.parse(name)) + ".dsse.json")
     dest.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
     click.echo(f"signed {statements[0].relative_to(session.workspace.root)}: wrote {dest}")
 

@@ -247,7 +247,6 @@ class Executor:
         execution = ActionExecution(action, sandbox, execroot,
                                     {k: self.env[k] for k in action.env_allowlist if k in self.env},
                                     self.store, self.workspace.settings, bytearray(), bytearray(),
-                                    {} if kind.stage_inputs else
                                     {f.path: self.output_entry(f) for f in action.inputs if not f.is_source})
         try:
             if kind.stage_inputs:

@@ -114,7 +114,7 @@ class ActionExecution:
     settings: object
     stdout: bytearray
     stderr: bytearray
-    input_entries: dict = None  # path -> OutputEntry of generated inputs, for kinds with stage_inputs=False
+    input_entries: dict = None  # path -> OutputEntry (kind, digest) of each generated input
 
     def input_tree(self, file):
         """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""

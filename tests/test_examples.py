@@ -1,5 +1,6 @@
 """The bundled example workspace, driven the way the README tells a newcomer to."""
 
+import hashlib
 import json
 import re
 
@@ -117,6 +118,23 @@ def test_research_metrics_run_inside_the_environment_and_verify(example):
     metrics = json.loads((example.root / summary["targets"]["//research:metrics"][0]["path"]).read_text())
     assert metrics["n"] == 200 and abs(metrics["fit"]["slope"] - 1.5) < 0.05
     assert metrics["numpy"].startswith("2.")
+    # provenance: the artifact -> the environment's tree digest -> the lock file
+    statement = json.loads((example.root / "hb-out/research/metrics/provenance.intoto.json").read_text())
+    out = example.root / "hb-out/research/metrics/metrics.json"
+    assert statement["subject"] == [{"name": "hb-out/research/metrics/metrics.json",
+                                     "digest": {"sha256": hashlib.sha256(out.read_bytes()).hexdigest()}}]
+    deps = {d["annotations"]["kind"]: d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+            if d["annotations"]["kind"] != "input"}
+    env_tree = example.build_json("//env:nlp-env")["targets"]["//env:nlp-env"][0]["digest"].split("/")[0]
+    assert deps["environment"]["digest"] == {"blake3": env_tree}
+    assert deps["lockfile"]["uri"] == "env/conda-lock.yml"
+    assert deps["lockfile"]["digest"]["sha256"] == hashlib.sha256(
+        (example.root / "env/conda-lock.yml").read_bytes()).hexdigest()
+    key = example.root.parent / "research.key"
+    example.hb("keygen", str(key))
+    example.hb("attest", "sign", "//research:metrics", "--key", str(key))
+    example.hb("attest", "verify", "hb-out/research/metrics.dsse.json", "--key", f"{key}.pub",
+               "--subject", "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest())
     assert example.build_json("//research:metrics")["actions"]["executed"] == 0
     verdict = json.loads(example.hb("verify", "--json", "//research:metrics", timeout=600).stdout)
     assert verdict["R"] == 1 and verdict["targets"]["//research:metrics"]["identical"]
