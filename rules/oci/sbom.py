@@ -76,8 +76,26 @@ def deb_package(entry: dict, layer_set: int) -> SbomPackage:
 
 # ----- analysis -------------------------------------------------------------------------------------------
 def _oci_sbom_impl(ctx):
+    from rules.conda.env import CondaEnvInfo
+
     from .image import OciImageInfo
 
+    if (ctx.attr.image is None) == (ctx.attr.env is None):
+        ctx.fail("set exactly one of image (an oci_image) and env (a conda_env)")
+    if ctx.attr.env is not None:
+        dep = ctx.dep("env")
+        env = dep.get(CondaEnvInfo) if dep is not None else None
+        if env is None:
+            ctx.fail(f"env = {ctx.attr.env} is not a conda_env target")
+        out = ctx.declare_directory(".")
+        ctx.actions.declare(
+            mnemonic="EnvSbom", kind="oci.sbom", inputs=[env.tree], outputs=[out],
+            params={"tree": env.tree.path, "image": str(dep.label), "base": "", "base_digest": "",
+                    "epoch": ctx.settings.source_date_epoch,
+                    "packages": [asdict(p) for p in sorted(conda_packages(env, 0), key=lambda p: (p.type, p.name))]},
+            description=f"EnvSbom {dep.label}",
+        )
+        return [DefaultInfo(files=(out,))]
     dep = ctx.dep("image")
     image = dep.get(OciImageInfo) if dep is not None else None
     if image is None:
@@ -134,12 +152,16 @@ def read_layer_sets(execution) -> list[list[dict]]:
 
 def _run_sbom(execution) -> None:
     params = execution.params
-    manifest_digest, descriptors = image_layers(execution)
-    layer_sets = read_layer_sets(execution)
-    if sum(len(s) for s in layer_sets) != len(descriptors):
-        raise ActionFailed("the image's layers are not those of its layer sets")
     packages = [SbomPackage(**p) for p in params["packages"]]
-    contains = layer_contents(layer_sets, packages)
+    if "tree" in params:  # an environment: it CONTAINS its packages, no layers
+        manifest_digest, descriptors = "blake3:" + execution.input_entries[params["tree"]].digest.hash, []
+        contains = {}
+    else:
+        manifest_digest, descriptors = image_layers(execution)
+        layer_sets = read_layer_sets(execution)
+        if sum(len(s) for s in layer_sets) != len(descriptors):
+            raise ActionFailed("the image's layers are not those of its layer sets")
+        contains = layer_contents(layer_sets, packages)
     created = datetime.fromtimestamp(params["epoch"], tz=timezone.utc)
     model = SbomModel(params["image"], manifest_digest, [d["digest"] for d in descriptors], packages, contains,
                       params["base"], params["base_digest"], created)
@@ -183,6 +205,10 @@ class SbomModel:
     base_digest: str
     created: datetime
 
+    @property
+    def is_environment(self) -> bool:
+        return self.manifest_digest.startswith("blake3:")
+
 
 def _spdx_id(kind: str, text: str) -> str:
     safe = "".join(c if c.isalnum() or c in ".-" else "-" for c in text)
@@ -214,12 +240,21 @@ def spdx_json(model: SbomModel) -> str:
                         document_namespace=f"https://hermetic-build.dev/spdx/{hex_}",
                         creators=[Actor(ActorType.TOOL, TOOL)], created=model.created.replace(tzinfo=None))
     image_id = _spdx_id("Image", hex_[:16])
-    packages = [Package(image_id, model.image, SpdxNoAssertion(), version=model.manifest_digest,
-                        checksums=[Checksum(ChecksumAlgorithm.SHA256, hex_)], files_analyzed=False,
-                        primary_package_purpose=PackagePurpose.CONTAINER,
-                        external_references=[ExternalPackageRef(ExternalPackageRefCategory.PACKAGE_MANAGER, "purl",
-                                                                f"pkg:oci/{model.image.rsplit(':', 1)[-1]}@{model.manifest_digest.replace(':', '%3A')}")])]
+    if model.is_environment:
+        # the tree's BLAKE3 digest is its version: spdx-tools' validator wants BLAKE3 checksums of at
+        # least 256 hex digits, which a 256-bit digest is not
+        packages = [Package(image_id, model.image, SpdxNoAssertion(), version=model.manifest_digest,
+                            files_analyzed=False, primary_package_purpose=PackagePurpose.INSTALL)]
+    else:
+        packages = [Package(image_id, model.image, SpdxNoAssertion(), version=model.manifest_digest,
+                            checksums=[Checksum(ChecksumAlgorithm.SHA256, hex_)], files_analyzed=False,
+                            primary_package_purpose=PackagePurpose.CONTAINER,
+                            external_references=[ExternalPackageRef(
+                                ExternalPackageRefCategory.PACKAGE_MANAGER, "purl",
+                                f"pkg:oci/{model.image.rsplit(':', 1)[-1]}@{model.manifest_digest.replace(':', '%3A')}")])]
     relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, image_id)]
+    if model.is_environment:
+        relationships += [Relationship(image_id, RelationshipType.CONTAINS, _package_id(p)) for p in model.packages]
     if model.base_digest:
         base_id = _spdx_id("Base", model.base_digest.split(":", 1)[-1][:16])
         packages.append(Package(base_id, model.base or "base image", SpdxNoAssertion(), version=model.base_digest,
@@ -271,9 +306,14 @@ def cyclonedx_json(model: SbomModel) -> str:
     hex_ = model.manifest_digest.split(":", 1)[1]
     bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"https://hermetic-build.dev/cdx/{hex_}"))
     bom.metadata.timestamp = model.created
-    image = Component(type=ComponentType.CONTAINER, name=model.image, version=model.manifest_digest,
-                      bom_ref=f"image:{model.manifest_digest}", hashes=[HashType(alg=HashAlgorithm.SHA_256, content=hex_)],
-                      purl=PackageURL("oci", None, model.image.rsplit(":", 1)[-1], model.manifest_digest))
+    if model.is_environment:
+        image = Component(type=ComponentType.APPLICATION, name=model.image, version=model.manifest_digest,
+                          bom_ref=f"env:{model.manifest_digest}", hashes=[HashType(alg=HashAlgorithm.BLAKE3, content=hex_)])
+    else:
+        image = Component(type=ComponentType.CONTAINER, name=model.image, version=model.manifest_digest,
+                          bom_ref=f"image:{model.manifest_digest}",
+                          hashes=[HashType(alg=HashAlgorithm.SHA_256, content=hex_)],
+                          purl=PackageURL("oci", None, model.image.rsplit(":", 1)[-1], model.manifest_digest))
     bom.metadata.component = image
     by_index = {}
     for i, p in enumerate(model.packages):
@@ -294,7 +334,12 @@ def cyclonedx_json(model: SbomModel) -> str:
                          bom_ref=f"base:{model.base_digest}",
                          hashes=[HashType(alg=HashAlgorithm.SHA_256, content=model.base_digest.split(":", 1)[-1])])
         bom.components.add(base)
-    bom.register_dependency(image, layer_components)
+    if model.is_environment:
+        for component in by_index.values():
+            bom.components.add(component)
+        bom.register_dependency(image, list(by_index.values()))
+    else:
+        bom.register_dependency(image, layer_components)
     text = JsonV1Dot6(bom).output_as_string(indent=2)
     errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     if errors is not None:
@@ -307,6 +352,8 @@ register_action_kind("oci.sbom", "1", _run_sbom, stage_inputs=False)
 oci_sbom = rule(
     "oci_sbom",
     _oci_sbom_impl,
-    attrs={"image": attr.label(mandatory=True, doc="an oci_image target")},
-    doc="The image's SBOM: hb-out/<pkg>/<name>/sbom.spdx.json (SPDX 2.3) and sbom.cdx.json (CycloneDX 1.6).",
+    attrs={"image": attr.label(doc="an oci_image target (image CONTAINS layer CONTAINS package)"),
+           "env": attr.label(doc="or a conda_env target (environment CONTAINS package)")},
+    doc="The SBOM of an image or an environment: hb-out/<pkg>/<name>/sbom.spdx.json (SPDX 2.3) and "
+        "sbom.cdx.json (CycloneDX 1.6).",
 )

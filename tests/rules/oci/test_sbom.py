@@ -57,3 +57,33 @@ def test_example_sbom_lists_every_locked_package_and_validates(tmp_path):
     assert bom["metadata"]["timestamp"].startswith("1970-01-01T00:00:00")  # source_date_epoch = 0
     nested = {c["name"]: c["hashes"][0]["content"] for layer in bom["components"] for c in layer.get("components", [])}
     assert nested == {**conda, **debs}
+
+
+@pytest.mark.slow
+def test_environment_sbom(tmp_path):
+    """oci_sbom(env = ...): the environment (by its tree's BLAKE3 digest) CONTAINS every locked package."""
+    example = copy_example(tmp_path / "examples", tmp_path / "cache")
+    summary = example.build_json("//env:nlp-env-sbom", "//env:nlp-env")
+    tree = summary["targets"]["//env:nlp-env"][0]["digest"].split("/")[0]
+    out = example.root / "hb-out/env/nlp-env-sbom"
+    lock = yaml.safe_load((example.root / "env/conda-lock.yml").read_text())
+    locked = {p["name"]: p["hash"]["sha256"] for p in lock["package"] if p["platform"] == "linux-64"}
+
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    document = parse_file(str(out / "sbom.spdx.json"))
+    assert validate_full_spdx_document(document) == []
+    env = next(p for p in document.packages if p.version == f"blake3:{tree}")
+    contained = {r.related_spdx_element_id for r in document.relationships
+                 if r.relationship_type.name == "CONTAINS" and r.spdx_element_id == env.spdx_id}
+    assert {p.name: p.checksums[0].value for p in document.packages if p.spdx_id in contained} == locked
+
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    text = (out / "sbom.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    bom = json.loads(text)
+    assert bom["metadata"]["component"]["hashes"] == [{"alg": "BLAKE3", "content": tree}]
+    assert {c["name"]: c["hashes"][0]["content"] for c in bom["components"]} == locked
