@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hermetic_build.api import DefaultInfo, File, Provider, attr, rule
+from hermetic_build.api import AnalysisError, DefaultInfo, File, Location, Provider, attr, rule
 
 from . import fetch, stage, wheels  # noqa: F401 - registering action kinds
 from .archive import DEFAULT_MAX_UNPACK_RATIO
 from .lock import CondaLockInfo, check_fresh
 from .lockfile import LockedPackage, LockedWheel, packages_for, read_lockfile
+from .lockread import LockReadError
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,13 @@ def _conda_env_impl(ctx):
 
     data = ctx.read_source(lock_file)
     with tempfile.TemporaryDirectory(prefix="hb-lock-") as tmp:
-        path = Path(tmp) / "conda-lock.yml"
+        path = Path(tmp) / Path(lock_file.path).name
         path.write_bytes(data)
         try:
-            lock = read_lockfile(path)
-        except Exception as exc:  # conda-lock's validation errors
-            ctx.fail(f"{lock_file.path} is not a valid conda-lock file: {exc}")
+            lock = read_lockfile(path, ctx.attr.environment or "default")
+        except LockReadError as exc:  # the user's file and line, never the temporary copy
+            raise AnalysisError(f"{ctx.label}: {lock_file.path}: {exc.message}",
+                                location=Location(lock_file.path, exc.line), hint=exc.hint) from None
     if info is not None:
         if platform not in info.platforms:
             ctx.fail(f"platform {platform!r} is not locked by {info.lock_label} (platforms: {list(info.platforms)})")
@@ -51,7 +53,12 @@ def _conda_env_impl(ctx):
         for extra in info.extra_environments:
             ctx.read_source(extra)
         check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ")
-    packages, pip = packages_for(lock, platform)
+    categories = tuple(ctx.attr.categories) or ("main",)
+    try:
+        packages, pip = packages_for(lock, platform, categories)
+    except LockReadError as exc:  # an sdist or unpinned pip entry of this platform
+        raise AnalysisError(f"{ctx.label}: {lock_file.path}: {exc.message}",
+                            location=Location(lock_file.path, exc.line), hint=exc.hint) from None
     if not packages:
         ctx.fail(f"{lock_file.path} has no conda packages for platform {platform!r}",
                  hint=f"platforms in the lock: {', '.join(lock.metadata.platforms)}")
@@ -59,8 +66,14 @@ def _conda_env_impl(ctx):
     limits = {"max_unpack_ratio": ratio} if ratio != DEFAULT_MAX_UNPACK_RATIO else {}
     archives = []
     for pkg in packages:
-        if len(pkg.sha256) != 64:
-            ctx.fail(f"{lock_file.path}: {pkg.name} has no sha256; hb fetches only packages pinned by sha256")
+        if len(pkg.sha256) != 64 and not (ctx.attr.allow_md5 and pkg.md5):
+            raise AnalysisError(
+                f"{ctx.label}: {lock_file.path}: {pkg.name} ({pkg.filename}) is pinned by "
+                f"{'md5 only' if pkg.md5 else 'no hash'}; hb fetches packages pinned by sha256",
+                location=Location(lock_file.path, _line_of(lock, pkg)),
+                hint="re-lock with `hb lock` or conda-lock's unified format (it records sha256), or set "
+                     "allow_md5 = True on the conda_env to verify md5 (a weaker pin) and record the sha256"
+                if pkg.md5 else "re-lock the environment")
         archive = ctx.declare_file(f"pkgs/{pkg.filename}")
         built = _built_by_channel(pkg, info.channel_dirs if info is not None else ())
         if built is not None:
@@ -77,7 +90,8 @@ def _conda_env_impl(ctx):
         ctx.actions.declare(
             mnemonic="CondaFetch", kind="conda.fetch", inputs=[], outputs=[archive],
             # max_unpack_ratio only when raised or lowered: the default keeps every existing fetch key
-            params={"sha256": pkg.sha256, "filename": pkg.filename, **limits},
+            params={**({"sha256": pkg.sha256} if pkg.sha256 else {"md5": pkg.md5}), "filename": pkg.filename,
+                    **limits},
             hints={"urls": [pkg.url]},
             platform=platform, description=f"CondaFetch {pkg.filename}",
         )
@@ -97,7 +111,8 @@ def _conda_env_impl(ctx):
     ctx.actions.declare(
         mnemonic="CondaStage", kind="conda.stage", inputs=archives + wheel_files, outputs=[tree], platform=platform,
         params={"prefix": ctx.attr.prefix, "platform": platform,
-                "packages": [{"filename": p.filename, "url": p.url, "sha256": p.sha256, "name": p.name}
+                "packages": [{"filename": p.filename, "url": p.url, "name": p.name,
+                              **({"sha256": p.sha256} if p.sha256 else {"md5": p.md5})}
                              for p in packages], **wheel_params},
         description=f"CondaStage {ctx.label} ({platform}, {len(packages)} packages"
                     + (f", {len(pip)} wheels)" if pip else ")"),
@@ -106,6 +121,10 @@ def _conda_env_impl(ctx):
             CondaEnvInfo(tree, ctx.attr.prefix, platform, tuple(packages), tuple(archives), lock_file,
                          (lock.metadata.content_hash or {}).get(platform, ""), info.cuda if info else "",
                          tuple(pip))]
+
+
+def _line_of(lock, package) -> int | None:
+    return next((e.line for e in lock.entries if e.package is package), None)
 
 
 def _built_by_channel(pkg: LockedPackage, channel_dirs) -> tuple[str, File, str] | None:
@@ -147,6 +166,11 @@ conda_env = rule(
                            doc="a conda_lock target, or a conda-lock.yml made by any tool (then it is the truth)"),
         "platform": attr.string(doc="the platform to stage (default: the lock's first platform)"),
         "prefix": attr.string(default="/opt/env", doc="the absolute path the environment will live at"),
+        "categories": attr.string_list(doc="lock categories to install (default ['main'], as `conda-lock install`; "
+                                       "add 'dev' or an extra's name)"),
+        "allow_md5": attr.bool(doc="accept packages the lock pins by md5 only (explicit locks): the fetch verifies "
+                               "the md5 and records the sha256 it computed"),
+        "environment": attr.string(doc="the environment of a pixi.lock (default: 'default')"),
         "max_unpack_ratio": attr.int(doc=f"refuse a package that expands to more than this many times its "
                                      f"compressed size (and over 64 MiB); default: [conda] max_unpack_ratio "
                                      f"in hermetic.toml, else {DEFAULT_MAX_UNPACK_RATIO}"),

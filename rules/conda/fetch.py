@@ -27,9 +27,11 @@ class _Mismatch(Exception):
     pass
 
 
-def _download(url: str, dest: str, expected_sha256: str) -> Digest:
-    """Stream url to dest, hashing as it goes; raise _Mismatch if the bytes are not the package."""
+def _download(url: str, dest: str, expected: str, algorithm: str = "sha256") -> tuple[Digest, str]:
+    """Stream url to dest, hashing as it goes; raise _Mismatch if the bytes are not the package.
+    Returns (BLAKE3 digest, sha256 hex): an md5-pinned package learns its sha256 here."""
     sha, b3, size = hashlib.sha256(), blake3(), 0
+    md5 = hashlib.md5(usedforsecurity=False) if algorithm == "md5" else None
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
         source = open(urllib.request.url2pathname(parsed.path), "rb")
@@ -43,14 +45,16 @@ def _download(url: str, dest: str, expected_sha256: str) -> Digest:
         while chunk := source.read(CHUNK):
             sha.update(chunk)
             b3.update(chunk)
+            if md5 is not None:
+                md5.update(chunk)
             out.write(chunk)
             size += len(chunk)
         if expected_length not in (None, 0) and size < expected_length:
             raise http.client.IncompleteRead(b"", expected_length - size)
-    actual = sha.hexdigest()
-    if actual != expected_sha256:
+    actual = (md5 or sha).hexdigest()
+    if actual != expected:
         raise _Mismatch(actual)
-    return Digest(b3.hexdigest(), size)
+    return Digest(b3.hexdigest(), size), sha.hexdigest()
 
 
 def _fetch(execution) -> None:
@@ -59,12 +63,15 @@ def _fetch(execution) -> None:
 
 
 def fetch_pinned(execution, check) -> None:
-    """Fetch the one output of an action pinned by params sha256/filename from hints' urls;
-    check(path, filename) raises ActionFailed when the verified bytes are not what they claim."""
+    """Fetch the one output of an action pinned by params sha256 (or, for a lock that records only
+    that, md5) and filename from hints' urls; check(path, filename) raises ActionFailed when the
+    verified bytes are not what they claim."""
     params, urls = execution.params, execution.hints.get("urls", [])
-    sha256, filename = params["sha256"], params["filename"]
+    algorithm = "md5" if "md5" in params else "sha256"
+    pin, filename = params[algorithm], params["filename"]
+    sha256 = params.get("sha256", "")
     out = execution.execroot / execution.action.outputs[0].path
-    if execution.recall_alias(f"sha256:{sha256}", out):
+    if execution.recall_alias(f"{algorithm}:{pin}", out):
         # checked again: the bytes were stored by another action, perhaps under other limits
         check(out, filename)
         execution.stdout += f"{filename}: already in the cache\n".encode()
@@ -73,13 +80,13 @@ def fetch_pinned(execution, check) -> None:
     for url in urls:
         for attempt in range(RETRIES):
             try:
-                digest = _download(url, str(out), sha256)
+                digest, sha256 = _download(url, str(out), pin, algorithm)
             except _Mismatch as mismatch:
                 os.unlink(out)
                 # a download that does not match its pin: an integrity error (exit 6, README)
                 raise IntegrityError(
-                    f"{execution.action.owner}: {filename} from {url} has the wrong content: expected sha256 "
-                    f"{sha256}, got {mismatch.args[0]}; nothing was stored") from None
+                    f"{execution.action.owner}: {filename} from {url} has the wrong content: expected {algorithm} "
+                    f"{pin}, got {mismatch.args[0]}; nothing was stored") from None
             except FileNotFoundError:
                 errors.append(f"{url}: no such file")
                 break
@@ -93,12 +100,16 @@ def fetch_pinned(execution, check) -> None:
                 # Checked once per package, here: the stage only ever sees archives that passed.
                 check(out, filename)
                 execution.remember_alias(f"sha256:{sha256}", digest)
+                if algorithm == "md5":
+                    execution.remember_alias(f"md5:{pin}", digest)
+                    # the lock pinned md5 only: the sha256 of the verified bytes goes into the build record
+                    execution.stdout += f"{filename}: md5 {pin} verified; sha256 {sha256}\n".encode()
                 execution.stdout += f"{filename}: {digest.size} bytes from {url} (attempt {attempt + 1})\n".encode()
                 return
             if os.path.exists(out):
                 os.unlink(out)
             time.sleep(BACKOFF_SECONDS * (2 ** attempt))
-    raise ActionFailed(f"could not fetch {filename} (sha256 {sha256}):\n  " + "\n  ".join(errors[-6:]))
+    raise ActionFailed(f"could not fetch {filename} ({algorithm} {pin}):\n  " + "\n  ".join(errors[-6:]))
 
 
 def _sha256_of(path) -> str:

@@ -137,7 +137,14 @@ def _lock(request) -> LockOutcome:
                   for label in attrs.get("extra_environments") or ())
     spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown, extra=extra)
     lock_path = request.source_path(attrs["lockfile"])
-    existing = lf.read_lockfile(lock_path) if lock_path.exists() else None
+    from .lockread import LockReadError
+
+    try:
+        existing = lf.read_lockfile(lock_path) if lock_path.exists() else None
+    except LockReadError as exc:
+        if request.check:
+            return LockOutcome(stale=(f"{request.relpath(lock_path)} cannot be read: {exc.message}",))
+        existing = None  # re-locked from scratch (--update has nothing to keep)
     hashes = content_hashes(spec, virtual_packages)
     fingerprints = input_fingerprints(spec, virtual_packages)
 

@@ -1,4 +1,5 @@
-"""Reading and writing lock files with conda-lock's models, writer and renderer."""
+"""hb's records of locked packages; writing lock files with conda-lock's models, writer and renderer
+(reading any lock hb adopts is lockread.py)."""
 
 from __future__ import annotations
 
@@ -42,32 +43,21 @@ class LockedWheel:
         return unquote(urlparse(self.url).path.rsplit("/", 1)[-1])
 
 
-def read_lockfile(path: pathlib.Path):
-    from conda_lock.lockfile import parse_conda_lock_file
+def read_lockfile(path: pathlib.Path, environment: str = "default"):
+    """Any lock file hb adopts (conda-lock.yml, explicit, pixi.lock): lockread.AdoptedLock, or
+    lockread.LockReadError(message, line)."""
+    from .lockread import read_lock
 
-    return parse_conda_lock_file(path)
-
-
-def packages_for(lockfile, platform: str) -> tuple[list[LockedPackage], list[LockedWheel]]:
-    """(conda packages of `platform`, its PyPI wheels), each sorted by name."""
-    packages, pip = [], []
-    for dep in lockfile.package:
-        if dep.platform != platform:
-            continue
-        if dep.manager != "conda":
-            pip.append(LockedWheel(name=dep.name, version=dep.version, url=dep.url, sha256=dep.hash.sha256 or "",
-                                   platform=platform, category=min(dep.categories or {"main"})))
-            continue
-        packages.append(LockedPackage(
-            name=dep.name, version=dep.version, build=getattr(dep, "build", None) or _build_from_url(dep.url),
-            url=dep.url, sha256=dep.hash.sha256 or "", md5=dep.hash.md5, platform=platform,
-        ))
-    return sorted(packages, key=lambda p: p.name), sorted(pip, key=lambda w: w.name)
+    return read_lock(path, environment=environment)
 
 
-def _build_from_url(url: str) -> str:
-    name = url.rsplit("/", 1)[-1].removesuffix(".conda").removesuffix(".tar.bz2")
-    return name.rsplit("-", 1)[-1]
+def packages_for(lockfile, platform: str, categories=("main",)) -> tuple[list[LockedPackage], list[LockedWheel]]:
+    """(conda packages of `platform`, its PyPI wheels) in `categories`, each sorted by name."""
+    from .lockread import select
+
+    conda, wheels = select(lockfile, platform, categories)
+    return [e.package for e in conda], [e.package for e in wheels]
+
 
 
 def locked_dependency(record, platform: str):

@@ -85,15 +85,17 @@ def verify_archives(archives: dict[str, str], packages: list[dict]) -> None:
     import hashlib
 
     for package in packages:
-        expected = package.get("sha256")
+        # md5 only where the target allowed a lock that records nothing else (allow_md5)
+        algorithm = "sha256" if package.get("sha256") else "md5"
+        expected = package.get(algorithm)
         if not expected:
             raise StageError(f"{package['filename']} is not pinned by sha256")
-        digest = hashlib.sha256()
+        digest = hashlib.new(algorithm)
         with open(archives[package["filename"]], "rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
         if digest.hexdigest() != expected:
-            raise StageError(f"{package['filename']} is not the locked package: sha256 {digest.hexdigest()}, "
+            raise StageError(f"{package['filename']} is not the locked package: {algorithm} {digest.hexdigest()}, "
                              f"the lock pins {expected} (a cache entry for its fetch was changed; "
                              "run `hb clean --expunge` or check who writes to your remote cache)")
 

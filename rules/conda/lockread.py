@@ -1,0 +1,391 @@
+"""Reading the lock files teams already commit, fast and leniently, into hb's frozen records:
+
+- conda-lock unified files (`conda-lock.yml`, format version 1, and what older writers left out:
+  a missing `optional` or `category`, a hash written as one string), read with yaml's C loader;
+- explicit lock files (`@EXPLICIT`, one URL a line with a `#<md5>` or `#sha256:<hex>` fragment,
+  conda-lock's `# pip name @ url#sha256=<hex>` lines);
+- pixi.lock, through py-rattler's `LockFile`, one environment of it.
+
+Lock files are untrusted: every URL must be http(s) or file, every file name one path component,
+every digest hex of the right length. An error names the user's file and line, in a line or two."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from dataclasses import dataclass, field
+
+from .lockfile import LockedPackage, LockedWheel
+
+HEX32 = re.compile(r"[0-9a-f]{32}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+SCHEMES = ("https://", "http://", "file://")
+
+
+class LockReadError(Exception):
+    def __init__(self, message: str, line: int | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.line, self.hint = message, line, hint
+
+
+@dataclass(frozen=True)
+class LockMetadata:
+    content_hash: dict = field(default_factory=dict)
+    platforms: tuple[str, ...] = ()
+    custom_metadata: dict = field(default_factory=dict)
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    package: LockedPackage | LockedWheel
+    categories: frozenset[str]
+    line: int | None
+    # why the entry cannot be used (an sdist, an unpinned git URL): raised only when its platform
+    # and category are selected, so one bad pip entry of another platform does not block this one
+    error: LockReadError | None = None
+
+
+@dataclass(frozen=True)
+class AdoptedLock:
+    kind: str  # "conda-lock" | "explicit" | "pixi"
+    metadata: LockMetadata
+    entries: tuple[LockEntry, ...]
+
+
+def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLock:
+    """Read any supported lock file; LockReadError(message, line) when it cannot be used."""
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    head = text[:4096]
+    if "@EXPLICIT" in text and not re.search(r"^package:", head, re.MULTILINE):
+        return _read_explicit(text)
+    if re.search(r"^environments:", text, re.MULTILINE) and re.search(r"^packages:", text, re.MULTILINE):
+        return _read_pixi(path, text, environment)
+    return _read_unified(text)
+
+
+# ----- conda-lock unified --------------------------------------------------------------------------
+def _url_lines(text: str) -> dict[str, int]:
+    lines = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip().removeprefix("- ")
+        if stripped.startswith("url: "):
+            lines.setdefault(stripped[5:].strip().strip("'\""), number)
+    return lines
+
+
+def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    doc = _fast_unified(text, loader) if fast else None  # conda-lock's own layout, read line by line
+    try:
+        doc = doc if doc is not None else yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise LockReadError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+                            mark.line + 1 if mark else None) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("package"), list):
+        raise LockReadError("not a conda-lock file (no 'package' list)", 1,
+                            hint="hb reads conda-lock.yml, explicit @EXPLICIT locks and pixi.lock")
+    version = doc.get("version", 1)
+    if version != 1:
+        raise LockReadError(f"conda-lock format version {version!r} is not supported (hb reads version 1)", 1)
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise LockReadError("'metadata' is not a mapping", 1)
+    channels = tuple(c.get("url", "") if isinstance(c, dict) else str(c) for c in meta.get("channels") or [])
+    metadata = LockMetadata(dict(meta.get("content_hash") or {}), tuple(meta.get("platforms") or ()),
+                            dict(meta.get("custom_metadata") or {}), channels)
+    lines = _url_lines(text)
+    entries = []
+    for i, item in enumerate(doc["package"]):
+        if not isinstance(item, dict):
+            raise LockReadError(f"package entry {i + 1} is not a mapping", None)
+        url = item.get("url")
+        line = lines.get(url) if isinstance(url, str) else None
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise LockReadError(f"package entry {i + 1} has no name", line)
+        platform = item.get("platform")
+        if not isinstance(platform, str):
+            raise LockReadError(f"{name} has no platform", line)
+        if not isinstance(url, str) or not url:
+            raise LockReadError(f"{name} ({platform}) has no url: hb fetches every package from its locked URL", line)
+        categories = set(item.get("categories") or ())
+        if isinstance(item.get("category"), str):
+            categories.add(item["category"])
+        manager = item.get("manager", "conda")
+        version_ = str(item.get("version", ""))
+        if manager == "pip":
+            entries.append(_pip_entry(name, version_, url, item.get("hash"), platform, categories, line))
+            continue
+        md5, sha256 = _hashes(item.get("hash"), name, line)
+        if manager == "conda":
+            _check_url(url, name, line)
+            package = LockedPackage(name=name, version=version_, build=str(item.get("build") or _build_of(url)),
+                                    url=url, sha256=sha256, md5=md5, platform=platform)
+        else:
+            raise LockReadError(f"{name}: unknown manager {manager!r} (conda or pip)", line)
+        entries.append(LockEntry(package, frozenset(categories or {"main"}), line))
+    return AdoptedLock("conda-lock", metadata, tuple(entries))
+
+
+_SCALAR = re.compile(r"^(?P<indent> *)(?P<dash>- )?(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?: (?P<value>.*))?$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_.+\-:/@%=~!*<>,]*$")  # plain scalars read as themselves (no YAML syntax)
+_ENTRY_KEYS = {"name", "version", "manager", "platform", "url", "category", "optional", "build"}
+
+
+def _scalar(raw: str):
+    """A block scalar as conda-lock's writer emits it: plain, or single/double quoted without escapes."""
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'" and "'" not in raw[1:-1]:
+        return raw[1:-1]
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"' and '"' not in raw[1:-1] and "\\" not in raw:
+        return raw[1:-1]
+    if raw in ("true", "false"):
+        return raw == "true"
+    if _PLAIN.fullmatch(raw) and not raw.startswith(("-", "!", "&", "*", "%", "@")):
+        return raw
+    raise ValueError(raw)
+
+
+def _fast_unified(text: str, loader) -> dict | None:
+    """The lock as yaml.load would give it, for files laid out as conda-lock writes them (block style,
+    two-space indents, one key per line), about ten times faster than the YAML loader; None for
+    anything else (flow style, anchors, escapes, comments inside entries), which the loader reads."""
+    import yaml
+
+    start = re.search(r"^package:[ \t]*$", text, re.MULTILINE)
+    if start is None:
+        return None
+    head, body = text[:start.start()], text[start.end():]
+    after = re.search(r"^[^\s#-]", body, re.MULTILINE)  # a top-level key after `package:` (`version: 1`)
+    if after is not None:
+        head, body = head + body[after.start():], body[:after.start()]
+    try:
+        doc = yaml.load(head, Loader=loader) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(doc, dict) or "package" in doc:
+        return None
+    packages, entry, nested = [], None, None
+    try:
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            if nested in ("dependencies", "skip") and line.startswith("    "):
+                continue  # not needed to stage (dependencies, a pip entry's source): any YAML may be there
+            match = _SCALAR.match(line)
+            if match is None:
+                if entry is not None and nested == "categories" and line.startswith("  - "):
+                    entry["categories"].append(_scalar(line[4:]))
+                    continue
+                return None
+            indent, key, value = len(match["indent"]), match["key"], match["value"]
+            if match["dash"] is not None:
+                if indent != 0:
+                    return None
+                entry, nested = {}, None
+                packages.append(entry)
+                indent = 2
+            if entry is None:
+                return None
+            if indent == 2:
+                nested = None
+                if value is None or value == "":
+                    if key in ("hash", "dependencies", "categories"):
+                        nested = key
+                        entry[key] = [] if key == "categories" else {}
+                    elif key not in _ENTRY_KEYS:
+                        nested = "skip"  # a mapping hb does not read (e.g. a pip entry's `source`)
+                    else:
+                        return None
+                    continue
+                if value == "{}" and key in ("dependencies", "hash"):
+                    entry[key] = {}
+                    continue
+                if value == "[]" and key == "categories":
+                    entry[key] = []
+                    continue
+                entry[key] = _scalar(value)
+            elif indent == 4 and nested == "hash":
+                entry["hash"][key] = _scalar(value or "")
+            else:
+                return None
+    except ValueError:
+        return None
+    doc["package"] = packages
+    return doc
+
+
+def _hashes(value, name: str, line) -> tuple[str | None, str]:
+    """(md5, sha256) from `hash: {md5: .., sha256: ..}` or an older writer's `hash: "sha256:<hex>"`."""
+    md5 = sha256 = None
+    if isinstance(value, dict):
+        md5, sha256 = value.get("md5"), value.get("sha256")
+    elif isinstance(value, str):
+        algo, _, hex_ = value.partition(":") if ":" in value else ("", "", value)
+        algo = algo or ("md5" if len(hex_) == 32 else "sha256")
+        if algo == "md5":
+            md5 = hex_
+        elif algo == "sha256":
+            sha256 = hex_
+    if md5 is not None and not (isinstance(md5, str) and HEX32.fullmatch(md5.lower())):
+        raise LockReadError(f"{name}: md5 {md5!r} is not 32 hex digits", line)
+    if sha256 is not None and not (isinstance(sha256, str) and HEX64.fullmatch(sha256.lower())):
+        raise LockReadError(f"{name}: sha256 {sha256!r} is not 64 hex digits", line)
+    return (md5.lower() if md5 else None), (sha256.lower() if sha256 else "")
+
+
+def _check_url(url: str, name: str, line) -> None:
+    if not url.startswith(SCHEMES):
+        raise LockReadError(f"{name}: URL {url!r} is not http(s) or file", line)
+    filename = url.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]
+    if filename in ("", ".", "..") or "\\" in filename or "\x00" in url or any(ord(c) < 32 for c in url):
+        raise LockReadError(f"{name}: URL {url!r} does not end in a file name", line)
+
+
+def _build_of(url: str) -> str:
+    stem = url.rsplit("/", 1)[-1].removesuffix(".conda").removesuffix(".tar.bz2")
+    return stem.rsplit("-", 1)[-1]
+
+
+def _pip_entry(name, version, url, hash_value, platform, categories, line) -> LockEntry:
+    """A pip entry; one that is not a sha256-pinned wheel carries its error until it is selected."""
+    categories = frozenset(categories or {"main"})
+    placeholder = LockedWheel(name=name, version=version, url=url, sha256="", platform=platform)
+    try:
+        _md5, sha256 = _hashes(hash_value, name, line)
+    except LockReadError:
+        sha256 = ""  # e.g. a git commit id where a sha256 belongs: reported as "not pinned" below
+    try:
+        return LockEntry(_wheel(name, version, url, sha256, platform, categories, line), categories, line)
+    except LockReadError as exc:
+        return LockEntry(placeholder, categories, line, exc)
+
+
+def _wheel(name: str, version: str, url: str, sha256: str, platform: str, categories, line) -> LockedWheel:
+    """A pip entry, which must be a wheel pinned by sha256 (a git URL or an sdist is not)."""
+    base, _, fragment = url.partition("#")
+    if not sha256 and fragment.startswith("sha256="):
+        sha256 = fragment[7:].lower()
+    if not base.startswith(("https://", "http://", "file://")) or not sha256 or not HEX64.fullmatch(sha256):
+        raise LockReadError(f"pip package {name} is not pinned: {url} has no sha256", line,
+                            hint="lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source)")
+    _check_url(base, name, line)
+    if not base.split("?", 1)[0].endswith(".whl"):
+        raise LockReadError(f"pip package {name} is a source distribution ({base.rsplit('/', 1)[-1]}): hb installs "
+                            "wheels only (a build would run the package's own code)", line,
+                            hint="pin a version that has a wheel for this platform")
+    return LockedWheel(name=name, version=version, url=base, sha256=sha256, platform=platform,
+                       category=min(categories or {"main"}))
+
+
+# ----- explicit --------------------------------------------------------------------------------------
+_PIP_LINE = re.compile(r"^#\s*pip\s+(?P<name>[A-Za-z0-9_.\-]+)\s*@\s*(?P<url>\S+)$")
+
+
+def _read_explicit(text: str) -> AdoptedLock:
+    platform, input_hash, entries, explicit = None, None, [], False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            body = line[1:].strip()
+            if body.startswith("platform:"):
+                platform = body[9:].strip()
+            elif body.startswith("input_hash:"):
+                input_hash = body[11:].strip()
+            elif _PIP_LINE.match(line):
+                match = _PIP_LINE.match(line)
+                entries.append((number, "pip", match["name"], match["url"]))
+            continue
+        if line == "@EXPLICIT":
+            explicit = True
+            continue
+        if not explicit:
+            raise LockReadError(f"{line[:60]!r} comes before the @EXPLICIT line", number)
+        entries.append((number, "conda", None, line))
+    if platform is None:
+        raise LockReadError("an explicit lock needs a '# platform: <subdir>' line", 1,
+                            hint="conda-lock writes one; add e.g. '# platform: linux-64' at the top")
+    out = []
+    for number, manager, name, url in entries:
+        if manager == "pip":
+            version = re.split(r"-", url.split("#", 1)[0].rsplit("/", 1)[-1])[1:2]
+            out.append(_pip_entry(name, version[0] if version else "", url, None, platform, {"main"}, number))
+            continue
+        base, _, fragment = url.partition("#")
+        fragment = fragment.lower().removeprefix("sha256:")
+        md5, sha256 = (fragment, "") if HEX32.fullmatch(fragment) else (None, fragment)
+        filename = base.rsplit("/", 1)[-1]
+        _check_url(base, filename, number)
+        if sha256 and not HEX64.fullmatch(sha256):
+            raise LockReadError(f"{filename}: the fragment #{fragment} is neither an md5 nor a sha256", number)
+        if not md5 and not sha256:
+            raise LockReadError(f"{filename} is not pinned (no #<md5> or #sha256:<hex> fragment)", number)
+        stem = filename.removesuffix(".conda").removesuffix(".tar.bz2")
+        parts = stem.rsplit("-", 2)
+        if len(parts) != 3 or stem == filename:
+            raise LockReadError(f"{filename} is not a conda package file name (name-version-build.conda)", number)
+        out.append(LockEntry(LockedPackage(name=parts[0], version=parts[1], build=parts[2], url=base, sha256=sha256,
+                                           md5=md5, platform=platform), frozenset({"main"}), number))
+    metadata = LockMetadata({platform: input_hash} if input_hash else {}, (platform,))
+    return AdoptedLock("explicit", metadata, tuple(out))
+
+
+# ----- pixi ----------------------------------------------------------------------------------------
+def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
+    from rattler import LockFile
+
+    try:
+        lock = LockFile.from_path(str(path))
+    except Exception as exc:  # rattler's parse errors
+        raise LockReadError(f"not a pixi lock file rattler can read: {exc}", 1) from None
+    environments = dict(lock.environments())
+    if environment not in environments:
+        raise LockReadError(f"it has no environment {environment!r}", 1,
+                            hint=f"set conda_env(environment = ...) to one of {', '.join(sorted(environments))}")
+    env = environments[environment]
+    lines = _url_lines(text)
+    entries, platforms = [], []
+    for platform in env.platforms():
+        subdir = str(platform)
+        platforms.append(subdir)
+        for record in env.conda_repodata_records_for_platform(platform) or []:
+            url = str(record.url)
+            _check_url(url, record.name.normalized, lines.get(url))
+            entries.append(LockEntry(LockedPackage(
+                name=record.name.normalized, version=str(record.version), build=str(record.build), url=url,
+                sha256=record.sha256.hex() if record.sha256 else "", md5=record.md5.hex() if record.md5 else None,
+                platform=subdir), frozenset({"main"}), lines.get(url)))
+        for package in env.pypi_packages_for_platform(platform) or []:
+            location = str(package.location)
+            try:
+                sha256 = package.hashes.sha256.hex() if package.hashes.sha256 else ""
+            except AttributeError:  # a path or git package: no hashes at all
+                sha256 = ""
+            line = next((n for n, ln in enumerate(text.splitlines(), 1) if ln.strip() == f"- pypi: {location}"), None)
+            entries.append(_pip_entry(package.name, str(package.version), location, {"sha256": sha256} if sha256
+                                      else None, subdir, {"main"}, line))
+    return AdoptedLock("pixi", LockMetadata({}, tuple(platforms)), tuple(entries))
+
+
+# ----- selection -------------------------------------------------------------------------------------------
+def select(lock: AdoptedLock, platform: str, categories=("main",)) -> tuple[list[LockEntry], list[LockEntry]]:
+    """(conda entries, wheel entries) of `platform` in the chosen categories (conda-lock install takes
+    `main` only), one per package name: an entry listed once per category is merged."""
+    wanted = set(categories)
+    conda: dict[str, LockEntry] = {}
+    wheels: dict[str, LockEntry] = {}
+    for entry in lock.entries:
+        p = entry.package
+        if p.platform != platform or not (entry.categories & wanted):
+            continue
+        if entry.error is not None:
+            raise entry.error
+        (wheels if isinstance(p, LockedWheel) else conda).setdefault(p.name, entry)
+    return [conda[n] for n in sorted(conda)], [wheels[n] for n in sorted(wheels)]

@@ -1,0 +1,226 @@
+"""Adopting the lock files teams already commit (lockread.py): real conda-lock, explicit and pixi locks
+from public repositories (tests/data/locks, PROVENANCE), expanded into exactly one fetch action per
+package of the chosen platform, counted here independently of hb's reader; and what is refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from support import REPO, Workspace
+
+from rules.conda.lockread import LockReadError, read_lock, select
+
+LOCKS = REPO / "tests/data/locks"
+
+
+def _unified(doc, platform):
+    conda, pip = {}, {}
+    for p in doc["package"]:
+        categories = set(p.get("categories") or ()) | ({p["category"]} if "category" in p else set())
+        if p["platform"] != platform or "main" not in (categories or {"main"}):
+            continue
+        (pip if p.get("manager", "conda") == "pip" else conda)[p["name"]] = p
+    bad = sorted(n for n, p in pip.items()
+                 if not p["url"].split("#")[0].endswith(".whl") or len((p.get("hash") or {}).get("sha256") or "") != 64)
+    return len(conda), len(pip), bad
+
+
+def _pixi(doc, platform):
+    listed = doc["environments"]["default"]["packages"].get(platform, [])
+    pypi = {p["pypi"]: p for p in doc["packages"] if "pypi" in p}
+    conda = [p for p in listed if "conda" in p]
+    pip = [p["pypi"] for p in listed if "pypi" in p]
+    bad = sorted(pypi[u]["name"] for u in pip if not u.endswith(".whl") or "sha256" not in pypi[u])
+    return len(conda), len(pip), bad
+
+
+def expected(path: Path, platform: str) -> tuple[int, int, list[str]]:
+    """(conda packages, wheels, names of pip entries that are not sha256-pinned wheels), read plainly."""
+    text = path.read_text()
+    if path.name.endswith(".lock") and "@EXPLICIT" in text:
+        lines = text.splitlines()
+        return sum(1 for line in lines if line.startswith(("https://", "http://", "file://"))), 0, []
+    doc = yaml.safe_load(text)
+    return _pixi(doc, platform) if "environments" in doc else _unified(doc, platform)
+
+
+def platforms_of(path: Path) -> list[str]:
+    text = path.read_text()
+    if "@EXPLICIT" in text and path.name.endswith(".lock"):
+        return [re.search(r"^# platform: (\S+)", text, re.MULTILINE).group(1)]
+    doc = yaml.safe_load(text)
+    if "environments" in doc:
+        return sorted(doc["environments"]["default"]["packages"])
+    return list(doc["metadata"]["platforms"])
+
+
+CASES = [(f.name, p) for f in sorted(LOCKS.iterdir()) if f.name != "PROVENANCE" for p in platforms_of(f)]
+
+
+def _target(name: str, platform: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{name}--{platform}")
+
+
+@pytest.fixture(scope="module")
+def adopted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adopt")
+    ws = Workspace(root / "ws", root / "cache")
+    shutil.copytree(LOCKS, ws.root / "l")
+    (ws.root / "hermetic.toml").write_text("")
+    rules = [f'conda_env(name = "{_target(n, p)}", lock = "{n}", platform = "{p}", allow_md5 = True)'
+             for n, p in CASES]
+    (ws.root / "l/BUILD.hermetic").write_text("\n".join(rules) + "\n")
+    return ws
+
+
+def test_the_fixture_set_is_real_and_varied():
+    provenance = (LOCKS / "PROVENANCE").read_text()
+    files = [f for f in LOCKS.iterdir() if f.name != "PROVENANCE"]
+    assert len(files) >= 10 and all(f.name in provenance for f in files)
+    sizes = [expected(LOCKS / n, p)[0] for n, p in CASES]
+    assert sum(s >= 300 for s in sizes) >= 4  # several with hundreds of packages
+    assert sum(len(platforms_of(f)) > 1 for f in files) >= 3  # several platforms each
+    assert sum(expected(LOCKS / n, p)[1] > 0 for n, p in CASES) >= 4  # several with pip entries
+
+
+@pytest.mark.parametrize(("name", "platform"), CASES)
+def test_each_real_lock_expands_to_one_fetch_per_package_of_its_platform(adopted, name, platform):
+    conda, wheels, bad = expected(LOCKS / name, platform)
+    proc = adopted.hb("aquery", "--json", f"//l:{_target(name, platform)}", check=False)
+    if bad:  # an sdist or an unpinned (git, path) pip entry of this platform: refused, named, at its line
+        assert proc.returncode == 4, proc.stdout[:300]
+        assert re.search(rf"^analysis error: l/{re.escape(name)}:\d+: ", proc.stderr, re.MULTILINE), proc.stderr
+        assert any(f"pip package {b} " in proc.stderr for b in bad), proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    actions = json.loads(proc.stdout)
+    fetches = [a for a in actions if a["mnemonic"] == "CondaFetch"]
+    assert len(fetches) == conda
+    assert len({a["params"]["filename"] for a in fetches}) == conda
+    assert sum(a["mnemonic"] == "WheelFetch" for a in actions) == wheels
+    assert {a["platform"] for a in actions} == {platform}  # nothing of another platform
+
+
+def test_reading_the_largest_real_lock_is_fast_and_summary_errors_are_short(tmp_path):
+    import time
+
+    path = LOCKS / "CCRI-POPROX_poprox-recommender__conda-lock.yml"
+    started = time.perf_counter()
+    lock = read_lock(path)
+    assert time.perf_counter() - started < 5  # generous: the benchmark measures it (< 1 s here)
+    assert len(lock.entries) == len(yaml.safe_load(path.read_text())["package"])
+
+
+OLD_WRITER = """\
+version: 1
+metadata:
+  content_hash: {linux-64: abc}
+  channels: [{url: conda-forge, used_env_vars: []}]
+  platforms: [linux-64]
+  sources: [environment.yml]
+package:
+- name: zlib
+  version: 1.2.13
+  manager: conda
+  platform: linux-64
+  dependencies: {}
+  url: https://conda.anaconda.org/conda-forge/linux-64/zlib-1.2.13-hd590300_5.conda
+  hash: sha256:68ca0ed4ac7fbcd4ac7ef8e7a1b6a9d9ce10ad05f3e8d3f0e2a4bbd8c2f6f9a1
+- name: pytest
+  version: 7.4.0
+  manager: conda
+  platform: linux-64
+  dependencies: {}
+  url: https://conda.anaconda.org/conda-forge/noarch/pytest-7.4.0-pyhd8ed1ab_0.conda
+  hash: {md5: 3cfe8c6e9b1e8e1b6b1f9f5a9b8e8e8e, sha256: a111111111111111111111111111111111111111111111111111111111111111}
+  category: dev
+  optional: true
+- name: pytest
+  version: 7.4.0
+  manager: conda
+  platform: linux-64
+  dependencies: {}
+  url: https://conda.anaconda.org/conda-forge/noarch/pytest-7.4.0-pyhd8ed1ab_0.conda
+  hash: {md5: 3cfe8c6e9b1e8e1b6b1f9f5a9b8e8e8e, sha256: a111111111111111111111111111111111111111111111111111111111111111}
+  category: extra
+- name: six
+  version: 1.16.0
+  manager: pip
+  platform: linux-64
+  dependencies: {}
+  url: https://files.pythonhosted.org/packages/d9/5a/e7c3/six-1.16.0-py2.py3-none-any.whl
+  hash: {sha256: 8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254}
+"""
+
+
+def test_older_writers_are_read_leniently(tmp_path):
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(OLD_WRITER)
+    lock = read_lock(path)
+    conda, wheels = select(lock, "linux-64")
+    assert [e.package.name for e in conda] == ["zlib"]  # no category = main; pytest is dev/extra only
+    assert conda[0].package.sha256.startswith("68ca0ed4") and conda[0].package.build == "hd590300_5"
+    assert [e.package.name for e in wheels] == ["six"]
+    conda, _ = select(lock, "linux-64", ("main", "dev"))
+    assert [e.package.name for e in conda] == ["pytest", "zlib"]  # listed twice (dev, extra): once
+    assert select(lock, "osx-arm64") == ([], [])
+
+
+@pytest.mark.parametrize(("edit", "message", "line"), [
+    (lambda t: t.replace("  url: https://conda.anaconda.org/conda-forge/linux-64/zlib", "  url: ftp://x/zlib"),
+     "is not http(s) or file", None),
+    (lambda t: t.replace("zlib-1.2.13-hd590300_5.conda", "..").replace("hash: sha256:", "hash: sha256:"),
+     "does not end in a file name", 13),
+    (lambda t: t.replace("sha256:68ca0ed4", "sha256:zz"), "is not 64 hex digits", 13),
+    (lambda t: t.replace("six-1.16.0-py2.py3-none-any.whl", "six-1.16.0.tar.gz"), "source distribution", None),
+    (lambda t: t.replace("version: 1\n", "version: 7\n"), "format version 7 is not supported", 1),
+])
+def test_what_is_refused_names_the_line(tmp_path, edit, message, line):
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(edit(OLD_WRITER))
+    with pytest.raises(LockReadError) as caught:
+        select(read_lock(path), "linux-64")
+    assert message in caught.value.message
+    if line is not None:
+        assert caught.value.line == line
+
+
+def test_md5_only_is_refused_unless_allowed(adopted):
+    name = "CryoInTheCloud_hub-image__conda-linux-64.lock"
+    adopted.write("md5/BUILD.hermetic", f'conda_env(name = "strict", lock = "//l:{name}", platform = "linux-64")\n')
+    proc = adopted.hb("aquery", "//md5:strict", check=False)
+    assert proc.returncode == 4
+    assert re.search(rf"^analysis error: l/{re.escape(name)}:\d+: .* is pinned by md5 only", proc.stderr, re.M)
+    assert "allow_md5 = True" in proc.stderr
+    allowed = json.loads(adopted.hb("aquery", "--json", f"//l:{_target(name, 'linux-64')}").stdout)
+    assert all("md5" in a["params"] and "sha256" not in a["params"] for a in allowed if a["mnemonic"] == "CondaFetch")
+
+
+@pytest.mark.parametrize("name", sorted(f.name for f in LOCKS.glob("*.yml")))
+def test_the_line_reader_gives_what_the_yaml_loader_gives(name):
+    """conda-lock's own layout is read line by line (fast); the result equals yaml's C loader's."""
+    from rules.conda.lockread import _fast_unified, _read_unified
+
+    text = (LOCKS / name).read_text()
+    assert _fast_unified(text, yaml.CSafeLoader) is not None  # every real file takes the fast path
+
+    def seen(lock):
+        return [(e.package, e.categories, e.line, str(e.error)) for e in lock.entries], lock.metadata
+
+    assert seen(_read_unified(text, fast=True)) == seen(_read_unified(text, fast=False))
+
+
+def test_unusual_yaml_falls_back_to_the_loader(tmp_path):
+    flow = OLD_WRITER.replace("  dependencies: {}\n  url: https://conda.anaconda.org/conda-forge/linux-64/zlib",
+                              "  dependencies: &d {a: '1'}\n  url: https://conda.anaconda.org/conda-forge/linux-64/zlib")
+    from rules.conda.lockread import _fast_unified
+
+    assert _fast_unified(flow, yaml.CSafeLoader) is None
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(flow)
+    assert [e.package.name for e in select(read_lock(path), "linux-64")[0]] == ["zlib"]
