@@ -43,10 +43,16 @@ class BuildSummary:
     stats: BuildStats = field(repr=False, default=None)
 
     def to_json(self) -> dict:
+        recorded = {}
+        for record in (self.stats.records.values() if self.stats else ()):
+            facts = {k[9:]: v for k, v in record.result.metadata.items() if k.startswith("recorded.")}
+            if facts:
+                recorded[record.result.outputs[0].path] = facts  # keyed by the action's (first) output
         return {
             "targets": self.targets,
             "actions": {"executed": self.executed, "cached": self.cached},
             "seconds": round(self.seconds, 3),
+            **({"recorded": dict(sorted(recorded.items()))} if recorded else {}),
         }
 
 

@@ -247,7 +247,7 @@ class Executor:
         execution = ActionExecution(action, sandbox, execroot,
                                     {k: self.env[k] for k in action.env_allowlist if k in self.env},
                                     self.store, self.workspace.settings, bytearray(), bytearray(),
-                                    {f.path: self.output_entry(f) for f in action.inputs if not f.is_source})
+                                    {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}, {})
         try:
             if kind.stage_inputs:
                 self._stage_inputs(action, execroot)
@@ -268,7 +268,8 @@ class Executor:
             result = ActionResult(
                 tuple(outputs), 0,
                 self.store.put_blob(bytes(execution.stdout)), self.store.put_blob(bytes(execution.stderr)),
-                {"mnemonic": action.mnemonic, "owner": str(action.owner)},
+                {"mnemonic": action.mnemonic, "owner": str(action.owner),
+                 **{f"recorded.{k}": v for k, v in sorted(execution.recorded.items())}},
             )
             self.store.put_action_result(key, result)
             ok = True

@@ -115,6 +115,9 @@ class ActionExecution:
     stdout: bytearray
     stderr: bytearray
     input_entries: dict = None  # path -> OutputEntry (kind, digest) of each generated input
+    # facts an action establishes that a user should see (e.g. the sha256 of a package pinned by md5
+    # only): kept with its result, shown by `hb build --json` under "recorded"
+    recorded: dict = None
 
     def input_tree(self, file):
         """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""

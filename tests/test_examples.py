@@ -144,3 +144,35 @@ def test_research_metrics_run_inside_the_environment_and_verify(example):
     again = example.build_json("//research:metrics")
     assert again["actions"]["executed"] == 1
     assert json.loads((example.root / again["targets"]["//research:metrics"][0]["path"]).read_text())["n"] == 201
+
+
+@pytest.mark.slow
+def test_an_md5_pinned_explicit_lock_builds_with_allow_md5_and_records_sha256s(example):
+    """An explicit lock as conda-lock writes it (md5 fragments) for the example's conda packages: refused
+    by default, built with allow_md5 = True, and the sha256 hb computed is in `hb build --json`."""
+    import yaml
+
+    example.build_json("//channel:test-channel")
+    channel = example.root / "hb-out/channel/test-channel/channel"
+    lock = yaml.safe_load((example.root / "env/conda-lock.yml").read_text())
+    conda = [p for p in lock["package"] if p["platform"] == "linux-64" and p["manager"] == "conda"]
+    lines = ["# platform: linux-64", "@EXPLICIT"]
+    for p in conda:
+        subdir, filename = p["url"].rsplit("/", 2)[-2:]
+        data = (channel / subdir / filename).read_bytes()
+        lines.append(f"{(channel / subdir / filename).as_uri()}#{hashlib.md5(data).hexdigest()}")
+    example.write("explicit/env.lock", "\n".join(lines) + "\n")
+    example.write("explicit/BUILD.hermetic", """\
+        conda_env(name = "strict", lock = "env.lock")
+        conda_env(name = "md5", lock = "env.lock", allow_md5 = True)
+    """)
+    refused = example.hb("build", "//explicit:strict", check=False)
+    assert refused.returncode == 4 and "pinned by md5 only" in refused.stderr and "explicit/env.lock:3:" in refused.stderr
+    summary = example.build_json("//explicit:md5")
+    recorded = summary["recorded"]
+    assert {path.rsplit("/", 1)[-1]: facts["sha256"] for path, facts in recorded.items()} == \
+        {p["url"].rsplit("/", 1)[-1]: p["hash"]["sha256"] for p in conda}
+    from support import run_in_prefix
+
+    tree = example.root / summary["targets"]["//explicit:md5"][0]["path"]
+    assert run_in_prefix(tree, "/opt/env/bin/hb-hello").stdout == "hello from /opt/env\n"

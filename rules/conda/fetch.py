@@ -74,6 +74,8 @@ def fetch_pinned(execution, check) -> None:
     if execution.recall_alias(f"{algorithm}:{pin}", out):
         # checked again: the bytes were stored by another action, perhaps under other limits
         check(out, filename)
+        if algorithm == "md5":
+            execution.recorded["sha256"] = _sha256_of(out)
         execution.stdout += f"{filename}: already in the cache\n".encode()
         return
     errors = []
@@ -102,6 +104,7 @@ def fetch_pinned(execution, check) -> None:
                 execution.remember_alias(f"sha256:{sha256}", digest)
                 if algorithm == "md5":
                     execution.remember_alias(f"md5:{pin}", digest)
+                    execution.recorded["sha256"] = sha256
                     # the lock pinned md5 only: the sha256 of the verified bytes goes into the build record
                     execution.stdout += f"{filename}: md5 {pin} verified; sha256 {sha256}\n".encode()
                 execution.stdout += f"{filename}: {digest.size} bytes from {url} (attempt {attempt + 1})\n".encode()
