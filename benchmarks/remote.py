@@ -82,7 +82,6 @@ def per_request(server: NginxCache, n: int = 1000) -> None:
 def per_request_store(kind: str, store, n: int = 1000) -> tuple[float, float, float, float]:
     """Per-request seconds for n small action-cache entries (put, get+verify) and n small blobs
     (put, get+verify) through an hb store."""
-    from hermetic_build.digest import digest_bytes
     from hermetic_build.store.base import ActionResult, OutputEntry
 
     d = store.put_blob(b"x")

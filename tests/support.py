@@ -302,21 +302,26 @@ class BuildGridCache:
     (Capabilities, CAS, ByteStream, ActionCache) on a free 127.0.0.1 port. Its CAS is a disk
     storage under workdir, so a test can alter a stored blob (blob_path)."""
 
-    def __init__(self, workdir: Path, instance: str = ""):
+    def __init__(self, workdir: Path, instance: str = "", *, tls: tuple[Path, Path] | None = None):
         bgd = Path(sys.executable).parent / "bgd"
         if not bgd.exists():
             pytest.skip("BuildGrid (bgd) is not installed: pip install 'hermetic-build[reapi]'")
         self.port = free_port()
         self.instance = instance
-        self.url = f"grpc://127.0.0.1:{self.port}" + (f"/{instance}" if instance else "")
+        scheme = "grpcs" if tls else "grpc"
+        self.url = f"{scheme}://127.0.0.1:{self.port}" + (f"/{instance}" if instance else "")
         workdir.mkdir(parents=True, exist_ok=True)
+        channel = "insecure-mode: true"
+        if tls:
+            channel = (f"insecure-mode: false\n    credentials:\n      tls-server-cert: {tls[0]}\n"
+                       f"      tls-server-key: {tls[1]}")
         self.storage = workdir / "storage"
         conf = workdir / "bgd.yml"
         conf.write_text(textwrap.dedent(f"""\
             server:
               - !channel
                 address: "127.0.0.1:{self.port}"
-                insecure-mode: true
+                {{channel}}
             storages:
               - !disk-storage &cas-storage
                 path: {self.storage}
@@ -334,7 +339,7 @@ class BuildGridCache:
                     storage: *cas-storage
                   - !bytestream
                     storage: *cas-storage
-            """))
+            """).replace("{channel}", channel))
         self.log = open(workdir / "bgd.log", "w")
         self.proc = subprocess.Popen([str(bgd), "server", "start", str(conf)], stdout=self.log,
                                      stderr=subprocess.STDOUT, text=True)

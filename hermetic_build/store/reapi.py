@@ -503,9 +503,8 @@ class ReapiStore(Store):
         self.stats.add(ac_hits=1)
         return result
 
-    def _reject(self, key: str, why: str):
+    def _reject(self, key: str, why: str) -> None:
         self.stats.reject_entry(key, why)
-        return None
 
     def put_action_result(self, key: str, result: ActionResult) -> None:
         self._check_capabilities()

@@ -9,11 +9,12 @@ import pytest
 pytest.importorskip("grpc")
 pytest.importorskip("buildgrid._protos.build.bazel.remote.execution.v2.remote_execution_pb2")
 
-from hermetic_build.digest import digest_bytes  # noqa: E402
-from hermetic_build.store.base import ActionResult, OutputEntry  # noqa: E402
-from hermetic_build.store.reapi import ReapiStore, parse_url  # noqa: E402
-from hermetic_build.store.remote import RemoteUnavailable, Signer  # noqa: E402
-from support import BuildGridCache, Workspace, free_port  # noqa: E402
+from support import BuildGridCache, Workspace, free_port
+
+from hermetic_build.digest import digest_bytes
+from hermetic_build.store.base import ActionResult, OutputEntry
+from hermetic_build.store.reapi import ReapiStore, parse_url
+from hermetic_build.store.remote import RemoteUnavailable, Signer
 
 pytestmark = pytest.mark.slow
 
@@ -238,3 +239,25 @@ def test_tree_through_tiered_stores_is_read_in_batches(server, tmp_path):
             assert (tmp_path / "out" / f.relative_to(src)).read_bytes() == f.read_bytes()
     assert len(singles) <= 4  # the directory blobs; the 60 files came in a batch, the big one streamed
     assert reapi.stats.blobs_down >= 61 and not warnings
+
+
+def test_grpcs_with_a_private_ca(tmp_path):
+    import subprocess
+
+    from support import require_tool
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = BuildGridCache(tmp_path / "bgd", tls=(cert, key))
+    try:
+        assert server.url.startswith("grpcs://")
+        store = ReapiStore(server.url, signer=Signer(None), timeout=5, cafile=str(cert))
+        d = store.put_blob(b"over tls")
+        assert store.get_blob(d) == b"over tls"
+        # without the CA the server's certificate is not trusted: unavailable, not a silent downgrade
+        with pytest.raises(RemoteUnavailable):
+            ReapiStore(server.url, signer=Signer(None), timeout=3).has_blob(d)
+    finally:
+        server.stop()
