@@ -1,7 +1,10 @@
 """Remote cache benchmark: the second machine's build with a warm remote vs a cold local build of the
-example, bytes transferred, and per-request overhead for 1,000 small entries vs raw http.client.
+example, bytes transferred, and per-request overhead for 1,000 small entries vs raw http.client; the
+same for a REAPI cache (grpc://, a BuildGrid server) when the reapi extra is installed, with its
+per-request cost next to the HTTP cache's.
 
-    python3 benchmarks/remote.py
+    python3 benchmarks/remote.py            # everything
+    python3 benchmarks/remote.py grpc       # only the REAPI cache: per-request, then second machine
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from support import NginxCache, Registry, Workspace  # noqa: E402
+from support import BuildGridCache, NginxCache, Registry, Workspace  # noqa: E402
 
 TARGETS = ("//channel:test-channel", "//env:nlp-env", "//data:stats")
 
@@ -76,7 +79,59 @@ def per_request(server: NginxCache, n: int = 1000) -> None:
           f"(ratios {put_hb / put_raw:.1f}x, {get_hb / get_raw:.1f}x)")
 
 
+def per_request_store(kind: str, store, n: int = 1000) -> tuple[float, float, float, float]:
+    """Per-request seconds for n small action-cache entries (put, get+verify) and n small blobs
+    (put, get+verify) through an hb store."""
+    from hermetic_build.store.base import ActionResult, OutputEntry
+
+    d = store.put_blob(b"x")
+    result = ActionResult((OutputEntry("hb-out/p/x/o", "file", d),), 0, d, d)
+    keys = [f"{i + 7 * n:064x}" for i in range(n)]
+    blobs = [f"small blob {kind} {i}".encode() for i in range(n)]
+    put_ac, _ = timed(lambda: [store.put_action_result(k, result) for k in keys])
+    get_ac, got = timed(lambda: [store.get_action_result(k) for k in keys])
+    assert all(r == result for r in got)
+    put_b, digests = timed(lambda: [store.put_blob(b) for b in blobs])
+    get_b, datas = timed(lambda: [store.get_blob(x) for x in digests])
+    assert datas == blobs
+    print(f"[{kind}] {n} small entries through the store: action cache PUT {put_ac / n * 1e6:.0f} us, "
+          f"GET+verify {get_ac / n * 1e6:.0f} us; blobs PUT {put_b / n * 1e6:.0f} us, GET+verify "
+          f"{get_b / n * 1e6:.0f} us per request")
+    return put_ac / n, get_ac / n, put_b / n, get_b / n
+
+
+def grpc_vs_http(tmp: Path, servers: list) -> str:
+    from hermetic_build.store.http import HttpStore
+    from hermetic_build.store.reapi import ReapiStore
+    from hermetic_build.store.remote import Signer
+
+    nginx = NginxCache(tmp / "nginx-pr")
+    servers.append(nginx)
+    bgd = BuildGridCache(tmp / "bgd")
+    servers.append(bgd)
+    http_t = per_request_store("http", HttpStore(nginx.url, signer=Signer(b"bench-key")))
+    grpc_t = per_request_store("grpc", ReapiStore(bgd.url, signer=Signer(b"bench-key"), timeout=10))
+    names = ("AC PUT", "AC GET", "blob PUT", "blob GET")
+    print("[grpc vs http] per request: " + ", ".join(f"{n} {g / h:.1f}x" for n, g, h in zip(names, grpc_t, http_t)))
+    return bgd.url
+
+
 def main() -> None:
+    if sys.argv[1:] == ["grpc"]:
+        tmp = Path(tempfile.mkdtemp(prefix="hb-bench-remote-"))
+        servers = []
+        try:
+            url = grpc_vs_http(tmp, servers)
+            locked = tmp / "locked"
+            ws = example_copy(locked, tmp / "cache-lock")
+            ws.hb("lock", "//env:nlp-lock", timeout=900)
+            second_machine("grpc", url, tmp, locked)
+        finally:
+            for s in servers:
+                s.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+
     tmp = Path(tempfile.mkdtemp(prefix="hb-bench-remote-"))
     servers = []
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -92,6 +147,13 @@ def main() -> None:
         servers.append(registry)
         second_machine("oci", f"oci://{registry.host}/hb/cache", tmp, locked)
         per_request(nginx)
+        try:
+            import grpc  # noqa: F401
+
+            url = grpc_vs_http(tmp, servers)
+            second_machine("grpc", url, tmp, locked)
+        except ImportError:
+            print("[grpc] skipped: the reapi extra (buildgrid, grpcio) is not installed")
     finally:
         for s in servers:
             s.stop()

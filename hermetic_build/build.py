@@ -92,7 +92,8 @@ class Session:
             from .store.tiered import TieredStore
 
             timeout = remote.timeout or self.settings.remote_timeout
-            self.remote = GuardedRemote(open_remote(url, timeout=timeout, local=self.local_store),
+            self.remote = GuardedRemote(open_remote(url, timeout=timeout, local=self.local_store,
+                                                    instance_name=self.settings.remote_instance_name or None),
                                         required=remote.required, warn=self.reporter.warn, url=url)
             upload = self.settings.remote_upload if remote.upload is None else remote.upload
             self.store = TieredStore(self.local_store, self.remote, upload=upload)

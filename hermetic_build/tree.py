@@ -258,6 +258,9 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
     cache: dict[Digest, list[TreeEntry]] = {}
     for _ in _walk(store, digest, "", cache):  # validate everything (and the limits) first
         pass
+    prefetch = getattr(store, "prefetch", None)  # a tiered store: fetch remote blobs in batches
+    if prefetch is not None:
+        prefetch([e.digest for entries in cache.values() for e in entries if e.kind == "file"])
     Path(dest).mkdir(parents=True, exist_ok=True)
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     stack = [(root_fd, iter(cache[digest]), None)]  # (dir fd, entries left, mode to set when done)

@@ -34,6 +34,7 @@ class Settings:
     source_date_epoch: int = 0
     env_allowlist: tuple[str, ...] = ()
     remote_cache: str | None = None
+    remote_instance_name: str = ""  # REAPI instance for grpc(s):// caches whose URL names none
     remote_upload: bool = False
     remote_timeout: int = 10
     jobs: int = 0
@@ -45,7 +46,8 @@ class Settings:
 
 
 _KNOWN_KEYS = {"cache_dir", "platforms", "source_date_epoch", "env_allowlist", "remote_cache", "jobs",
-               "rule_modules", "remote_upload", "remote_timeout", "starlark_memory_mb", "starlark_timeout_s"}
+               "rule_modules", "remote_upload", "remote_timeout", "remote_instance_name", "starlark_memory_mb",
+               "starlark_timeout_s"}
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ def load_settings(root: Path) -> Settings:
         source_date_epoch=typed("source_date_epoch", int, 0),
         env_allowlist=tuple(sorted(typed("env_allowlist", list, []))),
         remote_cache=typed("remote_cache", str, "") or None,
+        remote_instance_name=typed("remote_instance_name", str, ""),
         remote_upload=typed("remote_upload", bool, False),
         remote_timeout=typed("remote_timeout", int, 10),
         jobs=typed("jobs", int, 0),

@@ -295,3 +295,74 @@ def run_in_prefix(tree: Path, *argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+
+
+class BuildGridCache:
+    """A real BuildGrid server (`bgd server start`) offering only the REAPI cache services
+    (Capabilities, CAS, ByteStream, ActionCache) on a free 127.0.0.1 port. Its CAS is a disk
+    storage under workdir, so a test can alter a stored blob (blob_path)."""
+
+    def __init__(self, workdir: Path, instance: str = "", *, tls: tuple[Path, Path] | None = None):
+        bgd = Path(sys.executable).parent / "bgd"
+        if not bgd.exists():
+            pytest.skip("BuildGrid (bgd) is not installed: pip install 'hermetic-build[reapi]'")
+        self.port = free_port()
+        self.instance = instance
+        scheme = "grpcs" if tls else "grpc"
+        self.url = f"{scheme}://127.0.0.1:{self.port}" + (f"/{instance}" if instance else "")
+        workdir.mkdir(parents=True, exist_ok=True)
+        channel = "insecure-mode: true"
+        if tls:
+            channel = (f"insecure-mode: false\n    credentials:\n      tls-server-cert: {tls[0]}\n"
+                       f"      tls-server-key: {tls[1]}")
+        self.storage = workdir / "storage"
+        conf = workdir / "bgd.yml"
+        conf.write_text(textwrap.dedent(f"""\
+            server:
+              - !channel
+                address: "127.0.0.1:{self.port}"
+                {{channel}}
+            storages:
+              - !disk-storage &cas-storage
+                path: {self.storage}
+            caches:
+              - !lru-action-cache &ac
+                storage: *cas-storage
+                max-cached-refs: 100000
+                allow-updates: true
+            instances:
+              - name: "{instance}"
+                services:
+                  - !action-cache
+                    cache: *ac
+                  - !cas
+                    storage: *cas-storage
+                  - !bytestream
+                    storage: *cas-storage
+            """).replace("{channel}", channel))
+        self.log = open(workdir / "bgd.log", "w")
+        self.proc = subprocess.Popen([str(bgd), "server", "start", str(conf)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bgd exited: {(workdir / 'bgd.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"bgd did not listen on {self.port}: {(workdir / 'bgd.log').read_text()}")
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.storage / "cas" / "objects" / sha256[:2] / sha256[2:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.log.close()

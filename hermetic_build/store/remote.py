@@ -161,6 +161,12 @@ class GuardedRemote(Store):
     def fetch_file(self, digest: Digest, dest, **kwargs) -> bool:
         return self._call(False, self.remote.fetch_file, digest, dest, **kwargs)
 
+    def prefetch(self, digests, sink) -> None:
+        """Batched reads, for remotes that have them (REAPI): sink(digest, data) per verified blob."""
+        prefetch = getattr(self.remote, "prefetch", None)
+        if prefetch is not None:
+            self._call(None, prefetch, digests, sink)
+
     def get_action_result(self, key: str):
         if not self._unsigned_noted:
             self._note_unsigned()
