@@ -75,7 +75,7 @@ def fetch_pinned(execution, check) -> None:
         # checked again: the bytes were stored by another action, perhaps under other limits
         check(out, filename)
         if algorithm == "md5":
-            execution.recorded["sha256"] = _sha256_of(out)
+            execution.recorded["sha256"] = sha256_of_file(out)
         execution.stdout += f"{filename}: already in the cache\n".encode()
         return
     errors = []
@@ -115,7 +115,7 @@ def fetch_pinned(execution, check) -> None:
     raise ActionFailed(f"could not fetch {filename} ({algorithm} {pin}):\n  " + "\n  ".join(errors[-6:]))
 
 
-def _sha256_of(path) -> str:
+def sha256_of_file(path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -144,7 +144,7 @@ def _from_channel(execution) -> None:
                            f"is stale (a recipe changed); {relock}")
     if not execution.store.fetch_file(entry.digest, out):
         raise ActionFailed(f"{where}: {subdir}/{filename} is missing from the cache")
-    actual = _sha256_of(out)
+    actual = sha256_of_file(out)
     if actual != sha256:
         os.unlink(out)
         raise ActionFailed(f"{where} builds {subdir}/{filename} with sha256 {actual}, but the lock pins {sha256}: "

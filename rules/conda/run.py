@@ -13,6 +13,7 @@ import json
 from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, rule
 
 from .env import CondaEnvInfo
+from .fetch import sha256_of_file
 
 PROVENANCE = "provenance.intoto.json"
 BUILD_TYPE = "https://hermetic-build.dev/env_run/v1"
@@ -61,14 +62,6 @@ def _run(execution) -> None:
     execution.path(outputs[-1]).write_text(json.dumps(statement, indent=2, sort_keys=True) + "\n")
 
 
-def _sha256(path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def _statement(execution, outs) -> dict:
     """in-toto Statement (SLSA provenance v1) of the artifacts: artifact -> environment tree -> lock."""
     params = execution.params
@@ -77,7 +70,7 @@ def _statement(execution, outs) -> dict:
         path = execution.path(out)
         if not path.is_file() or path.is_symlink():
             raise ActionFailed(f"{out.path} was not written as a file by the command")
-        subjects.append({"name": out.path, "digest": {"sha256": _sha256(path)}})
+        subjects.append({"name": out.path, "digest": {"sha256": sha256_of_file(path)}})
     tree = execution.input_entries[params["tree"]].digest
     deps = [{"uri": f"hb-tree:{params['tree']}", "digest": {"blake3": tree.hash},
              "annotations": {"kind": "environment", "prefix": params["prefix"], "size": tree.size}},
@@ -86,7 +79,7 @@ def _statement(execution, outs) -> dict:
                              "platform": params["lock"]["platform"]}}]
     for f in execution.action.inputs:
         if f.path != params["tree"] and not f.is_directory:
-            deps.append({"uri": f.path, "digest": {"sha256": _sha256(execution.path(f))},
+            deps.append({"uri": f.path, "digest": {"sha256": sha256_of_file(execution.path(f))},
                          "annotations": {"kind": "input"}})
     return {
         "_type": "https://in-toto.io/Statement/v1",

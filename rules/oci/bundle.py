@@ -36,12 +36,9 @@ KIND_ANNOTATION = "dev.hermetic-build.artifact"
 
 
 def _oci_bundle_impl(ctx):
-    from .image import OciImageInfo
+    from .image import OciImageInfo, required_dep
 
-    dep = ctx.dep("image")
-    image = dep.get(OciImageInfo) if dep is not None else None
-    if image is None:
-        ctx.fail(f"image = {ctx.attr.image} is not an oci_image target")
+    dep, image = required_dep(ctx, "image", OciImageInfo, "an oci_image target")
     attachments = []
     for target in ctx.deps("attach"):
         files = target.files

@@ -61,6 +61,15 @@ class OciImageInfo(Provider):
     lockfiles: tuple[File, ...] = ()  # the lock files the packages come from (source files)
 
 
+def required_dep(ctx, attr_name: str, provider, what: str):
+    """(the target `attr_name` names, its `provider`), or an analysis error saying it is not a `what`."""
+    dep = ctx.dep(attr_name)
+    info = dep.get(provider) if dep is not None else None
+    if info is None:
+        ctx.fail(f"{attr_name} = {getattr(ctx.attr, attr_name)} is not {what}")
+    return dep, info
+
+
 def _oci_image_impl(ctx):
     from rules.conda.env import CondaEnvInfo  # the one rule family images know how to layer
 

@@ -24,12 +24,9 @@ BUILDER_ID = "https://hermetic-build.dev/hb"
 
 
 def _oci_provenance_impl(ctx):
-    from .image import OciImageInfo
+    from .image import OciImageInfo, required_dep
 
-    dep = ctx.dep("image")
-    image = dep.get(OciImageInfo) if dep is not None else None
-    if image is None:
-        ctx.fail(f"image = {ctx.attr.image} is not an oci_image target")
+    dep, image = required_dep(ctx, "image", OciImageInfo, "an oci_image target")
     locks = []
     for lock in image.lockfiles:
         data = ctx.read_source(lock)  # tracked: a new lock re-analyses, so the statement follows it

@@ -78,15 +78,12 @@ def deb_package(entry: dict, layer_set: int) -> SbomPackage:
 def _oci_sbom_impl(ctx):
     from rules.conda.env import CondaEnvInfo
 
-    from .image import OciImageInfo
+    from .image import OciImageInfo, required_dep
 
     if (ctx.attr.image is None) == (ctx.attr.env is None):
         ctx.fail("set exactly one of image (an oci_image) and env (a conda_env)")
     if ctx.attr.env is not None:
-        dep = ctx.dep("env")
-        env = dep.get(CondaEnvInfo) if dep is not None else None
-        if env is None:
-            ctx.fail(f"env = {ctx.attr.env} is not a conda_env target")
+        dep, env = required_dep(ctx, "env", CondaEnvInfo, "a conda_env target")
         out = ctx.declare_directory(".")
         ctx.actions.declare(
             mnemonic="EnvSbom", kind="oci.sbom", inputs=[env.tree], outputs=[out],
@@ -96,10 +93,7 @@ def _oci_sbom_impl(ctx):
             description=f"EnvSbom {dep.label}",
         )
         return [DefaultInfo(files=(out,))]
-    dep = ctx.dep("image")
-    image = dep.get(OciImageInfo) if dep is not None else None
-    if image is None:
-        ctx.fail(f"image = {ctx.attr.image} is not an oci_image target")
+    dep, image = required_dep(ctx, "image", OciImageInfo, "an oci_image target")
     out = ctx.declare_directory(".")
     ctx.actions.declare(
         mnemonic="OciSbom", kind="oci.sbom", inputs=[image.layout, *image.layer_indexes], outputs=[out],
