@@ -4,6 +4,8 @@ written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lo
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import pathlib
 from dataclasses import dataclass
 
@@ -24,7 +26,7 @@ from hermetic_build.api import (
 
 from . import lockfile as lf
 from .channel import CondaChannelInfo
-from . import pypi
+from . import pypi, pypi_deps
 from .solve import solve
 from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 
@@ -162,22 +164,27 @@ def _lock(request) -> LockOutcome:
 
     channel_urls = _channel_urls(request, spec.channels)
     packages = []
-    for platform in platforms:
-        locked, preferences = [], {}
-        if existing is not None and request.update:
-            keep, keep_pip = lf.packages_for(existing, platform)
-            locked = [(p.name, p.version, p.build) for p in keep if p.name not in request.update]
-            updated = {pypi.normalise(n) for n in request.update}
-            preferences = {w.name: w.version for w in keep_pip if pypi.normalise(w.name) not in updated}
-        request.reporter.info(f"solving {request.label} for {platform}")
-        records = solve(channel_urls, spec.match_specs(platform), platform, virtual_packages.get(platform, []),
-                        request.state_dir() / "repodata", locked, where=f"{request.label}: ")
-        packages.extend(lf.locked_dependency(r, platform) for r in records)
-        requirements = spec.pip_requirements(platform)
-        if requirements:
-            request.reporter.info(f"resolving the pip requirements of {request.label} for {platform} with uv")
-            packages.extend(_lock_pip(request, requirements, records, platform,
-                                      virtual_packages.get(platform, []), preferences))
+    # uv runs in its own process: each platform's resolution starts as soon as its conda solve is done
+    # and runs while the next platform is solved (threads only wait on the subprocess)
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(platforms))) as pool:
+        pip_jobs = []
+        for platform in platforms:
+            locked, preferences = [], {}
+            if existing is not None and request.update:
+                keep, keep_pip = lf.packages_for(existing, platform)
+                locked = [(p.name, p.version, p.build) for p in keep if p.name not in request.update]
+                updated = {pypi.normalise(n) for n in request.update}
+                preferences = {w.name: w.version for w in keep_pip if pypi.normalise(w.name) not in updated}
+            request.reporter.info(f"solving {request.label} for {platform}")
+            records = solve(channel_urls, spec.match_specs(platform), platform, virtual_packages.get(platform, []),
+                            request.state_dir() / "repodata", locked, where=f"{request.label}: ")
+            packages.extend(lf.locked_dependency(r, platform) for r in records)
+            requirements = spec.pip_requirements(platform)
+            if requirements:
+                request.reporter.info(f"resolving the pip requirements of {request.label} for {platform} with uv")
+                pip_jobs.append(_start_pip(request, pool, requirements, records, platform,
+                                           virtual_packages.get(platform, []), preferences))
+        packages.extend(_finish_pip(request, pip_jobs))
     lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms,
                                 [shown, *(s for _, s in extra)], fingerprints)
     lf.write_lockfile(lockfile, lock_path)
@@ -194,8 +201,17 @@ def _rel(label) -> str:
     return f"{label.package}/{label.name}" if label.package else label.name
 
 
-def _lock_pip(request, requirements, records, platform: str, virtual_packages, preferences):
-    """conda-lock `manager: pip` entries for the pip requirements, resolved against the solved conda side."""
+@dataclass(frozen=True)
+class _PipJob:
+    platform: str
+    target: pypi.WheelTarget
+    provided: dict
+    requirements: tuple
+    wheels: object  # a Future of uv's resolution, or None where conda provides every requirement
+
+
+def _start_pip(request, pool, requirements, records, platform: str, virtual_packages, preferences) -> _PipJob:
+    """Start the uv resolution of one platform's pip requirements against its solved conda side."""
     where = f"{request.label}: "
     python = next((r for r in records if r.name.normalized == "python"), None)
     if python is None:
@@ -204,11 +220,28 @@ def _lock_pip(request, requirements, records, platform: str, virtual_packages, p
                             location=Location(first.path, first.line), hint="add `- python 3.11.*` to dependencies")
     target = pypi.wheel_target(platform, virtual_packages, str(python.version), where)
     provided = pypi.conda_provided(records)
-    requirements = pypi.without_conda_provided(requirements, provided, target, where)
-    if not requirements:
-        return []
-    wheels = pypi.resolve(requirements, target, provided, preferences, request.state_dir() / "uv-cache", where)
-    return [pypi.locked_wheel_dependency(w, platform) for w in wheels]
+    remaining = pypi.without_conda_provided(requirements, provided, target, where)
+    future = pool.submit(pypi.resolve, remaining, target, provided, preferences,
+                         request.state_dir() / "uv-cache", where) if remaining else None
+    return _PipJob(platform, target, provided, tuple(requirements), future)
+
+
+def _finish_pip(request, jobs: list[_PipJob]):
+    """conda-lock `manager: pip` entries of every platform, with their dependencies read from the
+    wheels' metadata (fetched once for all platforms); errors in platform order."""
+    where = f"{request.label}: "
+    resolved = [(job, job.wheels.result() if job.wheels is not None else []) for job in jobs]
+    cache = pypi_deps.MetadataCache(request.state_dir() / "pypi-metadata")
+    metadata = pypi_deps.fetch_metadata([w for _, wheels in resolved for w in wheels], cache, where)
+    out = []
+    for job, wheels in resolved:
+        env = pypi_deps.marker_environment(job.platform, job.target.python_version)
+        present = {w.name for w in wheels} | set(job.provided)
+        deps = pypi_deps.platform_dependencies({w.name: metadata[w.sha256] for w in wheels},
+                                               pypi.root_extras(list(job.requirements)), env, present)
+        out.extend(pypi.locked_wheel_dependency(dataclasses.replace(w, dependencies=tuple(deps[w.name].items())),
+                                                job.platform) for w in wheels)
+    return out
 
 
 def explicit_name(lockfile: str, platform: str) -> str:

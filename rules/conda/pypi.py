@@ -13,6 +13,7 @@ as a conda-lock `manager: pip` entry. hb build never runs uv.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -50,7 +51,8 @@ class ResolvedWheel:
     version: str
     url: str
     sha256: str
-    dependencies: tuple[str, ...] = ()
+    # (dependency name, version spec) as conda-lock writes them, sorted; filled by pypi_deps
+    dependencies: tuple[tuple[str, str], ...] = ()
 
 
 def normalise(name: str) -> str:
@@ -96,11 +98,16 @@ def supported_tags(target: WheelTarget):
             *compatible_tags((major, minor), platforms=list(target.tag_platforms))]
 
 
+@functools.lru_cache(maxsize=16)
+def _tag_rank(target: WheelTarget) -> dict:
+    return {tag: i for i, tag in enumerate(supported_tags(target))}
+
+
 def pick_wheel(name: str, wheels: list[dict], target: WheelTarget) -> dict | None:
     """The wheel of `wheels` (pylock entries: url, hashes) whose best tag ranks highest for target."""
     from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-    rank = {tag: i for i, tag in enumerate(supported_tags(target))}
+    rank = _tag_rank(target)
     best = None
     for wheel in wheels:
         filename = wheel.get("name") or wheel["url"].rsplit("/", 1)[-1]
@@ -114,18 +121,51 @@ def pick_wheel(name: str, wheels: list[dict], target: WheelTarget) -> dict | Non
     return best[1] if best else None
 
 
+@functools.lru_cache(maxsize=1)
+def conda_to_pypi() -> dict[str, tuple[str, ...]]:
+    """conda name -> the PyPI names its package provides, where they differ from its own name
+    (pypi_mapping.json, in conda-lock's mapping format: one entry per PyPI name; one conda package
+    may provide several, e.g. `cupy` for `cupy` and `cupy-cuda12x`, as in parselmouth's mapping
+    that pixi uses)."""
+    out: dict[str, set[str]] = {}
+    for pypi_name, entry in json.loads(PYPI_MAPPING.read_text()).items():
+        out.setdefault(entry["conda_name"], set()).add(normalise(entry.get("pypi_name") or pypi_name))
+    return {conda: tuple(sorted(names)) for conda, names in out.items()}
+
+
+def _purl_names(record) -> tuple[str, ...]:
+    """PyPI names from the record's package URLs (`pkg:pypi/NAME@...`, CEP 17 `purls` in repodata),
+    which pixi prefers to any mapping; () when the channel records none."""
+    try:
+        purls = json.loads(record.to_json()).get("purls") or ()
+    except (AttributeError, ValueError, TypeError):
+        return ()
+    return tuple(sorted({normalise(p[len("pkg:pypi/"):].split("@")[0].split("?")[0]) for p in purls
+                         if isinstance(p, str) and p.startswith("pkg:pypi/") and len(p) > len("pkg:pypi/")}))
+
+
+def pypi_names(record) -> tuple[str, ...]:
+    """The PyPI names a conda record provides: its purls, else the mapping, else its own name."""
+    name = record.name.normalized
+    return _purl_names(record) or conda_to_pypi().get(name) or (normalise(name),)
+
+
 def conda_provided(records) -> dict[str, str]:
-    """PyPI name -> version of the Python packages the conda side installs (conda-lock's rule:
-    packages that depend on python, named through the mapping, else by their PEP 503-normalised name)."""
-    reverse = {entry["conda_name"]: pypi for pypi, entry in json.loads(PYPI_MAPPING.read_text()).items()}
-    out = {}
-    for record in records:
+    """PyPI name -> version of the Python packages the conda side installs (conda-lock's rule: the
+    packages that depend on python; named by purls, the mapping or their own PEP 503-normalised
+    name; where two claim one PyPI name, the one whose name differs wins, as in conda-lock: the
+    Python binding `python-xxhash` over a library `xxhash`)."""
+    out: dict[str, tuple[bool, str]] = {}
+    for record in sorted(records, key=lambda r: r.name.normalized):
         name = record.name.normalized
         depends = {d.split()[0] for d in record.depends}
         if name == "python" or name.startswith("__") or "python" not in depends:
             continue
-        out[normalise(reverse.get(name, name))] = str(record.version)
-    return out
+        for pypi_name in pypi_names(record):
+            mapped = pypi_name != normalise(name)
+            if pypi_name not in out or (mapped and not out[pypi_name][0]):
+                out[pypi_name] = (mapped, str(record.version))
+    return {name: version for name, (_, version) in sorted(out.items())}
 
 
 def without_conda_provided(requirements: list[PipRequirement], provided: dict[str, str], target: WheelTarget,
@@ -204,9 +244,18 @@ def resolve(requirements: list[PipRequirement], target: WheelTarget, provided: d
         sha256 = (chosen.get("hashes") or {}).get("sha256", "")
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise AnalysisError(f"{where}uv gave no sha256 for {chosen['url']}")
-        deps = tuple(sorted(normalise(d["name"]) for d in package.get("dependencies", []) if "name" in d))
-        wheels.append(ResolvedWheel(name, str(package["version"]), chosen["url"], sha256, deps))
+        wheels.append(ResolvedWheel(name, str(package["version"]), chosen["url"], sha256))
     return wheels
+
+
+def root_extras(requirements: list[PipRequirement]) -> dict[str, set[str]]:
+    """The extras the pip: lines ask for, by normalised name (`pkg[a,b]`)."""
+    from packaging.requirements import Requirement
+
+    out: dict[str, set[str]] = {}
+    for r in requirements:
+        out.setdefault(r.name, set()).update(normalise(e) for e in Requirement(r.text).extras)
+    return out
 
 
 def _location(requirements: list[PipRequirement], text: str) -> Location | None:
@@ -245,5 +294,5 @@ def locked_wheel_dependency(wheel: ResolvedWheel, platform: str):
     from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
 
     return LockedDependency(name=wheel.name, version=wheel.version, manager="pip", platform=platform,
-                            dependencies={d: "*" for d in wheel.dependencies}, url=wheel.url,
+                            dependencies=dict(wheel.dependencies), url=wheel.url,
                             hash=HashModel(sha256=wheel.sha256), categories={"main"})

@@ -1,0 +1,96 @@
+"""The dependencies of locked wheels (conda-lock's `dependencies:` of a `manager: pip` entry), from
+their core metadata evaluated for each platform; metadata fetched from PEP 658 files or the wheel."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+
+import pytest
+
+from hermetic_build.api import AnalysisError
+from rules.conda.pypi_deps import (
+    MetadataCache,
+    WheelMetadata,
+    fetch_metadata,
+    marker_environment,
+    parse_metadata,
+    platform_dependencies,
+)
+
+ANYIO = WheelMetadata("anyio", "4.4.0", (
+    "idna>=2.8", "sniffio>=1.1", "exceptiongroup>=1.0.2; python_version < \"3.11\"",
+    "typing-extensions>=4.1; python_version < \"3.11\"", "trio>=0.23; extra == \"trio\"",
+    "pytest>=7.0; extra == \"test\""))
+CLICK = WheelMetadata("click", "8.1.7", ("colorama; platform_system == \"Windows\"",))
+HTTPX = WheelMetadata("httpx", "0.27.0", (
+    "anyio", "idna", "h2<5,>=3; extra == \"http2\"", "brotli; platform_python_implementation == 'CPython' and "
+    "extra == 'brotli'", "socksio==1.*; extra == 'socks'"))
+CLIENT = WheelMetadata("client", "1.0", ("httpx[http2]>=0.25", "httpx<1", "numpy>=1.22; sys_platform == 'darwin'",
+                                         "client[extra]; extra == 'all'"))
+
+
+def test_markers_are_evaluated_for_each_platform_and_python():
+    linux = marker_environment("linux-64", "3.11.10")
+    present = {"anyio", "idna", "sniffio", "exceptiongroup", "typing-extensions", "click", "colorama", "trio"}
+    deps = platform_dependencies({"anyio": ANYIO, "click": CLICK}, {}, linux, present)
+    assert deps == {"anyio": {"idna": ">=2.8", "sniffio": ">=1.1"}, "click": {}}
+    old = platform_dependencies({"anyio": ANYIO}, {}, marker_environment("osx-arm64", "3.10.14"), present)
+    assert old["anyio"] == {"exceptiongroup": ">=1.0.2", "idna": ">=2.8", "sniffio": ">=1.1",
+                            "typing-extensions": ">=4.1"}
+    assert list(old["anyio"]) == sorted(old["anyio"])  # deterministic order
+
+
+def test_extras_asked_for_by_the_pip_lines_and_by_other_wheels_are_followed():
+    env = marker_environment("linux-64", "3.11.10")
+    present = {"anyio", "idna", "trio", "httpx", "h2", "brotli", "client", "numpy"}
+    deps = platform_dependencies({"anyio": ANYIO, "httpx": HTTPX, "client": CLIENT}, {"anyio": {"trio"}}, env, present)
+    assert deps["anyio"] == {"idna": ">=2.8", "trio": ">=0.23"}  # sniffio: not in the lock, not listed
+    assert deps["httpx"] == {"anyio": "*", "h2": "<5,>=3", "idna": "*"}  # http2 asked for by client; not brotli
+    assert deps["client"] == {"httpx": "<1,>=0.25"}  # two lines for one name: one spec; numpy only on darwin
+    darwin = platform_dependencies({"client": CLIENT}, {}, marker_environment("osx-arm64", "3.11.10"), present)
+    assert darwin["client"] == {"httpx": "<1,>=0.25", "numpy": ">=1.22"}
+
+
+def test_metadata_is_parsed_and_must_name_its_wheel(tmp_path):
+    text = "Metadata-Version: 2.1\nName: Foo_Bar\nVersion: 1.0\nRequires-Dist: idna>=2\nRequires-Dist: x; extra=='a'\n\nbody"
+    assert parse_metadata(text, "w") == WheelMetadata("foo-bar", "1.0", ("idna>=2", "x; extra=='a'"))
+    with pytest.raises(AnalysisError, match="no Name or no Version"):
+        parse_metadata("Metadata-Version: 2.1\n", "w")
+
+
+@dataclass(frozen=True)
+class Wheel:
+    name: str
+    version: str
+    url: str
+    sha256: str
+
+
+def _wheel(path, name, version, requires=()):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                    + "".join(f"Requires-Dist: {r}\n" for r in requires))
+        zf.writestr(f"{name}-{version}.dist-info/RECORD", "")
+    return Wheel(name, version, path.as_uri(), hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_fetch_reads_pep658_files_else_the_wheel_checked_by_sha256_and_caches_by_sha256(tmp_path):
+    a = _wheel(tmp_path / "a-1.0-py3-none-any.whl", "a", "1.0", ["b>=2"])
+    b = _wheel(tmp_path / "b-2.0-py3-none-any.whl", "b", "2.0")
+    (tmp_path / "a-1.0-py3-none-any.whl.metadata").write_text("Metadata-Version: 2.1\nName: a\nVersion: 1.0\n"
+                                                             "Requires-Dist: b>=2.1\n")  # the PEP 658 file wins
+    cache = MetadataCache(tmp_path / "cache")
+    got = fetch_metadata([a, b, a], cache)
+    assert got[a.sha256].requires_dist == ("b>=2.1",) and got[b.sha256] == WheelMetadata("b", "2.0", ())
+    for f in tmp_path.glob("*.whl*"):
+        f.unlink()
+    assert fetch_metadata([a, b], cache) == got  # from the cache: nothing is read again
+
+    c = _wheel(tmp_path / "c-1.0-py3-none-any.whl", "c", "1.0")
+    with pytest.raises(AnalysisError, match="does not have the sha256 uv locked"):
+        fetch_metadata([Wheel("c", "1.0", c.url, "0" * 64)], cache)
+    with pytest.raises(AnalysisError, match="names c 1.0, not d 1.0"):
+        fetch_metadata([Wheel("d", "1.0", c.url, c.sha256)], cache)
+    assert cache.get(c.sha256) is None  # nothing wrong is cached
