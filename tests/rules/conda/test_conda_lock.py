@@ -82,8 +82,8 @@ def test_virtual_package_change_makes_lock_stale(workspace, nginx_channel):
     assert check.returncode == 1 and "the virtual packages for linux-64 changed" in check.stdout
 
 
-def _pip_env(ws, channel_url, pip_lines):
-    env_workspace(ws, channel_url, ["hb-vocab"])
+def _pip_env(ws, channel_url, pip_lines, platforms=("linux-64",)):
+    env_workspace(ws, channel_url, ["hb-vocab"], platforms=platforms)
     ws.write("env/environment.yml", f"channels: [{channel_url}]\ndependencies:\n  - python 3.11.*\n  - nlp-tok\n"
                                     "  - pip:\n" + "".join(f"      - {line}\n" for line in pip_lines))
 
@@ -123,6 +123,51 @@ def test_pip_section_is_locked_with_uv_fetched_and_installed(workspace, nginx_ch
     assert _pip_entries(workspace)["idna"].version == "3.9"
     workspace.hb("lock", "--update", "idna", "//env:lock", timeout=300)
     assert _pip_entries(workspace)["idna"].version != "3.9"
+
+
+def test_pip_entries_carry_their_dependencies_per_platform_and_update_moves_one_pip_package(workspace,
+                                                                                            nginx_channel):
+    """conda-lock writes each pip package's dependencies (name -> spec); hb reads them from the
+    wheels' metadata for each platform's markers. conda-lock's parser and renderers read the result.
+    `--update NAME` of a pip package moves it alone."""
+    from conda_lock.conda_lock import render_lockfile_for_platform
+
+    both = ("linux-64", "osx-arm64")
+    lines = ["anyio ==4.4.0", "idna <3.8", "click <8.2", "keyring ==25.5.0"]
+    _pip_env(workspace, nginx_channel.url, lines, platforms=both)
+    workspace.hb("lock", "//env:lock", timeout=300)
+    lock = _lock(workspace)  # conda-lock's own parser
+    pip = {(p.platform, p.name): p for p in lock.package if p.manager == "pip"}
+    for platform in both:
+        # sniffio and idna always; exceptiongroup and typing-extensions only for python < 3.11 (3.11 locked)
+        assert pip[platform, "anyio"].dependencies == {"idna": ">=2.8", "sniffio": ">=1.1"}
+        assert pip[platform, "click"].dependencies == {}  # colorama only on Windows
+        names = {n for (p, n) in pip if p == platform}
+        for (p, _), entry in pip.items():
+            if p == platform:
+                assert set(entry.dependencies) <= names and list(entry.dependencies) == sorted(entry.dependencies)
+    linux, darwin = pip["linux-64", "keyring"].dependencies, pip["osx-arm64", "keyring"].dependencies
+    assert {"secretstorage", "jeepney", "importlib-metadata"} <= set(linux)  # sys_platform == "linux"
+    assert "secretstorage" not in darwin and "jeepney" not in darwin and "importlib-metadata" in darwin
+    assert linux["jeepney"] == ">=0.4.2"
+
+    env_render = "\n".join(render_lockfile_for_platform(lockfile=_lock(workspace), include_dev_dependencies=True,
+                                                         extras=None, kind="env", platform="linux-64"))
+    anyio = pip["linux-64", "anyio"]
+    assert f"      - anyio == 4.4.0 --hash=sha256:{anyio.hash.sha256}" in env_render
+    explicit = (workspace.root / "env/conda-linux-64.lock").read_text()
+    assert explicit.index("# pip idna @") < explicit.index("# pip anyio @")  # conda-lock's toposort used them
+
+    # loosen two pins: --update click moves click alone, idna (and everything else) stays pinned
+    before = {n: p.version for (pl, n), p in pip.items() if pl == "linux-64"}
+    _pip_env(workspace, nginx_channel.url, ["anyio ==4.4.0", "idna", "click", "keyring ==25.5.0"], platforms=both)
+    check = workspace.hb("lock", "--check", "//env:lock", check=False)
+    assert check.returncode == 1 and "the pip requirements for linux-64 changed" in check.stdout
+    workspace.hb("lock", "--update", "click", "//env:lock", timeout=300)
+    after = {p.name: p.version for p in _lock(workspace).package if p.manager == "pip" and p.platform == "linux-64"}
+    assert after.pop("click") != before.pop("click")
+    assert after == before
+    assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
 
 
 def test_sdist_only_and_conflicting_pip_requirements_are_errors_at_their_line(workspace, nginx_channel):
