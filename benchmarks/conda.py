@@ -169,7 +169,8 @@ def pip_benchmarks(tmp: Path) -> None:
 
     from conda_lock.lockfile import parse_conda_lock_file
 
-    from rules.conda.pypi import uv_binary, wheel_target
+    from rules.conda.pypi import wheel_target
+    from rules.conda.uv_run import uv_binary
 
     example = copy_example(tmp / "examples", tmp / "cache-example")
     example.hb("lock", "//...", timeout=900)  # builds the channel, warms uv's cache (not timed)

@@ -4,7 +4,6 @@ written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lo
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import pathlib
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from hermetic_build.api import (
 
 from . import lockfile as lf
 from .channel import CondaChannelInfo
-from . import pypi, pypi_deps
+from . import pypi, pypi_deps, uv_run
 from .solve import solve
 from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 
@@ -164,10 +163,11 @@ def _lock(request) -> LockOutcome:
 
     channel_urls = _channel_urls(request, spec.channels)
     packages = []
-    # uv runs in its own process: each platform's resolution starts as soon as its conda solve is done
-    # and runs while the next platform is solved (threads only wait on the subprocess)
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(platforms))) as pool:
-        pip_jobs = []
+    # uv runs as a process: each platform's resolution starts as soon as its conda solve is done and
+    # runs while the next platform is solved; the runs the last lock of this target made start at once
+    speculation = uv_run.Speculation(request.state_dir(), str(request.label), request.state_dir() / "uv-cache")
+    pip_jobs: list[_PipJob] = []
+    try:
         for platform in platforms:
             locked, preferences = [], {}
             if existing is not None and request.update:
@@ -182,9 +182,15 @@ def _lock(request) -> LockOutcome:
             requirements = spec.pip_requirements(platform)
             if requirements:
                 request.reporter.info(f"resolving the pip requirements of {request.label} for {platform} with uv")
-                pip_jobs.append(_start_pip(request, pool, requirements, records, platform,
+                pip_jobs.append(_start_pip(request, speculation, requirements, records, platform,
                                            virtual_packages.get(platform, []), preferences))
         packages.extend(_finish_pip(request, pip_jobs))
+        speculation.record([job.run.inputs for job in pip_jobs if job.run is not None])
+    finally:
+        speculation.close()
+        for job in pip_jobs:  # after an error: no uv process outlives the lock
+            if job.run is not None:
+                job.run.cancel()
     lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms,
                                 [shown, *(s for _, s in extra)], fingerprints)
     lf.write_lockfile(lockfile, lock_path)
@@ -206,12 +212,14 @@ class _PipJob:
     platform: str
     target: pypi.WheelTarget
     provided: dict
-    requirements: tuple
-    wheels: object  # a Future of uv's resolution, or None where conda provides every requirement
+    requirements: tuple  # the pip: lines of the platform
+    remaining: tuple  # those uv resolves (the others a conda package provides)
+    run: uv_run.UvRun | None  # None where conda provides every requirement
 
 
-def _start_pip(request, pool, requirements, records, platform: str, virtual_packages, preferences) -> _PipJob:
-    """Start the uv resolution of one platform's pip requirements against its solved conda side."""
+def _start_pip(request, speculation, requirements, records, platform: str, virtual_packages, preferences) -> _PipJob:
+    """Start (or take over the early run of) the uv resolution of one platform's pip requirements
+    against its solved conda side."""
     where = f"{request.label}: "
     python = next((r for r in records if r.name.normalized == "python"), None)
     if python is None:
@@ -221,16 +229,19 @@ def _start_pip(request, pool, requirements, records, platform: str, virtual_pack
     target = pypi.wheel_target(platform, virtual_packages, str(python.version), where)
     provided = pypi.conda_provided(records)
     remaining = pypi.without_conda_provided(requirements, provided, target, where)
-    future = pool.submit(pypi.resolve, remaining, target, provided, preferences,
-                         request.state_dir() / "uv-cache", where) if remaining else None
-    return _PipJob(platform, target, provided, tuple(requirements), future)
+    run = None
+    if remaining:
+        inputs = pypi.uv_inputs(remaining, target, provided, preferences)
+        run = speculation.take(inputs) or uv_run.UvRun(inputs, request.state_dir() / "uv-cache")
+    return _PipJob(platform, target, provided, tuple(requirements), tuple(remaining), run)
 
 
 def _finish_pip(request, jobs: list[_PipJob]):
     """conda-lock `manager: pip` entries of every platform, with their dependencies read from the
     wheels' metadata (fetched once for all platforms); errors in platform order."""
     where = f"{request.label}: "
-    resolved = [(job, job.wheels.result() if job.wheels is not None else []) for job in jobs]
+    resolved = [(job, pypi.resolved_wheels(job.run.result(), list(job.remaining), job.target, job.provided, where)
+                 if job.run is not None else []) for job in jobs]
     cache = pypi_deps.MetadataCache(request.state_dir() / "pypi-metadata")
     metadata = pypi_deps.fetch_metadata([w for _, wheels in resolved for w in wheels], cache, where)
     out = []

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import pathlib
 import re
-import subprocess
-import tempfile
 from dataclasses import dataclass
 
 from hermetic_build.api import AnalysisError, Location
@@ -29,9 +26,6 @@ from .spec import PYPI_MAPPING, PipRequirement, parse_virtual_package
 # uv's --python-platform names the manylinux levels it knows; a glibc in between rounds down
 _MANYLINUX_MINORS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
 _ARCH = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "osx-arm64": "arm64", "osx-64": "x86_64"}
-# the environment uv runs with: no UV_* / PIP_* settings of the user's shell change a lock
-_ENV_KEPT = ("PATH", "HOME", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy",
-             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
 @dataclass(frozen=True)
@@ -194,44 +188,37 @@ def without_conda_provided(requirements: list[PipRequirement], provided: dict[st
     return out
 
 
-def uv_binary() -> str:
-    import uv
-
-    return uv.find_uv_bin()
-
-
-def resolve(requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
-            preferences: dict[str, str], cache_dir: pathlib.Path, where: str = "") -> list[ResolvedWheel]:
-    """Resolve `requirements` for `target` with uv; `provided` (conda's Python packages) constrain and
-    are left out; `preferences` (name -> version of the old lock) are kept where possible."""
+def uv_inputs(requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
+              preferences: dict[str, str]):
+    """The exact inputs of uv's resolution of `requirements` for `target`: `provided` (conda's Python
+    packages) as constraints at their conda versions, `preferences` (name -> version of the old lock)
+    as an existing output file whose pins uv keeps where it can."""
     from packaging.version import InvalidVersion, Version
 
-    with tempfile.TemporaryDirectory(prefix="hb-uv-") as tmp:
-        tmp_path = pathlib.Path(tmp)
-        (tmp_path / "requirements.in").write_text("".join(r.text + "\n" for r in requirements))
-        constraints = []
-        for name, version in sorted(provided.items()):
-            try:
-                constraints.append(f"{name}=={Version(version)}\n")
-            except InvalidVersion:
-                continue  # not a PEP 440 version: the package is still left out of the result
-        (tmp_path / "constraints.txt").write_text("".join(constraints))
-        out = tmp_path / "pylock.toml"
-        if preferences:  # uv keeps the pins of an existing output file where it can
-            out.write_text('lock-version = "1.0"\ncreated-by = "hb"\n' + "".join(
-                f'\n[[packages]]\nname = "{n}"\nversion = "{v}"\n' for n, v in sorted(preferences.items())))
-        env = {k: os.environ[k] for k in _ENV_KEPT if k in os.environ}
-        env.update(dict(target.uv_env))
-        argv = [uv_binary(), "pip", "compile", "requirements.in", "--constraints", "constraints.txt",
-                "--format", "pylock.toml", "-o", "pylock.toml", "--only-binary", ":all:", "--no-config",
-                "--python-version", target.python_version, "--python-platform", target.uv_platform,
-                "--cache-dir", str(cache_dir), "--quiet", "--no-header"]
-        proc = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise _resolution_error(proc.stderr, requirements, target, where)
-        import tomllib
+    from .uv_run import UvInputs
 
-        lock = tomllib.loads(out.read_text())
+    constraints = []
+    for name, version in sorted(provided.items()):
+        try:
+            constraints.append(f"{name}=={Version(version)}\n")
+        except InvalidVersion:
+            continue  # not a PEP 440 version: the package is still left out of the result
+    prefs = ""
+    if preferences:
+        prefs = 'lock-version = "1.0"\ncreated-by = "hb"\n' + "".join(
+            f'\n[[packages]]\nname = "{n}"\nversion = "{v}"\n' for n, v in sorted(preferences.items()))
+    return UvInputs(target.platform, "".join(r.text + "\n" for r in requirements), "".join(constraints), prefs,
+                    target.python_version, target.uv_platform, target.uv_env)
+
+
+def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
+                    where: str = "") -> list[ResolvedWheel]:
+    """The wheels of uv's result (a uv_run.UvResult) for `target`, conda-provided packages left out."""
+    import tomllib
+
+    if result.returncode != 0:
+        raise _resolution_error(result.stderr, requirements, target, where)
+    lock = tomllib.loads(result.pylock)
     wheels = []
     for package in lock.get("packages", []):
         name = normalise(package["name"])
@@ -246,6 +233,15 @@ def resolve(requirements: list[PipRequirement], target: WheelTarget, provided: d
             raise AnalysisError(f"{where}uv gave no sha256 for {chosen['url']}")
         wheels.append(ResolvedWheel(name, str(package["version"]), chosen["url"], sha256))
     return wheels
+
+
+def resolve(requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
+            preferences: dict[str, str], cache_dir: pathlib.Path, where: str = "") -> list[ResolvedWheel]:
+    """Resolve `requirements` for `target` with uv, now (one process, waited for)."""
+    from .uv_run import UvRun
+
+    run = UvRun(uv_inputs(requirements, target, provided, preferences), cache_dir)
+    return resolved_wheels(run.result(), requirements, target, provided, where)
 
 
 def root_extras(requirements: list[PipRequirement]) -> dict[str, set[str]]:
