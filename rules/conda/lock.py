@@ -1,5 +1,6 @@
 """conda_lock and `hb lock`: one py-rattler solve per platform with exactly the declared virtual
-packages, then (for a `pip:` section) one uv resolution per platform against the locked python,
+packages, then (for a `pip:` section) one uv resolution per platform against the locked python (uv
+processes overlapping the solves, see uv_run.py; the wheels' dependencies from pypi_deps.py),
 written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lock files."""
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 `hb lock` runs `uv pip compile --format pylock.toml --only-binary :all:` for the Python version of
 the locked conda `python` and the platform's wheel tags (manylinux level from `__glibc`, macOS
-version from `__osx`). Python packages the conda side already installs (conda names mapped to PyPI
-names through pypi_mapping.json, else PEP 503-normalised, for conda packages that depend on python,
-as conda-lock does) are dropped from the requirements, passed to uv as constraints at their conda
-versions and left out of the result, so nothing is installed twice.
+version from `__osx`). Python packages the conda side already installs (conda packages that depend
+on python, as conda-lock counts them, named on PyPI by their purls, else pypi_mapping.json, else
+their PEP 503-normalised name) are dropped from the requirements, passed to uv as constraints at
+their conda versions and left out of the result, so nothing is installed twice.
 Each resolved package is pinned to the one wheel file whose tags the platform supports (checked
 here again with `packaging`, whatever uv listed), by URL and sha256, and written into conda-lock.yml
 as a conda-lock `manager: pip` entry. hb build never runs uv.
