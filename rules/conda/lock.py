@@ -128,6 +128,18 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
 
 
 def _lock(request) -> LockOutcome:
+    if request.check:
+        return _lock_or_check(request, None)
+    # the uv runs the last lock of this target made start now, before conda-lock is imported and the
+    # environment read and solved; they are used only for the same inputs (uv_run.py)
+    speculation = uv_run.Speculation(request.state_dir(), str(request.label), request.state_dir() / "uv-cache")
+    try:
+        return _lock_or_check(request, speculation)
+    finally:
+        speculation.close()
+
+
+def _lock_or_check(request, speculation) -> LockOutcome:
     attrs = request.attrs
     platforms = _platforms(attrs, request.settings)
     virtual_packages = _with_cuda(attrs["virtual_packages"], platforms, attrs["cuda"])
@@ -165,8 +177,7 @@ def _lock(request) -> LockOutcome:
     channel_urls = _channel_urls(request, spec.channels)
     packages = []
     # uv runs as a process: each platform's resolution starts as soon as its conda solve is done and
-    # runs while the next platform is solved; the runs the last lock of this target made start at once
-    speculation = uv_run.Speculation(request.state_dir(), str(request.label), request.state_dir() / "uv-cache")
+    # runs while the next platform is solved
     pip_jobs: list[_PipJob] = []
     try:
         for platform in platforms:
@@ -188,7 +199,6 @@ def _lock(request) -> LockOutcome:
         packages.extend(_finish_pip(request, pip_jobs))
         speculation.record([job.run.inputs for job in pip_jobs if job.run is not None])
     finally:
-        speculation.close()
         for job in pip_jobs:  # after an error: no uv process outlives the lock
             if job.run is not None:
                 job.run.cancel()
