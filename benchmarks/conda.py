@@ -191,7 +191,7 @@ def pip_benchmarks(tmp: Path, stage: bool = True) -> None:
     def uv_sequential():
         total, peak = 0.0, 0
         for target in targets:
-            out = tmp / f"pylock-{target.platform}.toml"
+            out = tmp / f"pylock.{target.platform.replace('-', '_')}.toml"
             out.unlink(missing_ok=True)
             seconds, rss, _ = run_measured(uv_argv(target, out), env={**os.environ, **dict(target.uv_env)})
             total, peak = total + seconds, max(peak, rss)
@@ -203,7 +203,7 @@ def pip_benchmarks(tmp: Path, stage: bool = True) -> None:
         started = time.perf_counter()
         procs = []
         for target in targets:
-            out = tmp / f"pylock-{target.platform}.toml"
+            out = tmp / f"pylock.{target.platform.replace('-', '_')}.toml"
             out.unlink(missing_ok=True)
             procs.append(subprocess.Popen(uv_argv(target, out), env={**os.environ, **dict(target.uv_env)},
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
