@@ -6,9 +6,10 @@ same records, and fetch throughput from a local HTTP server (nginx).
 Prints measurements taken side by side in one run. Goal (issue 3): hb's stage / direct install <= 1.1.
 With the example's pip section (issue 9): `hb lock` vs `uv pip compile` of the same requirements
 alone (two baselines: the platforms one after the other, and started at once; 5 interleaved
-repetitions, min and median, `sync` before each timed run), and the stage of the real example environment (7 conda packages + the PyPI wheels) vs
-`rattler.install` + `uv pip install` of the same files into an empty prefix: whole-process wall
-times, median of 3, with each process's peak RSS (its own and its waited-for children's).
+repetitions, min and median, `sync` before each timed run), and the stage of the real example
+environment (7 conda packages + the PyPI wheels) vs `rattler.install` + `uv pip install` of the same
+files into an empty prefix: whole-process wall times, median of 3, with each process's peak RSS (its
+own and its waited-for children's).
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def pip_benchmarks(tmp: Path, stage: bool = True) -> None:
     requirements = tmp / "requirements.in"
     requirements.write_text("numpy >=2.2,<2.5\ntokenizers >=0.21,<0.24\n")
     uv, uv_cache = uv_binary(), tmp / "uv-cache"
-    targets = [wheel_target("linux-64", ["__glibc=2.36"], "3.11.2"), wheel_target("osx-arm64", ["__osx=13.0"], "3.11.2")]
+    targets = [wheel_target("linux-64", ["__glibc=2.36"], "3.11.2"),
+               wheel_target("osx-arm64", ["__osx=13.0"], "3.11.2")]
 
     def uv_argv(target, out):
         return [uv, "pip", "compile", str(requirements), "--format", "pylock.toml", "-o", str(out), "--only-binary",
@@ -228,7 +230,8 @@ def pip_benchmarks(tmp: Path, stage: bool = True) -> None:
         times = [r[0] for r in runs]
         return min(times), statistics.median(times), max(r[1] for r in runs)
 
-    (h_min, h_med, h_rss), (s_min, s_med, s_rss), (c_min, c_med, c_rss) = stats(lock_runs), stats(seq_runs), stats(conc_runs)
+    (h_min, h_med, h_rss), (s_min, s_med, s_rss) = stats(lock_runs), stats(seq_runs)
+    c_min, c_med, c_rss = stats(conc_runs)
     print(f"hb lock //env:nlp-lock with its pip section (conda solve + uv + wheel metadata, linux-64 + osx-arm64; "
           f"uv cache and wheel-metadata cache warm): min {h_min:.2f} s, median {h_med:.2f} s, peak {h_rss} MiB")
     print(f"  baseline 1: `uv pip compile` of the same requirements alone, the two platforms one after the other "

@@ -54,7 +54,8 @@ def test_extras_asked_for_by_the_pip_lines_and_by_other_wheels_are_followed():
 
 
 def test_metadata_is_parsed_and_must_name_its_wheel(tmp_path):
-    text = "Metadata-Version: 2.1\nName: Foo_Bar\nVersion: 1.0\nRequires-Dist: idna>=2\nRequires-Dist: x; extra=='a'\n\nbody"
+    text = ("Metadata-Version: 2.1\nName: Foo_Bar\nVersion: 1.0\nRequires-Dist: idna>=2\n"
+            "Requires-Dist: x; extra=='a'\n\nbody")
     assert parse_metadata(text, "w") == WheelMetadata("foo-bar", "1.0", ("idna>=2", "x; extra=='a'"))
     with pytest.raises(AnalysisError, match="no Name or no Version"):
         parse_metadata("Metadata-Version: 2.1\n", "w")
