@@ -15,7 +15,7 @@ from .buildfile import Package, PackageLoader, TargetDef, all_packages, source_e
 from .errors import AnalysisError, BuildFileError, HbError, Location, UsageError, did_you_mean
 from .label import Label, LabelSyntaxError, TargetPattern
 from .rule import DefaultInfo, Provider, Rule
-from .workspace import BUILD_FILE, Workspace, host_platform
+from .workspace import BUILD_FILE, Workspace, host_platform, package_of_cwd
 
 
 @dataclass(frozen=True)
@@ -479,12 +479,4 @@ def _path(file: File) -> str:
     return file.path
 
 
-def package_of_cwd(workspace: Workspace, cwd: Path | None = None) -> str:
-    cwd = (cwd or Path.cwd()).resolve()
-    if cwd != workspace.root and workspace.root not in cwd.parents:
-        return ""
-    rel = os.path.relpath(cwd, workspace.root)
-    return "" if rel == "." else rel.replace(os.sep, "/")
-
-
-BuildFileError, Package  # re-exported
+BuildFileError, Package, package_of_cwd  # re-exported

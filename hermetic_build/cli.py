@@ -42,7 +42,7 @@ def _remote(remote_cache, remote_upload, remote_required, remote_timeout):
 
 
 def _current_package(session) -> str:
-    from .analysis import package_of_cwd
+    from .workspace import package_of_cwd
 
     return package_of_cwd(session.workspace)
 
