@@ -6,6 +6,7 @@ that can be cached between invocations, so a no-op build never re-evaluates Star
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +399,19 @@ class Analyzer:
 
     # ----- rules -------------------------------------------------------------------------------------
     def analyze(self, patterns: list[str], current_package: str = "") -> AnalysisResult:
+        """Analyse with the cyclic garbage collector paused: analysis allocates millions of small
+        objects that all stay alive, so each collection scanned an ever larger heap and found
+        nothing (measured: 30% of the parent's CPU at 50,000 targets). The BUILD file child forked
+        from here inherits the pause; its memory budget (evalguard) still holds."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._analyze(patterns, current_package)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _analyze(self, patterns: list[str], current_package: str = "") -> AnalysisResult:
         roots = self.expand(patterns, current_package)
         graph = self.target_graph(roots)
         configured: dict[Label, ConfiguredTarget] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.util
 import json
@@ -152,14 +153,19 @@ class Session:
     def analyze(self, patterns: list[str], current_package: str = "", use_cache: bool = True) -> AnalysisResult:
         cache_file = self.state_dir / (
             "analysis-" + blake3(json.dumps([patterns, current_package]).encode()).hexdigest()[:16] + ".pickle")
-        if use_cache:
-            cached = self._load_analysis(cache_file, patterns, current_package)
-            if cached is not None:
-                return cached
-        from .analysis import Analyzer
+        enabled = gc.isenabled()
+        gc.disable()  # (un)pickling and analysis allocate many objects that all stay alive
+        try:
+            analysis = self._load_analysis(cache_file, patterns, current_package) if use_cache else None
+            if analysis is None:
+                from .analysis import Analyzer
 
-        analysis = Analyzer(self.workspace, self.rules()).analyze(patterns, current_package)
-        self._save_analysis(cache_file, patterns, current_package, analysis)
+                analysis = Analyzer(self.workspace, self.rules()).analyze(patterns, current_package)
+                self._save_analysis(cache_file, patterns, current_package, analysis)
+        finally:
+            if enabled:
+                gc.enable()
+        gc.freeze()  # later collections (the build) need not scan the analysis again and again
         return analysis
 
     def _fingerprint(self, patterns, current_package, analysis: AnalysisResult) -> dict:
