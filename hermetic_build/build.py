@@ -114,6 +114,7 @@ class Session:
         self.state_dir = self.settings.cache_dir / "workspaces" / ws_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rules = None
+        self._analyses: dict[tuple, AnalysisResult] = {}
 
     # ----- rules ---------------------------------------------------------------------------------
     def rules(self):
@@ -151,6 +152,15 @@ class Session:
 
     # ----- analysis --------------------------------------------------------------------------------
     def analyze(self, patterns: list[str], current_package: str = "", use_cache: bool = True) -> AnalysisResult:
+        """The analysis of `patterns`: from this session's memory (`hb query` asks again for each
+        sub-expression), the analysis cache, or a fresh analysis."""
+        key = (tuple(patterns), current_package)
+        if use_cache and key in self._analyses:
+            return self._analyses[key]
+        self._analyses[key] = analysis = self._analyze(patterns, current_package, use_cache)
+        return analysis
+
+    def _analyze(self, patterns: list[str], current_package: str, use_cache: bool) -> AnalysisResult:
         cache_file = self.state_dir / (
             "analysis-" + blake3(json.dumps([patterns, current_package]).encode()).hexdigest()[:16] + ".pickle")
         enabled = gc.isenabled()

@@ -1,7 +1,7 @@
 """The no-op shortcut: a build whose inputs did not change is answered from a record of the last
 successful build, before analysis and before any per-action work.
 
-After a build succeeds, `record()` writes what that build depended on and what it left behind:
+After a build succeeds, `save()` writes what that build depended on and what it left behind:
 the stat of every file analysis read (hermetic.toml, BUILD and .bzl files, sources rules read,
 hb's and the rules' own code), the package scans of recursive patterns and the results of every
 glob(), the stat of every source file an action of the build reads, the values of the environment
@@ -51,8 +51,8 @@ def stamp(path: str, follow: bool = True):
 
 @dataclass(frozen=True)
 class Request:
-    """What identifies a build for the shortcut: the same patterns, from the same package, with the
-    same hb and the same rule code."""
+    """What identifies a build for the shortcut: the same patterns, from the same package (hb's
+    version and the code of hb and the rules are checked beside it)."""
 
     patterns: tuple[str, ...]
     current_package: str
