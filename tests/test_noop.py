@@ -6,6 +6,7 @@ records, one that must be answered by the record), then changes one thing and ch
 next build noticed it."""
 
 import json
+import os
 import time
 
 from hermetic_build.filecache import RACY_SECONDS
@@ -154,3 +155,20 @@ def test_other_patterns_and_fresh_files_do_not_use_the_record(workspace):
     workspace.write("a/in1.txt", "first\n")  # same content, fresh stamp: too new to record
     build(workspace)
     assert "noop" not in build(workspace)
+
+
+def test_ordinary_no_op_build_does_not_rewrite_action_records(workspace):
+    """Without the record (files too fresh), a build with nothing to do still leaves actions.json
+    (the keys `hb explain` compares) as it was; a change rewrites it."""
+    make(workspace)
+    build(workspace)
+    state = next((workspace.cache / "workspaces").iterdir())
+    records = state / "actions.json"
+    before = os.stat(records)
+    summary = build(workspace)
+    assert "noop" not in summary and summary["actions"]["executed"] == 0
+    after = os.stat(records)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    workspace.write("a/in1.txt", "other\n")
+    build(workspace)
+    assert os.stat(records).st_ino != before.st_ino
