@@ -1,9 +1,16 @@
-"""Core benchmark: analysis of 10,000 genrule targets, and no-op rebuild times.
+"""Core benchmark: no-op builds and cold analysis, measured as a user runs hb (whole processes).
 
-Prints measurements taken side by side in one run, and their ratios. Goals (issue 2):
-no-op build of the example workspace <= 0.3 s; analysis of 10,000 targets <= 3 s.
+Every row runs `python -m hermetic_build.cli ...` as a subprocess (bytecode cached, as installed),
+at least 3 times, and prints the minimum and the median wall time, the median CPU time (user +
+system, hb and its children) and the peak RSS of the run (ru_maxrss from wait4: the process and
+the children it waited for). The baseline, timed side by side in the same run after a `sync`, is
+`python -c pass`: the interpreter's start-up, the floor for any command written in Python.
 
-    python3 benchmarks/core.py [--targets 10000] [--skip-full-build]
+Goals (issue 11): no-op of the example (`hb -C examples build //env:nlp-gpu` again) <= 0.3 s; no-op
+of 10,000 genrules <= 0.5 s; cold analysis (`hb aquery //...` with an empty cache) of 50,000
+targets <= 8 s, and linear in targets (50k / 10k about 5).
+
+    python3 benchmarks/core.py [--reps 3] [--targets 10000] [--skip ROW ...]
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hermetic_build.filecache import RACY_SECONDS  # noqa: E402
+
+ROWS = ("example", "noop", "cold")
+
 
 def generate(root: Path, targets: int, per_package: int = 100) -> None:
-    """`targets` genrules in packages of `per_package`; each reads a source file, every tenth
-    also depends on the previous target, so the graph has chains as well as breadth."""
+    """`targets` genrules in packages of `per_package`; each reads a source file, nine in ten also
+    depend on the previous target, so the graph has chains as well as breadth."""
     root.mkdir(parents=True)
     (root / "hermetic.toml").write_text("")
     for p in range(max(1, targets // per_package)):
@@ -39,81 +50,113 @@ def generate(root: Path, targets: int, per_package: int = 100) -> None:
         (pkg / "BUILD.hermetic").write_text("\n".join(lines) + "\n")
 
 
-def hb(root: Path, cache: Path, *args) -> float:
-    env = {**os.environ, "HB_CACHE_DIR": str(cache)}
+def _env(cache: Path | None) -> dict:
+    env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure hb as installed: with its bytecode cached
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if cache is not None:
+        env["HB_CACHE_DIR"] = str(cache)
+    return env
+
+
+def run(argv: list[str], cwd: Path, cache: Path | None) -> tuple[float, float, int]:
+    """One whole process: (wall s, CPU s of it and its children, peak RSS KiB)."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", *args], cwd=root, env=env,
-                          capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
+    proc = subprocess.Popen(argv, cwd=cwd, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
     if proc.returncode != 0:
-        raise SystemExit(f"hb {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return elapsed
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
-def best_of(n, fn) -> float:
-    return min(fn() for _ in range(n))
+def hb(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hermetic_build.cli", *args]
 
 
-def analysis_time(root: Path, cache: Path) -> tuple[float, int]:
-    os.environ["HB_CACHE_DIR"] = str(cache)
-    import rules  # noqa: F401
-    from hermetic_build.analysis import Analyzer
-    from hermetic_build.rule import registered_rules
-    from hermetic_build.workspace import find_workspace
+BASELINE = [sys.executable, "-c", "pass"]
 
-    started = time.perf_counter()
-    result = Analyzer(find_workspace(root), registered_rules()).analyze(["//..."])
-    return time.perf_counter() - started, len(result.actions)
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+
+    def measure(self, name: str, reps: int, once, *, goal: float | None = None) -> dict:
+        """`once()` -> (wall, cpu, rss) of one run; the baseline runs after a sync, interleaved."""
+        hb_runs, base_runs = [], []
+        for _ in range(reps):
+            subprocess.run(["sync"], check=True)
+            base_runs.append(run(BASELINE, REPO, None))
+            hb_runs.append(once())
+        walls = [r[0] for r in hb_runs]
+        row = {
+            "name": name, "min": min(walls), "median": statistics.median(walls),
+            "cpu": statistics.median(r[1] for r in hb_runs), "rss": max(r[2] for r in hb_runs),
+            "base": statistics.median(r[0] for r in base_runs), "goal": goal, "reps": reps,
+        }
+        self.rows.append(row)
+        verdict = "" if goal is None else f"  goal <= {goal:g} s: {'met' if row['median'] <= goal else 'MISSED'}"
+        print(f"{name:<44} min {row['min']:7.3f} s  median {row['median']:7.3f} s  cpu {row['cpu']:7.3f} s  "
+              f"peak RSS {row['rss'] / 1024:6.0f} MiB  x{row['median'] / row['base']:6.1f} baseline "
+              f"({row['base']:.3f} s){verdict}", flush=True)
+        return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--targets", type=int, default=10000)
-    parser.add_argument("--skip-full-build", action="store_true", help="measure analysis only")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--targets", type=int, default=10000, help="the smaller workspace (the bigger: 5x)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=ROWS)
     args = parser.parse_args()
+    reps = max(3, args.reps)
     tmp = Path(tempfile.mkdtemp(prefix="hb-bench-core-"))
+    table = Table()
+    print(f"baseline: `{Path(sys.executable).name} -c pass` (interpreter start-up), timed after a sync next to "
+          f"each hb run; hb runs as `python -m hermetic_build.cli` subprocesses, {reps} repetitions each; "
+          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     try:
-        big, small = tmp / "big", tmp / "small"
-        generate(big, args.targets)
-        generate(small, 10, per_package=10)
-        cache = tmp / "cache"
+        if "example" not in args.skip:
+            cache = tmp / "cache-example"
+            examples = REPO / "examples"
+            run(hb("-C", str(examples), "build", "-q", "//env:nlp-gpu"), REPO, cache)
+            time.sleep(RACY_SECONDS + 0.2)  # outputs older than the racy window: the next build records
+            for _ in range(2):
+                run(hb("-C", str(examples), "build", "-q", "//env:nlp-gpu"), REPO, cache)
+            table.measure("no-op: hb -C examples build //env:nlp-gpu", reps,
+                          lambda: run(hb("-C", str(examples), "build", "-q", "//env:nlp-gpu"), REPO, cache), goal=0.3)
+        small, big = args.targets, args.targets * 5
+        ws_small, ws_big = tmp / f"ws{small}", tmp / f"ws{big}"
+        generate(ws_small, small)
+        if "noop" not in args.skip:
+            cache = tmp / "cache-noop"
+            started = time.perf_counter()
+            run(hb("build", "-q", "//..."), ws_small, cache)
+            print(f"(full build of {small} genrules, cold cache: {time.perf_counter() - started:.1f} s)", flush=True)
+            time.sleep(RACY_SECONDS + 0.2)
+            for _ in range(2):
+                run(hb("build", "-q", "//..."), ws_small, cache)
+            table.measure(f"no-op: hb build //... ({small} genrules)", reps,
+                          lambda: run(hb("build", "-q", "//..."), ws_small, cache), goal=0.5)
+        if "cold" not in args.skip:
+            generate(ws_big, big)
+            counter = iter(range(10 ** 6))
 
-        startup = best_of(5, lambda: _time([sys.executable, "-c", "pass"]))
-        analysis, n_actions = analysis_time(big, cache)
-        print(f"analysis of {args.targets} targets ({n_actions} actions), in-process: {analysis:.2f} s "
-              f"(goal <= 3 s: {'met' if analysis <= 3 else 'MISSED'})")
+            def cold(ws: Path):
+                cache = tmp / f"cache-cold-{next(counter)}"  # empty: no analysis cache, no file digests
+                try:
+                    return run(hb("aquery", "//..."), ws, cache)
+                finally:
+                    shutil.rmtree(cache, ignore_errors=True)
 
-        hb(small, cache, "build", "//...")
-        small_noop = statistics.median(hb(small, cache, "build", "-q", "//...") for _ in range(7))
-        example = REPO / "examples"
-        hb(example, cache, "build", "//data:stats")
-        example_noop = statistics.median(hb(example, cache, "build", "-q", "//data:stats") for _ in range(7))
-        print(f"python start-up (python -c pass): {startup:.3f} s")
-        print(f"no-op build, 10-target workspace: {small_noop:.3f} s "
-              f"({small_noop / startup:.1f}x python start-up)")
-        print(f"no-op build, examples //data:stats: {example_noop:.3f} s "
-              f"(goal <= 0.3 s: {'met' if example_noop <= 0.3 else 'MISSED'})")
-        if args.skip_full_build:
-            return
-        full = hb(big, cache, "build", "-q", "//...")
-        print(f"full build of {args.targets} targets (cold cache): {full:.1f} s "
-              f"({full / n_actions * 1000:.1f} ms per action)")
-        first_noop = hb(big, cache, "build", "-q", "//...")
-        noop = statistics.median(hb(big, cache, "build", "-q", "//...") for _ in range(3))
-        os.utime(big / "p000" / "BUILD.hermetic")  # invalidates the cached analysis
-        reanalyse = hb(big, cache, "build", "-q", "//...")
-        print(f"no-op build of {args.targets} targets: {noop:.2f} s (first after build: {first_noop:.2f} s); "
-              f"with re-analysis (a BUILD file touched): {reanalyse:.2f} s")
-        print(f"ratio no-op {args.targets} targets / no-op 10 targets: {noop / small_noop:.1f}x")
+            a = table.measure(f"cold analysis: hb aquery //... ({small} targets)", reps, lambda: cold(ws_small))
+            b = table.measure(f"cold analysis: hb aquery //... ({big} targets)", reps, lambda: cold(ws_big), goal=8.0)
+            print(f"ratio {big} / {small} targets: wall (median) {b['median'] / a['median']:.2f}x, "
+                  f"CPU {b['cpu'] / a['cpu']:.2f}x, peak RSS {b['rss'] / a['rss']:.2f}x (linear: 5x)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _time(cmd) -> float:
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.util
 import json
@@ -16,22 +17,23 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from . import __version__
-from .action import File
-from .analysis import AnalysisResult, Analyzer
-from .buildfile import all_packages, glob_fingerprint
+from . import __version__, noop
 from .errors import UsageError
-from .executor import BuildStats, Executor
-from .filecache import FileDigestCache
 from .label import Label, TargetPattern
 from .leftovers import publish_temp_prefix, sweep
 from .report import Reporter
-from .rule import registered_rules
 from .store.local import LocalStore
-from .tree import MissingBlob, materialize_tree
 from .workspace import OUTPUT_DIR, WORKSPACE_FILE, Workspace
 
-ANALYSIS_CACHE_VERSION = 1
+# analysis (Starlark, the rules), the executor and the tree code are imported where they are used:
+# a no-op build answered by noop.py needs none of them
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .action import File
+    from .analysis import AnalysisResult
+    from .executor import BuildStats, Executor
+
+ANALYSIS_CACHE_VERSION = 2
 
 
 @dataclass
@@ -41,18 +43,27 @@ class BuildSummary:
     cached: int
     seconds: float
     stats: BuildStats = field(repr=False, default=None)
+    recorded: dict | None = None  # facts actions recorded, by their first output (None: from stats)
+    noop: bool = False  # answered by the no-op record, without analysis or per-action work
 
-    def to_json(self) -> dict:
+    def recorded_facts(self) -> dict:
+        if self.recorded is not None:
+            return self.recorded
         recorded = {}
         for record in (self.stats.records.values() if self.stats else ()):
             facts = {k[9:]: v for k, v in record.result.metadata.items() if k.startswith("recorded.")}
             if facts:
                 recorded[record.result.outputs[0].path] = facts  # keyed by the action's (first) output
+        return dict(sorted(recorded.items()))
+
+    def to_json(self) -> dict:
+        recorded = self.recorded_facts()
         return {
             "targets": self.targets,
             "actions": {"executed": self.executed, "cached": self.cached},
             "seconds": round(self.seconds, 3),
-            **({"recorded": dict(sorted(recorded.items()))} if recorded else {}),
+            **({"recorded": recorded} if recorded else {}),
+            **({"noop": True} if self.noop else {}),
         }
 
 
@@ -103,10 +114,13 @@ class Session:
         self.state_dir = self.settings.cache_dir / "workspaces" / ws_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rules = None
+        self._analyses: dict[tuple, AnalysisResult] = {}
 
     # ----- rules ---------------------------------------------------------------------------------
     def rules(self):
         if self._rules is None:
+            from .rule import registered_rules
+
             for name in self.settings.rule_modules:
                 try:
                     importlib.import_module(name)
@@ -119,6 +133,7 @@ class Session:
         return self._rules
 
     def _code_stamp(self) -> list:
+        """(path, stamp) of every .py file of hb and of the rule modules, as they are found now."""
         dirs = [Path(__file__).parent]
         for name in self.settings.rule_modules:
             spec = importlib.util.find_spec(name)
@@ -127,25 +142,45 @@ class Session:
         stamps = []
         for d in dirs:
             if d.is_file():
-                stamps.append((str(d), _stamp(d)))
+                stamps.append((str(d), noop.stamp(str(d))))
                 continue
-            for root, _dirs, files in os.walk(d):
-                stamps.extend((os.path.join(root, f), _stamp(Path(root, f))) for f in sorted(files) if f.endswith(".py"))
+            for root, dirnames, files in os.walk(d):
+                dirnames.sort()
+                stamps.extend((path, noop.stamp(path)) for path in
+                              (os.path.join(root, f) for f in sorted(files) if f.endswith(".py")))
         return stamps
 
     # ----- analysis --------------------------------------------------------------------------------
     def analyze(self, patterns: list[str], current_package: str = "", use_cache: bool = True) -> AnalysisResult:
+        """The analysis of `patterns`: from this session's memory (`hb query` asks again for each
+        sub-expression), the analysis cache, or a fresh analysis."""
+        key = (tuple(patterns), current_package)
+        if use_cache and key in self._analyses:
+            return self._analyses[key]
+        self._analyses[key] = analysis = self._analyze(patterns, current_package, use_cache)
+        return analysis
+
+    def _analyze(self, patterns: list[str], current_package: str, use_cache: bool) -> AnalysisResult:
         cache_file = self.state_dir / (
             "analysis-" + blake3(json.dumps([patterns, current_package]).encode()).hexdigest()[:16] + ".pickle")
-        if use_cache:
-            cached = self._load_analysis(cache_file, patterns, current_package)
-            if cached is not None:
-                return cached
-        analysis = Analyzer(self.workspace, self.rules()).analyze(patterns, current_package)
-        self._save_analysis(cache_file, patterns, current_package, analysis)
+        enabled = gc.isenabled()
+        gc.disable()  # (un)pickling and analysis allocate many objects that all stay alive
+        try:
+            analysis = self._load_analysis(cache_file, patterns, current_package) if use_cache else None
+            if analysis is None:
+                from .analysis import Analyzer
+
+                analysis = Analyzer(self.workspace, self.rules()).analyze(patterns, current_package)
+                self._save_analysis(cache_file, patterns, current_package, analysis)
+        finally:
+            if enabled:
+                gc.enable()
+        gc.freeze()  # later collections (the build) need not scan the analysis again and again
         return analysis
 
     def _fingerprint(self, patterns, current_package, analysis: AnalysisResult) -> dict:
+        from .scan import all_packages
+
         root = self.workspace.root
         files = {WORKSPACE_FILE, *analysis.packages.values(), *analysis.loads, *analysis.read_files}
         scans = {}
@@ -170,6 +205,8 @@ class Session:
             return None
         if fingerprint["version"] != [ANALYSIS_CACHE_VERSION, __version__]:
             return None
+        from .scan import all_packages, glob_fingerprint
+
         root = self.workspace.root
         if any(_stamp(root / f) != stamp for f, stamp in fingerprint["files"].items()):
             return None
@@ -185,6 +222,9 @@ class Session:
 
     # ----- execution -------------------------------------------------------------------------------
     def executor(self, analysis: AnalysisResult) -> Executor:
+        from .executor import Executor
+        from .filecache import FileDigestCache
+
         return Executor(self.workspace, self.store, analysis.actions,
                         FileDigestCache(self.state_dir / "file-digests.pickle"),
                         jobs=self.jobs, reporter=self.reporter, keep_sandbox=self.keep_sandbox,
@@ -192,9 +232,15 @@ class Session:
 
     def build(self, patterns: list[str], current_package: str = "") -> BuildSummary:
         started = time.monotonic()
+        request = noop.Request(tuple(patterns), current_package)
         with self.store.lock():
             self.local_store.sweep_leftovers()  # sandboxes and temp files of builds killed mid-way
             sweep(self.state_dir)
+            summary = self._noop(request, started)
+            if summary is not None:
+                self._save_last_build(0, summary.cached)
+                return summary
+            noop.forget(self.state_dir)  # whatever happens next, the last record no longer holds
             analysis = self.analyze(patterns, current_package)
             executor = self.executor(analysis)
             wanted = [f for label in analysis.requested for f in analysis.targets[label].files]
@@ -206,8 +252,61 @@ class Session:
                 executor.file_cache.save()
                 self._save_records(executor)
                 executor.close()
-        self._save_last_build(stats)
-        return BuildSummary(targets, stats.executed, stats.cached, time.monotonic() - started, stats)
+            summary = BuildSummary(targets, stats.executed, stats.cached, 0.0, stats)
+            self._record_noop(request, analysis, executor, indices, summary)
+        self._save_last_build(stats.executed, stats.cached, stats)
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    # ----- the no-op shortcut (noop.py) ------------------------------------------------------------
+    def _noop(self, request: noop.Request, started: float) -> BuildSummary | None:
+        """The summary of the last build, if nothing it depended on changed since."""
+        if self.remote is not None:
+            return None
+        record = noop.load(self.state_dir)
+        if record is None:
+            return None
+        from .scan import all_packages, glob_fingerprint
+
+        why = noop.why_not(record, request, self._code_stamp(), os.environ,
+                           lambda package: all_packages(self.workspace, package),
+                           lambda globs: glob_fingerprint(self.workspace, globs))
+        if why is not None:
+            return None
+        done = record.summary
+        self.reporter.start(0)
+        return BuildSummary(done["targets"], 0, done["actions"], time.monotonic() - started,
+                            recorded=done["recorded"], noop=True)
+
+    def _record_noop(self, request: noop.Request, analysis: AnalysisResult, executor: Executor,
+                     indices: list[int], summary: BuildSummary) -> None:
+        if self.remote is not None:
+            return
+        from .scan import all_packages
+
+        root = self.workspace.root
+        files = {WORKSPACE_FILE, *analysis.packages.values(), *analysis.loads, *analysis.read_files}
+        followed = [str(root / f) for f in files]
+        published = []
+        for label in analysis.requested:
+            for f in analysis.targets[label].files:
+                (followed if f.is_source else published).append(str(root / f.path))
+        env_names = set()
+        for i in indices:
+            action = executor.actions[i]
+            env_names.update(action.env_allowlist)
+            followed.extend(str(root / f.path) for f in action.inputs if f.is_source)
+        scans = {}
+        for text in request.patterns:
+            with contextlib.suppress(ValueError):
+                pattern = TargetPattern.parse(text, request.current_package)
+                if pattern.recursive:
+                    scans[pattern.package] = all_packages(self.workspace, pattern.package)
+        noop.save(self.state_dir, request=request, code=self._code_stamp(),
+                  env={name: os.environ.get(name) for name in env_names}, scans=scans, globs=analysis.globs,
+                  followed=followed, published=published, cache=self.local_store.eviction_signals(),
+                  summary={"targets": summary.targets, "recorded": summary.recorded_facts(),
+                           "actions": len(indices)})
 
     def _publish(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
         """Make the outputs of the requested targets visible under hb-out/."""
@@ -252,6 +351,8 @@ class Session:
             sweep(self.workspace.root / parent)
 
     def _materialize(self, executor: Executor, f: File, dest: Path) -> None:
+        from .tree import MissingBlob, materialize_tree
+
         for _attempt in range(2):
             entry = executor.output_entry(f)
             self._clear_parents(dest)
@@ -296,20 +397,28 @@ class Session:
             return {}
 
     def _save_records(self, executor: Executor) -> None:
+        """Keep each action's key and key fields for `hb explain`; written only when one changed
+        (the key is the hash of the fields, so an equal key means equal fields)."""
         records = self.previous_records()
+        changed = False
         for i, record in executor.stats.records.items():
-            records[executor.actions[i].id] = {"key": record.key, "fields": record.fields}
-        _atomic_write(self.state_dir / "actions.json", json.dumps(records, sort_keys=True).encode())
+            action_id = executor.actions[i].id
+            before = records.get(action_id)
+            if not isinstance(before, dict) or before.get("key") != record.key:
+                records[action_id] = {"key": record.key, "fields": record.fields}
+                changed = True
+        if changed:
+            _atomic_write(self.state_dir / "actions.json", json.dumps(records, sort_keys=True).encode())
 
-    def _save_last_build(self, stats: BuildStats) -> None:
-        data = {"executed": stats.executed, "cached": stats.cached, "finished": time.time()}
+    def _save_last_build(self, executed: int, cached: int, stats: BuildStats | None = None) -> None:
+        data = {"executed": executed, "cached": cached, "finished": time.time()}
         rejected = self.local_store.rejected_entries
         data["rejected_entries"] = len(rejected)
         data["corrupt_blobs"] = len(self.local_store.corrupt_removed)
         if rejected:
             self.reporter.warn(f"cache: removed {len(rejected)} malformed action-cache entries and rebuilt what "
                                f"they described (first: {rejected[0][0][:12]}: {rejected[0][1]})")
-        if self.remote is not None:
+        if self.remote is not None and stats is not None:
             remote = self.remote.stats.to_json()
             remote_keys = getattr(self.store, "remote_hits", set())
             cached = [r for r in stats.records.values() if r.cached]

@@ -27,7 +27,8 @@ from .errors import AnalysisError, BuildFileError, HbError, Location, did_you_me
 from .evalguard import Channel, GuardFailure, Limits, run_guarded
 from .label import Label, LabelSyntaxError
 from .rule import AttributeValueError, Rule, check_attrs
-from .workspace import BUILD_FILE, OUTPUT_DIR, Workspace
+from .scan import GlobCall, all_packages, glob_fingerprint, run_glob
+from .workspace import BUILD_FILE, Workspace
 
 _FRAME_RE = re.compile(r"^\s*\* (.+?):(\d+), in ", re.M)
 _ERROR_AT_RE = re.compile(r"-->\s*(.+?):(\d+)(?::\d+)?\s*$", re.M)
@@ -43,14 +44,6 @@ class TargetDef:
     rule: str
     attrs: dict = field(hash=False, compare=False)
     location: Location = field(default=Location(""), compare=False)
-
-
-@dataclass(frozen=True)
-class GlobCall:
-    package: str
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    result: tuple[str, ...]
 
 
 @dataclass
@@ -362,64 +355,6 @@ def _starlark_error(exc: Exception, default_path: str) -> BuildFileError:
     return BuildFileError(message or "invalid Starlark", location=location, detail="\n".join(excerpt) or None)
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    """Bazel glob semantics: `*` and `?` stay inside one path segment, `**` spans segments."""
-    out = []
-    segments = pattern.split("/")
-    for i, segment in enumerate(segments):
-        last = i == len(segments) - 1
-        if segment == "**":
-            out.append(".*" if last else "(?:[^/]+/)*")
-            continue
-        piece = "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in segment)
-        out.append(piece if last else piece + "/")
-    return re.compile("^" + "".join(out) + "$")
-
-
-def run_glob(workspace: Workspace, package: str, include, exclude) -> list[str]:
-    """Files of `package` (not of its subpackages, not hb-out) matching the patterns, sorted."""
-    base = workspace.package_dir(package)
-    inc = [_pattern_regex(p) for p in include]
-    exc = [_pattern_regex(p) for p in exclude]
-    found = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        rel_dir = os.path.relpath(dirpath, base)
-        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not (rel_dir == "" and package == "" and d == OUTPUT_DIR)
-            and not d.startswith(".")
-            and not os.path.isfile(os.path.join(dirpath, d, BUILD_FILE))
-        )
-        for name in filenames:
-            rel = rel_dir + name
-            if any(r.match(rel) for r in inc) and not any(r.match(rel) for r in exc):
-                found.append(rel)
-    return sorted(found)
-
-
-def all_packages(workspace: Workspace, under: str = "") -> list[str]:
-    """Every package at or below `under`, sorted (skips hb-out, hidden dirs, nested workspaces)."""
-    base = workspace.package_dir(under)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        rel = os.path.relpath(dirpath, workspace.root)
-        rel = "" if rel == "." else rel.replace(os.sep, "/")
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not d.startswith(".") and not (rel == "" and d == OUTPUT_DIR)
-            and not os.path.isfile(os.path.join(dirpath, d, "hermetic.toml"))
-        )
-        if BUILD_FILE in filenames:
-            found.append(rel)
-    return sorted(found)
-
-
-def glob_fingerprint(workspace: Workspace, globs) -> bool:
-    """True when every recorded glob still returns the same files."""
-    return all(tuple(run_glob(workspace, g.package, g.include, g.exclude)) == g.result for g in globs)
-
-
 def source_path(package: str, name: str) -> str:
     return f"{package}/{name}" if package else name
 
@@ -440,4 +375,4 @@ def _files_in(directory: str) -> frozenset:
         return frozenset()
 
 
-Path  # re-exported for type users
+Path, all_packages, glob_fingerprint  # re-exported

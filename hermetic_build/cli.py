@@ -42,7 +42,7 @@ def _remote(remote_cache, remote_upload, remote_required, remote_timeout):
 
 
 def _current_package(session) -> str:
-    from .analysis import package_of_cwd
+    from .workspace import package_of_cwd
 
     return package_of_cwd(session.workspace)
 
@@ -190,19 +190,20 @@ def aquery(obj, labels, as_json):
     if as_json:
         click.echo(json.dumps([s.to_json() for s in steps], indent=2, sort_keys=True))
         return
+    lines = []  # written at once: one click.echo per line cost more than the analysis of 10,000 targets
     for step in steps:
         a = step.action
-        click.echo(f"action {a.mnemonic} {a.owner}")
-        click.echo(f"  kind:     {a.kind}@{a.version}  platform: {a.platform}")
-        click.echo(f"  key:      {step.key or '(pending: depends on outputs of actions not built yet)'}")
-        click.echo(f"  status:   {step.status}")
-        for path, digest in step.inputs.items():
-            click.echo(f"  input:    {path} {digest or '(not built yet)'}")
-        for out in a.outputs:
-            click.echo(f"  output:   {out.path}{'/' if out.is_directory else ''}")
+        lines.append(f"action {a.mnemonic} {a.owner}")
+        lines.append(f"  kind:     {a.kind}@{a.version}  platform: {a.platform}")
+        lines.append(f"  key:      {step.key or '(pending: depends on outputs of actions not built yet)'}")
+        lines.append(f"  status:   {step.status}")
+        lines.extend(f"  input:    {path} {digest or '(not built yet)'}" for path, digest in step.inputs.items())
+        lines.extend(f"  output:   {out.path}{'/' if out.is_directory else ''}" for out in a.outputs)
         for name, value in sorted(a.params.items()):
             text = json.dumps(value)
-            click.echo(f"  param:    {name} = {text if len(text) < 200 else text[:197] + '...'}")
+            lines.append(f"  param:    {name} = {text if len(text) < 200 else text[:197] + '...'}")
+    if lines:
+        click.echo("\n".join(lines))
 
 
 @main.command()

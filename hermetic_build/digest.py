@@ -42,12 +42,18 @@ def digest_bytes(data: bytes) -> Digest:
 
 
 def digest_file(path: str | os.PathLike) -> Digest:
-    hasher = blake3(max_threads=blake3.AUTO) if os.path.getsize(path) > 16 * CHUNK else blake3()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= CHUNK:  # most sources: one read sized by fstat (read(CHUNK) allocated 1 MiB per call)
+            data = f.readall()
+            return Digest(blake3(data).hexdigest(), len(data))
+        hasher = blake3(max_threads=blake3.AUTO) if size > 16 * CHUNK else blake3()
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        size = 0
+        while n := f.readinto(buffer):
+            hasher.update(view[:n])
+            size += n
     return Digest(hasher.hexdigest(), size)
 
 

@@ -208,3 +208,11 @@ def resolve_source(root: Path, rel: str) -> Path:
 @functools.lru_cache(maxsize=65536)
 def _realpath_cached(path: str) -> str:
     return os.path.realpath(path)
+
+
+def package_of_cwd(workspace: Workspace, cwd: Path | None = None) -> str:
+    cwd = (cwd or Path.cwd()).resolve()
+    if cwd != workspace.root and workspace.root not in cwd.parents:
+        return ""
+    rel = os.path.relpath(cwd, workspace.root)
+    return "" if rel == "." else rel.replace(os.sep, "/")

@@ -48,3 +48,14 @@ def test_canonical_json_is_order_independent_and_rejects_floats():
     assert canonical_json({"b": 1, "a": [1, "x"]}) == canonical_json({"a": [1, "x"], "b": 1}) == b'{"a":[1,"x"],"b":1}'
     with pytest.raises(TypeError):
         canonical_json({"a": 1.5})
+
+
+def test_file_just_over_one_chunk(tmp_path):
+    from hermetic_build.digest import CHUNK
+
+    data = _input(CHUNK + 1)
+    path = tmp_path / "over"
+    path.write_bytes(data)
+    assert digest_file(path) == digest_bytes(data)
+    (tmp_path / "empty").write_bytes(b"")
+    assert digest_file(tmp_path / "empty") == digest_bytes(b"")

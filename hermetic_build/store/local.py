@@ -39,8 +39,14 @@ CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
                      "# This file is a cache directory tag created by hermetic-build (hb).\n"
                      "# For information about cache directory tags see https://bford.info/cachedir/\n")
 LEGACY_MARKER = ".layout-v1"  # caches made before hb-cache.json; also "all shards exist"
+# replaced by a new file (a new inode) whenever hb deletes a blob or an action-cache entry, so the
+# no-op check (noop.py) sees with one stat that entries a build used may be gone
+EVICTIONS = "evictions"
 # everything hb creates at the top of a cache directory (workspaces/ is the sessions' state)
-HB_ENTRIES = ("cas", "ac", "tmp", "workspaces", "lock", MARKER, CACHEDIR_TAG, LEGACY_MARKER)
+HB_ENTRIES = ("cas", "ac", "tmp", "workspaces", "lock", EVICTIONS, MARKER, CACHEDIR_TAG, LEGACY_MARKER)
+# A hit refreshes an entry's mtime (what gc's least-recently-used order reads) at most this often:
+# touching every entry on every build made a no-op build write as many inodes as it has actions.
+TOUCH_AFTER_S = 3600
 _LEGACY_TEMP = re.compile(r"(?:sb|w)-[a-z0-9_]{8}")  # temp names before they carried a PID
 
 
@@ -172,6 +178,17 @@ class LocalStore(Store):
 
     def _ac_path(self, key: str) -> Path:
         return self.ac_dir / key[:2] / key
+
+    def eviction_signals(self) -> list[str]:
+        """Paths whose stat changes when entries are deleted: the evictions file (see EVICTIONS) and
+        the cas/ and ac/ directories themselves (replaced if someone deletes them)."""
+        return [str(self.root / EVICTIONS), self._cas, str(self.ac_dir)]
+
+    def _note_eviction(self) -> None:
+        with contextlib.suppress(OSError):
+            fd, tmp = self._temp()
+            os.close(fd)
+            os.replace(tmp, self.root / EVICTIONS)
 
     @contextlib.contextmanager
     def lock(self, exclusive: bool = False, wait: bool = True):
@@ -383,6 +400,7 @@ class LocalStore(Store):
     def _remove_corrupt(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.blob_path(digest))
+        self._note_eviction()
         self.corrupt_removed.append(digest)
 
     def remove_corrupt_blob(self, digest: Digest, why: str = "") -> None:
@@ -413,8 +431,9 @@ class LocalStore(Store):
         except InvalidEntry as exc:
             self.reject_action_result(key, str(exc))
             return None
-        with contextlib.suppress(OSError):
-            os.utime(path)
+        if time.time() - st.st_mtime > TOUCH_AFTER_S:  # `hb cache gc` evicts by mtime: mark it used
+            with contextlib.suppress(OSError):
+                os.utime(path)
         return result
 
     def reject_action_result(self, key: str, why: str) -> None:
@@ -433,6 +452,7 @@ class LocalStore(Store):
     def remove_action_result(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._ac_path(key))
+        self._note_eviction()
 
     # ----- maintenance ---------------------------------------------------------------------
     def entries(self):
@@ -487,4 +507,6 @@ class LocalStore(Store):
                 total -= size
                 freed += size
                 removed += 1
+            if removed:
+                self._note_eviction()
             return {"removed": removed, "freed_bytes": freed, "remaining_bytes": total, "at": time.time()}

@@ -253,3 +253,47 @@ def test_gc_and_sweep_remove_only_hb_temp_names_of_dead_processes(tmp_path):
     (tmp / "w-oldstyle").write_text("from hb before PIDs in names")
     store.gc(1 << 30)
     assert sorted(p.name for p in tmp.iterdir()) == [f"sb-{alive}-live12", "user-file"]
+
+
+def _eviction_stamps(store):
+    from hermetic_build.noop import stamp
+
+    return [stamp(p, follow=False) for p in store.eviction_signals()]
+
+
+def test_deleting_entries_replaces_the_eviction_signal(tmp_path):
+    """gc, a corrupt blob and a rejected entry each change what the no-op record stats (noop.py)."""
+    store = LocalStore(tmp_path / "c")
+    d = store.put_blob(b"x" * 100)
+    store.put_action_result("ab" * 32, ActionResult((OutputEntry("o", "file", d),), 0, d, d, {}))
+    before = _eviction_stamps(store)
+    store.put_blob(b"another")  # writing does not signal
+    assert _eviction_stamps(store) == before
+    store.reject_action_result("ab" * 32, "test")
+    after_reject = _eviction_stamps(store)
+    assert after_reject != before
+    path = store.blob_path(d)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"y" * 100)
+    assert store.get_blob(d) is None
+    after_corrupt = _eviction_stamps(store)
+    assert after_corrupt != after_reject
+    assert store.gc(max_size=0)["removed"] >= 1
+    assert _eviction_stamps(store) != after_corrupt
+
+
+def test_action_cache_hit_refreshes_mtime_only_when_old(tmp_path):
+    from hermetic_build.store.local import TOUCH_AFTER_S
+
+    store = LocalStore(tmp_path / "c")
+    d = store.put_blob(b"out")
+    key = "cd" * 32
+    store.put_action_result(key, ActionResult((OutputEntry("o", "file", d),), 0, d, d, {}))
+    path = store.ac_dir / key[:2] / key
+    recent = os.stat(path).st_mtime_ns
+    assert store.get_action_result(key) is not None
+    assert os.stat(path).st_mtime_ns == recent  # a fresh entry is not written to on a hit
+    old = int(os.stat(path).st_mtime) - TOUCH_AFTER_S - 10
+    os.utime(path, (old, old))
+    assert store.get_action_result(key) is not None
+    assert os.stat(path).st_mtime > old + TOUCH_AFTER_S  # an old one is marked used for gc's LRU order
