@@ -82,7 +82,7 @@ def _run_layers(execution) -> None:
             if dest.exists() or store.fetch_file(blob.blake3, dest):
                 return blob, True
         part = tmp / f"layer-{i}.part"
-        blob = write_layer(store.get_blob, layer_items, part, epoch=params["epoch"],
+        blob = write_layer(store.open_blob, layer_items, part, epoch=params["epoch"],
                            compression=params["compression"], level=params["level"])
         os.replace(part, blobs_out / blob.digest.split(":", 1)[1])
         meta = store.put_blob(json.dumps(blob.to_json(), sort_keys=True).encode())
