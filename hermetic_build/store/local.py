@@ -434,12 +434,14 @@ class LocalStore(Store):
         self.remove_action_result(key)
         self.rejected_entries.append((key, why))
 
-    def put_action_result(self, key: str, result: ActionResult) -> None:
+    def put_action_result(self, key: str, result: ActionResult, *, fsync: bool = True) -> None:
+        """fsync=False for entries whose loss is only a miss (e.g. aliases, see ActionExecution)."""
         fd, tmp = self._temp()
         with os.fdopen(fd, "wb") as f:
             f.write(result.encode())
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         self._commit(tmp, self._ac_path(key), 0o644)
 
     def remove_action_result(self, key: str) -> None:

@@ -85,7 +85,8 @@ def _run_layers(execution) -> None:
         blob = write_layer(store.open_blob, layer_items, part, epoch=params["epoch"],
                            compression=params["compression"], level=params["level"])
         os.replace(part, blobs_out / blob.digest.split(":", 1)[1])
-        meta = store.put_blob(json.dumps(blob.to_json(), sort_keys=True).encode())
+        # not fsynced: it is only read through the alias, which treats a lost or torn blob as a miss
+        meta = store.put_blob(json.dumps(blob.to_json(), sort_keys=True).encode(), fsync=False)
         return blob, (alias, meta)
 
     workers = min(len(groups), os.cpu_count() or 1)

@@ -106,8 +106,12 @@ class ParallelGzip:
         self._size += len(block)
         zdict = self._zdict
         self._zdict = bytes(block[-DICT:]) if not last else b""
+        if last:  # the caller waits for it anyway: compress it here (a small layer never leaves its thread)
+            self._drain_all()
+            self._last = deflate_block(block, zdict, self._level, True)
+            return
         self._acquire()
-        self._queue.append(self._pool.executor.submit(deflate_block, block, zdict, self._level, last))
+        self._queue.append(self._pool.executor.submit(deflate_block, block, zdict, self._level, False))
 
     def _acquire(self) -> None:
         slots = self._pool.slots
@@ -117,6 +121,10 @@ class ParallelGzip:
             else:
                 slots.acquire()  # we hold none: the holders make progress and release
                 return
+
+    def _drain_all(self) -> None:
+        while self._queue:
+            self._drain_one()
 
     def _drain_one(self) -> None:
         future = self._queue.popleft()
@@ -133,8 +141,7 @@ class ParallelGzip:
         self._closed = True
         block, self._buffer = self._buffer, bytearray()
         self._submit(block, last=True)
-        while self._queue:
-            self._drain_one()
+        self._sink(self._last)
         self._sink(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
 
     def abort(self) -> None:

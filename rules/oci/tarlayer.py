@@ -49,6 +49,35 @@ class LayerBlob:
 
 
 def tar_header(path: str, entry: TreeEntry, epoch: int, size: int = 0) -> bytes:
+    """The header block(s) of one entry: what tarfile writes in PAX format, built directly when
+    a plain ustar header says it all (ASCII names that fit, numbers in range), else by tarfile."""
+    if entry.kind == "dir":
+        name, kind, mode, link, size = path + "/", b"5", entry.mode, "", 0
+    elif entry.kind == "symlink":
+        name, kind, mode, link, size = path, b"2", 0o777, entry.target, 0
+    else:
+        name, kind, mode, link = path, b"0", entry.mode, ""
+    if (len(name) <= 100 and len(link) <= 100 and name.isascii() and link.isascii()
+            and 0 <= size < _MAX_USTAR_NUMBER and 0 <= epoch < _MAX_USTAR_NUMBER):
+        return _ustar_header(name.encode(), kind, mode & 0o7777, size, epoch, link.encode())
+    return _tarfile_header(path, entry, epoch, size)
+
+
+_MAX_USTAR_NUMBER = 8 ** 11
+
+
+def _ustar_header(name: bytes, kind: bytes, mode: int, size: int, epoch: int, link: bytes) -> bytes:
+    head = b"".join((name.ljust(100, b"\0"), b"%07o\0" % mode, b"0000000\0", b"0000000\0", b"%011o\0" % size,
+                     b"%011o\0" % epoch, b"        ", kind, link.ljust(100, b"\0"), _USTAR_TAIL))
+    checksum = sum(head)
+    return head[:148] + b"%06o\0" % checksum + head[155:]
+
+
+# magic "ustar\0" version "00", empty uname and gname, empty devmajor/devminor, empty prefix, padding
+_USTAR_TAIL = (b"ustar\x0000" + bytes(32) + bytes(32) + bytes(8) + bytes(8) + bytes(155)).ljust(512 - 257, b"\0")
+
+
+def _tarfile_header(path: str, entry: TreeEntry, epoch: int, size: int) -> bytes:
     info = tarfile.TarInfo(path)
     info.mtime = epoch
     info.uid = info.gid = 0

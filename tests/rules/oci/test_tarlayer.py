@@ -139,3 +139,24 @@ def test_layer_from_a_local_store_streams_and_rejects_corrupt_blobs(tmp_path):
     with pytest.raises(MissingBlob):
         write_layer(store.open_blob, entries, tmp_path / "c")
     assert not store.has_blob(big)  # removed as corrupt
+
+
+@pytest.mark.parametrize("path,kind,mode,size,epoch,target", [
+    ("opt/env/bin/tool", "file", 0o755, 18, 0, None),
+    ("opt/env/lib/libx.so.1", "file", 0o100644, 123456789, 1700000000, None),
+    ("opt/env", "dir", 0o2755, 0, 0, None),
+    ("opt/env/bin/link", "symlink", 0o777, 0, 5, "../lib/libx.so.1"),
+    ("a" * 99, "dir", 0o755, 0, 0, None),  # 100 with the "/": still ustar
+    ("a" * 100, "dir", 0o755, 0, 0, None),  # 101: a PAX path record
+    ("b/" + "c" * 120, "file", 0o644, 1, 0, None),
+    ("opt/naïve.txt", "file", 0o644, 3, 0, None),
+    ("opt/l", "symlink", 0o777, 0, 0, "t" * 101),
+    ("opt/huge", "file", 0o644, 8 ** 11, 0, None),  # size needs a PAX record
+    ("opt/bad\udcff", "file", 0o644, 1, 0, None),  # undecodable name (surrogateescape)
+])
+def test_direct_headers_equal_tarfiles(path, kind, mode, size, epoch, target):
+    from rules.oci.tarlayer import _tarfile_header, tar_header
+
+    entry = TreeEntry(path.rsplit("/", 1)[-1], kind, digest_bytes(b"x") if kind == "file" else None, mode,
+                      target=target)
+    assert tar_header(path, entry, epoch, size) == _tarfile_header(path, entry, epoch, size)
