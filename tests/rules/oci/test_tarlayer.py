@@ -160,3 +160,15 @@ def test_direct_headers_equal_tarfiles(path, kind, mode, size, epoch, target):
     entry = TreeEntry(path.rsplit("/", 1)[-1], kind, digest_bytes(b"x") if kind == "file" else None, mode,
                       target=target)
     assert tar_header(path, entry, epoch, size) == _tarfile_header(path, entry, epoch, size)
+
+
+def test_zstd_layer_same_bytes_with_1_2_8_threads(tmp_path):
+    import zstandard
+
+    entries, blobs = _big_entries(12 * (1 << 20))  # several zstd jobs
+    layers = {t: write_layer(_opener(blobs), entries, tmp_path / f"z{t}", compression="zstd", level=3, threads=t)
+              for t in (1, 2, 8)}
+    assert layers[1] == layers[2] == layers[8]
+    assert (tmp_path / "z1").read_bytes() == (tmp_path / "z8").read_bytes()
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO((tmp_path / "z1").read_bytes())).read()
+    assert layers[1].diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
