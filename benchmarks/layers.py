@@ -49,15 +49,17 @@ s = time.perf_counter() - t
 if p.returncode:
     sys.stderr.buffer.write(p.stderr)
     sys.exit(p.returncode)
-print(s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(s, r.ru_maxrss, r.ru_utime + r.ru_stime)
 """
 
 
-def measure(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB of the command and its descendants), from a fresh measuring process."""
+def measure(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds (user + system) of the command and its descendants),
+    from a fresh measuring process."""
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(cwd), *argv], env=env, check=True,
                          capture_output=True, text=True).stdout.split()
-    return float(out[0]), int(out[1]) / 1024
+    return float(out[0]), int(out[1]) / 1024, float(out[2])
 
 
 def realistic_file(path: Path, size: int) -> None:
@@ -115,16 +117,17 @@ def row(name: str, ws: Workspace, tree: Path, label: str, runs: int, *, baseline
 
 def show(r: dict) -> None:
     def stats(runs):
-        secs = [s for s, _ in runs]
-        return min(secs), statistics.median(secs), max(m for _, m in runs)
+        secs = [s for s, _, _ in runs]
+        return min(secs), statistics.median(secs), max(m for _, m, _ in runs), statistics.median(c for *_, c in runs)
 
-    hmin, hmed, hrss = stats(r["hb"])
-    line = f"{r['name']:<34} hb min {hmin:6.2f} s median {hmed:6.2f} s peak RSS {hrss:7.0f} MiB"
+    hmin, hmed, hrss, hcpu = stats(r["hb"])
+    line = (f"{r['name']:<34} hb min {hmin:6.2f} s median {hmed:6.2f} s peak RSS {hrss:7.0f} MiB "
+            f"CPU {hcpu:6.1f} s")
     if r["pigz"]:
-        pmin, pmed, prss = stats(r["pigz"])
-        line += (f" | tar|pigz -6 min {pmin:6.2f} s median {pmed:6.2f} s peak RSS {prss:5.0f} MiB"
+        pmin, pmed, prss, pcpu = stats(r["pigz"])
+        line += (f" | tar|pigz -6 min {pmin:6.2f} s median {pmed:6.2f} s peak RSS {prss:5.0f} MiB CPU {pcpu:6.1f} s"
                  f" | throughput hb/pigz (median) {pmed / hmed:.2f} (min) {pmin / hmin:.2f}"
-                 f" goal >= 0.8: {'met' if pmed / hmed >= 0.8 else 'MISSED'}")
+                 f" goal >= 0.8: {'met' if pmed / hmed >= 0.8 else 'MISSED'}; CPU pigz/hb {pcpu / hcpu:.2f}")
     print(line, flush=True)
 
 
