@@ -90,8 +90,10 @@ def _run_layers(execution) -> None:
         return blob, (alias, meta)
 
     workers = min(len(groups), os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(build, enumerate(groups)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # largest first: no big layer left alone at the end
+        largest_first = sorted(range(len(groups)), key=lambda i: -groups[i].size)
+        futures = {i: pool.submit(build, (i, groups[i])) for i in largest_first}
+        results = [futures[i].result() for i in range(len(groups))]
     layers, reused = [], 0
     for group, (blob, cached) in zip(groups, results):
         if cached is True:
