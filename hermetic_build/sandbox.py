@@ -15,6 +15,7 @@ from blake3 import blake3
 from .action import register_action_kind
 from .errors import ActionFailed
 from .store.base import ActionResult, OutputEntry
+from .store.local import LocalStore
 
 SANDBOX_ROOT = "/hb"  # where the sandbox directory appears inside bubblewrap
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -149,7 +150,12 @@ class ActionExecution:
         """Record that the blob `digest` (an output of this action, stored when it succeeds) is
         also known as `alias` (e.g. "sha256:<hex>"). An alias whose blob is missing is a miss."""
         local = getattr(self.store, "local", self.store)
-        local.put_action_result(alias_key(alias), ActionResult((OutputEntry(alias, "file", digest),)))
+        entry = ActionResult((OutputEntry(alias, "file", digest),))
+        # not fsynced: an alias lost or torn by a crash reads as a miss (recall_alias verifies all)
+        if isinstance(local, LocalStore):
+            local.put_action_result(alias_key(alias), entry, fsync=False)
+        else:
+            local.put_action_result(alias_key(alias), entry)
 
     def base_env(self, inside_bwrap: bool) -> dict:
         root = SANDBOX_ROOT if inside_bwrap else str(self.sandbox_dir)

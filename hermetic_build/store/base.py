@@ -7,6 +7,7 @@ with a strict schema: anything unexpected is an InvalidEntry, which every caller
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -14,6 +15,8 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from blake3 import blake3
 
 from ..anchored import open_regular_file
 from ..digest import Digest
@@ -188,6 +191,14 @@ class Store(ABC):
     @abstractmethod
     def get_blob(self, digest: Digest) -> bytes | None: ...
 
+    def open_blob(self, digest: Digest):
+        """A binary reader (read/readinto, a context manager) of the blob, or None if missing. It
+        is verified as it is read: reading up to digest.size raises MissingBlob if the content
+        does not match (the blob is then removed, like any corrupt one). This default reads the
+        blob whole; stores that keep blobs on disk stream it."""
+        data = self.get_blob(digest)
+        return None if data is None else io.BytesIO(data)
+
     @abstractmethod
     def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest: ...
 
@@ -261,3 +272,56 @@ class NewFile:
             self.file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp, dir_fd=self.dir_fd)
+
+
+class VerifiedReader:
+    """A blob file read in a stream, hashed on the way: the read that reaches digest.size checks
+    the BLAKE3 and raises MissingBlob (after on_corrupt()) on a mismatch, before returning."""
+
+    def __init__(self, file, digest: Digest, on_corrupt):
+        self._file = file
+        self._digest = digest
+        self._on_corrupt = on_corrupt
+        self._hasher = blake3()
+        self._left = digest.size
+        if self._left == 0:
+            self._check()
+
+    def _check(self) -> None:
+        if self._hasher.hexdigest() != self._digest.hash:
+            from ..tree import MissingBlob
+
+            self._on_corrupt()
+            raise MissingBlob(self._digest)
+
+    def _seen(self, data) -> None:
+        if len(data) > self._left:
+            from ..tree import MissingBlob
+
+            self._on_corrupt()
+            raise MissingBlob(self._digest, f"blob {self._digest} is longer than its digest says")
+        if len(data):
+            self._hasher.update(data)
+            self._left -= len(data)
+            if self._left == 0:
+                self._check()
+
+    def readinto(self, buffer) -> int:
+        n = self._file.readinto(buffer)
+        with memoryview(buffer) as view:
+            self._seen(view[:n])
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self._seen(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

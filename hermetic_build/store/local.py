@@ -30,7 +30,7 @@ from ..anchored import RefusedPath, open_regular_file
 from ..digest import CHUNK, Digest, digest_bytes
 from ..errors import UsageError
 from ..leftovers import owner_pid, pid_alive, store_temp_prefix, sweep
-from .base import MAX_ENTRY_BYTES, ActionResult, InvalidEntry, NewFile, Store, load_json
+from .base import MAX_ENTRY_BYTES, ActionResult, InvalidEntry, NewFile, Store, VerifiedReader, load_json
 
 LAYOUT = 1
 MARKER = "hb-cache.json"  # {"layout": 1}: proves hb made this directory
@@ -239,6 +239,18 @@ class LocalStore(Store):
             return None
         return data
 
+    def open_blob(self, digest: Digest):
+        """A streaming reader of the blob, verified as it is read (see Store.open_blob)."""
+        try:
+            f = open(self._blob(digest), "rb", buffering=0)  # noqa: SIM115 - the reader closes it
+        except FileNotFoundError:
+            return None
+        if os.fstat(f.fileno()).st_size != digest.size:
+            f.close()
+            self._remove_corrupt(digest)
+            return None
+        return VerifiedReader(f, digest, lambda: self._remove_corrupt(digest))
+
     def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
         digest = digest_bytes(data)
         if self.has_blob(digest):
@@ -441,12 +453,14 @@ class LocalStore(Store):
         self.remove_action_result(key)
         self.rejected_entries.append((key, why))
 
-    def put_action_result(self, key: str, result: ActionResult) -> None:
+    def put_action_result(self, key: str, result: ActionResult, *, fsync: bool = True) -> None:
+        """fsync=False for entries whose loss is only a miss (e.g. aliases, see ActionExecution)."""
         fd, tmp = self._temp()
         with os.fdopen(fd, "wb") as f:
             f.write(result.encode())
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         self._commit(tmp, self._ac_path(key), 0o644)
 
     def remove_action_result(self, key: str) -> None:

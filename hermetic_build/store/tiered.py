@@ -34,6 +34,22 @@ class TieredStore(Store):
                 self.local.put_blob(data)
         return data
 
+    def open_blob(self, digest: Digest):
+        reader = self.local.open_blob(digest)
+        if reader is not None:
+            return reader
+        # bring it into the local store (streamed to a temp file, moved into the CAS), then read it there
+        fd, tmp = self.local._temp()
+        os.close(fd)
+        try:
+            if not self.remote.fetch_file(digest, Path(tmp)):
+                return None
+            self.local.put_file(Path(tmp), move=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return self.local.open_blob(digest)
+
     def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
         digest = self.local.put_blob(data, fsync=fsync)
         if self.upload:

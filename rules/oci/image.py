@@ -187,8 +187,8 @@ def _run_image(execution) -> None:
         for layer in read_layers(execution.execroot / layer_set["index"]):
             hex_ = layer["digest"].split(":", 1)[1]
             dest = blobs_dir / hex_
-            if not dest.exists():
-                os.link(source_dir / hex_, dest)
+            if not dest.exists():  # the staged input is this action's own copy: move it, so it is not copied again
+                os.rename(source_dir / hex_, dest)
             descriptors.append({"mediaType": layer["mediaType"], "digest": layer["digest"], "size": layer["size"]})
             diff_ids.append(layer["diff_id"])
             if not layer.get("from_base"):

@@ -3,13 +3,15 @@
 Rules (../shared/DESIGN.md): entries sorted by path, explicit directory entries, mtime =
 SOURCE_DATE_EPOCH, uid/gid 0 with empty user and group names (the CAS tree records no owners), no
 xattrs or device nodes, PAX headers only where a name needs one; gzip with mtime 0, no file name, a
-fixed OS byte and level (or zstd with fixed parameters). One pass over the bytes yields the diff_id
-(sha256 of the tar), and the sha256 and BLAKE3 of the compressed blob.
+fixed OS byte and level (or zstd with fixed parameters). One streaming pass yields the diff_id
+(sha256 of the tar), and the sha256 and BLAKE3 of the compressed blob: file contents are read
+straight into fixed 1 MiB blocks of the tar stream (blocks span file boundaries), which are
+compressed on every core (pgzip.py), so memory does not grow with file size and the bytes do not
+depend on the number of threads.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import tarfile
 import zlib
@@ -17,12 +19,13 @@ from dataclasses import dataclass
 
 from hermetic_build.api import Digest, DualHasher, MissingBlob, TreeEntry
 
+from .pgzip import BLOCK, ParallelGzip, cores
+
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 MEDIA_TYPES = {"gzip": GZIP_LAYER, "zstd": ZSTD_LAYER}
-FORMAT_VERSION = 1  # bump when the bytes of a layer for the same entries change
+FORMAT_VERSION = 2  # bump when the bytes of a layer for the same entries change (2: parallel gzip)
 _BLOCK = 512
-_FLUSH = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,36 +48,36 @@ class LayerBlob:
                          Digest.parse(data["blake3"]))
 
 
-class _HashingWriter:
-    """File-like sink hashing what passes through (sha256 + BLAKE3 of the compressed bytes)."""
-
-    def __init__(self, f):
-        self._f = f
-        self.hasher = DualHasher()
-
-    def write(self, data) -> int:
-        self.hasher.update(data)
-        self._f.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
-def _compressor(compression: str, level: int, sink):
-    if compression == "gzip":
-        # filename="" and mtime=0: the header holds neither a name nor a time; the OS byte is fixed (255).
-        return gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=level, mtime=0)
-    if compression == "zstd":
-        import zstandard
-
-        params = zstandard.ZstdCompressionParameters.from_level(level, threads=0, write_checksum=True,
-                                                               write_content_size=False)
-        return zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, closefd=False)
-    raise ValueError(f"unknown layer compression {compression!r} (use gzip or zstd)")
-
-
 def tar_header(path: str, entry: TreeEntry, epoch: int, size: int = 0) -> bytes:
+    """The header block(s) of one entry: what tarfile writes in PAX format, built directly when
+    a plain ustar header says it all (ASCII names that fit, numbers in range), else by tarfile."""
+    if entry.kind == "dir":
+        name, kind, mode, link, size = path + "/", b"5", entry.mode, "", 0
+    elif entry.kind == "symlink":
+        name, kind, mode, link, size = path, b"2", 0o777, entry.target, 0
+    else:
+        name, kind, mode, link = path, b"0", entry.mode, ""
+    if (len(name) <= 100 and len(link) <= 100 and name.isascii() and link.isascii()
+            and 0 <= size < _MAX_USTAR_NUMBER and 0 <= epoch < _MAX_USTAR_NUMBER):
+        return _ustar_header(name.encode(), kind, mode & 0o7777, size, epoch, link.encode())
+    return _tarfile_header(path, entry, epoch, size)
+
+
+_MAX_USTAR_NUMBER = 8 ** 11
+
+
+def _ustar_header(name: bytes, kind: bytes, mode: int, size: int, epoch: int, link: bytes) -> bytes:
+    head = b"".join((name.ljust(100, b"\0"), b"%07o\0" % mode, b"0000000\0", b"0000000\0", b"%011o\0" % size,
+                     b"%011o\0" % epoch, b"        ", kind, link.ljust(100, b"\0"), _USTAR_TAIL))
+    checksum = sum(head)
+    return head[:148] + b"%06o\0" % checksum + head[155:]
+
+
+# magic "ustar\0" version "00", empty uname and gname, empty devmajor/devminor, empty prefix, padding
+_USTAR_TAIL = (b"ustar\x0000" + bytes(32) + bytes(32) + bytes(8) + bytes(8) + bytes(155)).ljust(512 - 257, b"\0")
+
+
+def _tarfile_header(path: str, entry: TreeEntry, epoch: int, size: int) -> bytes:
     info = tarfile.TarInfo(path)
     info.mtime = epoch
     info.uid = info.gid = 0
@@ -92,40 +95,149 @@ def tar_header(path: str, entry: TreeEntry, epoch: int, size: int = 0) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def write_layer(read_blob, entries: list[tuple[str, TreeEntry]], out_path, *, epoch: int = 0,
-                compression: str = "gzip", level: int = 6) -> LayerBlob:
-    """Write entries (path inside the image, TreeEntry) as one layer; read_blob(digest) -> bytes|None."""
+class _Blocks:
+    """The tar stream as fixed BLOCK-sized buffers, each handed on whole (and given up) when full.
+
+    Every buffer starts zeroed, so tar padding and the end-of-archive marker are only a skip."""
+
+    def __init__(self, emit):
+        self._emit = emit
+        self.buf = bytearray(BLOCK)
+        self.view = memoryview(self.buf)
+        self.pos = 0
+
+    def _next(self) -> None:
+        self.view.release()
+        self._emit(self.buf)
+        self.buf = bytearray(BLOCK)
+        self.view = memoryview(self.buf)
+        self.pos = 0
+
+    def put(self, data: bytes) -> None:
+        data = memoryview(data)
+        while len(data):
+            n = min(len(data), BLOCK - self.pos)
+            self.view[self.pos:self.pos + n] = data[:n]
+            self.pos += n
+            data = data[n:]
+            if self.pos == BLOCK:
+                self._next()
+
+    def skip(self, n: int) -> None:
+        while n:
+            step = min(n, BLOCK - self.pos)
+            self.pos += step
+            n -= step
+            if self.pos == BLOCK:
+                self._next()
+
+    def read_from(self, reader, size: int, digest) -> None:
+        """Exactly `size` bytes of reader straight into the blocks; fewer is a MissingBlob."""
+        left = size
+        while left:
+            want = min(left, BLOCK - self.pos)
+            got = reader.readinto(self.view[self.pos:self.pos + want])
+            if not got:
+                raise MissingBlob(digest, f"blob {digest} is shorter than its digest says")
+            self.pos += got
+            left -= got
+            if self.pos == BLOCK:
+                self._next()
+        if reader.read(1):
+            raise MissingBlob(digest, f"blob {digest} is longer than its digest says")
+
+    def rest(self) -> bytes:
+        data = bytes(self.view[:self.pos])
+        self.view.release()
+        return data
+
+
+class _Compressor:
+    """Blocks of the tar in, compressed bytes out to sink, on every core, deterministically."""
+
+    def __init__(self, compression: str, level: int, sink, threads: int | None):
+        self.compression = compression
+        if compression == "gzip":
+            self._gz = ParallelGzip(sink, level=level, threads=threads)
+        elif compression == "zstd":
+            import zstandard
+
+            # zstd's multi-threaded mode writes the same frame for any number of workers >= 1
+            # (jobs are cut by size, not by timing); threads=0 (single-threaded mode) would differ.
+            params = zstandard.ZstdCompressionParameters.from_level(
+                level, threads=max(1, threads or cores()), write_checksum=True, write_content_size=False)
+
+            class _Sink:
+                def write(self, data) -> int:
+                    sink(bytes(data))
+                    return len(data)
+
+            self._zstd = zstandard.ZstdCompressor(compression_params=params).stream_writer(_Sink(), closefd=False)
+        else:
+            raise ValueError(f"unknown layer compression {compression!r} (use gzip or zstd)")
+
+    def block(self, block) -> None:
+        if self.compression == "gzip":
+            self._gz.add_block(block)
+        else:
+            self._zstd.write(block)
+
+    def finish(self, rest: bytes) -> None:
+        if self.compression == "gzip":
+            self._gz.write(rest)
+            self._gz.close()
+        else:
+            self._zstd.write(rest)
+            self._zstd.close()
+
+    def abort(self) -> None:
+        if self.compression == "gzip":
+            self._gz.abort()
+
+
+def write_layer(open_blob, entries: list[tuple[str, TreeEntry]], out_path, *, epoch: int = 0,
+                compression: str = "gzip", level: int = 6, threads: int | None = None) -> LayerBlob:
+    """Write entries (path inside the image, TreeEntry) as one layer, streaming: open_blob(digest)
+    gives a binary reader (readinto) of the file's content, or None. Memory does not grow with
+    file size; `threads` (None: every core) changes the speed, never the bytes."""
     diff = hashlib.sha256()
     with open(out_path, "wb") as raw:
-        sink = _HashingWriter(raw)
-        compressor = _compressor(compression, level, sink)
-        pending = bytearray()
+        hasher = DualHasher()
 
-        def emit(data) -> None:
-            pending.extend(data)
-            if len(pending) >= _FLUSH:
-                diff.update(pending)
-                compressor.write(bytes(pending))
-                pending.clear()
+        def sink(data) -> None:
+            hasher.update(data)
+            raw.write(data)
 
-        for path, entry in sorted(entries, key=lambda item: item[0]):
-            if entry.kind == "file":
-                data = read_blob(entry.digest)
-                if data is None:
-                    raise MissingBlob(entry.digest)
-                emit(tar_header(path, entry, epoch, len(data)))
-                emit(data)
-                if len(data) % _BLOCK:
-                    emit(b"\0" * (_BLOCK - len(data) % _BLOCK))
-            else:
-                emit(tar_header(path, entry, epoch))
-        emit(b"\0" * (2 * _BLOCK))  # end-of-archive marker
-        diff.update(pending)
-        compressor.write(bytes(pending))
-        compressor.close()  # ends the gzip member / zstd frame; the sink stays open
-        raw.flush()
-    return LayerBlob(f"sha256:{diff.hexdigest()}", f"sha256:{sink.hasher.sha256}", sink.hasher.size,
-                     MEDIA_TYPES[compression], sink.hasher.digest)
+        compressor = _Compressor(compression, level, sink, threads)
+
+        def emit(block) -> None:
+            diff.update(block)
+            compressor.block(block)
+
+        blocks = _Blocks(emit)
+        try:
+            for path, entry in sorted(entries, key=lambda item: item[0]):
+                if entry.kind == "file":
+                    size = entry.digest.size
+                    reader = open_blob(entry.digest)
+                    if reader is None:
+                        raise MissingBlob(entry.digest)
+                    blocks.put(tar_header(path, entry, epoch, size))
+                    with reader:
+                        blocks.read_from(reader, size, entry.digest)
+                    if size % _BLOCK:
+                        blocks.skip(_BLOCK - size % _BLOCK)
+                else:
+                    blocks.put(tar_header(path, entry, epoch))
+            blocks.skip(2 * _BLOCK)  # end-of-archive marker
+            rest = blocks.rest()
+            diff.update(rest)
+            compressor.finish(rest)  # ends the gzip member / zstd frame
+        except BaseException:
+            compressor.abort()
+            raise
+    return LayerBlob(f"sha256:{diff.hexdigest()}", f"sha256:{hasher.sha256}", hasher.size,
+                     MEDIA_TYPES[compression], hasher.digest)
 
 
 def zlib_version() -> str:

@@ -297,3 +297,27 @@ def test_action_cache_hit_refreshes_mtime_only_when_old(tmp_path):
     os.utime(path, (old, old))
     assert store.get_action_result(key) is not None
     assert os.stat(path).st_mtime > old + TOUCH_AFTER_S  # an old one is marked used for gc's LRU order
+
+
+def test_open_blob_streams_verified_content(tmp_path):
+    from hermetic_build.api import MissingBlob
+
+    store = LocalStore(tmp_path / "c")
+    data = bytes(range(256)) * 10000
+    d = store.put_blob(data)
+    with store.open_blob(d) as reader:
+        buf = bytearray(len(data))
+        assert reader.readinto(memoryview(buf)[:1000]) == 1000
+        assert reader.readinto(memoryview(buf)[1000:]) == len(data) - 1000
+        assert bytes(buf) == data and reader.read(1) == b""
+    assert store.open_blob(digest_bytes(b"absent")) is None
+    path = store.blob_path(d)
+    path.chmod(0o644)
+    path.write_bytes(data[:-1] + b"\x00")  # same size, other content
+    with store.open_blob(d) as reader, pytest.raises(MissingBlob):
+        reader.read()
+    assert not store.has_blob(d)
+    e = store.put_blob(b"short")
+    store.blob_path(e).chmod(0o644)
+    store.blob_path(e).write_bytes(b"longer than that")
+    assert store.open_blob(e) is None and not store.has_blob(e)

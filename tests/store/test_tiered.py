@@ -52,3 +52,16 @@ def test_corrupt_remote_blob_is_a_miss(tmp_path):
     assert tiered.get_blob(d) is None and not local.has_blob(d)
     assert not tiered.fetch_file(d, tmp_path / "dest")
     assert not local.has_blob(digest_bytes(b"evil"))
+
+
+def test_open_blob_brings_a_remote_blob_local_and_refuses_a_corrupt_one(tmp_path):
+    local, remote, tiered = _stores(tmp_path)
+    d = remote.put_blob(b"streamed from remote")
+    with tiered.open_blob(d) as reader:
+        assert reader.read() == b"streamed from remote"
+    assert local.get_blob(d) == b"streamed from remote"
+    bad = remote.put_blob(b"good")
+    os.chmod(remote.blob_path(bad), 0o644)
+    remote.blob_path(bad).write_bytes(b"evil")
+    assert tiered.open_blob(bad) is None and not local.has_blob(bad)
+    assert tiered.open_blob(digest_bytes(b"nowhere")) is None

@@ -1,0 +1,166 @@
+"""Deterministic parallel gzip: one gzip member whose bytes do not depend on the number of threads.
+
+The input stream is cut into fixed BLOCK-sized blocks by offset (never by file or by write call).
+Block i is compressed on its own, as raw deflate (zlib, wbits -15) at a fixed level, primed with
+the last 32 KiB of block i-1 as a preset dictionary (what deflate could have referred back to
+anyway), and ended with Z_SYNC_FLUSH: an empty stored block that leaves the stream byte-aligned and
+not final, so the blocks' outputs concatenate into one valid deflate stream. The last block ends
+with Z_FINISH. Around it: a fixed 10-byte header (no flags, no name, mtime 0, XFL 0, OS 255) and
+the trailer (CRC-32 and length mod 2**32 of the whole input, computed in order). Each block's
+output is a function of (its bytes, the 32 KiB before it, the level, whether it is last), so the
+member is the same bytes whether 1 or 64 threads compressed it. This is pigz's scheme.
+
+Memory is bounded: at most `max_inflight` blocks (input + output) are in flight in one process;
+a writer that cannot get a slot first writes out its own oldest finished block.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+BLOCK = 1 << 20
+DICT = 32 * 1024
+HEADER = b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + b"\x00\xff"  # deflate, no flags, mtime 0, XFL 0, OS 255
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class _Pool:
+    """The process-wide compression threads and the bound on blocks in flight across all writers."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hb-deflate")
+        self.slots = threading.Semaphore(max(4, 4 * threads))
+
+
+_pools: dict[int, _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int | None) -> _Pool:
+    threads = max(1, threads or cores())
+    with _pools_lock:
+        if threads not in _pools:
+            _pools[threads] = _Pool(threads)
+        return _pools[threads]
+
+
+def deflate_block(data, zdict: bytes, level: int, last: bool) -> bytes:
+    """Raw deflate of one block, primed with zdict, ending byte-aligned (or final if last)."""
+    if zdict:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+    else:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+    return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+class ParallelGzip:
+    """Feed whole blocks with `add_block` (or any bytes with `write`), then `close()`; compressed
+    bytes go to sink(bytes) in order. `threads` picks the pool (None: every core)."""
+
+    def __init__(self, sink, *, level: int = 6, threads: int | None = None):
+        if not 0 <= level <= 9:
+            raise ValueError(f"gzip level must be 0..9, got {level}")
+        self._sink = sink
+        self._level = level
+        self._pool = _pool(threads)
+        self._queue: deque = deque()
+        self._crc = 0
+        self._size = 0
+        self._zdict = b""
+        self._buffer = bytearray()
+        self._closed = False
+        sink(HEADER)
+
+    # ----- input ---------------------------------------------------------------------------------
+    def write(self, data) -> None:
+        """Any amount of bytes; cut into BLOCK-sized blocks here."""
+        view = memoryview(data)
+        while len(view):
+            room = BLOCK - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            if len(self._buffer) == BLOCK:
+                block, self._buffer = self._buffer, bytearray()
+                self.add_block(block)
+
+    def add_block(self, block) -> None:
+        """One full block of exactly BLOCK bytes (the caller gives up the buffer)."""
+        if len(block) != BLOCK or self._buffer:
+            raise ValueError("add_block takes exactly one BLOCK and not after a partial write")
+        self._submit(block, last=False)
+
+    def _submit(self, block, last: bool) -> None:
+        self._crc = zlib.crc32(block, self._crc)
+        self._size += len(block)
+        zdict = self._zdict
+        self._zdict = bytes(block[-DICT:]) if not last else b""
+        if last:  # the caller waits for it anyway: compress it here (a small layer never leaves its thread)
+            self._drain_all()
+            self._last = deflate_block(block, zdict, self._level, True)
+            return
+        self._acquire()
+        self._queue.append(self._pool.executor.submit(deflate_block, block, zdict, self._level, False))
+
+    def _acquire(self) -> None:
+        slots = self._pool.slots
+        while not slots.acquire(blocking=False):
+            if self._queue:
+                self._drain_one()  # our own oldest block: it frees a slot, whatever others hold
+            else:
+                slots.acquire()  # we hold none: the holders make progress and release
+                return
+
+    def _drain_all(self) -> None:
+        while self._queue:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        future = self._queue.popleft()
+        try:
+            out = future.result()
+        finally:
+            self._pool.slots.release()
+        self._sink(out)
+
+    # ----- end -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        block, self._buffer = self._buffer, bytearray()
+        self._submit(block, last=True)
+        self._sink(self._last)
+        self._sink(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+
+    def abort(self) -> None:
+        """Drop what is in flight (after an error), giving the slots back."""
+        self._closed = True
+        while self._queue:
+            future = self._queue.popleft()
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - the first error is what the caller reports
+                pass
+            finally:
+                self._pool.slots.release()
+
+
+def compress(data: bytes, level: int = 6, threads: int | None = None) -> bytes:
+    """The whole member for `data` in memory (tests, small inputs)."""
+    out: list[bytes] = []
+    gz = ParallelGzip(out.append, level=level, threads=threads)
+    gz.write(data)
+    gz.close()
+    return b"".join(out)
