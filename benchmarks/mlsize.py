@@ -316,7 +316,7 @@ def tree_stats(tree: Path) -> tuple[int, int]:
 
 
 def gib(n: float) -> str:
-    return f"{n / GiB:.2f} GiB"
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
 
 
 def main() -> None:
