@@ -179,7 +179,7 @@ class Bench:
                  "| what | runs | min s | median s | peak RSS MiB | note |",
                  "|---|---:|---:|---:|---:|---|"]
         for row in self.rows:
-            name = f"{row.name} (baseline)" if row.baseline else row.name
+            name = (f"{row.name} (baseline)" if row.baseline else row.name).replace("|", "\\|")
             lines.append(f"| {name} | {len(row.runs)} | {row.min:.2f} | {row.median:.2f} | {row.peak_rss_mib:.0f} | "
                          f"{row.note} |")
         lines.append("")
