@@ -145,19 +145,25 @@ class _Reader(io.RawIOBase):
 
     def __init__(self, chunks):
         self.chunks = iter(chunks)
-        self.buffer = b""
+        self.chunk = b""
+        self.pos = 0
         self.sha256 = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self.buffer) < n:
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                break
-            self.buffer += chunk
-        out, self.buffer = (self.buffer, b"") if n < 0 else (self.buffer[:n], self.buffer[n:])
+        parts, want = [], n
+        while want != 0:
+            if self.pos == len(self.chunk):
+                self.chunk, self.pos = next(self.chunks, b""), 0
+                if not self.chunk:
+                    break
+            take = len(self.chunk) - self.pos if want < 0 else min(want, len(self.chunk) - self.pos)
+            parts.append(self.chunk[self.pos:self.pos + take])
+            self.pos += take
+            want = want - take if want > 0 else want
+        out = b"".join(parts)
         self.sha256.update(out)
         return out
 
