@@ -3,157 +3,264 @@ example, bytes transferred, and per-request overhead for 1,000 small entries vs 
 same for a REAPI cache (grpc://, a BuildGrid server) when the reapi extra is installed, with its
 per-request cost next to the HTTP cache's.
 
+Every row is whole processes as a user runs them (harness.py: >= 3 runs, min and median wall time,
+peak RSS, `sync` before each timed run): each second-machine run is `hb build` in a fresh copy of the
+example with an empty local cache; each per-request run is one process doing the 1,000 requests (its
+wall time includes Python's start-up and imports; the per-request cost measured inside it is printed
+beside it).
+
     python3 benchmarks/remote.py            # everything
     python3 benchmarks/remote.py grpc       # only the REAPI cache: per-request, then second machine
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from support import BuildGridCache, NginxCache, Registry, Workspace  # noqa: E402
+from harness import Bench, Cmd  # noqa: E402
+
+# tests/support (and pytest with it) is imported only by the parent: the child processes measured
+# below import what they use and nothing else
 
 TARGETS = ("//channel:test-channel", "//env:nlp-env", "//data:stats")
+HB = (sys.executable, "-m", "hermetic_build.cli")
+N = 1000
 
 
-def timed(fn):
-    started = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - started, result
+def example_copy(root: Path, cache: Path, template: Path | None = None):
+    from support import Workspace
 
-
-def example_copy(root: Path, cache: Path, template: Path | None = None) -> Workspace:
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     shutil.copytree(template or REPO / "examples", root, ignore=shutil.ignore_patterns("hb-out"))
-    ws = Workspace(root, cache)
-    return ws
+    return Workspace(root, cache)
 
 
-def second_machine(kind: str, url: str, tmp: Path, locked: Path) -> None:
+def hb_env(ws) -> dict:
+    env = ws.env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def second_machine(kind: str, url: str, tmp: Path, locked: Path, runs: int) -> Bench:
     a = example_copy(tmp / f"{kind}-a", tmp / f"{kind}-cache-a", locked)
     a.hb("build", "--remote-cache", url, "--remote-upload", *TARGETS, timeout=900)
-    b = example_copy(tmp / f"{kind}-b", tmp / f"{kind}-cache-b", locked)
-    warm, proc = timed(lambda: b.hb("build", "--json", "--remote-cache", url, *TARGETS, timeout=900))
-    summary = json.loads(proc.stdout)
-    stats = json.loads(b.hb("cache", "stats", "--json").stdout)["last_build"]["remote"]
-    c = example_copy(tmp / f"{kind}-c", tmp / f"{kind}-cache-c", locked)
-    cold, _ = timed(lambda: c.hb("build", *TARGETS, timeout=900))
-    print(f"[{kind}] second machine, warm remote: {warm:.2f} s, {summary['actions']['executed']} actions executed, "
-          f"{stats['bytes_down'] / 1024:.0f} KiB down in {stats['blobs_down']} blobs; cold local build: {cold:.2f} s "
-          f"(ratio {warm / cold:.2f})")
+    bench = Bench(f"[{kind}] second machine: the example's {', '.join(TARGETS)} with a warm remote cache")
+    copies: dict = {}
+
+    def fresh(name: str):
+        def before(i: int) -> None:
+            copies[name] = example_copy(tmp / f"{kind}-{name}", tmp / f"{kind}-cache-{name}", locked)
+        return before
+
+    def cmd(name: str, *argv: str):
+        return lambda i: Cmd((*HB, *argv), copies[name].root, hb_env(copies[name]))
+
+    warm = bench.measure("hb build --remote-cache URL (fresh copy, empty local cache)",
+                         cmd("b", "build", "--json", "--remote-cache", url, *TARGETS), runs=runs, before=fresh("b"),
+                         timeout=900)
+    summary = json.loads(warm.last.stdout)
+    stats = json.loads(copies["b"].hb("cache", "stats", "--json").stdout)["last_build"]["remote"]
+    cold = bench.measure("hb build, no remote (fresh copy, empty local cache)", cmd("c", "build", *TARGETS),
+                         runs=runs, before=fresh("c"), timeout=900,
+                         baseline="the same build on an empty local cache with no remote: every action runs here")
+    bench.ratio(warm, cold, "second machine warm remote / cold local")
+    bench.note(f"warm remote, last run: {summary['actions']['executed']} actions executed, "
+               f"{stats['bytes_down'] / 1024:.0f} KiB down in {stats['blobs_down']} blobs")
+    for name in ("a", "b", "c"):
+        shutil.rmtree(tmp / f"{kind}-{name}", ignore_errors=True)
+        shutil.rmtree(tmp / f"{kind}-cache-{name}", ignore_errors=True)
+    return bench
 
 
-def per_request(server: NginxCache, n: int = 1000) -> None:
+# ----- per-request cost: each side is one child process doing N requests --------------------------------
+
+
+def child_hb_http(url: str, offset: int) -> dict:
+    """N small action-cache entries PUT and GET (+ verify) through hb's HttpStore."""
+    import time
+
+    from hermetic_build.digest import digest_bytes
     from hermetic_build.store.base import ActionResult, OutputEntry
     from hermetic_build.store.http import HttpStore
     from hermetic_build.store.remote import Signer
-    from hermetic_build.digest import digest_bytes
 
-    store = HttpStore(server.url, signer=Signer(b"bench-key"))
+    store = HttpStore(url, signer=Signer(b"bench-key"))
     d = digest_bytes(b"x")
     result = ActionResult((OutputEntry("hb-out/p/x/o", "file", d),), 0, d, d)
-    keys = [f"{i:064x}" for i in range(n)]
-    put_hb, _ = timed(lambda: [store.put_action_result(k, result) for k in keys])
-    get_hb, _ = timed(lambda: [store.get_action_result(k) for k in keys])
-    body = Signer(b"bench-key").seal(keys[0], result)
-    conn = http.client.HTTPConnection("127.0.0.1", server.port)
+    keys = [f"{i + offset:064x}" for i in range(N)]
+    t0 = time.perf_counter()
+    for k in keys:
+        store.put_action_result(k, result)
+    t1 = time.perf_counter()
+    got = [store.get_action_result(k) for k in keys]
+    t2 = time.perf_counter()
+    assert all(r == result for r in got)
+    return {"AC PUT": (t1 - t0) / N, "AC GET": (t2 - t1) / N}
+
+
+def child_raw_http(url: str, offset: int) -> dict:
+    """The same N PUTs and GETs of a sealed entry with http.client on one keep-alive connection."""
+    import http.client
+    import time
+
+    from hermetic_build.digest import digest_bytes
+    from hermetic_build.store.base import ActionResult, OutputEntry
+    from hermetic_build.store.remote import Signer
+
+    d = digest_bytes(b"x")
+    body = Signer(b"bench-key").seal(f"{offset:064x}", ActionResult((OutputEntry("hb-out/p/x/o", "file", d),), 0, d, d))
+    conn = http.client.HTTPConnection(*url.removeprefix("http://").split(":"))
 
     def raw(method, key, data=None):
         conn.request(method, f"/ac/{key}", body=data, headers={"Content-Length": str(len(data))} if data else {})
         return conn.getresponse().read()
 
-    put_raw, _ = timed(lambda: [raw("PUT", f"{i + n:064x}", body) for i in range(n)])
-    get_raw, _ = timed(lambda: [raw("GET", f"{i + n:064x}") for i in range(n)])
-    print(f"[http] {n} small action-cache entries: hb PUT {put_hb / n * 1e6:.0f} us, GET+verify {get_hb / n * 1e6:.0f} us "
-          f"per request; raw http.client PUT {put_raw / n * 1e6:.0f} us, GET {get_raw / n * 1e6:.0f} us "
-          f"(ratios {put_hb / put_raw:.1f}x, {get_hb / get_raw:.1f}x)")
+    keys = [f"{i + offset:064x}" for i in range(N)]
+    t0 = time.perf_counter()
+    for k in keys:
+        raw("PUT", k, body)
+    t1 = time.perf_counter()
+    got = [raw("GET", k) for k in keys]
+    t2 = time.perf_counter()
+    assert all(g == body for g in got)
+    return {"AC PUT": (t1 - t0) / N, "AC GET": (t2 - t1) / N}
 
 
-def per_request_store(kind: str, store, n: int = 1000) -> tuple[float, float, float, float]:
-    """Per-request seconds for n small action-cache entries (put, get+verify) and n small blobs
-    (put, get+verify) through an hb store."""
+def child_store(kind: str, url: str, offset: int) -> dict:
+    """N small action-cache entries and N small blobs, PUT and GET + verify, through an hb store."""
+    import time
+
     from hermetic_build.store.base import ActionResult, OutputEntry
+    from hermetic_build.store.remote import Signer
 
+    if kind == "grpc":
+        from hermetic_build.store.reapi import ReapiStore
+
+        store = ReapiStore(url, signer=Signer(b"bench-key"), timeout=10)
+    else:
+        from hermetic_build.store.http import HttpStore
+
+        store = HttpStore(url, signer=Signer(b"bench-key"))
     d = store.put_blob(b"x")
     result = ActionResult((OutputEntry("hb-out/p/x/o", "file", d),), 0, d, d)
-    keys = [f"{i + 7 * n:064x}" for i in range(n)]
-    blobs = [f"small blob {kind} {i}".encode() for i in range(n)]
-    put_ac, _ = timed(lambda: [store.put_action_result(k, result) for k in keys])
-    get_ac, got = timed(lambda: [store.get_action_result(k) for k in keys])
-    assert all(r == result for r in got)
-    put_b, digests = timed(lambda: [store.put_blob(b) for b in blobs])
-    get_b, datas = timed(lambda: [store.get_blob(x) for x in digests])
-    assert datas == blobs
-    print(f"[{kind}] {n} small entries through the store: action cache PUT {put_ac / n * 1e6:.0f} us, "
-          f"GET+verify {get_ac / n * 1e6:.0f} us; blobs PUT {put_b / n * 1e6:.0f} us, GET+verify "
-          f"{get_b / n * 1e6:.0f} us per request")
-    return put_ac / n, get_ac / n, put_b / n, get_b / n
+    keys = [f"{i + offset:064x}" for i in range(N)]
+    blobs = [f"small blob {kind} {offset} {i}".encode() for i in range(N)]
+    t = [time.perf_counter()]
+    for k in keys:
+        store.put_action_result(k, result)
+    t.append(time.perf_counter())
+    got = [store.get_action_result(k) for k in keys]
+    t.append(time.perf_counter())
+    digests = [store.put_blob(b) for b in blobs]
+    t.append(time.perf_counter())
+    datas = [store.get_blob(x) for x in digests]
+    t.append(time.perf_counter())
+    assert all(r == result for r in got) and datas == blobs
+    return {name: (t[i + 1] - t[i]) / N for i, name in enumerate(("AC PUT", "AC GET", "blob PUT", "blob GET"))}
 
 
-def grpc_vs_http(tmp: Path, servers: list) -> str:
-    from hermetic_build.store.http import HttpStore
-    from hermetic_build.store.reapi import ReapiStore
-    from hermetic_build.store.remote import Signer
+CHILDREN = {"hb-http": lambda url, off: child_hb_http(url, off), "raw-http": child_raw_http,
+            "store-http": lambda url, off: child_store("http", url, off),
+            "store-grpc": lambda url, off: child_store("grpc", url, off)}
+
+
+def child_cmd(name: str, url: str):
+    """The command of run i of child `name`: its keys are its own (no two runs or children share one)."""
+    base = list(CHILDREN).index(name)
+    return lambda i: Cmd((sys.executable, __file__, "--child", name, url, str((base * 100 + i + 1) * N)))
+
+
+def inner(row) -> dict:
+    """Median per-request seconds the child processes measured inside themselves."""
+    runs = [json.loads(r.stdout) for r in row.runs]
+    return {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+
+
+def us(values: dict) -> str:
+    return ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in values.items())
+
+
+def per_request(server, runs: int) -> Bench:
+    bench = Bench(f"[http] {N} small action-cache entries, one process each")
+    hb = bench.measure(f"hb HttpStore: {N} PUT then {N} GET + verify", child_cmd("hb-http", server.url), runs=runs)
+    raw = bench.measure(f"http.client: {N} PUT then {N} GET", child_cmd("raw-http", server.url), runs=runs,
+                        baseline="the same sealed entries PUT and GET with http.client on one keep-alive "
+                                 "connection, no hb store (imports only hb's Signer to seal the body)")
+    bench.ratio(hb, raw, "whole process hb / http.client")
+    h, r = inner(hb), inner(raw)
+    bench.note(f"per request, inside the processes: hb {us(h)}; http.client {us(r)} (ratios "
+               + ", ".join(f"{k} {h[k] / r[k]:.1f}x" for k in h) + ")")
+    return bench
+
+
+def grpc_vs_http(tmp: Path, servers: list, runs: int) -> tuple[str, Bench]:
+    from support import BuildGridCache, NginxCache
 
     nginx = NginxCache(tmp / "nginx-pr")
     servers.append(nginx)
     bgd = BuildGridCache(tmp / "bgd")
     servers.append(bgd)
-    http_t = per_request_store("http", HttpStore(nginx.url, signer=Signer(b"bench-key")))
-    grpc_t = per_request_store("grpc", ReapiStore(bgd.url, signer=Signer(b"bench-key"), timeout=10))
-    names = ("AC PUT", "AC GET", "blob PUT", "blob GET")
-    print("[grpc vs http] per request: " + ", ".join(f"{n} {g / h:.1f}x" for n, g, h in zip(names, grpc_t, http_t)))
-    return bgd.url
+    bench = Bench(f"[grpc vs http] {N} small action-cache entries and {N} small blobs through hb's stores")
+    http_row = bench.measure("hb HttpStore (nginx WebDAV)", child_cmd("store-http", nginx.url), runs=runs,
+                             baseline="the same requests through hb's HTTP cache store against nginx")
+    grpc_row = bench.measure("hb ReapiStore (BuildGrid)", child_cmd("store-grpc", bgd.url), runs=runs)
+    bench.ratio(grpc_row, http_row, "whole process grpc / http")
+    g, h = inner(grpc_row), inner(http_row)
+    bench.note(f"per request, inside the processes: grpc {us(g)}; http {us(h)} (ratios "
+               + ", ".join(f"{k} {g[k] / h[k]:.1f}x" for k in g) + ")")
+    return bgd.url, bench
 
 
 def main() -> None:
-    if sys.argv[1:] == ["grpc"]:
-        tmp = Path(tempfile.mkdtemp(prefix="hb-bench-remote-"))
-        servers = []
-        try:
-            url = grpc_vs_http(tmp, servers)
-            locked = tmp / "locked"
-            ws = example_copy(locked, tmp / "cache-lock")
-            ws.hb("lock", "//env:nlp-lock", timeout=900)
-            second_machine("grpc", url, tmp, locked)
-        finally:
-            for s in servers:
-                s.stop()
-            shutil.rmtree(tmp, ignore_errors=True)
+    if sys.argv[1:2] == ["--child"]:
+        name, url, offset = sys.argv[2:5]
+        print(json.dumps(CHILDREN[name](url, int(offset))))
         return
+    from support import NginxCache, Registry
 
+    only_grpc = sys.argv[1:] == ["grpc"]
+    runs = 3
+    os.environ["PYTHONPATH"] = str(REPO)  # every hb this script starts runs this tree
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     tmp = Path(tempfile.mkdtemp(prefix="hb-bench-remote-"))
     servers = []
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         locked = tmp / "locked"
         ws = example_copy(locked, tmp / "cache-lock")
         ws.hb("lock", "//env:nlp-lock", timeout=900)
         # the lock's file:// URLs point into this copy's hb-out, which the other copies can read
+        if only_grpc:
+            url, bench = grpc_vs_http(tmp, servers, runs)
+            print(bench.markdown(), flush=True)
+            print(second_machine("grpc", url, tmp, locked, runs).markdown(), flush=True)
+            return
         nginx = NginxCache(tmp / "nginx")
         servers.append(nginx)
-        second_machine("http", nginx.url, tmp, locked)
+        print(second_machine("http", nginx.url, tmp, locked, runs).markdown(), flush=True)
         registry = Registry(tmp / "registry")
         servers.append(registry)
-        second_machine("oci", f"oci://{registry.host}/hb/cache", tmp, locked)
-        per_request(nginx)
+        print(second_machine("oci", f"oci://{registry.host}/hb/cache", tmp, locked, runs).markdown(), flush=True)
+        print(per_request(nginx, runs).markdown(), flush=True)
         try:
             import grpc  # noqa: F401
-
-            url = grpc_vs_http(tmp, servers)
-            second_machine("grpc", url, tmp, locked)
         except ImportError:
             print("[grpc] skipped: the reapi extra (buildgrid, grpcio) is not installed")
+            return
+        url, bench = grpc_vs_http(tmp, servers, runs)
+        print(bench.markdown(), flush=True)
+        print(second_machine("grpc", url, tmp, locked, runs).markdown(), flush=True)
     finally:
         for s in servers:
             s.stop()

@@ -1,0 +1,196 @@
+"""A small measuring harness for the benchmarks: whole processes, as a user runs them.
+
+    from harness import Bench, Cmd
+    bench = Bench("oci layers")
+    hb = bench.measure("hb build //env:img", Cmd([...hb argv...], cwd=ws, env=env), runs=3,
+                       before=lambda i: shutil.rmtree(cache, ignore_errors=True))
+    base = bench.measure("tar | pigz -6", Cmd.shell(f"tar -C {tree} -cf - . | pigz -6 | wc -c"), runs=3,
+                         baseline="tar of the staged tree piped into pigz -6, counted by wc")
+    bench.ratio(hb, base)
+    print(bench.markdown())
+
+Rules it keeps (README, "Benchmarks"):
+- every run is one whole process started with subprocess (wall time from spawn to exit);
+- `sync` before every timed run (so a previous run's dirty pages are not flushed on the next one's
+  clock), outside the timed part; an untimed `before(i)` hook for per-run set-up (a fresh cache);
+- >= 3 runs by default; min and median reported;
+- peak RSS per run: getrusage(RUSAGE_CHILDREN).ru_maxrss taken in a small launcher process whose only
+  child is the command (see _LAUNCHER for why not in this process): the peak of the largest single
+  process of the command's tree (every descendant that was waited for), not the sum of processes
+  alive at the same time; the launcher's own ~10 MiB is the floor;
+- a baseline row carries a one-line statement of what it does, printed under the table.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """One command to run: an argv (or a bash pipeline via Cmd.shell), where and with what environment."""
+
+    argv: tuple[str, ...]
+    cwd: Path | None = None
+    env: dict | None = None
+
+    @staticmethod
+    def shell(pipeline: str, cwd: Path | None = None, env: dict | None = None) -> "Cmd":
+        return Cmd(("bash", "-o", "pipefail", "-c", pipeline), cwd, env)
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    max_rss_kib: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    runs: tuple[Run, ...]
+    baseline: str = ""  # one-line statement of what a baseline does; empty for the measured tool
+    note: str = ""
+
+    @property
+    def min(self) -> float:
+        return min(r.seconds for r in self.runs)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return max(r.max_rss_kib for r in self.runs) / 1024
+
+    @property
+    def last(self) -> Run:
+        return self.runs[-1]
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
+# A small launcher between us and the measured command. Linux records the RSS a process had when it called
+# exec (a forked child starts with its parent's resident pages), so a command started straight from a big
+# benchmark process would report the benchmark's own size as its peak. The launcher is a small process; the
+# command it forks inherits only that, and getrusage(RUSAGE_CHILDREN) in the launcher is the command's peak.
+# The wall time is taken inside the launcher, from fork to reaped exit (the launcher's own start is excluded).
+_LAUNCHER = """
+import os, resource, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status = os.waitpid(pid, 0)
+seconds = time.perf_counter() - started
+with open(out, "w") as f:
+    f.write(f"{seconds!r} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_once(cmd: Cmd, *, capture: bool = True, timeout: float | None = None) -> Run:
+    """Run one whole process (through the launcher above): wall time from fork to reaped exit, and the
+    peak RSS of the largest process in its tree. Output goes to temporary files, never pipes."""
+    import signal
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", prefix="hb-bench-rusage-") as result:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, result.name, *cmd.argv], cwd=cmd.cwd,
+                                env=cmd.env, stdout=out if capture else subprocess.DEVNULL,
+                                stderr=err if capture else subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise CommandFailed(f"{' '.join(cmd.argv[:6])} ran past {timeout} s")
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+        measured = result.read().split()
+    if code != 0 or len(measured) != 2:
+        raise CommandFailed(f"{' '.join(cmd.argv[:6])} exited {code}:\n{stdout[-1500:]}\n{stderr[-3000:]}")
+    return Run(float(measured[0]), int(measured[1]), stdout, stderr)
+
+
+class Bench:
+    """Rows measured side by side in one run, printed as a markdown table."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.rows: list[Row] = []
+        self.ratios: list[tuple[str, str, float]] = []
+        self.notes: list[str] = []
+
+    def measure(self, name: str, cmd: Cmd | Callable[[int], Cmd], *, runs: int = 3, baseline: str = "",
+                before: Callable[[int], None] | None = None, note: str = "", timeout: float | None = None,
+                do_sync: bool = True) -> Row:
+        """Run `cmd` `runs` times (cmd may be a function of the run index), `before(i)` and `sync`
+        untimed before each run."""
+        done = []
+        for i in range(runs):
+            if before is not None:
+                before(i)
+            if do_sync:
+                sync()
+            done.append(run_once(cmd(i) if callable(cmd) else cmd, timeout=timeout))
+        row = Row(name, tuple(done), baseline, note)
+        self.rows.append(row)
+        return row
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def ratio(self, measured: Row, baseline: Row, what: str = "") -> float:
+        """median(measured) / median(baseline), recorded for the printout."""
+        value = measured.median / baseline.median
+        self.ratios.append((what or f"{measured.name} / {baseline.name}", "median", value))
+        return value
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "",
+                 "| what | runs | min s | median s | peak RSS MiB | note |",
+                 "|---|---:|---:|---:|---:|---|"]
+        for row in self.rows:
+            name = (f"{row.name} (baseline)" if row.baseline else row.name).replace("|", "\\|")
+            lines.append(f"| {name} | {len(row.runs)} | {row.min:.2f} | {row.median:.2f} | {row.peak_rss_mib:.0f} | "
+                         f"{row.note} |")
+        lines.append("")
+        for what, kind, value in self.ratios:
+            lines.append(f"- ratio {what}: {value:.2f} ({kind} wall time)")
+        for row in self.rows:
+            if row.baseline:
+                lines.append(f"- baseline `{row.name}`: {row.baseline}")
+        lines.extend(f"- {n}" for n in self.notes)
+        return "\n".join(lines) + "\n"
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
