@@ -111,6 +111,6 @@ def read_layers(path) -> list[dict]:
     return json.loads(Path(path).read_text())["layers"]
 
 
-register_action_kind("oci.layers", "2", _run_layers, stage_inputs=False)  # 2: parallel gzip (FORMAT_VERSION 2)
+register_action_kind("oci.layers", "3", _run_layers, stage_inputs=False)  # 2: parallel gzip (FORMAT_VERSION 2); 3: small packages bucketed by name
 
 __all__ = ["DEFAULT_MAX_LAYERS", "FINAL_LAYER", "OciLayersInfo", "declare_layers", "read_layers"]

@@ -3,8 +3,8 @@
 Each package's layer holds the files conda-meta says it installed; each PyPI wheel's layer the files
 its `.dist-info/RECORD` lists (layer name `pypi:<name>`). Packages are ordered so that the
 ones others depend on (rarely changing: libraries, the interpreter) come first and the ones nothing
-depends on come last. With more packages than the `max_layers` budget allows, the smallest packages
-share one layer. A final layer holds what no single package owns (conda-meta, anything written at
+depends on come last. With more packages than the `max_layers` budget allows, packages under a size
+threshold share a fixed number of layers, each chosen by the package's name (see _small_buckets). A final layer holds what no single package owns (conda-meta, anything written at
 install time), so bumping one package changes only its own layer and the final one.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+
+from blake3 import blake3
 
 from hermetic_build.api import ActionFailed, MissingBlob, TreeEntry, walk_tree
 
@@ -109,6 +111,31 @@ def _wheel_metadata(store, entry: TreeEntry | None) -> tuple[str, list[str]]:
     return name, depends
 
 
+SMALL_BUCKETS = 16
+SIZE_STEPS = tuple(1 << shift for shift in range(20, 42, 2))  # 1 MiB, 4 MiB, ... 1 TiB
+
+
+def _small_buckets(order: list[str], sizes: dict[str, int], budget: int) -> tuple[list[tuple[str, ...]], list[str]]:
+    """With more packages than layers: (shared layers of small packages, packages keeping their own).
+
+    Which layer a small package shares depends only on its name (a fixed number of buckets by its
+    name's BLAKE3) and the size threshold only moves in coarse steps, not on the rest of the
+    environment: bumping, adding or removing one small package rewrites only its bucket's layer, and
+    a CPU and a GPU environment that differ by their large CUDA packages still share these layers."""
+    n_buckets = max(1, min(SMALL_BUCKETS, budget // 2))
+    for step in SIZE_STEPS:
+        own = [n for n in order if sizes[n] >= step]
+        small = [n for n in order if sizes[n] < step]
+        if len(own) + min(n_buckets, len(small)) <= budget:
+            break
+    else:  # unreachable while budget >= 1 (SIZE_STEPS ends beyond any package); kept for clarity
+        own, small = [], list(order)
+    by_bucket: dict[int, list[str]] = {}
+    for name in small:  # `order` is dependency order, kept inside each bucket
+        by_bucket.setdefault(int(blake3(name.encode()).hexdigest()[:8], 16) % n_buckets, []).append(name)
+    return [tuple(by_bucket[i]) for i in sorted(by_bucket)], own
+
+
 def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[LayerGroup]:
     if max_layers < 2:
         raise ActionFailed(f"max_layers must be at least 2 (one package layer and the final one), got {max_layers}")
@@ -137,11 +164,10 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
     groups: list[LayerGroup] = []
     budget = max_layers - 1  # the final layer is always there
     if len(order) > budget:
-        merged = set(sorted(order, key=lambda n: (sizes[n], n))[: len(order) - budget + 1])
-        names = tuple(n for n in order if n in merged)
-        groups.append(LayerGroup("+".join(names) if len(names) <= 4 else f"{len(names)} small packages", names,
-                                 tuple(sorted(p for n in names for p in owned[n])), sum(sizes[n] for n in names)))
-        order = [n for n in order if n not in merged]
+        buckets, order = _small_buckets(order, sizes, budget)
+        for names in buckets:
+            groups.append(LayerGroup("+".join(names) if len(names) <= 4 else f"{len(names)} small packages", names,
+                                     tuple(sorted(p for n in names for p in owned[n])), sum(sizes[n] for n in names)))
     for name in order:
         groups.append(LayerGroup(name, (name,), tuple(sorted(owned[name])), sizes[name]))
     parents = {p.rsplit("/", 1)[0] for p in entries if "/" in p}

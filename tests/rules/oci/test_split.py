@@ -44,12 +44,42 @@ def test_dependencies_come_first_and_final_layer_holds_the_rest():
     assert all(p.startswith("conda-meta/") for p in final.paths if p != "empty") and "empty" in final.paths
 
 
-def test_budget_groups_the_smallest_packages():
+def test_budget_puts_small_packages_in_one_shared_layer():
     blobs, entries = _env(PACKAGES)
-    groups = env_groups(blobs, entries, 3)  # two package layers + the final one
-    assert len(groups) == 3
-    assert groups[0].packages == ("python", "app", "tiny")  # the three smallest, in dependency order
-    assert groups[1].packages == ("lib",)
+    groups = env_groups(blobs, entries, 3)  # budget: two package layers + the final one
+    assert len(groups) <= 3 and groups[-1].name == FINAL_LAYER
+    # all four are under the smallest size step (1 MiB) and one bucket fits a budget of 2
+    assert groups[0].packages == ("lib", "python", "app", "tiny")  # dependency order inside the layer
+
+
+def _many(n_small, big=()):
+    packages = {f"pkg{i:03d}": ([], {f"lib/pkg{i:03d}/f": 10 + i}) for i in range(n_small)}
+    for name in big:
+        packages[name] = ([], {f"lib/{name}.so": 2 << 20})
+    return _env(packages)
+
+
+def _layers(groups):
+    return {g.packages: g.paths for g in groups if g.name != FINAL_LAYER}
+
+
+def test_small_package_layers_do_not_depend_on_the_rest_of_the_environment():
+    """A GPU env (= CPU env + large CUDA packages + one more small package) shares every small-package
+    layer but one with the CPU env; bumping a small package rewrites only the layer that holds it."""
+    blobs, entries = _many(300)
+    cpu = _layers(env_groups(blobs, entries, 100))
+    assert len(cpu) <= 99 and sum(len(names) for names in cpu) == 300
+    blobs2, entries2 = _many(301, big=("cudnn", "cublas", "nccl"))
+    gpu = _layers(env_groups(blobs2, entries2, 100))
+    assert {("cudnn",), ("cublas",), ("nccl",)} <= gpu.keys()  # large packages keep their own layers
+    shared = set(cpu.items()) & set(gpu.items())
+    assert len(shared) >= len(cpu) - 1  # only the bucket that got pkg300 differs
+    bumped = dict(entries)
+    bumped["lib/pkg007/f"] = TreeEntry("f", "file", digest_bytes(b"new content of pkg007"))
+    after = _layers(env_groups(blobs, bumped, 100))
+    assert after.keys() == cpu.keys()
+    changed = [names for names in cpu if [bumped[p] for p in cpu[names]] != [entries[p] for p in cpu[names]]]
+    assert len(changed) == 1 and "pkg007" in changed[0]
 
 
 def test_layer_entries_include_every_parent_under_the_root():
