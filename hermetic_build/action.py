@@ -68,6 +68,9 @@ class Action:
     # Where to find things, not what they are (e.g. a download URL for content pinned by hash in
     # params): passed to the implementation, never part of the key.
     hints_json: str = field(default="{}", compare=False)
+    # True: the action sees (and its key includes) the keys of every action its inputs come from,
+    # transitively (e.g. a provenance statement that names the graph that produced an image).
+    dep_keys: bool = False
 
     @property
     def params(self) -> dict:
@@ -88,9 +91,11 @@ def make_params_json(params: dict) -> str:
     return canonical_json(params).decode()
 
 
-def key_fields(action: Action, input_digests: dict[str, Digest], env: dict[str, str]) -> dict:
-    """The fields hashed into an action's key (also what `hb explain` compares)."""
-    return {
+def key_fields(action: Action, input_digests: dict[str, Digest], env: dict[str, str],
+               dep_keys: list[dict] | None = None) -> dict:
+    """The fields hashed into an action's key (also what `hb explain` compares). `dep_keys`, for an
+    action declared with dep_keys=True: the keys of the actions upstream of it (never its own)."""
+    fields = {
         "schema": KEY_SCHEMA,
         "mnemonic": action.mnemonic,
         "kind": f"{action.kind}@{action.version}",
@@ -100,6 +105,9 @@ def key_fields(action: Action, input_digests: dict[str, Digest], env: dict[str, 
         "platform": action.platform,
         "env": {k: env.get(k, "") for k in sorted(action.env_allowlist)},
     }
+    if action.dep_keys:
+        fields["dep_keys"] = list(dep_keys or [])
+    return fields
 
 
 def action_key(fields: dict) -> str:

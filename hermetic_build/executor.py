@@ -147,8 +147,31 @@ class Executor:
 
     def key_of(self, action: Action) -> tuple[str, dict]:
         env = {k: self.env[k] for k in action.env_allowlist if k in self.env}
-        fields = key_fields(action, self.input_digests(action), env)
+        fields = key_fields(action, self.input_digests(action), env,
+                            self.upstream_keys(action) if action.dep_keys else None)
         return action_key(fields), fields
+
+    def upstream_keys(self, action: Action) -> list[dict]:
+        """The keys of every action whose outputs `action` reads, directly or through other actions,
+        sorted: who (owner, mnemonic, first output) and the key. Each is known before `action` runs,
+        and `action`'s own key is never among them (the graph has no cycles)."""
+        seen: set[int] = set()
+        stack = [self.producers[f.path] for f in action.inputs if not f.is_source]
+        while stack:
+            j = stack.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            stack.extend(self.producers[f.path] for f in self.actions[j].inputs if not f.is_source)
+        found = []
+        for j in seen:
+            record = self.stats.records.get(j)
+            if record is None:
+                raise HbError(f"internal: the key of {self.actions[j].description} needed before it was known")
+            a = self.actions[j]
+            found.append({"owner": str(a.owner), "mnemonic": a.mnemonic,
+                          "output": a.outputs[0].path if a.outputs else "", "key": record.key})
+        return sorted(found, key=lambda d: (d["owner"], d["mnemonic"], d["output"], d["key"]))
 
     def _try_cached(self, i: int) -> bool:
         """Settle action i from the action cache if its result and output blobs are there."""
@@ -247,7 +270,8 @@ class Executor:
         execution = ActionExecution(action, sandbox, execroot,
                                     {k: self.env[k] for k in action.env_allowlist if k in self.env},
                                     self.store, self.workspace.settings, bytearray(), bytearray(),
-                                    {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}, {})
+                                    {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}, {},
+                                    self.upstream_keys(action) if action.dep_keys else None)
         try:
             if kind.stage_inputs:
                 self._stage_inputs(action, execroot)
