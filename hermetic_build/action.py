@@ -124,13 +124,18 @@ class ActionKind:
     # False: directory inputs are not copied into the sandbox; the implementation reads them from
     # the store (ActionExecution.input_tree), e.g. to stream a tree into a tar layer.
     stage_inputs: bool = True
+    # Optional: loads what the implementation needs (imports, schemas) ahead of time. The executor
+    # calls it once, in a background thread, when a build that includes actions of this kind starts
+    # running actions: slow imports then overlap other work instead of sitting on the critical path.
+    warm: Callable | None = None
 
 
 _KINDS: dict[str, ActionKind] = {}
 
 
-def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs)
+def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
+                         warm: Callable | None = None) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, warm)
     _KINDS[name] = kind
     return kind
 

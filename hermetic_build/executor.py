@@ -60,6 +60,7 @@ class Executor:
         self._rerun_locks: dict[int, threading.Lock] = {}
         self._rebuilt: set[int] = set()
         self._isolation_reported = False
+        self._warming = False
         self._deleter: ThreadPoolExecutor | None = None
         self._deletions: list = []
 
@@ -109,6 +110,8 @@ class Executor:
                     if hit:
                         finished(i)
                     else:
+                        if not running:
+                            self._start_warming(indices)
                         running[pool.submit(self._run_uncached, i)] = i
                 if not running:
                     break
@@ -125,6 +128,30 @@ class Executor:
         if failure is not None:
             raise failure
         return self.stats
+
+    def _start_warming(self, indices: list[int]) -> None:
+        """Once work has to run: call the warm hooks of the action kinds among `indices` that have one
+        and whose actions are not settled yet, in one background thread (see ActionKind.warm). A hook
+        that fails costs nothing: its action then loads what it needs itself and reports any error."""
+        if self._warming:
+            return
+        self._warming = True
+        hooks = []
+        for kind_name in sorted({self.actions[i].kind for i in indices if i not in self.stats.records}):
+            kind = get_action_kind(kind_name)
+            if kind is not None and kind.warm is not None and kind.warm not in hooks:
+                hooks.append(kind.warm)
+        if not hooks:
+            return
+
+        def run_hooks() -> None:
+            for hook in hooks:
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - only a head start; the action itself reports errors
+                    pass
+
+        threading.Thread(target=run_hooks, name="hb-warm", daemon=True).start()
 
     # ----- one action ---------------------------------------------------------------------------
     def input_digests(self, action: Action) -> dict[str, Digest]:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import hermetic_build
 from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, rule
 
-from .sbom import SbomPackage, image_layers, layer_contents, read_layer_sets
+from .sbom import SbomPackage, image_layers, layer_contents, read_layer_sets, warm
 
 STATEMENT_FILE = "provenance.intoto.json"
 BUILD_TYPE = "https://hermetic-build.dev/oci_image/v1"
@@ -99,7 +99,7 @@ def _run_provenance(execution) -> None:
     execution.stdout += f"provenance of {manifest_digest}: {len(data['predicate']['buildDefinition']['resolvedDependencies'])} dependencies\n".encode()
 
 
-register_action_kind("oci.provenance", "2", _run_provenance, stage_inputs=False)
+register_action_kind("oci.provenance", "2", _run_provenance, stage_inputs=False, warm=warm)
 
 oci_provenance = rule(
     "oci_provenance",
