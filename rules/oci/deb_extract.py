@@ -11,8 +11,8 @@ zstandard only). No maintainer scripts, no device nodes, hard links as copies.
 PARAMS.json: {"sys_path": [...], "debs": [path], "out": path, "exclude": [glob], "directories": [path],
 "symlinks": {path: target}}, or for an image's root filesystem {"sys_path": [...], "layout": path,
 "ref_name": name, "out": path, "image_out": path} (each blob checked against its sha256; image_out gets
-the manifest digest and the config's Env and WorkingDir as JSON); relative paths are relative to the working directory (the execution
-root). On failure it prints one line, `extract: <what went wrong>`, on stderr and exits 1.
+the manifest digest and the config's Env and WorkingDir as JSON); relative paths are relative to the
+working directory (the execution root). On failure it prints one line, `extract: <what went wrong>`, on stderr and exits 1.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ subject = the image's manifest digest; resolvedDependencies = the lock files (th
 lock's content hash where it records one), every package archive and wheel and every base .deb
 (sha256 as locked), the base image by digest; buildDefinition = the target label, hb's version and
 source_date_epoch and the keys (BLAKE3) of every action upstream of the statement (the graph that produced
-the image; the statement's own action key includes them, never itself); byproducts = the layer digests with the packages each holds. Reproducible like the
-SBOM. `hb attest sign` wraps it in a DSSE envelope signed with an ed25519 key; `hb attest verify`
+the image; the statement's own action key includes them, never itself); byproducts = the layer digests
+with the packages each holds. Reproducible like the SBOM. `hb attest sign` wraps it in a DSSE envelope signed with an ed25519 key; `hb attest verify`
 checks the signature, the subject and (with --lock) that every package of a lock is in it."""
 
 from __future__ import annotations
