@@ -68,6 +68,9 @@ class Action:
     # Where to find things, not what they are (e.g. a download URL for content pinned by hash in
     # params): passed to the implementation, never part of the key.
     hints_json: str = field(default="{}", compare=False)
+    # True: the action sees (and its key includes) the keys of every action its inputs come from,
+    # transitively (e.g. a provenance statement that names the graph that produced an image).
+    dep_keys: bool = False
 
     @property
     def params(self) -> dict:
@@ -88,9 +91,11 @@ def make_params_json(params: dict) -> str:
     return canonical_json(params).decode()
 
 
-def key_fields(action: Action, input_digests: dict[str, Digest], env: dict[str, str]) -> dict:
-    """The fields hashed into an action's key (also what `hb explain` compares)."""
-    return {
+def key_fields(action: Action, input_digests: dict[str, Digest], env: dict[str, str],
+               dep_keys: list[dict] | None = None) -> dict:
+    """The fields hashed into an action's key (also what `hb explain` compares). `dep_keys`, for an
+    action declared with dep_keys=True: the keys of the actions upstream of it (never its own)."""
+    fields = {
         "schema": KEY_SCHEMA,
         "mnemonic": action.mnemonic,
         "kind": f"{action.kind}@{action.version}",
@@ -100,6 +105,9 @@ def key_fields(action: Action, input_digests: dict[str, Digest], env: dict[str, 
         "platform": action.platform,
         "env": {k: env.get(k, "") for k in sorted(action.env_allowlist)},
     }
+    if action.dep_keys:
+        fields["dep_keys"] = list(dep_keys or [])
+    return fields
 
 
 def action_key(fields: dict) -> str:
@@ -116,13 +124,18 @@ class ActionKind:
     # False: directory inputs are not copied into the sandbox; the implementation reads them from
     # the store (ActionExecution.input_tree), e.g. to stream a tree into a tar layer.
     stage_inputs: bool = True
+    # Optional: loads what the implementation needs (imports, schemas) ahead of time. The executor
+    # calls it once, in a background thread, when a build that includes actions of this kind starts
+    # running actions: slow imports then overlap other work instead of sitting on the critical path.
+    warm: Callable | None = None
 
 
 _KINDS: dict[str, ActionKind] = {}
 
 
-def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs)
+def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
+                         warm: Callable | None = None) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, warm)
     _KINDS[name] = kind
     return kind
 

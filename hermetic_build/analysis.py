@@ -107,7 +107,7 @@ class Actions:
 
     def declare(self, *, mnemonic: str, kind: str, inputs, outputs, params: dict | None = None,
                 platform: str | None = None, env_allowlist=(), description: str = "",
-                hints: dict | None = None) -> Action:
+                hints: dict | None = None, dep_keys: bool = False) -> Action:
         registered = get_action_kind(kind)
         if registered is None:
             raise self._ctx.error(f"unknown action kind {kind!r} (the rule module must register it)")
@@ -119,7 +119,7 @@ class Actions:
             params_json=make_params_json(params or {}), platform=platform or self._ctx.platform,
             env_allowlist=tuple(sorted(set(env_allowlist) | set(self._ctx.settings.env_allowlist))),
             description=description or f"{mnemonic} {self._ctx.label}",
-            hints_json=make_params_json(hints) if hints else "{}",
+            hints_json=make_params_json(hints) if hints else "{}", dep_keys=dep_keys,
         )
         self.declared.append(action)
         return action

@@ -98,6 +98,11 @@ def sign(payload: bytes, key, payload_type: str = DSSE_PAYLOAD_TYPE) -> dict:
             "signatures": [{"keyid": keyid(key.public_key()), "sig": base64.b64encode(signature).decode()}]}
 
 
+def envelope_bytes(envelope: dict) -> bytes:
+    """How hb writes an envelope (a file, an attached artifact): the same bytes for the same envelope."""
+    return (json.dumps(envelope, indent=2, sort_keys=True) + "\n").encode()
+
+
 def verify(envelope: dict, public_key) -> bytes:
     """The payload of a DSSE envelope when one of its signatures is `public_key`'s; else an error."""
     from cryptography.exceptions import InvalidSignature

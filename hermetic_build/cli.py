@@ -136,13 +136,21 @@ def lock(obj, labels, update, check, keep_sandbox):
               help="Upload blobs in chunks of this size (PATCH); default: one monolithic PUT.")
 @click.option("--mount-from", multiple=True, metavar="REPOSITORY",
               help="Try a cross-repository mount from this repository of the same registry first.")
+@click.option("--sign", is_flag=True, help="Sign the bundle's provenance statement (DSSE, ed25519) with the key "
+              "of --sign-key or $HB_SIGNING_KEY and push the envelope as an artifact about the image.")
+@click.option("--sign-key", metavar="FILE", help="ed25519 private key to sign with (implies --sign).")
 @click.pass_obj
-def push(obj, label, reference, cafile, plain_http, chunk_size, mount_from):
-    """Build LABEL (an image) and push it to REFERENCE (host[:port]/repository[:tag])."""
+def push(obj, label, reference, cafile, plain_http, chunk_size, mount_from, sign, sign_key):
+    """Build LABEL (an image or an oci_bundle) and push it to REFERENCE (host[:port]/repository[:tag])."""
     from .publish import run_publish
 
-    session = _session(obj)
     options = {"cafile": cafile, "plain_http": plain_http, "chunk_size": chunk_size, "mount_from": list(mount_from)}
+    if sign or sign_key:
+        from .attest import load_private_key, sign as dsse_sign
+
+        key = load_private_key(sign_key)  # before building: a missing key fails fast; it stays in this process
+        options["signer"] = lambda payload: dsse_sign(payload, key)
+    session = _session(obj)
     click.echo(run_publish(session, "push", label, _current_package(session), reference, options))
 
 
@@ -247,8 +255,11 @@ def attest():
 @click.option("--key", "key_path", metavar="FILE", help="ed25519 private key (default: $HB_SIGNING_KEY).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Envelope to write (default: hb-out/<pkg>/<name>.dsse.json).")
+@click.option("--attach", "layout", type=click.Path(file_okay=False, exists=True), metavar="LAYOUT",
+              help="Also add the envelope to this OCI image layout (one you own, e.g. a copy of an oci_bundle's) "
+                   "as an artifact about the image (artifactType application/vnd.dsse.envelope.v1+json).")
 @click.pass_obj
-def attest_sign(obj, label, key_path, output):
+def attest_sign(obj, label, key_path, output, layout):
     """Build LABEL (e.g. an oci_provenance target) and sign the in-toto statement it produces."""
     from .attest import load_private_key, sign
 
@@ -264,38 +275,130 @@ def attest_sign(obj, label, key_path, output):
     if len(statements) != 1:
         raise UsageError(f"{name} produces {len(statements)} in-toto statements (*.intoto.json); hb attest sign "
                          "signs exactly one", hint="name an oci_provenance target")
-    envelope = sign(statements[0].read_bytes(), key)
+    payload = statements[0].read_bytes()
+    envelope = sign(payload, key)
     from .action import output_dir
+    from .attest import check_statement, envelope_bytes
     from .label import Label
 
     dest = Path(output) if output else session.workspace.root / (output_dir(Label.parse(name)) + ".dsse.json")
-    dest.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
+    dest.write_bytes(envelope_bytes(envelope))
     click.echo(f"signed {statements[0].relative_to(session.workspace.root)}: wrote {dest}")
+    if layout:
+        from .referrers import DSSE_TYPE, ENVELOPE_NAME, attach_to_layout
+
+        _refuse_cache_path(session, Path(layout))
+        about = check_statement(payload)["subject"]
+        if len(about) != 1:
+            raise UsageError(f"the statement is about {len(about)} subjects; --attach needs one image")
+        digest = "sha256:" + about[0]["digest"]["sha256"]
+        attach_to_layout(Path(layout), digest, DSSE_TYPE, ENVELOPE_NAME, envelope_bytes(envelope), ENVELOPE_NAME)
+        click.echo(f"attached the envelope to {digest} in {layout}")
+
+
+def _refuse_cache_path(session, path: Path) -> None:
+    """hb never writes an attestation into its cache (its entries are content-addressed and shared)."""
+    real, root = path.resolve(), Path(session.local_store.root).resolve()
+    if real == root or root in real.parents:
+        raise UsageError(f"{path} is inside hb's cache ({root}); attach to a layout you own",
+                         hint="copy the image layout out first, e.g. cp -r hb-out/env/nlp-gpu-bundle my-image")
 
 
 @attest.command("verify")
-@click.argument("envelope", type=click.Path(dir_okay=False, exists=True))
+@click.argument("target", metavar="ENVELOPE|LAYOUT|REFERENCE")
 @click.option("--key", "key_path", required=True, metavar="PUB", help="ed25519 public key (PEM).")
 @click.option("--image", type=click.Path(file_okay=False, exists=True),
-              help="OCI image layout: the statement's subject must be its manifest digest.")
+              help="With an envelope file: the OCI image layout whose manifest digest the statement must be about.")
 @click.option("--subject", metavar="sha256:HEX", help="The digest the statement must be about.")
 @click.option("--lock", "locks", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="A lock file whose every package must be among the statement's dependencies (repeatable).")
-def attest_verify(envelope, key_path, image, subject, locks):
-    """Check an envelope's signature, its subject and (with --lock) that every locked package is in it."""
-    from .attest import check_statement, layout_manifest_digest, load_public_key, lock_sha256s, verify as check
+@click.option("--ca", "cafile", type=click.Path(dir_okay=False, exists=True),
+              help="CA certificate(s) of a registry with a private CA (default: $HB_REGISTRY_CA).")
+@click.option("--plain-http", is_flag=True, help="Talk plain HTTP to the registry (default only for localhost).")
+def attest_verify(target, key_path, image, subject, locks, cafile, plain_http):
+    """Check a signed statement: its signature, its subject and (with --lock) that every locked package is
+    in it. TARGET is an envelope file, an OCI image layout with the envelope attached, or a registry image
+    (host/repository:tag or @sha256:...) with the envelope pushed as an artifact about it."""
+    from .attest import AttestationError, check_statement, layout_manifest_digest, load_public_key, lock_sha256s
+    from .attest import verify as check
 
-    try:
-        data = json.loads(Path(envelope).read_text())
-    except ValueError as exc:
-        raise UsageError(f"{envelope} is not JSON: {exc}") from None
-    payload = check(data, load_public_key(Path(key_path)))
-    if image:
-        subject = layout_manifest_digest(Path(image), "latest" if subject is None else None)
+    public = load_public_key(Path(key_path))
     pinned = [lock_sha256s(Path(lock)) for lock in locks]
-    statement = check_statement(payload, subject=subject, lock_sha256s=pinned)
-    about = ", ".join(f"{s['name']}@sha256:{s['digest']['sha256']}" for s in statement["subject"])
-    click.echo(f"verified: signature OK; about {about}" + (f"; every package of {', '.join(locks)} is in it" if locks else ""))
+    path = Path(target)
+    if path.is_file():
+        try:
+            envelopes = [json.loads(path.read_text())]
+        except ValueError as exc:
+            raise UsageError(f"{target} is not JSON: {exc}") from None
+        if image:
+            subject = layout_manifest_digest(Path(image), "latest" if subject is None else None)
+        where = target
+    else:
+        if path.is_dir():
+            found, digest = _layout_envelopes(path)
+        else:
+            found, digest = _registry_envelopes(target, cafile, plain_http)
+        if subject is not None and subject != digest:
+            raise AttestationError(f"{target} is {digest}, not {subject}")
+        subject, where = digest, f"{target} ({digest})"
+        if not found:
+            raise AttestationError(f"{where} has no signed provenance (DSSE envelope) attached",
+                                   hint="hb push --sign, or hb attest sign LABEL --attach LAYOUT")
+        envelopes = []
+        for data in found:
+            try:
+                envelopes.append(json.loads(data))
+            except ValueError:
+                continue
+    errors = []
+    for envelope in envelopes:
+        try:
+            statement = check_statement(check(envelope, public), subject=subject, lock_sha256s=pinned)
+        except AttestationError as exc:
+            errors.append(exc.message if hasattr(exc, "message") else str(exc))
+            continue
+        about = ", ".join(f"{s['name']}@sha256:{s['digest']['sha256']}" for s in statement["subject"])
+        click.echo(f"verified: signature OK; about {about}"
+                   + (f"; every package of {', '.join(locks)} is in it" if locks else ""))
+        return
+    if len(errors) == 1:
+        raise AttestationError(errors[0])
+    raise AttestationError(f"none of the {len(envelopes)} envelopes of {where} checks out: " + "; ".join(errors))
+
+
+def _layout_envelopes(layout: Path) -> tuple[list[bytes], str]:
+    from .referrers import DSSE_TYPE, layout_artifacts, read_index
+
+    images = [m for m in read_index(layout)["manifests"] if isinstance(m, dict) and not m.get("artifactType")]
+    named = [m for m in images if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "latest"]
+    chosen = images if len(images) == 1 else named
+    if len(chosen) != 1:
+        raise UsageError(f"{layout}/index.json names {len(images)} images; pass the envelope file and --subject")
+    digest = chosen[0]["digest"]
+    return layout_artifacts(layout, digest, DSSE_TYPE), digest
+
+
+def _registry_envelopes(reference: str, cafile, plain_http) -> tuple[list[bytes], str]:
+    import hashlib
+    import os
+
+    from .referrers import DSSE_TYPE, registry_artifacts
+    from .registry import RegistryClient, RegistryError, RegistryRef
+
+    cafile = cafile or os.environ.get("HB_REGISTRY_CA")
+    try:
+        ref = RegistryRef.parse(reference, default_secure=False if plain_http else (True if cafile else None))
+    except ValueError as exc:
+        raise UsageError(f"{reference} is neither a file, a directory nor a registry reference: {exc}") from None
+    client = RegistryClient(ref.host, secure=ref.secure, cafile=cafile)
+    try:
+        got = client.get_manifest(ref.repository, ref.reference or "latest")
+        if got is None:
+            raise UsageError(f"{reference}: no such image in {ref.host}/{ref.repository}")
+        digest = "sha256:" + hashlib.sha256(got[0]).hexdigest()
+        return registry_artifacts(client, ref.repository, digest, DSSE_TYPE), digest
+    except RegistryError as exc:
+        raise UsageError(f"{reference}: {exc}") from None
 
 
 @main.command()

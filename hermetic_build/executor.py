@@ -60,6 +60,7 @@ class Executor:
         self._rerun_locks: dict[int, threading.Lock] = {}
         self._rebuilt: set[int] = set()
         self._isolation_reported = False
+        self._warming = False
         self._deleter: ThreadPoolExecutor | None = None
         self._deletions: list = []
 
@@ -109,6 +110,8 @@ class Executor:
                     if hit:
                         finished(i)
                     else:
+                        if not running:
+                            self._start_warming(indices)
                         running[pool.submit(self._run_uncached, i)] = i
                 if not running:
                     break
@@ -125,6 +128,30 @@ class Executor:
         if failure is not None:
             raise failure
         return self.stats
+
+    def _start_warming(self, indices: list[int]) -> None:
+        """Once work has to run: call the warm hooks of the action kinds among `indices` that have one
+        and whose actions are not settled yet, in one background thread (see ActionKind.warm). A hook
+        that fails costs nothing: its action then loads what it needs itself and reports any error."""
+        if self._warming:
+            return
+        self._warming = True
+        hooks = []
+        for kind_name in sorted({self.actions[i].kind for i in indices if i not in self.stats.records}):
+            kind = get_action_kind(kind_name)
+            if kind is not None and kind.warm is not None and kind.warm not in hooks:
+                hooks.append(kind.warm)
+        if not hooks:
+            return
+
+        def run_hooks() -> None:
+            for hook in hooks:
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - only a head start; the action itself reports errors
+                    pass
+
+        threading.Thread(target=run_hooks, name="hb-warm", daemon=True).start()
 
     # ----- one action ---------------------------------------------------------------------------
     def input_digests(self, action: Action) -> dict[str, Digest]:
@@ -147,8 +174,31 @@ class Executor:
 
     def key_of(self, action: Action) -> tuple[str, dict]:
         env = {k: self.env[k] for k in action.env_allowlist if k in self.env}
-        fields = key_fields(action, self.input_digests(action), env)
+        fields = key_fields(action, self.input_digests(action), env,
+                            self.upstream_keys(action) if action.dep_keys else None)
         return action_key(fields), fields
+
+    def upstream_keys(self, action: Action) -> list[dict]:
+        """The keys of every action whose outputs `action` reads, directly or through other actions,
+        sorted: who (owner, mnemonic, first output) and the key. Each is known before `action` runs,
+        and `action`'s own key is never among them (the graph has no cycles)."""
+        seen: set[int] = set()
+        stack = [self.producers[f.path] for f in action.inputs if not f.is_source]
+        while stack:
+            j = stack.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            stack.extend(self.producers[f.path] for f in self.actions[j].inputs if not f.is_source)
+        found = []
+        for j in seen:
+            record = self.stats.records.get(j)
+            if record is None:
+                raise HbError(f"internal: the key of {self.actions[j].description} needed before it was known")
+            a = self.actions[j]
+            found.append({"owner": str(a.owner), "mnemonic": a.mnemonic,
+                          "output": a.outputs[0].path if a.outputs else "", "key": record.key})
+        return sorted(found, key=lambda d: (d["owner"], d["mnemonic"], d["output"], d["key"]))
 
     def _try_cached(self, i: int) -> bool:
         """Settle action i from the action cache if its result and output blobs are there."""
@@ -247,7 +297,8 @@ class Executor:
         execution = ActionExecution(action, sandbox, execroot,
                                     {k: self.env[k] for k in action.env_allowlist if k in self.env},
                                     self.store, self.workspace.settings, bytearray(), bytearray(),
-                                    {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}, {})
+                                    {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}, {},
+                                    self.upstream_keys(action) if action.dep_keys else None)
         try:
             if kind.stage_inputs:
                 self._stage_inputs(action, execroot)

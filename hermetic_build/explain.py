@@ -100,6 +100,15 @@ def _diff(before: dict | None, fields: dict, skip_inputs: bool = False) -> list[
                 reasons.append(f"input {path} was removed")
             elif old_inputs[path] != new_inputs[path]:
                 reasons.append(f"input {path} changed ({old_inputs[path][:12]} -> {new_inputs[path][:12]})")
+    if not skip_inputs and ("dep_keys" in old or "dep_keys" in fields):  # an action that names its upstream keys
+        def by_action(keys):
+            return {(d["owner"], d["mnemonic"], d["output"]): d["key"] for d in keys or [] if isinstance(d, dict)}
+
+        old_keys, new_keys = by_action(old.get("dep_keys")), by_action(fields.get("dep_keys"))
+        changed = [k for k in sorted(set(old_keys) | set(new_keys)) if old_keys.get(k) != new_keys.get(k)]
+        if changed:
+            reasons.append(f"the keys of {len(changed)} upstream actions changed (first: {changed[0][1]} "
+                           f"{changed[0][0]})")
     old_params, new_params = old.get("params", {}), fields["params"]
     for name in sorted(set(old_params) | set(new_params)):
         if old_params.get(name) != new_params.get(name):

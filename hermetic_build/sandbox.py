@@ -119,6 +119,9 @@ class ActionExecution:
     # facts an action establishes that a user should see (e.g. the sha256 of a package pinned by md5
     # only): kept with its result, shown by `hb build --json` under "recorded"
     recorded: dict = None
+    # for an action declared with dep_keys=True: [{owner, mnemonic, output, key}] of every action
+    # upstream of it (Executor.upstream_keys), sorted
+    dep_keys: list = None
 
     def input_tree(self, file):
         """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""
@@ -171,16 +174,21 @@ class ActionExecution:
         }
 
     def run_command(self, argv: list[str], extra_env: dict | None = None, network: bool = False,
-                    read_only: tuple[str, ...] = (), mounts: tuple[tuple[str, str], ...] = ()) -> int:
+                    read_only: tuple[str, ...] = (), mounts: tuple[tuple[str, str], ...] = (),
+                    root: str | None = None) -> int:
         """Run argv in the execution root; output is captured into the action's stdout/stderr.
 
         read_only: host paths (e.g. the Python interpreter and its site-packages, for an action kind
         that runs hb code inside the sandbox) made visible read-only at the same path.
         mounts: (path relative to the execution root, absolute path in the sandbox) pairs, mounted
-        read-only (e.g. a staged environment at its prefix); they need bubblewrap."""
+        read-only (e.g. a staged environment at its prefix); they need bubblewrap.
+        root: a directory relative to the execution root (e.g. an image's unpacked root filesystem) whose
+        top-level entries make up `/` (read-only) instead of the host's /usr, /bin, /lib and /etc; needs
+        bubblewrap."""
         bwrap = bwrap_path()
-        if mounts and not bwrap:
-            raise ActionFailed(f"{self.action.owner}: mounting {', '.join(m[1] for m in mounts)} needs bubblewrap, "
+        if (mounts or root is not None) and not bwrap:
+            what = ", ".join(m[1] for m in mounts) or "a root filesystem"
+            raise ActionFailed(f"{self.action.owner}: mounting {what} needs bubblewrap, "
                                f"which is not usable here ({isolation_note()})")
         env = {**self.base_env(bwrap is not None), **(extra_env or {})}
         if bwrap:
@@ -188,12 +196,15 @@ class ActionExecution:
             cmd = [bwrap, "--die-with-parent", "--unshare-all", "--clearenv"]
             if network:
                 cmd.append("--share-net")
-            cmd += ["--ro-bind", "/usr", "/usr", *etc_arguments(network)]
-            for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-                if os.path.islink(f"/{name}"):
-                    cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
-                elif os.path.isdir(f"/{name}"):
-                    cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+            if root is not None:
+                cmd += root_arguments(self.execroot / root)
+            else:
+                cmd += ["--ro-bind", "/usr", "/usr", *etc_arguments(network)]
+                for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+                    if os.path.islink(f"/{name}"):
+                        cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+                    elif os.path.isdir(f"/{name}"):
+                        cmd += ["--ro-bind", f"/{name}", f"/{name}"]
             cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
             for path in read_only:
                 if os.path.exists(path):
@@ -211,6 +222,23 @@ class ActionExecution:
         self.stdout += proc.stdout
         self.stderr += proc.stderr
         return proc.returncode
+
+
+def root_arguments(rootfs: Path) -> list[str]:
+    """bubblewrap arguments that make a root filesystem's top-level entries `/`, read-only: directories
+    and files bound, links recreated as links (never followed on the host). /proc, /dev, /tmp and the
+    sandbox's own directory are the sandbox's, whatever the tree holds."""
+    args = []
+    reserved = {"proc", "dev", "tmp", SANDBOX_ROOT.strip("/")}
+    for name in sorted(os.listdir(rootfs)):
+        if name in reserved:
+            continue
+        path = rootfs / name
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir() or path.is_file():
+            args += ["--ro-bind", str(path), f"/{name}"]
+    return args
 
 
 def alias_key(alias: str) -> str:

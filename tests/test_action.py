@@ -54,3 +54,27 @@ def test_env_outside_allowlist_is_ignored():
 def test_file_short_path():
     assert File("hb-out/p/x/sub/o", Label("p", "x")).short_path() == "sub/o"
     assert File("p/a.txt").short_path() == "p/a.txt" and File("p/a.txt").is_source
+
+
+def test_upstream_keys_are_in_the_key_only_of_actions_that_ask_for_them():
+    """dep_keys=True: the keys of the actions upstream become a key field (so the key follows them); an
+    action that does not ask keeps its key (no cache of other actions is invalidated)."""
+    upstream = [{"owner": "//p:y", "mnemonic": "Fetch", "output": "hb-out/p/y/f", "key": "1" * 64}]
+    plain = key_fields(_action(), INPUTS, {}, upstream)
+    assert "dep_keys" not in plain and action_key(plain) == action_key(key_fields(_action(), INPUTS, {}))
+    asking = _action(dep_keys=True)
+    one = key_fields(asking, INPUTS, {}, upstream)
+    assert one["dep_keys"] == upstream
+    other = key_fields(asking, INPUTS, {}, [dict(upstream[0], key="2" * 64)])
+    assert action_key(one) != action_key(other) != action_key(plain)
+
+
+def test_explain_names_changed_upstream_keys():
+    from hermetic_build.explain import _diff
+
+    asking = _action(dep_keys=True)
+    before = {"fields": key_fields(asking, INPUTS, {}, [{"owner": "//p:y", "mnemonic": "Fetch", "output": "o",
+                                                          "key": "1" * 64}])}
+    after = key_fields(asking, INPUTS, {}, [{"owner": "//p:y", "mnemonic": "Fetch", "output": "o", "key": "2" * 64}])
+    assert _diff(before, after) == ["the keys of 1 upstream actions changed (first: Fetch //p:y)"]
+    assert _diff(before, before["fields"]) == []

@@ -147,6 +147,44 @@ def test_research_metrics_run_inside_the_environment_and_verify(example):
 
 
 @pytest.mark.slow
+def test_research_step_runs_inside_the_image_root_filesystem(example):
+    """env_run(image = ...): the image's own Python (Debian base + the environment's numpy at /opt/env), with
+    the image's root filesystem as `/`, read-only; provenance: artifact -> image manifest digest -> locks."""
+    summary = example.build_json("//research:in-image", "//env:nlp")
+    seen = json.loads((example.root / "hb-out/research/in-image/image_check.json").read_text())
+    assert seen["numpy_from"] == "/opt/env/lib/python3.11/site-packages/numpy" and seen["numpy"].startswith("2.")
+    assert seen["busybox"] and seen["read_only"] and seen["hashseed"] == "0" and seen["epoch"] == "0"
+    assert not (example.root / "hb-out/research/in-image/written-by-a-build-step").exists()
+    index = json.loads((example.root / "hb-out/env/nlp/index.json").read_text())
+    statement = json.loads((example.root / "hb-out/research/in-image/provenance.intoto.json").read_text())
+    out = example.root / "hb-out/research/in-image/image_check.json"
+    assert statement["subject"][0]["digest"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert deps[0] == {"uri": "//env:nlp", "digest": {"sha256": index["manifests"][0]["digest"][7:]},
+                       "annotations": {"kind": "image"}}
+    locks = {d["uri"]: d["digest"]["sha256"] for d in deps if d["annotations"]["kind"] == "lockfile"}
+    assert locks == {p: hashlib.sha256((example.root / p).read_bytes()).hexdigest()
+                     for p in ("env/conda-lock.yml", "base/debs.lock.json")}
+    assert summary["actions"]["executed"] > 0
+    assert example.build_json("//research:in-image")["actions"]["executed"] == 0
+    # the script changes: only the run re-executes (the unpacked root filesystem is cached)
+    script = example.root / "research/image_check.py"
+    script.write_text(script.read_text() + "\n")
+    assert example.build_json("//research:in-image")["actions"]["executed"] == 1
+    # no network inside
+    example.write("research/BUILD.hermetic", (example.root / "research/BUILD.hermetic").read_text() + """
+env_run(
+    name = "net",
+    image = "//env:nlp",
+    outs = ["net.txt"],
+    cmd = "python -c 'import socket; socket.create_connection((\\"1.1.1.1\\", 53), timeout=2)' > $(OUTS)",
+)
+""")
+    failed = example.hb("build", "//research:net", check=False)
+    assert failed.returncode != 0 and "command exited with status" in failed.stderr, failed.stderr
+
+
+@pytest.mark.slow
 def test_an_md5_pinned_explicit_lock_builds_with_allow_md5_and_records_sha256s(example):
     """An explicit lock as conda-lock writes it (md5 fragments) for the example's conda packages: refused
     by default, built with allow_md5 = True, and the sha256 hb computed is in `hb build --json`."""

@@ -11,11 +11,17 @@ from __future__ import annotations
 import json
 
 from hermetic_build.api import (
+    DSSE_TYPE,
     ActionFailed,
+    check_statement,
+    envelope_bytes,
     DefaultInfo,
     MissingBlob,
-    RegistryError,
+    UsageError,
+    artifact_manifest,
     attr,
+    has_referrers_api,
+    layout_artifacts,
     lookup_tree,
     register_action_kind,
     rule,
@@ -24,7 +30,6 @@ from hermetic_build.api import (
 
 from .layout import OCI_INDEX, OCI_MANIFEST, REF_NAME, canonical, descriptor, sha256_of
 
-EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
 # what an attachment's files are, by file name: (artifactType, layer media type)
 ARTIFACT_TYPES = {
@@ -57,17 +62,6 @@ def _oci_bundle_impl(ctx):
     return [DefaultInfo(files=(out,)), OciImageInfo(out, image.ref_name, image.repo_tags, image.layer_indexes,
                                                     image.packages, image.base_reference, image.base_digest,
                                                     image.lockfiles)]
-
-
-def artifact_manifest(subject: dict, artifact_type: str, layers: list[tuple[str, bytes, str]]) -> bytes:
-    """An OCI 1.1 artifact manifest: empty config, one layer per file, `subject` = the image."""
-    return canonical({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
-        "config": descriptor(EMPTY_CONFIG, EMPTY_JSON),
-        "layers": [descriptor(media_type, data, annotations={"org.opencontainers.image.title": name})
-                   for name, data, media_type in layers],
-        "subject": subject,
-    })
 
 
 def _run_bundle(execution) -> None:
@@ -131,8 +125,30 @@ def referrers_of(layout_dir, image_digest: str) -> list[dict]:
     return found
 
 
-def push_referrers(client, repository: str, layout_dir, image_digest: str) -> tuple[int, str]:
-    """Push each referrer (its blobs, then its manifest by digest); where the registry has no referrers
+def signed_provenance(layout_dir, image_digest: str, signer) -> tuple[dict, bytes, list[bytes]]:
+    """The bundle's provenance statement about `image_digest`, signed by `signer` (payload -> DSSE
+    envelope) as an artifact to push beside it: (its descriptor, its manifest, its blobs). The key stays
+    in the caller's process; nothing of it is in the layout, an action or the cache."""
+    statements = layout_artifacts(layout_dir, image_digest, ARTIFACT_TYPES["provenance.intoto.json"][0])
+    if len(statements) != 1:
+        raise UsageError(f"the bundle holds {len(statements)} provenance statements about {image_digest}; "
+                         "signing at push needs exactly one",
+                         hint="attach an oci_provenance of the image: attach = [..., \":name-provenance\"]")
+    check_statement(statements[0], subject=image_digest)
+    envelope = envelope_bytes(signer(statements[0]))
+    index = json.loads((layout_dir / "index.json").read_text())
+    image = next(m for m in index["manifests"] if m["digest"] == image_digest and not m.get("artifactType"))
+    subject = {k: image[k] for k in ("mediaType", "digest", "size")}
+    manifest = artifact_manifest(subject, DSSE_TYPE, [("provenance.dsse.json", envelope, DSSE_TYPE)])
+    entry = descriptor(OCI_MANIFEST, manifest, artifactType=DSSE_TYPE,
+                       annotations={KIND_ANNOTATION: "provenance.dsse.json"})
+    return entry, manifest, [EMPTY_JSON, envelope]
+
+
+def push_referrers(client, repository: str, layout_dir, image_digest: str,
+                   extra: tuple[tuple[dict, bytes, list[bytes]], ...] = ()) -> tuple[int, str]:
+    """Push each referrer (its blobs, then its manifest by digest), and each `extra` one (descriptor,
+    manifest, blobs: made at push time, e.g. a signed statement); where the registry has no referrers
     API, also the fallback index under the tag sha256-<hex> (merged with what is there). Returns the
     number pushed and how the registry will list them ("referrers API" or the fallback tag)."""
     referrers = referrers_of(layout_dir, image_digest)
@@ -144,7 +160,14 @@ def push_referrers(client, repository: str, layout_dir, image_digest: str) -> tu
                 client.upload_blob(repository, layout_dir / "blobs/sha256" / blob["digest"][7:],
                                    blob["digest"], blob["size"])
         client.put_manifest(repository, entry["digest"], data, OCI_MANIFEST)
-    if _has_referrers_api(client, repository, image_digest):
+    for entry, manifest, blobs in extra:
+        for blob in blobs:
+            digest = sha256_of(blob)
+            if client.blob_size(repository, digest) is None:
+                client.upload_blob(repository, blob, digest, len(blob))
+        client.put_manifest(repository, entry["digest"], manifest, OCI_MANIFEST)
+    referrers = referrers + [entry for entry, _, _ in extra]
+    if has_referrers_api(client, repository, image_digest):
         return len(referrers), "referrers API"
     tag = "sha256-" + image_digest.split(":", 1)[1]
     existing = client.get_manifest(repository, tag)
@@ -158,26 +181,21 @@ def push_referrers(client, repository: str, layout_dir, image_digest: str) -> tu
     return len(referrers), f"tag {tag}"
 
 
-def _has_referrers_api(client, repository: str, digest: str) -> bool:
-    try:
-        status, headers, _ = client.request("GET", f"/v2/{repository}/referrers/{digest}",
-                                            scope=client._scope(repository, False), expect=(200, 404))
-    except RegistryError:
-        return False
-    return status == 200 and headers.get("Content-Type", "").startswith(OCI_INDEX)
-
-
 register_action_kind("oci.bundle", "1", _run_bundle, stage_inputs=False)
 
 
 def _push_bundle(request) -> str:
     from pathlib import Path
 
-    from .publish import push_image
+    from .publish import _image, push_image
 
-    pushed = push_image(request, after=lambda client, ref, digest: push_referrers(
-        client, ref.repository, Path(request.outputs[0]), digest))
-    return pushed
+    layout = Path(request.outputs[0])
+    extra = ()
+    signer = request.options.get("signer")
+    if signer is not None:  # signed before anything is pushed: a bundle without provenance fails first
+        extra = (signed_provenance(layout, _image(request).manifest_digest, signer),)
+    return push_image(request, after=lambda client, ref, digest: push_referrers(
+        client, ref.repository, layout, digest, extra))
 
 
 oci_bundle = rule(

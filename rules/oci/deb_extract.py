@@ -1,4 +1,4 @@
-"""Unpacking .deb packages into an image root, inside the sandbox.
+"""Unpacking .deb packages (or an OCI image's layers) into an image root, inside the sandbox.
 
     python3 -I deb_extract.py PARAMS.json
 
@@ -9,19 +9,23 @@ in those checks still cannot reach the host. Standalone on purpose (the standard
 zstandard only). No maintainer scripts, no device nodes, hard links as copies.
 
 PARAMS.json: {"sys_path": [...], "debs": [path], "out": path, "exclude": [glob], "directories": [path],
-"symlinks": {path: target}}; relative paths are relative to the working directory (the execution
-root). On failure it prints one line, `extract: <what went wrong>`, on stderr and exits 1.
+"symlinks": {path: target}}, or for an image's root filesystem {"sys_path": [...], "layout": path,
+"ref_name": name, "out": path, "image_out": path} (each blob checked against its sha256; image_out gets
+the manifest digest and the config's Env and WorkingDir as JSON); relative paths are relative to the
+working directory (the execution root). On failure it prints one line, `extract: <what went wrong>`, on stderr and exits 1.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import io
 import json
 import os
 import shutil
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
 
@@ -76,45 +80,94 @@ def extract_debs(debs: list[Path], root: Path, exclude=()) -> list[str]:
     notes, dir_modes = [], {}
     for deb in debs:
         with data_tar(deb) as tar:
-            for member in tar:
-                if member.name in ("", ".", "./", "/"):
-                    continue
-                name = relative_path(member.name, f"{deb.name}: entry")
-                if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
-                    continue
-                dest = root / name
-                if not _inside(root, dest.parent):
-                    raise ExtractError(f"{deb.name}: {name} would be written through a symlink out of the root")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if not _inside(root, dest.parent):  # made only of new directories: cannot have changed
-                    raise ExtractError(f"{deb.name}: {name} would be written through a symlink out of the root")
-                if member.isdir():
-                    if dest.is_symlink():
-                        continue  # a later package's directory over an earlier symlink: keep the link
-                    dest.mkdir(exist_ok=True)
-                    dir_modes[name] = member.mode & 0o7777
-                    continue
-                if os.path.islink(dest) or (os.path.lexists(dest) and not dest.is_dir()):
-                    dest.unlink()  # replace a link or a file; never write through a link
-                if member.issym():
-                    os.symlink(member.linkname, dest)
-                elif member.islnk():
-                    source = root / relative_path(member.linkname, f"{deb.name}: hard link target of {name}")
-                    if os.path.islink(source) or not source.is_file() or not _inside(root, source):
-                        raise ExtractError(f"{deb.name}: hard link {name} -> {member.linkname!r} does not name a "
-                                           "regular file already unpacked in the root")
-                    with open(source, "rb") as src, open(dest, "xb") as out:
-                        shutil.copyfileobj(src, out)
-                    os.chmod(dest, member.mode & 0o7777)
-                elif member.isfile():
-                    with tar.extractfile(member) as src, open(dest, "xb") as out:
-                        shutil.copyfileobj(src, out)
-                    os.chmod(dest, member.mode & 0o7777)
-                else:
-                    notes.append(f"{deb.name}: skipped special file {name}")
+            _unpack(tar, deb.name, root, exclude, dir_modes, notes)
     for name, mode in sorted(dir_modes.items(), reverse=True):
         os.chmod(root / name, mode)
     return notes
+
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+def extract_layers(layers: list[tuple[str, tarfile.TarFile]], root: Path) -> list[str]:
+    """Apply OCI image layers in order (each a tar stream) to root, with the image spec's whiteouts
+    (`.wh.NAME` removes NAME of the layers below, `.wh..wh..opq` empties its directory), under the
+    same checks as extract_debs."""
+    root = Path(os.path.realpath(root))
+    notes, dir_modes = [], {}
+    for label, tar in layers:
+        _unpack(tar, label, root, (), dir_modes, notes, whiteouts=True)
+    _apply_modes(root, dir_modes)
+    return notes
+
+
+def _apply_modes(root: Path, dir_modes: dict) -> None:
+    """Directory modes last (a read-only directory would refuse what later entries put in it); only
+    on what is still a directory, never through a link."""
+    for name, mode in sorted(dir_modes.items(), reverse=True):
+        if os.path.isdir(root / name) and not os.path.islink(root / name) and _inside(root, root / name):
+            os.chmod(root / name, mode)
+
+
+def _remove(path: Path) -> None:
+    if os.path.islink(path) or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
+
+
+def _unpack(tar: tarfile.TarFile, label: str, root: Path, exclude, dir_modes: dict, notes: list,
+            whiteouts: bool = False) -> None:
+    for member in tar:
+        if member.name in ("", ".", "./", "/"):
+            continue
+        name = relative_path(member.name, f"{label}: entry")
+        if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+            continue
+        dest = root / name
+        if not _inside(root, dest.parent):
+            raise ExtractError(f"{label}: {name} would be written through a symlink out of the root")
+        base = dest.name
+        if whiteouts and base.startswith(WHITEOUT):
+            if base == OPAQUE:
+                if dest.parent.is_dir() and not dest.parent.is_symlink():
+                    for child in list(dest.parent.iterdir()):
+                        _remove(child)
+            else:
+                hidden = dest.with_name(relative_path(base[len(WHITEOUT):], f"{label}: whiteout"))
+                if os.path.lexists(hidden):
+                    _remove(hidden)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not _inside(root, dest.parent):  # made only of new directories: cannot have changed
+            raise ExtractError(f"{label}: {name} would be written through a symlink out of the root")
+        if member.isdir():
+            if dest.is_symlink():
+                continue  # a later package's directory over an earlier symlink: keep the link
+            if os.path.lexists(dest) and not dest.is_dir():
+                dest.unlink()
+            dest.mkdir(exist_ok=True)
+            dir_modes[name] = member.mode & 0o7777
+            continue
+        if os.path.islink(dest) or os.path.lexists(dest):
+            _remove(dest)  # replace a link, a file or (a layer's file over a directory) a tree; never write through a link
+        if member.issym():
+            os.symlink(member.linkname, dest)
+        elif member.islnk():
+            source = root / relative_path(member.linkname, f"{label}: hard link target of {name}")
+            if os.path.islink(source) or not source.is_file() or not _inside(root, source):
+                raise ExtractError(f"{label}: hard link {name} -> {member.linkname!r} does not name a "
+                                   "regular file already unpacked in the root")
+            with open(source, "rb") as src, open(dest, "xb") as out:
+                shutil.copyfileobj(src, out)
+            os.chmod(dest, member.mode & 0o7777)
+        elif member.isfile():
+            with tar.extractfile(member) as src, open(dest, "xb") as out:
+                shutil.copyfileobj(src, out)
+            os.chmod(dest, member.mode & 0o7777)
+        else:
+            notes.append(f"{label}: skipped special file {name}")
 
 
 def finish_root(root: Path, directories, symlinks: dict) -> None:
@@ -136,6 +189,77 @@ def finish_root(root: Path, directories, symlinks: dict) -> None:
         os.symlink(target, path)
 
 
+def _checked_blob(layout: Path, digest: str) -> Path:
+    """The path of a layout blob whose content is its sha256 digest (hashed here, never trusted)."""
+    import hashlib
+
+    algorithm, _, hexdigest = str(digest).partition(":")
+    if algorithm != "sha256" or len(hexdigest) != 64 or not all(c in "0123456789abcdef" for c in hexdigest):
+        raise ExtractError(f"{digest!r} is not a sha256 digest")
+    path = layout / "blobs" / "sha256" / hexdigest
+    if os.path.islink(path) or not path.is_file():
+        raise ExtractError(f"the image layout has no blob {digest}")
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    if hasher.hexdigest() != hexdigest:
+        raise ExtractError(f"blob {digest} of the image layout does not match its digest")
+    return path
+
+
+def _json_blob(layout: Path, digest: str) -> dict:
+    try:
+        return json.loads(_checked_blob(layout, digest).read_bytes())
+    except ValueError as exc:
+        raise ExtractError(f"blob {digest} is not JSON: {exc}") from None
+
+
+def unpack_image(layout: Path, ref_name: str, root: Path) -> tuple[dict, list[str]]:
+    """Apply the layers of the image `ref_name` of an OCI layout to root; (what the image says about
+    how to run in it, notes)."""
+    try:
+        index = json.loads((layout / "index.json").read_bytes())
+        found = [m for m in index["manifests"]
+                 if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref_name]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExtractError(f"the image layout's index.json is unusable: {exc}") from None
+    if len(found) != 1:
+        raise ExtractError(f"the image layout names {len(found)} images {ref_name!r}")
+    manifest = _json_blob(layout, found[0]["digest"])
+    try:
+        config = _json_blob(layout, manifest["config"]["digest"]).get("config") or {}
+        layers = [(d["digest"], d["mediaType"]) for d in manifest["layers"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ExtractError(f"the image manifest is unusable: {exc}") from None
+    notes, dir_modes = [], {}
+    root = Path(os.path.realpath(root))
+    for i, (digest, media_type) in enumerate(layers):
+        path = _checked_blob(layout, digest)
+        with open(path, "rb") as f:
+            if media_type.endswith("+zstd"):
+                import zstandard
+
+                stream = zstandard.ZstdDecompressor().stream_reader(f)
+                mode = "r|"
+            elif media_type.endswith("+gzip") or media_type.endswith(".gzip"):
+                stream, mode = f, "r|gz"
+            elif media_type.endswith(".tar") or media_type.endswith("tar"):
+                stream, mode = f, "r|"
+            else:
+                raise ExtractError(f"layer {digest} has media type {media_type!r}, not a tar layer")
+            try:
+                with tarfile.open(fileobj=stream, mode=mode) as tar:
+                    _unpack(tar, f"layer {i} ({digest[:19]})", root, (), dir_modes, notes, whiteouts=True)
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                raise ExtractError(f"layer {digest} is not a readable tar stream: {exc}") from None
+    _apply_modes(root, dir_modes)
+    env = config.get("Env") or []
+    facts = {"manifest": found[0]["digest"], "env": [e for e in env if isinstance(e, str)],
+             "workdir": config.get("WorkingDir") or ""}
+    return facts, notes
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: deb_extract.py PARAMS.json", file=sys.stderr)
@@ -146,6 +270,12 @@ def main(argv: list[str]) -> int:
     root = Path(params["out"]).absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
+        if "layout" in params:
+            facts, notes = unpack_image(Path(params["layout"]).absolute(), params["ref_name"], root)
+            Path(params["image_out"]).write_text(json.dumps(facts, sort_keys=True))
+            for note in notes:
+                print(note, flush=True)
+            return 0
         notes = extract_debs([Path(p).absolute() for p in params["debs"]], root, params["exclude"])
         finish_root(root, params["directories"], params["symlinks"])
     except ExtractError as exc:

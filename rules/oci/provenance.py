@@ -3,8 +3,9 @@
 subject = the image's manifest digest; resolvedDependencies = the lock files (their sha256, and the
 lock's content hash where it records one), every package archive and wheel and every base .deb
 (sha256 as locked), the base image by digest; buildDefinition = the target label, hb's version and
-source_date_epoch; byproducts = the layer digests with the packages each holds. Reproducible like the
-SBOM. `hb attest sign` wraps it in a DSSE envelope signed with an ed25519 key; `hb attest verify`
+source_date_epoch and the keys (BLAKE3) of every action upstream of the statement (the graph that produced
+the image; the statement's own action key includes them, never itself); byproducts = the layer digests
+with the packages each holds. Reproducible like the SBOM. `hb attest sign` wraps it in a DSSE envelope signed with an ed25519 key; `hb attest verify`
 checks the signature, the subject and (with --lock) that every package of a lock is in it."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import asdict
 import hermetic_build
 from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, rule
 
-from .sbom import SbomPackage, image_layers, layer_contents, read_layer_sets
+from .sbom import SbomPackage, image_layers, layer_contents, read_layer_sets, warm
 
 STATEMENT_FILE = "provenance.intoto.json"
 BUILD_TYPE = "https://hermetic-build.dev/oci_image/v1"
@@ -39,13 +40,13 @@ def _oci_provenance_impl(ctx):
                 "base_digest": image.base_digest, "epoch": ctx.settings.source_date_epoch, "locks": locks,
                 "hb_version": hermetic_build.__version__,
                 "packages": [asdict(p) for p in sorted(image.packages, key=lambda p: (p.type, p.name, p.version))]},
-        description=f"OciProvenance {dep.label}",
+        description=f"OciProvenance {dep.label}", dep_keys=True,
     )
     return [DefaultInfo(files=(out,))]
 
 
 def statement(params: dict, manifest_digest: str, layers: list[str], contains: dict[str, list[int]],
-              packages: list[SbomPackage]) -> dict:
+              packages: list[SbomPackage], action_keys: list[dict]) -> dict:
     deps = [{"uri": lock["uri"], "digest": {"sha256": lock["sha256"]}, "annotations": {"kind": "lockfile"}}
             for lock in params["locks"]]
     for p in packages:
@@ -65,7 +66,12 @@ def statement(params: dict, manifest_digest: str, layers: list[str], contains: d
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
                 "externalParameters": {"target": params["image"], "ref_name": params["ref_name"]},
-                "internalParameters": {"hb_version": params["hb_version"], "source_date_epoch": params["epoch"]},
+                "internalParameters": {
+                    "hb_version": params["hb_version"], "source_date_epoch": params["epoch"],
+                    # the graph that produced the image: every action upstream of this statement
+                    "action_keys": [{"target": k["owner"], "mnemonic": k["mnemonic"], "output": k["output"],
+                                     "blake3": k["key"]} for k in action_keys],
+                },
                 "resolvedDependencies": deps,
             },
             "runDetails": {
@@ -85,14 +91,15 @@ def _run_provenance(execution) -> None:
         raise ActionFailed("the image's layers are not those of its layer sets")
     packages = [SbomPackage(**p) for p in params["packages"]]
     layers = [d["digest"] for d in descriptors]
-    data = statement(params, manifest_digest, layers, layer_contents(layer_sets, packages), packages)
+    data = statement(params, manifest_digest, layers, layer_contents(layer_sets, packages), packages,
+                     execution.dep_keys or [])
     out = execution.path(execution.action.outputs[0])
     out.mkdir(parents=True, exist_ok=True)
     (out / STATEMENT_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     execution.stdout += f"provenance of {manifest_digest}: {len(data['predicate']['buildDefinition']['resolvedDependencies'])} dependencies\n".encode()
 
 
-register_action_kind("oci.provenance", "1", _run_provenance, stage_inputs=False)
+register_action_kind("oci.provenance", "2", _run_provenance, stage_inputs=False, warm=warm)
 
 oci_provenance = rule(
     "oci_provenance",

@@ -35,6 +35,9 @@ def _image(request):
 def push_image(request, after=None) -> str:
     """Push the image; then `after(client, ref, manifest_digest)` (e.g. its attached artifacts), whose
     (count, how) result is reported."""
+    if request.options.get("signer") is not None and after is None:
+        raise UsageError(f"{request.label} is an image without attached provenance; nothing to sign",
+                         hint="push an oci_bundle that attaches an oci_provenance of it, with --sign")
     image = _image(request)
     options = request.options
     cafile = options.get("cafile") or os.environ.get("HB_REGISTRY_CA")

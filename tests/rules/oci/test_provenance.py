@@ -75,3 +75,32 @@ def test_signed_provenance_of_the_gpu_image(tmp_path):
     # ed25519 is deterministic: signing again gives the same envelope
     example.hb("attest", "sign", "//env:nlp-gpu-provenance", "--key", str(key), "-o", str(tmp_path / "again.json"))
     assert json.loads((tmp_path / "again.json").read_text()) == envelope
+
+
+@pytest.mark.slow
+def test_provenance_names_the_action_keys_and_is_reproducible_across_directories(tmp_path):
+    """buildDefinition carries the BLAKE3 key of every action upstream of the image; two clean builds in
+    different directories write byte-identical statements, and no action key encodes a machine path."""
+    statements, plans = [], []
+    for name in ("one", "elsewhere/two"):
+        example = copy_example(tmp_path / name / "examples", tmp_path / name / "cache")
+        example.build_json("//env:nlp-gpu-provenance")
+        statements.append((example.root / "hb-out/env/nlp-gpu-provenance/provenance.intoto.json").read_bytes())
+        plans.append(json.loads(example.hb("aquery", "--json", "//env:nlp-gpu-provenance").stdout))
+        assert str(example.root) not in example.hb("aquery", "--json", "//env:nlp-gpu-provenance").stdout
+        assert str(tmp_path) not in json.dumps(plans[-1])
+        # every field hashed into every key (as recorded for hb explain): no path of this machine
+        records = list(example.cache.glob("workspaces/*/actions.json"))
+        assert records and all(str(tmp_path) not in r.read_text() for r in records)
+    assert statements[0] == statements[1]
+    assert [s["key"] for s in plans[0]] == [s["key"] for s in plans[1]]
+    keys = json.loads(statements[0])["predicate"]["buildDefinition"]["internalParameters"]["action_keys"]
+    by_key = {s["key"]: s for s in plans[0]}
+    own = next(s for s in plans[0] if s["mnemonic"] == "OciProvenance")
+    upstream = [s for s in plans[0] if s is not own]
+    assert {k["blake3"] for k in keys} <= set(by_key)  # every key named is a key of the graph
+    assert len(keys) == len(upstream) and keys == sorted(keys, key=lambda k: (k["target"], k["mnemonic"],
+                                                                                k["output"], k["blake3"]))
+    mnemonics = {k["mnemonic"] for k in keys}
+    assert {"OciImage", "OciLayers", "CondaStage", "DebFetch", "DebExtract"} <= mnemonics
+    assert "OciProvenance" not in mnemonics  # never its own key
