@@ -164,14 +164,22 @@ class ActionExecution:
             **self.env,
         }
 
+    @property
+    def isolated(self) -> bool:
+        """Whether run_command runs in bubblewrap, where /tmp is a private tmpfs (in memory, gone
+        with the command's namespace)."""
+        return bwrap_path() is not None
+
     def run_command(self, argv: list[str], extra_env: dict | None = None, network: bool = False,
-                    read_only: tuple[str, ...] = (), mounts: tuple[tuple[str, str], ...] = ()) -> int:
+                    read_only: tuple[str, ...] = (), mounts: tuple[tuple[str, str], ...] = (),
+                    tmp_size: int | None = None) -> int:
         """Run argv in the execution root; output is captured into the action's stdout/stderr.
 
         read_only: host paths (e.g. the Python interpreter and its site-packages, for an action kind
         that runs hb code inside the sandbox) made visible read-only at the same path.
         mounts: (path relative to the execution root, absolute path in the sandbox) pairs, mounted
-        read-only (e.g. a staged environment at its prefix); they need bubblewrap."""
+        read-only (e.g. a staged environment at its prefix); they need bubblewrap.
+        tmp_size: a limit in bytes on the sandbox's private /tmp tmpfs (bubblewrap only)."""
         bwrap = bwrap_path()
         if mounts and not bwrap:
             raise ActionFailed(f"{self.action.owner}: mounting {', '.join(m[1] for m in mounts)} needs bubblewrap, "
@@ -188,7 +196,10 @@ class ActionExecution:
                     cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
                 elif os.path.isdir(f"/{name}"):
                     cmd += ["--ro-bind", f"/{name}", f"/{name}"]
-            cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            cmd += ["--proc", "/proc", "--dev", "/dev"]
+            if tmp_size:
+                cmd += ["--size", str(int(tmp_size))]
+            cmd += ["--tmpfs", "/tmp"]
             for path in read_only:
                 if os.path.exists(path):
                     cmd += ["--ro-bind", path, path]
