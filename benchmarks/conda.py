@@ -388,10 +388,10 @@ class SyntheticEnv:
         self.nginx.stop()
 
 
-def stage_benchmarks(tmp: Path, args) -> list[Row]:
+def stage_benchmarks(tmp: Path, args, rows: list) -> None:
+    """Append the rows asked for to `rows` as each is measured."""
     from synthpkg import big_file_channel, text_channel
 
-    rows = []
     if {"cold", "stage"} & args.rows:
         channel = text_channel(tmp / "text", args.packages, args.files, args.file_kib)
         env = SyntheticEnv(tmp / "text", channel)
@@ -414,7 +414,6 @@ def stage_benchmarks(tmp: Path, args) -> list[Row]:
             shutil.rmtree(tmp / "big", ignore_errors=True)
     if "example" in args.rows:
         rows.append(example_stage_row(tmp / "example", args.reps))
-    return rows
 
 
 def main() -> None:
@@ -442,18 +441,26 @@ def main() -> None:
                   f"{statistics.median(lock_times):.2f} s (includes python start-up and importing conda-lock)")
         if "fetch" in args.rows:
             fetch_row(tmp / "fetch", servers)
-        rows = stage_benchmarks(tmp / "stage", args)
-        if rows:
-            print("\nwhole processes as a user runs them, `sync` before each; baselines:")
-            for row in rows:
-                print(f"- {row.name}: {row.baseline}")
-            print(TABLE_HEADER.format(n=args.reps))
-            for row in rows:
-                print(row.line())
+        rows: list[Row] = []
+        try:
+            stage_benchmarks(tmp / "stage", args, rows)
+        finally:
+            print_table(rows, args.reps)
     finally:
         for server in servers:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_table(rows: list, reps: int) -> None:
+    """The rows measured so far (a row that failed is left out), as a markdown table."""
+    if rows:
+        print("\nwhole processes as a user runs them, `sync` before each; baselines:")
+        for row in rows:
+            print(f"- {row.name}: {row.baseline}")
+        print(TABLE_HEADER.format(n=reps))
+        for row in rows:
+            print(row.line())
 
 
 def fetch_row(tmp: Path, servers: list) -> None:

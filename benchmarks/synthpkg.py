@@ -88,6 +88,7 @@ def big_file_channel(root: Path, size: int) -> Path:
     from rules.conda.channel import index_channel
 
     channel = root / "channel"
+    root.mkdir(parents=True, exist_ok=True)
     data = root / "big.bin"
     rng = random.Random(2)
     with open(data, "wb") as f:

@@ -204,11 +204,12 @@ class LocalStore(Store):
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)
 
-    def _commit_blob(self, tmp: str, digest: Digest) -> None:
-        """Commit a blob whose content this process has just hashed, and remember it as fresh."""
+    def _commit_blob(self, tmp: str, digest: Digest, fd: int | None = None) -> None:
+        """Commit a blob whose content this process has just hashed, and remember it as fresh.
+        fd: a descriptor of the same inode, if one is open (fstat is cheaper than a path lookup)."""
         final = self._blob(digest)
         self._commit(tmp, final)
-        st = os.stat(final)
+        st = os.fstat(fd) if fd is not None else os.stat(final)
         if st.st_size == digest.size:
             self._fresh[digest] = _identity(st)
 
@@ -313,7 +314,7 @@ class LocalStore(Store):
                 else:
                     moved = os.stat(tmp, follow_symlinks=False)
                     if (moved.st_dev, moved.st_ino) == (st.st_dev, st.st_ino):
-                        self._commit_blob(tmp, digest)
+                        self._commit_blob(tmp, digest, src.fileno())
                         return digest
                     with contextlib.suppress(OSError):  # left for gc if it is a directory
                         os.unlink(tmp)
