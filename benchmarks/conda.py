@@ -192,7 +192,7 @@ def example_stage_row(tmp: Path, reps: int) -> "Row":
     from rules.conda.pypi import uv_binary
 
     example = copy_example(tmp / "examples", tmp / "cache-example")
-    example.hb("build", "//env:nlp-env", timeout=900)  # channel, fetches (not timed)
+    example.hb("build", "//env:nlp-env", "//channel:test-channel", timeout=900)  # channel (into hb-out), fetches
     lock = parse_conda_lock_file(example.root / "env/conda-lock.yml")
     conda = [p for p in lock.package if p.platform == "linux-64" and p.manager == "conda"]
     wheels_dir = tmp / "wheels"
@@ -203,7 +203,9 @@ def example_stage_row(tmp: Path, reps: int) -> "Row":
             dest = wheels_dir / p.url.rsplit("/", 1)[1]
             dest.write_bytes(urllib.request.urlopen(p.url).read())
             wheels.append(str(dest))
-    archives = [urllib.request.url2pathname(p.url[len("file://"):]) for p in conda]
+    # the lock records file:// URLs into the hb-out/ of the checkout that locked: the same files are
+    # in this copy's hb-out/ (its channel was built above)
+    archives = [str(example.root / "hb-out" / p.url.split("/hb-out/", 1)[1]) for p in conda]
     build_file = example.root / "env/BUILD.hermetic"
     original = build_file.read_text()
     row = Row(f"stage of the example env ({len(conda)} conda packages + {len(wheels)} wheels), warm CAS",
