@@ -1,22 +1,24 @@
-"""Conda benchmark: lock time of the example, warm-cache stage vs a direct rattler.install of the
-same records, and fetch throughput from a local HTTP server (nginx).
+"""Conda benchmark: hb as a user runs it (whole processes) next to the plain tools, in one run.
 
-    python3 benchmarks/conda.py [--packages 30 --files 300 --file-kib 16] [--pip-only | --pip-lock-only]
+    python3 benchmarks/conda.py [--rows lock,fetch,cold,stage,big,example] [--reps 3]
+                                [--packages 300 --files 20 --file-kib 16] [--big-mib 1024] [--pip-only | --pip-lock-only]
 
-Prints measurements taken side by side in one run. Goal (issue 3): hb's stage / direct install <= 1.1.
-With the example's pip section (issue 9): `hb lock` vs `uv pip compile` of the same requirements
-alone (two baselines: the platforms one after the other, and started at once; 5 interleaved
-repetitions, min and median, `sync` before each timed run), and the stage of the real example
-environment (7 conda packages + the PyPI wheels) vs `rattler.install` + `uv pip install` of the same
-files into an empty prefix: whole-process wall times, median of 3, with each process's peak RSS (its
-own and its waited-for children's).
+Rows (issue 11 and 9), each hb run and its baseline alternating, `sync` before every timed process,
+min / median wall time, median CPU time and peak RSS (os.wait4: the process and the children it
+waited for) per row:
+- cold env build: `hb build` with an empty cache and no hb-out (fetch + stage + publish) vs
+  8-thread GETs of the same archives from the same nginx + rattler.install (goal <= 1.2x);
+- stage only: warm CAS, a new prefix each time so only CondaStage runs (and its tree is published
+  into hb-out) vs rattler.install of the same archives (goal <= 1.1x);
+- the same for one package holding one 1 GiB file;
+- the stage of the real example env (conda packages + PyPI wheels) vs rattler.install + uv pip install.
+The synthetic packages are written directly (benchmarks/synthpkg.py). Also: `hb lock` vs `uv pip
+compile` (lock) and the executor's fetch throughput vs plain GETs (fetch).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import random
 import re
@@ -27,11 +29,13 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from support import Nginx, Workspace, copy_example, env_workspace  # noqa: E402
 
@@ -87,30 +91,6 @@ def action_seconds(stderr: str, mnemonic: str) -> list[float]:
     return [float(m) for m in re.findall(rf"\] {mnemonic} .*\(([0-9.]+)s\)", stderr)]
 
 
-def direct_install(archives: list[Path], prefix: Path, cache: Path) -> None:
-    import rattler
-    from rattler import Config
-
-    async def run():
-        records = [await rattler.RepoDataRecord.from_package_archive(str(a)) for a in archives]
-        await rattler.install(records, target_prefix=str(prefix), cache_dir=str(cache),
-                              alternative_target_prefix="/opt/env", execute_link_scripts=False, show_progress=False,
-                              config=Config.from_toml("allow-hard-links = false\nallow-ref-links = false"))
-
-    asyncio.run(run())
-
-
-def rattler_seconds(ws) -> float:
-    """The rattler.install time the last CondaStage action recorded in its stdout."""
-    from hermetic_build.store.local import LocalStore
-
-    actions = json.loads(ws.hb("aquery", "--json", "//env:env").stdout)
-    key = next(a["key"] for a in actions if a["mnemonic"] == "CondaStage")
-    store = LocalStore(ws.cache)
-    text = store.get_blob(store.get_action_result(key).stdout).decode()
-    return float(re.search(r"rattler.install: \d+ packages in ([0-9.]+)s", text).group(1))
-
-
 def fetch_throughput(ws, cache: Path, nginx, archives) -> tuple[float, float]:
     """Seconds for hb's executor to run only the fetch actions of //env:env into an empty cache,
     and for plain sequential urllib GETs of the same files."""
@@ -151,7 +131,7 @@ def _median(runs) -> tuple[float, int]:
 
 
 DIRECT_INSTALL = """
-import asyncio, subprocess, sys, rattler
+import asyncio, os, subprocess, sys, rattler
 from rattler import Config
 archives, prefix, cache, uv, python, wheels = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
 async def run():
@@ -162,14 +142,13 @@ async def run():
 asyncio.run(run())
 subprocess.run([uv, "pip", "install", "--python", python, "--prefix", prefix, "--no-deps", "--offline",
                 "--no-config", "--break-system-packages", "--link-mode", "copy", "--cache-dir", cache + "-uv", "--quiet", *wheels], check=True)
+os._exit(0)  # py-rattler 0.28 can abort in its finalizers at exit
 """
 
 
-def pip_benchmarks(tmp: Path, stage: bool = True) -> None:
-    """hb lock with a pip section vs uv pip compile alone; hb's stage vs rattler.install + uv pip install."""
+def pip_benchmarks(tmp: Path) -> None:
+    """hb lock with a pip section vs uv pip compile alone (two baselines: sequential and concurrent)."""
     import tomllib  # noqa: F401 - python >= 3.11
-
-    from conda_lock.lockfile import parse_conda_lock_file
 
     from rules.conda.pypi import wheel_target
     from rules.conda.uv_run import uv_binary
@@ -241,11 +220,17 @@ def pip_benchmarks(tmp: Path, stage: bool = True) -> None:
           f"peak {c_rss} MiB: ratio {h_min / c_min:.2f}x (min) {h_med / c_med:.2f}x (median)")
     print("  (hb adds python start-up, conda-lock's import and models, the conda solves, the wheels' dependencies "
           "and the explicit files; its uv runs start before the solves when the last lock recorded the same inputs)")
-    if not stage:
-        return
 
-    # stage of the real environment: warm CAS, a new prefix each time so only the stage re-runs
-    example.hb("build", "//env:nlp-env", timeout=900)
+
+def example_stage_row(tmp: Path, reps: int) -> "Row":
+    """The stage of the real example environment (conda packages + PyPI wheels), warm CAS, a new
+    prefix each time so only CondaStage runs, vs rattler.install + uv pip install of the same files."""
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    from rules.conda.uv_run import uv_binary
+
+    example = copy_example(tmp / "examples", tmp / "cache-example")
+    example.hb("build", "//env:nlp-env", "//channel:test-channel", timeout=900)  # channel (into hb-out), fetches
     lock = parse_conda_lock_file(example.root / "env/conda-lock.yml")
     conda = [p for p in lock.package if p.platform == "linux-64" and p.manager == "conda"]
     wheels_dir = tmp / "wheels"
@@ -256,99 +241,287 @@ def pip_benchmarks(tmp: Path, stage: bool = True) -> None:
             dest = wheels_dir / p.url.rsplit("/", 1)[1]
             dest.write_bytes(urllib.request.urlopen(p.url).read())
             wheels.append(str(dest))
-    archives = [urllib.request.url2pathname(p.url[len("file://"):]) for p in conda]
+    # the lock records file:// URLs into the hb-out/ of the checkout that locked: the same files are
+    # in this copy's hb-out/ (its channel was built above)
+    archives = [str(example.root / "hb-out" / p.url.split("/hb-out/", 1)[1]) for p in conda]
     build_file = example.root / "env/BUILD.hermetic"
     original = build_file.read_text()
-    hb_runs, direct_runs, stage_seconds = [], [], []
-    for n in range(3):
-        build_file.write_text(original.replace('prefix = "/opt/env",\n)', f'prefix = "/opt/bench{n}",\n)', 1))
-        seconds, rss, stderr = run_measured([*hb, "build", "//env:nlp-env"], cwd=example.root, env=env)
-        assert action_seconds(stderr, "CondaStage") and not action_seconds(stderr, "WheelFetch"), stderr
-        hb_runs.append((seconds, rss))
-        stage_seconds.append(action_seconds(stderr, "CondaStage")[0])
-        prefix, cache = tmp / f"direct{n}", tmp / f"direct-cache{n}"
-        direct_runs.append(run_measured([sys.executable, "-c", DIRECT_INSTALL, ",".join(archives), str(prefix),
-                                         str(cache), uv, "/usr/bin/python3.11", *wheels])[:2])
-        shutil.rmtree(prefix)
-        shutil.rmtree(cache)
-        shutil.rmtree(str(cache) + "-uv", ignore_errors=True)
-    build_file.write_text(original)
-    (h, h_rss), (d, d_rss) = _median(hb_runs), _median(direct_runs)
-    print(f"stage of the example env ({len(conda)} conda packages + {len(wheels)} wheels), warm CAS: hb build "
-          f"(whole process, only CondaStage runs) {h:.2f} s, peak {h_rss} MiB [the action itself "
-          f"{statistics.median(stage_seconds):.2f} s] vs rattler.install + uv pip install (whole process, fresh "
-          f"caches, --link-mode copy) {d:.2f} s, peak {d_rss} MiB: ratio {h / d:.2f} "
-          f"(goal <= 1.1: {'met' if h / d <= 1.1 else 'MISSED'})")
+    row = Row(f"stage of the example env ({len(conda)} conda packages + {len(wheels)} wheels), warm CAS",
+              "rattler.install of the conda archives (fresh cache, copies) + uv pip install --no-deps --offline "
+              "--link-mode copy of the wheels (fresh cache) into an empty prefix", 1.1)
+    try:
+        for n in range(reps):
+            build_file.write_text(original.replace('prefix = "/opt/env",\n)', f'prefix = "/opt/bench{n}",\n)', 1))
+            run = measure([*HB, "build", "//env:nlp-env"], cwd=example.root, env=example.env())
+            assert action_seconds(run.stderr, "CondaStage") and not action_seconds(run.stderr, "WheelFetch"), run.stderr
+            row.add_hb(run, action_seconds(run.stderr, "CondaStage")[0])
+            prefix, cache = tmp / f"direct{n}", tmp / f"direct-cache{n}"
+            row.add_baseline(measure([sys.executable, "-c", DIRECT_INSTALL, ",".join(archives), str(prefix), str(cache),
+                                      uv_binary(), "/usr/bin/python3.11", *wheels]))
+            for path in (prefix, cache, Path(str(cache) + "-uv")):
+                shutil.rmtree(path, ignore_errors=True)
+    finally:
+        build_file.write_text(original)
+    return row
+
+
+# ----- whole-process rows: hb as a user runs it vs the plain tools, side by side --------------------
+
+HB = [sys.executable, "-m", "hermetic_build.cli"]
+
+
+@dataclass
+class Run:
+    seconds: float  # wall time of the whole process
+    rss_mib: int  # peak RSS of the process and the children it waited for (wait4's rusage)
+    cpu: float  # user + system CPU seconds of the same
+    stderr: str
+
+
+def measure(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> Run:
+    """One whole process, timed after a `sync` (so no run pays for the previous one's dirty pages).
+    Started through GNU time, whose own footprint is a few MiB: a child forked from this (large)
+    Python process would report this process's RSS at fork time as its peak."""
+    import subprocess
+
+    subprocess.run(["sync"], check=True)
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as usage:
+        started = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-q", "-o", usage.name, "-f", "%M %U %S", *argv], cwd=cwd, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[:5]} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        rss_kib, user, system = usage.read().split()[-3:]
+    return Run(seconds, int(rss_kib) // 1024, float(user) + float(system), proc.stderr)
+
+
+@dataclass
+class Row:
+    name: str
+    baseline: str  # what the baseline does, in one line
+    goal: float  # hb / baseline, on the median wall time
+    hb: list = field(default_factory=list)
+    base: list = field(default_factory=list)
+    inner: list = field(default_factory=list)  # seconds of the action itself, where one is measured
+
+    def add_hb(self, run: Run, inner: float | None = None) -> None:
+        self.hb.append(run)
+        if inner is not None:
+            self.inner.append(inner)
+        print(f"  {self.name}: hb {run.seconds:.2f} s{f' (action {inner:.2f} s)' if inner is not None else ''}, "
+              f"cpu {run.cpu:.2f} s, peak {run.rss_mib} MiB", flush=True)
+
+    def add_baseline(self, run: Run) -> None:
+        self.base.append(run)
+        print(f"  {self.name}: baseline {run.seconds:.2f} s, cpu {run.cpu:.2f} s, peak {run.rss_mib} MiB", flush=True)
+
+    def line(self) -> str:
+        def stats(runs):
+            walls = [r.seconds for r in runs]
+            return min(walls), statistics.median(walls), max(r.rss_mib for r in runs), \
+                statistics.median(r.cpu for r in runs)
+
+        h_min, h_med, h_rss, h_cpu = stats(self.hb)
+        b_min, b_med, b_rss, b_cpu = stats(self.base)
+        ratio = h_med / b_med
+        inner = f" (action {statistics.median(self.inner):.2f})" if self.inner else ""
+        return (f"| {self.name} | {h_min:.2f} / {h_med:.2f}{inner} | {b_min:.2f} / {b_med:.2f} | "
+                f"**{ratio:.2f}x** (min {h_min / b_min:.2f}x) | {h_cpu:.1f} / {b_cpu:.1f} | {h_rss} / {b_rss} | "
+                f"<= {self.goal}: {'met' if ratio <= self.goal else 'MISSED'} |")
+
+
+TABLE_HEADER = ("| row (n = {n} each, side by side) | hb s, min / median | baseline s, min / median | hb / baseline "
+                "(median) | CPU s hb / baseline | peak RSS MiB hb / baseline | goal |\n|---|---|---|---|---|---|---|")
+
+FETCH_INSTALL = """
+import asyncio, concurrent.futures, hashlib, os, sys, urllib.request, rattler
+from rattler import Config
+urls, dest, prefix, cache = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4]
+os.makedirs(dest, exist_ok=True)
+def get(url):
+    path, sha = os.path.join(dest, url.rsplit("/", 1)[1]), hashlib.sha256()
+    with urllib.request.urlopen(url) as response, open(path, "wb") as out:
+        while chunk := response.read(1 << 20):
+            sha.update(chunk)
+            out.write(chunk)
+    return path
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    archives = list(pool.map(get, urls))
+async def run():
+    records = [await rattler.RepoDataRecord.from_package_archive(a) for a in archives]
+    await rattler.install(records, target_prefix=prefix, cache_dir=cache, alternative_target_prefix="/opt/env",
+                          execute_link_scripts=False, show_progress=False,
+                          config=Config.from_toml("allow-hard-links = false\\nallow-ref-links = false"))
+asyncio.run(run())
+os._exit(0)  # py-rattler 0.28 can abort in its finalizers at exit (PyGILState_Release)
+"""
+
+INSTALL = """
+import asyncio, os, sys, rattler
+from rattler import Config
+archives, prefix, cache = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+async def run():
+    records = [await rattler.RepoDataRecord.from_package_archive(a) for a in archives]
+    await rattler.install(records, target_prefix=prefix, cache_dir=cache, alternative_target_prefix="/opt/env",
+                          execute_link_scripts=False, show_progress=False,
+                          config=Config.from_toml("allow-hard-links = false\\nallow-ref-links = false"))
+asyncio.run(run())
+os._exit(0)
+"""
+
+
+class SyntheticEnv:
+    """A channel of synthetic packages served by nginx and a workspace with a locked //env:env."""
+
+    def __init__(self, root: Path, channel: Path):
+        self.root, self.channel = root, channel
+        self.archives = sorted((channel / "noarch").glob("*.conda"))
+        self.nginx = Nginx(channel, root / "nginx")
+        self.ws = Workspace(root / "ws", root / "cache")
+        self.ws.root.mkdir()
+        (self.ws.root / "hermetic.toml").write_text("")
+        names = sorted({a.name.rsplit("-", 2)[0] for a in self.archives})
+        env_workspace(self.ws, self.nginx.url, names)
+        self.ws.hb("lock", "//env:lock", timeout=900)
+
+    def cold_row(self, name: str, reps: int, goal: float) -> Row:
+        """Cold `hb build` (empty cache, no hb-out) vs fetch (8 threads) + rattler.install."""
+        row = Row(name, "8 threads GET each archive from the same nginx (sha256 while writing) + rattler.install "
+                  "(fresh cache, copies)", goal)
+        urls = ",".join(f"{self.nginx.url}/noarch/{a.name}" for a in self.archives)
+        for _ in range(reps):
+            shutil.rmtree(self.ws.cache, ignore_errors=True)
+            shutil.rmtree(self.ws.root / "hb-out", ignore_errors=True)
+            run = measure([*HB, "build", "//env:env"], cwd=self.ws.root, env=self.ws.env())
+            row.add_hb(run, action_seconds(run.stderr, "CondaStage")[0])
+            direct = self.root / "direct"
+            row.add_baseline(measure([sys.executable, "-c", FETCH_INSTALL, urls, str(direct / "dl"), str(direct / "prefix"),
+                                      str(direct / "cache")]))
+            shutil.rmtree(direct)
+        return row
+
+    def stage_row(self, name: str, reps: int, goal: float) -> Row:
+        """Warm CAS (the packages fetched), a new prefix each time so only CondaStage runs (and its
+        tree is published into hb-out), vs rattler.install of the same archives from disk."""
+        row = Row(name, "rattler.install of the same archives from a local directory (fresh cache, copies)", goal)
+        self.ws.hb("build", "//env:env", timeout=900)
+        build = self.ws.root / "env/BUILD.hermetic"
+        original = build.read_text()
+        archives = ",".join(str(a) for a in self.archives)
+        try:
+            for n in range(reps):
+                build.write_text(original.replace("platform = 'linux-64')", f"platform = 'linux-64', prefix = '/opt/bench{n}')"))
+                run = measure([*HB, "build", "//env:env"], cwd=self.ws.root, env=self.ws.env())
+                stage = action_seconds(run.stderr, "CondaStage")
+                assert len(stage) == 1 and not action_seconds(run.stderr, "CondaFetch"), run.stderr
+                row.add_hb(run, stage[0])
+                direct = self.root / "direct"
+                row.add_baseline(measure([sys.executable, "-c", INSTALL, archives, str(direct / "prefix"),
+                                          str(direct / "cache")]))
+                shutil.rmtree(direct)
+        finally:
+            build.write_text(original)
+        return row
+
+    def stop(self) -> None:
+        self.nginx.stop()
+
+
+def stage_benchmarks(tmp: Path, args, rows: list) -> None:
+    """Append the rows asked for to `rows` as each is measured."""
+    from synthpkg import big_file_channel, text_channel
+
+    if {"cold", "stage"} & args.rows:
+        channel = text_channel(tmp / "text", args.packages, args.files, args.file_kib)
+        env = SyntheticEnv(tmp / "text", channel)
+        files = args.packages * args.files
+        try:
+            if "cold" in args.rows:
+                rows.append(env.cold_row(f"cold env build: {args.packages} packages, {files} files", args.reps, 1.2))
+            if "stage" in args.rows:
+                rows.append(env.stage_row(f"stage only: {args.packages} packages, {files} files", args.reps, 1.1))
+        finally:
+            env.stop()
+            shutil.rmtree(tmp / "text", ignore_errors=True)
+    if "big" in args.rows:
+        channel = big_file_channel(tmp / "big", args.big_mib << 20)
+        env = SyntheticEnv(tmp / "big", channel)
+        try:
+            rows.append(env.stage_row(f"stage only: one {args.big_mib} MiB file", args.reps, 1.1))
+        finally:
+            env.stop()
+            shutil.rmtree(tmp / "big", ignore_errors=True)
+    if "example" in args.rows:
+        rows.append(example_stage_row(tmp / "example", args.reps))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--packages", type=int, default=30)
-    parser.add_argument("--files", type=int, default=300)
+    parser.add_argument("--packages", type=int, default=300)
+    parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--file-kib", type=int, default=16)
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rows", default="lock,fetch,cold,stage,big,example",
+                        help="comma-separated: lock (hb lock rows), fetch (throughput), cold, stage, big, example")
     parser.add_argument("--pip-only", action="store_true", help="only the pip (uv, wheels) measurements")
     parser.add_argument("--pip-lock-only", action="store_true", help="only hb lock vs uv pip compile")
     args = parser.parse_args()
+    args.rows = ({"lock"} if args.pip_lock_only else {"lock", "example"} if args.pip_only
+                 else set(args.rows.split(",")))
     tmp = Path(tempfile.mkdtemp(prefix="hb-bench-conda-"))
     servers = []
     try:
-        pip_benchmarks(tmp / "pip", stage=not args.pip_lock_only)
-        if args.pip_only or args.pip_lock_only:
-            return
-        # 1. lock time of the example, all platforms (its channel built beforehand, not timed)
-        example = copy_example(tmp / "examples", tmp / "cache-example")
-        example.hb("build", "//channel:test-channel", timeout=900)
-        lock_times = [timed(lambda: example.hb("lock", "//env:nlp-lock"))[0] for _ in range(3)]
-        print(f"hb lock //env:nlp-lock (linux-64 + osx-arm64, channel cached): median {statistics.median(lock_times):.2f} s "
-              f"(includes python start-up and importing conda-lock)")
-
-        # 2. a bigger synthetic environment, served by nginx
-        channel = synthetic_channel(tmp / "synthetic", args.packages, args.files, args.file_kib)
-        archives = sorted((channel / "noarch").glob("*.conda"))
-        total = sum(a.stat().st_size for a in archives)
-        installed = args.packages * args.files * args.file_kib * 1024
-        print(f"synthetic environment: {len(archives)} packages, {total / 2**20:.1f} MiB compressed, "
-              f"{installed / 2**20:.1f} MiB installed in {args.packages * args.files} files")
-        nginx = Nginx(channel, tmp / "nginx")
-        servers.append(nginx)
-        ws = Workspace(tmp / "ws", tmp / "cache")
-        ws.root.mkdir()
-        (ws.root / "hermetic.toml").write_text("")
-        env_workspace(ws, nginx.url, [f"bench-pkg{i}" for i in range(args.packages)])
-        ws.hb("lock", "//env:lock")
-        fetch_seconds, raw_seconds = fetch_throughput(ws, tmp / "cache-fetch", nginx, archives)
-        print(f"fetch from nginx on 127.0.0.1, cold cache, 8 jobs: {total / 2**20 / fetch_seconds:.1f} MiB/s "
-              f"({len(archives)} packages, {total / 2**20:.1f} MiB in {fetch_seconds:.2f} s: hb's executor running "
-              f"the CondaFetch actions); plain urllib GETs of the same files: {raw_seconds:.2f} s "
-              f"(ratio {fetch_seconds / raw_seconds:.1f}x: sandbox per action, sha256 + BLAKE3, archive scan, CAS store)")
-        ws.hb("build", "//env:env")
-
-        # 3. warm-cache stage: packages in the CAS, stage re-run (a new prefix) vs direct rattler.install
-        hb_stage, direct, inner = [], [], []
-        for n in range(3):
-            build = (ws.root / "env/BUILD.hermetic").read_text()
-            build = re.sub(r"platform = 'linux-64'(, prefix = \"/opt/env\d+\")?\)",
-                           f"platform = 'linux-64', prefix = \"/opt/env{n}\")", build)
-            ws.write("env/BUILD.hermetic", build)
-            _, proc = timed(lambda: ws.hb("build", "//env:env"))
-            seconds = action_seconds(proc.stderr, "CondaStage")
-            assert len(seconds) == 1 and not action_seconds(proc.stderr, "CondaFetch"), proc.stderr
-            hb_stage.append(seconds[0])
-            inner.append(rattler_seconds(ws))
-            prefix, cache = tmp / f"direct{n}", tmp / f"direct-cache{n}"
-            direct.append(timed(lambda: direct_install(archives, prefix, cache))[0])
-            shutil.rmtree(prefix)
-            shutil.rmtree(cache)
-        h, d = statistics.median(hb_stage), statistics.median(direct)
-        print(f"stage, warm CAS: hb CondaStage action {h:.2f} s vs direct rattler.install (fresh package cache) "
-              f"{d:.2f} s: ratio {h / d:.2f} (goal <= 1.1: {'met' if h / d <= 1.1 else 'MISSED'})")
-        print(f"  of hb's stage, rattler.install itself took {statistics.median(inner):.2f} s; the rest copies the "
-              "archives out of the CAS (verifying BLAKE3), normalises conda-meta, hashes every file into the CAS "
-              "and syncs it to disk once")
+        if "lock" in args.rows:
+            pip_benchmarks(tmp / "pip")
+            # lock time of the example, all platforms (its channel built beforehand, not timed)
+            example = copy_example(tmp / "examples", tmp / "cache-example")
+            example.hb("build", "//channel:test-channel", timeout=900)
+            lock_times = [timed(lambda: example.hb("lock", "//env:nlp-lock"))[0] for _ in range(3)]
+            print(f"hb lock //env:nlp-lock (linux-64 + osx-arm64, channel cached): median "
+                  f"{statistics.median(lock_times):.2f} s (includes python start-up and importing conda-lock)")
+        if "fetch" in args.rows:
+            fetch_row(tmp / "fetch", servers)
+        rows: list[Row] = []
+        try:
+            stage_benchmarks(tmp / "stage", args, rows)
+        finally:
+            print_table(rows, args.reps)
     finally:
         for server in servers:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_table(rows: list, reps: int) -> None:
+    """The rows measured so far (a row that failed is left out), as a markdown table."""
+    if rows:
+        print("\nwhole processes as a user runs them, `sync` before each; baselines:")
+        for row in rows:
+            print(f"- {row.name}: {row.baseline}")
+        print(TABLE_HEADER.format(n=reps))
+        for row in rows:
+            print(row.line())
+
+
+def fetch_row(tmp: Path, servers: list) -> None:
+    """Fetch throughput of the executor's CondaFetch actions from nginx vs plain sequential GETs."""
+    channel = synthetic_channel(tmp / "synthetic", 30, 300, 16)
+    archives = sorted((channel / "noarch").glob("*.conda"))
+    total = sum(a.stat().st_size for a in archives)
+    nginx = Nginx(channel, tmp / "nginx")
+    servers.append(nginx)
+    ws = Workspace(tmp / "ws", tmp / "cache")
+    ws.root.mkdir(parents=True)
+    (ws.root / "hermetic.toml").write_text("")
+    env_workspace(ws, nginx.url, [f"bench-pkg{i}" for i in range(30)])
+    ws.hb("lock", "//env:lock")
+    fetch_seconds, raw_seconds = fetch_throughput(ws, tmp / "cache-fetch", nginx, archives)
+    print(f"fetch from nginx on 127.0.0.1, cold cache, 8 jobs: {total / 2**20 / fetch_seconds:.1f} MiB/s "
+          f"({len(archives)} packages, {total / 2**20:.1f} MiB in {fetch_seconds:.2f} s: hb's executor running "
+          f"the CondaFetch actions); plain urllib GETs of the same files: {raw_seconds:.2f} s "
+          f"(ratio {fetch_seconds / raw_seconds:.1f}x: sandbox per action, sha256 + BLAKE3, archive scan, CAS store)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ parallel, and stores outputs in the CAS."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -97,7 +98,10 @@ class Executor:
                 if remaining[j] == 0:
                     ready.append(j)
 
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        # nothing is fsynced per action: one syncfs when the run ends (LocalStore.deferred_durability)
+        local = getattr(self.store, "local", self.store)
+        durability = getattr(local, "deferred_durability", contextlib.nullcontext)
+        with durability(), ThreadPoolExecutor(max_workers=self.jobs) as pool:
             running = {}
             while ready or running:
                 while ready and failure is None:

@@ -173,9 +173,15 @@ class ActionExecution:
             **self.env,
         }
 
+    @property
+    def isolated(self) -> bool:
+        """Whether run_command runs in bubblewrap, where /tmp is a private tmpfs (in memory, gone
+        with the command's namespace)."""
+        return bwrap_path() is not None
+
     def run_command(self, argv: list[str], extra_env: dict | None = None, network: bool = False,
                     read_only: tuple[str, ...] = (), mounts: tuple[tuple[str, str], ...] = (),
-                    root: str | None = None) -> int:
+                    root: str | None = None, tmp_size: int | None = None) -> int:
         """Run argv in the execution root; output is captured into the action's stdout/stderr.
 
         read_only: host paths (e.g. the Python interpreter and its site-packages, for an action kind
@@ -184,7 +190,8 @@ class ActionExecution:
         read-only (e.g. a staged environment at its prefix); they need bubblewrap.
         root: a directory relative to the execution root (e.g. an image's unpacked root filesystem) whose
         top-level entries make up `/` (read-only) instead of the host's /usr, /bin, /lib and /etc; needs
-        bubblewrap."""
+        bubblewrap.
+        tmp_size: a limit in bytes on the sandbox's private /tmp tmpfs (bubblewrap only)."""
         bwrap = bwrap_path()
         if (mounts or root is not None) and not bwrap:
             what = ", ".join(m[1] for m in mounts) or "a root filesystem"
@@ -205,7 +212,10 @@ class ActionExecution:
                         cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
                     elif os.path.isdir(f"/{name}"):
                         cmd += ["--ro-bind", f"/{name}", f"/{name}"]
-            cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            cmd += ["--proc", "/proc", "--dev", "/dev"]
+            if tmp_size:
+                cmd += ["--size", str(int(tmp_size))]
+            cmd += ["--tmpfs", "/tmp"]
             for path in read_only:
                 if os.path.exists(path):
                     cmd += ["--ro-bind", path, path]

@@ -111,7 +111,7 @@ class Nginx:
             daemon off;
             pid {workdir}/nginx.pid;
             error_log {workdir}/error.log;
-            events {{ worker_connections 64; }}
+            events {{ worker_connections 1024; }}
             http {{
                 access_log {workdir}/access.log;
                 client_body_temp_path {workdir}/body;

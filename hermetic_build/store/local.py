@@ -75,6 +75,12 @@ class LocalStore(Store):
         self.rejected_entries: list[tuple[str, str]] = []  # (action key, why) of malformed entries removed
         self._cas = str(self.cas_dir)
         self._tmp = str(self.tmp_dir)
+        # blobs this process hashed itself and put into the CAS: digest -> the stat of the committed
+        # file (inode, size, mtime, ctime). Reading one back while its stat is unchanged needs no
+        # second hash of its content (see fetch_file); anything else is verified as it is read.
+        self._fresh: dict[Digest, tuple] = {}
+        self._deferred = 0  # > 0 inside deferred_durability(): no fsync per write, one syncfs at its end
+        self._unsynced = False  # something was written since the last syncfs
         try:
             self._open_root()
         except OSError as exc:
@@ -207,12 +213,25 @@ class LocalStore(Store):
         return tempfile.mkstemp(dir=self._tmp, prefix=store_temp_prefix())
 
     def _commit(self, tmp: str, final, mode: int = 0o444) -> None:
+        self._unsynced = True
         os.chmod(tmp, mode)
         try:
             os.replace(tmp, final)
         except FileNotFoundError:  # a shard removed by hand: recreate it
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)
+
+    def _commit_blob(self, tmp: str, digest: Digest, fd: int | None = None) -> None:
+        """Commit a blob whose content this process has just hashed, and remember it as fresh.
+        fd: a descriptor of the same inode, if one is open (fstat is cheaper than a path lookup)."""
+        final = self._blob(digest)
+        self._commit(tmp, final)
+        st = os.fstat(fd) if fd is not None else os.stat(final)
+        if st.st_size == digest.size:
+            self._fresh[digest] = _identity(st)
+
+    def _is_fresh(self, digest: Digest, st: os.stat_result) -> bool:
+        return self._fresh.get(digest) == _identity(st)
 
     # ----- CAS -----------------------------------------------------------------------------
     def has_blob(self, digest: Digest) -> bool:
@@ -260,9 +279,9 @@ class LocalStore(Store):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                if fsync:
+                if fsync and not self._deferred:
                     os.fsync(f.fileno())
-            self._commit(tmp, self._blob(digest))
+            self._commit_blob(tmp, digest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -280,14 +299,14 @@ class LocalStore(Store):
                 while chunk := f.read(CHUNK):
                     hasher.update(chunk)
                     size += len(chunk)
-                if fsync:
+                if fsync and not self._deferred:
                     os.fsync(f.fileno())
             digest = Digest(hasher.hexdigest(), size)
             if self.has_blob(digest):
                 os.unlink(path)
                 return digest
             try:
-                self._commit(str(path), self._blob(digest))
+                self._commit_blob(str(path), digest)
                 return digest
             except OSError:  # another filesystem: fall back to copying
                 pass
@@ -311,7 +330,7 @@ class LocalStore(Store):
                     hasher.update(chunk)
                     size += len(chunk)
                 digest = Digest(hasher.hexdigest(), size)
-                if fsync:
+                if fsync and not self._deferred:
                     os.fsync(src.fileno())
                 if self.has_blob(digest):
                     os.unlink(name, dir_fd=dir_fd)
@@ -324,7 +343,7 @@ class LocalStore(Store):
                 else:
                     moved = os.stat(tmp, follow_symlinks=False)
                     if (moved.st_dev, moved.st_ino) == (st.st_dev, st.st_ino):
-                        self._commit(tmp, self._blob(digest))
+                        self._commit_blob(tmp, digest, src.fileno())
                         return digest
                     with contextlib.suppress(OSError):  # left for gc if it is a directory
                         os.unlink(tmp)
@@ -347,21 +366,43 @@ class LocalStore(Store):
                     dst.write(chunk)
                     size += len(chunk)
                 dst.flush()
-                if fsync:
+                if fsync and not self._deferred:
                     os.fsync(dst.fileno())
             digest = Digest(hasher.hexdigest(), size)
             if self.has_blob(digest):
                 os.unlink(tmp)
             else:
-                self._commit(tmp, self._blob(digest))
+                self._commit_blob(tmp, digest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         return digest
 
+    @contextlib.contextmanager
+    def deferred_durability(self):
+        """Within this block nothing is fsynced as it is written (blobs, action-cache entries); one
+        syncfs at its end makes all of it durable. Safe because every reader already distrusts
+        what a power loss could leave behind: an entry that is lost or truncated is malformed (a
+        miss, removed), a blob that is lost or short fails the size check of a cache hit, and one
+        with wrong content fails verification when it is read; the action then runs again. A
+        kill -9 loses nothing either way (every write is a temp file renamed into place)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._unsynced:
+                self._syncfs()
+
     def flush(self) -> None:
-        """Make every blob written so far durable (one syncfs instead of an fsync per file)."""
+        """Make every blob written so far durable (one syncfs instead of an fsync per file); inside
+        deferred_durability() the syncfs at its end does it."""
+        if not self._deferred:
+            self._syncfs()
+
+    def _syncfs(self) -> None:
+        self._unsynced = False
         fd = os.open(self.cas_dir, os.O_RDONLY)
         try:
             if _syncfs is None or _syncfs(fd) != 0:
@@ -378,6 +419,12 @@ class LocalStore(Store):
         with fin:
             out = NewFile(dest, dir_fd=dir_fd, mode=mode)
             try:
+                if self._is_fresh(digest, os.fstat(fin.fileno())):
+                    # hashed by this process as it went in, and unchanged since (same inode, size,
+                    # mtime, ctime): copied in the kernel, without hashing it a second time
+                    _copy_fd(fin.fileno(), out.file.fileno(), digest.size)
+                    out.commit()
+                    return True
                 hasher, size = blake3(), 0
                 while chunk := fin.read(CHUNK):
                     hasher.update(chunk)
@@ -459,7 +506,7 @@ class LocalStore(Store):
         with os.fdopen(fd, "wb") as f:
             f.write(result.encode())
             f.flush()
-            if fsync:
+            if fsync and not self._deferred:
                 os.fsync(f.fileno())
         self._commit(tmp, self._ac_path(key), 0o644)
 
@@ -524,3 +571,28 @@ class LocalStore(Store):
             if removed:
                 self._note_eviction()
             return {"removed": removed, "freed_bytes": freed, "remaining_bytes": total, "at": time.time()}
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _copy_fd(src: int, dst: int, size: int) -> None:
+    """Copy `size` bytes from the start of src to dst in the kernel (copy_file_range; sendfile where
+    the filesystems refuse it); the data never passes through Python."""
+    offset = 0
+    try:
+        while offset < size:
+            n = os.copy_file_range(src, dst, size - offset, offset, offset)
+            if n == 0:
+                break
+            offset += n
+    except OSError:  # e.g. EXDEV on older kernels, EINVAL on some filesystems
+        os.lseek(dst, offset, os.SEEK_SET)
+        while offset < size:
+            n = os.sendfile(dst, src, offset, size - offset)
+            if n == 0:
+                break
+            offset += n
+    if offset != size:
+        raise OSError(f"blob shorter than its digest says ({offset} of {size} bytes)")

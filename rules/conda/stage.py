@@ -52,14 +52,35 @@ def python_paths(extra: tuple[str, ...] = (str(WORKER),)) -> tuple[list[str], tu
     return sys_path, tuple(exposed)
 
 
+MEMORY_CACHE_MAX = 4 << 30  # the sandbox's /tmp, where the worker extracts packages, at most this
+EXPANSION_GUESS = 4  # installed bytes per archive byte assumed when choosing where packages go
+
+
+def memory_cache_limit() -> int:
+    """How much of the memory a stage may use for its package cache: a quarter of what is available
+    now, at most MEMORY_CACHE_MAX (the tmpfs takes memory only as files are written into it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
+    return min(MEMORY_CACHE_MAX, available // 4)
+
+
 def _stage(execution) -> None:
     params = execution.params
     sys_path, read_only = python_paths()
+    # packages are extracted into the sandbox's private /tmp (memory) where they fit, else on disk
+    archive_bytes = sum(os.path.getsize(execution.path(f)) for f in execution.action.inputs)
+    limit = memory_cache_limit() if execution.isolated else 0
+    in_memory = 0 < archive_bytes * EXPANSION_GUESS <= limit
     worker_params = {
         "sys_path": sys_path,
         "archives": {f.basename: f.path for f in execution.action.inputs},
         "out": execution.action.outputs[0].path,
-        "cache": "../tmp/pkgs",
+        "cache": "/tmp/hb-pkgs" if in_memory else "../tmp/pkgs",
+        "cache_in_memory": in_memory,
+        "fallback_cache": "../tmp/pkgs" if in_memory else "",
         "prefix": params["prefix"],
         "platform": params["platform"],
         "packages": params["packages"],
@@ -70,7 +91,8 @@ def _stage(execution) -> None:
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(worker_params))
     # -I: no PYTHON* variables, no user site, no working directory on sys.path (it holds the
     # untrusted archives); the worker adds the directories that hold rattler itself
-    code = execution.run_command([worker_python(), "-I", str(WORKER), PARAMS_FILE], read_only=read_only)
+    code = execution.run_command([worker_python(), "-I", str(WORKER), PARAMS_FILE], read_only=read_only,
+                                 tmp_size=limit if in_memory else None)
     if code != 0:
         _raise_worker_failure(execution, code)
 

@@ -9,7 +9,8 @@ flaw in their check or in rattler must not reach the host. Standalone on purpose
 library and rattler only): it is run as a script, without hb on its path.
 
 PARAMS.json: {"sys_path": [...], "archives": {filename: path}, "out": path, "cache": path,
-"prefix": "/opt/env", "platform": "linux-64", "packages": [{"filename", "url", ...}], and with PyPI
+"cache_in_memory": bool (the cache is on a size-limited tmpfs), "fallback_cache": path (on disk, used
+when the packages do not fit in memory), "prefix": "/opt/env", "platform": "linux-64", "packages": [{"filename", "url", ...}], and with PyPI
 wheels "python": "3.11", "wheels": [{"filename", "sha256", "name", "version", ...}]}; relative
 paths are relative to the working directory (the execution root). On failure it prints one line,
 `stage: <what went wrong>`, on stderr and exits 1.
@@ -27,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 
 # conda-meta fields that record where this machine happened to keep things
 _MACHINE_FIELDS = ("extracted_package_dir", "package_tarball_full_path")
+_LINK_HARDLINK, _LINK_COPY = 1, 3  # conda-meta link types (conda's LinkType)
 
 
 class StageError(Exception):
@@ -44,29 +47,52 @@ def stage(params: dict) -> str:
     from rattler import Config, Subdir
 
     out = os.path.abspath(params["out"])
-    cache = os.path.abspath(params["cache"])
-    os.makedirs(cache, exist_ok=True)
     packages = params["packages"]
     archives = {name: os.path.abspath(path) for name, path in params["archives"].items()}
     verify_archives(archives, packages)
 
-    async def install():
+    async def install(cache: str, hard_links: bool):
         records = [await rattler.RepoDataRecord.from_package_archive(archives[p["filename"]]) for p in packages]
         await rattler.install(
             records, target_prefix=out, cache_dir=cache, alternative_target_prefix=params["prefix"],
             platform=Subdir(params["platform"]), execute_link_scripts=False, show_progress=False,
-            config=Config.from_toml("allow-hard-links = false\nallow-ref-links = false"),
+            config=Config.from_toml(f"allow-hard-links = {'true' if hard_links else 'false'}\nallow-ref-links = false"),
         )
 
-    started = time.monotonic()
-    try:
-        asyncio.run(install())
-    except Exception as exc:  # noqa: BLE001 - rattler's install errors name the package
-        message = " ".join(str(exc).split())
-        raise StageError(f"installing into {params['prefix']} failed: {type(exc).__name__}: {message}") from None
+    # The package cache is private to this sandbox. Where the sandbox has a private /tmp (a tmpfs
+    # that vanishes with it), the packages are extracted there: no file of it touches the disk
+    # or has to be deleted, and the install copies each file into the prefix. Otherwise (too big
+    # for the memory it may use, or no bubblewrap) it is on disk and rattler hard-links from it,
+    # so no file is written twice; removing the cache then leaves each installed file with one
+    # link, so hb moves it into its CAS instead of copying it (a file with other links is copied).
+    caches = [(params["cache"], bool(params.get("cache_in_memory")))]
+    if params.get("fallback_cache"):
+        caches.append((params["fallback_cache"], False))
+    note = ""
+    for attempt, (cache, in_memory) in enumerate(caches):
+        cache = os.path.abspath(cache)
+        os.makedirs(cache, exist_ok=True)
+        started = time.monotonic()
+        try:
+            asyncio.run(install(cache, hard_links=not in_memory))
+        except Exception as exc:  # noqa: BLE001 - rattler's install errors name the package
+            message = " ".join(str(exc).split())
+            if in_memory and attempt + 1 < len(caches) and "os error 28" in message:
+                shutil.rmtree(cache, ignore_errors=True)  # the in-memory cache is full: again on disk
+                shutil.rmtree(out, ignore_errors=True)
+                note = "package cache did not fit in memory, installed again with it on disk; "
+                continue
+            raise StageError(f"installing into {params['prefix']} failed: {type(exc).__name__}: {message}") from None
+        break
     elapsed = time.monotonic() - started
+    started = time.monotonic()
+    if not in_memory:
+        shutil.rmtree(cache)
+    removed = time.monotonic() - started
     normalise_prefix(out, {p["filename"]: p for p in packages})
-    line = f"rattler.install: {len(packages)} packages in {elapsed:.2f}s"
+    where = "in memory" if in_memory else f"on disk, removed in {removed:.2f}s"
+    line = (f"rattler.install: {len(packages)} packages in {elapsed:.2f}s ({note}package cache {where}); "
+            f"conda-meta normalised in {time.monotonic() - started - removed:.2f}s")
     wheels = params.get("wheels") or []
     if wheels:
         started = time.monotonic()
@@ -117,6 +143,10 @@ def normalise_prefix(root, locked: dict[str, dict]) -> None:
         link = record.get("link")
         if isinstance(link, dict):
             link.pop("source", None)
+            if link.get("type") == _LINK_HARDLINK:
+                # linked from the sandbox's private package cache, which is gone: each file of the
+                # environment is its own copy, which is what the record says
+                link["type"] = _LINK_COPY
         entry = locked.get(record.get("fn"))
         if entry is not None:
             record["url"] = entry["url"]

@@ -321,3 +321,59 @@ def test_open_blob_streams_verified_content(tmp_path):
     store.blob_path(e).chmod(0o644)
     store.blob_path(e).write_bytes(b"longer than that")
     assert store.open_blob(e) is None and not store.has_blob(e)
+
+
+def test_a_blob_this_process_stored_is_copied_out_without_a_second_hash(tmp_path, monkeypatch):
+    """A blob hashed on its way in and unchanged since (same inode, size, mtime, ctime) is copied in
+    the kernel; verification is not repeated for it."""
+    import hermetic_build.store.local as local
+
+    store = LocalStore(tmp_path / "c")
+    data = os.urandom(3 << 20)
+    d = store.put_blob(data)
+    hashed = []
+    real = local.blake3
+    monkeypatch.setattr(local, "blake3", lambda *a, **k: hashed.append(1) or real(*a, **k))
+    assert store.fetch_file(d, tmp_path / "out", mode=0o640)
+    assert (tmp_path / "out").read_bytes() == data
+    assert oct((tmp_path / "out").stat().st_mode & 0o777) == "0o640"
+    assert hashed == []
+    # another store object (another process) has not hashed it: it verifies
+    assert LocalStore(tmp_path / "c").fetch_file(d, tmp_path / "out2")
+    assert hashed == [1]
+
+
+def test_a_fresh_blob_changed_in_place_is_verified_and_removed(tmp_path):
+    """Changing a blob's bytes after it was stored (its mtime/ctime change) ends the trust: the read
+    verifies, finds the change and removes the blob, as for any corrupt blob."""
+    store = LocalStore(tmp_path / "c")
+    d = store.put_blob(b"good content")
+    path = store.blob_path(d)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"evil")
+    assert not store.fetch_file(d, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not path.exists()
+    assert d in store.corrupt_removed
+
+
+def test_deferred_durability_writes_without_fsync_and_syncs_once(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "c")
+    fsyncs, syncs = [], []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+    real_syncfs = store._syncfs
+    monkeypatch.setattr(store, "_syncfs", lambda: syncs.append(1) or real_syncfs())
+    with store.deferred_durability():
+        pass
+    assert syncs == []  # nothing written: no syncfs (a no-op build stays cheap)
+    with store.deferred_durability():
+        d = store.put_blob(b"out")
+        (tmp_path / "f").write_bytes(b"file")
+        store.put_file(tmp_path / "f")
+        store.put_action_result("ab" * 32, ActionResult((OutputEntry("o", "file", d),)))
+        store.flush()  # a tree stored inside the block: its syncfs is the block's
+        assert fsyncs == [] and syncs == []
+    assert fsyncs == [] and syncs == [1]
+    assert store.get_action_result("ab" * 32).outputs[0].digest == d
+    store.put_blob(b"outside")  # outside the block every write is fsynced, as before
+    assert len(fsyncs) == 1

@@ -23,6 +23,10 @@ def _staged(tmp_path) -> dict[str, bytes]:
     meta = json.loads((prefix / "conda-meta/plain-1.0-0.json").read_text())
     assert "extracted_package_dir" not in meta and meta["url"] == "file:///nowhere"
     assert (prefix / "share/plain/b.txt").readlink() == Path("a.txt")
+    # one link per installed file, whether the package cache was in memory or hard-linked from
+    # disk: the collection moves them into the CAS instead of copying them
+    assert all(p.stat().st_nlink == 1 for p in prefix.rglob("*") if p.is_file() and not p.is_symlink())
+    assert meta["link"] == {"type": 3}  # a copy: nothing links to a package cache
     return {str(p.relative_to(prefix)): p.read_bytes() for p in sorted(prefix.rglob("*")) if p.is_file()}
 
 
@@ -57,3 +61,26 @@ def test_an_escaping_link_fails_the_stage_with_the_workers_one_line(tmp_path):
     failure, _, execution = stage_directly(tmp_path, package)
     assert failure is not None and failure.message == "installed link share/out -> ../../../etc escapes the prefix"
     assert bytes(execution.stderr).decode().strip().splitlines()[-1].startswith("stage: installed link share/out")
+
+
+def test_packages_that_do_not_fit_in_memory_are_staged_again_with_the_cache_on_disk(tmp_path, monkeypatch):
+    """The package cache goes into the sandbox's tmpfs, limited in size; a package that expands
+    beyond it (here 4 MiB of zeros, a few KiB compressed) fills it, and the stage starts again with
+    the cache on disk: same tree, one link per file."""
+    require_tool("bwrap")
+    import rules.conda.stage
+
+    big = Package(name="plain", members=(*PACKAGE.members, file("share/plain/zeros.bin", bytes(4 << 20))))
+    (tmp_path / "a").mkdir()
+    failure, prefix, execution = stage_directly(tmp_path / "a", big)
+    assert failure is None, bytes(execution.stderr).decode()
+    assert b"package cache in memory" in execution.stdout
+    expected = {str(p.relative_to(prefix)): p.read_bytes() for p in sorted(prefix.rglob("*")) if p.is_file()}
+    monkeypatch.setattr(rules.conda.stage, "memory_cache_limit", lambda: 1 << 20)
+    (tmp_path / "b").mkdir()
+    failure, prefix, execution = stage_directly(tmp_path / "b", big)
+    assert failure is None, bytes(execution.stderr).decode()
+    assert b"package cache did not fit in memory, installed again with it on disk" in execution.stdout
+    assert {str(p.relative_to(prefix)): p.read_bytes() for p in sorted(prefix.rglob("*")) if p.is_file()} == expected
+    assert (prefix / "share/plain/zeros.bin").stat().st_nlink == 1
+    assert (execution.sandbox_dir / "tmp").is_dir() and not (execution.sandbox_dir / "tmp/pkgs").exists()
