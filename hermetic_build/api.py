@@ -8,7 +8,7 @@ from .label import Label
 from .lock import LockOutcome, LockRequest
 from .publish import PublishRequest
 from .attest import check_statement, envelope_bytes
-from .referrers import DSSE_TYPE, artifact_manifest, has_referrers_api, layout_artifacts
+from .referrers import DSSE_TYPE, artifact_manifest, canonical as canonical_oci_json, descriptor, has_referrers_api, layout_artifacts, sha256_of
 from .registry import RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
 from .rule import DefaultInfo, Provider, attr, rule
 from .sandbox import ActionExecution
@@ -22,5 +22,5 @@ __all__ = [
     "host_platform", "lookup_tree", "register_action_kind", "resolve_source", "rule", "store_tree", "walk_tree",
     "MissingBlob", "PublishRequest", "RegistryAuthError", "RegistryClient", "RegistryError", "RegistryRef",
     "RegistryUnavailable", "RegistryPushError", "RemoteError", "TreeEntry", "UsageError", "canonical_json",
-    "DSSE_TYPE", "artifact_manifest", "check_statement", "envelope_bytes", "has_referrers_api", "layout_artifacts",
+    "DSSE_TYPE", "artifact_manifest", "canonical_oci_json", "descriptor", "sha256_of", "check_statement", "envelope_bytes", "has_referrers_api", "layout_artifacts",
 ]

@@ -3,12 +3,13 @@ with one canonical JSON encoding so that the same inputs always give the same ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from hermetic_build.api import canonical_oci_json, descriptor, sha256_of  # noqa: F401 - re-exported
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -16,16 +17,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-def canonical(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def sha256_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def descriptor(media_type: str, data: bytes, **extra) -> dict:
-    return {"mediaType": media_type, "digest": sha256_of(data), "size": len(data), **extra}
+canonical = canonical_oci_json  # OCI JSON as hb writes it: sorted keys, no spaces (hermetic_build/referrers.py)
 
 
 def epoch_rfc3339(epoch: int) -> str:
