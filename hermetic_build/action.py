@@ -116,13 +116,17 @@ class ActionKind:
     # False: directory inputs are not copied into the sandbox; the implementation reads them from
     # the store (ActionExecution.input_tree), e.g. to stream a tree into a tar layer.
     stage_inputs: bool = True
+    # True: never sent to a remote executor (it needs the network, e.g. a fetch, or a local daemon,
+    # or it only records facts in this machine's cache).
+    local_only: bool = False
 
 
 _KINDS: dict[str, ActionKind] = {}
 
 
-def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs)
+def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
+                         local_only: bool = False) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, local_only)
     _KINDS[name] = kind
     return kind
 
