@@ -127,7 +127,7 @@ class BotWorker:
                 self.log(f"hb worker {self.bot_id}: {code.name}: {exc.details()}; retrying")
                 time.sleep(min(0.2 * 2 ** failures, 5))
                 continue
-            if job is not None and job["result"] is not None and not any(
+            if job is not None and job["lease"] in self.done and not any(
                     lease.id == job["lease"] and lease.state == bp.LeaseState.Value("COMPLETED")
                     for lease in session.leases):
                 job = None  # the engine has taken the result
@@ -139,6 +139,7 @@ class BotWorker:
                             and lease.id not in self.done:
                         lease.state = bp.LeaseState.Value("ACTIVE")
                         job = {"lease": lease.id, "result": None}
+                        self.log(f"hb worker {self.bot_id}: leased {lease.id}")
                         payload = lease.payload
 
                         def work(job=job, payload=payload):
