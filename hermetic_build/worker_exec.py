@@ -22,7 +22,7 @@ from .action import get_action_kind
 from .anchored import FILE_FLAGS, RefusedPath, open_directory
 from .errors import ActionFailed, HbError
 from .rexec.description import DESCRIPTION_PATH, MAX_DESCRIPTION_BYTES, BadDescription, decode
-from .sandbox import ActionExecution, prepare_sandbox
+from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import OutputEntry
 from .store.local import LocalStore
 from .tree import MissingBlob, materialize_tree, store_tree
@@ -134,6 +134,8 @@ def run(root: Path) -> int:
             raise MissingBlob(entry.digest)
     sys.stdout.buffer.write(bytes(execution.stdout))
     sys.stderr.buffer.write(bytes(execution.stderr))
+    if bwrap_path() is None:  # said on every action that ran unsandboxed on this worker
+        print(f"hb worker_exec: {isolation_note()}", file=sys.stderr)
     return 0
 
 

@@ -42,6 +42,7 @@ BACKOFF_SECONDS = 0.2
 GRPC_MESSAGE_LIMIT = 4 << 20  # grpcio's default maximum message size, both ways
 BATCH_OVERHEAD = 64 << 10  # room for the request's other fields within a batch
 STREAM_CHUNK = 1 << 20  # ByteStream chunk size
+ITEM_OVERHEAD = 192  # bytes a blob adds to a batch message besides its data (digest, status, framing)
 FIND_MISSING_BATCH = 10_000
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -576,12 +577,12 @@ class ReapiStore(Store):
             if size > self.batch_limit:
                 self._stream_write(sha, size, source)
             else:
-                if batch and total + size > self.batch_limit:
+                if batch and total + size + ITEM_OVERHEAD > self.batch_limit:
                     self._batch_update(batch)
                     batch, total = [], 0
                 data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
                 batch.append((sha, bytes(data)))
-                total += size
+                total += size + ITEM_OVERHEAD
             sent += size
         if batch:
             self._batch_update(batch)
@@ -628,11 +629,11 @@ class ReapiStore(Store):
                 sink(item.digest.hash, item.data)
 
         for sha, size in sorted(wanted.items(), key=lambda item: item[1]):
-            if batch and (total + size > self.batch_limit or len(batch) >= 5000):
+            if batch and (total + size + ITEM_OVERHEAD > self.batch_limit or len(batch) >= 5000):
                 flush()
                 batch, total = [], 0
             batch.append((sha, size))
-            total += size
+            total += size + ITEM_OVERHEAD
         if batch:
             flush()
 
