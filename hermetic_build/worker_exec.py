@@ -25,7 +25,7 @@ from .rexec.description import DESCRIPTION_PATH, MAX_DESCRIPTION_BYTES, BadDescr
 from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import OutputEntry
 from .store.local import LocalStore
-from .tree import MissingBlob, materialize_tree, store_tree
+from .tree import MissingBlob, materialize_tree, restore_special_bits, store_tree
 from .workspace import Settings
 
 REFUSED = 2
@@ -130,6 +130,9 @@ def run(root: Path) -> int:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if entry.kind == "dir":
             materialize_tree(store, entry.digest, dest)
+            # the action's own output, about to be read back by the worker: keep setgid and sticky
+            # bits (a base image's /tmp is 1777), so the tree the client rebuilds has this digest
+            restore_special_bits(store, entry.digest, dest)
         elif not store.fetch_file(entry.digest, dest, mode=0o755 if entry.executable else 0o644):
             raise MissingBlob(entry.digest)
     sys.stdout.buffer.write(bytes(execution.stdout))

@@ -32,7 +32,7 @@ from ..anchored import RefusedPath, open_directory
 from ..sandbox import FIXED_PATH
 from ..store.reapi import ReapiStore
 from ..store.remote import Signer
-from ..tree import materialize_tree, store_tree
+from ..tree import materialize_tree, restore_special_bits, store_tree
 from .description import DESCRIPTION_PATH, BadDescription, check_path
 from .merkle import BlobIngest, RemoteTreeError, Upload, fetch_directories, hb_tree_to_reapi, reapi_tree_to_hb
 
@@ -79,6 +79,7 @@ class BotWorker:
         self.properties = (("OSFamily", "linux"),) + tuple(properties)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hb-worker-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)  # input roots may hold setuid/setgid bits: only this user enters
         self.store = LocalStore(cache or self.workdir / "cache")
         self.ingest = BlobIngest(self.cas, self.store)
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -234,6 +235,7 @@ class BotWorker:
                                                     action.input_root_digest.size_bytes)
             tree = reapi_tree_to_hb(pb, directory, children, self.ingest)
             materialize_tree(self.store, tree, root)
+            restore_special_bits(self.store, tree, root)  # e.g. a base image's /tmp (1777): workdir is 0700
             timeout = action.timeout.seconds or None
             try:
                 proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,

@@ -16,7 +16,7 @@ from hermetic_build.rexec import description
 from hermetic_build.rexec.merkle import (BlobIngest, InputRoot, RemoteTreeError, Upload, hb_tree_to_reapi,
                                          reapi_tree_to_hb)
 from hermetic_build.store.local import LocalStore
-from hermetic_build.tree import materialize_tree, store_tree
+from hermetic_build.tree import materialize_tree, restore_special_bits, store_tree
 
 
 class FakeCas:
@@ -52,6 +52,7 @@ def _sample(root):
     (root / "lib" / "same.txt").write_text("data\n")
     os.symlink("deep/data.txt", root / "lib" / "link")
     os.chmod(root / "lib" / "same.txt", 0o600)
+    os.chmod(root / "lib" / "empty", 0o1777)  # a sticky /tmp, as a base image has
 
 
 def _roundtrip(tmp_path, root_dir):
@@ -83,6 +84,10 @@ def test_tree_roundtrip_keeps_the_hb_digest_modes_and_links(tmp_path):
     assert (out / "bin" / "tool").stat().st_mode & 0o777 == 0o755
     assert (out / "lib" / "deep").stat().st_mode & 0o777 == 0o750
     assert (out / "lib" / "same.txt").stat().st_mode & 0o777 == 0o600
+    assert (out / "lib" / "empty").stat().st_mode & 0o7777 == 0o777  # materialize_tree: permission bits only
+    restore_special_bits(other, back, out)
+    assert (out / "lib" / "empty").stat().st_mode & 0o7777 == 0o1777
+    assert store_tree(other, out) == tree  # read back: the same tree
 
 
 def _directory(**lists):
