@@ -126,7 +126,7 @@ genrule(name = "all", srcs = [":g%d" % i for i in range(N)], outs = ["all.txt"],
 
 
 def run_measured(argv: list[str], cwd: Path, env: dict) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in KiB of the hb process, stdout): hb runs as a user runs it, a child of
+    """(wall seconds, peak RSS in KiB of the hb process, its --json "actions"): hb runs as a user runs it, a child of
     a forked helper whose getrusage(RUSAGE_CHILDREN) then holds only that hb process."""
     import resource
     import subprocess
@@ -139,7 +139,11 @@ def run_measured(argv: list[str], cwd: Path, env: dict) -> tuple[float, int, str
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        os.write(write, json.dumps([wall, rss, proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]]).encode())
+        try:
+            actions = json.loads(proc.stdout)["actions"]
+        except (ValueError, KeyError):
+            actions = None
+        os.write(write, json.dumps([wall, rss, proc.returncode, actions, proc.stderr[-2000:]]).encode())
         os._exit(0)
     os.close(write)
     chunks = []
@@ -185,8 +189,8 @@ def remote_execution(n: int, reps: int = 3) -> None:
                 argv = hb + ["build", "--json", "//p:all"]
                 argv += ["-j", "2"] if not want else ["-j", "8", "--remote-executor", server.url]
                 os.sync()
-                wall, rss, out = run_measured(argv, root, run_env)
-                assert json.loads(out)["actions"]["executed"] == n + 1
+                wall, rss, actions = run_measured(argv, root, run_env)
+                assert actions == {"executed": n + 1, "cached": 0}, actions
                 results[config].append((wall, rss))
                 print(f"  rep {rep + 1} {config}: {wall:.2f} s, hb peak RSS {rss / 1024:.0f} MiB", flush=True)
         base = statistics.median(w for w, _ in results["local -j 2"])
