@@ -73,7 +73,6 @@ class RemoteExecutor:
                               instance_name=instance_name, local=local)
         self.pb = self.cas.protos
         from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-        from buildgrid._protos.google.longrunning import operations_pb2  # noqa: F401 - Operation's module
 
         self._grpc = self.cas._grpc
         self.execution = re_grpc.ExecutionStub(self.cas.channel)
@@ -159,8 +158,6 @@ class RemoteExecutor:
         """Execute, following the operation until it is done; WaitExecution when the stream ends
         or breaks; UNAVAILABLE retried with backoff. Returns the ExecuteResponse."""
         grpc, pb = self._grpc, self.pb
-        from buildgrid._protos.google.longrunning import operations_pb2  # noqa: F401
-
         name, failures, last = None, 0, ""
         while failures <= EXECUTE_RETRIES:
             try:

@@ -15,6 +15,7 @@ worker that dies stops heartbeating and the engine gives its lease to another wo
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import signal
@@ -34,7 +35,8 @@ from ..store.reapi import ReapiStore
 from ..store.remote import Signer
 from ..tree import materialize_tree, restore_special_bits, store_tree
 from .description import DESCRIPTION_PATH, BadDescription, check_path
-from .merkle import BlobIngest, RemoteTreeError, Upload, fetch_directories, hb_tree_to_reapi, reapi_tree_to_hb
+from .merkle import (BlobIngest, RemoteTreeError, Upload, fetch_directories, hb_tree_to_reapi, reapi_tree_to_hb,
+                     sha256_of_blob)
 
 HEARTBEAT = 1.0  # seconds between UpdateBotSession calls while an action runs
 LONG_POLL = 20.0  # seconds an idle UpdateBotSession may wait for work
@@ -82,6 +84,7 @@ class BotWorker:
         os.chmod(self.workdir, 0o700)  # input roots may hold setuid/setgid bits: only this user enters
         self.store = LocalStore(cache or self.workdir / "cache")
         self.ingest = BlobIngest(self.cas, self.store)
+        self._sha_memo: dict = {}  # BLAKE3 hex -> SHA-256 hex of blobs of self.store
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.done: set[str] = set()
         self.ran = 0
@@ -121,7 +124,8 @@ class BotWorker:
                     continue
                 if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
                             grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.DATA_LOSS):
-                    self.log(f"hb worker {self.bot_id}: session lost ({code.name}: {exc.details()}); starting a new one")
+                    self.log(f"hb worker {self.bot_id}: session lost ({code.name}: {exc.details()}); "
+                             "starting a new one")
                     session = None
                     continue
                 failures += 1
@@ -202,8 +206,6 @@ class BotWorker:
         if payload.Is(pb.Action.DESCRIPTOR):
             action = pb.Action()
             payload.Unpack(action)
-            import hashlib
-
             return action, hashlib.sha256(action.SerializeToString(deterministic=True)).hexdigest()
         if payload.Is(pb.Digest.DESCRIPTOR):
             digest = pb.Digest()
@@ -249,8 +251,6 @@ class BotWorker:
             if exit_code == 0:
                 self._collect(root, outputs, result, upload)
             for data, field in ((stdout, "stdout_digest"), (stderr, "stderr_digest")):
-                import hashlib
-
                 sha = hashlib.sha256(data).hexdigest()
                 upload.blobs[sha] = (len(data), data)
                 getattr(result, field).CopyFrom(pb.Digest(hash=sha, size_bytes=len(data)))
@@ -299,23 +299,16 @@ class BotWorker:
             os.close(root_fd)
 
     def ingest_sha(self, digest) -> str:
-        from .merkle import sha256_of_blob
-
-        memo = getattr(self, "_sha_memo", None)
-        if memo is None:
-            memo = self._sha_memo = {}
-        sha = sha256_of_blob(self.store, digest, memo)
+        """The SHA-256 of a blob of this worker's store (remembered both ways)."""
+        sha = sha256_of_blob(self.store, digest, self._sha_memo)
         self.ingest.memo[sha] = digest
         return sha
 
     def _tree_message(self, tree, upload: Upload):
         """A REAPI Tree (root + every subdirectory) of an hb tree, with its blobs added to upload."""
         pb = self.pb
-        memo = getattr(self, "_sha_memo", None)
-        if memo is None:
-            memo = self._sha_memo = {}
         local = Upload()
-        root_sha, _size = hb_tree_to_reapi(pb, self.store, tree, local, memo, {})
+        root_sha, _size = hb_tree_to_reapi(pb, self.store, tree, local, self._sha_memo, {})
         upload.blobs.update(local.blobs)
         messages = {}
         for sha, (_n, data) in local.blobs.items():
@@ -335,8 +328,6 @@ class BotWorker:
             stack.extend(d.digest.hash for d in child.directories)
         message = pb.Tree(root=root, children=children)
         data = message.SerializeToString(deterministic=True)
-        import hashlib
-
         sha = hashlib.sha256(data).hexdigest()
         upload.blobs[sha] = (len(data), data)
         return pb.Digest(hash=sha, size_bytes=len(data))
