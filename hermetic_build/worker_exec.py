@@ -142,7 +142,24 @@ def run(root: Path) -> int:
     return 0
 
 
+def die_with_worker() -> None:
+    """Started by `hb worker` (HB_WORKER_PID): SIGKILL when it dies, and stop now if it is gone already."""
+    pid = os.environ.pop("HB_WORKER_PID", "")
+    if not pid.isdigit():
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(pid):
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_worker()
     argv = sys.argv[1:] if argv is None else argv
     if argv not in ([], [DESCRIPTION_PATH]):
         print(f"usage: python -m hermetic_build.worker_exec {DESCRIPTION_PATH}", file=sys.stderr)

@@ -14,7 +14,6 @@ worker that dies stops heartbeating and the engine gives its lease to another wo
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import shutil
@@ -52,14 +51,6 @@ class LeaseRefused(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the worker dies (kill -9 of the worker ends its action too)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class BotWorker:
@@ -231,6 +222,9 @@ class BotWorker:
                 raise LeaseRefused(code.INVALID_ARGUMENT, f"environment variable {var.name[:40]!r} is not a name")
             env[var.name] = var.value
         env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+        # worker_exec ends itself when this worker dies (kill -9 of the worker ends its action too); not a
+        # preexec_fn: Python code between fork and exec aborts in gRPC's fork handlers
+        env["HB_WORKER_PID"] = str(os.getpid())
         root = self.workdir / f"action-{uuid.uuid4().hex}"
         try:
             directory, children = fetch_directories(self.cas, pb, action.input_root_digest.hash,
@@ -241,8 +235,7 @@ class BotWorker:
             timeout = action.timeout.seconds or None
             try:
                 proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,
-                                      capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
-                                      preexec_fn=_die_with_parent)
+                                      capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
                 exit_code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
             except subprocess.TimeoutExpired as exc:
                 raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s") from exc

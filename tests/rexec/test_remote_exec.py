@@ -127,12 +127,16 @@ def test_example_stage_and_layers_run_remotely_with_identical_outputs(tmp_path, 
     logs_before = [w.log_path.read_text() for w in workers]
     local = copy_example(tmp_path / "local" / "examples", tmp_path / "local" / "cache")
     remote = copy_example(tmp_path / "remote" / "examples", tmp_path / "remote" / "cache")
-    want = local.build_json("//env:nlp", "//env:nlp-env")
-    got = json.loads(remote.hb("build", "--json", "-j", "4", "--remote-executor", server.url, "//env:nlp",
-                               "//env:nlp-env", timeout=900).stdout)
-    assert got["targets"]["//env:nlp-env"] == want["targets"]["//env:nlp-env"]
-    index = "hb-out/env/nlp/index.json"
-    assert (remote.root / index).read_bytes() == (local.root / index).read_bytes()
-    new_lines = "".join(w.log_path.read_text()[len(b):] for w, b in zip(workers, logs_before))
+    labels = ("//env:nlp", "//env:nlp-env", "//data:merged")
+    want = local.build_json(*labels)
+    got = json.loads(remote.hb("build", "--json", "-j", "4", "--remote-executor", server.url, *labels,
+                               timeout=900).stdout)
+    assert got["targets"] == want["targets"]  # every output by digest: the environment tree, the layout, the csv
+    for rel in ("hb-out/env/nlp/index.json", "hb-out/data/merged/merged.csv"):
+        assert (remote.root / rel).read_bytes() == (local.root / rel).read_bytes()
+    new_logs = [w.log_path.read_text()[len(b):] for w, b in zip(workers, logs_before)]
+    new_lines = "".join(new_logs)
     assert "ran conda.stage " in new_lines and "ran oci.layers " in new_lines, new_lines
+    assert "ran shell " in new_lines  # the example's genrules
+    assert all(" ran " in log for log in new_logs), new_logs  # both workers ran work
     assert "ran conda.fetch " not in new_lines and "ran wheel.fetch " not in new_lines  # local-only
