@@ -11,6 +11,8 @@ beside it).
 
     python3 benchmarks/remote.py            # everything
     python3 benchmarks/remote.py grpc       # only the REAPI cache: per-request, then second machine
+    python3 benchmarks/remote.py exec [N]   # remote execution: an N-genrule fan-out (default 200) built
+                                            # locally with -j 2 vs on 1 and 2 `hb worker`s of a BuildGrid
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,10 +226,103 @@ def grpc_vs_http(tmp: Path, servers: list, runs: int) -> tuple[str, Bench]:
     return bgd.url, bench
 
 
+FANOUT = """\
+[genrule(name = "g%d" % i, srcs = ["in.txt"], outs = ["g%d.txt" % i], cmd = "(echo %d; cat $(SRCS)) > $(OUTS)" % i)
+ for i in range(N)]
+genrule(name = "all", srcs = [":g%d" % i for i in range(N)], outs = ["all.txt"], cmd = "cat $(SRCS) > $(OUTS)")
+"""
+
+
+def run_measured(argv: list[str], cwd: Path, env: dict) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in KiB of the hb process, its --json "actions"): hb runs as a user runs it, a child of
+    a forked helper whose getrusage(RUSAGE_CHILDREN) then holds only that hb process."""
+    import resource
+    import subprocess
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper
+        os.close(read)
+        started = time.perf_counter()
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        try:
+            actions = json.loads(proc.stdout)["actions"]
+        except (ValueError, KeyError):
+            actions = None
+        os.write(write, json.dumps([wall, rss, proc.returncode, actions, proc.stderr[-2000:]]).encode())
+        os._exit(0)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 1 << 16):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    wall, rss, code, out, err = json.loads(b"".join(chunks))
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {code}: {err}")
+    return wall, rss, out
+
+
+def remote_execution(n: int, reps: int = 3) -> None:
+    """An n-genrule fan-out (each genrule: one small file from one source) plus the genrule that
+    gathers them, built from an empty cache: locally with -j 2, and with --remote-executor on one and
+    on two hb workers of a BuildGrid (Execution + Bots, PostgreSQL scheduler) on this machine, with
+    -j 8 (actions in flight). Each repetition changes the source, so neither cache can answer."""
+    import statistics
+
+    from support import BuildGridExecution
+
+    tmp = Path(tempfile.mkdtemp(prefix="hb-bench-rexec-"))
+    server = BuildGridExecution(tmp / "bgd", keepalive=30)
+    workers = []
+    results: dict[str, list[tuple[float, int]]] = {"local -j 2": [], "1 remote worker": [], "2 remote workers": []}
+    try:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        hb = [sys.executable, "-m", "hermetic_build.cli"]
+        for rep in range(reps):
+            for config in results:
+                want = {"1 remote worker": 1, "2 remote workers": 2}.get(config, 0)
+                while len(workers) < want:
+                    workers.append(server.worker(tmp / "workers", f"w{len(workers) + 1}"))
+                while len(workers) > want:
+                    workers.pop().stop()
+                root = tmp / f"ws-{rep}-{config.replace(' ', '-')}"
+                (root / "p").mkdir(parents=True)
+                (root / "hermetic.toml").write_text("")
+                (root / "p" / "BUILD.hermetic").write_text(FANOUT.replace("range(N)", f"range({n})"))
+                (root / "p" / "in.txt").write_text(f"repetition {rep} {config}\n")
+                run_env = {**env, "HB_CACHE_DIR": str(tmp / f"cache-{rep}-{config.replace(' ', '-')}")}
+                argv = hb + ["build", "--json", "//p:all"]
+                argv += ["-j", "2"] if not want else ["-j", "8", "--remote-executor", server.url]
+                os.sync()
+                wall, rss, actions = run_measured(argv, root, run_env)
+                assert actions == {"executed": n + 1, "cached": 0}, actions
+                results[config].append((wall, rss))
+                print(f"  rep {rep + 1} {config}: {wall:.2f} s, hb peak RSS {rss / 1024:.0f} MiB", flush=True)
+        base = statistics.median(w for w, _ in results["local -j 2"])
+        print(f"[exec] {n}-genrule fan-out from an empty cache, {reps} repetitions, whole hb process wall time "
+              f"(baseline: hb build -j 2, all actions in local bubblewrap sandboxes):")
+        for config, rows in results.items():
+            walls = [w for w, _ in rows]
+            med = statistics.median(walls)
+            print(f"  {config:18s} min {min(walls):7.2f} s  median {med:7.2f} s  ratio to local {med / base:5.2f}  "
+                  f"hb peak RSS {max(r for _, r in rows) / 1024:.0f} MiB")
+    finally:
+        for w in workers:
+            w.stop()
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         name, url, offset = sys.argv[2:5]
         print(json.dumps(CHILDREN[name](url, int(offset))))
+        return
+    if sys.argv[1:2] == ["exec"]:
+        remote_execution(int(sys.argv[2]) if len(sys.argv) > 2 else 200)
         return
     from support import NginxCache, Registry
 

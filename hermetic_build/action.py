@@ -128,14 +128,17 @@ class ActionKind:
     # calls it once, in a background thread, when a build that includes actions of this kind starts
     # running actions: slow imports then overlap other work instead of sitting on the critical path.
     warm: Callable | None = None
+    # True: never sent to a remote executor (it needs the network, e.g. a fetch, or a local daemon,
+    # or it only records facts in this machine's cache).
+    local_only: bool = False
 
 
 _KINDS: dict[str, ActionKind] = {}
 
 
 def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
-                         warm: Callable | None = None) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs, warm)
+                         warm: Callable | None = None, local_only: bool = False) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, warm, local_only)
     _KINDS[name] = kind
     return kind
 

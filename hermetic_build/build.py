@@ -82,6 +82,7 @@ class RemoteOptions:
     upload: bool | None = None  # None: the workspace setting
     required: bool = False
     timeout: int | None = None
+    executor: str | None = None  # --remote-executor URL
 
 
 class Session:
@@ -110,11 +111,31 @@ class Session:
             self.store = TieredStore(self.local_store, self.remote, upload=upload)
             if remote.required:
                 self.remote.probe(upload)
+        self.remote_executor = None
+        executor_url = remote.executor or self.settings.remote_executor
+        if executor_url:
+            self.remote_executor = self._open_executor(executor_url, remote.timeout or self.settings.remote_timeout)
         ws_id = blake3(str(workspace.root).encode()).hexdigest()[:16]
         self.state_dir = self.settings.cache_dir / "workspaces" / ws_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rules = None
         self._analyses: dict[tuple, AnalysisResult] = {}
+
+    def _open_executor(self, url: str, timeout: int):
+        from .errors import UsageError
+
+        try:
+            from .rexec.client import RemoteExecutor
+
+            return RemoteExecutor(url, local=self.local_store, store=self.store, timeout=timeout,
+                                  instance_name=self.settings.remote_instance_name or None,
+                                  cafile=os.environ.get("HB_REMOTE_CA"))
+        except ImportError as exc:
+            raise UsageError(f"--remote-executor needs the reapi extra: {exc}",
+                             hint="pip install 'hermetic-build[reapi]' (buildgrid, grpcio)") from None
+        except ValueError as exc:
+            raise UsageError(f"bad remote executor URL {url!r}: {exc}",
+                             hint="grpc://host:port, grpcs://host:port or grpc://host:port/INSTANCE") from None
 
     # ----- rules ---------------------------------------------------------------------------------
     def rules(self):
@@ -228,7 +249,7 @@ class Session:
         return Executor(self.workspace, self.store, analysis.actions,
                         FileDigestCache(self.state_dir / "file-digests.pickle"),
                         jobs=self.jobs, reporter=self.reporter, keep_sandbox=self.keep_sandbox,
-                        load_kinds=self.rules)
+                        load_kinds=self.rules, remote_executor=self.remote_executor)
 
     def build(self, patterns: list[str], current_package: str = "") -> BuildSummary:
         started = time.monotonic()

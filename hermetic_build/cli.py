@@ -78,12 +78,16 @@ def main(ctx, workspace):
 @click.option("--keep-sandbox", is_flag=True, help="Keep the sandbox of a failed action for inspection.")
 @click.option("--quiet", "-q", is_flag=True)
 @remote_options
+@click.option("--remote-executor", metavar="URL", help="grpc(s)://host:port[/instance]: run actions on a REAPI "
+              "engine's workers (default: remote_executor in hermetic.toml); fetches stay local.")
 @click.pass_obj
 def build(obj, labels, jobs, as_json, keep_sandbox, quiet, remote_cache, remote_upload, remote_required,
-          remote_timeout):
+          remote_timeout, remote_executor):
     """Build LABELS (//pkg:name, :name, //pkg/..., //pkg:all)."""
+    from .build import RemoteOptions
+
     session = _session(obj, jobs, keep_sandbox, quiet,
-                       _remote(remote_cache, remote_upload, remote_required, remote_timeout))
+                       RemoteOptions(remote_cache, remote_upload, remote_required, remote_timeout, remote_executor))
     summary = session.build(list(labels), _current_package(session))
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
@@ -549,6 +553,32 @@ def _human(n: int) -> str:
     return f"{n:.1f} TiB"
 
 
+
+
+@main.command()
+@click.option("--bots", "url", required=True, metavar="URL",
+              help="grpc(s)://host:port of an engine's Remote Workers API (Bots service), e.g. BuildGrid.")
+@click.option("--instance", default="", help="The engine's instance name (the Bots session parent).")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where input roots are laid out (default: a new temporary directory).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="The worker's blob cache, kept between actions (default: under --workdir).")
+@click.option("--id", "bot_id", default=None, help="The bot id (default: hb-<host>-<pid>).")
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
+              help="A platform property this worker offers besides OSFamily=linux (e.g. hb-kind=conda.stage).")
+@click.option("--max-actions", type=int, default=None, help="Exit after running this many actions.")
+def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions):
+    """Lease hb actions from a REAPI engine's Bots service and run them (with bubblewrap, as hb does)."""
+    try:
+        from .rexec.worker import main as worker_main
+    except ImportError as exc:
+        raise UsageError(f"hb worker needs the reapi extra: {exc}",
+                         hint="pip install 'hermetic-build[reapi]' (buildgrid, grpcio)") from None
+    try:
+        sys.exit(worker_main(url, instance, workdir, cache_dir, bot_id, properties, max_actions))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -44,7 +44,8 @@ class BuildStats:
 
 class Executor:
     def __init__(self, workspace, store, actions: list[Action], file_cache: FileDigestCache, *,
-                 jobs: int, reporter, keep_sandbox: bool = False, env: dict | None = None, load_kinds=None):
+                 jobs: int, reporter, keep_sandbox: bool = False, env: dict | None = None, load_kinds=None,
+                 remote_executor=None):
         self.workspace = workspace
         self.store = store
         self.actions = actions
@@ -64,6 +65,7 @@ class Executor:
         self._warming = False
         self._deleter: ThreadPoolExecutor | None = None
         self._deletions: list = []
+        self.remote_executor = remote_executor  # rexec.client.RemoteExecutor: runs what is not local-only
 
     # ----- scheduling ---------------------------------------------------------------------------
     def closure(self, files: list[File]) -> list[int]:
@@ -293,6 +295,11 @@ class Executor:
             kind = get_action_kind(action.kind)
         if kind is None:
             raise ActionFailed(f"{action.owner}: no implementation registered for action kind {action.kind!r}")
+        if self.remote_executor is not None and not kind.local_only:
+            result = self._execute_remotely(action)
+            if result is not None:
+                self.store.put_action_result(key, result)
+                return result
         if not self._isolation_reported and bwrap_path() is None:
             self._isolation_reported = True
             self.reporter.warn(isolation_note())
@@ -332,6 +339,25 @@ class Executor:
         finally:
             if ok or not self.keep_sandbox:
                 self._discard(sandbox)
+
+    def _execute_remotely(self, action: Action) -> ActionResult | None:
+        """The result of running `action` on the remote executor; None when the engine is unreachable
+        (then this and every later action of the build run locally, after one warning)."""
+        from .store.remote import RemoteAuthError, RemoteUnavailable
+
+        sources = {f.path: self.workspace.source_file(f.path) for f in action.inputs if f.is_source}
+        entries = {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}
+        env = {k: self.env[k] for k in action.env_allowlist if k in self.env}
+        try:
+            return self.remote_executor.execute(action, sources, entries, env,
+                                                self.workspace.settings.source_date_epoch)
+        except (RemoteUnavailable, RemoteAuthError) as exc:
+            with self._lock:
+                if self.remote_executor is None:
+                    return None
+                self.remote_executor = None
+            self.reporter.warn(f"remote executor unavailable ({exc}); running the remaining actions locally")
+            return None
 
     def _collect_outputs(self, action: Action, execution, sandbox: Path) -> list[OutputEntry]:
         """Move the declared outputs into the CAS through descriptors anchored at the sandbox

@@ -231,6 +231,7 @@ class ActionExecution:
             proc = subprocess.run(argv, cwd=self.execroot, env=env, capture_output=True, stdin=subprocess.DEVNULL)
         self.stdout += proc.stdout
         self.stderr += proc.stderr
+        self.last_exit_code = proc.returncode  # what a remote worker reports as the action's exit code
         return proc.returncode
 
 

@@ -293,6 +293,15 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
             os.close(fd)
 
 
+def restore_special_bits(store, digest: Digest, dest: Path) -> None:
+    """After materialize_tree: give the entries whose tree mode has setuid, setgid or sticky bits those
+    bits too (materialize_tree applies permission bits only). For a tree that is about to be read back
+    as the same tree (a remote worker's input root or output), in a directory only its user can enter."""
+    for path, entry in walk_tree(store, digest):
+        if entry.kind != "symlink" and entry.mode & 0o7000:
+            os.chmod(Path(dest) / path, entry.mode, follow_symlinks=False)
+
+
 def _check_absent(dir_fd: int, name: str) -> None:
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

@@ -35,6 +35,7 @@ class Settings:
     env_allowlist: tuple[str, ...] = ()
     remote_cache: str | None = None
     remote_instance_name: str = ""  # REAPI instance for grpc(s):// caches whose URL names none
+    remote_executor: str | None = None  # grpc(s)://host:port[/instance]: a REAPI engine that runs actions
     remote_upload: bool = False
     remote_timeout: int = 10
     jobs: int = 0
@@ -46,7 +47,7 @@ class Settings:
 
 
 _KNOWN_KEYS = {"cache_dir", "platforms", "source_date_epoch", "env_allowlist", "remote_cache", "jobs",
-               "rule_modules", "remote_upload", "remote_timeout", "remote_instance_name", "starlark_memory_mb",
+               "rule_modules", "remote_upload", "remote_timeout", "remote_instance_name", "remote_executor", "starlark_memory_mb",
                "starlark_timeout_s"}
 
 
@@ -173,6 +174,7 @@ def load_settings(root: Path) -> Settings:
         env_allowlist=tuple(sorted(typed("env_allowlist", list, []))),
         remote_cache=typed("remote_cache", str, "") or None,
         remote_instance_name=typed("remote_instance_name", str, ""),
+        remote_executor=typed("remote_executor", str, "") or None,
         remote_upload=typed("remote_upload", bool, False),
         remote_timeout=typed("remote_timeout", int, 10),
         jobs=typed("jobs", int, 0),

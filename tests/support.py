@@ -366,3 +366,184 @@ class BuildGridCache:
     def stop(self) -> None:
         stop(self.proc)
         self.log.close()
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port (BuildGrid 0.4.4's scheduler refuses
+    anything but PostgreSQL). Runs as the `postgres` user when started as root (postgres refuses root);
+    its directory is a fresh one under /tmp that this user can enter. Stopped by PID."""
+
+    def __init__(self):
+        import pwd
+        import shutil
+        import tempfile
+
+        initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
+        if not initdb or not postgres:
+            for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+                initdb, postgres = str(base / "initdb"), str(base / "postgres")
+                break
+        if not initdb or not Path(initdb).exists():
+            pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+        self.dir = Path(tempfile.mkdtemp(prefix="hb-pg-"))
+        run_as: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("PostgreSQL refuses to run as root and there is no `postgres` user")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            run_as = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        subprocess.run(run_as + [initdb, "-D", str(self.dir / "data"), "--auth=trust", "-U", "postgres", "-E", "UTF8",
+                                 "--no-sync"], check=True, capture_output=True)
+        self.log = open(self.dir / "log", "w") if not run_as else subprocess.DEVNULL
+        self.proc = subprocess.Popen(run_as + [postgres, "-D", str(self.dir / "data"), "-p", str(self.port), "-k",
+                                               str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)  # runuser passes it on; postgres shuts down
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class BuildGridExecution:
+    """A real BuildGrid server with the REAPI cache services and the Execution + Bots services (an
+    sql scheduler on a throwaway PostgreSQL), on a free 127.0.0.1 port, instance `instance`. Bots whose
+    session is silent for `keepalive` seconds are reaped and their leases given to others."""
+
+    def __init__(self, workdir: Path, instance: str = "main", keepalive: int = 4):
+        bgd = Path(sys.executable).parent / "bgd"
+        if not bgd.exists():
+            pytest.skip("BuildGrid (bgd) is not installed: pip install 'hermetic-build[reapi]'")
+        pytest.importorskip("psycopg2")
+        self.pg = Postgres()
+        try:
+            subprocess.run([sys.executable, "-c", "import sys; from sqlalchemy import create_engine; "
+                            "from buildgrid.server.sql.models import Base; "
+                            "Base.metadata.create_all(create_engine(sys.argv[1]))", self.pg.url],
+                           check=True, capture_output=True, timeout=60)
+        except BaseException:
+            self.pg.stop()
+            raise
+        self.port = free_port()
+        self.instance = instance
+        self.url = f"grpc://127.0.0.1:{self.port}/{instance}"
+        self.endpoint = f"grpc://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "bgd-exec.yml"
+        conf.write_text(textwrap.dedent(f"""\
+            server:
+              - !channel
+                address: "127.0.0.1:{self.port}"
+                insecure-mode: true
+            connections:
+              - !sql-connection &sql
+                connection-string: {self.pg.url}
+                pool-size: 5
+            storages:
+              - !disk-storage &cas
+                path: {workdir / "storage"}
+            caches:
+              - !lru-action-cache &ac
+                storage: *cas
+                max-cached-refs: 100000
+                allow-updates: true
+                cache-failed-actions: false
+            schedulers:
+              - !sql-scheduler &sched
+                sql: *sql
+                storage: *cas
+                action-cache: *ac
+                bot-session-keepalive-timeout: {keepalive}
+                session-expiry-timer-interval: 1
+                max-job-attempts: 5
+                poll-interval: 0.1
+                property-set: !dynamic-property-set
+                  wildcard-property-keys: [hb-kind]
+            instances:
+              - name: "{instance}"
+                services:
+                  - !action-cache
+                    cache: *ac
+                  - !cas
+                    storage: *cas
+                  - !bytestream
+                    storage: *cas
+                  - !execution
+                    scheduler: *sched
+            thread-pool-size: 40
+            """))
+        self.log_path = workdir / "bgd.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(bgd), "server", "start", str(conf)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"bgd exited: {self.log_path.read_text()[-4000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"bgd did not listen on {self.port}: {self.log_path.read_text()[-4000:]}")
+
+    def worker(self, workdir: Path, name: str) -> "HbWorker":
+        return HbWorker(self, workdir, name)
+
+    def stop(self) -> None:
+        if getattr(self, "proc", None) is not None:
+            stop(self.proc)
+            self.log.close()
+        self.pg.stop()
+
+
+class HbWorker:
+    """`hb worker --bots ... --instance ...` as a process (this tree's hb), logging to workdir/NAME.log."""
+
+    def __init__(self, server: BuildGridExecution, workdir: Path, name: str):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "worker", "--bots", server.endpoint,
+                                      "--instance", server.instance, "--id", name, "--workdir", str(workdir / name)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while "session" not in self.log_path.read_text() and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hb worker exited: {self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def ran(self) -> int:
+        return self.log_path.read_text().count(" ran ")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.log.close()

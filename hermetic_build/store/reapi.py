@@ -42,6 +42,7 @@ BACKOFF_SECONDS = 0.2
 GRPC_MESSAGE_LIMIT = 4 << 20  # grpcio's default maximum message size, both ways
 BATCH_OVERHEAD = 64 << 10  # room for the request's other fields within a batch
 STREAM_CHUNK = 1 << 20  # ByteStream chunk size
+ITEM_OVERHEAD = 192  # bytes a blob adds to a batch message besides its data (digest, status, framing)
 FIND_MISSING_BATCH = 10_000
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -133,6 +134,16 @@ class ReapiStore(Store):
 
     def close(self) -> None:
         self._channel.close()
+
+    @property
+    def channel(self):
+        """The gRPC channel, for the other REAPI services on the same endpoint (Execution, Bots)."""
+        return self._channel
+
+    @property
+    def protos(self):
+        """The REAPI v2 message module (BuildGrid's generated classes)."""
+        return self._pb
 
     # ----- transport -------------------------------------------------------------------------------
     def _rpc(self, method, request, *, timeout: float | None = None, what: str = ""):
@@ -550,3 +561,113 @@ class ReapiStore(Store):
                     blobs[entry.digest.hash] = entry.digest
         except MissingBlob:  # recorded without its tree: the mapping lists what was found
             pass
+
+    # ----- by SHA-256 (remote execution: Actions, Commands, Directories, input and output files) ----
+    def upload_sha(self, blobs: dict[str, tuple[int, object]]) -> int:
+        """blobs: sha256 -> (size, the bytes or a file to stream). Uploads those the server lacks
+        (one FindMissingBlobs per 10,000; small ones together in BatchUpdateBlobs up to the batch
+        limit, large ones through ByteStream). Returns the number of bytes sent."""
+        self._check_capabilities()
+        with self._lock:
+            todo = {sha: item for sha, item in blobs.items() if sha not in self._uploaded}
+        missing = self._missing([(sha, size) for sha, (size, _src) in todo.items()]) if todo else set()
+        sent, batch, total = 0, [], 0
+        for sha in sorted(missing, key=lambda s: todo[s][0]):
+            size, source = todo[sha]
+            if size > self.batch_limit:
+                self._stream_write(sha, size, source)
+            else:
+                if batch and total + size + ITEM_OVERHEAD > self.batch_limit:
+                    self._batch_update(batch)
+                    batch, total = [], 0
+                data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+                batch.append((sha, bytes(data)))
+                total += size + ITEM_OVERHEAD
+            sent += size
+        if batch:
+            self._batch_update(batch)
+        with self._lock:
+            self._uploaded.update(todo)
+        self.stats.add(blobs_up=len(missing), bytes_up=sent)
+        return sent
+
+    def read_sha(self, sha: str, size: int, limit: int = 1 << 30) -> bytes | None:
+        """The blob sha256/size, checked against both; None if absent or not what it should be."""
+        self._check_capabilities()
+        if not _HEX64.match(sha) or not 0 <= size <= limit:
+            return None
+        if size == 0:
+            return b"" if sha == EMPTY_SHA256 else None
+        data = self._read_bytes(sha, size)
+        if data is None:
+            return None
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+            self.stats.add(rejected_blobs=1)
+            return None
+        self.stats.add(blobs_down=1, bytes_down=size)
+        return data
+
+    def read_sha_many(self, pairs, sink) -> None:
+        """sink(sha, data) for each (sha256, size) of pairs found and verified; small blobs come
+        in BatchReadBlobs batches, large ones are left to fetch_sha (not passed to sink)."""
+        self._check_capabilities()
+        wanted = {sha: size for sha, size in pairs if 0 < size <= self.batch_limit and _HEX64.match(sha)}
+        batch, total = [], 0
+
+        def flush():
+            request = self._pb.BatchReadBlobsRequest(
+                instance_name=self.instance, digests=[self._digest(s, n) for s, n in batch])
+            response = self._rpc(self._cas.BatchReadBlobs, request, what="BatchReadBlobs")
+            for item in (response.responses if response is not None else ()):
+                n = wanted.get(item.digest.hash)
+                if n is None or item.status.code != 0:
+                    continue
+                if len(item.data) != n or hashlib.sha256(item.data).hexdigest() != item.digest.hash:
+                    self.stats.add(rejected_blobs=1)
+                    continue
+                self.stats.add(blobs_down=1, bytes_down=n)
+                sink(item.digest.hash, item.data)
+
+        for sha, size in sorted(wanted.items(), key=lambda item: item[1]):
+            if batch and (total + size + ITEM_OVERHEAD > self.batch_limit or len(batch) >= 5000):
+                flush()
+                batch, total = [], 0
+            batch.append((sha, size))
+            total += size + ITEM_OVERHEAD
+        if batch:
+            flush()
+
+    def fetch_sha(self, sha: str, size: int, dest, *, dir_fd: int | None = None, mode: int | None = None) -> bool:
+        """Write the blob sha256/size to a new file dest (renamed into place once verified)."""
+        self._check_capabilities()
+        if not _HEX64.match(sha) or size < 0:
+            return False
+        hasher, got = hashlib.sha256(), [0]
+        out = NewFile(dest, dir_fd=dir_fd, mode=mode)
+        try:
+            def sink(chunk):
+                got[0] += len(chunk)
+                if got[0] > size:
+                    return False
+                hasher.update(chunk)
+                out.write(chunk)
+                return True
+
+            if size == 0:
+                found = sha == EMPTY_SHA256 or None
+            elif size <= self.batch_limit:
+                data = self._read_small(sha, size)
+                found = data is not None and sink(data)
+            else:
+                found = self._stream_read(sha, size, sink)
+            if found is None or not found or got[0] != size or hasher.hexdigest() != sha:
+                out.discard()
+                if found:
+                    self.stats.add(rejected_blobs=1)
+                return False
+            out.commit()
+        except BaseException:
+            out.discard()
+            raise
+        self.stats.add(blobs_down=1, bytes_down=size)
+        return True

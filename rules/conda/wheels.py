@@ -101,4 +101,4 @@ def _fetch(execution) -> None:
     fetch_pinned(execution, check=lambda path, filename: check_wheel(path, filename, ratio))
 
 
-register_action_kind("wheel.fetch", "1", _fetch)
+register_action_kind("wheel.fetch", "1", _fetch, local_only=True)  # network

@@ -145,8 +145,8 @@ def _layout_import(execution) -> None:
     _write_outputs(execution, image.manifest, image.config, fetch)
 
 
-register_action_kind("oci.pull", "1", _pull)
-register_action_kind("oci.layout_import", "1", _layout_import)
+register_action_kind("oci.pull", "1", _pull, local_only=True)  # network
+register_action_kind("oci.layout_import", "1", _layout_import, local_only=True)  # a local layout
 
 oci_pull = rule(
     "oci_pull",

@@ -185,7 +185,7 @@ def _extract(execution) -> None:
         raise ActionFailed(last[len("extract: "):] if last else f"unpacking the packages exited with status {code}")
 
 
-register_action_kind("deb.fetch", "1", _fetch_deb)
+register_action_kind("deb.fetch", "1", _fetch_deb, local_only=True)  # network
 register_action_kind("deb.extract", "3", _extract)
 
 deb_base = rule(

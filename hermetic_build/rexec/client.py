@@ -1,0 +1,286 @@
+"""Running hb actions on a REAPI v2 engine (`--remote-executor grpc://host:port[/instance]`).
+
+Each action becomes a REAPI Action and Command: the Command runs `python3 -m
+hermetic_build.worker_exec .hb/action.json` in an input root holding the action's inputs at their
+paths (REAPI Directory form, SHA-256 on the wire) and its canonical description; output_paths are the
+declared outputs; the platform says `OSFamily=linux` and `hb-kind=<kind>`. The blobs the server
+lacks are uploaded (FindMissingBlobs, then batches or ByteStream), the action runs through
+Execution.Execute (a long-running operation, followed with WaitExecution when the stream breaks;
+UNAVAILABLE retried with backoff), and the outputs come back into the local store: every file
+checked against its SHA-256 and stored under its BLAKE3, every directory validated and converted
+into an hb tree (merkle.py), so a remote result is verified like any remote blob.
+
+Only the standard services are used (Capabilities, CAS, ByteStream, Execution), through the
+message classes BuildGrid ships and grpcio: any REAPI engine works."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+import time
+
+from ..action import Action
+from ..digest import Digest
+from ..errors import ActionFailed, RemoteError
+from ..sandbox import FIXED_PATH
+from ..store.base import ActionResult, OutputEntry
+from ..store.reapi import ReapiStore
+from ..store.remote import RemoteUnavailable, Signer
+from ..tree import MissingBlob
+from .description import DESCRIPTION_PATH, encode
+from .merkle import BlobIngest, InputRoot, RemoteTreeError, hb_tree_to_reapi, reapi_tree_to_hb
+
+WORKER_ARGV = ("python3", "-m", "hermetic_build.worker_exec", DESCRIPTION_PATH)
+EXECUTE_RETRIES = 5
+BACKOFF_SECONDS = 0.5
+MAX_OUTPUT_LOG = 16 << 20
+
+
+class RemoteExecutionError(RemoteError):
+    """The engine could not run an action (as opposed to the action's command failing)."""
+
+
+def platform_properties(action: Action) -> list[tuple[str, str]]:
+    return sorted([("OSFamily", "linux"), ("hb-kind", action.kind)])
+
+
+class _Blobs:
+    """Blobs of the build's store, read through it (so a blob only a remote cache had is brought
+    into the local store first): what hb_tree_to_reapi reads trees and files through."""
+
+    def __init__(self, store, local):
+        self.store, self.local = store, local
+
+    def get_blob(self, digest: Digest):
+        return self.store.get_blob(digest)
+
+    def blob_path(self, digest: Digest):
+        if not self.local.has_blob(digest):
+            data = self.store.get_blob(digest)
+            if data is None:
+                raise MissingBlob(digest)
+            self.local.put_blob(data)
+        return self.local.blob_path(digest)
+
+
+class RemoteExecutor:
+    def __init__(self, url: str, *, local, store=None, instance_name: str | None = None, timeout: float = 10.0,
+                 cafile: str | None = None, action_timeout: float = 3600.0):
+        self.url = url
+        self.cas = ReapiStore(url, signer=Signer(None), timeout=timeout, cafile=cafile,
+                              instance_name=instance_name, local=local)
+        self.pb = self.cas.protos
+        from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+
+        self._grpc = self.cas._grpc
+        self.execution = re_grpc.ExecutionStub(self.cas.channel)
+        self.local = local
+        self.blobs = _Blobs(store if store is not None else local, local)
+        self.action_timeout = action_timeout
+        self._sha_memo: dict = {}
+        self._dir_memo: dict = {}
+        self.ingest = BlobIngest(self.cas, local)
+        self._checked = False
+        self._lock = threading.Lock()
+        self.workers: dict[str, int] = {}  # worker name -> actions it ran (from execution metadata)
+
+    def close(self) -> None:
+        self.cas.close()
+
+    # ----- capabilities ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Once: the engine must execute with SHA-256 digests."""
+        if self._checked:
+            return
+        with self._lock:
+            if self._checked:
+                return
+            pb = self.pb
+            caps = self.cas._rpc(self.cas._caps_stub.GetCapabilities,
+                                 pb.GetCapabilitiesRequest(instance_name=self.cas.instance), what="GetCapabilities")
+            if caps is None or not caps.HasField("execution_capabilities") \
+                    or not caps.execution_capabilities.exec_enabled:
+                raise RemoteExecutionError(f"{self.url} does not offer remote execution (no execution capabilities)",
+                                           hint="check the instance name and that the engine has an execution service")
+            functions = set(caps.execution_capabilities.digest_functions) \
+                | {caps.execution_capabilities.digest_function}
+            if pb.DigestFunction.SHA256 not in functions:
+                raise RemoteExecutionError(f"{self.url} does not execute with SHA256 digests")
+            self._checked = True
+
+    # ----- one action ------------------------------------------------------------------------------
+    def build_action(self, action: Action, source_paths: dict, input_entries: dict, env: dict,
+                     source_date_epoch: int):
+        """(Action digest, the blobs to upload) for `action`: its input root, Command and Action."""
+        pb = self.pb
+        root = InputRoot(pb)
+        with self._lock:
+            for f in action.inputs:
+                if f.is_source:
+                    path = source_paths[f.path]
+                    data_sha, size = _sha256_file(path)
+                    root.add_file(f.path, data_sha, size, stat.S_IMODE(os.stat(path).st_mode), path)
+                    continue
+                entry = input_entries[f.path]
+                if entry.kind == "dir":
+                    sha, size = hb_tree_to_reapi(pb, self.blobs, entry.digest, root.upload, self._sha_memo,
+                                                 self._dir_memo)
+                    root.add_tree(f.path, sha, size)
+                else:
+                    blob = self.blobs.blob_path(entry.digest)
+                    sha = _memo_sha(self._sha_memo, entry.digest, blob)
+                    root.add_file(f.path, sha, entry.digest.size, 0o755 if entry.executable else 0o644, blob)
+        root.add_bytes(DESCRIPTION_PATH, encode(action, env, source_date_epoch))
+        root_digest = root.finish()
+        properties = [pb.Platform.Property(name=k, value=v) for k, v in platform_properties(action)]
+        command = pb.Command(arguments=list(WORKER_ARGV),
+                             environment_variables=[pb.Command.EnvironmentVariable(name="PATH", value=FIXED_PATH)],
+                             output_paths=sorted(o.path for o in action.outputs),
+                             platform=pb.Platform(properties=properties))
+        command_sha, command_size = root.upload.add_message(command)
+        message = pb.Action(command_digest=pb.Digest(hash=command_sha, size_bytes=command_size),
+                            input_root_digest=root_digest, platform=pb.Platform(properties=properties))
+        message.timeout.FromSeconds(int(self.action_timeout))
+        action_sha, action_size = root.upload.add_message(message)
+        return pb.Digest(hash=action_sha, size_bytes=action_size), root.upload.blobs
+
+    def execute(self, action: Action, source_paths: dict, input_entries: dict, env: dict,
+                source_date_epoch: int) -> ActionResult:
+        self.check()
+        action_digest, blobs = self.build_action(action, source_paths, input_entries, env, source_date_epoch)
+        self.cas.upload_sha(blobs)
+        response = self._run(action_digest, action)
+        return self._result(action, response)
+
+    def _run(self, action_digest, action: Action):
+        """Execute, following the operation until it is done; WaitExecution when the stream ends
+        or breaks; UNAVAILABLE retried with backoff. Returns the ExecuteResponse."""
+        grpc, pb = self._grpc, self.pb
+        name, failures, last = None, 0, ""
+        while failures <= EXECUTE_RETRIES:
+            try:
+                if name is None:
+                    stream = self.execution.Execute(
+                        pb.ExecuteRequest(instance_name=self.cas.instance, action_digest=action_digest),
+                        timeout=self.action_timeout)
+                else:
+                    stream = self.execution.WaitExecution(pb.WaitExecutionRequest(name=name),
+                                                          timeout=self.action_timeout)
+                for operation in stream:
+                    name = operation.name or name
+                    if operation.done:
+                        return self._unpack(operation, action)
+                last = "the operation stream ended before the action was done"
+            except grpc.RpcError as exc:
+                code = exc.code()
+                last = f"{code.name}: {exc.details()}"
+                if code == grpc.StatusCode.NOT_FOUND and name is not None:
+                    name = None  # the engine forgot the operation (restarted): execute again
+                elif code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                                  grpc.StatusCode.CANCELLED):
+                    raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the engine refused it: {last}",
+                                               hint=f"remote executor {self.url}") from None
+            failures += 1
+            time.sleep(BACKOFF_SECONDS * (2 ** min(failures, 4)))
+        raise RemoteUnavailable(f"{action.owner}: {action.mnemonic}: {last}")
+
+    def _unpack(self, operation, action: Action):
+        pb = self.pb
+        if operation.HasField("error"):
+            raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the engine could not run it: "
+                                       f"{operation.error.message} (status {operation.error.code})")
+        response = pb.ExecuteResponse()
+        if not operation.response.Unpack(response):
+            raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the engine answered no ExecuteResponse")
+        if response.status.code != 0:
+            raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the engine could not run it: "
+                                       f"{response.status.message} (status {response.status.code})",
+                                       detail=self._logs(response.result) or None)
+        return response
+
+    def _log_blob(self, raw: bytes, digest) -> bytes:
+        if raw:
+            return bytes(raw)
+        if digest.hash:
+            return self.cas.read_sha(digest.hash, digest.size_bytes, limit=MAX_OUTPUT_LOG) or b""
+        return b""
+
+    def _logs(self, result) -> str:
+        out = self._log_blob(result.stdout_raw, result.stdout_digest).decode(errors="replace")[-4000:]
+        err = self._log_blob(result.stderr_raw, result.stderr_digest).decode(errors="replace")[-4000:]
+        detail = ""
+        if out.strip():
+            detail += f"--- stdout ---\n{out}\n"
+        if err.strip():
+            detail += f"--- stderr ---\n{err}\n"
+        return detail
+
+    def _result(self, action: Action, response) -> ActionResult:
+        result = response.result
+        worker = result.execution_metadata.worker or "?"
+        with self._lock:
+            self.workers[worker] = self.workers.get(worker, 0) + 1
+        where = f"on {worker} ({self.url})"
+        if result.exit_code != 0:
+            raise ActionFailed(f"{action.owner}: {action.mnemonic} failed remotely {where}: "
+                               f"command exited with status {result.exit_code}",
+                               hint="re-run without --remote-executor and with --keep-sandbox to inspect it locally",
+                               detail=self._logs(result) or None)
+        files = {f.path: f for f in result.output_files}
+        dirs = {d.path: d for d in result.output_directories}
+        outputs = []
+        try:
+            for out in action.outputs:
+                if out.is_directory:
+                    node = dirs.get(out.path)
+                    if node is None:
+                        raise ActionFailed(f"{action.owner}: {action.mnemonic}: declared output {out.path} was not "
+                                           f"created {where}", detail=self._logs(result) or None)
+                    outputs.append(OutputEntry(out.path, "dir", self._tree(node.tree_digest)))
+                else:
+                    node = files.get(out.path)
+                    if node is None:
+                        raise ActionFailed(f"{action.owner}: {action.mnemonic}: declared output {out.path} was not "
+                                           f"created {where}", detail=self._logs(result) or None)
+                    self.ingest.ingest([(node.digest.hash, node.digest.size_bytes)])
+                    outputs.append(OutputEntry(out.path, "file", self.ingest.digest_of(node.digest.hash),
+                                               bool(node.is_executable)))
+        except RemoteTreeError as exc:
+            raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the outputs {where} were refused: {exc}")
+        stdout = self.local.put_blob(self._log_blob(result.stdout_raw, result.stdout_digest))
+        stderr = self.local.put_blob(self._log_blob(result.stderr_raw, result.stderr_digest))
+        self.local.flush()
+        return ActionResult(tuple(outputs), 0, stdout, stderr,
+                            {"mnemonic": action.mnemonic, "owner": str(action.owner), "remote.worker": worker})
+
+    def _tree(self, digest) -> Digest:
+        pb = self.pb
+        data = self.cas.read_sha(digest.hash, digest.size_bytes, limit=256 << 20)
+        if data is None:
+            raise RemoteTreeError(f"tree {digest.hash}/{digest.size_bytes} is missing or corrupt")
+        tree = pb.Tree()
+        try:
+            tree.ParseFromString(data)
+        except Exception:  # noqa: BLE001 - a malformed message from the server
+            raise RemoteTreeError(f"tree {digest.hash} is not a Tree message") from None
+        children = {hashlib.sha256(c.SerializeToString(deterministic=True)).hexdigest(): c for c in tree.children}
+        return reapi_tree_to_hb(pb, tree.root, children, self.ingest)
+
+
+def _sha256_file(path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _memo_sha(memo: dict, digest: Digest, path) -> str:
+    sha = memo.get(digest.hash)
+    if sha is None:
+        sha = memo[digest.hash] = _sha256_file(path)[0]
+    return sha

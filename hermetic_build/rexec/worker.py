@@ -1,0 +1,344 @@
+"""`hb worker --bots grpc://host:port --instance NAME`: a worker for engines that take workers through
+the Remote Workers API (Bots service: CreateBotSession / UpdateBotSession), e.g. BuildGrid.
+
+It leases actions (a lease's payload is an Action or an Action digest), and runs only hb actions:
+a Command whose argv is `python3 -m hermetic_build.worker_exec .hb/action.json` (anything else is
+refused with FAILED_PRECONDITION). For each lease it reads the Action, Command and input root from
+the CAS (every blob checked against its SHA-256; every directory converted into an hb tree and
+validated by tree.py's strict checks before anything is written), materialises the input root with
+tree.materialize_tree (new entries only, never through a link), runs worker_exec with this worker's
+own Python (the action's commands run in bubblewrap, as hb runs them locally), uploads the declared
+outputs (collected through descriptors, never following a link) and reports the ActionResult and a
+status on the lease. While an action runs, the session is kept alive every HEARTBEAT seconds; a
+worker that dies stops heartbeating and the engine gives its lease to another worker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from ..anchored import RefusedPath, open_directory
+from ..sandbox import FIXED_PATH
+from ..store.reapi import ReapiStore
+from ..store.remote import Signer
+from ..tree import materialize_tree, restore_special_bits, store_tree
+from .description import DESCRIPTION_PATH, BadDescription, check_path
+from .merkle import (BlobIngest, RemoteTreeError, Upload, fetch_directories, hb_tree_to_reapi, reapi_tree_to_hb,
+                     sha256_of_blob)
+
+HEARTBEAT = 1.0  # seconds between UpdateBotSession calls while an action runs
+LONG_POLL = 20.0  # seconds an idle UpdateBotSession may wait for work
+MAX_MESSAGE = 1 << 20  # an Action or a Command
+WORKER_MODULE = "hermetic_build.worker_exec"
+PASSED_ENV = ("PYTHONPATH", "HB_RULE_MODULES")  # this worker's own settings, handed to worker_exec
+_ENV_NAME_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+class LeaseRefused(Exception):
+    """A lease this worker will not run; code is a google.rpc code."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class BotWorker:
+    def __init__(self, url: str, *, instance: str = "", workdir: Path | None = None, cache: Path | None = None,
+                 bot_id: str | None = None, properties: tuple[tuple[str, str], ...] = (), timeout: float = 30.0,
+                 log=None):
+        from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc, worker_pb2
+        from buildgrid._protos.google.rpc import code_pb2, status_pb2
+
+        from ..store.local import LocalStore
+
+        self.cas = ReapiStore(url, signer=Signer(None), timeout=timeout, instance_name=instance or None)
+        self.pb = self.cas.protos
+        self.bots_pb, self.worker_pb, self.code_pb, self.status_pb = bots_pb2, worker_pb2, code_pb2, status_pb2
+        self.bots = bots_pb2_grpc.BotsStub(self.cas.channel)
+        self._grpc = self.cas._grpc
+        self.instance = self.cas.instance
+        self.bot_id = bot_id or f"hb-{socket.gethostname()}-{os.getpid()}"
+        self.properties = (("OSFamily", "linux"),) + tuple(properties)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hb-worker-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)  # input roots may hold setuid/setgid bits: only this user enters
+        self.store = LocalStore(cache or self.workdir / "cache")
+        self.ingest = BlobIngest(self.cas, self.store)
+        self._sha_memo: dict = {}  # BLAKE3 hex -> SHA-256 hex of blobs of self.store
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.done: set[str] = set()
+        self.ran = 0
+        self._stop = threading.Event()
+
+    # ----- the session -------------------------------------------------------------------------------
+    def _session(self):
+        wp = self.worker_pb
+        device = wp.Device(handle="hb", properties=[wp.Device.Property(key=k, value=v) for k, v in self.properties])
+        return self.bots_pb.BotSession(bot_id=self.bot_id, status=self.bots_pb.BotStatus.Value("OK"),
+                                       worker=wp.Worker(devices=[device]))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, max_actions: int | None = None) -> None:
+        grpc, bp = self._grpc, self.bots_pb
+        session, failures = None, 0
+        job: dict | None = None  # {"lease": id, "thread": Thread, "result": (status, ActionResult) or None}
+        wake = threading.Event()
+        while not self._stop.is_set():
+            try:
+                if session is None:
+                    session = self.bots.CreateBotSession(
+                        bp.CreateBotSessionRequest(parent=self.instance, bot_session=self._session()),
+                        timeout=LONG_POLL)
+                    self.log(f"hb worker {self.bot_id}: session {session.name} on {self.cas.target}")
+                else:
+                    busy = job is not None and job["result"] is None
+                    session = self.bots.UpdateBotSession(
+                        bp.UpdateBotSessionRequest(name=session.name, bot_session=session),
+                        timeout=HEARTBEAT * 5 if busy else LONG_POLL)
+                failures = 0
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
+                            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.DATA_LOSS):
+                    self.log(f"hb worker {self.bot_id}: session lost ({code.name}: {exc.details()}); "
+                             "starting a new one")
+                    session = None
+                    continue
+                failures += 1
+                self.log(f"hb worker {self.bot_id}: {code.name}: {exc.details()}; retrying")
+                time.sleep(min(0.2 * 2 ** failures, 5))
+                continue
+            if job is not None and job["lease"] in self.done and not any(
+                    lease.id == job["lease"] and lease.state == bp.LeaseState.Value("COMPLETED")
+                    for lease in session.leases):
+                job = None  # the engine has taken the result
+                if max_actions is not None and self.ran >= max_actions:
+                    break
+            if job is None:
+                for lease in session.leases:
+                    if lease.state in (bp.LeaseState.Value("PENDING"), bp.LeaseState.Value("ACTIVE")) \
+                            and lease.id not in self.done:
+                        lease.state = bp.LeaseState.Value("ACTIVE")
+                        job = {"lease": lease.id, "result": None}
+                        self.log(f"hb worker {self.bot_id}: leased {lease.id}")
+                        payload = lease.payload
+
+                        def work(job=job, payload=payload):
+                            job["result"] = self._work(payload)
+                            wake.set()
+
+                        job["thread"] = threading.Thread(target=work, daemon=True)
+                        job["thread"].start()
+                        break
+            if job is not None and job["result"] is None:
+                wake.wait(HEARTBEAT)
+                wake.clear()
+            if job is not None and job["result"] is not None:
+                status, result = job["result"]
+                for lease in session.leases:
+                    if lease.id == job["lease"]:
+                        lease.state = bp.LeaseState.Value("COMPLETED")
+                        lease.status.CopyFrom(status)
+                        if result is not None:
+                            lease.result.Pack(result)
+                self.done.add(job["lease"])
+
+    # ----- one lease -----------------------------------------------------------------------------------
+    def _work(self, payload):
+        """(google.rpc.Status, REAPI ActionResult or None) for a lease's payload."""
+        code = self.code_pb
+        started = time.monotonic()
+        try:
+            action, action_sha = self._action(payload)
+            result, kind = self._execute(action)
+        except LeaseRefused as exc:
+            self.log(f"hb worker {self.bot_id}: refused a lease: {exc}")
+            return self.status_pb.Status(code=exc.code, message=str(exc)), None
+        except (RemoteTreeError, BadDescription, RefusedPath) as exc:
+            self.log(f"hb worker {self.bot_id}: refused a lease: {exc}")
+            return self.status_pb.Status(code=code.FAILED_PRECONDITION, message=str(exc)), None
+        except Exception as exc:  # noqa: BLE001 - reported to the engine, which may retry elsewhere
+            self.log(f"hb worker {self.bot_id}: could not run a lease: {type(exc).__name__}: {exc}")
+            return self.status_pb.Status(code=code.INTERNAL, message=f"{type(exc).__name__}: {exc}"), None
+        self.ran += 1
+        self.log(f"hb worker {self.bot_id}: ran {kind} action {action_sha[:12]} exit {result.exit_code} "
+                 f"in {time.monotonic() - started:.2f}s")
+        return self.status_pb.Status(code=code.OK), result
+
+    def _message(self, cls, digest, what: str):
+        data = self.cas.read_sha(digest.hash, digest.size_bytes, limit=MAX_MESSAGE)
+        if data is None:
+            raise LeaseRefused(self.code_pb.FAILED_PRECONDITION, f"{what} {digest.hash}/{digest.size_bytes} is "
+                               "missing from the CAS or does not match its digest")
+        message = cls()
+        try:
+            message.ParseFromString(data)
+        except Exception:  # noqa: BLE001
+            raise LeaseRefused(self.code_pb.INVALID_ARGUMENT, f"{what} is not a {cls.__name__} message") from None
+        return message
+
+    def _action(self, payload):
+        pb = self.pb
+        if payload.Is(pb.Action.DESCRIPTOR):
+            action = pb.Action()
+            payload.Unpack(action)
+            return action, hashlib.sha256(action.SerializeToString(deterministic=True)).hexdigest()
+        if payload.Is(pb.Digest.DESCRIPTOR):
+            digest = pb.Digest()
+            payload.Unpack(digest)
+            return self._message(pb.Action, digest, "action"), digest.hash
+        raise LeaseRefused(self.code_pb.INVALID_ARGUMENT, f"lease payload {payload.type_url} is neither an Action "
+                           "nor a Digest")
+
+    def _execute(self, action):
+        pb, code = self.pb, self.code_pb
+        command = self._message(pb.Command, action.command_digest, "command")
+        argv = list(command.arguments)
+        if len(argv) != 4 or argv[1:] != ["-m", WORKER_MODULE, DESCRIPTION_PATH] \
+                or not os.path.basename(argv[0]).startswith("python"):
+            raise LeaseRefused(code.FAILED_PRECONDITION, f"hb worker runs only hb actions "
+                               f"(python3 -m {WORKER_MODULE} {DESCRIPTION_PATH}), not {argv[:4]!r}")
+        outputs = [check_path(p) for p in list(command.output_paths) or
+                   list(command.output_files) + list(command.output_directories)]
+        kind = next((p.value for p in action.platform.properties if p.name == "hb-kind"), "?")
+        env = {"PATH": FIXED_PATH}
+        for var in command.environment_variables:
+            if not var.name or not set(var.name) <= _ENV_NAME_OK or "\0" in var.value:
+                raise LeaseRefused(code.INVALID_ARGUMENT, f"environment variable {var.name[:40]!r} is not a name")
+            env[var.name] = var.value
+        env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+        # worker_exec ends itself when this worker dies (kill -9 of the worker ends its action too); not a
+        # preexec_fn: Python code between fork and exec aborts in gRPC's fork handlers
+        env["HB_WORKER_PID"] = str(os.getpid())
+        root = self.workdir / f"action-{uuid.uuid4().hex}"
+        try:
+            directory, children = fetch_directories(self.cas, pb, action.input_root_digest.hash,
+                                                    action.input_root_digest.size_bytes)
+            tree = reapi_tree_to_hb(pb, directory, children, self.ingest)
+            materialize_tree(self.store, tree, root)
+            restore_special_bits(self.store, tree, root)  # e.g. a base image's /tmp (1777): workdir is 0700
+            timeout = action.timeout.seconds or None
+            try:
+                proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,
+                                      capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+                exit_code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+            except subprocess.TimeoutExpired as exc:
+                raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s") from exc
+            result = pb.ActionResult(exit_code=exit_code)
+            upload = Upload()
+            if exit_code == 0:
+                self._collect(root, outputs, result, upload)
+            for data, field in ((stdout, "stdout_digest"), (stderr, "stderr_digest")):
+                sha = hashlib.sha256(data).hexdigest()
+                upload.blobs[sha] = (len(data), data)
+                getattr(result, field).CopyFrom(pb.Digest(hash=sha, size_bytes=len(data)))
+            self.cas.upload_sha(upload.blobs)
+            result.execution_metadata.worker = self.bot_id
+            return result, kind
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _collect(self, root: Path, outputs: list[str], result, upload: Upload) -> None:
+        """Declared outputs present in the working directory, read through descriptors (a link, or
+        an output under one, is not collected; the client then reports the output as missing)."""
+        pb = self.pb
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for path in sorted(outputs):
+                parent, _, name = path.rpartition("/")
+                try:
+                    dir_fd = open_directory(root_fd, parent) if parent else os.dup(root_fd)
+                except (FileNotFoundError, RefusedPath, NotADirectoryError):
+                    continue
+                try:
+                    try:
+                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        digest = self.store.put_at(dir_fd, name, fsync=False)
+                        sha = self.ingest_sha(digest)
+                        upload.blobs[sha] = (digest.size, self.store.blob_path(digest))
+                        mode = stat.S_IMODE(st.st_mode)
+                        props = pb.NodeProperties()
+                        props.unix_mode.value = mode
+                        result.output_files.add(path=path, digest=pb.Digest(hash=sha, size_bytes=digest.size),
+                                                is_executable=bool(mode & 0o100), node_properties=props)
+                    elif stat.S_ISDIR(st.st_mode):
+                        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                        try:
+                            tree = store_tree(self.store, sub)
+                        finally:
+                            os.close(sub)
+                        result.output_directories.add(path=path, tree_digest=self._tree_message(tree, upload))
+                finally:
+                    os.close(dir_fd)
+        finally:
+            os.close(root_fd)
+
+    def ingest_sha(self, digest) -> str:
+        """The SHA-256 of a blob of this worker's store (remembered both ways)."""
+        sha = sha256_of_blob(self.store, digest, self._sha_memo)
+        self.ingest.memo[sha] = digest
+        return sha
+
+    def _tree_message(self, tree, upload: Upload):
+        """A REAPI Tree (root + every subdirectory) of an hb tree, with its blobs added to upload."""
+        pb = self.pb
+        local = Upload()
+        root_sha, _size = hb_tree_to_reapi(pb, self.store, tree, local, self._sha_memo, {})
+        upload.blobs.update(local.blobs)
+        messages = {}
+        for sha, (_n, data) in local.blobs.items():
+            if isinstance(data, (bytes, bytearray)):
+                messages[sha] = data
+        root = pb.Directory()
+        root.ParseFromString(messages[root_sha])
+        children, seen, stack = [], set(), [d.digest.hash for d in root.directories]
+        while stack:
+            sha = stack.pop()
+            if sha in seen:
+                continue
+            seen.add(sha)
+            child = pb.Directory()
+            child.ParseFromString(messages[sha])
+            children.append(child)
+            stack.extend(d.digest.hash for d in child.directories)
+        message = pb.Tree(root=root, children=children)
+        data = message.SerializeToString(deterministic=True)
+        sha = hashlib.sha256(data).hexdigest()
+        upload.blobs[sha] = (len(data), data)
+        return pb.Digest(hash=sha, size_bytes=len(data))
+
+
+def main(url: str, instance: str, workdir: str | None, cache: str | None, bot_id: str | None,
+         properties: tuple[str, ...], max_actions: int | None) -> int:
+    props = []
+    for p in properties:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--property {p!r}: write KEY=VALUE")
+        props.append((key, value))
+    worker = BotWorker(url, instance=instance, workdir=Path(workdir) if workdir else None,
+                       cache=Path(cache) if cache else None, bot_id=bot_id, properties=tuple(props))
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        worker.run(max_actions)
+    except KeyboardInterrupt:
+        pass
+    return 0
