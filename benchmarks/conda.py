@@ -1,6 +1,6 @@
 """Conda benchmark: hb as a user runs it (whole processes) next to the plain tools, in one run.
 
-    python3 benchmarks/conda.py [--rows lock,fetch,cold,stage,big,example] [--reps 3]
+    python3 benchmarks/conda.py [--rows lockread,lock,fetch,cold,stage,big,example] [--reps 3]
                                 [--packages 300 --files 20 --file-kib 16] [--big-mib 1024] [--pip-only | --pip-lock-only]
 
 Rows (issue 11 and 9), each hb run and its baseline alternating, `sync` before every timed process,
@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -463,8 +464,9 @@ def main() -> None:
     parser.add_argument("--file-kib", type=int, default=16)
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--rows", default="lock,fetch,cold,stage,big,example",
-                        help="comma-separated: lock (hb lock rows), fetch (throughput), cold, stage, big, example")
+    parser.add_argument("--rows", default="lockread,lock,fetch,cold,stage,big,example",
+                        help="comma-separated: lockread (a 1.4 MB lock file read, benchmarks/lockread.py), lock (hb "
+                             "lock rows), fetch (throughput), cold, stage, big, example")
     parser.add_argument("--pip-only", action="store_true", help="only the pip (uv, wheels) measurements")
     parser.add_argument("--pip-lock-only", action="store_true", help="only hb lock vs uv pip compile")
     args = parser.parse_args()
@@ -473,6 +475,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hb-bench-conda-"))
     servers = []
     try:
+        if "lockread" in args.rows:  # issue 9: a 1.4 MB conda-lock.yml (800 packages x 4 platforms) read in <= 1 s
+            subprocess.run([sys.executable, str(Path(__file__).with_name("lockread.py")), "--repeat", str(args.reps)],
+                           check=True)
         if "lock" in args.rows:
             pip_benchmarks(tmp / "pip")
             # lock time of the example, all platforms (its channel built beforehand, not timed)
