@@ -131,19 +131,24 @@ def _median(runs) -> tuple[float, int]:
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
-DIRECT_INSTALL = """
-import asyncio, os, subprocess, sys, rattler
-from rattler import Config
-archives, prefix, cache, uv, python, wheels = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+# the baselines' rattler.install, as hb stages: no hard links, no link scripts, the same target prefix;
+# the scripts end with os._exit(0): py-rattler 0.28 can abort in its finalizers at exit (PyGILState_Release)
+RATTLER_INSTALL = """
 async def run():
     records = [await rattler.RepoDataRecord.from_package_archive(a) for a in archives]
     await rattler.install(records, target_prefix=prefix, cache_dir=cache, alternative_target_prefix="/opt/env",
                           execute_link_scripts=False, show_progress=False,
                           config=Config.from_toml("allow-hard-links = false\\nallow-ref-links = false"))
 asyncio.run(run())
-subprocess.run([uv, "pip", "install", "--python", python, "--prefix", prefix, "--no-deps", "--offline",
+"""
+
+DIRECT_INSTALL = """
+import asyncio, os, subprocess, sys, rattler
+from rattler import Config
+archives, prefix, cache, uv, python, wheels = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+""" + RATTLER_INSTALL + """subprocess.run([uv, "pip", "install", "--python", python, "--prefix", prefix, "--no-deps", "--offline",
                 "--no-config", "--break-system-packages", "--link-mode", "copy", "--cache-dir", cache + "-uv", "--quiet", *wheels], check=True)
-os._exit(0)  # py-rattler 0.28 can abort in its finalizers at exit
+os._exit(0)
 """
 
 
@@ -349,26 +354,14 @@ def get(url):
     return path
 with concurrent.futures.ThreadPoolExecutor(8) as pool:
     archives = list(pool.map(get, urls))
-async def run():
-    records = [await rattler.RepoDataRecord.from_package_archive(a) for a in archives]
-    await rattler.install(records, target_prefix=prefix, cache_dir=cache, alternative_target_prefix="/opt/env",
-                          execute_link_scripts=False, show_progress=False,
-                          config=Config.from_toml("allow-hard-links = false\\nallow-ref-links = false"))
-asyncio.run(run())
-os._exit(0)  # py-rattler 0.28 can abort in its finalizers at exit (PyGILState_Release)
+""" + RATTLER_INSTALL + """os._exit(0)
 """
 
 INSTALL = """
 import asyncio, os, sys, rattler
 from rattler import Config
 archives, prefix, cache = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
-async def run():
-    records = [await rattler.RepoDataRecord.from_package_archive(a) for a in archives]
-    await rattler.install(records, target_prefix=prefix, cache_dir=cache, alternative_target_prefix="/opt/env",
-                          execute_link_scripts=False, show_progress=False,
-                          config=Config.from_toml("allow-hard-links = false\\nallow-ref-links = false"))
-asyncio.run(run())
-os._exit(0)
+""" + RATTLER_INSTALL + """os._exit(0)
 """
 
 

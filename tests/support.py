@@ -297,6 +297,36 @@ def run_in_prefix(tree: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 
+def genrule_workspace(root: Path, cache: Path, build: str) -> Workspace:
+    """A new workspace at root with package //p: its BUILD.hermetic (`build`) and p/in.txt."""
+    root.mkdir(parents=True)
+    (root / "hermetic.toml").write_text("")
+    ws = Workspace(root, cache)
+    ws.write("p/BUILD.hermetic", build)
+    ws.write("p/in.txt", "hello remote\n")
+    return ws
+
+
+def start_bgd(server, bgd: Path, conf: Path) -> None:
+    """Start `bgd server start conf` for a BuildGrid fixture (its port and log_path set) and wait until
+    it listens; on failure the fixture is stopped and the log's tail raised."""
+    server.log = open(server.log_path, "w")
+    server.proc = subprocess.Popen([str(bgd), "server", "start", str(conf)], stdout=server.log,
+                                   stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            server.stop()
+            raise RuntimeError(f"bgd exited: {server.log_path.read_text()[-4000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"bgd did not listen on {server.port}: {server.log_path.read_text()[-4000:]}")
+
+
 class BuildGridCache:
     """A real BuildGrid server (`bgd server start`) offering only the REAPI cache services
     (Capabilities, CAS, ByteStream, ActionCache) on a free 127.0.0.1 port. Its CAS is a disk
@@ -340,20 +370,8 @@ class BuildGridCache:
                   - !bytestream
                     storage: *cas-storage
             """).replace("{channel}", channel))
-        self.log = open(workdir / "bgd.log", "w")
-        self.proc = subprocess.Popen([str(bgd), "server", "start", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bgd exited: {(workdir / 'bgd.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"bgd did not listen on {self.port}: {(workdir / 'bgd.log').read_text()}")
+        self.log_path = workdir / "bgd.log"
+        start_bgd(self, bgd, conf)
 
     def blob_path(self, sha256: str) -> Path:
         return self.storage / "cas" / "objects" / sha256[:2] / sha256[2:]
@@ -492,21 +510,7 @@ class BuildGridExecution:
             thread-pool-size: 40
             """))
         self.log_path = workdir / "bgd.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(bgd), "server", "start", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"bgd exited: {self.log_path.read_text()[-4000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"bgd did not listen on {self.port}: {self.log_path.read_text()[-4000:]}")
+        start_bgd(self, bgd, conf)
 
     def worker(self, workdir: Path, name: str) -> "HbWorker":
         return HbWorker(self, workdir, name)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from support import NginxCache, Registry, Workspace, free_port
+from support import NginxCache, Registry, Workspace, free_port, genrule_workspace
 
 BUILD = """\
 genrule(name = "one", srcs = ["in.txt"], outs = ["one.txt"], cmd = "tr a-z A-Z < $(SRCS) > $(OUTS)")
@@ -18,12 +18,7 @@ genrule(name = "tree", srcs = [":two"], outs = ["t.txt"], cmd = "cat $(SRCS) $(S
 
 
 def _workspace(root, cache) -> Workspace:
-    root.mkdir(parents=True)
-    (root / "hermetic.toml").write_text("")
-    ws = Workspace(root, cache)
-    ws.write("p/BUILD.hermetic", BUILD)
-    ws.write("p/in.txt", "hello remote\n")
-    return ws
+    return genrule_workspace(root, cache, BUILD)
 
 
 class _Backend:

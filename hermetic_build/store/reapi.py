@@ -85,22 +85,28 @@ def _protos():
 
 
 class _Verifier:
-    """BLAKE3 and SHA-256 of bytes as they arrive, bounded by the size expected."""
+    """SHA-256 (and, for hb's own digests, BLAKE3) of bytes as they arrive, bounded by the size expected."""
 
-    def __init__(self, size: int):
-        self.expected = size
-        self.b3, self.s2, self.size = blake3(), hashlib.sha256(), 0
+    def __init__(self, size: int, blake3_hex: str | None = None):
+        self.expected, self.blake3_hex = size, blake3_hex
+        self.b3 = blake3() if blake3_hex is not None else None
+        self.s2, self.size = hashlib.sha256(), 0
 
     def update(self, data: bytes) -> bool:
         self.size += len(data)
         if self.size > self.expected:
             return False
-        self.b3.update(data)
+        if self.b3 is not None:
+            self.b3.update(data)
         self.s2.update(data)
         return True
 
     def matches(self, digest: Digest, sha: str) -> bool:
-        return self.size == digest.size and self.b3.hexdigest() == digest.hash and self.s2.hexdigest() == sha
+        return digest.size == self.expected and digest.hash == self.blake3_hex and self.complete(sha)
+
+    def complete(self, sha: str) -> bool:
+        return (self.size == self.expected and self.s2.hexdigest() == sha
+                and (self.b3 is None or self.b3.hexdigest() == self.blake3_hex))
 
 
 class ReapiStore(Store):
@@ -297,7 +303,7 @@ class ReapiStore(Store):
         sha = self._sha256.get(digest.hash)
         if sha is None:
             return None
-        verifier = _Verifier(digest.size)
+        verifier = _Verifier(digest.size, digest.hash)
         if digest.size <= self.batch_limit:
             data = self._read_small(sha, digest.size)
             if data is None:
@@ -325,23 +331,28 @@ class ReapiStore(Store):
         sha = self._sha256.get(digest.hash)
         if sha is None:
             return False
-        verifier = _Verifier(digest.size)
+        return self._download(sha, _Verifier(digest.size, digest.hash), dest, dir_fd=dir_fd, mode=mode)
+
+    def _download(self, sha: str, verifier: _Verifier, dest, *, dir_fd: int | None, mode: int | None) -> bool:
+        """Write the blob sha256 to a new file dest, renamed into place only once `verifier` accepts
+        every byte (size, SHA-256 and, where hb knows it, BLAKE3)."""
+        size = verifier.expected
         out = NewFile(dest, dir_fd=dir_fd, mode=mode)
         try:
-            if digest.size <= self.batch_limit:
-                data = self._read_small(sha, digest.size)
-                found = data is not None
-                if found and verifier.update(data):
-                    out.write(data)
-            else:
-                def sink(chunk):
-                    if not verifier.update(chunk):
-                        return False
-                    out.write(chunk)
-                    return True
+            def sink(chunk):
+                if not verifier.update(chunk):
+                    return False
+                out.write(chunk)
+                return True
 
-                found = self._stream_read(sha, digest.size, sink) is not None
-            if not found or not verifier.matches(digest, sha):
+            if size == 0:
+                found = sha == EMPTY_SHA256 or None
+            elif size <= self.batch_limit:
+                data = self._read_small(sha, size)
+                found = data is not None and sink(data)
+            else:
+                found = self._stream_read(sha, size, sink)
+            if not found or not verifier.complete(sha):
                 out.discard()
                 if found:
                     self.stats.add(rejected_blobs=1)
@@ -350,7 +361,7 @@ class ReapiStore(Store):
         except BaseException:
             out.discard()
             raise
-        self.stats.add(blobs_down=1, bytes_down=digest.size)
+        self.stats.add(blobs_down=1, bytes_down=size)
         return True
 
     def prefetch(self, digests, sink) -> None:
@@ -384,7 +395,7 @@ class ReapiStore(Store):
             d = by_sha.pop(item.digest.hash, None)
             if d is None or item.status.code != 0:
                 continue
-            verifier = _Verifier(d.size)
+            verifier = _Verifier(d.size, d.hash)
             if not (verifier.update(item.data) and verifier.matches(d, item.digest.hash)):
                 self.stats.add(rejected_blobs=1)
                 continue
@@ -642,32 +653,4 @@ class ReapiStore(Store):
         self._check_capabilities()
         if not _HEX64.match(sha) or size < 0:
             return False
-        hasher, got = hashlib.sha256(), [0]
-        out = NewFile(dest, dir_fd=dir_fd, mode=mode)
-        try:
-            def sink(chunk):
-                got[0] += len(chunk)
-                if got[0] > size:
-                    return False
-                hasher.update(chunk)
-                out.write(chunk)
-                return True
-
-            if size == 0:
-                found = sha == EMPTY_SHA256 or None
-            elif size <= self.batch_limit:
-                data = self._read_small(sha, size)
-                found = data is not None and sink(data)
-            else:
-                found = self._stream_read(sha, size, sink)
-            if found is None or not found or got[0] != size or hasher.hexdigest() != sha:
-                out.discard()
-                if found:
-                    self.stats.add(rejected_blobs=1)
-                return False
-            out.commit()
-        except BaseException:
-            out.discard()
-            raise
-        self.stats.add(blobs_down=1, bytes_down=size)
-        return True
+        return self._download(sha, _Verifier(size), dest, dir_fd=dir_fd, mode=mode)

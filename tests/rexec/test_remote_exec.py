@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("grpc")
 pytest.importorskip("buildgrid._protos.google.devtools.remoteworkers.v1test2.bots_pb2")
 
-from support import BuildGridExecution, Workspace, copy_example
+from support import BuildGridExecution, copy_example, genrule_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,6 @@ def engine(tmp_path_factory):
     server.stop()
 
 
-def _workspace(root, cache, build) -> Workspace:
-    root.mkdir(parents=True)
-    (root / "hermetic.toml").write_text("")
-    ws = Workspace(root, cache)
-    ws.write("p/BUILD.hermetic", build)
-    ws.write("p/in.txt", "hello remote\n")
-    return ws
-
-
 FANOUT = """\
 genrule(name = "up", srcs = ["in.txt"], outs = ["up.txt"], cmd = "tr a-z A-Z < $(SRCS) > $(OUTS)")
 [genrule(name = "f%d" % i, srcs = [":up"], outs = ["f%d.sh" % i],
@@ -46,8 +37,8 @@ genrule(name = "all", srcs = [":f%d" % i for i in range(6)], outs = ["all.txt"],
 def test_genrules_run_on_both_workers_and_match_a_local_build(tmp_path, engine):
     server, workers, _base = engine
     before = [w.ran() for w in workers]
-    remote = _workspace(tmp_path / "remote" / "ws", tmp_path / "remote" / "cache", FANOUT)
-    local = _workspace(tmp_path / "local" / "ws", tmp_path / "local" / "cache", FANOUT)
+    remote = genrule_workspace(tmp_path / "remote" / "ws", tmp_path / "remote" / "cache", FANOUT)
+    local = genrule_workspace(tmp_path / "local" / "ws", tmp_path / "local" / "cache", FANOUT)
     got = json.loads(remote.hb("build", "--json", "-j", "4", "--remote-executor", server.url, "//p:all").stdout)
     want = json.loads(local.hb("build", "--json", "//p:all").stdout)
     assert got["actions"] == want["actions"] == {"executed": 8, "cached": 0}
@@ -66,7 +57,7 @@ def test_genrules_run_on_both_workers_and_match_a_local_build(tmp_path, engine):
 
 def test_a_failing_action_reports_its_exit_code_and_stderr(tmp_path, engine):
     server, _workers, _base = engine
-    ws = _workspace(tmp_path / "ws", tmp_path / "cache",
+    ws = genrule_workspace(tmp_path / "ws", tmp_path / "cache",
                     'genrule(name = "bad", srcs = ["in.txt"], outs = ["o.txt"], '
                     'cmd = "echo remote-oops >&2; exit 3")\n')
     proc = ws.hb("build", "--remote-executor", server.url, "//p:bad", check=False)
@@ -78,7 +69,7 @@ def test_a_failing_action_reports_its_exit_code_and_stderr(tmp_path, engine):
 def test_local_only_kinds_and_an_unreachable_engine(tmp_path):
     from support import free_port
 
-    ws = _workspace(tmp_path / "ws", tmp_path / "cache",
+    ws = genrule_workspace(tmp_path / "ws", tmp_path / "cache",
                     'genrule(name = "g", srcs = ["in.txt"], outs = ["o.txt"], cmd = "cp $(SRCS) $(OUTS)")\n')
     proc = ws.hb("build", "--json", "--remote-timeout", "2", "--remote-executor",
                  f"grpc://127.0.0.1:{free_port()}/main", "//p:g")
@@ -89,7 +80,7 @@ def test_local_only_kinds_and_an_unreachable_engine(tmp_path):
 
 def test_a_worker_killed_mid_action_is_replaced_and_the_build_succeeds(tmp_path, engine):
     server, workers, base = engine
-    ws = _workspace(tmp_path / "ws", tmp_path / "cache",
+    ws = genrule_workspace(tmp_path / "ws", tmp_path / "cache",
                     'genrule(name = "slow", srcs = ["in.txt"], outs = ["o.txt"], '
                     'cmd = "sleep 3; cp $(SRCS) $(OUTS)")\n')
     import subprocess

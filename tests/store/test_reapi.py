@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("grpc")
 pytest.importorskip("buildgrid._protos.build.bazel.remote.execution.v2.remote_execution_pb2")
 
-from support import BuildGridCache, Workspace, free_port
+from support import BuildGridCache, Workspace, free_port, genrule_workspace
 
 from hermetic_build.digest import digest_bytes
 from hermetic_build.store.base import ActionResult, OutputEntry
@@ -143,12 +143,7 @@ genrule(name = "tree", srcs = [":two"], outs = ["t.txt"], cmd = "cat $(SRCS) $(S
 
 
 def _workspace(root, cache, build=BUILD) -> Workspace:
-    root.mkdir(parents=True)
-    (root / "hermetic.toml").write_text("")
-    ws = Workspace(root, cache)
-    ws.write("p/BUILD.hermetic", build)
-    ws.write("p/in.txt", "hello remote\n")
-    return ws
+    return genrule_workspace(root, cache, build)
 
 
 def _build(ws, url, *extra, check=True):
