@@ -80,14 +80,18 @@ def main(ctx, workspace):
 @remote_options
 @click.option("--remote-executor", metavar="URL", help="grpc(s)://host:port[/instance]: run actions on a REAPI "
               "engine's workers (default: remote_executor in hermetic.toml); fetches stay local.")
+@click.option("--remote-download", type=click.Choice(["minimal", "all"]), default=None,
+              help="With --remote-executor: 'minimal' (default) downloads only the outputs needed here "
+                   "(hb-out, local-only actions, hb verify); 'all' downloads every output.")
 @click.pass_obj
 def build(obj, labels, jobs, as_json, keep_sandbox, quiet, remote_cache, remote_upload, remote_required,
-          remote_timeout, remote_executor):
+          remote_timeout, remote_executor, remote_download):
     """Build LABELS (//pkg:name, :name, //pkg/..., //pkg:all)."""
     from .build import RemoteOptions
 
     session = _session(obj, jobs, keep_sandbox, quiet,
-                       RemoteOptions(remote_cache, remote_upload, remote_required, remote_timeout, remote_executor))
+                       RemoteOptions(remote_cache, remote_upload, remote_required, remote_timeout, remote_executor,
+                                     remote_download))
     summary = session.build(list(labels), _current_package(session))
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))

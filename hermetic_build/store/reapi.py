@@ -147,6 +147,19 @@ class ReapiStore(Store):
         return self._channel
 
     @property
+    def endpoint(self) -> str:
+        """host:port/instance: what names this server's CAS (two stores with the same one share blobs)."""
+        return f"{self.target}/{self.instance}"
+
+    def learn_sha256(self, digest: Digest, sha: str, *, present: bool = False) -> None:
+        """Remember that hb's blob `digest` is the server's blob `sha` (learnt elsewhere: an output
+        left on the engine); present: it is known to be on the server (no upload needed)."""
+        with self._lock:
+            self._sha256[digest.hash] = sha
+            if present:
+                self._uploaded.add(sha)
+
+    @property
     def protos(self):
         """The REAPI v2 message module (BuildGrid's generated classes)."""
         return self._pb
