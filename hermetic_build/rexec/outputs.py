@@ -195,7 +195,7 @@ class LazyOutputs(Store):
         return self.inner.get_action_result(key)
 
     def put_action_result(self, key: str, result) -> None:
-        if self.uploads_results:
+        if self.uploads_results and "remote.worker" in result.metadata:  # executed remotely in this build
             for digest, sha in self._left_remote(result):
                 if self.shared_cache is not None:
                     self.shared_cache.learn_sha256(digest, sha, present=True)
