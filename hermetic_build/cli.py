@@ -571,7 +571,10 @@ def _human(n: int) -> str:
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
               help="A platform property this worker offers besides OSFamily=linux (e.g. hb-kind=conda.stage).")
 @click.option("--max-actions", type=int, default=None, help="Exit after running this many actions.")
-def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions):
+@click.option("--preload/--no-preload", default=True,
+              help="Run each action in a process forked from a fork server that imported hb and the rule modules "
+                   "once (default), or in a fresh `python3 -m hermetic_build.worker_exec`.")
+def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, preload):
     """Lease hb actions from a REAPI engine's Bots service and run them (with bubblewrap, as hb does)."""
     try:
         from .rexec.worker import main as worker_main
@@ -579,7 +582,7 @@ def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions):
         raise UsageError(f"hb worker needs the reapi extra: {exc}",
                          hint="pip install 'hermetic-build[reapi]' (buildgrid, grpcio)") from None
     try:
-        sys.exit(worker_main(url, instance, workdir, cache_dir, bot_id, properties, max_actions))
+        sys.exit(worker_main(url, instance, workdir, cache_dir, bot_id, properties, max_actions, preload))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

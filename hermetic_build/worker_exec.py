@@ -12,6 +12,7 @@ The command's own stdout and stderr are the action's; its exit status is the act
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import stat
@@ -182,6 +183,40 @@ def die_with_worker() -> None:
         return
     if os.getppid() != int(pid):
         os._exit(1)
+
+
+def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None:
+    """worker_exec in a process forked from `hb worker`'s pre-imported fork server (rexec/worker.py):
+    the same as `python3 -m hermetic_build.worker_exec .hb/action.json` in `root` with `env`, its
+    stdout and stderr written to the two files, without a fresh interpreter's imports. It dies with
+    the fork server, which ends when the worker does."""
+    code = 1
+    try:
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        for fd, path in ((1, stdout_path), (2, stderr_path)):
+            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.dup2(out, fd)
+            os.close(out)
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(root)
+        code = run(Path(root))
+    except BaseException:  # noqa: BLE001 - reported as the action's stderr, like an interpreter would
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,12 +242,24 @@ class RemoteExecutor:
                                        "is not accepted while HB_REMOTE_HMAC_KEY is set")
         return response
 
-    def _log_blob(self, raw: bytes, digest) -> bytes:
+    def _log_blob(self, raw: bytes, digest, read: dict | None = None) -> bytes:
         if raw:
             return bytes(raw)
+        if read is not None and digest.hash in read:
+            return read[digest.hash]
         if digest.hash:
             return self.cas.read_sha(digest.hash, digest.size_bytes, limit=MAX_OUTPUT_LOG) or b""
         return b""
+
+    def _read_small(self, digests) -> dict[str, bytes]:
+        """The small blobs among `digests` (stdout, stderr, the claims), verified, in one BatchReadBlobs:
+        sha256 -> bytes. What is not there is read one by one afterwards, as before."""
+        pairs = {(d.hash, d.size_bytes) for d in digests if d is not None and d.hash and 0 < d.size_bytes}
+        pairs = [(sha, size) for sha, size in pairs if size <= min(MAX_OUTPUT_LOG, MAX_CLAIMS_BYTES)]
+        read: dict[str, bytes] = {}
+        if pairs:
+            self.cas.read_sha_many(pairs, read.__setitem__)
+        return read
 
     def _logs(self, result) -> str:
         out = self._log_blob(result.stdout_raw, result.stdout_digest).decode(errors="replace")[-4000:]
@@ -274,7 +286,11 @@ class RemoteExecutor:
         dirs = {d.path: d for d in result.output_directories}
         outputs, left = [], []  # left: (Digest, sha256) of output files left on the engine
         try:
-            claims = self._claims(files.get(CLAIMS_PATH)) if self.download == "minimal" else {}
+            claims_node = files.get(CLAIMS_PATH) if self.download == "minimal" else None
+            read = self._read_small([result.stdout_digest if not result.stdout_raw else None,
+                                     result.stderr_digest if not result.stderr_raw else None,
+                                     claims_node.digest if claims_node is not None else None])
+            claims = self._claims(claims_node, read)
             for out in action.outputs:
                 if out.is_directory:
                     node = dirs.get(out.path)
@@ -298,18 +314,20 @@ class RemoteExecutor:
         except RemoteTreeError as exc:
             raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the outputs {where} were refused: {exc}")
         self._leave(left)
-        stdout = self.local.put_blob(self._log_blob(result.stdout_raw, result.stdout_digest))
-        stderr = self.local.put_blob(self._log_blob(result.stderr_raw, result.stderr_digest))
+        stdout = self.local.put_blob(self._log_blob(result.stdout_raw, result.stdout_digest, read))
+        stderr = self.local.put_blob(self._log_blob(result.stderr_raw, result.stderr_digest, read))
         self.local.flush()
         return ActionResult(tuple(outputs), 0, stdout, stderr,
                             {"mnemonic": action.mnemonic, "owner": str(action.owner), "remote.worker": worker})
 
-    def _claims(self, node) -> dict[str, str]:
+    def _claims(self, node, read: dict) -> dict[str, str]:
         """The worker's SHA-256 -> BLAKE3 claims (CLAIMS_PATH), checked against the schema; {} when it
         sent none (an older worker: every output is then downloaded)."""
         if node is None:
             return {}
-        data = self.cas.read_sha(node.digest.hash, node.digest.size_bytes, limit=MAX_CLAIMS_BYTES)
+        data = read.get(node.digest.hash)
+        if data is None:
+            data = self.cas.read_sha(node.digest.hash, node.digest.size_bytes, limit=MAX_CLAIMS_BYTES)
         if data is None:
             raise RemoteTreeError(f"{CLAIMS_PATH} is missing on the server or does not match its digest")
         try:
