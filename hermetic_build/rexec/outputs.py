@@ -25,6 +25,7 @@ from blake3 import blake3
 
 from ..digest import Digest
 from ..store.base import InvalidEntry, Store, load_json
+from ..store.remote import RemoteAuthError, RemoteUnavailable
 
 CLAIMS_PATH = ".hb/outputs.json"
 CLAIMS_VERSION = 1
@@ -134,10 +135,18 @@ class LazyOutputs(Store):
     def has_blob(self, digest: Digest) -> bool:
         return self.local.has_blob(digest) or self.index.sha256(digest) is not None or self.inner.has_blob(digest)
 
+    def _remote(self, default, fn, *args):
+        """A read from the engine's CAS; an engine that cannot be reached is a missing blob (the
+        producing action then runs again, remotely or, once the executor is given up, locally)."""
+        try:
+            return fn(*args)
+        except (RemoteUnavailable, RemoteAuthError):
+            return default
+
     def get_blob(self, digest: Digest) -> bytes | None:
         data = self.inner.get_blob(digest)
         if data is None and self._learn(digest):
-            data = self.cas.get_blob(digest)  # verified against both digests
+            data = self._remote(None, self.cas.get_blob, digest)  # verified against both digests
             if data is not None:
                 self.local.put_blob(data)
         return data
@@ -160,7 +169,7 @@ class LazyOutputs(Store):
         fd, tmp = self.local._temp()
         os.close(fd)
         try:
-            if not self.cas.fetch_file(digest, Path(tmp)):
+            if not self._remote(False, self.cas.fetch_file, digest, Path(tmp)):
                 return False
             self.inner.put_file(Path(tmp), move=True)  # and to a remote cache, when it is written to
         finally:
@@ -175,7 +184,7 @@ class LazyOutputs(Store):
             inner(digests)
         remote = [d for d in set(digests) if not self.local.has_blob(d) and self._learn(d)]
         if remote:
-            self.cas.prefetch(remote, lambda _digest, data: self.local.put_blob(data, fsync=False))
+            self._remote(None, self.cas.prefetch, remote, lambda _digest, data: self.local.put_blob(data, fsync=False))
             self.local.flush()
 
     def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
