@@ -83,6 +83,7 @@ class RemoteOptions:
     required: bool = False
     timeout: int | None = None
     executor: str | None = None  # --remote-executor URL
+    download: str | None = None  # --remote-download: minimal | all (None: the workspace setting)
 
 
 class Session:
@@ -114,22 +115,37 @@ class Session:
         self.remote_executor = None
         executor_url = remote.executor or self.settings.remote_executor
         if executor_url:
-            self.remote_executor = self._open_executor(executor_url, remote.timeout or self.settings.remote_timeout)
+            self.remote_executor = self._open_executor(executor_url, remote.timeout or self.settings.remote_timeout,
+                                                       remote.download or self.settings.remote_download,
+                                                       upload if self.remote is not None else False)
         ws_id = blake3(str(workspace.root).encode()).hexdigest()[:16]
         self.state_dir = self.settings.cache_dir / "workspaces" / ws_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rules = None
         self._analyses: dict[tuple, AnalysisResult] = {}
 
-    def _open_executor(self, url: str, timeout: int):
+    def _open_executor(self, url: str, timeout: int, download: str, uploads_results: bool):
+        """The remote executor; with download "minimal", self.store becomes a LazyOutputs in front of
+        the engine's CAS, so that outputs left there are fetched when something here reads them."""
         from .errors import UsageError
 
         try:
             from .rexec.client import RemoteExecutor
+            from .rexec.outputs import DOWNLOAD_MODES, LazyOutputs, RemoteBlobIndex
 
-            return RemoteExecutor(url, local=self.local_store, store=self.store, timeout=timeout,
-                                  instance_name=self.settings.remote_instance_name or None,
-                                  cafile=os.environ.get("HB_REMOTE_CA"))
+            if download not in DOWNLOAD_MODES:
+                raise UsageError(f"--remote-download {download!r}: use one of {', '.join(DOWNLOAD_MODES)}")
+            executor = RemoteExecutor(url, local=self.local_store, store=self.store, timeout=timeout,
+                                      instance_name=self.settings.remote_instance_name or None,
+                                      cafile=os.environ.get("HB_REMOTE_CA"))
+            if download == "minimal":
+                index = RemoteBlobIndex(self.settings.cache_dir, executor.cas.endpoint)
+                cache = getattr(self.remote, "remote", None)  # the remote cache's own store
+                shared = cache if getattr(cache, "endpoint", None) == executor.cas.endpoint else None
+                self.store = LazyOutputs(self.store, self.local_store, executor.cas, index,
+                                         uploads_results=uploads_results, shared_cache=shared)
+                executor.leave_outputs(self.store, index)
+            return executor
         except ImportError as exc:
             raise UsageError(f"--remote-executor needs the reapi extra: {exc}",
                              hint="pip install 'hermetic-build[reapi]' (buildgrid, grpcio)") from None

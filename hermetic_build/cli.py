@@ -80,14 +80,18 @@ def main(ctx, workspace):
 @remote_options
 @click.option("--remote-executor", metavar="URL", help="grpc(s)://host:port[/instance]: run actions on a REAPI "
               "engine's workers (default: remote_executor in hermetic.toml); fetches stay local.")
+@click.option("--remote-download", type=click.Choice(["minimal", "all"]), default=None,
+              help="With --remote-executor: 'minimal' (default) downloads only the outputs needed here "
+                   "(hb-out, local-only actions, hb verify); 'all' downloads every output.")
 @click.pass_obj
 def build(obj, labels, jobs, as_json, keep_sandbox, quiet, remote_cache, remote_upload, remote_required,
-          remote_timeout, remote_executor):
+          remote_timeout, remote_executor, remote_download):
     """Build LABELS (//pkg:name, :name, //pkg/..., //pkg:all)."""
     from .build import RemoteOptions
 
     session = _session(obj, jobs, keep_sandbox, quiet,
-                       RemoteOptions(remote_cache, remote_upload, remote_required, remote_timeout, remote_executor))
+                       RemoteOptions(remote_cache, remote_upload, remote_required, remote_timeout, remote_executor,
+                                     remote_download))
     summary = session.build(list(labels), _current_package(session))
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
@@ -567,7 +571,10 @@ def _human(n: int) -> str:
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
               help="A platform property this worker offers besides OSFamily=linux (e.g. hb-kind=conda.stage).")
 @click.option("--max-actions", type=int, default=None, help="Exit after running this many actions.")
-def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions):
+@click.option("--preload/--no-preload", default=True,
+              help="Run each action in a process forked from a fork server that imported hb and the rule modules "
+                   "once (default), or in a fresh `python3 -m hermetic_build.worker_exec`.")
+def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, preload):
     """Lease hb actions from a REAPI engine's Bots service and run them (with bubblewrap, as hb does)."""
     try:
         from .rexec.worker import main as worker_main
@@ -575,7 +582,7 @@ def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions):
         raise UsageError(f"hb worker needs the reapi extra: {exc}",
                          hint="pip install 'hermetic-build[reapi]' (buildgrid, grpcio)") from None
     try:
-        sys.exit(worker_main(url, instance, workdir, cache_dir, bot_id, properties, max_actions))
+        sys.exit(worker_main(url, instance, workdir, cache_dir, bot_id, properties, max_actions, preload))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

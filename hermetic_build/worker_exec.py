@@ -12,6 +12,7 @@ The command's own stdout and stderr are the action's; its exit status is the act
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import stat
@@ -22,10 +23,12 @@ from .action import get_action_kind
 from .anchored import FILE_FLAGS, RefusedPath, open_directory
 from .errors import ActionFailed, HbError
 from .rexec.description import DESCRIPTION_PATH, MAX_DESCRIPTION_BYTES, BadDescription, decode
+from .rexec.merkle import sha256_of_blob
+from .rexec.outputs import CLAIMS_PATH, encode_claims
 from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import OutputEntry
 from .store.local import LocalStore
-from .tree import MissingBlob, materialize_tree, restore_special_bits, store_tree
+from .tree import MissingBlob, materialize_tree, restore_special_bits, store_tree, walk_tree
 from .workspace import Settings
 
 REFUSED = 2
@@ -72,6 +75,29 @@ def _input_entry(store, execroot_fd: int, path: str, is_directory: bool) -> Outp
         return OutputEntry(path, "file", store.put_at(dir_fd, name, fsync=False), bool(st.st_mode & stat.S_IXUSR))
     finally:
         os.close(dir_fd)
+
+
+def _write_claims(root: Path, store, outputs) -> None:
+    """CLAIMS_PATH: SHA-256 -> BLAKE3 of every output file (a tree's files too), so that the client
+    can record the outputs under hb's keys without downloading them (rexec/outputs.py)."""
+    pairs, memo = {}, {}
+    for entry in outputs:
+        digests = [entry.digest] if entry.kind == "file" else \
+            [e.digest for _path, e in walk_tree(store, entry.digest) if e.kind == "file"]
+        for d in digests:
+            pairs[sha256_of_blob(store, d, memo)] = d.hash
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = open_directory(root_fd, ".hb")
+    finally:
+        os.close(root_fd)
+    try:
+        out = os.open(CLAIMS_PATH.rpartition("/")[2], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o644, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with os.fdopen(out, "wb") as f:
+        f.write(encode_claims(pairs))
 
 
 def run(root: Path) -> int:
@@ -135,6 +161,7 @@ def run(root: Path) -> int:
             restore_special_bits(store, entry.digest, dest)
         elif not store.fetch_file(entry.digest, dest, mode=0o755 if entry.executable else 0o644):
             raise MissingBlob(entry.digest)
+    _write_claims(root, store, outputs)
     sys.stdout.buffer.write(bytes(execution.stdout))
     sys.stderr.buffer.write(bytes(execution.stderr))
     if bwrap_path() is None:  # said on every action that ran unsandboxed on this worker
@@ -156,6 +183,40 @@ def die_with_worker() -> None:
         return
     if os.getppid() != int(pid):
         os._exit(1)
+
+
+def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None:
+    """worker_exec in a process forked from `hb worker`'s pre-imported fork server (rexec/worker.py):
+    the same as `python3 -m hermetic_build.worker_exec .hb/action.json` in `root` with `env`, its
+    stdout and stderr written to the two files, without a fresh interpreter's imports. It dies with
+    the fork server, which ends when the worker does."""
+    code = 1
+    try:
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        for fd, path in ((1, stdout_path), (2, stderr_path)):
+            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.dup2(out, fd)
+            os.close(out)
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(root)
+        code = run(Path(root))
+    except BaseException:  # noqa: BLE001 - reported as the action's stderr, like an interpreter would
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

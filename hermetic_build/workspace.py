@@ -36,6 +36,7 @@ class Settings:
     remote_cache: str | None = None
     remote_instance_name: str = ""  # REAPI instance for grpc(s):// caches whose URL names none
     remote_executor: str | None = None  # grpc(s)://host:port[/instance]: a REAPI engine that runs actions
+    remote_download: str = "minimal"  # with remote_executor: "minimal" leaves unneeded outputs remote, or "all"
     remote_upload: bool = False
     remote_timeout: int = 10
     jobs: int = 0
@@ -47,8 +48,8 @@ class Settings:
 
 
 _KNOWN_KEYS = {"cache_dir", "platforms", "source_date_epoch", "env_allowlist", "remote_cache", "jobs",
-               "rule_modules", "remote_upload", "remote_timeout", "remote_instance_name", "remote_executor", "starlark_memory_mb",
-               "starlark_timeout_s"}
+               "rule_modules", "remote_upload", "remote_timeout", "remote_instance_name", "remote_executor",
+               "remote_download", "starlark_memory_mb", "starlark_timeout_s"}
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ def load_settings(root: Path) -> Settings:
         remote_cache=typed("remote_cache", str, "") or None,
         remote_instance_name=typed("remote_instance_name", str, ""),
         remote_executor=typed("remote_executor", str, "") or None,
+        remote_download=typed("remote_download", str, "minimal"),
         remote_upload=typed("remote_upload", bool, False),
         remote_timeout=typed("remote_timeout", int, 10),
         jobs=typed("jobs", int, 0),

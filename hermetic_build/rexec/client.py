@@ -25,12 +25,15 @@ from ..action import Action
 from ..digest import Digest
 from ..errors import ActionFailed, RemoteError
 from ..sandbox import FIXED_PATH
-from ..store.base import ActionResult, OutputEntry
+from ..store.base import ActionResult, InvalidEntry, OutputEntry
+from ..store.factory import signer_from_env
 from ..store.reapi import ReapiStore
 from ..store.remote import RemoteUnavailable, Signer
 from ..tree import MissingBlob
 from .description import DESCRIPTION_PATH, encode
-from .merkle import BlobIngest, InputRoot, RemoteTreeError, hb_tree_to_reapi, reapi_tree_to_hb
+from .merkle import (BlobIngest, ClaimedIngest, InputRoot, RemoteTreeError, hb_tree_to_reapi, reapi_tree_to_hb,
+                     sha256_of_blob)
+from .outputs import CLAIMS_PATH, MAX_CLAIMS_BYTES, RemoteBlobIndex, decode_claims
 
 WORKER_ARGV = ("python3", "-m", "hermetic_build.worker_exec", DESCRIPTION_PATH)
 EXECUTE_RETRIES = 5
@@ -48,7 +51,9 @@ def platform_properties(action: Action) -> list[tuple[str, str]]:
 
 class _Blobs:
     """Blobs of the build's store, read through it (so a blob only a remote cache had is brought
-    into the local store first): what hb_tree_to_reapi reads trees and files through."""
+    into the local store first): what hb_tree_to_reapi reads trees and files through. A blob left
+    on the engine is named by its SHA-256 (remote_sha256) and its path is a _LazyPath: it is only
+    downloaded if the engine turns out to lack it and it must be uploaded again."""
 
     def __init__(self, store, local):
         self.store, self.local = store, local
@@ -56,13 +61,32 @@ class _Blobs:
     def get_blob(self, digest: Digest):
         return self.store.get_blob(digest)
 
+    def remote_sha256(self, digest: Digest) -> str | None:
+        known = getattr(self.store, "remote_sha256", None)
+        return known(digest) if known is not None else None
+
     def blob_path(self, digest: Digest):
+        if not self.local.has_blob(digest) and self.remote_sha256(digest) is not None:
+            return _LazyPath(self, digest)
+        return self.local_path(digest)
+
+    def local_path(self, digest: Digest):
         if not self.local.has_blob(digest):
             data = self.store.get_blob(digest)
             if data is None:
                 raise MissingBlob(digest)
             self.local.put_blob(data)
         return self.local.blob_path(digest)
+
+
+class _LazyPath(os.PathLike):
+    """The local path of a blob left on the engine, downloaded when first opened."""
+
+    def __init__(self, blobs: _Blobs, digest: Digest):
+        self.blobs, self.digest = blobs, digest
+
+    def __fspath__(self) -> str:
+        return str(self.blobs.local_path(self.digest))
 
 
 class RemoteExecutor:
@@ -85,9 +109,21 @@ class RemoteExecutor:
         self._checked = False
         self._lock = threading.Lock()
         self.workers: dict[str, int] = {}  # worker name -> actions it ran (from execution metadata)
+        self.download = "all"  # or "minimal" (leave_outputs)
+        self.index: RemoteBlobIndex | None = None
+        # With HB_REMOTE_HMAC_KEY set, hb accepts only results it can vouch for: the engine's action
+        # cache (which workers, or anyone allowed to call UpdateActionResult, write unsigned) is
+        # never consulted; every Execute runs the action, and the client signs what it records.
+        self.skip_cache_lookup = signer_from_env().key is not None
 
     def close(self) -> None:
         self.cas.close()
+
+    def leave_outputs(self, store, index: RemoteBlobIndex) -> None:
+        """--remote-download=minimal: outputs whose BLAKE3 the worker claims stay on the engine and
+        are recorded in `index`; inputs are read through `store` (a LazyOutputs over that index)."""
+        self.download, self.index = "minimal", index
+        self.blobs = _Blobs(store, self.local)
 
     # ----- capabilities ----------------------------------------------------------------------------
     def check(self) -> None:
@@ -130,14 +166,14 @@ class RemoteExecutor:
                     root.add_tree(f.path, sha, size)
                 else:
                     blob = self.blobs.blob_path(entry.digest)
-                    sha = _memo_sha(self._sha_memo, entry.digest, blob)
+                    sha = sha256_of_blob(self.blobs, entry.digest, self._sha_memo)
                     root.add_file(f.path, sha, entry.digest.size, 0o755 if entry.executable else 0o644, blob)
         root.add_bytes(DESCRIPTION_PATH, encode(action, env, source_date_epoch))
         root_digest = root.finish()
         properties = [pb.Platform.Property(name=k, value=v) for k, v in platform_properties(action)]
         command = pb.Command(arguments=list(WORKER_ARGV),
                              environment_variables=[pb.Command.EnvironmentVariable(name="PATH", value=FIXED_PATH)],
-                             output_paths=sorted(o.path for o in action.outputs),
+                             output_paths=sorted([CLAIMS_PATH] + [o.path for o in action.outputs]),
                              platform=pb.Platform(properties=properties))
         command_sha, command_size = root.upload.add_message(command)
         message = pb.Action(command_digest=pb.Digest(hash=command_sha, size_bytes=command_size),
@@ -163,7 +199,8 @@ class RemoteExecutor:
             try:
                 if name is None:
                     stream = self.execution.Execute(
-                        pb.ExecuteRequest(instance_name=self.cas.instance, action_digest=action_digest),
+                        pb.ExecuteRequest(instance_name=self.cas.instance, action_digest=action_digest,
+                                          skip_cache_lookup=self.skip_cache_lookup),
                         timeout=self.action_timeout)
                 else:
                     stream = self.execution.WaitExecution(pb.WaitExecutionRequest(name=name),
@@ -199,14 +236,30 @@ class RemoteExecutor:
             raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the engine could not run it: "
                                        f"{response.status.message} (status {response.status.code})",
                                        detail=self._logs(response.result) or None)
+        if response.cached_result and self.skip_cache_lookup:
+            raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the engine answered from its action "
+                                       "cache although asked not to (skip_cache_lookup): an unsigned result "
+                                       "is not accepted while HB_REMOTE_HMAC_KEY is set")
         return response
 
-    def _log_blob(self, raw: bytes, digest) -> bytes:
+    def _log_blob(self, raw: bytes, digest, read: dict | None = None) -> bytes:
         if raw:
             return bytes(raw)
+        if read is not None and digest.hash in read:
+            return read[digest.hash]
         if digest.hash:
             return self.cas.read_sha(digest.hash, digest.size_bytes, limit=MAX_OUTPUT_LOG) or b""
         return b""
+
+    def _read_small(self, digests) -> dict[str, bytes]:
+        """The small blobs among `digests` (stdout, stderr, the claims), verified, in one BatchReadBlobs:
+        sha256 -> bytes. What is not there is read one by one afterwards, as before."""
+        pairs = {(d.hash, d.size_bytes) for d in digests if d is not None and d.hash and 0 < d.size_bytes}
+        pairs = [(sha, size) for sha, size in pairs if size <= min(MAX_OUTPUT_LOG, MAX_CLAIMS_BYTES)]
+        read: dict[str, bytes] = {}
+        if pairs:
+            self.cas.read_sha_many(pairs, read.__setitem__)
+        return read
 
     def _logs(self, result) -> str:
         out = self._log_blob(result.stdout_raw, result.stdout_digest).decode(errors="replace")[-4000:]
@@ -231,32 +284,67 @@ class RemoteExecutor:
                                detail=self._logs(result) or None)
         files = {f.path: f for f in result.output_files}
         dirs = {d.path: d for d in result.output_directories}
-        outputs = []
+        outputs, left = [], []  # left: (Digest, sha256) of output files left on the engine
         try:
+            claims_node = files.get(CLAIMS_PATH) if self.download == "minimal" else None
+            read = self._read_small([result.stdout_digest if not result.stdout_raw else None,
+                                     result.stderr_digest if not result.stderr_raw else None,
+                                     claims_node.digest if claims_node is not None else None])
+            claims = self._claims(claims_node, read)
             for out in action.outputs:
                 if out.is_directory:
                     node = dirs.get(out.path)
                     if node is None:
                         raise ActionFailed(f"{action.owner}: {action.mnemonic}: declared output {out.path} was not "
                                            f"created {where}", detail=self._logs(result) or None)
-                    outputs.append(OutputEntry(out.path, "dir", self._tree(node.tree_digest)))
+                    outputs.append(OutputEntry(out.path, "dir", self._tree(node.tree_digest, claims, left)))
+                    continue
+                node = files.get(out.path)
+                if node is None:
+                    raise ActionFailed(f"{action.owner}: {action.mnemonic}: declared output {out.path} was not "
+                                       f"created {where}", detail=self._logs(result) or None)
+                sha, size = node.digest.hash, node.digest.size_bytes
+                if sha in claims:
+                    digest = Digest(claims[sha], size)
+                    left.append((digest, sha))
                 else:
-                    node = files.get(out.path)
-                    if node is None:
-                        raise ActionFailed(f"{action.owner}: {action.mnemonic}: declared output {out.path} was not "
-                                           f"created {where}", detail=self._logs(result) or None)
-                    self.ingest.ingest([(node.digest.hash, node.digest.size_bytes)])
-                    outputs.append(OutputEntry(out.path, "file", self.ingest.digest_of(node.digest.hash),
-                                               bool(node.is_executable)))
+                    self.ingest.ingest([(sha, size)])
+                    digest = self.ingest.digest_of(sha)
+                outputs.append(OutputEntry(out.path, "file", digest, bool(node.is_executable)))
         except RemoteTreeError as exc:
             raise RemoteExecutionError(f"{action.owner}: {action.mnemonic}: the outputs {where} were refused: {exc}")
-        stdout = self.local.put_blob(self._log_blob(result.stdout_raw, result.stdout_digest))
-        stderr = self.local.put_blob(self._log_blob(result.stderr_raw, result.stderr_digest))
+        self._leave(left)
+        stdout = self.local.put_blob(self._log_blob(result.stdout_raw, result.stdout_digest, read))
+        stderr = self.local.put_blob(self._log_blob(result.stderr_raw, result.stderr_digest, read))
         self.local.flush()
         return ActionResult(tuple(outputs), 0, stdout, stderr,
                             {"mnemonic": action.mnemonic, "owner": str(action.owner), "remote.worker": worker})
 
-    def _tree(self, digest) -> Digest:
+    def _claims(self, node, read: dict) -> dict[str, str]:
+        """The worker's SHA-256 -> BLAKE3 claims (CLAIMS_PATH), checked against the schema; {} when it
+        sent none (an older worker: every output is then downloaded)."""
+        if node is None:
+            return {}
+        data = read.get(node.digest.hash)
+        if data is None:
+            data = self.cas.read_sha(node.digest.hash, node.digest.size_bytes, limit=MAX_CLAIMS_BYTES)
+        if data is None:
+            raise RemoteTreeError(f"{CLAIMS_PATH} is missing on the server or does not match its digest")
+        try:
+            return decode_claims(data)
+        except InvalidEntry as exc:
+            raise RemoteTreeError(str(exc)) from None
+
+    def _leave(self, left: list[tuple[Digest, str]]) -> None:
+        """Record outputs left on the engine (those this machine holds already need no record)."""
+        left = [(d, sha) for d, sha in left if not self.local.has_blob(d)]
+        if not left:
+            return
+        for digest, sha in left:
+            self.cas.learn_sha256(digest, sha, present=True)
+        self.index.add(left)
+
+    def _tree(self, digest, claims: dict, left: list) -> Digest:
         pb = self.pb
         data = self.cas.read_sha(digest.hash, digest.size_bytes, limit=256 << 20)
         if data is None:
@@ -267,7 +355,11 @@ class RemoteExecutor:
         except Exception:  # noqa: BLE001 - a malformed message from the server
             raise RemoteTreeError(f"tree {digest.hash} is not a Tree message") from None
         children = {hashlib.sha256(c.SerializeToString(deterministic=True)).hexdigest(): c for c in tree.children}
-        return reapi_tree_to_hb(pb, tree.root, children, self.ingest)
+        ingest = ClaimedIngest(self.ingest, claims) if claims else self.ingest
+        root = reapi_tree_to_hb(pb, tree.root, children, ingest)
+        if claims:
+            left.extend((d, sha) for sha, d in ingest.left.items())
+        return root
 
 
 def _sha256_file(path) -> tuple[str, int]:
@@ -277,10 +369,3 @@ def _sha256_file(path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
-
-
-def _memo_sha(memo: dict, digest: Digest, path) -> str:
-    sha = memo.get(digest.hash)
-    if sha is None:
-        sha = memo[digest.hash] = _sha256_file(path)[0]
-    return sha

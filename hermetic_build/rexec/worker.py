@@ -56,7 +56,7 @@ class LeaseRefused(Exception):
 class BotWorker:
     def __init__(self, url: str, *, instance: str = "", workdir: Path | None = None, cache: Path | None = None,
                  bot_id: str | None = None, properties: tuple[tuple[str, str], ...] = (), timeout: float = 30.0,
-                 log=None):
+                 log=None, preload: bool = True):
         from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc, worker_pb2
         from buildgrid._protos.google.rpc import code_pb2, status_pb2
 
@@ -80,6 +80,8 @@ class BotWorker:
         self.done: set[str] = set()
         self.ran = 0
         self._stop = threading.Event()
+        self.preload = preload  # worker_exec forked from a pre-imported fork server (see _worker_exec)
+        self._mp = None
 
     # ----- the session -------------------------------------------------------------------------------
     def _session(self):
@@ -233,12 +235,7 @@ class BotWorker:
             materialize_tree(self.store, tree, root)
             restore_special_bits(self.store, tree, root)  # e.g. a base image's /tmp (1777): workdir is 0700
             timeout = action.timeout.seconds or None
-            try:
-                proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,
-                                      capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
-                exit_code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-            except subprocess.TimeoutExpired as exc:
-                raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s") from exc
+            exit_code, stdout, stderr = self._worker_exec(root, env, timeout)
             result = pb.ActionResult(exit_code=exit_code)
             upload = Upload()
             if exit_code == 0:
@@ -252,6 +249,46 @@ class BotWorker:
             return result, kind
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+    def _worker_exec(self, root: Path, env: dict, timeout: int | None) -> tuple[int, bytes, bytes]:
+        """(exit status, stdout, stderr) of worker_exec in the input root `root`. By default in a process
+        forked from a fork server that has imported hb and the rule modules once (multiprocessing's
+        forkserver: started with exec, so never a fork of this gRPC process), which saves each action
+        a fresh interpreter and its imports; with preload off, `python3 -m hermetic_build.worker_exec`."""
+        code = self.code_pb
+        if not self.preload:
+            try:
+                proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,
+                                      capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+            except subprocess.TimeoutExpired as exc:
+                raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s") from exc
+            return proc.returncode, proc.stdout, proc.stderr
+        from ..worker_exec import run_forked
+
+        logs = Path(tempfile.mkdtemp(prefix="logs-", dir=self.workdir))
+        try:
+            env = {k: v for k, v in env.items() if k != "HB_WORKER_PID"}  # the fork server is the parent
+            process = self._forkserver().Process(target=run_forked, args=(
+                str(root), env, str(logs / "stdout"), str(logs / "stderr")), daemon=True)
+            process.start()
+            process.join(timeout)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+                raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s")
+            out = [(logs / name).read_bytes() if (logs / name).exists() else b"" for name in ("stdout", "stderr")]
+            return process.exitcode, out[0], out[1]
+        finally:
+            shutil.rmtree(logs, ignore_errors=True)
+
+    def _forkserver(self):
+        if self._mp is None:
+            import multiprocessing
+
+            self._mp = multiprocessing.get_context("forkserver")
+            modules = [name.strip() for name in os.environ.get("HB_RULE_MODULES", "rules").split(",") if name.strip()]
+            self._mp.set_forkserver_preload(["hermetic_build.worker_exec", *modules])
+        return self._mp
 
     def _collect(self, root: Path, outputs: list[str], result, upload: Upload) -> None:
         """Declared outputs present in the working directory, read through descriptors (a link, or
@@ -327,7 +364,7 @@ class BotWorker:
 
 
 def main(url: str, instance: str, workdir: str | None, cache: str | None, bot_id: str | None,
-         properties: tuple[str, ...], max_actions: int | None) -> int:
+         properties: tuple[str, ...], max_actions: int | None, preload: bool = True) -> int:
     props = []
     for p in properties:
         key, sep, value = p.partition("=")
@@ -335,7 +372,7 @@ def main(url: str, instance: str, workdir: str | None, cache: str | None, bot_id
             raise ValueError(f"--property {p!r}: write KEY=VALUE")
         props.append((key, value))
     worker = BotWorker(url, instance=instance, workdir=Path(workdir) if workdir else None,
-                       cache=Path(cache) if cache else None, bot_id=bot_id, properties=tuple(props))
+                       cache=Path(cache) if cache else None, bot_id=bot_id, properties=tuple(props), preload=preload)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
         worker.run(max_actions)

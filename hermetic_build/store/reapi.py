@@ -44,6 +44,7 @@ BATCH_OVERHEAD = 64 << 10  # room for the request's other fields within a batch
 STREAM_CHUNK = 1 << 20  # ByteStream chunk size
 ITEM_OVERHEAD = 192  # bytes a blob adds to a batch message besides its data (digest, status, framing)
 FIND_MISSING_BATCH = 10_000
+BLIND_UPLOAD_BYTES = 1 << 20  # upload_sha sends this much without a FindMissingBlobs round trip first
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _RESERVED_SEGMENTS = {"blobs", "uploads", "actions", "actionResults", "operations", "capabilities",
@@ -145,6 +146,19 @@ class ReapiStore(Store):
     def channel(self):
         """The gRPC channel, for the other REAPI services on the same endpoint (Execution, Bots)."""
         return self._channel
+
+    @property
+    def endpoint(self) -> str:
+        """host:port/instance: what names this server's CAS (two stores with the same one share blobs)."""
+        return f"{self.target}/{self.instance}"
+
+    def learn_sha256(self, digest: Digest, sha: str, *, present: bool = False) -> None:
+        """Remember that hb's blob `digest` is the server's blob `sha` (learnt elsewhere: an output
+        left on the engine); present: it is known to be on the server (no upload needed)."""
+        with self._lock:
+            self._sha256[digest.hash] = sha
+            if present:
+                self._uploaded.add(sha)
 
     @property
     def protos(self):
@@ -577,11 +591,18 @@ class ReapiStore(Store):
     def upload_sha(self, blobs: dict[str, tuple[int, object]]) -> int:
         """blobs: sha256 -> (size, the bytes or a file to stream). Uploads those the server lacks
         (one FindMissingBlobs per 10,000; small ones together in BatchUpdateBlobs up to the batch
-        limit, large ones through ByteStream). Returns the number of bytes sent."""
+        limit, large ones through ByteStream); up to BLIND_UPLOAD_BYTES in all are sent without
+        asking. Returns the number of bytes sent."""
         self._check_capabilities()
         with self._lock:
             todo = {sha: item for sha, item in blobs.items() if sha not in self._uploaded}
-        missing = self._missing([(sha, size) for sha, (size, _src) in todo.items()]) if todo else set()
+        if sum(size for size, _src in todo.values()) <= min(BLIND_UPLOAD_BYTES, self.batch_limit // 2) and all(
+                isinstance(src, (bytes, bytearray, str, Path)) for _size, src in todo.values()):
+            # all of it in one BatchUpdateBlobs: cheaper than asking first (a source that is not plain
+            # bytes or a path, e.g. an output left on the engine and read only when needed, is asked for)
+            missing = set(todo)
+        else:
+            missing = self._missing([(sha, size) for sha, (size, _src) in todo.items()]) if todo else set()
         sent, batch, total = 0, [], 0
         for sha in sorted(missing, key=lambda s: todo[s][0]):
             size, source = todo[sha]

@@ -2,6 +2,9 @@
 throwaway PostgreSQL) and two `hb worker` processes; `hb build --remote-executor grpc://...`."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -131,3 +134,134 @@ def test_example_stage_and_layers_run_remotely_with_identical_outputs(tmp_path, 
     assert "ran shell " in new_lines  # the example's genrules
     assert all(" ran " in log for log in new_logs), new_logs  # both workers ran work
     assert "ran conda.fetch " not in new_lines and "ran wheel.fetch " not in new_lines  # local-only
+
+
+# ----- outputs left on the engine (--remote-download=minimal) -------------------------------------------
+
+CHAIN = """\
+genrule(name = "a", srcs = ["in.txt"], outs = ["a.txt"], cmd = "yes hello | head -n 3000 | cat $(SRCS) - > $(OUTS)")
+genrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "tr a-z A-Z < $(SRCS) > $(OUTS)")
+genrule(name = "c", srcs = [":b"], outs = ["c.txt"], cmd = "sort -u $(SRCS) > $(OUTS); wc -c < $(SRCS) >> $(OUTS)")
+local_copy(name = "d", srcs = [":b"], out = "d.txt")
+"""
+
+LOCAL_COPY_RULE = '''
+import shutil
+
+from hermetic_build.action import register_action_kind
+from hermetic_build.api import DefaultInfo, attr, rule
+
+
+def _copy(execution):
+    action = execution.action
+    shutil.copyfile(execution.execroot / action.inputs[0].path, execution.execroot / action.outputs[0].path)
+
+
+register_action_kind("test.local_copy", "1", _copy, local_only=True)
+
+
+def _impl(ctx):
+    srcs = [f for files in ctx.files_by_label("srcs").values() for f in files]
+    out = ctx.declare_file(ctx.attr.out)
+    ctx.actions.declare(mnemonic="LocalCopy", kind="test.local_copy", inputs=srcs, outputs=[out])
+    return [DefaultInfo(files=(out,))]
+
+
+local_copy = rule("local_copy", _impl, attrs={"srcs": attr.label_list(allow_files=True),
+                                              "out": attr.string(mandatory=True)})
+'''
+
+
+class _RulesWorkspace:
+    """A genrule workspace whose hb also loads a local-only rule (test.local_copy) from the workspace."""
+
+    def __init__(self, root, cache, build: str):
+        from support import REPO
+
+        self.ws = genrule_workspace(root, cache, build)
+        self.ws.write("hbtestrules/local_copy_rules.py", LOCAL_COPY_RULE)
+        self.ws.write("hermetic.toml", 'rule_modules = ["rules", "local_copy_rules"]\n')
+        self.root, self.cache = self.ws.root, self.ws.cache
+        self.pythonpath = os.pathsep.join([str(root / "hbtestrules"), str(REPO)])
+
+    def hb(self, *args, check: bool = True):
+        env = {**self.ws.env(), "PYTHONPATH": self.pythonpath}
+        proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", *args], cwd=self.root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hb {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def build(self, *args) -> dict:
+        return json.loads(self.hb("build", "--json", *args).stdout)
+
+    def has_local_blob(self, digest: str) -> bool:
+        from hermetic_build.digest import Digest
+        from hermetic_build.store.local import LocalStore
+
+        hash_, _, size = digest.partition("/")
+        return LocalStore(self.cache).has_blob(Digest(hash_, int(size)))
+
+
+def test_intermediate_outputs_stay_on_the_engine_until_a_local_action_reads_them(tmp_path, engine):
+    server, workers, _base = engine
+    local = _RulesWorkspace(tmp_path / "local" / "ws", tmp_path / "local" / "cache", CHAIN)
+    want = local.build("//p:a", "//p:b", "//p:c", "//p:d")["targets"]
+    digest = {name: want[f"//p:{name}"][0]["digest"] for name in "abcd"}
+
+    remote = _RulesWorkspace(tmp_path / "remote" / "ws", tmp_path / "remote" / "cache", CHAIN)
+    before = sum(w.ran() for w in workers)
+    got = remote.build("--remote-executor", server.url, "//p:c")
+    assert got["actions"] == {"executed": 3, "cached": 0}
+    assert sum(w.ran() for w in workers) - before == 3  # all three ran on the workers
+    assert got["targets"]["//p:c"] == want["//p:c"]
+    assert (remote.root / "hb-out/p/c/c.txt").read_bytes() == (local.root / "hb-out/p/c/c.txt").read_bytes()
+    # the requested output was downloaded; the intermediate ones never were
+    assert remote.has_local_blob(digest["c"])
+    assert not remote.has_local_blob(digest["a"]) and not remote.has_local_blob(digest["b"])
+
+    again = remote.build("--remote-executor", server.url, "//p:c")
+    assert again["actions"]["executed"] == 0
+    assert not remote.has_local_blob(digest["a"]) and not remote.has_local_blob(digest["b"])
+
+    # a local-only action reads b: b (only) is downloaded, verified, and the copy matches a local build
+    consumer = remote.build("--remote-executor", server.url, "//p:d")
+    assert consumer["actions"] == {"executed": 1, "cached": 2}
+    assert remote.has_local_blob(digest["b"]) and not remote.has_local_blob(digest["a"])
+    assert (remote.root / "hb-out/p/d/d.txt").read_bytes() == (local.root / "hb-out/p/d/d.txt").read_bytes()
+
+    # --remote-download=all brings every output back, as before
+    full = _RulesWorkspace(tmp_path / "full" / "ws", tmp_path / "full" / "cache", CHAIN)
+    full.build("--remote-executor", server.url, "--remote-download", "all", "//p:c")
+    assert all(full.has_local_blob(digest[name]) for name in "abc")
+
+
+def test_remote_cache_and_execution_on_one_server_with_signed_results(tmp_path, engine, monkeypatch):
+    """Workspace A builds with --remote-cache and --remote-executor on the same BuildGrid, results signed
+    with HB_REMOTE_HMAC_KEY; a fresh workspace B (empty local cache, same flags and key) runs nothing
+    and gets identical outputs, without downloading the intermediate ones. A workspace with another key
+    refuses A's results, and the engine's own (unsigned) action cache is not consulted either: the
+    actions run again on the workers."""
+    server, workers, _base = engine
+    flags = ("--remote-cache", server.url, "--remote-upload", "--remote-executor", server.url)
+    local = _RulesWorkspace(tmp_path / "local" / "ws", tmp_path / "local" / "cache", CHAIN)
+    want = local.build("//p:a", "//p:c")["targets"]
+    monkeypatch.setenv("HB_REMOTE_HMAC_KEY", "key-one")
+    a = _RulesWorkspace(tmp_path / "a" / "ws", tmp_path / "a" / "cache", CHAIN)
+    built = a.build(*flags, "//p:c")
+    assert built["actions"] == {"executed": 3, "cached": 0}
+    b = _RulesWorkspace(tmp_path / "b" / "ws", tmp_path / "b" / "cache", CHAIN)
+    before = sum(w.ran() for w in workers)
+    got = b.build(*flags, "//p:c")
+    assert got["actions"] == {"executed": 0, "cached": 3}
+    assert sum(w.ran() for w in workers) == before
+    assert got["targets"] == built["targets"] == {"//p:c": want["//p:c"]}
+    assert (b.root / "hb-out/p/c/c.txt").read_bytes() == (local.root / "hb-out/p/c/c.txt").read_bytes()
+    assert not b.has_local_blob(want["//p:a"][0]["digest"])
+
+    monkeypatch.setenv("HB_REMOTE_HMAC_KEY", "key-two")
+    other = _RulesWorkspace(tmp_path / "o" / "ws", tmp_path / "o" / "cache", CHAIN)
+    proc = other.hb("build", "--json", *flags, "//p:c")
+    assert json.loads(proc.stdout)["actions"] == {"executed": 3, "cached": 0}
+    assert sum(w.ran() for w in workers) == before + 3  # run again, not answered from the engine's cache
+    assert (other.root / "hb-out/p/c/c.txt").read_bytes() == (local.root / "hb-out/p/c/c.txt").read_bytes()
