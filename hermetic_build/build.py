@@ -191,7 +191,8 @@ class Session:
             if analysis is None:
                 from .analysis import Analyzer
 
-                analysis = Analyzer(self.workspace, self.rules()).analyze(patterns, current_package)
+                analyzer = Analyzer(self.workspace, self.rules(), self.state_dir / "memo")
+                analysis = analyzer.analyze(patterns, current_package)
                 self._save_analysis(cache_file, patterns, current_package, analysis)
         finally:
             if enabled:
