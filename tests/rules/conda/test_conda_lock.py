@@ -86,7 +86,9 @@ def test_build_file_change_reanalyses_without_conda_lock_until_the_environment_c
     workspace.hb("lock", "//env:lock")
     workspace.hb("build", "//env:env")
     build = workspace.root / "env/BUILD.hermetic"
-    build.write_text(build.read_text().replace('platform = "linux-64")', 'platform = "linux-64", prefix = "/opt/b")'))
+    text = build.read_text()
+    build.write_text(text.replace("platform = 'linux-64')", "platform = 'linux-64', prefix = '/opt/b')"))
+    assert build.read_text() != text
 
     def hb_build():
         return subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "//env:env"], cwd=workspace.root,
