@@ -219,6 +219,8 @@ class WheelWriter:
         self.file_mode, self.exec_mode = 0o666 & ~umask, 0o777 & ~umask | 0o111
         self.claimed: set[str] = set()  # files written or queued
         self.claimed_dirs: set[str] = set()  # the directories those need
+        self.listings: dict[str, set[str]] = {}  # directories that were there before the wheels: their names
+        self.made_dirs: set[str] = set()  # directories the threads made (or found) already
         self.real_dirs: set[str] = {self.out_real}  # directories known to be directories, not links
         self.pending: list = []  # (wheel filename, future), in the order submitted
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="wheel-writer")
@@ -230,28 +232,27 @@ class WheelWriter:
         if not (target + os.sep).startswith(out_real + os.sep):
             raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
         rel = os.path.relpath(target, out_real)
+        parts = rel.split(os.sep)
         current, missing = out_real, False
-        for part in rel.split(os.sep)[:-1]:  # never write through a link of the prefix
-            current = os.path.join(current, part)
+        for part in parts[:-1]:  # never write through a link of the prefix
+            parent, current = current, os.path.join(current, part)
             if current in self.real_dirs:
                 continue
             if current in self.claimed:
                 raise StageError(f"wheel {filename} would overwrite {os.path.relpath(current, out_real)}, "
                                  "installed by another wheel (the lock installs it twice)")
-            if missing or current in self.claimed_dirs:
+            if missing or current in self.claimed_dirs or part not in self._names(parent):
                 missing = True  # made by this writer, as a directory
                 continue
             if os.path.islink(current):
                 raise StageError(f"wheel {filename}: {rel} would be written through the link "
                                  f"{os.path.relpath(current, out_real)}")
-            if not os.path.lexists(current):
-                missing = True
-                continue
             if not os.path.isdir(current):
                 raise StageError(f"wheel {filename} would overwrite {os.path.relpath(current, out_real)} "
                                  f"with a directory (to write {rel})")
             self.real_dirs.add(current)
-        if target in self.claimed or target in self.claimed_dirs or os.path.lexists(target):
+        if (target in self.claimed or target in self.claimed_dirs
+                or (not missing and parts[-1] in self._names(current))):
             raise StageError(f"wheel {filename} would overwrite {rel}, installed by a conda package or "
                              "another wheel (the lock installs it twice)")
         self.claimed.add(target)
@@ -261,13 +262,25 @@ class WheelWriter:
             parent = os.path.dirname(parent)
         return rel
 
+    def _names(self, directory: str) -> set[str]:
+        """The names in a directory of the prefix as the conda packages left it: listed once, the
+        first time a wheel writes into or below it, before this writer adds anything there (it is
+        the only writer), instead of a stat per file that waits on the threads' creates there."""
+        names = self.listings.get(directory)
+        if names is None:
+            names = self.listings[directory] = set(os.listdir(directory))
+        return names
+
     def write(self, target: str, chunks, executable: bool) -> tuple[str, int]:
         """Create `target` (and its directories) with the bytes of `chunks`; (urlsafe-base64 sha256
         without padding, as RECORD writes it, size)."""
         import base64
         import hashlib
 
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        parent = os.path.dirname(target)
+        if parent not in self.made_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self.made_dirs.add(parent)
         hasher, size = hashlib.sha256(), 0
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      self.exec_mode if executable else self.file_mode)
