@@ -103,7 +103,10 @@ def stage(params: dict) -> str:
         install_wheels(archives, wheels, out, params["prefix"], params["python"], params.get("max_unpack_ratio") or 0)
         line += (f"; installer: {len(wheels)} wheels in {time.monotonic() - started:.2f}s "
                  f"({WRITER_THREADS} writer threads)")
-    return line
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return line + f"; worker CPU {usage.ru_utime + usage.ru_stime:.2f}s"
 
 
 def verify_archives(archives: dict[str, str], packages: list[dict]) -> None:
