@@ -228,6 +228,12 @@ class RuleContext:
         self._analyzer.read_files.add(file.path)
         return data
 
+    def memo(self, namespace: str, key: str, compute):
+        """compute()'s JSON value, kept between runs under `key`, which must name every input of
+        compute (e.g. a digest of the files it reads): for slow, pure work such as parsing with a
+        heavy library. Files it reads must still be read with read_source (tracked)."""
+        return self._analyzer.memo.get(namespace, key, compute)
+
     # ----- outputs ----------------------------------------------------------------------------------
     def declare_file(self, path: str, internal: bool = False) -> File:
         """A file output at hb-out/<package>/<name>/<path>; internal=True keeps it out of that
@@ -266,9 +272,12 @@ class RuleContext:
 
 
 class Analyzer:
-    def __init__(self, workspace: Workspace, rules: dict[str, Rule]):
+    def __init__(self, workspace: Workspace, rules: dict[str, Rule], memo_dir: Path | None = None):
+        from .memo import AnalysisMemo
+
         self.workspace = workspace
         self.rules = rules
+        self.memo = AnalysisMemo(memo_dir)
         self.loader = PackageLoader(workspace, rules)
         self.read_files: set[str] = set()
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .executor import BuildStats, Executor
 
 ANALYSIS_CACHE_VERSION = 2
+PUBLISH_THREADS = 8  # files copied into hb-out/ at once (tree.materialize_tree): on a busy disk each create waits
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Session:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rules = None
         self._analyses: dict[tuple, AnalysisResult] = {}
+        self._removals: list = []  # (thread, errors) deleting directories hb-out/ no longer shows
 
     def _open_executor(self, url: str, timeout: int, download: str, uploads_results: bool):
         """The remote executor; with download "minimal", self.store becomes a LazyOutputs in front of
@@ -207,7 +209,8 @@ class Session:
             if analysis is None:
                 from .analysis import Analyzer
 
-                analysis = Analyzer(self.workspace, self.rules()).analyze(patterns, current_package)
+                analyzer = Analyzer(self.workspace, self.rules(), self.state_dir / "memo")
+                analysis = analyzer.analyze(patterns, current_package)
                 self._save_analysis(cache_file, patterns, current_package, analysis)
         finally:
             if enabled:
@@ -355,9 +358,19 @@ class Session:
             manifest = {}
         if not isinstance(manifest, dict):
             manifest = {}
-        changed = False
         summary: dict[str, list[dict]] = {}
         self._sweep_outputs(manifest, analysis)
+        try:
+            changed = self._publish_targets(analysis, executor, manifest, summary)
+        finally:
+            self._wait_for_removals()  # the directories replaced, deleted while the new ones were written
+        if changed:
+            _atomic_write(manifest_path, json.dumps(manifest, sort_keys=True).encode())
+        return summary
+
+    def _publish_targets(self, analysis: AnalysisResult, executor: Executor, manifest: dict, summary: dict) -> bool:
+        """Publish what differs from `manifest` (updated), fill `summary`; whether anything was."""
+        changed = False
         for label in analysis.requested:
             entries = []
             for f in analysis.targets[label].files:
@@ -373,9 +386,7 @@ class Session:
                     changed = True
                 entries.append({"path": f.path, "kind": entry.kind, "digest": str(entry.digest)})
             summary[str(label)] = entries
-        if changed:
-            _atomic_write(manifest_path, json.dumps(manifest, sort_keys=True).encode())
-        return summary
+        return changed
 
     def _sweep_outputs(self, manifest: dict, analysis: AnalysisResult) -> None:
         """Remove partial files of publishes killed mid-way (.name.hb-tmp-<dead pid>...) from the
@@ -395,14 +406,14 @@ class Session:
             self._clear_parents(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
+                self._remove_in_background(dest)
             elif os.path.lexists(dest):
                 os.unlink(dest)
             try:
                 if entry.kind == "dir":
                     tmp = Path(tempfile.mkdtemp(prefix=publish_temp_prefix(), dir=dest.parent))
                     try:
-                        materialize_tree(self.store, entry.digest, tmp)
+                        materialize_tree(self.store, entry.digest, tmp, threads=PUBLISH_THREADS)
                         os.chmod(tmp, 0o755)  # mkdtemp made it 0700; a published directory is readable
                         os.replace(tmp, dest)
                     finally:
@@ -414,6 +425,34 @@ class Session:
             except MissingBlob:
                 executor.rebuild(executor.producers[f.path])
         raise MissingBlob(executor.output_entry(f).digest)
+
+    def _remove_in_background(self, dest: Path) -> None:
+        """Move the directory published before aside (a temp name of this process, which a later
+        build sweeps if this one dies) and delete it in a thread while the new one is written;
+        build() waits for it before returning."""
+        import threading
+
+        aside = Path(tempfile.mkdtemp(prefix=publish_temp_prefix(), dir=dest.parent))
+        os.replace(dest, aside / "old")  # a rename: the whole tree, never a link (dest is a directory)
+        errors: list[BaseException] = []
+
+        def remove() -> None:
+            try:
+                shutil.rmtree(aside)
+            except BaseException as exc:  # noqa: BLE001 - raised by _wait_for_removals
+                errors.append(exc)
+
+        thread = threading.Thread(target=remove, name="hb-out-removal", daemon=True)
+        thread.start()
+        self._removals.append((thread, errors))
+
+    def _wait_for_removals(self) -> None:
+        removals, self._removals = self._removals, []
+        for thread, _errors in removals:
+            thread.join()
+        for _thread, errors in removals:
+            if errors:
+                raise errors[0]
 
     def _clear_parents(self, dest: Path) -> None:
         """hb-out is a view of the last outputs published: a file where `dest` needs a directory

@@ -57,7 +57,7 @@ def run_lock(session, patterns: list[str], current_package: str, *, update=(), c
     from .analysis import Analyzer
 
     rules = session.rules()
-    analyzer = Analyzer(session.workspace, rules)
+    analyzer = Analyzer(session.workspace, rules, session.state_dir / "memo")
     labels = analyzer.expand(patterns, current_package)
     outcomes = []
     for label in labels:

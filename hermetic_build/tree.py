@@ -246,7 +246,7 @@ def walk_tree(store, digest: Digest, prefix: str = ""):
         yield path, entry
 
 
-def materialize_tree(store, digest: Digest, dest: Path) -> None:
+def materialize_tree(store, digest: Digest, dest: Path, threads: int = 1) -> None:
     """Recreate a tree from the store under dest (verified blob by blob).
 
     The whole tree is read and validated before anything is written. Then every entry is created
@@ -254,7 +254,11 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
     anything already there, a link included) and opened O_NOFOLLOW; files as new temp files
     renamed into place; links only where nothing exists. So nothing is ever written through a
     link, whatever the tree says. Only permission bits (0o777) are applied: never setuid, setgid
-    or sticky bits from a cache."""
+    or sticky bits from a cache.
+
+    threads > 1: files are copied by that many threads (on a busy disk each create waits on the
+    journal; the waits overlap), each into the directory this thread opened and checked; a
+    directory's mode is set, and its descriptor closed, once its files are written."""
     cache: dict[Digest, list[TreeEntry]] = {}
     for _ in _walk(store, digest, "", cache):  # validate everything (and the limits) first
         pass
@@ -262,13 +266,21 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
     if prefetch is not None:
         prefetch([e.digest for entries in cache.values() for e in entries if e.kind == "file"])
     Path(dest).mkdir(parents=True, exist_ok=True)
+    pool = None
+    if threads > 1:
+        import concurrent.futures
+
+        pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="materialize")
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    stack = [(root_fd, iter(cache[digest]), None)]  # (dir fd, entries left, mode to set when done)
+    # (dir fd, entries left, mode to set when done, copies of its files still running)
+    stack = [(root_fd, iter(cache[digest]), None, [])]
     try:
         while stack:
-            fd, it, _mode = stack[-1]
+            fd, it, _mode, copies = stack[-1]
             entry = next(it, None)
             if entry is None:
+                for copy in copies:
+                    copy.result()
                 stack.pop()
                 try:
                     if _mode is not None:
@@ -280,17 +292,26 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
             if entry.kind == "dir":
                 os.mkdir(entry.name, 0o700, dir_fd=fd)
                 child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                stack.append((child, iter(cache[entry.digest]), mode))
+                stack.append((child, iter(cache[entry.digest]), mode, []))
             elif entry.kind == "file":
                 _check_absent(fd, entry.name)
-                if not store.fetch_file(entry.digest, entry.name, dir_fd=fd, mode=mode):
-                    raise MissingBlob(entry.digest)
+                if pool is not None:
+                    copies.append(pool.submit(_fetch_into, store, entry, fd, mode))
+                else:
+                    _fetch_into(store, entry, fd, mode)
             else:
                 _check_absent(fd, entry.name)
                 os.symlink(entry.target, entry.name, dir_fd=fd)
     finally:
-        for fd, _it, _mode in stack:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # no copy may outlive the descriptors below
+        for fd, _it, _mode, _copies in stack:
             os.close(fd)
+
+
+def _fetch_into(store, entry: TreeEntry, dir_fd: int, mode: int) -> None:
+    if not store.fetch_file(entry.digest, entry.name, dir_fd=dir_fd, mode=mode):
+        raise MissingBlob(entry.digest)
 
 
 def restore_special_bits(store, digest: Digest, dest: Path) -> None:

@@ -169,3 +169,29 @@ def test_read_directory_of_a_valid_blob(tmp_path):
     _make(tmp_path / "a")
     digest = store_tree(store, tmp_path / "a")
     assert [e.name for e in read_directory(store, digest)] == ["bin", "data.txt", "empty", "link"]
+
+
+def test_threads_write_the_same_tree_and_a_missing_blob_still_fails(tmp_path):
+    """threads > 1 (publishing into hb-out/): files copied by a pool, each into the directory the
+    walk opened; read-only directories get their mode after their files are in."""
+    from hermetic_build.tree import MissingBlob
+
+    src = tmp_path / "a"
+    _make(src)
+    for d in range(5):
+        (src / f"d{d}" / "sub").mkdir(parents=True)
+        for i in range(40):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(100 + i))
+            (src / f"d{d}" / "sub" / f"g{i}").write_bytes(b"g" * i)
+    os.chmod(src / "d3" / "sub", 0o555)
+    store = LocalStore(tmp_path / "c")
+    digest = store_tree(store, src)
+    for threads in (1, 8):
+        materialize_tree(store, digest, tmp_path / f"t{threads}", threads=threads)
+        assert store_tree(store, tmp_path / f"t{threads}") == digest
+    assert os.stat(tmp_path / "t8" / "d3" / "sub").st_mode & 0o777 == 0o555
+    blob = next(e.digest for p, e in walk_tree(store, digest) if p == "d2/f7")
+    os.chmod(store.blob_path(blob), 0o644)
+    os.unlink(store.blob_path(blob))
+    with pytest.raises(MissingBlob):
+        materialize_tree(store, digest, tmp_path / "missing", threads=8)

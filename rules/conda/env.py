@@ -52,7 +52,7 @@ def _conda_env_impl(ctx):
         ctx.read_source(info.environment)  # tracked: editing environment.yml re-checks staleness
         for extra in info.extra_environments:
             ctx.read_source(extra)
-        check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ")
+        check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ", memo=ctx.memo)
     categories = tuple(ctx.attr.categories) or ("main",)
     try:
         packages, pip = packages_for(lock, platform, categories)

@@ -6,6 +6,7 @@ written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lo
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from dataclasses import dataclass
 
@@ -111,20 +112,67 @@ def _channel_targets(ctx) -> dict[str, list[str]]:
     return {CHANNEL_TARGETS: [c.strip() for c in channels if is_channel_label(c.strip())]}
 
 
-def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathlib.Path, where: str) -> None:
-    """Raise if the committed lock no longer matches its environment spec (hb build never solves)."""
-    spec = read_environment(resolve_source(workspace_root, info.environment.path), info.platforms, info.channels,
-                            shown_path=info.environment.path,
-                            extra=tuple((resolve_source(workspace_root, f.path), f.path)
-                                        for f in info.extra_environments))
-    current = content_hashes(spec, info.virtual_packages_dict())
+CONTENT_HASH_MEMO = 1  # bump when what content_hashes depends on changes in hb
+
+
+def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathlib.Path, where: str,
+                memo=None) -> None:
+    """Raise if the committed lock no longer matches its environment spec (hb build never solves).
+    The spec's content hashes come from conda-lock (its parser and hash); with `memo` (a rule
+    context's memo) they are kept under a digest of every input, so that an analysis re-run for
+    another reason does not import conda-lock again for the same environment files."""
+    files = [(resolve_source(workspace_root, info.environment.path), info.environment.path),
+             *((resolve_source(workspace_root, f.path), f.path) for f in info.extra_environments)]
+
+    def spec():
+        return read_environment(files[0][0], info.platforms, info.channels, shown_path=files[0][1],
+                                extra=tuple(files[1:]))
+
+    def current_hashes() -> dict[str, str]:
+        return content_hashes(spec(), info.virtual_packages_dict())
+
+    key = _content_hash_key(info, files) if memo is not None else None
+    current = memo("conda.content-hash", key, current_hashes) if key is not None else current_hashes()
     recorded = (lock.metadata.content_hash or {}).get(platform)
     if recorded != current.get(platform):
+        env = spec()
         reasons = explain_staleness(lock.metadata.custom_metadata,
-                                    input_fingerprints(spec, info.virtual_packages_dict()), platform)
+                                    input_fingerprints(env, info.virtual_packages_dict()), platform)
         raise AnalysisError(
             f"{where}{info.lockfile.path} is stale for {platform}: " + "; ".join(reasons),
             hint=f"run `hb lock {info.lock_label}` and commit the updated lock files")
+
+
+def _content_hash_key(info: CondaLockInfo, files) -> str | None:
+    """A digest of everything content_hashes reads: the environment files (bytes and the paths they
+    are shown as), platforms, channels, virtual packages, hb's PyPI mapping and the installed
+    conda-lock (its version); None where something cannot be read (then nothing is kept)."""
+    from blake3 import blake3
+
+    from .spec import PYPI_MAPPING
+
+    try:
+        parts = [CONTENT_HASH_MEMO, _conda_lock_version(), list(info.platforms), list(info.channels),
+                 [list(v) for v in info.virtual_packages], blake3(PYPI_MAPPING.read_bytes()).hexdigest()]
+        for path, shown in files:
+            parts.append([shown, blake3(path.read_bytes()).hexdigest()])
+    except OSError:
+        return None
+    return blake3(json.dumps(parts).encode()).hexdigest()
+
+
+def _conda_lock_version() -> str:
+    """conda-lock's installed version, from its .dist-info directory's name, without importing it
+    (importlib.metadata takes 0.1 s to find it; importing conda-lock, the work the memo saves, 0.5 s)."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("conda_lock")
+    if spec is None or not spec.origin:
+        raise OSError("conda-lock is not installed")
+    site = os.path.dirname(os.path.dirname(spec.origin))
+    found = sorted(n for n in os.listdir(site) if n.startswith("conda_lock-") and n.endswith(".dist-info"))
+    return f"{spec.origin}:{','.join(found)}"
 
 
 def _lock(request) -> LockOutcome:

@@ -65,13 +65,28 @@ def marker_environment(platform: str, python_version: str) -> dict[str, str]:
 
 
 def parse_metadata(text: str, where: str) -> WheelMetadata:
-    """Name, version and Requires-Dist of a core metadata file (RFC 822 headers)."""
+    """Name, version and Requires-Dist of a core metadata file (RFC 822 headers); AnalysisError naming
+    `where` (the wheel) if one of them is missing or a Requires-Dist line is no PEP 508 requirement
+    (left out, the lock would miss the dependency it names)."""
     headers = email.parser.HeaderParser().parsestr(text)
     name, version = headers.get("Name"), headers.get("Version")
     if not name or not version:
         raise AnalysisError(f"{where}: its metadata has no Name or no Version")
-    return WheelMetadata(normalise(str(name).strip()), str(version).strip(),
-                         tuple(str(v).strip() for v in headers.get_all("Requires-Dist") or ()))
+    requires = tuple(str(v).strip() for v in headers.get_all("Requires-Dist") or ())
+    for line in requires:
+        _requirement(line, where)
+    return WheelMetadata(normalise(str(name).strip()), str(version).strip(), requires)
+
+
+def _requirement(line: str, where: str):
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        return Requirement(line)
+    except InvalidRequirement as exc:
+        raise AnalysisError(f"{where}: its METADATA has a Requires-Dist line that is not a PEP 508 requirement: "
+                            f"{line!r} ({' '.join(str(exc).split())})",
+                            hint="the wheel's metadata is broken: lock another version of it") from None
 
 
 def _matches(marker, env: dict[str, str], extras: set[str]) -> bool:
@@ -87,17 +102,8 @@ def platform_dependencies(metadata: dict[str, WheelMetadata], root_extras: dict[
     `metadata`: each locked wheel's metadata by normalised name; `root_extras`: the extras the pip:
     lines ask for; `present`: the names the lock holds for the platform (wheels and conda-provided
     PyPI names). Extras other wheels ask for are followed until nothing changes."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    parsed: dict[str, list] = {}
-    for name, meta in metadata.items():
-        reqs = []
-        for line in meta.requires_dist:
-            try:
-                reqs.append(Requirement(line))
-            except InvalidRequirement:
-                continue  # uv could not have followed it either
-        parsed[name] = reqs
+    parsed = {name: [_requirement(line, f"{name} {meta.version}") for line in meta.requires_dist]
+              for name, meta in metadata.items()}
     extras = {name: set(root_extras.get(name, ())) for name in metadata}
     changed = True
     while changed:  # extras asked for by other wheels (e.g. `httpx[http2]`) switch on more requirements

@@ -20,7 +20,9 @@ lib/pythonX.Y/site-packages of the conda python: console scripts start with `#!<
 (the final prefix, not this sandbox), INSTALLER says `hb`, RECORD lists every file, and no .pyc is
 written (nothing that depends on the moment or the machine; Python compiles in memory when the
 prefix is read-only). A wheel may not overwrite a file of a conda package or of another wheel, write
-through a link, or hold anything but regular files and directories.
+through a link, or hold anything but regular files and directories. The wheels are read in the
+lock's order, which decides every check and error; their members are decompressed, checked against
+RECORD and written by a few threads (WheelWriter), so that the disk's wait per created file overlaps.
 """
 
 from __future__ import annotations
@@ -93,16 +95,18 @@ def stage(params: dict) -> str:
     where = "in memory" if in_memory else f"on disk, removed in {removed:.2f}s"
     line = (f"rattler.install: {len(packages)} packages in {elapsed:.2f}s ({note}package cache {where}); "
             f"conda-meta normalised in {time.monotonic() - started - removed:.2f}s")
+    check_links(out)  # before the wheels, which add regular files and directories only
     wheels = params.get("wheels") or []
     if wheels:
         started = time.monotonic()
         verify_archives(archives, wheels)
-        for wheel in wheels:
-            install_wheel(archives[wheel["filename"]], wheel, out, params["prefix"], params["python"],
-                          params.get("max_unpack_ratio") or 0)
-        line += f"; installer: {len(wheels)} wheels in {time.monotonic() - started:.2f}s"
-    check_links(out)
-    return line
+        install_wheels(archives, wheels, out, params["prefix"], params["python"], params.get("max_unpack_ratio") or 0)
+        line += (f"; installer: {len(wheels)} wheels in {time.monotonic() - started:.2f}s "
+                 f"({WRITER_THREADS} writer threads)")
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return line + f"; worker CPU {usage.ru_utime + usage.ru_stime:.2f}s"
 
 
 def verify_archives(archives: dict[str, str], packages: list[dict]) -> None:
@@ -196,65 +200,248 @@ def check_wheel_members(path: str, filename: str, max_ratio: int = 0) -> None:
         raise StageError(f"wheel {filename} expands to {total} bytes, more than {limit}")
 
 
-def install_wheel(path: str, wheel: dict, out: str, prefix: str, python: str, max_ratio: int = 0) -> None:
-    """Install one wheel into the staged prefix `out`, as if it lived at `prefix`."""
+WRITER_THREADS = 8  # files created at once: on a busy disk each create waits on the journal
+
+
+class WheelWriter:
+    """Writes the members of the wheels of one stage from a few threads: each member is decompressed,
+    hashed against its RECORD row and written by a thread, so that the disk's latency per created
+    file (most of an install's time on a busy machine) overlaps. What is written where is decided in
+    the calling thread, in the wheels' order: the checks (inside the prefix, no link on the way,
+    nothing there already, a conda file or an earlier wheel's) and their errors do not depend on
+    the threads. Files are created exclusively (O_EXCL, never through a link), modes from the umask
+    read once, as PyPA's installer sets them (0644, executables 0755)."""
+
+    def __init__(self, out: str, threads: int = WRITER_THREADS):
+        import concurrent.futures
+        import threading
+
+        self.out_real = os.path.realpath(out)
+        umask = os.umask(0o022)
+        os.umask(umask)  # read once, here: changing it while threads create files would change their modes
+        self.file_mode, self.exec_mode = 0o666 & ~umask, 0o777 & ~umask | 0o111
+        self.claimed: set[str] = set()  # files written or queued
+        self.claimed_dirs: set[str] = set()  # the directories those need
+        self.listings: dict[str, set[str]] = {}  # directories that were there before the wheels: their names
+        self.made_dirs: set[str] = set()  # directories the threads made (or found) already
+        self.real_dirs: set[str] = {self.out_real}  # directories known to be directories, not links
+        self.pending: list = []  # (wheel filename, future), in the order submitted
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="wheel-writer")
+        self.local = threading.local()  # each thread's open zip files
+
+    def claim(self, filename: str, target: str, path: str, scheme: str) -> str:
+        """The path relative to the prefix where `target` may be written; StageError if not."""
+        out_real = self.out_real
+        if not (target + os.sep).startswith(out_real + os.sep):
+            raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
+        rel = os.path.relpath(target, out_real)
+        parts = rel.split(os.sep)
+        current, missing = out_real, False
+        for part in parts[:-1]:  # never write through a link of the prefix
+            parent, current = current, os.path.join(current, part)
+            if current in self.real_dirs:
+                continue
+            if current in self.claimed:
+                raise StageError(f"wheel {filename} would overwrite {os.path.relpath(current, out_real)}, "
+                                 "installed by another wheel (the lock installs it twice)")
+            if missing or current in self.claimed_dirs or part not in self._names(parent):
+                missing = True  # made by this writer, as a directory
+                continue
+            if os.path.islink(current):
+                raise StageError(f"wheel {filename}: {rel} would be written through the link "
+                                 f"{os.path.relpath(current, out_real)}")
+            if not os.path.isdir(current):
+                raise StageError(f"wheel {filename} would overwrite {os.path.relpath(current, out_real)} "
+                                 f"with a directory (to write {rel})")
+            self.real_dirs.add(current)
+        if (target in self.claimed or target in self.claimed_dirs
+                or (not missing and parts[-1] in self._names(current))):
+            raise StageError(f"wheel {filename} would overwrite {rel}, installed by a conda package or "
+                             "another wheel (the lock installs it twice)")
+        self.claimed.add(target)
+        parent = os.path.dirname(target)
+        while parent != out_real and parent not in self.claimed_dirs:
+            self.claimed_dirs.add(parent)
+            parent = os.path.dirname(parent)
+        return rel
+
+    def _names(self, directory: str) -> set[str]:
+        """The names in a directory of the prefix as the conda packages left it: listed once, the
+        first time a wheel writes into or below it, before this writer adds anything there (it is
+        the only writer), instead of a stat per file that waits on the threads' creates there."""
+        names = self.listings.get(directory)
+        if names is None:
+            names = self.listings[directory] = set(os.listdir(directory))
+        return names
+
+    def write(self, target: str, chunks, executable: bool) -> tuple[str, int]:
+        """Create `target` (and its directories) with the bytes of `chunks`; (urlsafe-base64 sha256
+        without padding, as RECORD writes it, size)."""
+        import base64
+        import hashlib
+
+        parent = os.path.dirname(target)
+        if parent not in self.made_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self.made_dirs.add(parent)
+        hasher, size = hashlib.sha256(), 0
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     self.exec_mode if executable else self.file_mode)
+        with open(fd, "wb") as f:
+            for chunk in chunks:
+                hasher.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+        if executable:  # the mode os.open gave is cut by the umask too: set it as installer does
+            os.chmod(target, self.exec_mode)
+        return base64.urlsafe_b64encode(hasher.digest()).decode("ascii").rstrip("="), size
+
+    def submit_member(self, filename: str, archive: str, info, target: str, record: tuple, executable: bool) -> None:
+        """Write a wheel member from a thread; its RECORD row (checked there) is what it must be."""
+        self.pending.append((filename, self.pool.submit(self._write_member, filename, archive, info, target,
+                                                         record, executable)))
+
+    def _write_member(self, filename, archive, info, target, record, executable) -> None:
+        import zipfile
+
+        zips = self.local.__dict__.setdefault("zips", {})
+        if archive not in zips:
+            zips[archive] = zipfile.ZipFile(archive)  # closed with the thread, when the process ends
+
+        def chunks():
+            with zips[archive].open(info) as stream:
+                while chunk := stream.read(1 << 20):
+                    yield chunk
+
+        digest, size = self.write(target, chunks(), executable)
+        algorithm, _, expected = record[1].partition("=")
+        if algorithm != "sha256" or digest != expected or (record[2] and int(record[2]) != size):
+            raise StageError(f"wheel {filename}: {record[0]} does not match its RECORD hash / size")
+
+    def finish(self) -> None:
+        """Wait for every write; the first failure in the order submitted is raised (the others are
+        cancelled or ignored)."""
+        try:
+            for filename, future in self.pending:
+                try:
+                    future.result()
+                except StageError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the zip's own errors (a bad CRC) and the disk's
+                    raise StageError(f"installing wheel {filename} failed: {type(exc).__name__}: "
+                                     f"{' '.join(str(exc).split())}") from None
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pending = []
+
+
+class _Member:
+    """A wheel member not yet read: the writer's thread opens, decompresses and hashes it."""
+
+    def __init__(self, archive: str, info, record: tuple):
+        self.archive, self.info, self.record = archive, info, record
+
+    def read_checked(self, filename: str) -> bytes:
+        """The member's bytes, read here and checked against its RECORD row (a script of the
+        wheel's .data/scripts, whose shebang installer rewrites before writing it)."""
+        import base64
+        import hashlib
+        import zipfile
+
+        with zipfile.ZipFile(self.archive) as zf:
+            data = zf.read(self.info)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode("ascii").rstrip("=")
+        algorithm, _, expected = self.record[1].partition("=")
+        if algorithm != "sha256" or digest != expected or (self.record[2] and int(self.record[2]) != len(data)):
+            raise StageError(f"wheel {filename}: {self.record[0]} does not match its RECORD hash / size")
+        return data
+
+    def read(self, *_args):  # installer reads only scripts, which write_file hands over as bytes
+        raise StageError(f"wheel member {self.info.filename} was read outside the writer")
+
+
+def install_wheels(archives: dict[str, str], wheels: list[dict], out: str, prefix: str, python: str,
+                   max_ratio: int = 0) -> None:
+    """Install the wheels in order (their files written by a WheelWriter's threads); every file of
+    all of them is written when this returns."""
+    writer = WheelWriter(out)
+    try:
+        for wheel in wheels:
+            install_wheel(archives[wheel["filename"]], wheel, out, prefix, python, max_ratio, writer=writer)
+    finally:
+        writer.finish()
+
+
+def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str, max_ratio: int = 0,
+                  writer: WheelWriter | None = None) -> None:
+    """Install one wheel into the staged prefix `out`, as if it lived at `prefix` (with its own
+    writer unless one is given: then its files may still be being written when this returns)."""
+    import io
+
     from installer import install
     from installer.destinations import SchemeDictionaryDestination
+    from installer.records import Hash, RecordEntry, parse_record_file
     from installer.sources import WheelFile
 
+    if writer is None:
+        own = WheelWriter(out)
+        try:
+            install_wheel(archive, wheel, out, prefix, python, max_ratio, writer=own)
+        finally:
+            own.finish()
+        return
     filename = wheel["filename"]
-    check_wheel_members(path, filename, max_ratio)
-    out_real = os.path.realpath(out)
+    check_wheel_members(archive, filename, max_ratio)
+    out = writer.out_real
     site = os.path.join(out, "lib", f"python{python}", "site-packages")
     if not os.path.isdir(site) or os.path.islink(site):
         raise StageError(f"installing {filename}: the conda python has no lib/python{python}/site-packages")
 
     class Destination(SchemeDictionaryDestination):
+        def write_file(self, scheme, path, stream, is_executable):
+            if isinstance(stream, _Member) and scheme == "scripts":  # installer rewrites its #!python line
+                with io.BytesIO(stream.read_checked(filename)) as data:
+                    return super().write_file(scheme, path, data, is_executable)
+            return super().write_file(scheme, path, stream, is_executable)
+
         def write_to_fs(self, scheme, path, stream, is_executable):
             target = os.path.abspath(os.path.join(self.scheme_dict[scheme], path))
-            if not (target + os.sep).startswith(out_real + os.sep):
-                raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
-            rel = os.path.relpath(target, out_real)
-            current = out_real
-            for part in rel.split(os.sep):  # never write through a link of the prefix
-                current = os.path.join(current, part)
-                if os.path.islink(current):
-                    raise StageError(f"wheel {filename}: {rel} would be written through the link "
-                                     f"{os.path.relpath(current, out_real)}")
-                if not os.path.lexists(current):
-                    break
-            if os.path.lexists(target):
-                raise StageError(f"wheel {filename} would overwrite {rel}, installed by a conda package or "
-                                 "another wheel (the lock installs it twice)")
-            entry = super().write_to_fs(scheme, path, stream, is_executable)
-            record = expected[0]
-            if record is not None and record[1]:
+            writer.claim(filename, target, path, scheme)
+            if isinstance(stream, _Member):
+                record = stream.record
+                if not record[1]:
+                    raise StageError(f"wheel {filename}: {record[0]} has no hash in RECORD")
+                writer.submit_member(filename, archive, stream.info, target, record, is_executable)
                 algorithm, _, digest = record[1].partition("=")
-                if (entry.hash_ is None or entry.hash_.name != algorithm or entry.hash_.value != digest
-                        or (record[2] and int(record[2]) != entry.size)):
-                    raise StageError(f"wheel {filename}: {record[0]} does not match its RECORD hash / size")
-            return entry
+                return RecordEntry(path, Hash(algorithm, digest), stream.info.file_size)
+            # generated here (a console script, INSTALLER, RECORD): small, written now
+            digest, size = writer.write(target, iter(lambda: stream.read(1 << 20), b""), is_executable)
+            return RecordEntry(path, Hash(self.hash_algorithm, digest), size)
 
     scheme = {
         "purelib": site, "platlib": site, "scripts": os.path.join(out, "bin"), "data": out,
         "headers": os.path.join(out, "include", f"python{python}", wheel["name"]),
     }
-    expected: list = [None]  # the RECORD row of the member being written, or None (generated files)
 
-    class CheckedWheel(WheelFile):
-        """Each member's hash is checked against its RECORD row as installer writes it (installer
-        hashes while copying): one pass over the bytes, not two."""
+    class DeferredWheel(WheelFile):
+        """Members handed over unread (the writer's thread reads each and checks it against its
+        RECORD row as it writes it: one pass over the bytes), in the zip's order."""
 
         def get_contents(self):
-            for record, stream, is_executable in super().get_contents():
-                expected[0] = record
-                yield record, stream, is_executable
-                expected[0] = None
+            import stat
+
+            records = {row[0]: row for row in parse_record_file(self.read_dist_info("RECORD").splitlines())}
+            for info in self._zipfile.infolist():
+                if info.filename.endswith("/"):
+                    continue
+                member = _Member(archive, info, records.get(info.filename, (info.filename, "", "")))
+                mode = info.external_attr >> 16
+                yield member.record, member, bool(mode and stat.S_ISREG(mode) and mode & 0o111)
 
     destination = Destination(scheme, interpreter=f"{prefix.rstrip('/')}/bin/python", script_kind="posix",
                               bytecode_optimization_levels=(), overwrite_existing=False)
     try:
-        with CheckedWheel.open(path) as source:
+        with DeferredWheel.open(archive) as source:
             source.validate_record(validate_contents=False)  # every member listed in RECORD with a hash
             install(source, destination, additional_metadata={"INSTALLER": b"hb\n"})
     except StageError:

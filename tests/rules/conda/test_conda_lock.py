@@ -74,6 +74,43 @@ def test_stale_lock_detected_and_explained(workspace, nginx_channel):
     workspace.hb("build", "//env:env")
 
 
+def test_build_file_change_reanalyses_without_conda_lock_until_the_environment_changes(workspace, nginx_channel):
+    """The lock's freshness (conda-lock's content hash of environment.yml) is kept between runs under a
+    digest of its inputs: a BUILD change re-runs analysis without importing conda-lock; changed
+    virtual packages or an edited environment.yml are still found stale."""
+    import os
+    import subprocess
+    import sys
+
+    env_workspace(workspace, nginx_channel.url, ["hb-vocab"], virtual_packages={"linux-64": ["__unix"]})
+    workspace.hb("lock", "//env:lock")
+    workspace.hb("build", "//env:env")
+    build = workspace.root / "env/BUILD.hermetic"
+    text = build.read_text()
+    build.write_text(text.replace("platform = 'linux-64')", "platform = 'linux-64', prefix = '/opt/b')"))
+    assert build.read_text() != text
+
+    def hb_build():
+        return subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "//env:env"], cwd=workspace.root,
+                              env={**workspace.env(), "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True, text=True,
+                              timeout=300)
+
+    proc = hb_build()
+    assert proc.returncode == 0, proc.stderr
+    assert "CondaStage //env:env" in proc.stderr
+    imported = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert imported and not [line for line in imported if "conda_lock" in line]
+    build.write_text(build.read_text().replace("{'linux-64': ['__unix']}", "{'linux-64': ['__unix', '__cuda=12.4']}"))
+    stale = workspace.hb("build", "//env:env", check=False)
+    assert stale.returncode == 4 and "the virtual packages for linux-64 changed" in stale.stderr, stale.stderr
+    build.write_text(build.read_text().replace("'__unix', '__cuda=12.4'", "'__unix'"))
+    workspace.hb("build", "//env:env")
+    workspace.write("env/environment.yml", (workspace.root / "env/environment.yml").read_text() + "  - hb-config\n")
+    stale = workspace.hb("build", "//env:env", check=False)
+    assert stale.returncode == 4 and "the dependencies for linux-64 changed" in stale.stderr, stale.stderr
+    assert os.listdir(next((workspace.cache / "workspaces").iterdir()) / "memo")
+
+
 def test_virtual_package_change_makes_lock_stale(workspace, nginx_channel):
     env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix"]})
     workspace.hb("lock", "//env:lock")

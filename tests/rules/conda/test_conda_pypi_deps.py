@@ -61,6 +61,22 @@ def test_metadata_is_parsed_and_must_name_its_wheel(tmp_path):
         parse_metadata("Metadata-Version: 2.1\n", "w")
 
 
+def test_a_requires_dist_line_that_does_not_parse_is_an_error_naming_the_wheel(tmp_path):
+    """It used to be skipped: the lock then missed the dependency that line names."""
+    text = "Metadata-Version: 2.1\nName: broken\nVersion: 1.0\nRequires-Dist: idna>=2\nRequires-Dist: numpy >=>1\n"
+    with pytest.raises(AnalysisError, match=r"broken 1.0 \(https://x/broken-1.0-py3-none-any.whl\): its METADATA has "
+                                            r"a Requires-Dist line that is not a PEP 508 requirement: 'numpy >=>1'"):
+        parse_metadata(text, "broken 1.0 (https://x/broken-1.0-py3-none-any.whl)")
+    with pytest.raises(AnalysisError, match=r"error: broken 1.0: its METADATA .*'x; python_version =! \"3\"'"):
+        platform_dependencies({"broken": WheelMetadata("broken", "1.0", ('x; python_version =! "3"',))}, {},
+                              marker_environment("linux-64", "3.11.2"), {"broken", "x"})
+    wheel = _wheel(tmp_path / "broken-1.0-py3-none-any.whl", "broken", "1.0", ["idna", "numpy >=>1"])
+    cache = MetadataCache(tmp_path / "cache")
+    with pytest.raises(AnalysisError, match=r"broken-1.0-py3-none-any.whl\): its METADATA has a Requires-Dist"):
+        fetch_metadata([wheel], cache)
+    assert cache.get(wheel.sha256) is None  # nothing kept: the next lock reports it again
+
+
 @dataclass(frozen=True)
 class Wheel:
     name: str

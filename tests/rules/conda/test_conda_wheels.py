@@ -173,6 +173,67 @@ def test_install_refuses_overwrites_links_and_escapes(tmp_path):
         _install(tmp_path, changed, _prefix(tmp_path, "c-out"))
 
 
+def _tree(out):
+    return {str(p.relative_to(out)): (p.read_bytes() if p.is_file() else b"", stat.S_IMODE(p.lstat().st_mode))
+            for p in sorted(out.rglob("*"))}
+
+
+def test_install_wheels_writes_from_threads_the_same_tree_as_one_at_a_time(tmp_path):
+    """Several wheels, their members written by the writer's threads: the tree (bytes, modes, RECORD)
+    is the one installing each wheel on its own gives, run after run."""
+    wheels = []
+    for i in range(6):
+        files = {f"pkg{i}/m{j}.py": f"VALUE = {i * 100 + j}\n".encode() * (j + 1) for j in range(40)}
+        files[f"pkg{i}/big.bin"] = os.urandom(3 << 20)  # several chunks
+        wheels.append(make_wheel(_dir(tmp_path, f"w{i}") / f"pkg{i}-1.0-py3-none-any.whl", name=f"pkg{i}",
+                                 files=files, scripts={f"pkg{i}-cli": f"pkg{i}:main"}))
+    params = [{"filename": w.name, "name": w.name.split("-")[0]} for w in wheels]
+    archives = {w.name: str(w) for w in wheels}
+    trees = []
+    for name in ("a", "b"):
+        out = _prefix(tmp_path, name)
+        stage_worker.install_wheels(archives, params, str(out), "/opt/env", "3.11")
+        trees.append(_tree(out))
+    one_by_one = _prefix(tmp_path, "c")
+    for wheel, param in zip(wheels, params):
+        stage_worker.install_wheel(str(wheel), param, str(one_by_one), "/opt/env", "3.11")
+    assert trees[0] == trees[1] == _tree(one_by_one)
+    assert trees[0]["bin/pkg3-cli"][1] == 0o755 and trees[0]["lib/python3.11/site-packages/pkg3/m1.py"][1] == 0o644
+    record = trees[0]["lib/python3.11/site-packages/pkg5-1.0.dist-info/RECORD"][0].decode()
+    assert "pkg5/big.bin,sha256=" in record and "../../../bin/pkg5-cli,sha256=" in record
+
+
+def test_install_wheels_refuses_a_file_two_wheels_install_naming_the_later(tmp_path):
+    first = make_wheel(_dir(tmp_path, "a") / "first-1.0-py3-none-any.whl", name="first",
+                       files={"shared/x.py": b"a\n", "first/__init__.py": b""})
+    second = make_wheel(_dir(tmp_path, "b") / "second-1.0-py3-none-any.whl", name="second",
+                        files={"second/__init__.py": b"", "shared/x.py": b"b\n"})
+    params = [{"filename": w.name, "name": w.name.split("-")[0]} for w in (first, second)]
+    archives = {w.name: str(w) for w in (first, second)}
+    for _ in range(3):  # whichever thread writes first, the later wheel in the lock's order is named
+        with pytest.raises(stage_worker.StageError, match=r"wheel second-1.0-py3-none-any.whl would overwrite "
+                                                          r"lib/python3.11/site-packages/shared/x.py"):
+            stage_worker.install_wheels(archives, params, str(_prefix(tmp_path, f"o{_}")), "/opt/env", "3.11")
+
+
+def test_install_rewrites_the_shebang_of_a_data_script_after_checking_its_record_hash(tmp_path):
+    script = b"#!python\nimport demo\n"
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl",
+                       files={"demo/__init__.py": b"", "demo-1.0.data/scripts/demo-tool": script})
+    out = _prefix(tmp_path)
+    _install(tmp_path, wheel, out)
+    assert (out / "bin/demo-tool").read_bytes() == b"#!/opt/env/bin/python\nimport demo\n"
+    record = (out / "lib/python3.11/site-packages/demo-1.0.dist-info/RECORD").read_text()
+    written = base64.urlsafe_b64encode(hashlib.sha256(b"#!/opt/env/bin/python\nimport demo\n").digest())
+    assert f"../../../bin/demo-tool,sha256={written.rstrip(b'=').decode()}," in record
+    changed = _dir(tmp_path, "c") / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(changed, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, b"#!python\nimport os\n" if item.filename.endswith("demo-tool") else src.read(item))
+    with pytest.raises(stage_worker.StageError, match="demo-tool does not match its RECORD hash"):
+        _install(tmp_path, changed, _prefix(tmp_path, "c-out"))
+
+
 class Blobs(dict):
     def get_blob(self, digest):
         return self.get(digest)
