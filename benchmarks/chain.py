@@ -1,26 +1,39 @@
 """Chain-of-custody benchmark, measured side by side in one run (whole processes, as a user runs them):
 
-1. what SBOM + provenance add to an image build: a cold `hb build //env:nlp //env:nlp-sbom
-   //env:nlp-gpu-provenance ...` vs a cold `hb build` of the images alone, each in a fresh copy of the
-   example with an empty cache (goal: under 5 % more);
+1. what SBOM + provenance add to an image build: a cold `hb build //env:nlp //env:nlp-gpu //env:nlp-sbom
+   //env:nlp-gpu-sbom //env:nlp-gpu-provenance` vs a cold `hb build` of the images alone, each in a
+   fresh copy of the example with an empty cache (goal: under 5 % more);
 2. `hb verify //env:nlp //env:nlp-gpu` (every action rebuilt from nothing) vs the cold build of the
    same images (goal: <= 1.1).
 
-Min and median of --repeat runs (default 3), A/B pairs alternating which runs first; `sync` before each
-timed run; peak RSS of the hb processes (resource.getrusage(RUSAGE_CHILDREN).ru_maxrss).
+--repeat A/B pairs (default 5), alternating which of the two runs first; `sync` before each timed run.
+Per pair it prints both wall times and both CPU times (user + system of hb and every process it waited
+for, from wait4) and their differences, with the load average: on a shared machine a whole-process
+wall time swings by tens of percent, so the median of the per-pair differences and the CPU seconds
+added are the numbers to read; the custody actions' own durations (hb's progress lines) show how much
+of it is the SBOM and provenance work itself. Peak RSS of the hb processes is the largest ru_maxrss.
+hb's own modules are byte-compiled first (python -m compileall), as an installed hb is, so that a
+PYTHONDONTWRITEBYTECODE environment does not make every run compile them again.
 
-    python3 benchmarks/chain.py [--repeat 3]
+--together starts the two builds of a pair at the same moment instead (no hb verify): both then see the
+same load from everything else on the machine, which on a shared machine drifts by more than the
+difference being measured between two runs a minute apart (each build gets about half of what the
+machine has left, so the absolute times are not a lone cold build's).
+
+    python3 benchmarks/chain.py [--repeat 5] [--together]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,64 +43,99 @@ from support import copy_example  # noqa: E402
 
 IMAGES = ["//env:nlp", "//env:nlp-gpu"]
 CUSTODY = ["//env:nlp-sbom", "//env:nlp-gpu-sbom", "//env:nlp-gpu-provenance"]
+CUSTODY_ACTION = re.compile(r"^\[\d+/\d+\] (?:OciSbom|OciProvenance) .*\((\d+\.\d+)s\)$", re.MULTILINE)
 
 
-CPU: list[tuple[str, float]] = []  # (what, user + system CPU seconds of hb and everything it waited for)
+@dataclass(frozen=True)
+class Run:
+    wall: float  # seconds, spawn to exit
+    cpu: float  # user + system seconds of hb and everything it waited for
+    rss_mib: float  # peak RSS of the largest child so far
+    custody_actions: float  # summed durations of the OciSbom / OciProvenance actions it ran
 
 
-def run_hb(example, *args) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB of this child) of one hb process; its CPU seconds go to CPU."""
-    subprocess.run(["sync"], check=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hermetic_build.cli", *args], cwd=example.root, env=example.env(),
-                   check=True, capture_output=True)
+def start_hb(example, *args) -> tuple[subprocess.Popen, float]:
+    proc = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", *args], cwd=example.root, env=example.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, time.perf_counter()
+
+
+def finish_hb(proc: subprocess.Popen, started: float) -> Run:
+    """Wait for one hb process: its wall time, and its own rusage (CPU, peak RSS) from wait4."""
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    CPU.append((args[0] + (" +custody" if CUSTODY[0] in args else ""), cpu))
-    return seconds, max(before.ru_maxrss, after.ru_maxrss) / 1024
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, proc.args))} exited {proc.returncode}:\n{stderr}")
+    custody = sum(float(m) for m in CUSTODY_ACTION.findall(stderr))
+    return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, custody)
 
 
-def cold(labels: list[str], tmp: Path, name: str):
-    example = copy_example(tmp / name / "examples", tmp / name / "cache")
-    return example, run_hb(example, "build", *labels)
+def run_hb(example, *args) -> Run:
+    subprocess.run(["sync"], check=True)
+    return finish_hb(*start_hb(example, *args))
+
+
+def stats(values: list[float], unit: str = "s") -> str:
+    return (f"min {min(values):6.2f} {unit}  median {statistics.median(values):6.2f} {unit}  "
+            f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--together", action="store_true", help="start the two builds of a pair at once")
     args = parser.parse_args()
-    images, custody, verify = [], [], []
-    peak = 0.0
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "hermetic_build"), str(REPO / "rules")],
+                   check=True)
+    images: list[Run] = []
+    custody: list[Run] = []
+    verify: list[Run] = []
+    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hb-bench-chain-") as tmp:
         for i in range(args.repeat):  # A/B pairs, alternating which runs first
             order = [("images", IMAGES), ("custody", IMAGES + CUSTODY)]
-            for name, labels in order if i % 2 == 0 else order[::-1]:
-                example, (seconds, rss) = cold(labels, Path(tmp), f"{name}-{i}")
-                (images if name == "images" else custody).append(seconds)
-                peak = max(peak, rss)
-                if name == "images":
-                    seconds, rss = run_hb(example, "verify", *IMAGES)
-                    verify.append(seconds)
-                    peak = max(peak, rss)
+            examples = {name: copy_example(Path(tmp) / f"{name}-{i}" / "examples", Path(tmp) / f"{name}-{i}" / "cache")
+                        for name, _ in order}
+            if args.together:
+                subprocess.run(["sync"], check=True)
+                started = {name: start_hb(examples[name], "build", *labels)
+                           for name, labels in (order if i % 2 == 0 else order[::-1])}
+                images.append(finish_hb(*started["images"]))
+                custody.append(finish_hb(*started["custody"]))
+            else:
+                for name, labels in order if i % 2 == 0 else order[::-1]:
+                    (images if name == "images" else custody).append(run_hb(examples[name], "build", *labels))
+                    if name == "images":
+                        verify.append(run_hb(examples[name], "verify", *IMAGES))
+            loads.append(os.getloadavg()[0])
+            a, b = images[-1], custody[-1]
+            print(f"pair {i + 1}: images {a.wall:6.2f} s / {a.cpu:6.2f} CPU s; with SBOMs + provenance "
+                  f"{b.wall:6.2f} s / {b.cpu:6.2f} CPU s; added {b.wall - a.wall:+6.2f} s wall, "
+                  f"{b.cpu - a.cpu:+5.2f} CPU s (SBOM + provenance actions {b.custody_actions:.2f} s); "
+                  f"load {loads[-1]:.1f}", flush=True)
+    print()
     print("baseline: `hb build //env:nlp //env:nlp-gpu` in a fresh copy of examples/ with an empty cache "
-          "(whole process, as a user runs it)")
-    for what, values in (("cold build of the example images", images),
-                         ("same, with 2 SBOMs and a provenance", custody),
-                         ("hb verify of the images (rebuild from 0)", verify)):
-        print(f"{what + ':':44s} min {min(values):6.2f} s  median {statistics.median(values):6.2f} s  "
-              f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
+          "(whole process, as a user runs it)" + ("; the two builds of a pair run at the same time" if args.together else ""))
+    rows = [("cold build of the example images", images), ("same, with 2 SBOMs and a provenance", custody)]
+    for what, runs in rows + ([("hb verify of the images (rebuild from 0)", verify)] if verify else []):
+        print(f"{what + ':':44s} wall {stats([r.wall for r in runs])}")
+        print(f"{'':44s} CPU  {stats([r.cpu for r in runs])}")
+    wall_a = statistics.median(r.wall for r in images)
+    cpu_a = statistics.median(r.cpu for r in images)
+    added_wall = statistics.median(b.wall - a.wall for a, b in zip(images, custody))
+    added_cpu = statistics.median(b.cpu - a.cpu for a, b in zip(images, custody))
     for stat in (min, statistics.median):
-        a, b, v = stat(images), stat(custody), stat(verify)
-        print(f"{stat.__name__:6s}: SBOM + provenance add {(b / a - 1) * 100:+.1f} % (goal < 5 %); "
-              f"hb verify = {v / a:.2f}x the cold build (goal <= 1.1)")
-    cpu_images = [c for what, c in CPU if what == "build"]
-    cpu_custody = [c for what, c in CPU if what == "build +custody"]
-    a, b = statistics.median(cpu_images), statistics.median(cpu_custody)
-    print(f"CPU seconds (user+sys, hb and its workers), median: images {a:.2f} s, with SBOMs + provenance "
-          f"{b:.2f} s -> {(b / a - 1) * 100:+.1f} %")
-    print(f"peak RSS of an hb process:                  {peak:6.0f} MiB")
+        a, b = stat(r.wall for r in images), stat(r.wall for r in custody)
+        print(f"{stat.__name__:6s} of the runs: SBOM + provenance add {(b / a - 1) * 100:+.1f} % wall (goal < 5 %)"
+              + (f"; hb verify = {stat(r.wall for r in verify) / a:.2f}x the cold build (goal <= 1.1)" if verify else ""))
+    print(f"median of the per-pair differences: {added_wall:+.2f} s wall ({added_wall / wall_a * 100:+.1f} % of the "
+          f"median cold build), {added_cpu:+.2f} CPU s ({added_cpu / cpu_a * 100:+.1f} % of its CPU)")
+    print(f"SBOM + provenance actions themselves: median {statistics.median(r.custody_actions for r in custody):.2f} s "
+          f"per build (the two SBOMs and the provenance, summed)")
+    print(f"load average (1 min) after each pair: {', '.join(f'{v:.1f}' for v in loads)}; {os.cpu_count()} cores")
+    print(f"peak RSS of an hb process:                  {max(r.rss_mib for r in images + custody + verify):6.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import hermetic_build
 from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, rule
 
-from .sbom import SbomPackage, image_layers, layer_contents, read_layer_sets, warm
+from .sbom import SbomPackage, image_layers, layer_contents, read_layer_sets
 
 STATEMENT_FILE = "provenance.intoto.json"
 BUILD_TYPE = "https://hermetic-build.dev/oci_image/v1"
@@ -97,6 +97,12 @@ def _run_provenance(execution) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / STATEMENT_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     execution.stdout += f"provenance of {manifest_digest}: {len(data['predicate']['buildDefinition']['resolvedDependencies'])} dependencies\n".encode()
+
+
+def warm() -> None:
+    """Import packageurl (each dependency's purl) off the critical path; the statement itself is plain
+    JSON, so unlike an SBOM it needs neither spdx-tools nor cyclonedx-python-lib."""
+    import packageurl  # noqa: F401
 
 
 register_action_kind("oci.provenance", "2", _run_provenance, stage_inputs=False, warm=warm)

@@ -3,10 +3,67 @@ parsers and validators, every locked package present with its sha256, image CONT
 package."""
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 import yaml
 from support import copy_example
+
+from rules.oci.sbom import SbomModel, SbomPackage, cyclonedx_json, layer_contents, spdx_json
+
+
+def _validate(spdx_text: str, cdx_text: str):
+    """Both documents through the libraries' own validators (the build writes them unvalidated)."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDictParser
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    document = JsonLikeDictParser().parse(json.loads(spdx_text))
+    assert validate_full_spdx_document(document) == []
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(cdx_text) is None
+    return document, json.loads(cdx_text)
+
+
+def test_image_and_environment_documents_validate_without_a_build():
+    """What spdx_json / cyclonedx_json make for an image on a base with conda (one from a local
+    file:// channel), PyPI and Debian packages, and for an environment, passes spdx-tools' validator
+    and the CycloneDX 1.6 schema, and is the same text when made twice."""
+    base, layer0, layer1 = ("sha256:" + c * 64 for c in "abc")
+    packages = [
+        SbomPackage("conda", "hb-hello", "1.0.0", "1" * 64, "file:///home/me/chan/linux-64/hb-hello-1.0.0-h0_0.conda",
+                    1, build="h0_0", subdir="linux-64"),
+        SbomPackage("conda", "zlib", "1.3", "2" * 64, "https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3-h0.conda",
+                    1, build="h0", subdir="linux-64"),
+        SbomPackage("pypi", "Typing_Extensions", "4.16.0", "3" * 64,
+                    "https://files.pythonhosted.org/packages/typing_extensions-4.16.0-py3-none-any.whl", 1),
+        SbomPackage("deb", "libc6", "2.36-9", "4" * 64, "https://deb.debian.org/debian/pool/libc6_2.36-9_amd64.deb",
+                    0, arch="amd64"),
+    ]
+    layer_sets = [[{"digest": layer0}], [{"digest": layer1, "packages": ["hb-hello", "zlib", "Typing_Extensions"]}]]
+    contains = layer_contents(layer_sets, packages)
+    epoch = datetime.fromtimestamp(0, tz=timezone.utc)
+    image = SbomModel("//env:img", "sha256:" + "d" * 64, [layer0, layer1], packages, contains,
+                      "debian:bookworm", base, epoch)
+    spdx_text, cdx_text = spdx_json(image), cyclonedx_json(image)
+    assert (spdx_text, cdx_text) == (spdx_json(image), cyclonedx_json(image))
+    document, bom = _validate(spdx_text, cdx_text)
+    by_name = {p.name: p for p in document.packages}
+    assert str(by_name["hb-hello"].download_location) == "NOASSERTION"  # no path of the locking machine
+    assert "channel=chan" in by_name["hb-hello"].external_references[0].locator
+    assert by_name["zlib"].download_location.startswith("https://conda.anaconda.org/")
+    assert by_name["Typing_Extensions"].external_references[0].locator == "pkg:pypi/typing-extensions@4.16.0"
+    nested = {c["name"]: layer["version"] for layer in bom["components"] for c in layer.get("components", [])}
+    assert nested == {"libc6": layer0, "hb-hello": layer1, "zlib": layer1, "Typing_Extensions": layer1}
+    assert "/home/me" not in spdx_text and "/home/me" not in cdx_text
+
+    env = SbomModel("//env:nlp-env", "blake3:" + "e" * 64, [], packages[:3], {}, "", "", epoch)
+    document, bom = _validate(spdx_json(env), cyclonedx_json(env))
+    env_id = next(p.spdx_id for p in document.packages if p.version == "blake3:" + "e" * 64)
+    assert sorted(r.related_spdx_element_id for r in document.relationships
+                  if r.relationship_type.name == "CONTAINS" and r.spdx_element_id == env_id) == sorted(
+        p.spdx_id for p in document.packages if p.spdx_id != env_id)
+    assert bom["metadata"]["component"]["hashes"] == [{"alg": "BLAKE3", "content": "e" * 64}]
 
 
 @pytest.mark.slow
