@@ -73,6 +73,11 @@ class Workspace:
         """The real path of the workspace-relative source file `rel`, for reading it (resolve_source)."""
         return resolve_source(self.root, rel)
 
+    def source_real_path(self, rel: str) -> str:
+        """source_file as a string: for the loops over every source of a big graph (a Path costs
+        more to make than the checks do)."""
+        return resolve_source_str(self.root, rel)
+
     def package_of(self, directory: Path) -> str:
         """The package a directory belongs to: the nearest ancestor with BUILD.hermetic ('' = root)."""
         directory = directory.resolve()
@@ -186,6 +191,11 @@ def load_settings(root: Path) -> Settings:
 
 
 def resolve_source(root: Path, rel: str) -> Path:
+    """The real path of the source file `rel` of the workspace at `root`, checked (resolve_source_str)."""
+    return Path(resolve_source_str(root, rel))
+
+
+def resolve_source_str(root: Path, rel: str) -> str:
     """The real path of the source file `rel` of the workspace at `root`. A source that is (or lies
     under) a symbolic link resolving outside the workspace, or into hb-out/, is refused: a checked-out
     repository must not make hb read, hash and publish files from elsewhere on the machine (~/.ssh,
@@ -204,7 +214,7 @@ def resolve_source(root: Path, rel: str) -> Path:
         raise AnalysisError(f"source file {rel} resolves to {real}, {where}",
                             hint="hb reads only source files inside the workspace: copy the file in, "
                                  "or make the link point inside the workspace")
-    return Path(real)
+    return real
 
 
 @functools.lru_cache(maxsize=65536)
