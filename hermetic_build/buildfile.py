@@ -401,9 +401,19 @@ def source_path(package: str, name: str) -> str:
 
 
 def source_exists(workspace: Workspace, package: str, name: str) -> bool:
+    if "/" not in name:  # most sources: a file of the package's own directory, listed once
+        if name in _files_in(_package_directory(str(workspace.root), package)):
+            return True
+        return os.path.isfile(os.path.join(str(workspace.root), source_path(package, name)))
     path = os.path.join(str(workspace.root), source_path(package, name))
     directory, base = os.path.split(path)
     return base in _files_in(directory) or os.path.isfile(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _package_directory(root: str, package: str) -> str:
+    """The directory source_exists lists for the files of `package` (as os.path.split gives it)."""
+    return os.path.split(os.path.join(root, source_path(package, "x")))[0]
 
 
 @functools.lru_cache(maxsize=4096)

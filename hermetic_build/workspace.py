@@ -200,21 +200,27 @@ def resolve_source_str(root: Path, rel: str) -> str:
     under) a symbolic link resolving outside the workspace, or into hb-out/, is refused: a checked-out
     repository must not make hb read, hash and publish files from elsewhere on the machine (~/.ssh,
     /etc). Links inside the workspace are followed."""
-    from .errors import AnalysisError
-
-    real_root = _realpath_cached(str(root))
+    real_root, outputs = _real_roots(str(root))
     directory, name = os.path.split(rel)
     real_dir = _realpath_cached(os.path.join(real_root, directory)) if directory else real_root
     real = os.path.join(real_dir, name)
     if os.path.islink(real):  # one lstat per file; directories are resolved once per process
         real = os.path.realpath(real)
-    outputs = os.path.join(real_root, OUTPUT_DIR)
     if not real.startswith(real_root + os.sep) or real == outputs or real.startswith(outputs + os.sep):
+        from .errors import AnalysisError
+
         where = "into hb-out/" if real.startswith(real_root + os.sep) else "outside the workspace"
         raise AnalysisError(f"source file {rel} resolves to {real}, {where}",
                             hint="hb reads only source files inside the workspace: copy the file in, "
                                  "or make the link point inside the workspace")
     return real
+
+
+@functools.lru_cache(maxsize=64)
+def _real_roots(root: str) -> tuple[str, str]:
+    """(the real path of a workspace root, that of its hb-out/)."""
+    real_root = _realpath_cached(root)
+    return real_root, os.path.join(real_root, OUTPUT_DIR)
 
 
 @functools.lru_cache(maxsize=65536)
