@@ -210,10 +210,15 @@ class PackageLoader:
 
     def _referenced_packages(self, package: Package) -> list[str]:
         names = []
+        label_attrs: dict[str, list[str]] = {}
         for target in package.targets.values():
-            for attr_name, spec in self.rules[target.rule].attrs.items():
+            attr_names = label_attrs.get(target.rule)
+            if attr_names is None:
+                attr_names = label_attrs[target.rule] = [
+                    name for name, spec in self.rules[target.rule].attrs.items() if spec.is_label]
+            for attr_name in attr_names:
                 value = target.attrs.get(attr_name)
-                if spec.is_label and value is not None:
+                if value is not None:
                     names.extend(label.package for label in ((value,) if isinstance(value, Label) else value))
         return names
 
@@ -292,8 +297,8 @@ class PackageLoader:
     # ----- builtins ---------------------------------------------------------------------------
     def _register(self, call: str) -> None:
         rule_name, stack, kwargs = json.loads(call)
-        frames = _FRAME_RE.findall(stack)
-        path, line = frames[0] if frames else ("<unknown>", "0")
+        frame = _FRAME_RE.search(stack)  # the outermost call: the line of the BUILD file
+        path, line = frame.groups() if frame else ("<unknown>", "0")
         location = Location(path, int(line))
         package = self._current
         if package is None:
