@@ -36,18 +36,14 @@ def plan(session, labels: list[str], current_package: str = "") -> list[Step]:
     rerun: dict[str, Action] = {}  # output path -> action that will produce it anew
     for i in executor.closure(wanted):
         action = executor.actions[i]
-        inputs: dict[str, str | None] = {}
-        unknown = []
-        for f in action.inputs:
-            if f.path in rerun:
-                inputs[f.path] = None
-                unknown.append(f)
+        unknown = [f for f in action.inputs if f.path in rerun]
         if unknown:
+            inputs: dict[str, str | None] = {f.path: None for f in unknown}  # these first, then the known
             known = {}
             for f in action.inputs:
                 if f.path not in rerun:
-                    known[f.path] = _digest_of(executor, f)
-                    inputs[f.path] = str(known[f.path])
+                    digest = known[f.path] = _digest_of(executor, f)
+                    inputs[f.path] = f"{digest.hash}/{digest.size}"  # str(digest)
             step = Step(action, None, "would run", inputs)
             step.reasons = [f"input {f.path} will be rebuilt by {rerun[f.path].description}" for f in unknown]
             before = previous.get(action.id)

@@ -16,8 +16,10 @@ BUILD_FILE = "BUILD.hermetic"
 OUTPUT_DIR = "hb-out"
 
 
+@functools.lru_cache(maxsize=1)
 def host_platform() -> str:
-    """The conda-style name of this machine's platform (linux-64, osx-arm64, ...)."""
+    """The conda-style name of this machine's platform (linux-64, osx-arm64, ...); the same for
+    the whole process (every genrule action asks)."""
     system = {"linux": "linux", "darwin": "osx", "win32": "win"}.get(os.sys.platform, os.sys.platform)
     machine = _platform.machine().lower()
     arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64"}.get(machine, machine)
