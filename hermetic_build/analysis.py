@@ -287,7 +287,7 @@ class Analyzer:
                 if not packages and not self.workspace.package_dir(pattern.package).is_dir():
                     raise AnalysisError(f"pattern {text}: directory {pattern.package} does not exist")
             parsed.append((text, pattern, packages))
-        # every package the patterns name, evaluated in one guarded child (see buildfile.py)
+        # every package the patterns name, evaluated in guarded children (see buildfile.py)
         self.loader.preload(p for _text, _pattern, packages in parsed for p in packages)
         labels: list[Label] = []
         for text, pattern, packages in parsed:

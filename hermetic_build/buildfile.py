@@ -4,10 +4,11 @@ A BUILD file sees Starlark's standard builtins, `glob()`, `package_name()` and o
 registered rule; nothing else. There is no file I/O, clock, print or Python import. `load()` of
 `.bzl` files inside the workspace provides macros.
 
-BUILD files are untrusted. They are evaluated in a forked child process with a memory and a time
+BUILD files are untrusted. They are evaluated in forked child processes with a memory and a time
 budget per BUILD file (`starlark_memory_mb`, `starlark_timeout_s` in hermetic.toml; see
-evalguard.py): one child per command evaluates every package the command needs, and hb's own
-process only receives the targets.
+evalguard.py): the packages a command needs are shared out among one child per core (one child
+for a few packages), and hb's own process only receives the targets, keeping them in the order
+one child would have evaluated them.
 """
 
 from __future__ import annotations
