@@ -280,6 +280,7 @@ class Analyzer:
         self.memo = AnalysisMemo(memo_dir)
         self.loader = PackageLoader(workspace, rules)
         self.read_files: set[str] = set()
+        self._label_attrs_of: dict[str, list] = {}
 
     # ----- patterns --------------------------------------------------------------------------------
     def expand(self, patterns: list[str], current_package: str = "") -> list[Label]:
@@ -295,7 +296,7 @@ class Analyzer:
                 if not packages and not self.workspace.package_dir(pattern.package).is_dir():
                     raise AnalysisError(f"pattern {text}: directory {pattern.package} does not exist")
             parsed.append((text, pattern, packages))
-        # every package the patterns name, evaluated in one guarded child (see buildfile.py)
+        # every package the patterns name, evaluated in guarded children (see buildfile.py)
         self.loader.preload(p for _text, _pattern, packages in parsed for p in packages)
         labels: list[Label] = []
         for text, pattern, packages in parsed:
@@ -333,11 +334,8 @@ class Analyzer:
     # ----- graph -------------------------------------------------------------------------------------
     def _edges(self, target: TargetDef) -> tuple[list[Label], list[str]]:
         """(target dependencies, source files) named by a target's label attributes."""
-        rule = self.rules[target.rule]
         deps, sources = [], []
-        for name, spec in rule.attrs.items():
-            if not spec.is_label:
-                continue
+        for name, spec in self._label_attrs(target.rule):
             value = target.attrs[name]
             for label in _labels(value):
                 if label.package == target.label.package or self.loader.has_package(label.package):
@@ -356,6 +354,14 @@ class Analyzer:
                     )
                 self.loader.load(label.package, referenced_from=target.location)
         return deps, sources
+
+    def _label_attrs(self, rule_name: str) -> list:
+        """(name, spec) of the label attributes of a rule, in declaration order."""
+        found = self._label_attrs_of.get(rule_name)
+        if found is None:
+            found = self._label_attrs_of[rule_name] = [
+                (name, spec) for name, spec in self.rules[rule_name].attrs.items() if spec.is_label]
+        return found
 
     def _source_deps(self, target: TargetDef) -> dict[str, tuple[Label, ...]]:
         """The dependencies a rule finds in the source files its target names (rule.source_deps)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from . import __version__, noop
+from . import __version__, background_write, noop
 from .errors import UsageError
 from .label import Label, TargetPattern
 from .leftovers import publish_temp_prefix, sweep
@@ -237,6 +237,7 @@ class Session:
         }
 
     def _load_analysis(self, cache_file: Path, patterns, current_package) -> AnalysisResult | None:
+        background_write.wait_for(cache_file)
         try:
             with open(cache_file, "rb") as f:
                 fingerprint, analysis = pickle.load(f)
@@ -258,7 +259,8 @@ class Session:
 
     def _save_analysis(self, cache_file: Path, patterns, current_package, analysis: AnalysisResult) -> None:
         fingerprint = self._fingerprint(patterns, current_package, analysis)
-        _atomic_write(cache_file, pickle.dumps((fingerprint, analysis), protocol=pickle.HIGHEST_PROTOCOL))
+        # pickled on another core while the command goes on (hb waits for it before it exits)
+        background_write.write_pickle(cache_file, (fingerprint, analysis), _atomic_write)
 
     # ----- execution -------------------------------------------------------------------------------
     def executor(self, analysis: AnalysisResult) -> Executor:

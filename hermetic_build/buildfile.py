@@ -4,10 +4,11 @@ A BUILD file sees Starlark's standard builtins, `glob()`, `package_name()` and o
 registered rule; nothing else. There is no file I/O, clock, print or Python import. `load()` of
 `.bzl` files inside the workspace provides macros.
 
-BUILD files are untrusted. They are evaluated in a forked child process with a memory and a time
+BUILD files are untrusted. They are evaluated in forked child processes with a memory and a time
 budget per BUILD file (`starlark_memory_mb`, `starlark_timeout_s` in hermetic.toml; see
-evalguard.py): one child per command evaluates every package the command needs, and hb's own
-process only receives the targets.
+evalguard.py): the packages a command needs are shared out among one child per core (one child
+for a few packages), and hb's own process only receives the targets, keeping them in the order
+one child would have evaluated them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import starlark as sl
 
 from .errors import AnalysisError, BuildFileError, HbError, Location, did_you_mean
-from .evalguard import Channel, GuardFailure, Limits, run_guarded
+from .evalguard import Channel, GuardFailure, Limits, run_guarded_all
 from .label import Label, LabelSyntaxError
 from .rule import AttributeValueError, Rule, check_attrs
 from .scan import GlobCall, all_packages, glob_fingerprint, run_glob
@@ -32,6 +33,8 @@ from .workspace import BUILD_FILE, Workspace
 
 _FRAME_RE = re.compile(r"^\s*\* (.+?):(\d+), in ", re.M)
 _ERROR_AT_RE = re.compile(r"-->\s*(.+?):(\d+)(?::\d+)?\s*$", re.M)
+_MAX_EVALUATORS = 8
+_PACKAGES_PER_EVALUATOR = 16
 _TIMEOUT_HINT = "raise starlark_timeout_s in hermetic.toml if this BUILD file really needs that long"
 _MEMORY_HINT = "raise starlark_memory_mb in hermetic.toml if this BUILD file really needs that much memory"
 
@@ -107,17 +110,27 @@ class PackageLoader:
         return self._packages[package]
 
     def preload(self, packages) -> None:
-        """Evaluate `packages` and every package their targets name, in one guarded child process."""
+        """Evaluate `packages` and every package their targets name, in guarded child processes:
+        one per core when there are enough packages to share (see _shares)."""
         wanted = [p for p in dict.fromkeys(packages)
                   if p not in self._packages and p not in self._failed and self.has_package(p)]
         if not wanted:
             return
+        received: dict[str, tuple] = {}
+
+        def receive(message) -> None:
+            received.setdefault(message[1], message)  # two children may both evaluate a package named by both
+
+        shares = _shares(wanted)
         try:
-            run_guarded(lambda channel: self._evaluate_closure(wanted, channel), self.limits, self._receive)
+            run_guarded_all([functools.partial(self._evaluate_closure, share, wanted) for share in shares],
+                            self.limits, receive)
         except GuardFailure as failure:
             raise self._guard_error(failure) from None
+        finally:
+            self._take(wanted, received)
 
-    # ----- in hb's process -----------------------------------------------------------------------
+        # ----- in hb's process -----------------------------------------------------------------------
     def _check_build_file(self, package: str, referenced_from: Location | None) -> None:
         path = self.workspace.build_file(package)
         if path.is_file():
@@ -136,14 +149,28 @@ class PackageLoader:
             hint=hint or "create a BUILD.hermetic file in that directory",
         )
 
-    def _receive(self, message) -> None:
-        """A result from the child: a package's targets, or the error its BUILD file raised."""
-        if message[0] == "package":
-            package = message[1]
-            self._packages[package.name] = package
-        else:
-            _, name, (cls, text, location, hint, detail) = message
-            self._failed[name] = cls(text, location=location, hint=hint, detail=detail)
+    def _take(self, wanted: list[str], received: dict[str, tuple]) -> None:
+        """Keep the packages the children sent, in the order one child would have evaluated them
+        (breadth first from `wanted`), whichever child finished first: the analysis is the same
+        whatever the number of cores."""
+        order, queue, seen = [], deque(wanted), set(wanted)
+        while queue:
+            name = queue.popleft()
+            message = received.get(name)
+            if message is None:
+                continue
+            order.append(message)
+            for referenced in (message[2] if message[0] == "package" else ()):
+                if referenced not in seen and referenced in received:
+                    seen.add(referenced)
+                    queue.append(referenced)
+        order.extend(m for name, m in received.items() if name not in seen)  # only after a failure
+        for message in order:
+            if message[0] == "package":
+                self._packages[message[1]] = message[3]
+            else:
+                _, name, (cls, text, location, hint, detail) = message
+                self._failed[name] = cls(text, location=location, hint=hint, detail=detail)
 
     def _guard_error(self, failure: GuardFailure) -> BuildFileError:
         where = Location(failure.unit) if failure.unit else None
@@ -160,8 +187,10 @@ class PackageLoader:
         return BuildFileError(f"evaluation crashed: {first}", location=where, detail=rest.strip() or None)
 
     # ----- evaluation (in the guarded child) -----------------------------------------------------
-    def _evaluate_closure(self, wanted: list[str], channel: Channel) -> None:
-        queue, seen = deque(wanted), set(wanted)
+    def _evaluate_closure(self, share: list[str], wanted: list[str], channel: Channel) -> None:
+        """Evaluate the packages of `share` and every package they name that is not in `wanted`
+        (the packages another child evaluates), sending each one's targets or its error."""
+        queue, seen = deque(share), set(wanted)
         while queue:
             package = queue.popleft()
             channel.begin(self.workspace.relpath(self.workspace.build_file(package)))
@@ -172,18 +201,25 @@ class PackageLoader:
                 channel.send(("error", package, (type(exc), exc.message, exc.location, exc.hint, exc.detail)))
                 continue
             channel.begin(None)
-            channel.send(("package", loaded))
-            for name in self._referenced_packages(loaded):
-                if name not in seen and name not in self._packages and self.has_package(name):
+            referenced = [name for name in dict.fromkeys(self._referenced_packages(loaded))
+                          if name not in self._packages and self.has_package(name)]
+            channel.send(("package", package, referenced, loaded))
+            for name in referenced:
+                if name not in seen:
                     seen.add(name)
                     queue.append(name)
 
     def _referenced_packages(self, package: Package) -> list[str]:
         names = []
+        label_attrs: dict[str, list[str]] = {}
         for target in package.targets.values():
-            for attr_name, spec in self.rules[target.rule].attrs.items():
+            attr_names = label_attrs.get(target.rule)
+            if attr_names is None:
+                attr_names = label_attrs[target.rule] = [
+                    name for name, spec in self.rules[target.rule].attrs.items() if spec.is_label]
+            for attr_name in attr_names:
                 value = target.attrs.get(attr_name)
-                if spec.is_label and value is not None:
+                if value is not None:
                     names.extend(label.package for label in ((value,) if isinstance(value, Label) else value))
         return names
 
@@ -262,8 +298,8 @@ class PackageLoader:
     # ----- builtins ---------------------------------------------------------------------------
     def _register(self, call: str) -> None:
         rule_name, stack, kwargs = json.loads(call)
-        frames = _FRAME_RE.findall(stack)
-        path, line = frames[0] if frames else ("<unknown>", "0")
+        frame = _FRAME_RE.search(stack)  # the outermost call: the line of the BUILD file
+        path, line = frame.groups() if frame else ("<unknown>", "0")
         location = Location(path, int(line))
         package = self._current
         if package is None:
@@ -307,6 +343,17 @@ class PackageLoader:
             raise ValueError(self._pending.message)
         self._globs.append(GlobCall(package, include, exclude, result))
         return list(result)
+
+
+def _shares(wanted: list[str]) -> list[list[str]]:
+    """`wanted` dealt out to one child per core (at most _MAX_EVALUATORS), each with at least
+    _PACKAGES_PER_EVALUATOR packages: a few BUILD files evaluate faster than a second child starts."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    count = max(1, min(cores, _MAX_EVALUATORS, len(wanted) // _PACKAGES_PER_EVALUATOR))
+    return [wanted[i::count] for i in range(count)]
 
 
 def _glob_patterns(argument: str, patterns) -> tuple[str, ...]:
@@ -360,9 +407,19 @@ def source_path(package: str, name: str) -> str:
 
 
 def source_exists(workspace: Workspace, package: str, name: str) -> bool:
+    if "/" not in name:  # most sources: a file of the package's own directory, listed once
+        if name in _files_in(_package_directory(str(workspace.root), package)):
+            return True
+        return os.path.isfile(os.path.join(str(workspace.root), source_path(package, name)))
     path = os.path.join(str(workspace.root), source_path(package, name))
     directory, base = os.path.split(path)
     return base in _files_in(directory) or os.path.isfile(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _package_directory(root: str, package: str) -> str:
+    """The directory source_exists lists for the files of `package` (as os.path.split gives it)."""
+    return os.path.split(os.path.join(root, source_path(package, "x")))[0]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -79,18 +79,24 @@ class DualHasher:
         return self._sha256.hexdigest()
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value) -> bytes:
     """The one byte encoding hashed into keys: sorted keys, no whitespace, UTF-8, no floats."""
     _reject_floats(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(value).encode()  # json.dumps with these options, without a new encoder per call
 
 
 def _reject_floats(value) -> None:
-    if isinstance(value, float):
-        raise TypeError("floats are not allowed in canonical encodings (write them as strings)")
-    if isinstance(value, dict):
-        for v in value.values():
-            _reject_floats(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _reject_floats(v)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:  # most values: nothing to look into
+            continue
+        if isinstance(item, float):
+            raise TypeError("floats are not allowed in canonical encodings (write them as strings)")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)

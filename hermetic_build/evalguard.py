@@ -1,12 +1,12 @@
 """Run untrusted evaluation (BUILD files) in a forked child under a memory and a time budget.
 
 Starlark offers no memory limit, and an allocation that fails inside the evaluator (Rust) aborts
-the whole process. So evaluation runs in a child process: fork once, cap its address space with
-RLIMIT_AS, and stream its results back over a pipe as length-prefixed pickles. The child announces
-each unit of work (`begin(name)`); the parent kills the child when one unit outlives its time
-budget, and turns any death of the child (memory exhausted, stack overflow, a panic) into a
-`GuardFailure` that names the unit being evaluated. The child's stdout and stderr are captured, so
-nothing it prints reaches hb's output.
+the whole process. So evaluation runs in child processes: fork one per share of the work (one per
+core, run_guarded_all), cap each one's address space with RLIMIT_AS, and stream its results back
+over a pipe as length-prefixed pickles. Each child announces each unit of work (`begin(name)`); the
+parent kills a child when one unit outlives its time budget, and turns any death of a child (memory
+exhausted, stack overflow, a panic) into a `GuardFailure` that names the unit being evaluated. The
+children's stdout and stderr are captured, so nothing they print reaches hb's output.
 """
 
 from __future__ import annotations
@@ -72,23 +72,37 @@ class Channel:
 def run_guarded(work: Callable[[Channel], None], limits: Limits, on_message: Callable[[object], None]) -> None:
     """Run `work(channel)` in a forked child; call `on_message` in this process for each message the
     child sends, as it arrives. Raises GuardFailure when the child does not finish cleanly."""
-    read_fd, write_fd = os.pipe()
-    captured = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the child is gone
+    run_guarded_all([work], limits, on_message)
+
+
+def run_guarded_all(works: list[Callable[[Channel], None]], limits: Limits,
+                    on_message: Callable[[object], None]) -> None:
+    """Run each of `works` in its own forked child, all at once (one per core): each child has the
+    whole budget (memory, time per unit) to itself. `on_message` sees the messages of every child in
+    this process, as they arrive (one child's in its order, interleaved with the others'). The first
+    child that does not finish cleanly raises GuardFailure, and the others are stopped."""
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which never returns
-        _child(work, limits, read_fd, write_fd, captured)
-    os.close(write_fd)
-    child = _Child(pid)
+    children: list[_Child] = []
     try:
-        _parent(child, read_fd, limits, on_message, captured)
+        for work in works:
+            read_fd, write_fd = os.pipe()
+            captured = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the child is gone
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                for other in children:  # the other children's ends are not this child's business
+                    os.close(other.read_fd)
+                _child(work, limits, read_fd, write_fd, captured)
+            os.close(write_fd)
+            children.append(_Child(pid, read_fd, captured))
+        _parent(children, limits, on_message)
     finally:
-        os.close(read_fd)
-        captured.close()
-        if child.status is None:  # hb itself failed (or was interrupted) while reading: stop the child
-            os.kill(pid, signal.SIGKILL)
-            child.wait()
+        for child in children:
+            if child.status is None:  # hb or another child failed (or was interrupted): stop it
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait()
+            os.close(child.read_fd)
+            child.captured.close()
 
 
 # ----- child ------------------------------------------------------------------------------------
@@ -164,9 +178,19 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # ----- parent -----------------------------------------------------------------------------------
 class _Child:
-    def __init__(self, pid: int):
+    """One guarded child as the parent sees it: its pipe, what it printed, what it is doing."""
+
+    def __init__(self, pid: int, read_fd: int, captured):
         self.pid = pid
+        self.read_fd = read_fd
+        self.captured = captured
         self.status: int | None = None  # as subprocess reports it: negative = killed by that signal
+        self.buffer = bytearray()
+        self.unit: str | None = None  # the unit it is evaluating (None: between units)
+        self.started = time.monotonic()
+        self.fatal = None
+        self.done = False
+        self.closed = False  # its end of the pipe is closed: everything it sent has been read
 
     def wait(self) -> int:
         if self.status is None:
@@ -174,24 +198,12 @@ class _Child:
             self.status = -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
         return self.status
 
+    def deadline(self, limits: Limits) -> float | None:
+        return self.started + limits.timeout_s + _KILL_GRACE_S if self.unit is not None else None
 
-def _parent(child: _Child, read_fd: int, limits: Limits, on_message, captured) -> None:
-    buffer = bytearray()
-    unit: str | None = None
-    started = time.monotonic()
-    fatal = None
-    done = False
-    while True:
-        deadline = started + limits.timeout_s + _KILL_GRACE_S if unit is not None else None
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([read_fd], [], [], wait)
-        if not ready:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-            raise GuardFailure("timeout", unit, f"still running after {limits.timeout_s:g} s")
-        chunk = os.read(read_fd, 1 << 20)
-        if not chunk:
-            break
+    def receive(self, chunk: bytes, on_message) -> None:
+        """Hand every complete message in what has arrived to `on_message`; keep the rest."""
+        buffer = self.buffer
         buffer += chunk
         offset = 0
         while len(buffer) - offset >= _HEADER.size:
@@ -202,27 +214,54 @@ def _parent(child: _Child, read_fd: int, limits: Limits, on_message, captured) -
             kind, payload = _loads(bytes(buffer[start:start + size]))
             offset = start + size
             if kind == _BEGIN:
-                unit, started = payload, time.monotonic()
+                self.unit, self.started = payload, time.monotonic()
             elif kind == _MESSAGE:
                 on_message(payload)
             elif kind == _DONE:
-                done = True
+                self.done = True
             else:
-                fatal = payload
+                self.fatal = payload
         del buffer[:offset]
-    status = child.wait()
-    if done and status == 0:
-        _replay(captured)
-        return
-    if fatal is not None:
-        raise GuardFailure(fatal[0], unit, fatal[1])
-    output = _read_captured(captured)
-    if "memory allocation of" in output or "MemoryError" in output or "out of memory" in output.lower():
-        raise GuardFailure("memory", unit, _last_line(output))
-    if "overflowed its stack" in output or status == -signal.SIGSEGV:
-        raise GuardFailure("crash", unit, "the evaluator overflowed its stack (an expression nested too deeply?)")
-    cause = f"killed by signal {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
-    raise GuardFailure("crash", unit, f"{cause}" + (f": {_last_line(output)}" if output.strip() else ""))
+
+    def finish(self) -> None:
+        """After its pipe closed: return if it finished cleanly, raise GuardFailure otherwise."""
+        status = self.wait()
+        if self.done and status == 0:
+            return
+        unit = self.unit
+        if self.fatal is not None:
+            raise GuardFailure(self.fatal[0], unit, self.fatal[1])
+        output = _read_captured(self.captured)
+        if "memory allocation of" in output or "MemoryError" in output or "out of memory" in output.lower():
+            raise GuardFailure("memory", unit, _last_line(output))
+        if "overflowed its stack" in output or status == -signal.SIGSEGV:
+            raise GuardFailure("crash", unit, "the evaluator overflowed its stack (an expression nested too deeply?)")
+        cause = f"killed by signal {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+        raise GuardFailure("crash", unit, f"{cause}" + (f": {_last_line(output)}" if output.strip() else ""))
+
+
+def _parent(children: list[_Child], limits: Limits, on_message) -> None:
+    running = {child.read_fd: child for child in children}
+    while running:
+        now = time.monotonic()
+        deadlines = {c: d for c in running.values() if (d := c.deadline(limits)) is not None}
+        late = next((c for c, d in deadlines.items() if d <= now), None)
+        if late is not None:  # checked on every wake-up: the other children may keep sending
+            os.kill(late.pid, signal.SIGKILL)
+            late.wait()
+            raise GuardFailure("timeout", late.unit, f"still running after {limits.timeout_s:g} s")
+        wait = min(deadlines.values()) - now if deadlines else None
+        ready, _, _ = select.select(list(running), [], [], wait)
+        for fd in ready:
+            child = running[fd]
+            chunk = os.read(fd, 1 << 20)
+            if chunk:
+                child.receive(chunk, on_message)
+                continue
+            del running[fd]
+            child.finish()
+    for child in children:
+        _replay(child.captured)
 
 
 def _loads(data: bytes):

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from .action import Action, key_fields
 from .executor import ActionRecord
 
+_NEVER_BUILT = ["it has never been built in this workspace"]
+
 
 @dataclass
 class Step:
@@ -34,21 +36,19 @@ def plan(session, labels: list[str], current_package: str = "") -> list[Step]:
     rerun: dict[str, Action] = {}  # output path -> action that will produce it anew
     for i in executor.closure(wanted):
         action = executor.actions[i]
-        inputs: dict[str, str | None] = {}
-        unknown = []
-        for f in action.inputs:
-            if f.path in rerun:
-                inputs[f.path] = None
-                unknown.append(f)
+        unknown = [f for f in action.inputs if f.path in rerun]
         if unknown:
+            inputs: dict[str, str | None] = {f.path: None for f in unknown}  # these first, then the known
             known = {}
             for f in action.inputs:
                 if f.path not in rerun:
-                    known[f.path] = _digest_of(executor, f)
-                    inputs[f.path] = str(known[f.path])
+                    digest = known[f.path] = _digest_of(executor, f)
+                    inputs[f.path] = f"{digest.hash}/{digest.size}"  # str(digest)
             step = Step(action, None, "would run", inputs)
             step.reasons = [f"input {f.path} will be rebuilt by {rerun[f.path].description}" for f in unknown]
-            step.reasons += _diff(previous.get(action.id), key_fields(action, known, {}), skip_inputs=True)
+            before = previous.get(action.id)
+            step.reasons += (_diff(before, key_fields(action, known, {}), skip_inputs=True) if before is not None
+                             else _NEVER_BUILT)
             steps.append(step)
             rerun.update({o.path: action for o in action.outputs})
             continue
@@ -82,13 +82,13 @@ def _missing_reason(session) -> str:
 
 def _digest_of(executor, f):
     if f.is_source:
-        return executor.file_cache.digest(executor.workspace.source_file(f.path))
+        return executor.file_cache.digest(executor.workspace.source_real_path(f.path))
     return executor.output_entry(f).digest
 
 
 def _diff(before: dict | None, fields: dict, skip_inputs: bool = False) -> list[str]:
     if before is None:
-        return ["it has never been built in this workspace"]
+        return list(_NEVER_BUILT)
     old = before["fields"]
     reasons = []
     if not skip_inputs:

@@ -56,8 +56,10 @@ def _parse_label(text: str, current_package: str | None) -> Label:
     return Label(package, name)
 
 
+@functools.lru_cache(maxsize=4096)
 def _valid_package(package: str) -> bool:
-    """A workspace-relative directory: no '.', '..' or '...' parts (a pattern's '...' is not one)."""
+    """A workspace-relative directory: no '.', '..' or '...' parts (a pattern's '...' is not one).
+    Cached: every label of a BUILD file names its package again."""
     return bool(_PACKAGE_RE.match(package)) and not (package and any(
         p in (".", "..", "...") for p in package.split("/")))
 

@@ -125,7 +125,7 @@ def check_attrs(rule_: Rule, raw: dict, package: str) -> dict:
 
     Raises ValueError (AttributeValueError for a bad value) with a message meant for `path:line: ...`.
     """
-    schema = rule_.all_attrs()
+    schema = _schema(rule_)
     for key in raw:
         if key not in schema:
             hint = did_you_mean(key, schema)
@@ -135,49 +135,71 @@ def check_attrs(rule_: Rule, raw: dict, package: str) -> dict:
             )
     out = {}
     for key, spec in schema.items():
-        if key not in raw or raw[key] is None:
+        value = raw.get(key)
+        if value is None:
             if spec.mandatory:
                 raise ValueError(f"{rule_.name}() is missing mandatory attribute {key!r}")
             out[key] = _freeze(spec.default)
             if spec.kind == "label" and spec.default is not None:
                 out[key] = Label.parse(spec.default, package)
             continue
-        out[key] = _normalise(rule_.name, key, spec, raw[key], package)
+        out[key] = _normalise(rule_.name, key, spec, value, package)
     return out
 
 
+_SCHEMAS: dict[int, tuple[Rule, dict[str, Attr]]] = {}
+
+
+def _schema(rule_: Rule) -> dict[str, Attr]:
+    """rule_.all_attrs(), made once per rule (check_attrs runs once per target)."""
+    found = _SCHEMAS.get(id(rule_))
+    if found is None or found[0] is not rule_:
+        found = _SCHEMAS[id(rule_)] = (rule_, rule_.all_attrs())
+    return found[1]
+
+
 def _normalise(rule_name: str, key: str, spec: Attr, value, package: str):
-    expected = _TYPES[spec.kind]
-    where = f"{rule_name}() attribute {key!r}"
-    if spec.kind == "int" and isinstance(value, bool) or not isinstance(value, expected):
-        raise AttributeValueError(f"{where} must be a {spec.kind}, got {type(value).__name__} {value!r}")
-    if spec.kind == "string" and spec.values and value not in spec.values:
-        raise AttributeValueError(f"{where} must be one of {', '.join(map(repr, spec.values))}, got {value!r}")
-    if spec.kind in ("string_list", "label_list"):
+    kind = spec.kind
+    if kind == "int" and isinstance(value, bool) or not isinstance(value, _TYPES[kind]):
+        raise AttributeValueError(f"{_where(rule_name, key)} must be a {kind}, got {type(value).__name__} {value!r}")
+    if kind == "string":
+        if spec.values and value not in spec.values:
+            raise AttributeValueError(f"{_where(rule_name, key)} must be one of {', '.join(map(repr, spec.values))}, "
+                                      f"got {value!r}")
+        return value
+    if kind in ("string_list", "label_list"):
         for item in value:
             if not isinstance(item, str):
-                raise AttributeValueError(f"{where} must be a list of strings, got element {item!r}")
-        seen = set()
-        for item in value:
-            if item in seen:
-                raise AttributeValueError(f"{where} lists {item!r} twice")
-            seen.add(item)
-    if spec.kind == "string_dict":
+                raise AttributeValueError(f"{_where(rule_name, key)} must be a list of strings, got element {item!r}")
+        if len(set(value)) != len(value):
+            seen = set()
+            for item in value:
+                if item in seen:
+                    raise AttributeValueError(f"{_where(rule_name, key)} lists {item!r} twice")
+                seen.add(item)
+        if kind == "string_list":
+            return tuple(value)
+    if kind == "string_dict":
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
-                raise AttributeValueError(f"{where} must map strings to strings, got {k!r}: {v!r}")
-    if spec.kind == "string_list_dict":
+                raise AttributeValueError(f"{_where(rule_name, key)} must map strings to strings, got {k!r}: {v!r}")
+    if kind == "string_list_dict":
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise AttributeValueError(f"{where} must map strings to lists of strings, got {k!r}: {v!r}")
+                raise AttributeValueError(f"{_where(rule_name, key)} must map strings to lists of strings, "
+                                          f"got {k!r}: {v!r}")
     try:
-        if spec.kind == "label":
+        if kind == "label":
             return Label.parse(value, package)
-        if spec.kind == "label_list":
+        if kind == "label_list":
             return tuple(Label.parse(v, package) for v in value)
     except LabelSyntaxError as exc:
-        raise AttributeValueError(f"{where}: {exc}") from None
+        raise AttributeValueError(f"{_where(rule_name, key)}: {exc}") from None
     return _freeze(value)
+
+
+def _where(rule_name: str, key: str) -> str:
+    return f"{rule_name}() attribute {key!r}"
 
 
 def _freeze(value):

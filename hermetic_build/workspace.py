@@ -16,8 +16,10 @@ BUILD_FILE = "BUILD.hermetic"
 OUTPUT_DIR = "hb-out"
 
 
+@functools.lru_cache(maxsize=1)
 def host_platform() -> str:
-    """The conda-style name of this machine's platform (linux-64, osx-arm64, ...)."""
+    """The conda-style name of this machine's platform (linux-64, osx-arm64, ...); the same for
+    the whole process (every genrule action asks)."""
     system = {"linux": "linux", "darwin": "osx", "win32": "win"}.get(os.sys.platform, os.sys.platform)
     machine = _platform.machine().lower()
     arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64"}.get(machine, machine)
@@ -73,6 +75,11 @@ class Workspace:
     def source_file(self, rel: str) -> Path:
         """The real path of the workspace-relative source file `rel`, for reading it (resolve_source)."""
         return resolve_source(self.root, rel)
+
+    def source_real_path(self, rel: str) -> str:
+        """source_file as a string: for the loops over every source of a big graph (a Path costs
+        more to make than the checks do)."""
+        return resolve_source_str(self.root, rel)
 
     def package_of(self, directory: Path) -> str:
         """The package a directory belongs to: the nearest ancestor with BUILD.hermetic ('' = root)."""
@@ -188,25 +195,36 @@ def load_settings(root: Path) -> Settings:
 
 
 def resolve_source(root: Path, rel: str) -> Path:
+    """The real path of the source file `rel` of the workspace at `root`, checked (resolve_source_str)."""
+    return Path(resolve_source_str(root, rel))
+
+
+def resolve_source_str(root: Path, rel: str) -> str:
     """The real path of the source file `rel` of the workspace at `root`. A source that is (or lies
     under) a symbolic link resolving outside the workspace, or into hb-out/, is refused: a checked-out
     repository must not make hb read, hash and publish files from elsewhere on the machine (~/.ssh,
     /etc). Links inside the workspace are followed."""
-    from .errors import AnalysisError
-
-    real_root = _realpath_cached(str(root))
+    real_root, outputs = _real_roots(str(root))
     directory, name = os.path.split(rel)
     real_dir = _realpath_cached(os.path.join(real_root, directory)) if directory else real_root
     real = os.path.join(real_dir, name)
     if os.path.islink(real):  # one lstat per file; directories are resolved once per process
         real = os.path.realpath(real)
-    outputs = os.path.join(real_root, OUTPUT_DIR)
     if not real.startswith(real_root + os.sep) or real == outputs or real.startswith(outputs + os.sep):
+        from .errors import AnalysisError
+
         where = "into hb-out/" if real.startswith(real_root + os.sep) else "outside the workspace"
         raise AnalysisError(f"source file {rel} resolves to {real}, {where}",
                             hint="hb reads only source files inside the workspace: copy the file in, "
                                  "or make the link point inside the workspace")
-    return Path(real)
+    return real
+
+
+@functools.lru_cache(maxsize=64)
+def _real_roots(root: str) -> tuple[str, str]:
+    """(the real path of a workspace root, that of its hb-out/)."""
+    real_root = _realpath_cached(root)
+    return real_root, os.path.join(real_root, OUTPUT_DIR)
 
 
 @functools.lru_cache(maxsize=65536)

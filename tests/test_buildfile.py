@@ -222,3 +222,28 @@ def test_recursion_error_is_short(workspace):
         analyzer(workspace).analyze(["//p:all"])
     assert str(exc.value.location) == "p/BUILD.hermetic:2" and "call stack overflow" in exc.value.message
     assert len(exc.value.render().splitlines()) <= 6
+
+
+def test_packages_shared_among_children_analyse_as_one_child_does(workspace, monkeypatch):
+    """With the packages dealt out to several children (and one package named from both shares),
+    the analysis is the one a single child gives, down to the order packages were loaded in."""
+    import hermetic_build.buildfile as buildfile
+
+    for p in range(6):
+        dep = ', "//shared:s"' if p % 2 else ""
+        workspace.write(f"p{p}/BUILD.hermetic",
+                        f'genrule(name = "t", srcs = [":u"{dep}], outs = ["o"], cmd = "x")\n'
+                        f'genrule(name = "u", outs = ["o2"], cmd = "y")\n')
+    workspace.write("shared/BUILD.hermetic", 'genrule(name = "s", outs = ["o"], cmd = "z")\n')
+
+    def analyse(count):
+        monkeypatch.setattr(buildfile, "_shares", lambda wanted: [wanted[i::count] for i in range(count)])
+        a = analyzer(workspace)
+        result = a.analyze(["//p0:t", "//p1:t", "//p2:t", "//p3:t", "//p4:t", "//p5:t"])
+        return result, list(a.loader._packages)
+
+    one, order_one = analyse(1)
+    for count in (2, 3):
+        many, order_many = analyse(count)
+        assert order_many == order_one == ["p0", "p1", "p2", "p3", "p4", "p5", "shared"]
+        assert many.actions == one.actions and many.targets == one.targets and many.packages == one.packages

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hermetic_build.evalguard import GuardFailure, Limits, run_guarded
+from hermetic_build.evalguard import GuardFailure, Limits, run_guarded, run_guarded_all
 
 DEFAULT = Limits(256, 5)
 
@@ -78,3 +78,49 @@ def test_a_python_error_in_the_child_is_a_crash_with_its_traceback():
     with pytest.raises(GuardFailure) as exc:
         run(work)
     assert exc.value.reason == "crash" and "KeyError: 'oops'" in exc.value.detail
+
+
+def test_several_children_all_deliver_and_replay_their_output(capfd):
+    def work(name):
+        def run_share(channel):
+            print(f"printed by {name}")
+            for i in range(3):
+                channel.begin(f"{name}{i}")
+                channel.send((name, i))
+        return run_share
+    received = []
+    run_guarded_all([work("a"), work("b")], DEFAULT, received.append)
+    assert sorted(received) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    assert [m for m in received if m[0] == "a"] == [("a", 0), ("a", 1), ("a", 2)]  # each child's in order
+    err = capfd.readouterr().err
+    assert "printed by a" in err and "printed by b" in err
+
+
+def test_one_child_failing_stops_the_others_and_names_its_unit():
+    def slow(channel):
+        channel.begin(None)
+        time.sleep(60)
+
+    def crash(channel):
+        channel.begin("crash/BUILD.hermetic")
+        os.abort()
+    started = time.monotonic()
+    with pytest.raises(GuardFailure) as exc:
+        run_guarded_all([slow, crash], DEFAULT, lambda message: None)
+    assert exc.value.reason == "crash" and exc.value.unit == "crash/BUILD.hermetic"
+    assert time.monotonic() - started < 10
+
+
+def test_a_late_child_is_killed_while_another_keeps_sending():
+    def chatty(channel):
+        for i in range(400):
+            channel.begin(f"fast{i}")
+            channel.send(i)
+            time.sleep(0.01)
+
+    def stuck(channel):
+        channel.begin("stuck/BUILD.hermetic")
+        time.sleep(60)
+    with pytest.raises(GuardFailure) as exc:
+        run_guarded_all([chatty, stuck], Limits(256, 1), lambda message: None)
+    assert exc.value.reason == "timeout" and exc.value.unit == "stuck/BUILD.hermetic"
