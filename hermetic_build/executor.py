@@ -393,13 +393,17 @@ class Executor:
                 raise self._failure(action, f"declared output {describe(dir_fd, name, out.path)}, not {want}",
                                     execution, sandbox)
             try:
+                written = execution.written  # files the implementation hashed as it wrote them
                 if out.is_directory:
                     tree_fd = open_subdirectory(dir_fd, name, out.path)
+                    under = f"{out.path}/"
+                    known = {path[len(under):]: w for path, w in written.items() if path.startswith(under)}
                     try:
-                        return OutputEntry(out.path, "dir", store_tree(self.store, tree_fd, move=True))
+                        return OutputEntry(out.path, "dir", store_tree(self.store, tree_fd, move=True, known=known))
                     finally:
                         os.close(tree_fd)
-                digest = self.store.put_at(dir_fd, name, move=True)
+                digest = (self.store.put_at(dir_fd, name, move=True, known=written[out.path]) if out.path in written
+                          else self.store.put_at(dir_fd, name, move=True))
                 return OutputEntry(out.path, "file", digest, bool(st.st_mode & stat.S_IXUSR))
             except RefusedPath as refused:
                 where = f"{out.path}/{refused}" if out.is_directory else str(refused)

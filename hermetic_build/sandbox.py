@@ -7,7 +7,8 @@ import functools
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from blake3 import blake3
@@ -15,7 +16,7 @@ from blake3 import blake3
 from .action import register_action_kind
 from .errors import ActionFailed
 from .store.base import ActionResult, OutputEntry
-from .store.local import LocalStore
+from .store.local import LocalStore, file_identity
 
 SANDBOX_ROOT = "/hb"  # where the sandbox directory appears inside bubblewrap
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -122,6 +123,9 @@ class ActionExecution:
     # for an action declared with dep_keys=True: [{owner, mnemonic, output, key}] of every action
     # upstream of it (Executor.upstream_keys), sorted
     dep_keys: list = None
+    # files the implementation wrote itself and hashed as it wrote them (note_written): path under
+    # the execroot -> (file identity, Digest), for the collector
+    written: dict = field(default_factory=dict)
 
     def input_tree(self, file):
         """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""
@@ -137,6 +141,16 @@ class ActionExecution:
 
     def path(self, file) -> Path:
         return self.execroot / file.path
+
+    def note_written(self, path: Path, digest) -> None:
+        """Tell the collector the BLAKE3 digest of an output file this implementation wrote itself, in
+        this process, hashing exactly the bytes it wrote (a layer blob), or fetched verified from the
+        store: collecting it then takes the digest instead of reading the file again, provided it is
+        still the same inode, unchanged since this call (device, inode, size, mtime and ctime; so call
+        it after the file's last rename). Never for files a command (a sandboxed process) wrote."""
+        st = os.stat(path, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_size == digest.size:
+            self.written[Path(path).relative_to(self.execroot).as_posix()] = (file_identity(st), digest)
 
     # ----- blobs by another name (e.g. a package's sha256) --------------------------------------
     # Aliases live in the local store only: they save this machine a download; another machine gets

@@ -205,10 +205,12 @@ class Store(ABC):
     @abstractmethod
     def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest: ...
 
-    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True) -> Digest:
+    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True,
+               known: tuple | None = None) -> Digest:
         """Store the regular file `name` of the directory dir_fd, never following a link (a link
         or special file raises anchored.RefusedPath). This default reads it into memory; stores
-        that keep blobs on disk stream it, and move it with move=True."""
+        that keep blobs on disk stream it, and move it with move=True (taking the digest `known`
+        says, where the file is still the one it describes: see LocalStore.put_at)."""
         fd, _ = open_regular_file(dir_fd, name)
         with open(fd, "rb") as src:
             return self.put_blob(src.read(), fsync=fsync)

@@ -228,10 +228,10 @@ class LocalStore(Store):
         self._commit(tmp, final)
         st = os.fstat(fd) if fd is not None else os.stat(final)
         if st.st_size == digest.size:
-            self._fresh[digest] = _identity(st)
+            self._fresh[digest] = file_identity(st)
 
     def _is_fresh(self, digest: Digest, st: os.stat_result) -> bool:
-        return self._fresh.get(digest) == _identity(st)
+        return self._fresh.get(digest) == file_identity(st)
 
     # ----- CAS -----------------------------------------------------------------------------
     def has_blob(self, digest: Digest) -> bool:
@@ -316,20 +316,28 @@ class LocalStore(Store):
             os.unlink(path)
         return digest
 
-    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True) -> Digest:
+    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True,
+               known: tuple | None = None) -> Digest:
         """Store the regular file `name` of the directory dir_fd without following a link: a link or
         a special file raises RefusedPath; the content is read from the descriptor that was opened.
         With move=True that same inode is renamed into the CAS (by name relative to dir_fd, then
         checked to be the inode that was hashed), unless it has other hard links: then it is copied,
-        so a file outside the directory is never moved, deleted or chmod-ed."""
+        so a file outside the directory is never moved, deleted or chmod-ed.
+
+        known: (file_identity, Digest) of a file hb's own code wrote in this process, hashing the
+        bytes as it wrote them (ActionExecution.note_written). With move=True, if the opened file
+        is still that inode, unchanged, its digest is taken as it is instead of reading it again."""
         fd, st = open_regular_file(dir_fd, name)
         with os.fdopen(fd, "rb") as src:
             if move and st.st_nlink == 1:
-                hasher, size = blake3(), 0
-                while chunk := src.read(CHUNK):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                digest = Digest(hasher.hexdigest(), size)
+                if known is not None and known[0] == file_identity(st):
+                    digest = known[1]
+                else:
+                    hasher, size = blake3(), 0
+                    while chunk := src.read(CHUNK):
+                        hasher.update(chunk)
+                        size += len(chunk)
+                    digest = Digest(hasher.hexdigest(), size)
                 if fsync and not self._deferred:
                     os.fsync(src.fileno())
                 if self.has_blob(digest):
@@ -573,7 +581,8 @@ class LocalStore(Store):
             return {"removed": removed, "freed_bytes": freed, "remaining_bytes": total, "at": time.time()}
 
 
-def _identity(st: os.stat_result) -> tuple:
+def file_identity(st: os.stat_result) -> tuple:
+    """What changes when a file is replaced or written: device, inode, size, mtime, ctime (ns)."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 

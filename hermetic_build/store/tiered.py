@@ -62,8 +62,9 @@ class TieredStore(Store):
             self.remote.put_file(self.local.blob_path(digest))
         return digest
 
-    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True) -> Digest:
-        digest = self.local.put_at(dir_fd, name, move=move, fsync=fsync)
+    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True,
+               known: tuple | None = None) -> Digest:
+        digest = self.local.put_at(dir_fd, name, move=move, fsync=fsync, known=known)
         if self.upload:
             self.remote.put_file(self.local.blob_path(digest))
         return digest

@@ -7,12 +7,21 @@ oci_docker_archive: the same image as a tarball `docker load` accepts.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
-from hermetic_build.api import ActionFailed, DefaultInfo, File, Provider, attr, register_action_kind, rule
+from hermetic_build.api import (
+    ActionFailed,
+    DefaultInfo,
+    File,
+    MissingBlob,
+    Provider,
+    attr,
+    register_action_kind,
+    rule,
+    walk_tree,
+)
 
-from .layers import DEFAULT_MAX_LAYERS, OciLayersInfo, declare_layers, read_layers
+from .layers import DEFAULT_MAX_LAYERS, OciLayersInfo, declare_layers
 from .layout import (
     OCI_CONFIG,
     OCI_MANIFEST,
@@ -173,22 +182,48 @@ def _merge_env(base: list[str], ours: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
+def _input_entry(execution, path: str, kind: str):
+    entry = execution.input_entries.get(path)
+    if entry is None or entry.kind != kind:
+        raise ActionFailed(f"{execution.action.owner}: input {path} is not a generated {kind}")
+    return entry
+
+
+def _input_bytes(execution, path: str) -> bytes:
+    """A generated input file's content, read from the store (verified)."""
+    entry = _input_entry(execution, path, "file")
+    data = execution.store.get_blob(entry.digest)
+    if data is None:
+        raise MissingBlob(entry.digest)  # the executor rebuilds its producer
+    return data
+
+
 def _run_image(execution) -> None:
+    """The inputs are not staged: the layer indexes and the base config are read from the store, and
+    each layer blob is written once, straight to its place in the layout (a copy in the kernel for a
+    blob this process has just hashed, verified otherwise), with its digest noted for the collector."""
     params = execution.params
+    store = execution.store
     layout = execution.path(execution.action.outputs[0])
     layout.mkdir(parents=True, exist_ok=True)
     blobs_dir = layout / "blobs" / "sha256"
     blobs_dir.mkdir(parents=True, exist_ok=True)
-    base = json.loads(execution.execroot.joinpath(params["base_config"]).read_text()) if params["base_config"] else {}
+    base = json.loads(_input_bytes(execution, params["base_config"])) if params["base_config"] else {}
     created = epoch_rfc3339(params["epoch"])
     descriptors, diff_ids, history = [], [], list(base.get("history", []))
     for layer_set in params["layer_sets"]:
-        source_dir = execution.execroot / layer_set["blobs"]
-        for layer in read_layers(execution.execroot / layer_set["index"]):
+        blobs = dict(walk_tree(store, _input_entry(execution, layer_set["blobs"], "dir").digest))
+        for layer in json.loads(_input_bytes(execution, layer_set["index"]))["layers"]:
             hex_ = layer["digest"].split(":", 1)[1]
             dest = blobs_dir / hex_
-            if not dest.exists():  # the staged input is this action's own copy: move it, so it is not copied again
-                os.rename(source_dir / hex_, dest)
+            if not dest.exists():
+                blob = blobs.get(hex_)
+                if blob is None or blob.kind != "file":
+                    raise ActionFailed(f"{execution.action.owner}: layer {layer['digest']} is listed in "
+                                       f"{layer_set['index']} but not in {layer_set['blobs']}")
+                if not store.fetch_file(blob.digest, dest, mode=blob.mode & 0o777):
+                    raise MissingBlob(blob.digest)
+                execution.note_written(dest, blob.digest)
             descriptors.append({"mediaType": layer["mediaType"], "digest": layer["digest"], "size": layer["size"]})
             diff_ids.append(layer["diff_id"])
             if not layer.get("from_base"):
@@ -276,5 +311,5 @@ oci_docker_archive = rule(
     doc="The image as a tarball for `docker load` / `podman load`.",
 )
 
-register_action_kind("oci.image", "1", _run_image)
+register_action_kind("oci.image", "1", _run_image, stage_inputs=False)
 register_action_kind("oci.docker_archive", "1", _run_docker_archive)

@@ -106,9 +106,9 @@ class ParallelGzip:
         self._size += len(block)
         zdict = self._zdict
         self._zdict = bytes(block[-DICT:]) if not last else b""
-        if last:  # the caller waits for it anyway: compress it here (a small layer never leaves its thread)
-            self._drain_all()
+        if last:  # compressed here while the pool finishes the earlier blocks (a small layer never leaves its thread)
             self._last = deflate_block(block, zdict, self._level, True)
+            self._drain_all()
             return
         self._acquire()
         self._queue.append(self._pool.executor.submit(deflate_block, block, zdict, self._level, False))

@@ -10,6 +10,7 @@ install time), so bumping one package changes only its own layer and the final o
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from dataclasses import dataclass
@@ -40,17 +41,35 @@ def _dep_name(spec: str) -> str:
 
 
 def _ordered(records: dict[str, dict]) -> list[str]:
-    """Dependencies before dependents; ties broken by name (deterministic Kahn)."""
-    deps = {name: sorted({_dep_name(d) for d in rec.get("depends", ())} & records.keys() - {name})
-            for name, rec in records.items()}
+    """Dependencies before dependents; ties broken by name (deterministic Kahn): each step places the
+    first by name of the packages whose dependencies are all placed, or, when a dependency cycle leaves
+    none, the first by name of those not placed yet."""
+    dependents: dict[str, list[str]] = {name: [] for name in records}
+    waiting: dict[str, int] = {}
+    for name, rec in records.items():
+        deps = {_dep_name(d) for d in rec.get("depends", ())} & records.keys() - {name}
+        waiting[name] = len(deps)
+        for d in deps:
+            dependents[d].append(name)
+    ready = [name for name, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    unplaced = sorted(records)  # for cycles: the first not placed yet, found lazily
+    next_unplaced = 0
     done: list[str] = []
     placed: set[str] = set()
     while len(done) < len(records):
-        ready = sorted(n for n in records if n not in placed and all(d in placed for d in deps[n]))
-        if not ready:  # a dependency cycle: place the rest by name
-            ready = sorted(n for n in records if n not in placed)
-        done.append(ready[0])
-        placed.add(ready[0])
+        if ready:
+            name = heapq.heappop(ready)
+        else:  # a dependency cycle: place the first by name of the rest
+            while unplaced[next_unplaced] in placed:
+                next_unplaced += 1
+            name = unplaced[next_unplaced]
+        done.append(name)
+        placed.add(name)
+        for dependent in dependents[name]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0 and dependent not in placed:
+                heapq.heappush(ready, dependent)
     return done
 
 

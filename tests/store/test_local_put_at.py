@@ -70,3 +70,46 @@ def test_tiered_put_at_uploads(setup, tmp_path):
     (work / "f").write_bytes(b"shared")
     digest = TieredStore(store, remote).put_at(fd, "f", move=True)
     assert remote.get_blob(digest) == b"shared" and store.get_blob(digest) == b"shared"
+
+
+def _noted(path):
+    from hermetic_build.store.local import file_identity
+
+    return file_identity(os.stat(path)), digest_bytes(path.read_bytes())
+
+
+def test_put_at_takes_the_known_digest_of_an_unchanged_file_without_reading_it(setup, monkeypatch):
+    store, work, fd = setup
+    (work / "f").write_bytes(b"written and hashed by hb")
+    known = _noted(work / "f")
+
+    def no_hashing(*_args, **_kwargs):
+        raise AssertionError("the file was hashed again")
+
+    monkeypatch.setattr("hermetic_build.store.local.blake3", no_hashing)
+    digest = store.put_at(fd, "f", move=True, known=known)
+    assert digest == known[1]
+    assert store.blob_path(digest).read_bytes() == b"written and hashed by hb" and not (work / "f").exists()
+
+
+@pytest.mark.parametrize("change", ["rewritten", "replaced"])
+def test_put_at_hashes_a_file_changed_since_its_digest_was_noted(setup, change):
+    store, work, fd = setup
+    (work / "f").write_bytes(b"what was hashed")
+    known = _noted(work / "f")
+    if change == "rewritten":  # another size: the identity differs whatever the clock's granularity
+        (work / "f").write_bytes(b"what is there now")
+    else:  # another inode in its place
+        (work / "g").write_bytes(b"what is hashed!")
+        os.replace(work / "g", work / "f")
+    digest = store.put_at(fd, "f", move=True, known=known)
+    assert digest != known[1] and digest == digest_bytes(store.blob_path(digest).read_bytes())
+    assert not store.has_blob(known[1])
+
+
+def test_put_at_ignores_a_known_digest_when_copying(setup, monkeypatch):
+    store, work, fd = setup
+    (work / "f").write_bytes(b"kept in place")
+    known = (_noted(work / "f")[0], digest_bytes(b"something else"))
+    digest = store.put_at(fd, "f", known=known)  # not a move: the file is read (and stays)
+    assert digest == digest_bytes(b"kept in place") and (work / "f").exists()

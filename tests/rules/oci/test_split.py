@@ -86,3 +86,16 @@ def test_layer_entries_include_every_parent_under_the_root():
     blobs, entries = _env(PACKAGES)
     items = dict(layer_entries(("bin/app",), entries, "/opt/env"))
     assert list(items) == ["opt", "opt/env", "opt/env/bin", "opt/env/bin/app"]
+
+
+def test_dependency_order_breaks_ties_by_name_and_cycles_at_the_first_name():
+    from rules.oci.split import _ordered
+
+    records = {
+        "zlib": {"depends": []},
+        "b": {"depends": ["a", "zlib >=1"]},
+        "a": {"depends": ["b"]},  # a <-> b: a cycle, broken at the first name not placed ("a")
+        "c": {"depends": ["a"]},
+        "d": {"depends": ["missing", "d"]},  # unknown and self dependencies do not count
+    }
+    assert _ordered(records) == ["d", "zlib", "a", "b", "c"]
