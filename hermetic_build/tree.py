@@ -251,8 +251,10 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
 
     The whole tree is read and validated before anything is written. Then every entry is created
     new, relative to the open directory that holds it: directories with mkdir (which fails on
-    anything already there, a link included) and opened O_NOFOLLOW; files as new temp files
-    renamed into place; links only where nothing exists. So nothing is ever written through a
+    anything already there, a link included) and opened O_NOFOLLOW; files created O_EXCL|O_NOFOLLOW
+    in place where the store can (fetch_new_file: dest is a directory being filled, not yet
+    visible; a build killed mid-way leaves the partial tree under its temp name), else as new temp
+    files renamed into place; links only where nothing exists. So nothing is ever written through a
     link, whatever the tree says. Only permission bits (0o777) are applied: never setuid, setgid
     or sticky bits from a cache."""
     cache: dict[Digest, list[TreeEntry]] = {}
@@ -262,6 +264,7 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
     if prefetch is not None:
         prefetch([e.digest for entries in cache.values() for e in entries if e.kind == "file"])
     Path(dest).mkdir(parents=True, exist_ok=True)
+    new_file = getattr(store, "fetch_new_file", None)  # stores that can write a new file in place
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     stack = [(root_fd, iter(cache[digest]), None)]  # (dir fd, entries left, mode to set when done)
     try:
@@ -282,8 +285,12 @@ def materialize_tree(store, digest: Digest, dest: Path) -> None:
                 child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 stack.append((child, iter(cache[entry.digest]), mode))
             elif entry.kind == "file":
-                _check_absent(fd, entry.name)
-                if not store.fetch_file(entry.digest, entry.name, dir_fd=fd, mode=mode):
+                if new_file is not None:  # created O_EXCL: FileExistsError if anything is there
+                    found = new_file(entry.digest, entry.name, fd, mode)
+                else:
+                    _check_absent(fd, entry.name)
+                    found = store.fetch_file(entry.digest, entry.name, dir_fd=fd, mode=mode)
+                if not found:
                     raise MissingBlob(entry.digest)
             else:
                 _check_absent(fd, entry.name)
