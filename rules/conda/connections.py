@@ -100,8 +100,10 @@ def get(url: str, timeout: float):
         response = _send(parsed, timeout)
         if response.status in _REDIRECTS:
             location = response.getheader("Location")
-            response.read()
-            _finish(parsed, response, reusable=True)
+            left = 1 << 20  # a redirect's body is read (to reuse the connection) up to 1 MiB, never kept
+            while left > 0 and (chunk := response.read(min(left, 65536))):
+                left -= len(chunk)
+            _finish(parsed, response, reusable=response.isclosed() and not response.length)
             if not location:
                 raise urllib.error.HTTPError(url, response.status, "redirect without a Location", response.msg, None)
             url = urllib.parse.urljoin(url, location)
