@@ -314,7 +314,7 @@ class Executor:
             if kind.stage_inputs:
                 self._stage_inputs(action, execroot)
             for out in action.outputs:
-                (execroot / out.path).parent.mkdir(parents=True, exist_ok=True)
+                _make_parents(execroot, out.path)
             try:
                 kind.run(execution)
             except ActionFailed as exc:
@@ -464,3 +464,17 @@ class Executor:
     def output_entry(self, f: File) -> OutputEntry:
         record = self.stats.records[self.producers[f.path]]
         return next(o for o in record.result.outputs if o.path == f.path)
+
+
+def _make_parents(root: Path, path: str) -> None:
+    """mkdir each parent directory of `path` under root, from the top down: one mkdir per level in
+    a new sandbox (pathlib's mkdir(parents=True) first fails on every missing level, bottom up)."""
+    parts = path.split("/")[:-1]
+    current = str(root)
+    for part in parts:
+        current = f"{current}/{part}"
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            if not os.path.isdir(current):
+                raise

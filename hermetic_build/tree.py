@@ -256,8 +256,10 @@ def materialize_tree(store, digest: Digest, dest: Path, threads: int = 1) -> Non
 
     The whole tree is read and validated before anything is written. Then every entry is created
     new, relative to the open directory that holds it: directories with mkdir (which fails on
-    anything already there, a link included) and opened O_NOFOLLOW; files as new temp files
-    renamed into place; links only where nothing exists. So nothing is ever written through a
+    anything already there, a link included) and opened O_NOFOLLOW; files created O_EXCL|O_NOFOLLOW
+    in place where the store can (fetch_new_file: dest is a directory being filled, not yet
+    visible; a build killed mid-way leaves the partial tree under its temp name), else as new temp
+    files renamed into place; links only where nothing exists. So nothing is ever written through a
     link, whatever the tree says. Only permission bits (0o777) are applied: never setuid, setgid
     or sticky bits from a cache.
 
@@ -276,6 +278,7 @@ def materialize_tree(store, digest: Digest, dest: Path, threads: int = 1) -> Non
         import concurrent.futures
 
         pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="materialize")
+    new_file = getattr(store, "fetch_new_file", None)  # stores that can write a new file in place
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     # (dir fd, entries left, mode to set when done, copies of its files still running)
     stack = [(root_fd, iter(cache[digest]), None, [])]
@@ -299,11 +302,12 @@ def materialize_tree(store, digest: Digest, dest: Path, threads: int = 1) -> Non
                 child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 stack.append((child, iter(cache[entry.digest]), mode, []))
             elif entry.kind == "file":
-                _check_absent(fd, entry.name)
+                if new_file is None:  # else created O_EXCL: FileExistsError if anything is there
+                    _check_absent(fd, entry.name)
                 if pool is not None:
-                    copies.append(pool.submit(_fetch_into, store, entry, fd, mode))
+                    copies.append(pool.submit(_fetch_into, store, new_file, entry, fd, mode))
                 else:
-                    _fetch_into(store, entry, fd, mode)
+                    _fetch_into(store, new_file, entry, fd, mode)
             else:
                 _check_absent(fd, entry.name)
                 os.symlink(entry.target, entry.name, dir_fd=fd)
@@ -314,8 +318,12 @@ def materialize_tree(store, digest: Digest, dest: Path, threads: int = 1) -> Non
             os.close(fd)
 
 
-def _fetch_into(store, entry: TreeEntry, dir_fd: int, mode: int) -> None:
-    if not store.fetch_file(entry.digest, entry.name, dir_fd=dir_fd, mode=mode):
+def _fetch_into(store, new_file, entry: TreeEntry, dir_fd: int, mode: int) -> None:
+    if new_file is not None:
+        found = new_file(entry.digest, entry.name, dir_fd, mode)
+    else:
+        found = store.fetch_file(entry.digest, entry.name, dir_fd=dir_fd, mode=mode)
+    if not found:
         raise MissingBlob(entry.digest)
 
 

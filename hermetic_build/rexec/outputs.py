@@ -162,6 +162,16 @@ class LazyOutputs(Store):
             return True
         return self._download(digest) and self.local.fetch_file(digest, dest, dir_fd=dir_fd, mode=mode)
 
+    def fetch_new_file(self, digest: Digest, name: str, dir_fd: int, mode: int) -> bool:
+        """The inner store's fetch_new_file (a new file in a directory being filled), after bringing
+        the blob from the engine if it was left there."""
+        new_file = getattr(self.inner, "fetch_new_file", None)
+        if new_file is None:
+            return self.fetch_file(digest, name, dir_fd=dir_fd, mode=mode)
+        if new_file(digest, name, dir_fd, mode):
+            return True
+        return self._download(digest) and self.local.fetch_new_file(digest, name, dir_fd, mode)
+
     def _download(self, digest: Digest) -> bool:
         """Bring a blob left on the engine into the local store (a temp file, verified, moved in)."""
         if not self._learn(digest):
@@ -193,8 +203,9 @@ class LazyOutputs(Store):
     def put_file(self, path: Path, *, move: bool = False, fsync: bool = True) -> Digest:
         return self.inner.put_file(path, move=move, fsync=fsync)
 
-    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True) -> Digest:
-        return self.inner.put_at(dir_fd, name, move=move, fsync=fsync)
+    def put_at(self, dir_fd: int, name: str, *, move: bool = False, fsync: bool = True,
+               known: tuple | None = None) -> Digest:
+        return self.inner.put_at(dir_fd, name, move=move, fsync=fsync, known=known)
 
     def flush(self) -> None:
         self.inner.flush()

@@ -59,8 +59,23 @@ def _load_syncfs():
         return None
 
 
+def _read_umask() -> int | None:
+    """This process's umask (Linux shows it in /proc/self/status), without changing it; None if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 _syncfs = _load_syncfs()
 _move_names = itertools.count()  # names in tmp/ for outputs being moved into the CAS
+_temp_names = itertools.count()  # names in tmp/ for files being written
+# read once: hb never changes its own umask (the stage worker sets its own, in its own process)
+_UMASK = _read_umask()
 
 
 class LocalStore(Store):
@@ -209,23 +224,35 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def _temp(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self._tmp, prefix=store_temp_prefix())
+    def _temp(self, mode: int = 0o600) -> tuple[int, str]:
+        """A new file in tmp/ (a name of this process, see leftovers), opened for writing. Created
+        with `mode`: a file committed with that mode needs no chmod (see _commit)."""
+        for _ in range(100):
+            tmp = f"{self._tmp}/{store_temp_prefix()}t{next(_temp_names)}"
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode), tmp
+            except FileExistsError:  # left by a process that had this PID before
+                continue
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=store_temp_prefix())
+        os.fchmod(fd, mode)
+        return fd, tmp
 
-    def _commit(self, tmp: str, final, mode: int = 0o444) -> None:
+    def _commit(self, tmp: str, final, mode: int = 0o444, *, has_mode: bool = False) -> None:
+        """Rename tmp to final with permissions `mode` (has_mode: tmp has them already, see _exact)."""
         self._unsynced = True
-        os.chmod(tmp, mode)
+        if not has_mode:
+            os.chmod(tmp, mode)
         try:
             os.replace(tmp, final)
         except FileNotFoundError:  # a shard removed by hand: recreate it
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)
 
-    def _commit_blob(self, tmp: str, digest: Digest, fd: int | None = None) -> None:
+    def _commit_blob(self, tmp: str, digest: Digest, fd: int | None = None, *, has_mode: bool = False) -> None:
         """Commit a blob whose content this process has just hashed, and remember it as fresh.
         fd: a descriptor of the same inode, if one is open (fstat is cheaper than a path lookup)."""
         final = self._blob(digest)
-        self._commit(tmp, final)
+        self._commit(tmp, final, has_mode=has_mode)
         st = os.fstat(fd) if fd is not None else os.stat(final)
         if st.st_size == digest.size:
             self._fresh[digest] = file_identity(st)
@@ -274,14 +301,14 @@ class LocalStore(Store):
         digest = digest_bytes(data)
         if self.has_blob(digest):
             return digest
-        fd, tmp = self._temp()
+        fd, tmp = self._temp(0o444)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 if fsync and not self._deferred:
                     os.fsync(f.fileno())
-            self._commit_blob(tmp, digest)
+            self._commit_blob(tmp, digest, has_mode=_exact(0o444))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -340,9 +367,9 @@ class LocalStore(Store):
                     digest = Digest(hasher.hexdigest(), size)
                 if fsync and not self._deferred:
                     os.fsync(src.fileno())
-                if self.has_blob(digest):
-                    os.unlink(name, dir_fd=dir_fd)
-                    return digest
+                # no has_blob() first: a blob already there is replaced by this one, which has the
+                # same content (one rename instead of a stat and an unlink, and a cold build has none)
+                os.fchmod(src.fileno(), 0o444)  # the inode that was hashed (checked after the move)
                 tmp = f"{self._tmp}/{store_temp_prefix()}m{next(_move_names)}"
                 try:
                     os.rename(name, tmp, src_dir_fd=dir_fd)
@@ -351,7 +378,7 @@ class LocalStore(Store):
                 else:
                     moved = os.stat(tmp, follow_symlinks=False)
                     if (moved.st_dev, moved.st_ino) == (st.st_dev, st.st_ino):
-                        self._commit_blob(tmp, digest, src.fileno())
+                        self._commit_blob(tmp, digest, src.fileno(), has_mode=True)
                         return digest
                     with contextlib.suppress(OSError):  # left for gc if it is a directory
                         os.unlink(tmp)
@@ -365,7 +392,7 @@ class LocalStore(Store):
 
     def _copy_in(self, src, fsync: bool) -> Digest:
         """Copy an open binary file into the CAS, hashing it on the way."""
-        fd, tmp = self._temp()
+        fd, tmp = self._temp(0o444)
         try:
             hasher, size = blake3(), 0
             with os.fdopen(fd, "wb") as dst:
@@ -380,7 +407,7 @@ class LocalStore(Store):
             if self.has_blob(digest):
                 os.unlink(tmp)
             else:
-                self._commit_blob(tmp, digest)
+                self._commit_blob(tmp, digest, has_mode=_exact(0o444))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -448,6 +475,43 @@ class LocalStore(Store):
                 raise
         return True
 
+    def fetch_new_file(self, digest: Digest, name: str, dir_fd: int, mode: int) -> bool:
+        """Write the blob as the new file `name` of the open directory dir_fd, created O_EXCL|O_NOFOLLOW
+        (FileExistsError if anything is there, a link included) with permission bits `mode`. For a
+        directory that is being filled and is not yet visible (a tree materialized into a temp
+        directory): no temp file and rename, as fetch_file needs for a path others may read. False
+        (and nothing left) if the blob is missing or corrupt."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"not a single name: {name!r}")
+        try:
+            fin = open(self._blob(digest), "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            return False
+        with fin:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777,
+                         dir_fd=dir_fd)
+            ok = False
+            try:
+                if not _exact(mode & 0o777):
+                    os.fchmod(fd, mode & 0o777)
+                if self._is_fresh(digest, os.fstat(fin.fileno())):
+                    _copy_fd(fin.fileno(), fd, digest.size)  # hashed as it went in, unchanged since
+                    ok = True
+                else:
+                    hasher, size = blake3(), 0
+                    while chunk := fin.read(CHUNK):
+                        hasher.update(chunk)
+                        _write_all(fd, chunk)
+                        size += len(chunk)
+                    ok = Digest(hasher.hexdigest(), size) == digest
+                    if not ok:
+                        self._remove_corrupt(digest)
+            finally:
+                os.close(fd)
+                if not ok:
+                    os.unlink(name, dir_fd=dir_fd)  # the file this call created (O_EXCL)
+        return ok
+
     def open_verified(self, digest: Digest) -> Path | None:
         """Path of a blob after checking its content; for readers that need a real file."""
         path = self.blob_path(digest)
@@ -510,13 +574,13 @@ class LocalStore(Store):
 
     def put_action_result(self, key: str, result: ActionResult, *, fsync: bool = True) -> None:
         """fsync=False for entries whose loss is only a miss (e.g. aliases, see ActionExecution)."""
-        fd, tmp = self._temp()
+        fd, tmp = self._temp(0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(result.encode())
             f.flush()
             if fsync and not self._deferred:
                 os.fsync(f.fileno())
-        self._commit(tmp, self._ac_path(key), 0o644)
+        self._commit(tmp, self._ac_path(key), 0o644, has_mode=_exact(0o644))
 
     def remove_action_result(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -581,9 +645,20 @@ class LocalStore(Store):
             return {"removed": removed, "freed_bytes": freed, "remaining_bytes": total, "at": time.time()}
 
 
+def _exact(mode: int) -> bool:
+    """Whether a file created with `mode` gets all of it (the umask takes none of its bits)."""
+    return _UMASK is not None and not mode & _UMASK
+
+
 def file_identity(st: os.stat_result) -> tuple:
     """What changes when a file is replaced or written: device, inode, size, mtime, ctime (ns)."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _copy_fd(src: int, dst: int, size: int) -> None:

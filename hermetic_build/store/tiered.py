@@ -85,6 +85,21 @@ class TieredStore(Store):
                 os.unlink(tmp)
         return self.local.fetch_file(digest, dest, dir_fd=dir_fd, mode=mode)
 
+    def fetch_new_file(self, digest: Digest, name: str, dir_fd: int, mode: int) -> bool:
+        """LocalStore.fetch_new_file, after bringing the blob from the remote if the local store lacks it."""
+        if self.local.fetch_new_file(digest, name, dir_fd, mode):
+            return True
+        fd, tmp = self.local._temp()
+        os.close(fd)
+        try:
+            if not self.remote.fetch_file(digest, Path(tmp)):
+                return False
+            self.local.put_file(Path(tmp), move=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return self.local.fetch_new_file(digest, name, dir_fd, mode)
+
     def prefetch(self, digests) -> None:
         """Bring the blobs of `digests` the local store lacks from the remote in batches, where the
         remote can read many blobs per request (REAPI's BatchReadBlobs); a no-op otherwise. What

@@ -1,5 +1,6 @@
-"""Fetching one conda package, keyed by its sha256: http(s) or file://, retried with backoff,
-verified while streaming. A package already in the CAS is never downloaded again."""
+"""Fetching one conda package, keyed by its sha256: http(s) (over kept-alive connections, see
+connections.py) or file://, retried with backoff, verified while streaming. A package already in
+the CAS is never downloaded again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from blake3 import blake3
 
 from hermetic_build.api import ActionFailed, Digest, IntegrityError, MissingBlob, lookup_tree, register_action_kind
 
+from . import connections
 from .archive import DEFAULT_MAX_UNPACK_RATIO, UnpackLimits, check_archive
 
 CHUNK = 1 << 20
@@ -36,8 +38,7 @@ def _download(url: str, dest: str, expected: str, algorithm: str = "sha256") -> 
     if parsed.scheme == "file":
         source = open(urllib.request.url2pathname(parsed.path), "rb")
     elif parsed.scheme in ("http", "https"):
-        source = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "hermetic-build"}),
-                                        timeout=TIMEOUT_SECONDS)
+        source = connections.get(url, TIMEOUT_SECONDS)  # a kept-alive connection of this thread
     else:
         raise ActionFailed(f"unsupported URL scheme in {url} (use http, https or file)")
     with source, open(dest, "wb") as out:

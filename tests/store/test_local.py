@@ -377,3 +377,67 @@ def test_deferred_durability_writes_without_fsync_and_syncs_once(tmp_path, monke
     assert store.get_action_result("ab" * 32).outputs[0].digest == d
     store.put_blob(b"outside")  # outside the block every write is fsynced, as before
     assert len(fsyncs) == 1
+
+
+def test_entries_get_their_modes_under_any_umask(tmp_path):
+    """Files are created with their final mode where the umask keeps it (no chmod), else chmod-ed:
+    blobs 0444 and action-cache entries 0644 either way."""
+    import hermetic_build.store.local as local
+
+    for umask in (0o022, 0o077):
+        old = os.umask(umask)
+        saved = local._UMASK
+        local._UMASK = umask
+        try:
+            store = LocalStore(tmp_path / f"c{umask:o}")
+            blob = store.put_blob(b"blob under umask %o" % umask)
+            copied = store.put_file(_write(tmp_path / f"f{umask:o}", b"copied under umask %o" % umask))
+            key = "ab" * 32
+            store.put_action_result(key, ActionResult((OutputEntry("o", "file", blob),)))
+        finally:
+            local._UMASK = saved
+            os.umask(old)
+        assert os.stat(store.blob_path(blob)).st_mode & 0o777 == 0o444
+        assert os.stat(store.blob_path(copied)).st_mode & 0o777 == 0o444
+        assert os.stat(store._ac_path(key)).st_mode & 0o777 == 0o644
+        assert store.get_action_result(key).outputs[0].digest == blob
+        assert not [n for n in os.listdir(store.tmp_dir)], "no temp file is left behind"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_fetch_new_file_creates_only_new_files(tmp_path):
+    store = LocalStore(tmp_path / "c")
+    d = store.put_blob(b"new file content")
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert store.fetch_new_file(d, "a", fd, 0o755)
+        assert (out / "a").read_bytes() == b"new file content"
+        assert os.stat(out / "a").st_mode & 0o7777 == 0o755
+        with pytest.raises(FileExistsError):  # never replaces, never writes through a link
+            store.fetch_new_file(d, "a", fd, 0o644)
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"keep")
+        os.symlink(victim, out / "link")
+        with pytest.raises(FileExistsError):
+            store.fetch_new_file(d, "link", fd, 0o644)
+        assert victim.read_bytes() == b"keep"
+        with pytest.raises(ValueError):
+            store.fetch_new_file(d, "../escape", fd, 0o644)
+        # a blob this process did not hash (another process's) is verified as it is copied
+        other = LocalStore(tmp_path / "c")
+        assert other.fetch_new_file(d, "b", fd, 0o644) and (out / "b").read_bytes() == b"new file content"
+        os.chmod(store.blob_path(d), 0o644)
+        store.blob_path(d).write_bytes(b"NEW file content")
+        third = LocalStore(tmp_path / "c")
+        assert not third.fetch_new_file(d, "c", fd, 0o644)
+        assert not (out / "c").exists() and not store.blob_path(d).exists(), "a corrupt blob leaves no file"
+        missing = digest_bytes(b"never stored")
+        assert not store.fetch_new_file(missing, "d", fd, 0o644) and not (out / "d").exists()
+    finally:
+        os.close(fd)

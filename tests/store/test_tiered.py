@@ -65,3 +65,18 @@ def test_open_blob_brings_a_remote_blob_local_and_refuses_a_corrupt_one(tmp_path
     remote.blob_path(bad).write_bytes(b"evil")
     assert tiered.open_blob(bad) is None and not local.has_blob(bad)
     assert tiered.open_blob(digest_bytes(b"nowhere")) is None
+
+
+def test_a_new_file_is_written_from_a_remote_blob(tmp_path):
+    local, remote, tiered = _stores(tmp_path)
+    d = remote.put_blob(b"only the remote has it")
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert tiered.fetch_new_file(d, "f", fd, 0o644)
+        assert not tiered.fetch_new_file(digest_bytes(b"nowhere"), "g", fd, 0o644)
+    finally:
+        os.close(fd)
+    assert (out / "f").read_bytes() == b"only the remote has it" and local.has_blob(d)
+    assert sorted(os.listdir(out)) == ["f"]
