@@ -187,6 +187,11 @@ class ActionExecution:
             **self.env,
         }
 
+    @staticmethod
+    def helper_command(argv: list[str], read_only: tuple[str, ...] = ()) -> list[str]:
+        """The command for a long-lived sandboxed helper process shared by many actions (worker_command)."""
+        return worker_command(argv, read_only=read_only)
+
     @property
     def isolated(self) -> bool:
         """Whether run_command runs in bubblewrap, where /tmp is a private tmpfs (in memory, gone
@@ -247,6 +252,32 @@ class ActionExecution:
         self.stderr += proc.stderr
         self.last_exit_code = proc.returncode  # what a remote worker reports as the action's exit code
         return proc.returncode
+
+
+def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dict | None = None) -> list[str]:
+    """The command that runs a long-lived helper process (e.g. a checker that reads untrusted files
+    for many actions of a build) in bubblewrap: no network, the host's /usr and libraries and the
+    `read_only` paths visible read-only, nothing writable but a private /tmp, and the environment
+    `env` only. Where bubblewrap is not usable, argv itself (the build has already said so)."""
+    bwrap = bwrap_path()
+    if not bwrap:
+        return list(argv)
+    # no --die-with-parent: it fires when the *thread* that started the helper ends; the helper ends
+    # when its stdin closes instead (hb exited, or gave it up)
+    cmd = [bwrap, "--unshare-all", "--clearenv", "--new-session",
+           "--ro-bind", "/usr", "/usr", *etc_arguments(False)]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.islink(f"/{name}"):
+            cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+        elif os.path.isdir(f"/{name}"):
+            cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for path in read_only:
+        if os.path.exists(path):
+            cmd += ["--ro-bind", path, path]
+    for key, value in {"PATH": FIXED_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", **(env or {})}.items():
+        cmd += ["--setenv", key, value]
+    return [*cmd, "--chdir", "/tmp", "--", *argv]
 
 
 def root_arguments(rootfs: Path) -> list[str]:

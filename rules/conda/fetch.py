@@ -17,7 +17,8 @@ from blake3 import blake3
 from hermetic_build.api import ActionFailed, Digest, IntegrityError, MissingBlob, lookup_tree, register_action_kind
 
 from . import connections
-from .archive import DEFAULT_MAX_UNPACK_RATIO, UnpackLimits, check_archive
+from .archive import DEFAULT_MAX_UNPACK_RATIO
+from .checker import check_archive_sandboxed
 
 CHUNK = 1 << 20
 RETRIES = 4
@@ -59,8 +60,9 @@ def _download(url: str, dest: str, expected: str, algorithm: str = "sha256") -> 
 
 
 def _fetch(execution) -> None:
-    limits = UnpackLimits(max_ratio=execution.params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO))
-    fetch_pinned(execution, check=lambda path, filename: check_archive(path, filename, limits))
+    ratio = execution.params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO)
+    # the archive is parsed in a sandboxed helper shared by the build's fetches (checker.py)
+    fetch_pinned(execution, check=lambda path, filename: check_archive_sandboxed(execution, path, filename, ratio))
 
 
 def fetch_pinned(execution, check) -> None:
@@ -150,8 +152,7 @@ def _from_channel(execution) -> None:
         os.unlink(out)
         raise ActionFailed(f"{where} builds {subdir}/{filename} with sha256 {actual}, but the lock pins {sha256}: "
                            f"the lock is stale (a recipe or its sources changed); {relock}")
-    limits = UnpackLimits(max_ratio=params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO))
-    check_archive(out, filename, limits)
+    check_archive_sandboxed(execution, out, filename, params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO))
     execution.remember_alias(f"sha256:{sha256}", entry.digest)
     execution.stdout += f"{filename}: from {hints.get('channel_label', channel.path)}\n".encode()
 

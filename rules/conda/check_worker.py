@@ -1,0 +1,40 @@
+"""The archive check (archive.check_archive) of hb's fetches, run for many archives in one process
+that hb starts in bubblewrap (checker.py): the archives are untrusted, and reading them means
+decompressing and parsing zip, tar, zstd, bzip2 and JSON. The process sees the fetched files and
+the Python installation read-only, has no network and nothing writable but its own /tmp.
+
+Protocol, one JSON object a line: {"path", "filename", "max_ratio"} in on stdin, {"ok": true} or
+{"ok": false, "message": ...} out on stdout. It ends when stdin closes.
+"""
+
+import importlib.util
+import json
+import sys
+
+
+def main() -> None:
+    setup = json.loads(sys.argv[1])
+    sys.path[:0] = setup["sys_path"]
+    spec = importlib.util.spec_from_file_location("hb_conda_archive", setup["archive"])
+    archive = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(archive)
+    from hermetic_build.errors import HbError
+
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            archive.check_archive(request["path"], request["filename"],
+                                  archive.UnpackLimits(max_ratio=request["max_ratio"]))
+            reply = {"ok": True}
+        except HbError as exc:
+            reply = {"ok": False, "message": exc.message}
+        except Exception as exc:  # noqa: BLE001 - reported as the check's failure; the next archive goes on
+            reply = {"ok": False, "message": f"{request['filename']}: the archive check failed: "
+                                             f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The archive checks of a build's fetches, in sandboxed helper processes (check_worker.py) that
+live as long as hb and serve many fetches each: the untrusted bytes are decompressed and parsed
+outside hb's process, in bubblewrap, as the stage does, without paying for a sandbox per package.
+A helper sees the cache's tmp/ directory (where the actions' sandboxes are) read-only, serves one
+request at a time, and is never reused after it failed to answer. At most one helper per core."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import hermetic_build
+from hermetic_build.api import ActionFailed
+
+from .stage import python_paths, worker_python
+
+WORKER = Path(__file__).resolve().with_name("check_worker.py")
+ARCHIVE = Path(__file__).resolve().with_name("archive.py")
+MAX_HELPERS = max(1, os.cpu_count() or 1)
+
+
+class _NoAnswer(Exception):
+    pass
+
+
+class _Helper:
+    def __init__(self, command: list[str]):
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        if self._read() != {"ready": True}:
+            self.close()
+            raise _NoAnswer("it did not start")
+
+    def ask(self, request: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError) as exc:  # ValueError: its pipe was closed
+            raise _NoAnswer(str(exc) or type(exc).__name__) from None
+        return self._read()
+
+    def _read(self) -> dict:
+        try:
+            line = self.proc.stdout.readline()
+        except (OSError, ValueError) as exc:  # ValueError: its pipe was closed
+            raise _NoAnswer(str(exc) or type(exc).__name__) from None
+        if not line:
+            raise _NoAnswer(self.ended())
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise _NoAnswer(f"it wrote {line[:200]!r}") from None
+        if not isinstance(reply, dict):
+            raise _NoAnswer(f"it wrote {line[:200]!r}")
+        return reply
+
+    def ended(self) -> str:
+        """Why the helper stopped answering: its exit status and the end of what it wrote to stderr."""
+        self.close()
+        err = self.proc.stderr.read()[-2000:].strip() if self.proc.stderr else ""
+        return f"exit status {self.proc.returncode}" + (f": {err}" if err else "")
+
+    def close(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Pool:
+    """The idle helpers for one cache tmp/ directory (the one they can read)."""
+
+    def __init__(self, visible: str):
+        self.visible = visible
+        self.idle: list[_Helper] = []
+        self.count = 0
+        self.ready = threading.Condition()
+        self.broken = ""  # why a helper could not start: the next fetches fail at once, for the same reason
+
+    def take(self, helper_command) -> _Helper:
+        with self.ready:
+            while not self.idle and self.count >= MAX_HELPERS and not self.broken:
+                self.ready.wait()
+            if self.broken:
+                raise _NoAnswer(self.broken)
+            while self.idle:
+                helper = self.idle.pop()
+                if helper.proc.poll() is None:
+                    return helper
+                helper.close()  # ended while idle (killed): its pipes closed, replaced below
+                self.count -= 1
+            self.count += 1
+        try:
+            return _Helper(helper_command(self._argv(), self._read_only()))
+        except (_NoAnswer, OSError) as exc:
+            with self.ready:
+                self.broken = str(exc)
+            self._forget()
+            raise
+        except BaseException:
+            self._forget()
+            raise
+
+    def give_back(self, helper: _Helper) -> None:
+        with self.ready:
+            self.idle.append(helper)
+            self.ready.notify()
+
+    def discard(self, helper: _Helper) -> None:
+        helper.close()
+        self._forget()
+
+    def _forget(self) -> None:
+        with self.ready:
+            self.count -= 1
+            self.ready.notify()
+
+    def _argv(self) -> list[str]:
+        sys_path, _ = python_paths((str(WORKER),))
+        code_root = str(Path(hermetic_build.__file__).resolve().parent.parent)
+        setup = {"sys_path": [code_root, *sys_path], "archive": str(ARCHIVE)}
+        # -I: no PYTHON* variables, no user site, no working directory on sys.path
+        return [worker_python(), "-I", str(WORKER), json.dumps(setup)]
+
+    def _read_only(self) -> tuple[str, ...]:
+        _, exposed = python_paths((str(WORKER), str(ARCHIVE), str(Path(hermetic_build.__file__).resolve().parent)))
+        return (*exposed, self.visible)
+
+    def close(self) -> None:
+        with self.ready:
+            helpers, self.idle = self.idle, []
+        for helper in helpers:
+            helper.close()
+
+
+_pools: dict[str, _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def check_archive_sandboxed(execution, path: Path, filename: str, max_ratio: int) -> None:
+    """archive.check_archive of `path` (a file in this action's sandbox) in a sandboxed helper;
+    raises ActionFailed with the check's message when the archive is refused."""
+    local = getattr(execution.store, "local", execution.store)
+    visible = os.path.realpath(local.tmp_dir)
+    with _pools_lock:
+        pool = _pools.get(visible)
+        if pool is None:
+            pool = _pools[visible] = _Pool(visible)
+    try:
+        helper = pool.take(execution.helper_command)
+    except (_NoAnswer, OSError) as exc:
+        raise ActionFailed(f"{filename}: the sandboxed archive check could not start ({exc})") from None
+    try:
+        reply = helper.ask({"path": os.path.realpath(path), "filename": filename, "max_ratio": max_ratio})
+    except _NoAnswer as exc:
+        pool.discard(helper)
+        raise ActionFailed(f"{filename}: the sandboxed archive check ended without an answer ({exc})") from None
+    pool.give_back(helper)
+    if reply.get("ok") is not True:
+        raise ActionFailed(str(reply.get("message") or f"{filename}: refused by the archive check"))
+
+
+@atexit.register
+def _close_all() -> None:
+    for pool in list(_pools.values()):
+        pool.close()

@@ -1,0 +1,89 @@
+"""The archive check of fetches in sandboxed helper processes (rules/conda/checker.py): the same
+verdicts and messages as archive.check_archive in-process, from a process that is not hb's."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hermetic_build.api import ActionExecution, ActionFailed
+from rules.conda import checker
+from rules.conda.archive import UnpackLimits, check_archive
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adversarial"))
+from payloads_staging import Package, file  # noqa: E402
+
+
+@dataclass
+class _Store:
+    tmp_dir: Path
+
+
+@dataclass
+class _Execution:
+    store: _Store
+    helper_command = staticmethod(ActionExecution.helper_command)
+
+
+@pytest.fixture
+def execution(tmp_path):
+    tmp = tmp_path / "cache-tmp"
+    tmp.mkdir()
+    yield _Execution(_Store(tmp))
+    pool = checker._pools.pop(os.path.realpath(tmp), None)
+    if pool is not None:
+        pool.close()
+
+
+def _in_process_message(path: Path, filename: str) -> str:
+    with pytest.raises(ActionFailed) as info:
+        check_archive(path, filename, UnpackLimits())
+    return info.value.message
+
+
+def test_verdicts_and_messages_are_those_of_the_in_process_check(execution):
+    good = Package(members=(file("share/a.txt"),), paths=({"_path": "share/a.txt"},)).write(execution.store.tmp_dir)
+    checker.check_archive_sandboxed(execution, good, good.name, 1000)
+    bad_dir = execution.store.tmp_dir / "bad"
+    bad_dir.mkdir()
+    bad = Package(members=(file("../escape.txt"),), paths=()).write(bad_dir)
+    with pytest.raises(ActionFailed) as info:
+        checker.check_archive_sandboxed(execution, bad, bad.name, 1000)
+    assert info.value.message == _in_process_message(bad, bad.name)
+    assert "refusing archive entry '../escape.txt'" in info.value.message
+    # one helper served both, and it is another process
+    (helper,) = checker._pools[os.path.realpath(execution.store.tmp_dir)].idle
+    assert helper.proc.pid != os.getpid() and helper.proc.poll() is None
+
+
+def test_a_helper_that_died_is_replaced_and_one_that_dies_mid_check_is_an_action_failure(execution):
+    good = Package(members=(file("share/a.txt"),), paths=({"_path": "share/a.txt"},)).write(execution.store.tmp_dir)
+    checker.check_archive_sandboxed(execution, good, good.name, 1000)
+    pool = checker._pools[os.path.realpath(execution.store.tmp_dir)]
+    (first,) = pool.idle
+    first.proc.kill()
+    first.proc.wait()
+    checker.check_archive_sandboxed(execution, good, good.name, 1000)  # a new helper answers
+    (second,) = pool.idle
+    assert second is not first and pool.count == 1
+    second.proc.stdout.close()  # its answers are lost: as if it died in the middle of a check
+    with pytest.raises(ActionFailed, match="ended without an answer"):
+        checker.check_archive_sandboxed(execution, good, good.name, 1000)
+    assert pool.count == 0 and not pool.idle
+
+
+def test_a_file_outside_the_cache_tmp_directory_is_not_visible_to_the_helper(execution, tmp_path):
+    from hermetic_build.sandbox import bwrap_path
+
+    if bwrap_path() is None:
+        pytest.skip("bubblewrap is not usable here: the helper runs unsandboxed")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    package = Package(members=(file("share/a.txt"),), paths=({"_path": "share/a.txt"},)).write(outside)
+    with pytest.raises(ActionFailed) as info:
+        checker.check_archive_sandboxed(execution, package, package.name, 1000)
+    assert "No such file" in info.value.message or "not a" in info.value.message, info.value.message
