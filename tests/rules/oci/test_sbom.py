@@ -66,39 +66,6 @@ def test_image_and_environment_documents_validate_without_a_build():
     assert bom["metadata"]["component"]["hashes"] == [{"alg": "BLAKE3", "content": "e" * 64}]
 
 
-def test_the_sbom_helper_process_makes_the_same_documents(monkeypatch):
-    """The helper process (sbom_helper: sbom_documents.py alone, the libraries loaded there) gives the
-    texts hb's own process gives, for an image and an environment; once it has died, the documents
-    are made in hb's process, still the same."""
-    import threading
-
-    from rules.oci import sbom_helper
-
-    monkeypatch.setattr(sbom_helper, "_proc", None)
-    monkeypatch.setattr(sbom_helper, "_broken", False)
-    monkeypatch.setattr(sbom_helper, "_ready_seen", threading.Event())
-    layer = "sha256:" + "a" * 64
-    packages = [SbomPackage("conda", "zlib", "1.3", "2" * 64, "https://conda.anaconda.org/c/linux-64/zlib-1.3-h0.conda",
-                            0, build="h0", subdir="linux-64"),
-                SbomPackage("pypi", "numpy", "2.0.0", "3" * 64, "https://files.pythonhosted.org/numpy-2.0.0.whl", 0)]
-    epoch = datetime.fromtimestamp(1700000000, tz=timezone.utc)
-    image = SbomModel("//env:img", "sha256:" + "d" * 64, [layer], packages, {layer: [0, 1]}, "", "", epoch)
-    env = SbomModel("//env:env", "blake3:" + "e" * 64, [], packages, {}, "", "", epoch)
-    sbom_helper.start()
-    try:
-        assert sbom_helper._proc is not None
-        helper = sbom_helper._proc
-        for model in (image, env):
-            assert sbom_helper.render(model) == (spdx_json(model), cyclonedx_json(model))
-        assert sbom_helper._proc is helper and not sbom_helper._broken  # answered by the helper
-        helper.kill()
-        helper.wait()
-        assert sbom_helper.render(image) == (spdx_json(image), cyclonedx_json(image))
-        assert sbom_helper._broken and sbom_helper._proc is None
-    finally:
-        sbom_helper._close()
-
-
 @pytest.mark.slow
 def test_example_sbom_lists_every_locked_package_and_validates(tmp_path):
     example = copy_example(tmp_path / "examples", tmp_path / "cache")
