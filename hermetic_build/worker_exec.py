@@ -34,13 +34,18 @@ from .workspace import Settings
 REFUSED = 2
 
 
-def _read_description(root: Path) -> bytes:
-    """.hb/action.json, opened without following a link on the way."""
+def _hb_directory(root: Path) -> int:
+    """A descriptor of root/.hb, opened without following a link on the way."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = open_directory(root_fd, ".hb")
+        return open_directory(root_fd, ".hb")
     finally:
         os.close(root_fd)
+
+
+def _read_description(root: Path) -> bytes:
+    """.hb/action.json, opened without following a link on the way."""
+    fd = _hb_directory(root)
     try:
         f = os.open("action.json", FILE_FLAGS, dir_fd=fd)
     finally:
@@ -86,11 +91,7 @@ def _write_claims(root: Path, store, outputs) -> None:
             [e.digest for _path, e in walk_tree(store, entry.digest) if e.kind == "file"]
         for d in digests:
             pairs[sha256_of_blob(store, d, memo)] = d.hash
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = open_directory(root_fd, ".hb")
-    finally:
-        os.close(root_fd)
+    fd = _hb_directory(root)
     try:
         out = os.open(CLAIMS_PATH.rpartition("/")[2], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                       | os.O_CLOEXEC, 0o644, dir_fd=fd)

@@ -38,17 +38,21 @@ class TieredStore(Store):
         reader = self.local.open_blob(digest)
         if reader is not None:
             return reader
-        # bring it into the local store (streamed to a temp file, moved into the CAS), then read it there
+        return self.local.open_blob(digest) if self._bring_local(digest) else None
+
+    def _bring_local(self, digest: Digest) -> bool:
+        """Bring a blob the local store lacks from the remote: streamed to a temp file in the local
+        store's tmp/ (verified by the remote store as it arrives), then moved into the CAS."""
         fd, tmp = self.local._temp()
         os.close(fd)
         try:
             if not self.remote.fetch_file(digest, Path(tmp)):
-                return None
+                return False
             self.local.put_file(Path(tmp), move=True)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        return self.local.open_blob(digest)
+        return True
 
     def put_blob(self, data: bytes, *, fsync: bool = True) -> Digest:
         digest = self.local.put_blob(data, fsync=fsync)
@@ -72,33 +76,14 @@ class TieredStore(Store):
     def fetch_file(self, digest: Digest, dest: Path, *, dir_fd: int | None = None, mode: int | None = None) -> bool:
         if self.local.fetch_file(digest, dest, dir_fd=dir_fd, mode=mode):
             return True
-        # download into the local store first (a temp file in its tmp/, moved into the CAS), then
-        # write dest from there like any local blob
-        fd, tmp = self.local._temp()
-        os.close(fd)
-        try:
-            if not self.remote.fetch_file(digest, Path(tmp)):
-                return False
-            self.local.put_file(Path(tmp), move=True)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return self.local.fetch_file(digest, dest, dir_fd=dir_fd, mode=mode)
+        # into the local store first, then dest from there like any local blob
+        return self._bring_local(digest) and self.local.fetch_file(digest, dest, dir_fd=dir_fd, mode=mode)
 
     def fetch_new_file(self, digest: Digest, name: str, dir_fd: int, mode: int) -> bool:
         """LocalStore.fetch_new_file, after bringing the blob from the remote if the local store lacks it."""
         if self.local.fetch_new_file(digest, name, dir_fd, mode):
             return True
-        fd, tmp = self.local._temp()
-        os.close(fd)
-        try:
-            if not self.remote.fetch_file(digest, Path(tmp)):
-                return False
-            self.local.put_file(Path(tmp), move=True)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return self.local.fetch_new_file(digest, name, dir_fd, mode)
+        return self._bring_local(digest) and self.local.fetch_new_file(digest, name, dir_fd, mode)
 
     def prefetch(self, digests) -> None:
         """Bring the blobs of `digests` the local store lacks from the remote in batches, where the
