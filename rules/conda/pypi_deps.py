@@ -17,13 +17,14 @@ from __future__ import annotations
 import concurrent.futures
 import email.parser
 import hashlib
+import json
 import os
 import pathlib
 import re
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 
 from hermetic_build.api import AnalysisError
@@ -183,26 +184,69 @@ def _get(url: str, limit: int) -> bytes | None:
     return body
 
 
+# run in a sandboxed Python (no network, the wheel and the Python installation read-only): a
+# wheel is outside bytes, and reading its METADATA means parsing its zip directory and inflating
+_READ_METADATA = r"""
+import json, sys, zipfile
+path, limit = sys.argv[1], int(sys.argv[2])
+def answer(**reply):
+    sys.stdout.write(json.dumps(reply))
+    sys.exit(0)
+try:
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+        if len(names) != 1:
+            answer(error=f"has {len(names)} .dist-info/METADATA files")
+        with zf.open(names[0]) as member:
+            data = member.read(limit + 1)
+except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
+    answer(error=f"is not a readable wheel ({type(exc).__name__}: {exc})")
+if len(data) > limit:
+    answer(error=f"has a METADATA larger than {limit} bytes")
+answer(metadata=data.decode("utf-8", "replace"))
+"""
+
+
 def _metadata_from_wheel(url: str, sha256: str, where: str) -> str:
-    """METADATA of a wheel whose index serves no PEP 658 file: the wheel itself, checked by sha256."""
-    with tempfile.TemporaryFile() as f:
+    """METADATA of a wheel whose index serves no PEP 658 file: the wheel itself, checked by sha256,
+    then read in a sandboxed Python (_READ_METADATA), not in hb's process."""
+    with tempfile.NamedTemporaryFile(prefix="hb-wheel-", suffix=".whl") as f:
         request = urllib.request.Request(url, headers={"User-Agent": "hermetic-build"})
         digest = hashlib.sha256()
         with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 f.write(chunk)
+        f.flush()
         if digest.hexdigest() != sha256:
             raise AnalysisError(f"{where}: {url} does not have the sha256 uv locked ({sha256})")
-        f.seek(0)
-        with zipfile.ZipFile(f) as zf:
-            names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
-            if len(names) != 1:
-                raise AnalysisError(f"{where}: {url} has {len(names)} .dist-info/METADATA files")
-            info = zf.getinfo(names[0])
-            if info.file_size > MAX_METADATA_BYTES:
-                raise AnalysisError(f"{where}: its METADATA is larger than {MAX_METADATA_BYTES} bytes")
-            return zf.read(info).decode("utf-8", "replace")
+        return read_wheel_metadata(f.name, f"{where}: {url}")
+
+
+def read_wheel_metadata(path: str, what: str) -> str:
+    """The .dist-info/METADATA text of the wheel at `path`, read in a sandboxed Python."""
+    from hermetic_build.api import ActionExecution
+
+    from .stage import python_paths, worker_python
+
+    path = os.path.realpath(path)
+    _, exposed = python_paths(())
+    argv = [worker_python(), "-I", "-c", _READ_METADATA, path, str(MAX_METADATA_BYTES)]
+    try:
+        done = subprocess.run(ActionExecution.helper_command(argv, read_only=(*exposed, path)),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise AnalysisError(f"{what}: reading its METADATA took over {_TIMEOUT_S} s") from None
+    try:
+        reply = json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict) and isinstance(reply.get("metadata"), str):
+        return reply["metadata"]
+    if isinstance(reply, dict) and isinstance(reply.get("error"), str):
+        raise AnalysisError(f"{what} {reply['error']}")
+    tail = done.stderr.decode("utf-8", "replace").strip()[-500:]
+    raise AnalysisError(f"{what}: reading its METADATA failed (exit status {done.returncode}){': ' + tail if tail else ''}")
 
 
 def fetch_metadata(wheels, cache: MetadataCache, where: str = "") -> dict[str, WheelMetadata]:

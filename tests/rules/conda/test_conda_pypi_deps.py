@@ -111,3 +111,38 @@ def test_fetch_reads_pep658_files_else_the_wheel_checked_by_sha256_and_caches_by
     with pytest.raises(AnalysisError, match="names c 1.0, not d 1.0"):
         fetch_metadata([Wheel("d", "1.0", c.url, c.sha256)], cache)
     assert cache.get(c.sha256) is None  # nothing wrong is cached
+
+
+def test_a_wheel_without_pep658_file_is_read_in_the_sandbox_and_bad_ones_are_named(tmp_path, monkeypatch):
+    """A wheel's METADATA is read by a sandboxed Python (read_wheel_metadata), never in hb's
+    process: it answers for a good wheel, and a wheel with two METADATA files, one that is not a zip,
+    and one whose METADATA inflates past the limit are errors naming the wheel."""
+    from rules.conda import pypi_deps
+
+    from hermetic_build.api import ActionExecution
+
+    calls = []
+
+    original = ActionExecution.helper_command
+    monkeypatch.setattr(ActionExecution, "helper_command",
+                        staticmethod(lambda argv, read_only=(): calls.append(argv) or original(argv, read_only)))
+    good = _wheel(tmp_path / "g-1.0-py3-none-any.whl", "g", "1.0", ["h>=1"])
+    assert "Requires-Dist: h>=1" in pypi_deps.read_wheel_metadata(str(tmp_path / "g-1.0-py3-none-any.whl"), "g 1.0")
+    assert calls and calls[-1][1:3] == ["-I", "-c"]  # a separate, isolated interpreter, in the sandbox
+    assert fetch_metadata([good], MetadataCache(tmp_path / "cache"))[good.sha256].requires_dist == ("h>=1",)
+
+    two = tmp_path / "t-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(two, "w") as zf:
+        zf.writestr("t-1.0.dist-info/METADATA", "Name: t\n")
+        zf.writestr("u-1.0.dist-info/METADATA", "Name: u\n")
+    with pytest.raises(AnalysisError, match="t 1.0 has 2 .dist-info/METADATA files"):
+        pypi_deps.read_wheel_metadata(str(two), "t 1.0")
+    junk = tmp_path / "j-1.0-py3-none-any.whl"
+    junk.write_bytes(b"not a zip at all")
+    with pytest.raises(AnalysisError, match="j 1.0 is not a readable wheel"):
+        pypi_deps.read_wheel_metadata(str(junk), "j 1.0")
+    bomb = tmp_path / "b-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("b-1.0.dist-info/METADATA", b"Name: b\n" + b" " * (pypi_deps.MAX_METADATA_BYTES + 10))
+    with pytest.raises(AnalysisError, match="b 1.0 has a METADATA larger than"):
+        pypi_deps.read_wheel_metadata(str(bomb), "b 1.0")
