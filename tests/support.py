@@ -97,6 +97,23 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+class LoggedProcess:
+    """A server or worker the tests started: its process (`proc`) and the log file it writes (`log`)."""
+
+    proc: subprocess.Popen
+    log: object
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.log.close()
+
+
 class Nginx:
     """nginx serving `root` read-only (static files), on a free port."""
 
@@ -199,7 +216,7 @@ class NginxCache:
         stop(self.proc)
 
 
-class Registry:
+class Registry(LoggedProcess):
     """The Debian docker-registry (distribution 2.8) on a free port, storing under workdir."""
 
     def __init__(self, workdir: Path, *, htpasswd: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None):
@@ -240,10 +257,6 @@ class Registry:
 
     def blob_path(self, sha256: str) -> Path:
         return self.storage / "docker/registry/v2/blobs/sha256" / sha256[:2] / sha256 / "data"
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.log.close()
 
 
 class FaultyServer:
@@ -327,7 +340,7 @@ def start_bgd(server, bgd: Path, conf: Path) -> None:
     raise RuntimeError(f"bgd did not listen on {server.port}: {server.log_path.read_text()[-4000:]}")
 
 
-class BuildGridCache:
+class BuildGridCache(LoggedProcess):
     """A real BuildGrid server (`bgd server start`) offering only the REAPI cache services
     (Capabilities, CAS, ByteStream, ActionCache) on a free 127.0.0.1 port. Its CAS is a disk
     storage under workdir, so a test can alter a stored blob (blob_path)."""
@@ -375,15 +388,6 @@ class BuildGridCache:
 
     def blob_path(self, sha256: str) -> Path:
         return self.storage / "cas" / "objects" / sha256[:2] / sha256[2:]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.log.close()
 
 
 class Postgres:
@@ -522,7 +526,7 @@ class BuildGridExecution:
         self.pg.stop()
 
 
-class HbWorker:
+class HbWorker(LoggedProcess):
     """`hb worker --bots ... --instance ...` as a process (this tree's hb), logging to workdir/NAME.log."""
 
     def __init__(self, server: BuildGridExecution, workdir: Path, name: str):
@@ -542,12 +546,3 @@ class HbWorker:
 
     def ran(self) -> int:
         return self.log_path.read_text().count(" ran ")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.log.close()
