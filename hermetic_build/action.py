@@ -131,14 +131,20 @@ class ActionKind:
     # True: never sent to a remote executor (it needs the network, e.g. a fetch, or a local daemon,
     # or it only records facts in this machine's cache).
     local_only: bool = False
+    # True: directory inputs are bound read-only from a view made once per tree (treeviews.py)
+    # instead of being copied into every execution root; the implementation finds them with
+    # ActionExecution.tree_path and mounts them with run_command(mounts=/root=). Needs bubblewrap
+    # (without it they are copied as before).
+    read_only_trees: bool = False
 
 
 _KINDS: dict[str, ActionKind] = {}
 
 
 def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
-                         warm: Callable | None = None, local_only: bool = False) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs, warm, local_only)
+                         warm: Callable | None = None, local_only: bool = False,
+                         read_only_trees: bool = False) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, warm, local_only, read_only_trees)
     _KINDS[name] = kind
     return kind
 

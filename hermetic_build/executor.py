@@ -22,6 +22,7 @@ from .filecache import FileDigestCache
 from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import ActionResult, OutputEntry
 from .tree import MissingBlob, materialize_tree, store_tree
+from .treeviews import TreeViews
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Executor:
         self._warming = False
         self._deleter: ThreadPoolExecutor | None = None
         self._deletions: list = []
+        self._views: TreeViews | None = None  # read-only tree views (read_only_trees kinds)
         self.remote_executor = remote_executor  # rexec.client.RemoteExecutor: runs what is not local-only
 
     # ----- scheduling ---------------------------------------------------------------------------
@@ -312,7 +314,7 @@ class Executor:
                                     self.upstream_keys(action) if action.dep_keys else None)
         try:
             if kind.stage_inputs:
-                self._stage_inputs(action, execroot)
+                self._stage_inputs(action, execution, kind.read_only_trees and bwrap_path() is not None)
             for out in action.outputs:
                 _make_parents(execroot, out.path)
             try:
@@ -442,7 +444,10 @@ class Executor:
                 else "re-run with --keep-sandbox to inspect the sandbox")
         return ActionFailed(f"{action.owner}: {action.mnemonic} failed: {message}", hint=hint, detail=detail or None)
 
-    def _stage_inputs(self, action: Action, execroot: Path) -> None:
+    def _stage_inputs(self, action: Action, execution: ActionExecution, views: bool = False) -> None:
+        """Copy the action's inputs into its execution root; with `views`, bind directory inputs
+        read-only from their tree views instead (only an empty mount point is made here)."""
+        execroot = execution.execroot
         for f in action.inputs:
             dest = execroot / f.path
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -454,11 +459,23 @@ class Executor:
             record = self.stats.records[self.producers[f.path]]
             entry = next(o for o in record.result.outputs if o.path == f.path)
             if entry.kind == "dir":
+                view = self._tree_views().view(entry.digest) if views else None
+                if view is not None:
+                    dest.mkdir()
+                    execution.tree_views[f.path] = view
+                    continue
                 materialize_tree(self.store, entry.digest, dest)
             else:
                 if not self.store.fetch_file(entry.digest, dest):
                     raise MissingBlob(entry.digest)
                 os.chmod(dest, 0o755 if entry.executable else 0o644)
+
+    def _tree_views(self) -> TreeViews:
+        with self._lock:
+            if self._views is None:
+                local = getattr(self.store, "local", self.store)
+                self._views = TreeViews(self.store, local.root, local.tmp_dir)
+            return self._views
 
     # ----- results to the workspace --------------------------------------------------------------
     def output_entry(self, f: File) -> OutputEntry:

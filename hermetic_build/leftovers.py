@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 
 # sandboxes (sb-) and store temp files (w-) in the cache's tmp/; .<name>.hb-tmp-<pid>-<random> beside
 # a file being written atomically (hb-out/, the cache); .hb-tmp-<pid>-<random> directories in hb-out/
@@ -77,8 +78,31 @@ def sweep(directory) -> int:
                 continue
             with contextlib.suppress(OSError):
                 if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)  # refuses a symlink, never follows one inside
+                    remove_tree(entry.path)  # never follows a link inside
                 else:
                     os.unlink(entry.path)
                 removed += 1
     return removed
+
+
+def remove_tree(path) -> None:
+    """Remove a directory tree hb made, whatever modes its directories were given (a tree may have
+    0o555 or 0o000 directories): each real directory is made writable and searchable by its owner
+    before it is emptied. Links are removed, never followed."""
+    def open_up(top: str) -> None:
+        stack = [top]
+        while stack:
+            p = stack.pop()
+            with contextlib.suppress(OSError):
+                os.chmod(p, 0o700)  # p was listed as a real directory (not a link)
+            with contextlib.suppress(OSError), os.scandir(p) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+            return
+    except FileNotFoundError:
+        return
+    open_up(str(path))
+    shutil.rmtree(path, ignore_errors=True)

@@ -126,6 +126,9 @@ class ActionExecution:
     # files the implementation wrote itself and hashed as it wrote them (note_written): path under
     # the execroot -> (file identity, Digest), for the collector
     written: dict = field(default_factory=dict)
+    # directory inputs bound read-only from a tree view (read_only_trees kinds): path under the
+    # execroot -> the view's directory on the host; their place in the execroot is an empty mount point
+    tree_views: dict = field(default_factory=dict)
 
     def input_tree(self, file):
         """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""
@@ -141,6 +144,11 @@ class ActionExecution:
 
     def path(self, file) -> Path:
         return self.execroot / file.path
+
+    def tree_path(self, rel: str) -> Path:
+        """Where a directory input's files are on the host, to read (never write): its read-only view,
+        or its copy in the execution root."""
+        return self.tree_views.get(rel) or self.execroot / rel
 
     def note_written(self, path: Path, digest) -> None:
         """Tell the collector the BLAKE3 digest of an output file this implementation wrote itself, in
@@ -223,7 +231,7 @@ class ActionExecution:
             if network:
                 cmd.append("--share-net")
             if root is not None:
-                cmd += root_arguments(self.execroot / root)
+                cmd += root_arguments(self.tree_path(root))
             else:
                 cmd += ["--ro-bind", "/usr", "/usr", *etc_arguments(network)]
                 for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -239,8 +247,10 @@ class ActionExecution:
                 if os.path.exists(path):
                     cmd += ["--ro-bind", path, path]
             cmd += ["--bind", str(self.sandbox_dir), SANDBOX_ROOT]
+            for rel, view in sorted(self.tree_views.items()):  # over their empty mount points
+                cmd += ["--ro-bind", str(view), f"{workdir}/{rel}"]
             for rel, target in mounts:  # bwrap reads a bind's source on the host
-                cmd += ["--ro-bind", str(self.execroot / rel), target]
+                cmd += ["--ro-bind", str(self.tree_path(rel)), target]
             cmd += ["--chdir", workdir]
             for key, value in env.items():
                 cmd += ["--setenv", key, value]

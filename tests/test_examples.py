@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 
 import pytest
@@ -167,10 +168,15 @@ def test_research_step_runs_inside_the_image_root_filesystem(example):
                      for p in ("env/conda-lock.yml", "base/debs.lock.json")}
     assert summary["actions"]["executed"] > 0
     assert example.build_json("//research:in-image")["actions"]["executed"] == 0
-    # the script changes: only the run re-executes (the unpacked root filesystem is cached)
+    # the script changes: only the run re-executes (the unpacked root filesystem is cached), and the root
+    # filesystem is bound from the read-only view made by the first run, not copied again
+    (view,) = (example.cache / "views").iterdir()
+    stamp, inode = (view / "identity").read_text(), os.stat(view / "tree/usr/bin/python3.11").st_ino
     script = example.root / "research/image_check.py"
     script.write_text(script.read_text() + "\n")
     assert example.build_json("//research:in-image")["actions"]["executed"] == 1
+    assert [p.name for p in (example.cache / "views").iterdir()] == [view.name]
+    assert (view / "identity").read_text() == stamp and os.stat(view / "tree/usr/bin/python3.11").st_ino == inode
     # no network inside
     example.write("research/BUILD.hermetic", (example.root / "research/BUILD.hermetic").read_text() + """
 env_run(
@@ -182,6 +188,19 @@ env_run(
 """)
     failed = example.hb("build", "//research:net", check=False)
     assert failed.returncode != 0 and "command exited with status" in failed.stderr, failed.stderr
+    # the root filesystem is read-only at its place in the execution root too (it is the view's bind)
+    example.write("research/BUILD.hermetic", (example.root / "research/BUILD.hermetic").read_text() + """
+env_run(
+    name = "write-root",
+    image = "//env:nlp",
+    outs = ["w.txt"],
+    cmd = "for d in hb-out/.internal/research/*/rootfs; do ls $d/usr/bin/python3.11; touch $d/x && echo WROTE; done > $(OUTS)",
+)
+""")
+    example.build_json("//research:write-root")
+    assert (example.root / "hb-out/research/write-root/w.txt").read_text() == (
+        "hb-out/.internal/research/write-root/rootfs/usr/bin/python3.11\n")
+    assert not (view / "tree/x").exists()
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 import time
@@ -29,7 +28,7 @@ from blake3 import blake3
 from ..anchored import RefusedPath, open_regular_file
 from ..digest import CHUNK, Digest, digest_bytes
 from ..errors import UsageError
-from ..leftovers import owner_pid, pid_alive, store_temp_prefix, sweep
+from ..leftovers import owner_pid, pid_alive, remove_tree, store_temp_prefix, sweep
 from .base import MAX_ENTRY_BYTES, ActionResult, InvalidEntry, NewFile, Store, VerifiedReader, load_json
 
 LAYOUT = 1
@@ -43,7 +42,7 @@ LEGACY_MARKER = ".layout-v1"  # caches made before hb-cache.json; also "all shar
 # no-op check (noop.py) sees with one stat that entries a build used may be gone
 EVICTIONS = "evictions"
 # everything hb creates at the top of a cache directory (workspaces/ is the sessions' state)
-HB_ENTRIES = ("cas", "ac", "tmp", "workspaces", "lock", EVICTIONS, MARKER, CACHEDIR_TAG, LEGACY_MARKER)
+HB_ENTRIES = ("cas", "ac", "tmp", "views", "workspaces", "lock", EVICTIONS, MARKER, CACHEDIR_TAG, LEGACY_MARKER)
 # A hit refreshes an entry's mtime (what gc's least-recently-used order reads) at most this often:
 # touching every entry on every build made a no-op build write as many inodes as it has actions.
 TOUCH_AFTER_S = 3600
@@ -176,7 +175,7 @@ class LocalStore(Store):
                 path = self.root / name
                 with contextlib.suppress(FileNotFoundError):
                     if stat.S_ISDIR(os.lstat(path).st_mode):
-                        shutil.rmtree(path)
+                        remove_tree(path)  # trees may hold 0o555 directories (views, sandboxes)
                     elif name != MARKER:
                         os.unlink(path)
             left = sorted(os.listdir(self.root))
@@ -626,9 +625,12 @@ class LocalStore(Store):
                     continue
                 with contextlib.suppress(OSError):
                     if leftover.is_dir(follow_symlinks=False):
-                        shutil.rmtree(leftover.path)
+                        remove_tree(leftover.path)
                     else:
                         os.unlink(leftover.path)
+            from ..treeviews import TreeViews
+
+            TreeViews(self, self.root, self.tmp_dir).remove_all()  # re-made from the CAS when needed
             entries = sorted(self.entries())
             total = sum(size for _, size, _ in entries)
             removed = freed = 0

@@ -90,7 +90,7 @@ def _run_in_image(execution) -> None:
     import os
 
     params = execution.params
-    rootfs = execution.execroot / params["rootfs"]
+    rootfs = execution.tree_path(params["rootfs"])
     facts = json.loads(execution.path(next(f for f in execution.action.inputs if f.path == params["image_facts"]))
                        .read_text())
     shell = next(([f"/{path}", *args] for path, args in SHELLS if os.path.lexists(rootfs / path)), None)
@@ -162,8 +162,10 @@ def _statement(execution, outs, deps: list[dict], skip: set[str]) -> dict:
     }
 
 
-register_action_kind("env.run", "2", _run)  # 2: writes provenance.intoto.json beside the outputs
-register_action_kind("env.run_image", "1", _run_in_image)
+# read_only_trees: the environment tree, the image's root filesystem and directory data are bound
+# read-only from views made once per tree (hermetic_build/treeviews.py), not copied for every run
+register_action_kind("env.run", "2", _run, read_only_trees=True)  # 2: writes provenance.intoto.json
+register_action_kind("env.run_image", "1", _run_in_image, read_only_trees=True)
 
 env_run = rule(
     "env_run",
