@@ -194,7 +194,7 @@ env_run(
     name = "write-root",
     image = "//env:nlp",
     outs = ["w.txt"],
-    cmd = "for d in hb-out/.internal/research/*/rootfs; do ls $d/usr/bin/python3.11; touch $d/x && echo WROTE; done > $(OUTS)",
+    cmd = "for d in hb-out/.internal/research/*/rootfs; do ls $d/usr/bin/python3.11; touch $d/x && echo WROTE; done > $(OUTS); true",
 )
 """)
     example.build_json("//research:write-root")
