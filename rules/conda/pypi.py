@@ -4,7 +4,7 @@
 the locked conda `python` and the platform's wheel tags (manylinux level from `__glibc`, macOS
 version from `__osx`). Python packages the conda side already installs (conda packages that depend
 on python, as conda-lock counts them, named on PyPI by their purls, else pypi_mapping.json, else
-their PEP 503-normalised name) are dropped from the requirements, passed to uv as constraints at
+pixi's conda-forge mapping (conda_pypi_names.json), else their PEP 503-normalised name) are dropped from the requirements, passed to uv as constraints at
 their conda versions and left out of the result, so nothing is installed twice.
 Each resolved package is pinned to the one wheel file whose tags the platform supports (checked
 here again with `packaging`, whatever uv listed), by URL and sha256, and written into conda-lock.yml
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from hermetic_build.api import AnalysisError, Location
 
 from .spec import PYPI_MAPPING, PipRequirement, parse_virtual_package
+
+CONDA_FORGE_NAMES = pathlib.Path(__file__).resolve().with_name("conda_pypi_names.json")
 
 # uv's --python-platform names the manylinux levels it knows; a glibc in between rounds down
 _MANYLINUX_MINORS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
@@ -138,10 +140,31 @@ def _purl_names(record) -> tuple[str, ...]:
                          if isinstance(p, str) and p.startswith("pkg:pypi/") and len(p) > len("pkg:pypi/")}))
 
 
+@functools.lru_cache(maxsize=1)
+def conda_forge_names() -> tuple[dict[str, str], frozenset[str]]:
+    """pixi's fallback mapping for conda-forge (parselmouth's compressed mapping, vendored in
+    conda_pypi_names.json): (conda name -> its PyPI name where the two differ, the conda names that
+    hold no Python distribution)."""
+    data = json.loads(CONDA_FORGE_NAMES.read_text())
+    return data["renamed"], frozenset(data["not_on_pypi"])
+
+
 def pypi_names(record) -> tuple[str, ...]:
-    """The PyPI names a conda record provides: its purls, else the mapping, else its own name."""
+    """The PyPI names a conda record provides: its purls (as pixi); else hb's mapping
+    (pypi_mapping.json); else pixi's mapping of conda-forge names: none for a package that holds no
+    Python distribution (a metapackage such as `typing-extensions`, a library), its PyPI name and its
+    own where they differ (a package that bundles several distributions is recorded there under one
+    of them, e.g. `jaxlib`, so its own name is kept too); else its own PEP 503-normalised name."""
     name = record.name.normalized
-    return _purl_names(record) or conda_to_pypi().get(name) or (normalise(name),)
+    found = _purl_names(record) or conda_to_pypi().get(name)
+    if found:
+        return found
+    renamed, not_on_pypi = conda_forge_names()
+    if name in not_on_pypi:
+        return ()
+    if name in renamed:
+        return tuple(sorted({renamed[name], normalise(name)}))
+    return (normalise(name),)
 
 
 def conda_provided(records) -> dict[str, str]:

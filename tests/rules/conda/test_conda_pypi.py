@@ -80,3 +80,21 @@ def test_requirements_satisfied_by_conda_are_dropped_and_conflicts_are_errors():
         without_conda_provided([_req("torch ==2.3.*", "torch", line=9)], provided, target, "//env:lock: ")
     assert "conflicts with the conda package torch 2.5.1" in err.value.message
     assert err.value.location.line == 9
+
+
+def test_pixis_conda_forge_mapping_names_what_hbs_own_does_not():
+    """parselmouth's compressed mapping (what pixi reads for conda-forge), vendored: renamed packages,
+    packages that hold no Python distribution, and a bundle recorded under another name keeps its own."""
+    assert pypi_names(record("airflow", "2.10.4")) == ("airflow", "apache-airflow")
+    assert pypi_names(record("astropy-base", "7.0.0")) == ("astropy", "astropy-base")
+    assert pypi_names(record("antlr-python-runtime", "4.13.2")) == ("antlr-python-runtime", "antlr4-python3-runtime")
+    assert pypi_names(record("jaxlib", "0.4.35")) == ("jax-cuda12-pjrt", "jaxlib")
+    # metapackages and libraries: no PyPI name, even where they depend on python
+    assert pypi_names(record("typing-extensions", "4.12.2")) == ()
+    assert pypi_names(record("ray-default", "2.40.0")) == ()
+    provided = conda_provided([record("typing-extensions", "4.12.2"), record("typing_extensions", "4.12.2"),
+                               record("airflow", "2.10.4"), record("ray-default", "2.40.0")])
+    assert provided == {"airflow": "2.10.4", "apache-airflow": "2.10.4", "typing-extensions": "4.12.2"}
+    # hb's own mapping and the record's purls still come first
+    assert pypi_names(record("pytorch", "2.5.1")) == ("torch",)
+    assert pypi_names(record("numpy", "2.1.3")) == ("numpy",)
