@@ -47,6 +47,7 @@ from support import copy_example  # noqa: E402
 IMAGES = ["//env:nlp", "//env:nlp-gpu"]
 CUSTODY = ["//env:nlp-sbom", "//env:nlp-gpu-sbom", "//env:nlp-gpu-provenance"]
 CUSTODY_ACTION = re.compile(r"^\[\d+/\d+\] (?:OciSbom|OciProvenance) .*\((\d+\.\d+)s\)$", re.MULTILINE)
+SUMMARY = re.compile(r"^(\d+) actions executed, (\d+) cached", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Run:
     cpu: float  # user + system seconds of hb and everything it waited for
     rss_mib: float  # peak RSS of the largest child so far
     custody_actions: float  # summed durations of the OciSbom / OciProvenance actions it ran
+    executed: int  # actions hb ran (its summary line); a cold build caches none
+    cached: int
 
 
 def start_hb(example, *args) -> tuple[subprocess.Popen, float]:
@@ -72,7 +75,8 @@ def finish_hb(proc: subprocess.Popen, started: float) -> Run:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, proc.args))} exited {proc.returncode}:\n{stderr}")
     custody = sum(float(m) for m in CUSTODY_ACTION.findall(stderr))
-    return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, custody)
+    executed, cached = map(int, SUMMARY.findall(stderr)[-1]) if SUMMARY.search(stderr) else (-1, -1)
+    return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, custody, executed, cached)
 
 
 def run_hb(example, *args) -> Run:
@@ -119,7 +123,8 @@ def main() -> None:
             print(f"pair {i + 1}: images {a.wall:6.2f} s / {a.cpu:6.2f} CPU s; with SBOMs + provenance "
                   f"{b.wall:6.2f} s / {b.cpu:6.2f} CPU s; added {b.wall - a.wall:+6.2f} s wall, "
                   f"{b.cpu - a.cpu:+5.2f} CPU s (SBOM + provenance actions {b.custody_actions:.2f} s); "
-                  f"load {loads[-1][0]:.1f} -> {loads[-1][1]:.1f}", flush=True)
+                  f"load {loads[-1][0]:.1f} -> {loads[-1][1]:.1f}; actions executed/cached {a.executed}/{a.cached} "
+                  f"and {b.executed}/{b.cached}", flush=True)
     print()
     print("baseline: `hb build //env:nlp //env:nlp-gpu` in a fresh copy of examples/ with an empty cache "
           "(whole process, as a user runs it)" + ("; the two builds of a pair run at the same time" if args.together else ""))
