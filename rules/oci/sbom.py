@@ -11,6 +11,7 @@ derived from the image's manifest digest, everything is sorted."""
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 from dataclasses import asdict, dataclass
@@ -337,14 +338,21 @@ def cyclonedx_json(model: SbomModel) -> str:
 def warm() -> None:
     """Import spdx-tools, cyclonedx-python-lib and packageurl and make a one-package SBOM of each format,
     so that the libraries' models, type checks (beartype) and serialisers are loaded. The executor runs
-    this in a background thread while a build's first actions run: ~0.25 s of imports then happen off
-    the critical path instead of after the image, where every SBOM action would wait for them."""
+    this in a background thread while a build's first actions run: ~0.17 CPU s of imports then happen
+    off the critical path instead of after the image, where every SBOM action would wait for them.
+
+    Then the objects the libraries made (~22,000: modules, classes, beartype's generated checkers),
+    which live as long as the process, are moved out of the garbage collector's generations, as the
+    build does with its analysis: otherwise every later full collection and the one at interpreter
+    exit traverse them again (measured: +40-80 ms at the exit of a process that loaded them, on the
+    build's critical path; ~15 ms with them frozen)."""
     digest = "sha256:" + "0" * 64
     package = SbomPackage("pypi", "warm", "0", "0" * 64, "https://example.invalid/warm-0.whl", 0)
     model = SbomModel("//warm:warm", digest, [digest], [package], {digest: [0]}, "", "",
                       datetime.fromtimestamp(0, tz=timezone.utc))
     spdx_json(model)
     cyclonedx_json(model)
+    gc.freeze()
 
 
 register_action_kind("oci.sbom", "1", _run_sbom, stage_inputs=False, warm=warm)
