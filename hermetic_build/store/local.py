@@ -260,6 +260,12 @@ class LocalStore(Store):
     def _is_fresh(self, digest: Digest, st: os.stat_result) -> bool:
         return self._fresh.get(digest) == file_identity(st)
 
+    def _holds_fresh(self, digest: Digest) -> bool:
+        try:
+            return self._is_fresh(digest, os.stat(self._blob(digest), follow_symlinks=False))
+        except FileNotFoundError:
+            return False
+
     # ----- CAS -----------------------------------------------------------------------------
     def has_blob(self, digest: Digest) -> bool:
         try:
@@ -365,6 +371,12 @@ class LocalStore(Store):
                         hasher.update(chunk)
                         size += len(chunk)
                     digest = Digest(hasher.hexdigest(), size)
+                if digest in self._fresh and self._holds_fresh(digest):
+                    # a blob this process wrote and hashed is already there, unchanged (a layer blob
+                    # placed again in an image layout): drop this copy rather than replace that blob,
+                    # so the copy's pages are never written to disk
+                    os.unlink(name, dir_fd=dir_fd)
+                    return digest
                 if fsync and not self._deferred:
                     os.fsync(src.fileno())
                 # no has_blob() first: a blob already there is replaced by this one, which has the
