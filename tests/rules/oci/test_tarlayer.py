@@ -141,6 +141,24 @@ def test_layer_from_a_local_store_streams_and_rejects_corrupt_blobs(tmp_path):
     assert not store.has_blob(big)  # removed as corrupt
 
 
+def test_layer_from_a_local_store_rejects_a_blob_longer_than_its_digest(tmp_path):
+    from hermetic_build.api import MissingBlob
+    from hermetic_build.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "cache")
+    entries, blobs = _entries()
+    for data in blobs.values():
+        store.put_blob(data)
+    longer = next(e.digest for _, e in entries if e.kind == "file")
+    path = store.blob_path(longer)
+    path.chmod(0o644)
+    with open(path, "ab") as f:  # the right bytes, then more: the store's size check at open refuses it
+        f.write(b"trailing")
+    with pytest.raises(MissingBlob):
+        write_layer(store.open_blob, entries, tmp_path / "layer")
+    assert not store.has_blob(longer)  # removed as corrupt
+
+
 @pytest.mark.parametrize("path,kind,mode,size,epoch,target", [
     ("opt/env/bin/tool", "file", 0o755, 18, 0, None),
     ("opt/env/lib/libx.so.1", "file", 0o100644, 123456789, 1700000000, None),
