@@ -152,6 +152,25 @@ class _Blocks:
         # no read past `size` to look for more: the reader verified the BLAKE3 of exactly these bytes
         # (so they are the blob, whatever may follow), and the store checks the size when it opens one
 
+    def file(self, header: bytes, reader, size: int, digest) -> None:
+        """A file's entry: its header, exactly `size` bytes of reader, padding to a 512-byte record."""
+        pos = self.pos
+        end = pos + len(header)
+        if end + size + _BLOCK <= BLOCK:  # the common small file: all of it inside this block
+            self.view[pos:end] = header
+            want = end + size
+            while end < want:
+                got = reader.readinto(self.view[end:want])
+                if not got:
+                    raise MissingBlob(digest, f"blob {digest} is shorter than its digest says")
+                end += got
+            self.pos = want + (-size % _BLOCK)  # the padding is already zeros; never reaches BLOCK here
+            return
+        self.put(header)
+        self.read_from(reader, size, digest)
+        if size % _BLOCK:
+            self.skip(_BLOCK - size % _BLOCK)
+
     def rest(self) -> bytes:
         data = bytes(self.view[:self.pos])
         self.view.release()
@@ -232,11 +251,10 @@ def write_layer(open_blob, entries: list[tuple[str, TreeEntry]], out_path, *, ep
                     reader = open_blob(entry.digest)
                     if reader is None:
                         raise MissingBlob(entry.digest)
-                    blocks.put(tar_header(path, entry, epoch, size))
-                    with reader:
-                        blocks.read_from(reader, size, entry.digest)
-                    if size % _BLOCK:
-                        blocks.skip(_BLOCK - size % _BLOCK)
+                    try:
+                        blocks.file(tar_header(path, entry, epoch, size), reader, size, entry.digest)
+                    finally:
+                        reader.close()
                 else:
                     blocks.put(tar_header(path, entry, epoch))
             blocks.skip(2 * _BLOCK)  # end-of-archive marker

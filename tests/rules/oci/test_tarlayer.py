@@ -85,6 +85,16 @@ def test_missing_blob_is_reported(tmp_path):
         write_layer(lambda d: None, entries, tmp_path / "l")
 
 
+@pytest.mark.parametrize("entries_of", [_entries, lambda: _big_entries(3 * (1 << 20))], ids=["small", "multi-block"])
+def test_a_blob_shorter_than_its_digest_is_reported(tmp_path, entries_of):
+    from hermetic_build.api import MissingBlob
+
+    entries, blobs = entries_of()
+    short = {digest: data[:-1] for digest, data in blobs.items()}
+    with pytest.raises(MissingBlob, match="shorter than its digest says"):
+        write_layer(_opener(short), entries, tmp_path / "l")
+
+
 GOLDEN_DIFF_ID = "sha256:b96a3f07ef59eb5096727e6c319bdbfc7315872b0b71f9ad4dc651803d342464"
 GOLDEN_GZIP_1_2_13 = "sha256:0af8e9cec8b8132ae256fc0485c9ed08efb8b3a20bfd0483ccf4e93e38126e24"
 
