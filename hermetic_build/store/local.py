@@ -359,7 +359,9 @@ class LocalStore(Store):
 
         known: (file_identity, Digest) of a file hb's own code wrote in this process, hashing the
         bytes as it wrote them (ActionExecution.note_written). With move=True, if the opened file
-        is still that inode, unchanged, its digest is taken as it is instead of reading it again."""
+        is still that inode, unchanged, its digest is taken as it is instead of reading it again.
+        A moved file whose blob this process has already stored and hashed (unchanged since) is
+        deleted instead: the blob stays, and the copy is never written to disk."""
         fd, st = open_regular_file(dir_fd, name)
         with os.fdopen(fd, "rb") as src:
             if move and st.st_nlink == 1:
