@@ -86,9 +86,17 @@ def realistic_file(path: Path, size: int) -> None:
                     break
 
 
-def forget_layers(cache: Path) -> None:
+def forget_layers(cache: Path, blobs: bool = False) -> None:
     """Remove the action-cache entries of the layer and image actions and the layer aliases, so
-    the next build writes every layer again; everything else (the staged tree) stays cached."""
+    the next build writes every layer again; everything else (the staged tree) stays cached.
+    blobs=True (--forget-blobs) also removes the blobs those entries name (the layer blobs, the
+    image's config, manifest and index, their directory blobs), as in a store that never held them:
+    otherwise the build replaces each identical layer blob already in the CAS (a rename over it)."""
+    from hermetic_build.digest import Digest
+    from hermetic_build.store.local import LocalStore
+    from hermetic_build.tree import walk_tree
+
+    store = LocalStore(cache) if blobs else None
     for entry in (cache / "ac").glob("*/*"):
         try:
             data = json.loads(entry.read_text())
@@ -98,20 +106,29 @@ def forget_layers(cache: Path) -> None:
         alias = any(o.get("path", "").startswith("oci-layer/") for o in data.get("outputs", []))
         if mnemonic in ("OciLayers", "OciImage") or alias:
             entry.unlink()
+            if store is not None and mnemonic in ("OciLayers", "OciImage"):
+                for out in data.get("outputs", []):
+                    digest = Digest.parse(out["digest"])
+                    doomed = [digest]
+                    if out.get("kind") == "dir":
+                        doomed += [e.digest for _, e in walk_tree(store, digest) if e.kind != "symlink"]
+                    for d in doomed:
+                        store.blob_path(d).unlink(missing_ok=True)
     # and the no-op record (hermetic_build/noop.py): with hb-out intact and no input changed, the next
     # build would otherwise be answered from it without running any action
     for record in (cache / "workspaces").glob("*/noop.pickle"):
         record.unlink()
 
 
-def row(name: str, ws: Workspace, tree: Path, label: str, runs: int, *, baseline: bool = True) -> dict:
+def row(name: str, ws: Workspace, tree: Path, label: str, runs: int, *, baseline: bool = True,
+        forget_blobs: bool = False) -> dict:
     env = {**ws.env(), "PYTHONPATH": str(HB_REPO)}
     argv = [sys.executable, "-m", "hermetic_build.cli", "build", label]
     out = ws.root.parent / f"{ws.root.name}-pigz.tar.gz"
     base_cmd = f"tar -C {tree} -cf - . | pigz -6 > {out}"
     hb_runs, pigz_runs = [], []
     for _ in range(runs):  # interleaved, so load changes hit both alike
-        forget_layers(ws.cache)
+        forget_layers(ws.cache, blobs=forget_blobs)
         hb_runs.append(measure(argv, ws.root, env))
         if baseline:
             pigz_runs.append(measure(["bash", "-c", base_cmd], ws.root))
@@ -162,6 +179,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["big", "env", "huge"], action="append")
     parser.add_argument("--keep", type=Path, help="work here and keep the generated channel for the next run")
     parser.add_argument("--hb-repo", type=Path, default=REPO, help="run hb from this checkout (before/after)")
+    parser.add_argument("--forget-blobs", action="store_true",
+                        help="also remove the layer and image blobs from the cache before each hb run (see forget_layers)")
     args = parser.parse_args()
     global HB_REPO
     HB_REPO = args.hb_repo.resolve()
@@ -177,7 +196,7 @@ def main() -> None:
     try:
         if "big" in only and args.big_mib:
             ws, tree = file_workspace(tmp, "big", args.big_mib)
-            show(row(f"(a) one {args.big_mib} MiB file", ws, tree, "//:img", args.runs))
+            show(row(f"(a) one {args.big_mib} MiB file", ws, tree, "//:img", args.runs, forget_blobs=args.forget_blobs))
             shutil.rmtree(ws.root.parent / "big-cache", ignore_errors=True)
             shutil.rmtree(ws.root, ignore_errors=True)
             shutil.rmtree(tree, ignore_errors=True)
@@ -199,7 +218,8 @@ def main() -> None:
             ws.hb("build", "//env:env", "//env:img", timeout=3600)
             tree = ws.root / "hb-out/env/env/env"
             files = sum(1 for _ in tree.rglob("*"))
-            show(row(f"(b) {args.packages}-package env ({files} paths)", ws, tree, "//env:img", args.runs))
+            show(row(f"(b) {args.packages}-package env ({files} paths)", ws, tree, "//env:img", args.runs,
+                     forget_blobs=args.forget_blobs))
         if "huge" in only and args.huge_mib:
             # no warm-up build: the one measured build also copies the file into the tree (OciFiles)
             ws, tree = file_workspace(tmp, "huge", args.huge_mib, warm=False)

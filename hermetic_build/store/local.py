@@ -259,6 +259,12 @@ class LocalStore(Store):
     def _is_fresh(self, digest: Digest, st: os.stat_result) -> bool:
         return self._fresh.get(digest) == file_identity(st)
 
+    def _holds_fresh(self, digest: Digest) -> bool:
+        try:
+            return self._is_fresh(digest, os.stat(self._blob(digest), follow_symlinks=False))
+        except FileNotFoundError:
+            return False
+
     # ----- CAS -----------------------------------------------------------------------------
     def has_blob(self, digest: Digest) -> bool:
         try:
@@ -352,7 +358,9 @@ class LocalStore(Store):
 
         known: (file_identity, Digest) of a file hb's own code wrote in this process, hashing the
         bytes as it wrote them (ActionExecution.note_written). With move=True, if the opened file
-        is still that inode, unchanged, its digest is taken as it is instead of reading it again."""
+        is still that inode, unchanged, its digest is taken as it is instead of reading it again.
+        A moved file whose blob this process has already stored and hashed (unchanged since) is
+        deleted instead: the blob stays, and the copy is never written to disk."""
         fd, st = open_regular_file(dir_fd, name)
         with os.fdopen(fd, "rb") as src:
             if move and st.st_nlink == 1:
@@ -364,6 +372,12 @@ class LocalStore(Store):
                         hasher.update(chunk)
                         size += len(chunk)
                     digest = Digest(hasher.hexdigest(), size)
+                if digest in self._fresh and self._holds_fresh(digest):
+                    # a blob this process wrote and hashed is already there, unchanged (a layer blob
+                    # placed again in an image layout): drop this copy rather than replace that blob,
+                    # so the copy's pages are never written to disk
+                    os.unlink(name, dir_fd=dir_fd)
+                    return digest
                 if fsync and not self._deferred:
                     os.fsync(src.fileno())
                 # no has_blob() first: a blob already there is replaced by this one, which has the

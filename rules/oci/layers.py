@@ -16,7 +16,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from hermetic_build.api import File, Provider, canonical_json, register_action_kind
+from hermetic_build.api import File, Provider, register_action_kind
 
 from .split import FINAL_LAYER, LayerGroup, env_groups, layer_entries, tree_entries
 from .tarlayer import FORMAT_VERSION, LayerBlob, write_layer
@@ -48,12 +48,17 @@ def declare_layers(ctx, tree: File, *, root: str, split: str, platform: str, max
     return OciLayersInfo(index, blobs)
 
 
+# canonical_json's bytes (sorted keys, no spaces, UTF-8) without its walk looking for floats: the key is
+# built here from strings and ints only, and a layer has thousands of entries
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _group_key(entries, params) -> str:
     encoded = [[path, e.kind, e.mode, str(e.digest) if e.digest and e.kind == "file" else (e.target or "")]
                for path, e in entries]
-    return blake3(canonical_json({"v": FORMAT_VERSION, "compression": params["compression"],
-                                  "level": params["level"], "epoch": params["epoch"],
-                                  "entries": encoded})).hexdigest()
+    return blake3(_KEY_ENCODER.encode({"v": FORMAT_VERSION, "compression": params["compression"],
+                                       "level": int(params["level"]), "epoch": int(params["epoch"]),
+                                       "entries": encoded}).encode()).hexdigest()
 
 
 def _run_layers(execution) -> None:

@@ -69,14 +69,18 @@ _MAX_USTAR_NUMBER = 8 ** 11
 
 
 def _ustar_header(name: bytes, kind: bytes, mode: int, size: int, epoch: int, link: bytes) -> bytes:
-    head = b"".join((name.ljust(100, b"\0"), b"%07o\0" % mode, b"0000000\0", b"0000000\0", b"%011o\0" % size,
-                     b"%011o\0" % epoch, b"        ", kind, link.ljust(100, b"\0"), _USTAR_TAIL))
-    checksum = sum(head)
-    return head[:148] + b"%06o\0" % checksum + head[155:]
+    mode_field, size_field, mtime_field = b"%07o\0" % mode, b"%011o\0" % size, b"%011o\0" % epoch
+    # the checksum is the sum of the header's bytes with its own field as spaces: the constant
+    # parts are summed once (below), NUL padding adds nothing, so only the short variable parts here
+    checksum = (_CONSTANT_SUM + sum(name) + sum(mode_field) + sum(size_field) + sum(mtime_field) + kind[0]
+                + sum(link))
+    return b"".join((name.ljust(100, b"\0"), mode_field, b"0000000\0", b"0000000\0", size_field, mtime_field,
+                     b"%06o\0 " % checksum, kind, link.ljust(100, b"\0"), _USTAR_TAIL))
 
 
 # magic "ustar\0" version "00", empty uname and gname, empty devmajor/devminor, empty prefix, padding
 _USTAR_TAIL = (b"ustar\x0000" + bytes(32) + bytes(32) + bytes(8) + bytes(8) + bytes(155)).ljust(512 - 257, b"\0")
+_CONSTANT_SUM = 2 * sum(b"0000000\0") + sum(b" " * 8) + sum(_USTAR_TAIL)  # uid, gid, checksum field, tail
 
 
 def _tarfile_header(path: str, entry: TreeEntry, epoch: int, size: int) -> bytes:
@@ -145,8 +149,27 @@ class _Blocks:
             left -= got
             if self.pos == BLOCK:
                 self._next()
-        if reader.read(1):
-            raise MissingBlob(digest, f"blob {digest} is longer than its digest says")
+        # no read past `size` to look for more: the reader verified the BLAKE3 of exactly these bytes
+        # (so they are the blob, whatever may follow), and the store checks the size when it opens one
+
+    def file(self, header: bytes, reader, size: int, digest) -> None:
+        """A file's entry: its header, exactly `size` bytes of reader, padding to a 512-byte record."""
+        pos = self.pos
+        end = pos + len(header)
+        if end + size + _BLOCK <= BLOCK:  # the common small file: all of it inside this block
+            self.view[pos:end] = header
+            want = end + size
+            while end < want:
+                got = reader.readinto(self.view[end:want])
+                if not got:
+                    raise MissingBlob(digest, f"blob {digest} is shorter than its digest says")
+                end += got
+            self.pos = want + (-size % _BLOCK)  # the padding is already zeros; never reaches BLOCK here
+            return
+        self.put(header)
+        self.read_from(reader, size, digest)
+        if size % _BLOCK:
+            self.skip(_BLOCK - size % _BLOCK)
 
     def rest(self) -> bytes:
         data = bytes(self.view[:self.pos])
@@ -228,11 +251,10 @@ def write_layer(open_blob, entries: list[tuple[str, TreeEntry]], out_path, *, ep
                     reader = open_blob(entry.digest)
                     if reader is None:
                         raise MissingBlob(entry.digest)
-                    blocks.put(tar_header(path, entry, epoch, size))
-                    with reader:
-                        blocks.read_from(reader, size, entry.digest)
-                    if size % _BLOCK:
-                        blocks.skip(_BLOCK - size % _BLOCK)
+                    try:
+                        blocks.file(tar_header(path, entry, epoch, size), reader, size, entry.digest)
+                    finally:
+                        reader.close()
                 else:
                     blocks.put(tar_header(path, entry, epoch))
             blocks.skip(2 * _BLOCK)  # end-of-archive marker

@@ -113,3 +113,24 @@ def test_put_at_ignores_a_known_digest_when_copying(setup, monkeypatch):
     known = (_noted(work / "f")[0], digest_bytes(b"something else"))
     digest = store.put_at(fd, "f", known=known)  # not a move: the file is read (and stays)
     assert digest == digest_bytes(b"kept in place") and (work / "f").exists()
+
+
+def test_put_at_drops_a_copy_of_a_blob_this_process_stored_and_keeps_that_blob(setup):
+    store, work, fd = setup
+    digest = store.put_blob(b"a layer blob", fsync=False)  # hashed by this process as it went in
+    stored = os.stat(store.blob_path(digest))
+    (work / "copy").write_bytes(b"a layer blob")  # e.g. the same blob placed in an image layout
+    assert store.put_at(fd, "copy", move=True, known=_noted(work / "copy")) == digest
+    assert not (work / "copy").exists()
+    assert os.stat(store.blob_path(digest)).st_ino == stored.st_ino  # not replaced by the copy
+    assert store.get_blob(digest) == b"a layer blob"
+
+
+def test_put_at_replaces_a_blob_this_process_did_not_store(setup, tmp_path):
+    store, work, fd = setup
+    digest = store.put_blob(b"stored earlier", fsync=False)
+    other = LocalStore(tmp_path / "c")  # another process's view: the blob is not fresh to it
+    (work / "f").write_bytes(b"stored earlier")
+    inode = os.stat(work / "f").st_ino
+    assert other.put_at(fd, "f", move=True) == digest
+    assert os.stat(other.blob_path(digest)).st_ino == inode  # renamed over it, as before

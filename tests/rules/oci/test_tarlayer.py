@@ -85,6 +85,16 @@ def test_missing_blob_is_reported(tmp_path):
         write_layer(lambda d: None, entries, tmp_path / "l")
 
 
+@pytest.mark.parametrize("entries_of", [_entries, lambda: _big_entries(3 * (1 << 20))], ids=["small", "multi-block"])
+def test_a_blob_shorter_than_its_digest_is_reported(tmp_path, entries_of):
+    from hermetic_build.api import MissingBlob
+
+    entries, blobs = entries_of()
+    short = {digest: data[:-1] for digest, data in blobs.items()}
+    with pytest.raises(MissingBlob, match="shorter than its digest says"):
+        write_layer(_opener(short), entries, tmp_path / "l")
+
+
 GOLDEN_DIFF_ID = "sha256:b96a3f07ef59eb5096727e6c319bdbfc7315872b0b71f9ad4dc651803d342464"
 GOLDEN_GZIP_1_2_13 = "sha256:0af8e9cec8b8132ae256fc0485c9ed08efb8b3a20bfd0483ccf4e93e38126e24"
 
@@ -139,6 +149,24 @@ def test_layer_from_a_local_store_streams_and_rejects_corrupt_blobs(tmp_path):
     with pytest.raises(MissingBlob):
         write_layer(store.open_blob, entries, tmp_path / "c")
     assert not store.has_blob(big)  # removed as corrupt
+
+
+def test_layer_from_a_local_store_rejects_a_blob_longer_than_its_digest(tmp_path):
+    from hermetic_build.api import MissingBlob
+    from hermetic_build.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "cache")
+    entries, blobs = _entries()
+    for data in blobs.values():
+        store.put_blob(data)
+    longer = next(e.digest for _, e in entries if e.kind == "file")
+    path = store.blob_path(longer)
+    path.chmod(0o644)
+    with open(path, "ab") as f:  # the right bytes, then more: the store's size check at open refuses it
+        f.write(b"trailing")
+    with pytest.raises(MissingBlob):
+        write_layer(store.open_blob, entries, tmp_path / "layer")
+    assert not store.has_blob(longer)  # removed as corrupt
 
 
 @pytest.mark.parametrize("path,kind,mode,size,epoch,target", [
