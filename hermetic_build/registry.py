@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import os
 import re
-import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -91,6 +89,7 @@ def docker_config_credentials(host: str) -> tuple[str, str] | None:
 class RegistryClient:
     def __init__(self, host: str, *, secure: bool = True, cafile: str | None = None,
                  credentials: tuple[str, str] | None = None, timeout: float = 30.0):
+        import ssl  # here, not at import: most builds never talk to a registry
         self.host = host
         self.secure = secure
         self.timeout = timeout
@@ -108,6 +107,7 @@ class RegistryClient:
 
     # ----- transport ----------------------------------------------------------------------------------
     def _conn(self, host: str | None = None):
+        import http.client  # here, not at import: most builds never talk to a registry
         host = host or self.host
         conns = getattr(self._local, "conns", None)
         if conns is None:
@@ -145,6 +145,8 @@ class RegistryClient:
         raise RegistryError(_describe(method, url, status, data), status)
 
     def _send(self, method, url, scope, body, headers, stream_to):
+        import http.client  # here, not at import: most builds never talk to a registry
+        import ssl  # here, not at import: most builds never talk to a registry
         parsed = urllib.parse.urlparse(url if "://" in url else self.base + url)
         host = parsed.netloc
         path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
@@ -173,6 +175,7 @@ class RegistryClient:
                     raise RegistryUnavailable(f"{host}: {type(exc).__name__}: {exc}") from None
 
     def _authenticate(self, challenge: str, scope: str) -> None:
+        import http.client  # here, not at import: most builds never talk to a registry
         scheme, _, params = challenge.partition(" ")
         if self.credentials is None and scheme.lower() == "basic":
             raise RegistryAuthError(f"{self.host} requires a login: set HB_REGISTRY_USER/HB_REGISTRY_PASSWORD "

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import pathlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -27,9 +28,10 @@ from hermetic_build.api import (
 
 from . import lockfile as lf
 from .channel import CondaChannelInfo
-from . import pypi, pypi_deps, uv_run
-from .solve import solve
 from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
+
+if TYPE_CHECKING:  # imported where a lock runs: a build that only reads locks never loads them
+    from . import pypi, uv_run
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ def _conda_lock_version() -> str:
 
 
 def _lock(request) -> LockOutcome:
+    from . import uv_run
     if request.check:
         return _lock_or_check(request, None)
     # the uv runs the last lock of this target made start now, before conda-lock is imported and the
@@ -188,6 +191,8 @@ def _lock(request) -> LockOutcome:
 
 
 def _lock_or_check(request, speculation) -> LockOutcome:
+    from . import pypi
+    from .solve import solve
     attrs = request.attrs
     platforms = _platforms(attrs, request.settings)
     virtual_packages = _with_cuda(attrs["virtual_packages"], platforms, attrs["cuda"])
@@ -279,6 +284,7 @@ class _PipJob:
 def _start_pip(request, speculation, requirements, records, platform: str, virtual_packages, preferences) -> _PipJob:
     """Start (or take over the early run of) the uv resolution of one platform's pip requirements
     against its solved conda side."""
+    from . import pypi, uv_run
     where = f"{request.label}: "
     python = next((r for r in records if r.name.normalized == "python"), None)
     if python is None:
@@ -298,6 +304,7 @@ def _start_pip(request, speculation, requirements, records, platform: str, virtu
 def _finish_pip(request, jobs: list[_PipJob]):
     """conda-lock `manager: pip` entries of every platform, with their dependencies read from the
     wheels' metadata (fetched once for all platforms); errors in platform order."""
+    from . import pypi, pypi_deps
     where = f"{request.label}: "
     resolved = [(job, pypi.resolved_wheels(job.run.result(), list(job.remaining), job.target, job.provided, where)
                  if job.run is not None else []) for job in jobs]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 
 from hermetic_build.api import AnalysisError
@@ -34,6 +33,8 @@ def solve(channels: list[str], specs: list[str], platform: str, virtual_packages
                                    virtual_packages=vpkgs, locked_packages=locked_records)
 
     try:
+        import asyncio
+
         return asyncio.run(run())
     except Exception as exc:  # rattler's SolverError / gateway errors carry the explanation
         if type(exc).__name__ not in ("SolverError", "FetchRepoDataError", "GatewayError", "ChannelError",
