@@ -131,14 +131,20 @@ class ActionKind:
     # True: never sent to a remote executor (it needs the network, e.g. a fetch, or a local daemon,
     # or it only records facts in this machine's cache).
     local_only: bool = False
+    # True: an action that mostly waits on a server (a download): the executor runs such actions on
+    # their own threads, more of them than the cores (Executor.IO_JOBS), besides the `jobs` threads
+    # of the work that computes. Whatever CPU work it does must be bounded by its own means (the
+    # conda fetch's archive checks run in at most one sandboxed helper per core).
+    io_bound: bool = False
 
 
 _KINDS: dict[str, ActionKind] = {}
 
 
 def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
-                         warm: Callable | None = None, local_only: bool = False) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs, warm, local_only)
+                         warm: Callable | None = None, local_only: bool = False,
+                         io_bound: bool = False) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, warm, local_only, io_bound)
     _KINDS[name] = kind
     return kind
 
