@@ -106,10 +106,12 @@ class Executor:
                 if remaining[j] == 0:
                     ready.append(j)
 
-        # nothing is fsynced per action: one syncfs when the run ends (LocalStore.deferred_durability)
+        # nothing is fsynced per action: one syncfs when the run ends (LocalStore.deferred_durability),
+        # on a thread of its own while the build publishes its outputs; close() waits for it
         local = getattr(self.store, "local", self.store)
-        durability = getattr(local, "deferred_durability", contextlib.nullcontext)
-        with durability(), ThreadPoolExecutor(max_workers=self.jobs) as pool, \
+        deferred = getattr(local, "deferred_durability", None)
+        durability = deferred(background=True) if deferred is not None else contextlib.nullcontext()
+        with durability, ThreadPoolExecutor(max_workers=self.jobs) as pool, \
                 ThreadPoolExecutor(max_workers=self.io_jobs, thread_name_prefix="hb-io") as io_pool:
             running = {}
             while ready or running:
@@ -443,9 +445,13 @@ class Executor:
             self._deletions.append(self._deleter.submit(shutil.rmtree, sandbox, True))
 
     def close(self) -> None:
+        """Wait for the sandbox deletions and for the syncfs that makes the run's outputs durable."""
         if self._deleter is not None:
             self._deleter.shutdown(wait=True)
             self._deleter = None
+        wait_for_durability = getattr(getattr(self.store, "local", self.store), "wait_for_durability", None)
+        if wait_for_durability is not None:
+            wait_for_durability()
 
     def _failure(self, action, message, execution, sandbox, trace: str | None = None) -> ActionFailed:
         out = bytes(execution.stdout).decode(errors="replace")[-4000:]
