@@ -136,6 +136,11 @@ class ActionKind:
     # ActionExecution.tree_path and mounts them with run_command(mounts=/root=). Needs bubblewrap
     # (without it they are copied as before).
     read_only_trees: bool = False
+    # True: an action that mostly waits on a server (a download): the executor runs such actions on
+    # their own threads, more of them than the cores (Executor.IO_JOBS), besides the `jobs` threads
+    # of the work that computes. Whatever CPU work it does must be bounded by its own means (the
+    # conda fetch's archive checks run in at most one sandboxed helper per core).
+    io_bound: bool = False
 
 
 _KINDS: dict[str, ActionKind] = {}
@@ -143,8 +148,8 @@ _KINDS: dict[str, ActionKind] = {}
 
 def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
                          warm: Callable | None = None, local_only: bool = False,
-                         read_only_trees: bool = False) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs, warm, local_only, read_only_trees)
+                         read_only_trees: bool = False, io_bound: bool = False) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, warm, local_only, read_only_trees, io_bound)
     _KINDS[name] = kind
     return kind
 

@@ -25,6 +25,12 @@ from .tree import MissingBlob, materialize_tree, store_tree
 from .treeviews import TreeViews
 
 
+# download threads (io_bound action kinds, e.g. a conda package fetch), besides the `jobs` threads:
+# a fetch mostly waits on the server and on the archive check's helpers; the plain-tools baseline
+# of the benchmarks (benchmarks/conda.py) downloads on 8 threads too
+IO_JOBS = 8
+
+
 @dataclass
 class ActionRecord:
     """What happened to one action in a build (also what `hb explain` compares next time)."""
@@ -102,16 +108,20 @@ class Executor:
                 if remaining[j] == 0:
                     ready.append(j)
 
-        # nothing is fsynced per action: one syncfs when the run ends (LocalStore.deferred_durability)
+        # nothing is fsynced per action: one syncfs when the run ends (LocalStore.deferred_durability),
+        # on a thread of its own while the build publishes its outputs; close() waits for it
         local = getattr(self.store, "local", self.store)
-        durability = getattr(local, "deferred_durability", contextlib.nullcontext)
-        with durability(), ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        deferred = getattr(local, "deferred_durability", None)
+        durability = deferred(background=True) if deferred is not None else contextlib.nullcontext()
+        with durability, ThreadPoolExecutor(max_workers=self.jobs) as pool, \
+                ThreadPoolExecutor(max_workers=self.io_jobs, thread_name_prefix="hb-io") as io_pool:
             running = {}
             while ready or running:
                 while ready and failure is None:
                     i = ready.popleft()
                     try:
                         hit = self._try_cached(i)
+                        io_bound = not hit and getattr(self._kind_of(self.actions[i]), "io_bound", False)
                     except BaseException as exc:  # noqa: BLE001 - reported after running ones finish
                         failure = exc
                         break
@@ -120,7 +130,7 @@ class Executor:
                     else:
                         if not running:
                             self._start_warming(indices)
-                        running[pool.submit(self._run_uncached, i)] = i
+                        running[(io_pool if io_bound else pool).submit(self._run_uncached, i)] = i
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -136,6 +146,21 @@ class Executor:
         if failure is not None:
             raise failure
         return self.stats
+
+    @property
+    def io_jobs(self) -> int:
+        """Threads for io_bound actions (downloads): IO_JOBS, or one where the build runs one action at
+        a time (-j 1)."""
+        return 1 if self.jobs == 1 else max(self.jobs, IO_JOBS)
+
+    def _kind_of(self, action: Action):
+        """The registered kind of `action` (rule modules imported on first need), None if none is."""
+        kind = get_action_kind(action.kind)
+        if kind is None and self.load_kinds is not None:
+            with self._lock:
+                self.load_kinds()
+            kind = get_action_kind(action.kind)
+        return kind
 
     def _start_warming(self, indices: list[int]) -> None:
         """Once work has to run: call the warm hooks of the action kinds among `indices` that have one
@@ -290,11 +315,7 @@ class Executor:
             self._rebuilt.add(j)
 
     def _execute(self, action: Action, key: str) -> ActionResult:
-        kind = get_action_kind(action.kind)
-        if kind is None and self.load_kinds is not None:
-            with self._lock:
-                self.load_kinds()
-            kind = get_action_kind(action.kind)
+        kind = self._kind_of(action)
         if kind is None:
             raise ActionFailed(f"{action.owner}: no implementation registered for action kind {action.kind!r}")
         if self.remote_executor is not None and not kind.local_only:
@@ -426,9 +447,13 @@ class Executor:
             self._deletions.append(self._deleter.submit(shutil.rmtree, sandbox, True))
 
     def close(self) -> None:
+        """Wait for the sandbox deletions and for the syncfs that makes the run's outputs durable."""
         if self._deleter is not None:
             self._deleter.shutdown(wait=True)
             self._deleter = None
+        wait_for_durability = getattr(getattr(self.store, "local", self.store), "wait_for_durability", None)
+        if wait_for_durability is not None:
+            wait_for_durability()
 
     def _failure(self, action, message, execution, sandbox, trace: str | None = None) -> ActionFailed:
         out = bytes(execution.stdout).decode(errors="replace")[-4000:]

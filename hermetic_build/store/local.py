@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class LocalStore(Store):
         self._fresh: dict[Digest, tuple] = {}
         self._deferred = 0  # > 0 inside deferred_durability(): no fsync per write, one syncfs at its end
         self._unsynced = False  # something was written since the last syncfs
+        self._background_syncs: list[tuple[threading.Thread, list]] = []  # (thread, its error) to wait for
         try:
             self._open_root()
         except OSError as exc:
@@ -428,20 +430,51 @@ class LocalStore(Store):
         return digest
 
     @contextlib.contextmanager
-    def deferred_durability(self):
+    def deferred_durability(self, *, background: bool = False):
         """Within this block nothing is fsynced as it is written (blobs, action-cache entries); one
         syncfs at its end makes all of it durable. Safe because every reader already distrusts
         what a power loss could leave behind: an entry that is lost or truncated is malformed (a
         miss, removed), a blob that is lost or short fails the size check of a cache hit, and one
         with wrong content fails verification when it is read; the action then runs again. A
-        kill -9 loses nothing either way (every write is a temp file renamed into place)."""
+        kill -9 loses nothing either way (every write is a temp file renamed into place).
+
+        background=True: that syncfs runs on a thread of its own while the caller goes on (a build
+        publishes its outputs meanwhile); wait_for_durability() waits for it, and so does the
+        interpreter before it exits (not a daemon thread). Nothing is less safe for it: what the
+        block wrote was already visible unsynced, and readers distrust it as above until then."""
         self._deferred += 1
         try:
             yield
         finally:
             self._deferred -= 1
             if not self._deferred and self._unsynced:
+                if background:
+                    self._sync_in_background()
+                else:
+                    self._syncfs()
+
+    def _sync_in_background(self) -> None:
+        errors: list[BaseException] = []
+
+        def sync() -> None:
+            try:
                 self._syncfs()
+            except BaseException as exc:  # noqa: BLE001 - raised by wait_for_durability
+                errors.append(exc)
+
+        thread = threading.Thread(target=sync, name="hb-syncfs")
+        self._background_syncs.append((thread, errors))
+        thread.start()
+
+    def wait_for_durability(self) -> None:
+        """Wait for the syncfs calls started by deferred_durability(background=True); raise the first
+        error one of them met."""
+        syncs, self._background_syncs = self._background_syncs, []
+        for thread, _errors in syncs:
+            thread.join()
+        for _thread, errors in syncs:
+            if errors:
+                raise errors[0]
 
     def flush(self) -> None:
         """Make every blob written so far durable (one syncfs instead of an fsync per file); inside

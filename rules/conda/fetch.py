@@ -157,5 +157,6 @@ def _from_channel(execution) -> None:
     execution.stdout += f"{filename}: from {hints.get('channel_label', channel.path)}\n".encode()
 
 
-register_action_kind("conda.fetch", "3", _fetch, local_only=True)  # network; 3: paths.json, links and unpack limits checked
+# network; io_bound: on the executor's download threads; 3: paths.json, links and unpack limits checked
+register_action_kind("conda.fetch", "3", _fetch, local_only=True, io_bound=True)
 register_action_kind("conda.from_channel", "1", _from_channel, stage_inputs=False, local_only=True)  # aliases

@@ -441,3 +441,37 @@ def test_fetch_new_file_creates_only_new_files(tmp_path):
         assert not store.fetch_new_file(missing, "d", fd, 0o644) and not (out / "d").exists()
     finally:
         os.close(fd)
+
+
+def test_deferred_durability_in_background_syncs_on_another_thread_and_is_waited_for(tmp_path, monkeypatch):
+    import threading
+
+    store = LocalStore(tmp_path / "c")
+    release, syncs = threading.Event(), []
+
+    def slow_syncfs():
+        assert release.wait(10)
+        syncs.append(threading.current_thread().name)
+
+    monkeypatch.setattr(store, "_syncfs", slow_syncfs)
+    with store.deferred_durability(background=True):
+        store.put_blob(b"out")
+    assert syncs == []  # the block ended without waiting for its syncfs
+    release.set()
+    store.wait_for_durability()
+    assert syncs == ["hb-syncfs"]
+    store.wait_for_durability()  # nothing left to wait for
+    assert syncs == ["hb-syncfs"]
+
+
+def test_a_failed_background_syncfs_is_raised_by_wait_for_durability(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "c")
+
+    def failing_syncfs():
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "_syncfs", failing_syncfs)
+    with store.deferred_durability(background=True):
+        store.put_blob(b"out")
+    with pytest.raises(OSError, match="Input/output error"):
+        store.wait_for_durability()
