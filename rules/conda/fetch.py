@@ -5,18 +5,14 @@ the CAS is never downloaded again."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from blake3 import blake3
 
 from hermetic_build.api import ActionFailed, Digest, IntegrityError, MissingBlob, lookup_tree, register_action_kind
 
-from . import connections
 from .archive import DEFAULT_MAX_UNPACK_RATIO
 from .checker import check_archive_sandboxed
 
@@ -33,11 +29,15 @@ class _Mismatch(Exception):
 def _download(url: str, dest: str, expected: str, algorithm: str = "sha256") -> tuple[Digest, str]:
     """Stream url to dest, hashing as it goes; raise _Mismatch if the bytes are not the package.
     Returns (BLAKE3 digest, sha256 hex): an md5-pinned package learns its sha256 here."""
+    from http.client import IncompleteRead  # here, not at import: a build that fetches nothing
+    from urllib.request import url2pathname  # never loads the HTTP stack
+
+    from . import connections
     sha, b3, size = hashlib.sha256(), blake3(), 0
     md5 = hashlib.md5(usedforsecurity=False) if algorithm == "md5" else None
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
-        source = open(urllib.request.url2pathname(parsed.path), "rb")
+        source = open(url2pathname(parsed.path), "rb")
     elif parsed.scheme in ("http", "https"):
         source = connections.get(url, TIMEOUT_SECONDS)  # a kept-alive connection of this thread
     else:
@@ -52,7 +52,7 @@ def _download(url: str, dest: str, expected: str, algorithm: str = "sha256") -> 
             out.write(chunk)
             size += len(chunk)
         if expected_length not in (None, 0) and size < expected_length:
-            raise http.client.IncompleteRead(b"", expected_length - size)
+            raise IncompleteRead(b"", expected_length - size)
     actual = (md5 or sha).hexdigest()
     if actual != expected:
         raise _Mismatch(actual)
@@ -69,6 +69,9 @@ def fetch_pinned(execution, check) -> None:
     """Fetch the one output of an action pinned by params sha256 (or, for a lock that records only
     that, md5) and filename from hints' urls; check(path, filename) raises ActionFailed when the
     verified bytes are not what they claim."""
+    from http.client import HTTPException
+    from urllib.error import HTTPError, URLError
+
     params, urls = execution.params, execution.hints.get("urls", [])
     algorithm = "md5" if "md5" in params else "sha256"
     pin, filename = params[algorithm], params["filename"]
@@ -95,11 +98,11 @@ def fetch_pinned(execution, check) -> None:
             except FileNotFoundError:
                 errors.append(f"{url}: no such file")
                 break
-            except urllib.error.HTTPError as exc:
+            except HTTPError as exc:
                 errors.append(f"{url}: HTTP {exc.code} {exc.reason}")
                 if exc.code < 500 and exc.code != 429:
                     break
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
+            except (URLError, HTTPException, ConnectionError, TimeoutError, OSError) as exc:
                 errors.append(f"{url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
             else:
                 # Checked once per package, here: the stage only ever sees archives that passed.
