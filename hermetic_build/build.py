@@ -287,6 +287,7 @@ class Session:
             executor = self.executor(analysis)
             wanted = [f for label in analysis.requested for f in analysis.targets[label].files]
             indices = executor.closure(wanted)
+            executor.publish_in_place = frozenset(f.path for f in wanted if not f.is_source)
             try:
                 stats = executor.run(indices)
                 targets = self._publish(analysis, executor)
@@ -413,6 +414,8 @@ class Session:
                 os.unlink(dest)
             try:
                 if entry.kind == "dir":
+                    if executor.publish_tree_in_place(f.path, entry.digest, dest):
+                        return
                     tmp = Path(tempfile.mkdtemp(prefix=publish_temp_prefix(), dir=dest.parent))
                     try:
                         materialize_tree(self.store, entry.digest, tmp, threads=PUBLISH_THREADS)
