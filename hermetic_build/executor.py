@@ -72,6 +72,7 @@ class Executor:
         # kept as they are after collection, so that publishing renames them instead of copying
         self.publish_in_place: frozenset[str] = frozenset()
         self._in_place: dict[str, tuple[Digest, Path]] = {}  # output path -> (digest, holder directory)
+        self.before_run = None  # called with an action about to run here (the build clears its old outputs)
 
     # ----- scheduling ---------------------------------------------------------------------------
     def closure(self, files: list[File]) -> list[int]:
@@ -317,6 +318,8 @@ class Executor:
                                     {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}, {},
                                     self.upstream_keys(action) if action.dep_keys else None)
         try:
+            if self.before_run is not None:
+                self.before_run(action)
             if kind.stage_inputs:
                 self._stage_inputs(action, execution, kind.read_only_trees and bwrap_path() is not None)
             for out in action.outputs:
