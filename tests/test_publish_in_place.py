@@ -177,3 +177,17 @@ def test_a_tree_with_a_hard_link_is_published_from_the_store(sandboxed):
     assert os.stat(published / "twin").st_nlink == 1 and os.stat(published / "d/b.txt").st_nlink == 1
     assert (published / "twin").read_text() == "b"
     published_tree_matches_store(sandboxed)
+
+
+def test_the_old_tree_is_removed_before_its_action_runs_again(sandboxed):
+    """As Bazel does: an action that runs replaces its outputs, so the tree published before is
+    deleted while it runs; a failing run leaves no old tree behind and no temporary directory."""
+    sandboxed.write("p/BUILD.hermetic", tree_build(MAKE))
+    sandboxed.hb("build", "//p:t")
+    sandboxed.write("p/BUILD.hermetic", tree_build(MAKE + " && exit 3"))
+    proc = sandboxed.hb("build", "//p:t", check=False)
+    assert proc.returncode != 0 and "exited with status 3" in proc.stderr, proc.stderr
+    assert os.listdir(sandboxed.root / "hb-out/p/t") == []  # nor a .hb-tmp-<pid>-... left
+    sandboxed.write("p/BUILD.hermetic", tree_build(MAKE))
+    sandboxed.hb("build", "//p:t")  # cached: published from the store again
+    published_tree_matches_store(sandboxed)
