@@ -450,10 +450,12 @@ class Executor:
         try:
             os.rename(name, "tree", src_dir_fd=dir_fd, dst_dir_fd=holder_fd)
             moved = os.stat("tree", dir_fd=holder_fd, follow_symlinks=False)
+        except OSError:  # the tree stays in the sandbox; published from the store
+            moved = None
         finally:
             os.close(holder_fd)
         hashed = os.fstat(tree_fd)
-        if (moved.st_dev, moved.st_ino) != (hashed.st_dev, hashed.st_ino):
+        if moved is None or (moved.st_dev, moved.st_ino) != (hashed.st_dev, hashed.st_ino):
             self._discard(holder)
             return digest
         with self._lock:
