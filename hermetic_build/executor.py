@@ -477,7 +477,7 @@ class Executor:
             if kept_digest != digest:
                 return False
             tree = holder / "tree"
-            os.chmod(tree, 0o755, follow_symlinks=False)  # as materialize_tree's caller makes the root
+            os.chmod(tree, 0o755)  # hb's own directory (checked when it was moved), as materialize_tree's caller makes the root
             os.rename(tree, dest)
             return True
         except OSError:  # e.g. hb-out/ on another filesystem than the cache
