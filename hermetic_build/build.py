@@ -287,6 +287,8 @@ class Session:
             executor = self.executor(analysis)
             wanted = [f for label in analysis.requested for f in analysis.targets[label].files]
             indices = executor.closure(wanted)
+            executor.publish_in_place = frozenset(f.path for f in wanted if not f.is_source)
+            executor.before_run = lambda action: self._unpublish_before_run(action, executor.publish_in_place)
             try:
                 stats = executor.run(indices)
                 targets = self._publish(analysis, executor)
@@ -294,6 +296,8 @@ class Session:
                 executor.file_cache.save()
                 self._save_records(executor)
                 executor.close()
+                with contextlib.suppress(OSError):  # after a failure: old outputs removed before it
+                    self._wait_for_removals()
             summary = BuildSummary(targets, stats.executed, stats.cached, 0.0, stats)
             self._record_noop(request, analysis, executor, indices, summary)
         self._save_last_build(stats.executed, stats.cached, stats)
@@ -413,6 +417,8 @@ class Session:
                 os.unlink(dest)
             try:
                 if entry.kind == "dir":
+                    if executor.publish_tree_in_place(f.path, entry.digest, dest):
+                        return
                     tmp = Path(tempfile.mkdtemp(prefix=publish_temp_prefix(), dir=dest.parent))
                     try:
                         materialize_tree(self.store, entry.digest, tmp, threads=PUBLISH_THREADS)
@@ -427,6 +433,22 @@ class Session:
             except MissingBlob:
                 executor.rebuild(executor.producers[f.path])
         raise MissingBlob(executor.output_entry(f).digest)
+
+    def _unpublish_before_run(self, action, published: frozenset) -> None:
+        """An action is about to run: the directories it replaces under hb-out/ (outputs this build
+        publishes) are moved aside and deleted in a thread while it runs, not after (as Bazel
+        deletes an action's old outputs before running it); publishing then renames or writes the
+        new tree where nothing is left. If the action fails, hb-out/ no longer shows its old output."""
+        outputs = [out for out in action.outputs if out.is_directory and out.path in published]
+        if not outputs:
+            return
+        refuse_linked_output_root(self.workspace.output_root)
+        for out in outputs:
+            dest = self.workspace.root / out.path
+            if out.path.startswith(OUTPUT_DIR + "/") and ".." not in out.path.split("/"):
+                self._clear_parents(dest)
+                if dest.is_dir() and not dest.is_symlink():
+                    self._remove_in_background(dest)
 
     def _remove_in_background(self, dest: Path) -> None:
         """Move the directory published before aside (a temp name of this process, which a later

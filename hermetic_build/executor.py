@@ -21,7 +21,7 @@ from .errors import ActionFailed, AnalysisError, HbError, IntegrityError
 from .filecache import FileDigestCache
 from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import ActionResult, OutputEntry
-from .tree import MissingBlob, materialize_tree, store_tree
+from .tree import MissingBlob, materialize_tree, store_tree, store_tree_in_place
 from .treeviews import TreeViews
 
 
@@ -74,6 +74,11 @@ class Executor:
         self._deletions: list = []
         self._views: TreeViews | None = None  # read-only tree views (read_only_trees kinds)
         self.remote_executor = remote_executor  # rexec.client.RemoteExecutor: runs what is not local-only
+        # directory outputs the build publishes under hb-out/: those a sandboxed action writes are
+        # kept as they are after collection, so that publishing renames them instead of copying
+        self.publish_in_place: frozenset[str] = frozenset()
+        self._in_place: dict[str, tuple[Digest, Path]] = {}  # output path -> (digest, holder directory)
+        self.before_run = None  # called with an action about to run here (the build clears its old outputs)
 
     # ----- scheduling ---------------------------------------------------------------------------
     def closure(self, files: list[File]) -> list[int]:
@@ -334,6 +339,8 @@ class Executor:
                                     {f.path: self.output_entry(f) for f in action.inputs if not f.is_source}, {},
                                     self.upstream_keys(action) if action.dep_keys else None)
         try:
+            if self.before_run is not None:
+                self.before_run(action)
             if kind.stage_inputs:
                 self._stage_inputs(action, execution, kind.read_only_trees and bwrap_path() is not None)
             for out in action.outputs:
@@ -422,6 +429,8 @@ class Executor:
                     under = f"{out.path}/"
                     known = {path[len(under):]: w for path, w in written.items() if path.startswith(under)}
                     try:
+                        if self._publishes_in_place(out, execution):
+                            return OutputEntry(out.path, "dir", self._collect_in_place(out, dir_fd, name, tree_fd))
                         return OutputEntry(out.path, "dir", store_tree(self.store, tree_fd, move=True, known=known))
                     finally:
                         os.close(tree_fd)
@@ -438,6 +447,65 @@ class Executor:
         finally:
             os.close(dir_fd)
 
+    def _publishes_in_place(self, out: File, execution) -> bool:
+        """Whether a directory output is collected in place: published by this build, written in
+        bubblewrap (whose processes are all gone when it returns: nothing can change the tree
+        after it is hashed), into a local store only (a remote one gets every blob as before)."""
+        from .store.local import LocalStore
+
+        return out.path in self.publish_in_place and execution.isolated and isinstance(self.store, LocalStore)
+
+    def _collect_in_place(self, out: File, dir_fd: int, name: str, tree_fd: int) -> Digest:
+        """Store the tree without moving its files (only blobs the store lacks are copied in); if it
+        can be published as it is, rename it out of the sandbox into a new directory of hb's
+        (sb-<pid>-..., swept if hb dies) for publish_tree_in_place."""
+        import tempfile
+
+        from .leftovers import sandbox_prefix
+
+        digest, why = store_tree_in_place(self.store, tree_fd)
+        if why is not None:
+            return digest  # published from the store, as any output
+        holder = Path(tempfile.mkdtemp(prefix=sandbox_prefix(), dir=self.store.tmp_dir))
+        holder_fd = os.open(holder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.rename(name, "tree", src_dir_fd=dir_fd, dst_dir_fd=holder_fd)
+            moved = os.stat("tree", dir_fd=holder_fd, follow_symlinks=False)
+        except OSError:  # the tree stays in the sandbox; published from the store
+            moved = None
+        finally:
+            os.close(holder_fd)
+        hashed = os.fstat(tree_fd)
+        if moved is None or (moved.st_dev, moved.st_ino) != (hashed.st_dev, hashed.st_ino):
+            self._discard(holder)
+            return digest
+        with self._lock:
+            previous = self._in_place.pop(out.path, None)
+            self._in_place[out.path] = (digest, holder)
+        if previous is not None:
+            self._discard(previous[1])
+        return digest
+
+    def publish_tree_in_place(self, path: str, digest: Digest, dest: Path) -> bool:
+        """Rename the collected tree of output `path` to `dest` (which must not exist) if it was kept
+        and is the tree `digest`; False if not (then it is materialized from the store)."""
+        with self._lock:
+            kept = self._in_place.pop(path, None)
+        if kept is None:
+            return False
+        kept_digest, holder = kept
+        try:
+            if kept_digest != digest:
+                return False
+            tree = holder / "tree"
+            os.chmod(tree, 0o755)  # hb's own directory (checked when it was moved), as materialize_tree's caller makes the root
+            os.rename(tree, dest)
+            return True
+        except OSError:  # e.g. hb-out/ on another filesystem than the cache
+            return False
+        finally:
+            self._discard(holder)
+
     def _discard(self, sandbox: Path) -> None:
         """Delete a sandbox off the critical path: deleting an environment's thousands of files
         took as long as installing them. close() waits for the deletions."""
@@ -447,7 +515,12 @@ class Executor:
             self._deletions.append(self._deleter.submit(shutil.rmtree, sandbox, True))
 
     def close(self) -> None:
-        """Wait for the sandbox deletions and for the syncfs that makes the run's outputs durable."""
+        """Discard the trees kept for publishing in place that were not published, then wait for the
+        sandbox deletions and for the syncfs that makes the run's outputs durable."""
+        with self._lock:
+            kept, self._in_place = list(self._in_place.values()), {}
+        for _digest, holder in kept:
+            self._discard(holder)
         if self._deleter is not None:
             self._deleter.shutdown(wait=True)
             self._deleter = None

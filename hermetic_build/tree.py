@@ -133,7 +133,62 @@ def store_tree(store, root: Path | int, *, move: bool = False, known: dict | Non
     return digest
 
 
-def _store_directory(store, fd: int, prefix: str, move: bool, depth: int, known: dict) -> Digest:
+def store_tree_in_place(store, root_fd: int) -> tuple[Digest, str | None]:
+    """Like store_tree, but every file stays where it is: each is hashed (read through the
+    descriptor that was opened, never through a link) and copied into the store only if the store
+    does not hold that blob yet. Returns the tree's digest and None if the tree may be published by
+    renaming it as it is, else why not (the caller then materializes it from the store, which gives
+    fresh files): a file with other hard links, setuid, setgid or sticky bits, extended attributes
+    (an ACL included) or another owner, on a file or a directory. Those are what materialize_tree
+    would not reproduce; without them, the renamed tree is exactly what materialize_tree would
+    write. For a tree nothing else can change any more (the command that wrote it has exited)."""
+    why = _not_plain(root_fd, os.fstat(root_fd), ".")
+    problems: list[str] = [why] if why else []
+    digest = _store_directory(store, root_fd, "", False, 0, {}, problems)
+    store.flush()
+    return digest, (problems[0] if problems else None)
+
+
+def _not_plain(fd: int, st: os.stat_result, shown: str) -> str | None:
+    """Why an entry of a tree published in place would differ from a materialized one, or None."""
+    if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:
+        return f"{shown} has other hard links"
+    if stat.S_IMODE(st.st_mode) & 0o7000:
+        return f"{shown} has setuid, setgid or sticky bits"
+    if st.st_uid != os.getuid():
+        return f"{shown} belongs to another user"
+    if os.listxattr(fd):
+        return f"{shown} has extended attributes"
+    return None
+
+
+def _put_in_place(store, dir_fd: int, name: str, shown: str, problems: list) -> Digest:
+    """Hash a file without moving it; copied into the store only if the blob is not there."""
+    from blake3 import blake3
+
+    from .anchored import open_regular_file
+    from .digest import CHUNK
+
+    fd, st = open_regular_file(dir_fd, name)
+    with os.fdopen(fd, "rb") as f:
+        if not problems:
+            why = _not_plain(f.fileno(), st, shown)
+            if why:
+                problems.append(why)
+        hasher, size = blake3(), 0
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    digest = Digest(hasher.hexdigest(), size)
+    if not store.has_blob(digest) and store.put_at(dir_fd, name, fsync=False) != digest:
+        raise RefusedPath(f"{name} changed while it was being collected")
+    return digest
+
+
+def _store_directory(store, fd: int, prefix: str, move: bool, depth: int, known: dict,
+                     in_place: list | None = None) -> Digest:
+    """in_place: None, or a list that collects why the tree cannot be published in place
+    (store_tree_in_place); then files are hashed where they are, not moved."""
     if depth > MAX_TREE_DEPTH:
         raise RefusedPath(f"{prefix or '.'} is nested more than {MAX_TREE_DEPTH} directories deep")
     entries = []
@@ -147,14 +202,22 @@ def _store_directory(store, fd: int, prefix: str, move: bool, depth: int, known:
         elif stat.S_ISDIR(st.st_mode):
             sub = open_subdirectory(fd, name, shown)
             try:
-                entries.append(TreeEntry(name, "dir", _store_directory(store, sub, shown + "/", move, depth + 1, known),
-                                         mode))
+                if in_place is not None and not in_place:
+                    why = _not_plain(sub, os.fstat(sub), shown)
+                    if why:
+                        in_place.append(why)
+                entries.append(TreeEntry(name, "dir", _store_directory(store, sub, shown + "/", move, depth + 1, known,
+                                                                       in_place), mode))
             finally:
                 os.close(sub)
         elif stat.S_ISREG(st.st_mode):
             try:
-                digest = (store.put_at(fd, name, move=move, fsync=False, known=known[shown]) if shown in known
-                          else store.put_at(fd, name, move=move, fsync=False))
+                if in_place is not None:
+                    digest = _put_in_place(store, fd, name, shown, in_place)
+                elif shown in known:
+                    digest = store.put_at(fd, name, move=move, fsync=False, known=known[shown])
+                else:
+                    digest = store.put_at(fd, name, move=move, fsync=False)
             except RefusedPath as exc:
                 raise RefusedPath(f"{prefix}{exc}") from None
             entries.append(TreeEntry(name, "file", digest, mode))

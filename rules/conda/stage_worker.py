@@ -227,7 +227,11 @@ class WheelWriter:
         self.real_dirs: set[str] = {self.out_real}  # directories known to be directories, not links
         self.pending: list = []  # (wheel filename, future), in the order submitted
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="wheel-writer")
-        self.local = threading.local()  # each thread's open zip files
+        # one open ZipFile per wheel, shared by the threads: its reads are serialised by its own
+        # lock, each member's decompression is not (a ZipFile per thread parsed each central
+        # directory once per thread)
+        self.zips: dict = {}
+        self.zips_lock = threading.Lock()
 
     def claim(self, filename: str, target: str, path: str, scheme: str) -> str:
         """The path relative to the prefix where `target` may be written; StageError if not."""
@@ -304,12 +308,13 @@ class WheelWriter:
     def _write_member(self, filename, archive, info, target, record, executable) -> None:
         import zipfile
 
-        zips = self.local.__dict__.setdefault("zips", {})
-        if archive not in zips:
-            zips[archive] = zipfile.ZipFile(archive)  # closed with the thread, when the process ends
+        with self.zips_lock:
+            zf = self.zips.get(archive)
+            if zf is None:
+                zf = self.zips[archive] = zipfile.ZipFile(archive)
 
         def chunks():
-            with zips[archive].open(info) as stream:
+            with zf.open(info) as stream:
                 while chunk := stream.read(1 << 20):
                     yield chunk
 
@@ -333,6 +338,9 @@ class WheelWriter:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pending = []
+            for zf in self.zips.values():
+                zf.close()
+            self.zips = {}
 
 
 class _Member:
