@@ -11,7 +11,6 @@ import pathlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import yaml
 
 from hermetic_build.api import (
     AnalysisError,
@@ -102,6 +101,7 @@ def _channel_targets(ctx) -> dict[str, list[str]]:
     """The conda_channel targets among the channels: the `channels` attribute, else environment.yml's
     own `channels:` list. They are dependencies of the lock (query and graph show them), and conda_env
     takes their packages from them."""
+    import yaml  # here: most builds never read YAML (PyYAML's import compiles its regexes)
     channels = list(ctx.attr.channels)
     if not channels and ctx.attr.environment is not None:
         data = ctx.read_source(ctx.source_path(ctx.attr.environment))

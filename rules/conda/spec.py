@@ -7,7 +7,6 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-import yaml
 from blake3 import blake3
 
 from hermetic_build.api import AnalysisError, Location
@@ -96,6 +95,7 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
     """Check the shape conda-lock expects before it sees the file, so that a wrong shape is an
     error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
     from deep inside conda-lock."""
+    import yaml  # here: most builds never read YAML (PyYAML's import compiles its regexes)
     try:
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -125,6 +125,7 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
 
 def _pip_section(item, shown: str) -> list[PipRequirement]:
     """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README)."""
+    import yaml
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
@@ -155,6 +156,7 @@ def _pip_section(item, shown: str) -> list[PipRequirement]:
 
 
 def _require_strings(node, what: str, shown: str, example: str) -> None:
+    import yaml
     if not isinstance(node, yaml.SequenceNode):
         raise AnalysisError(f"'{what}' must be a list of strings, got {_shape(node)}", location=_at(node, shown),
                             hint=f"write one per line: '  - {example}'")
@@ -163,12 +165,14 @@ def _require_strings(node, what: str, shown: str, example: str) -> None:
 
 
 def _require_string(node, what: str, shown: str, example: str) -> None:
+    import yaml
     if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str" and node.value.strip()):
         raise AnalysisError(f"{what} must be a non-empty string such as {example!r}, got {_shape(node)}",
                             location=_at(node, shown))
 
 
 def _shape(node) -> str:
+    import yaml
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     if isinstance(node, yaml.MappingNode):
@@ -198,6 +202,7 @@ def _yaml_error_location(exc, text: str, shown: str) -> Location:
 
 def virtual_package_repo(virtual_packages: dict[str, list[str]], platforms):
     """conda-lock's fake repodata for exactly the declared virtual packages (never its defaults)."""
+    import yaml
     from conda_lock.virtual_package import virtual_package_repo_from_specification
 
     subdirs = {}

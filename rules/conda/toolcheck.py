@@ -10,7 +10,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from hermetic_build.api import ActionFailed, HbError
 
@@ -43,6 +42,7 @@ class MissingHostTool(HbError):
 def build_scripts(recipe: Path) -> str:
     """The text of a recipe's build script: build.script inline (a string, a list of lines, or
     {content: ...}), or the script file it names next to the recipe (build.sh by default)."""
+    import yaml  # here: most builds never read YAML (PyYAML's import compiles its regexes)
     try:
         data = yaml.safe_load(recipe.read_text()) or {}
     except (OSError, yaml.YAMLError):
