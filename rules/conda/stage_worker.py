@@ -51,7 +51,12 @@ def stage(params: dict) -> str:
     out = os.path.abspath(params["out"])
     packages = params["packages"]
     archives = {name: os.path.abspath(path) for name, path in params["archives"].items()}
-    verify_archives(archives, packages)
+    wheels = params.get("wheels") or []
+    # the conda archives and the wheels are hashed at once, on a few threads; each is checked
+    # before anything reads it: the conda ones before rattler, the wheels (hashed meanwhile) after it
+    checks = start_verifying(archives, [*packages, *wheels])
+    for check in checks[:len(packages)]:
+        check()
 
     async def install(cache: str, hard_links: bool):
         records = [await rattler.RepoDataRecord.from_package_archive(archives[p["filename"]]) for p in packages]
@@ -96,10 +101,10 @@ def stage(params: dict) -> str:
     line = (f"rattler.install: {len(packages)} packages in {elapsed:.2f}s ({note}package cache {where}); "
             f"conda-meta normalised in {time.monotonic() - started - removed:.2f}s")
     check_links(out)  # before the wheels, which add regular files and directories only
-    wheels = params.get("wheels") or []
     if wheels:
         started = time.monotonic()
-        verify_archives(archives, wheels)
+        for check in checks[len(packages):]:
+            check()
         install_wheels(archives, wheels, out, params["prefix"], params["python"], params.get("max_unpack_ratio") or 0)
         line += (f"; installer: {len(wheels)} wheels in {time.monotonic() - started:.2f}s "
                  f"({WRITER_THREADS} writer threads)")
@@ -109,25 +114,46 @@ def stage(params: dict) -> str:
     return line + f"; worker CPU {usage.ru_utime + usage.ru_stime:.2f}s"
 
 
-def verify_archives(archives: dict[str, str], packages: list[dict]) -> None:
+def start_verifying(archives: dict[str, str], packages: list[dict]) -> list:
     """Each archive must be the bytes its lock pins: a fetch result can come from a remote cache
-    that anyone with write access could have changed, so the pin is checked where it is used."""
+    that anyone with write access could have changed, so the pin is checked where it is used.
+    Every archive of `packages` is hashed against its pin on a few threads at once (hashlib releases
+    the interpreter lock): one callable per package, in order, that waits for its result and raises
+    StageError if it is not the locked package. Nothing may read an archive before its call returned."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(min(4, max(1, len(packages))), thread_name_prefix="verify")
+    futures = [pool.submit(_pin_mismatch, archives[p["filename"]], p) for p in packages]
+    pool.shutdown(wait=False)
+
+    def waiter(future):
+        def check() -> None:
+            problem = future.result()
+            if problem:
+                raise StageError(problem)
+        return check
+
+    return [waiter(f) for f in futures]
+
+
+def _pin_mismatch(path: str, package: dict) -> str | None:
+    """Why the archive at `path` is not the package its lock pins, or None when it is."""
     import hashlib
 
-    for package in packages:
-        # md5 only where the target allowed a lock that records nothing else (allow_md5)
-        algorithm = "sha256" if package.get("sha256") else "md5"
-        expected = package.get(algorithm)
-        if not expected:
-            raise StageError(f"{package['filename']} is not pinned by sha256")
-        digest = hashlib.new(algorithm)
-        with open(archives[package["filename"]], "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
-            raise StageError(f"{package['filename']} is not the locked package: {algorithm} {digest.hexdigest()}, "
-                             f"the lock pins {expected} (a cache entry for its fetch was changed; "
-                             "run `hb clean --expunge` or check who writes to your remote cache)")
+    # md5 only where the target allowed a lock that records nothing else (allow_md5)
+    algorithm = "sha256" if package.get("sha256") else "md5"
+    expected = package.get(algorithm)
+    if not expected:
+        return f"{package['filename']} is not pinned by sha256"
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        return (f"{package['filename']} is not the locked package: {algorithm} {digest.hexdigest()}, "
+                f"the lock pins {expected} (a cache entry for its fetch was changed; "
+                "run `hb clean --expunge` or check who writes to your remote cache)")
+    return None
 
 
 def normalise_prefix(root, locked: dict[str, dict]) -> None:

@@ -272,3 +272,25 @@ def test_each_wheel_is_its_own_layer_after_python(tmp_path):
     assert set(tok.paths) == {f"{sp}/tok_enizers/__init__.py", "bin/tok_enizers-cli",
                               f"{sp}/Tok_Enizers-1.dist-info/METADATA", f"{sp}/Tok_Enizers-1.dist-info/RECORD"}
     assert all(p.startswith("conda-meta/") for p in groups[-1].paths)
+
+
+def test_the_worker_checks_every_archive_against_its_pin_in_order(tmp_path):
+    """The stage worker hashes the conda archives and the wheels at once; each check raises for its
+    own archive only, in order (a fetch result may come from a remote cache someone changed)."""
+    import hashlib
+
+    good, bad = tmp_path / "good.conda", tmp_path / "bad.whl"
+    good.write_bytes(b"good" * 100_000)
+    bad.write_bytes(b"tampered")
+    packages = [{"filename": "good.conda", "sha256": hashlib.sha256(good.read_bytes()).hexdigest()},
+                {"filename": "bad.whl", "sha256": hashlib.sha256(b"what the lock pins").hexdigest()},
+                {"filename": "good.conda", "md5": hashlib.md5(good.read_bytes()).hexdigest()},
+                {"filename": "good.conda"}]
+    archives = {"good.conda": str(good), "bad.whl": str(bad)}
+    checks = stage_worker.start_verifying(archives, packages)
+    checks[0]()
+    with pytest.raises(stage_worker.StageError, match="bad.whl is not the locked package: sha256 "):
+        checks[1]()
+    checks[2]()  # md5 where the lock records nothing else (allow_md5)
+    with pytest.raises(stage_worker.StageError, match="good.conda is not pinned by sha256"):
+        checks[3]()
