@@ -21,6 +21,7 @@ from .errors import ActionFailed, AnalysisError, HbError, IntegrityError
 from .filecache import FileDigestCache
 from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import ActionResult, OutputEntry
+from .leftovers import remove_tree
 from .tree import MissingBlob, materialize_tree, store_tree, store_tree_in_place
 from .treeviews import TreeViews
 
@@ -512,7 +513,7 @@ class Executor:
         with self._lock:
             if self._deleter is None:
                 self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hb-delete")
-            self._deletions.append(self._deleter.submit(shutil.rmtree, sandbox, True))
+            self._deletions.append(self._deleter.submit(remove_tree, sandbox))  # 0o555 directories too
 
     def close(self) -> None:
         """Discard the trees kept for publishing in place that were not published, then wait for the

@@ -87,8 +87,8 @@ def sweep(directory) -> int:
 
 def remove_tree(path) -> None:
     """Remove a directory tree hb made, whatever modes its directories were given (a tree may have
-    0o555 or 0o000 directories): each real directory is made writable and searchable by its owner
-    before it is emptied. Links are removed, never followed."""
+    0o555 or 0o000 directories): where removing fails, each real directory is made writable and
+    searchable by its owner and the removal tried again. Links are removed, never followed."""
     def open_up(top: str) -> None:
         stack = [top]
         while stack:
@@ -104,5 +104,7 @@ def remove_tree(path) -> None:
             return
     except FileNotFoundError:
         return
-    open_up(str(path))
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)  # the usual case: nothing read-only, one pass
+    if os.path.lexists(path):
+        open_up(str(path))
+        shutil.rmtree(path, ignore_errors=True)
