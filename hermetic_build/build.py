@@ -19,6 +19,7 @@ from blake3 import blake3
 
 from . import __version__, background_write, noop
 from .errors import UsageError
+from .jobs import BackgroundJobs
 from .label import Label, TargetPattern
 from .leftovers import publish_temp_prefix, sweep
 from .report import Reporter
@@ -124,7 +125,7 @@ class Session:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rules = None
         self._analyses: dict[tuple, AnalysisResult] = {}
-        self._removals: list = []  # (thread, errors) deleting directories hb-out/ no longer shows
+        self._removals = BackgroundJobs("hb-out-removal", daemon=True)  # deleting directories hb-out/ no longer shows
 
     def _open_executor(self, url: str, timeout: int, download: str, uploads_results: bool):
         """The remote executor; with download "minimal", self.store becomes a LazyOutputs in front of
@@ -454,29 +455,12 @@ class Session:
         """Move the directory published before aside (a temp name of this process, which a later
         build sweeps if this one dies) and delete it in a thread while the new one is written;
         build() waits for it before returning."""
-        import threading
-
         aside = Path(tempfile.mkdtemp(prefix=publish_temp_prefix(), dir=dest.parent))
         os.replace(dest, aside / "old")  # a rename: the whole tree, never a link (dest is a directory)
-        errors: list[BaseException] = []
-
-        def remove() -> None:
-            try:
-                shutil.rmtree(aside)
-            except BaseException as exc:  # noqa: BLE001 - raised by _wait_for_removals
-                errors.append(exc)
-
-        thread = threading.Thread(target=remove, name="hb-out-removal", daemon=True)
-        thread.start()
-        self._removals.append((thread, errors))
+        self._removals.start(lambda: shutil.rmtree(aside))
 
     def _wait_for_removals(self) -> None:
-        removals, self._removals = self._removals, []
-        for thread, _errors in removals:
-            thread.join()
-        for _thread, errors in removals:
-            if errors:
-                raise errors[0]
+        self._removals.wait()
 
     def _clear_parents(self, dest: Path) -> None:
         """hb-out is a view of the last outputs published: a file where `dest` needs a directory

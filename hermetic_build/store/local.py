@@ -20,7 +20,6 @@ import os
 import re
 import stat
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from blake3 import blake3
 from ..anchored import RefusedPath, open_regular_file
 from ..digest import CHUNK, Digest, digest_bytes
 from ..errors import UsageError
+from ..jobs import BackgroundJobs
 from ..leftovers import owner_pid, pid_alive, remove_tree, store_temp_prefix, sweep
 from .base import MAX_ENTRY_BYTES, ActionResult, InvalidEntry, NewFile, Store, VerifiedReader, load_json
 
@@ -96,7 +96,7 @@ class LocalStore(Store):
         self._fresh: dict[Digest, tuple] = {}
         self._deferred = 0  # > 0 inside deferred_durability(): no fsync per write, one syncfs at its end
         self._unsynced = False  # something was written since the last syncfs
-        self._background_syncs: list[tuple[threading.Thread, list]] = []  # (thread, its error) to wait for
+        self._background_syncs = BackgroundJobs("hb-syncfs")  # syncfs calls to wait for
         try:
             self._open_root()
         except OSError as exc:
@@ -454,27 +454,12 @@ class LocalStore(Store):
                     self._syncfs()
 
     def _sync_in_background(self) -> None:
-        errors: list[BaseException] = []
-
-        def sync() -> None:
-            try:
-                self._syncfs()
-            except BaseException as exc:  # noqa: BLE001 - raised by wait_for_durability
-                errors.append(exc)
-
-        thread = threading.Thread(target=sync, name="hb-syncfs")
-        self._background_syncs.append((thread, errors))
-        thread.start()
+        self._background_syncs.start(self._syncfs)
 
     def wait_for_durability(self) -> None:
         """Wait for the syncfs calls started by deferred_durability(background=True); raise the first
         error one of them met."""
-        syncs, self._background_syncs = self._background_syncs, []
-        for thread, _errors in syncs:
-            thread.join()
-        for _thread, errors in syncs:
-            if errors:
-                raise errors[0]
+        self._background_syncs.wait()
 
     def flush(self) -> None:
         """Make every blob written so far durable (one syncfs instead of an fsync per file); inside
