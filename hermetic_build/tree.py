@@ -163,7 +163,8 @@ def _not_plain(fd: int, st: os.stat_result, shown: str) -> str | None:
 
 
 def _put_in_place(store, dir_fd: int, name: str, shown: str, problems: list) -> Digest:
-    """Hash a file without moving it; copied into the store only if the blob is not there."""
+    """Hash a file without moving it; copied into the store only if the blob is not there (a local
+    store's put_hashed: the file cannot change, its sandbox has exited)."""
     from blake3 import blake3
 
     from .anchored import open_regular_file
@@ -179,9 +180,9 @@ def _put_in_place(store, dir_fd: int, name: str, shown: str, problems: list) -> 
         while chunk := f.read(CHUNK):
             hasher.update(chunk)
             size += len(chunk)
-    digest = Digest(hasher.hexdigest(), size)
-    if not store.has_blob(digest) and store.put_at(dir_fd, name, fsync=False) != digest:
-        raise RefusedPath(f"{name} changed while it was being collected")
+        digest = Digest(hasher.hexdigest(), size)
+        if not store.has_blob(digest):  # copied from the descriptor just hashed: not read and hashed twice
+            store.put_hashed(f.fileno(), digest)
     return digest
 
 

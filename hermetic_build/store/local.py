@@ -405,6 +405,23 @@ class LocalStore(Store):
                 os.unlink(name, dir_fd=dir_fd)
         return digest
 
+    def put_hashed(self, src_fd: int, digest: Digest) -> None:
+        """Copy the open file src_fd into the CAS as `digest`, in the kernel, without hashing it
+        again: for a file this process has just hashed through that same descriptor and that nothing
+        can change any more (store_tree_in_place: the sandbox that wrote it has exited). Not fsynced:
+        for use inside deferred_durability."""
+        fd, tmp = self._temp(0o444)
+        try:
+            try:
+                _copy_fd(src_fd, fd, digest.size)
+            finally:
+                os.close(fd)
+            self._commit_blob(tmp, digest, has_mode=_exact(0o444))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
     def _copy_in(self, src, fsync: bool) -> Digest:
         """Copy an open binary file into the CAS, hashing it on the way."""
         fd, tmp = self._temp(0o444)

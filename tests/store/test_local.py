@@ -475,3 +475,17 @@ def test_a_failed_background_syncfs_is_raised_by_wait_for_durability(tmp_path, m
         store.put_blob(b"out")
     with pytest.raises(OSError, match="Input/output error"):
         store.wait_for_durability()
+
+
+def test_put_hashed_copies_an_open_file_in_as_the_digest_it_was_hashed_to(tmp_path):
+    """store_tree_in_place hashes a file once and copies it in from the same descriptor: the blob has
+    the bytes (checked by a store of another process, which trusts nothing it did not hash itself)."""
+    src = tmp_path / "f"
+    src.write_bytes(b"hashed once" * 10_000)
+    digest = digest_bytes(src.read_bytes())
+    store = LocalStore(tmp_path / "c")
+    with open(src, "rb") as f:
+        store.put_hashed(f.fileno(), digest)
+    assert os.stat(store.blob_path(digest)).st_mode & 0o777 == 0o444
+    assert LocalStore(tmp_path / "c").get_blob(digest) == src.read_bytes()
+    assert os.listdir(store.tmp_dir) == []
