@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from harness import Retired  # noqa: E402
 from support import Nginx, Workspace, copy_example, env_workspace  # noqa: E402
 
 
@@ -255,19 +256,21 @@ def example_stage_row(tmp: Path, reps: int) -> "Row":
     row = Row(f"stage of the example env ({len(conda)} conda packages + {len(wheels)} wheels), warm CAS",
               "rattler.install of the conda archives (fresh cache, copies) + uv pip install --no-deps --offline "
               "--link-mode copy of the wheels (fresh cache) into an empty prefix", 1.1)
+    retired = Retired(tmp)  # nothing is deleted between timed runs: see Retired
     try:
         for n in range(reps):
             build_file.write_text(original.replace('prefix = "/opt/env",\n)', f'prefix = "/opt/bench{n}",\n)', 1))
+            retired.retire(example.root / "hb-out/env/nlp-env")  # hb, like the baseline, fills an empty place
             run = measure([*HB, "build", "//env:nlp-env"], cwd=example.root, env=example.env())
             assert action_seconds(run.stderr, "CondaStage") and not action_seconds(run.stderr, "WheelFetch"), run.stderr
             row.add_hb(run, action_seconds(run.stderr, "CondaStage")[0])
             prefix, cache = tmp / f"direct{n}", tmp / f"direct-cache{n}"
             row.add_baseline(measure([sys.executable, "-c", DIRECT_INSTALL, ",".join(archives), str(prefix), str(cache),
                                       uv_binary(), "/usr/bin/python3.11", *wheels]))
-            for path in (prefix, cache, Path(str(cache) + "-uv")):
-                shutil.rmtree(path, ignore_errors=True)
+            retired.retire(prefix, cache, Path(str(cache) + "-uv"))
     finally:
         build_file.write_text(original)
+        retired.close()
     return row
 
 
@@ -370,6 +373,7 @@ class SyntheticEnv:
 
     def __init__(self, root: Path, channel: Path):
         self.root, self.channel = root, channel
+        self.retired = Retired(root)
         self.archives = sorted((channel / "noarch").glob("*.conda"))
         self.nginx = Nginx(channel, root / "nginx")
         self.ws = Workspace(root / "ws", root / "cache")
@@ -385,14 +389,13 @@ class SyntheticEnv:
                   "(fresh cache, copies)", goal)
         urls = ",".join(f"{self.nginx.url}/noarch/{a.name}" for a in self.archives)
         for _ in range(reps):
-            shutil.rmtree(self.ws.cache, ignore_errors=True)
-            shutil.rmtree(self.ws.root / "hb-out", ignore_errors=True)
+            self.retired.retire(self.ws.cache, self.ws.root / "hb-out")  # moved aside, not deleted: see Retired
             run = measure([*HB, "build", "//env:env"], cwd=self.ws.root, env=self.ws.env())
             row.add_hb(run, action_seconds(run.stderr, "CondaStage")[0])
             direct = self.root / "direct"
             row.add_baseline(measure([sys.executable, "-c", FETCH_INSTALL, urls, str(direct / "dl"), str(direct / "prefix"),
                                       str(direct / "cache")]))
-            shutil.rmtree(direct)
+            self.retired.retire(direct)
         return row
 
     def stage_row(self, name: str, reps: int, goal: float) -> Row:
@@ -406,6 +409,8 @@ class SyntheticEnv:
         try:
             for n in range(reps):
                 build.write_text(original.replace("platform = 'linux-64')", f"platform = 'linux-64', prefix = '/opt/bench{n}')"))
+                # the previous run's tree is moved aside, so hb, like the baseline, fills an empty place
+                self.retired.retire(self.ws.root / "hb-out/env/env")
                 run = measure([*HB, "build", "//env:env"], cwd=self.ws.root, env=self.ws.env())
                 stage = action_seconds(run.stderr, "CondaStage")
                 assert len(stage) == 1 and not action_seconds(run.stderr, "CondaFetch"), run.stderr
@@ -413,13 +418,14 @@ class SyntheticEnv:
                 direct = self.root / "direct"
                 row.add_baseline(measure([sys.executable, "-c", INSTALL, archives, str(direct / "prefix"),
                                           str(direct / "cache")]))
-                shutil.rmtree(direct)
+                self.retired.retire(direct)
         finally:
             build.write_text(original)
         return row
 
     def stop(self) -> None:
         self.nginx.stop()
+        self.retired.close()
 
 
 def stage_benchmarks(tmp: Path, args, rows: list) -> None:

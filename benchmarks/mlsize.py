@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Bench, Cmd, Row, run_once, sync  # noqa: E402
+from harness import Bench, Cmd, Retired, Row, run_once, sync  # noqa: E402
 
 GiB, MiB, KiB = 1 << 30, 1 << 20, 1 << 10
 BLOCK = MiB
@@ -393,12 +393,14 @@ def run(args) -> None:
     targets = ("//env:cpu", "//env:gpu")
     bench = Bench(f"mlsize, scale {args.scale:g}")
 
+    retired = Retired(ws.parent)  # the cold runs' caches are moved aside, deleted at the end: see Retired
+
     def cold(i: int) -> None:
-        shutil.rmtree(cache, ignore_errors=True)
-        shutil.rmtree(ws / "hb-out", ignore_errors=True)
+        retired.retire(cache, ws / "hb-out")
 
     cold_row = bench.measure("hb build //env:cpu //env:gpu, cold (empty cache)", hb_cmd("build", *targets),
                              runs=args.runs, before=cold, timeout=3 * 3600)
+    retired.close()
     print(f"cold build: min {cold_row.min:.1f} s, median {cold_row.median:.1f} s, peak RSS "
           f"{cold_row.peak_rss_mib:.0f} MiB", flush=True)
     noop = bench.measure("hb build //env:cpu //env:gpu, warm no-op", hb_cmd("build", *targets), runs=max(3, args.runs))

@@ -53,3 +53,23 @@ def test_bench_rows_ratio_and_table(tmp_path):
     table = bench.markdown()
     assert "| a \\| b (baseline) | 3 |" in table
     assert "- baseline `a | b`: two trues in a pipe" in table
+
+
+def test_retired_moves_aside_without_freeing_inodes_and_deletes_at_close(tmp_path):
+    from harness import Retired
+
+    cache = tmp_path / "cache"
+    (cache / "cas").mkdir(parents=True)
+    (cache / "cas" / "blob").write_bytes(b"x")
+    inode = (cache / "cas" / "blob").stat().st_ino
+    retired = Retired(tmp_path)
+    retired.retire(cache, tmp_path / "never-made")  # a path that is not there is no error
+    assert not cache.exists()
+    moved = list((tmp_path / ".retired").iterdir())
+    assert [p.name for p in moved] == ["1-cache"]
+    assert (moved[0] / "cas" / "blob").stat().st_ino == inode  # renamed, not copied or deleted
+    cache.mkdir()  # the next run gets an empty place; a second retire of the same name does not collide
+    retired.retire(cache)
+    assert sorted(p.name for p in (tmp_path / ".retired").iterdir()) == ["1-cache", "2-cache"]
+    retired.close()
+    assert not (tmp_path / ".retired").exists()
