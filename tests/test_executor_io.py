@@ -89,3 +89,43 @@ def test_one_job_runs_downloads_one_at_a_time(tmp_path):
     register_action_kind("test.io_serial", "1", seen.run, io_bound=True)
     _build(tmp_path, "test.io_serial", 6, jobs=1)
     assert seen.most == 1
+
+
+class _Sandboxes:
+    """The sandbox each action ran in; optionally leaves a stray file beside its output."""
+
+    def __init__(self, stray: bool = False):
+        self.used: list = []
+        self.stray = stray
+
+    def run(self, execution) -> None:
+        self.used.append(execution.sandbox_dir)
+        assert not any(p.is_file() for p in execution.sandbox_dir.rglob("*"))  # never an earlier action's file
+        out = execution.execroot / execution.action.outputs[0].path
+        out.write_text(execution.action.params["n"])
+        if self.stray:
+            (execution.sandbox_dir / "tmp" / "stray").write_text("left behind")
+
+
+def test_downloads_reuse_emptied_sandboxes_and_all_are_removed_at_close(tmp_path):
+    seen = _Sandboxes()
+    register_action_kind("test.io_reuse", "1", seen.run, io_bound=True)
+    _build(tmp_path, "test.io_reuse", 12, jobs=1)  # one at a time: each finds the previous one's sandbox
+    assert len(seen.used) == 12 and len(set(seen.used)) == 1
+    assert not seen.used[0].exists()  # removed when the executor closed
+    assert not list((tmp_path / "cache" / "tmp").glob("sb-*"))
+
+
+def test_a_sandbox_left_holding_a_file_is_not_reused(tmp_path):
+    seen = _Sandboxes(stray=True)
+    register_action_kind("test.io_stray", "1", seen.run, io_bound=True)
+    _build(tmp_path, "test.io_stray", 4, jobs=1)
+    assert len(set(seen.used)) == 4
+    assert not any(p.exists() for p in seen.used)
+
+
+def test_actions_that_are_not_downloads_get_a_new_sandbox_each(tmp_path):
+    seen = _Sandboxes()
+    register_action_kind("test.cpu_fresh", "1", seen.run)
+    _build(tmp_path, "test.cpu_fresh", 4, jobs=1)
+    assert len(set(seen.used)) == 4
