@@ -136,7 +136,7 @@ def _median(runs) -> tuple[float, int]:
 # the scripts end with os._exit(0): py-rattler 0.28 can abort in its finalizers at exit (PyGILState_Release)
 RATTLER_INSTALL = """
 async def run():
-    records = [await rattler.RepoDataRecord.from_package_archive(a) for a in archives]
+    records = await asyncio.gather(*(rattler.RepoDataRecord.from_package_archive(a) for a in archives))
     await rattler.install(records, target_prefix=prefix, cache_dir=cache, alternative_target_prefix="/opt/env",
                           execute_link_scripts=False, show_progress=False,
                           config=Config.from_toml("allow-hard-links = false\\nallow-ref-links = false"))

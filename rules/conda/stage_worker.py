@@ -59,7 +59,9 @@ def stage(params: dict) -> str:
         check()
 
     async def install(cache: str, hard_links: bool):
-        records = [await rattler.RepoDataRecord.from_package_archive(archives[p["filename"]]) for p in packages]
+        # read at once (rattler's own threads), in the lock's order: one by one took twice as long
+        records = list(await asyncio.gather(*(rattler.RepoDataRecord.from_package_archive(archives[p["filename"]])
+                                              for p in packages)))
         await rattler.install(
             records, target_prefix=out, cache_dir=cache, alternative_target_prefix=params["prefix"],
             platform=Subdir(params["platform"]), execute_link_scripts=False, show_progress=False,
