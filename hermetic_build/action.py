@@ -141,6 +141,12 @@ class ActionKind:
     # of the work that computes. Whatever CPU work it does must be bounded by its own means (the
     # conda fetch's archive checks run in at most one sandboxed helper per core).
     io_bound: bool = False
+    # True: file inputs held by the local CAS are bound read-only into the sandbox, straight from the
+    # store, instead of being copied into every execution root (bubblewrap only; copied otherwise).
+    # Nothing re-hashes them on the way: the implementation must check each against a pin of its own
+    # before trusting it (the conda stage checks every archive against the lock's sha256) and find
+    # them with ActionExecution.input_path (on the host) and sandbox_path (for the command).
+    read_only_files: bool = False
 
 
 _KINDS: dict[str, ActionKind] = {}
@@ -148,8 +154,9 @@ _KINDS: dict[str, ActionKind] = {}
 
 def register_action_kind(name: str, version: str, run: Callable, *, stage_inputs: bool = True,
                          warm: Callable | None = None, local_only: bool = False,
-                         read_only_trees: bool = False, io_bound: bool = False) -> ActionKind:
-    kind = ActionKind(name, version, run, stage_inputs, warm, local_only, read_only_trees, io_bound)
+                         read_only_trees: bool = False, io_bound: bool = False,
+                         read_only_files: bool = False) -> ActionKind:
+    kind = ActionKind(name, version, run, stage_inputs, warm, local_only, read_only_trees, io_bound, read_only_files)
     _KINDS[name] = kind
     return kind
 

@@ -347,7 +347,9 @@ class Executor:
             if self.before_run is not None:
                 self.before_run(action)
             if kind.stage_inputs:
-                self._stage_inputs(action, execution, kind.read_only_trees and bwrap_path() is not None)
+                isolated = bwrap_path() is not None
+                self._stage_inputs(action, execution, kind.read_only_trees and isolated,
+                                   kind.read_only_files and isolated)
             for out in action.outputs:
                 _make_parents(execroot, out.path)
             try:
@@ -567,12 +569,20 @@ class Executor:
                 else "re-run with --keep-sandbox to inspect the sandbox")
         return ActionFailed(f"{action.owner}: {action.mnemonic} failed: {message}", hint=hint, detail=detail or None)
 
-    def _stage_inputs(self, action: Action, execution: ActionExecution, views: bool = False) -> None:
+    def _stage_inputs(self, action: Action, execution: ActionExecution, views: bool = False,
+                      file_views: bool = False) -> None:
         """Copy the action's inputs into its execution root; with `views`, bind directory inputs
-        read-only from their tree views instead (only an empty mount point is made here)."""
+        read-only from their tree views instead (only an empty mount point is made here); with
+        `file_views`, bind generated file inputs read-only from the local CAS (nothing is made here)."""
         execroot = execution.execroot
+        local = getattr(self.store, "local", self.store)
         for f in action.inputs:
             dest = execroot / f.path
+            if file_views and not f.is_source:
+                entry = self.output_entry(f)
+                if entry.kind == "file" and hasattr(local, "blob_path") and local.has_blob(entry.digest):
+                    execution.file_views[f.path] = local.blob_path(entry.digest)
+                    continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             if f.is_source:
                 src = self.workspace.source_file(f.path)

@@ -19,6 +19,7 @@ from .store.base import ActionResult, OutputEntry
 from .store.local import LocalStore, file_identity
 
 SANDBOX_ROOT = "/hb"  # where the sandbox directory appears inside bubblewrap
+FILE_VIEWS_ROOT = "/hb-inputs"  # where file inputs bound read-only from the CAS appear (ActionExecution.file_views)
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -129,6 +130,9 @@ class ActionExecution:
     # directory inputs bound read-only from a tree view (read_only_trees kinds): path under the
     # execroot -> the view's directory on the host; their place in the execroot is an empty mount point
     tree_views: dict = field(default_factory=dict)
+    # file inputs bound read-only from the CAS (read_only_files kinds): path under the execroot -> the
+    # blob on the host; inside bubblewrap they are at FILE_VIEWS_ROOT/<path>, not in the execroot
+    file_views: dict = field(default_factory=dict)
 
     def input_tree(self, file):
         """The tree digest of a generated directory input (read it with walk_tree / store.get_blob)."""
@@ -149,6 +153,16 @@ class ActionExecution:
         """Where a directory input's files are on the host, to read (never write): its read-only view,
         or its copy in the execution root."""
         return self.tree_views.get(rel) or self.execroot / rel
+
+    def input_path(self, file) -> Path:
+        """Where an input file's bytes are on the host, to read (never write): its blob in the CAS when
+        bound read-only (file_views), else its copy in the execution root."""
+        return self.file_views.get(file.path) or self.execroot / file.path
+
+    def sandbox_path(self, file) -> str:
+        """The path a command run by run_command opens for an input file: absolute where it is bound
+        read-only (file_views), else relative to the execution root (its working directory)."""
+        return f"{FILE_VIEWS_ROOT}/{file.path}" if file.path in self.file_views else file.path
 
     def note_written(self, path: Path, digest) -> None:
         """Tell the collector the BLAKE3 digest of an output file this implementation wrote itself, in
@@ -249,6 +263,8 @@ class ActionExecution:
             cmd += ["--bind", str(self.sandbox_dir), SANDBOX_ROOT]
             for rel, view in sorted(self.tree_views.items()):  # over their empty mount points
                 cmd += ["--ro-bind", str(view), f"{workdir}/{rel}"]
+            for rel, blob in sorted(self.file_views.items()):  # mount points made in bwrap's own root
+                cmd += ["--ro-bind", str(blob), f"{FILE_VIEWS_ROOT}/{rel}"]
             for rel, target in mounts:  # bwrap reads a bind's source on the host
                 cmd += ["--ro-bind", str(self.tree_path(rel)), target]
             cmd += ["--chdir", workdir]

@@ -15,7 +15,7 @@ import site
 import sys
 from pathlib import Path
 
-from hermetic_build.api import ActionFailed, register_action_kind
+from hermetic_build.api import ActionFailed, MissingBlob, register_action_kind
 
 WORKER = Path(__file__).resolve().with_name("stage_worker.py")
 PARAMS_FILE = "../tmp/hb-stage-params.json"  # relative to the execution root, inside or outside bwrap
@@ -71,12 +71,14 @@ def _stage(execution) -> None:
     params = execution.params
     sys_path, read_only = python_paths()
     # packages are extracted into the sandbox's private /tmp (memory) where they fit, else on disk
-    archive_bytes = sum(os.path.getsize(execution.path(f)) for f in execution.action.inputs)
+    archive_bytes = sum(os.path.getsize(execution.input_path(f)) for f in execution.action.inputs)
     limit = memory_cache_limit() if execution.isolated else 0
     in_memory = 0 < archive_bytes * EXPANSION_GUESS <= limit
     worker_params = {
         "sys_path": sys_path,
-        "archives": {f.basename: f.path for f in execution.action.inputs},
+        # bound read-only from the CAS where bubblewrap runs (read_only_files): the worker checks each
+        # against the lock's sha256 before anything reads it
+        "archives": {f.basename: execution.sandbox_path(f) for f in execution.action.inputs},
         "out": execution.action.outputs[0].path,
         "cache": "/tmp/hb-pkgs" if in_memory else "../tmp/pkgs",
         "cache_in_memory": in_memory,
@@ -94,7 +96,25 @@ def _stage(execution) -> None:
     code = execution.run_command([worker_python(), "-I", str(WORKER), PARAMS_FILE], read_only=read_only,
                                  tmp_size=limit if in_memory else None)
     if code != 0:
+        _heal_corrupt_inputs(execution)
         _raise_worker_failure(execution, code)
+
+
+def _heal_corrupt_inputs(execution) -> None:
+    """After a failed stage: an archive bound from the CAS that is no longer the blob it was stored as
+    (a disk error, someone writing into the cache) is removed from the store and reported as missing
+    (MissingBlob), so the executor fetches it again and re-runs the stage, as it does for a corrupt
+    input it copies."""
+    store = getattr(execution.store, "local", execution.store)
+    for f in execution.action.inputs:
+        if f.path in execution.file_views:
+            digest = execution.input_entries[f.path].digest
+            reader = store.open_blob(digest)  # verified as it is read: a mismatch removes it, raises MissingBlob
+            if reader is None:
+                raise MissingBlob(digest)
+            with reader:
+                while reader.read(1 << 20):
+                    pass
 
 
 def _raise_worker_failure(execution, code: int):
@@ -119,4 +139,4 @@ def _signal_name(number: int) -> str:
         return "unknown signal"
 
 
-register_action_kind("conda.stage", "3", _stage)
+register_action_kind("conda.stage", "3", _stage, read_only_files=True)

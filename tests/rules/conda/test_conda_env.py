@@ -188,3 +188,31 @@ def test_malicious_archives_are_refused(workspace, tmp_path, member, link, messa
     proc = workspace.hb("build", "//env:env", check=False)
     assert proc.returncode == 5, proc.stderr
     assert message in proc.stderr
+
+
+def test_stage_reads_archives_from_the_cas_read_only_and_heals_a_corrupt_one(workspace, nginx_channel, channel_dir):
+    """The stage binds the fetched archives read-only from the CAS (no copy per stage). An archive
+    blob changed in the cache since it was fetched fails the worker's sha256 check; the blob is then
+    verified, removed, fetched again, and the stage re-run: the build succeeds."""
+    from blake3 import blake3
+
+    env_workspace(workspace, nginx_channel.url, ["hb-vocab", "hb-config"])
+    workspace.hb("lock", "//env:lock")
+    workspace.build_json("//env:env")
+    package = next((channel_dir / "noarch").glob("hb-vocab-2*.conda")).read_bytes()
+    blob = workspace.cache / "cas" / blake3(package).hexdigest()[:2] / blake3(package).hexdigest()
+    assert blob.read_bytes() == package
+    blob.chmod(0o644)
+    data = bytearray(package)
+    data[len(data) // 2] ^= 1  # same size, other bytes: only hashing notices
+    blob.write_bytes(bytes(data))
+    build = workspace.root / "env/BUILD.hermetic"
+    build.write_text(build.read_text().replace("platform = 'linux-64')", "platform = 'linux-64', prefix = '/opt/other')"))
+    before = len(nginx_channel.requests())
+    proc = workspace.hb("build", "--json", "//env:env")
+    downloads = [r for r in nginx_channel.requests()[before:] if "hb-vocab" in r]
+    assert len(downloads) == 1, proc.stderr  # fetched again, once
+    assert "could not be read" in proc.stderr  # found by the stage, which re-ran its producer
+    assert blob.read_bytes() == package
+    tree = workspace.root / json.loads(proc.stdout)["targets"]["//env:env"][0]["path"]
+    assert (tree / "conda-meta").is_dir() and any((tree / "conda-meta").glob("hb-vocab-*.json"))
