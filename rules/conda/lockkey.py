@@ -20,7 +20,7 @@ from blake3 import blake3
 
 from .spec import PYPI_MAPPING
 
-CONTENT_HASH_MEMO = 1  # bump when what content_hashes depends on changes in hb
+CONTENT_HASH_MEMO = 1  # bump when what content_hashes depends on, or what read_environment accepts, changes in hb
 KEY_PREFIX = "hb.inputs."
 
 

@@ -17,7 +17,8 @@ from rules.conda.lockkey import (KEY_PREFIX, conda_lock_version, inputs_digest, 
 from rules.conda.lockread import AdoptedLock, LockMetadata
 from rules.conda.spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 
-ENVIRONMENT = "name: t\nchannels:\n  - https://example.invalid/channel\ndependencies:\n  - python 3.11.*\n  - hb-vocab\n"
+ENVIRONMENT = ("name: t\nchannels:\n  - https://example.invalid/channel\n"
+               "dependencies:\n  - python 3.11.*\n  - hb-vocab\n")
 EXTRA = "dependencies:\n  - hb-config\n"
 VIRTUAL = {"linux-64": ["__unix", "__glibc=2.36"], "osx-arm64": ["__unix", "__osx=13.0"]}
 
