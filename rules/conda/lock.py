@@ -6,7 +6,6 @@ written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lo
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from hermetic_build.api import (
 
 from . import lockfile as lf
 from .channel import CondaChannelInfo
+from .lockkey import inputs_digest, inputs_keys, recorded_fresh, virtual_packages_key
 from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
 
 if TYPE_CHECKING:  # imported where a lock runs: a build that only reads locks never loads them
@@ -85,7 +85,7 @@ def _conda_lock_impl(ctx):
     return [
         DefaultInfo(files=(lockfile,)),
         CondaLockInfo(lockfile, environment, platforms, tuple(ctx.attr.channels),
-                      tuple(sorted((k, tuple(v)) for k, v in virtual.items())), str(ctx.label), ctx.attr.cuda,
+                      virtual_packages_key(virtual), str(ctx.label), ctx.attr.cuda,
                       channel_dirs=tuple(channel_dirs), extra_environments=extra),
     ]
 
@@ -114,17 +114,19 @@ def _channel_targets(ctx) -> dict[str, list[str]]:
     return {CHANNEL_TARGETS: [c.strip() for c in channels if is_channel_label(c.strip())]}
 
 
-CONTENT_HASH_MEMO = 1  # bump when what content_hashes depends on changes in hb
-
-
 def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathlib.Path, where: str,
                 memo=None) -> None:
     """Raise if the committed lock no longer matches its environment spec (hb build never solves).
-    The spec's content hashes come from conda-lock (its parser and hash); with `memo` (a rule
-    context's memo) they are kept under a digest of every input, so that an analysis re-run for
-    another reason does not import conda-lock again for the same environment files."""
+    A lock `hb lock` wrote vouches for its content hash with its inputs key (lockkey.py): the same
+    inputs, and it is fresh without conda-lock. Otherwise the spec's content hashes come from
+    conda-lock (its parser and hash); with `memo` (a rule context's memo) they are kept under the
+    inputs' digest, so that an analysis re-run for another reason does not import conda-lock again
+    for the same environment files."""
     files = [(resolve_source(workspace_root, info.environment.path), info.environment.path),
              *((resolve_source(workspace_root, f.path), f.path) for f in info.extra_environments)]
+    digest = inputs_digest(info.platforms, info.channels, info.virtual_packages, files)
+    if recorded_fresh(lock.metadata, platform, digest):
+        return
 
     def spec():
         return read_environment(files[0][0], info.platforms, info.channels, shown_path=files[0][1],
@@ -133,7 +135,7 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
     def current_hashes() -> dict[str, str]:
         return content_hashes(spec(), info.virtual_packages_dict())
 
-    key = _content_hash_key(info, files) if memo is not None else None
+    key = digest if memo is not None else None
     current = memo("conda.content-hash", key, current_hashes) if key is not None else current_hashes()
     recorded = (lock.metadata.content_hash or {}).get(platform)
     if recorded != current.get(platform):
@@ -143,38 +145,6 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
         raise AnalysisError(
             f"{where}{info.lockfile.path} is stale for {platform}: " + "; ".join(reasons),
             hint=f"run `hb lock {info.lock_label}` and commit the updated lock files")
-
-
-def _content_hash_key(info: CondaLockInfo, files) -> str | None:
-    """A digest of everything content_hashes reads: the environment files (bytes and the paths they
-    are shown as), platforms, channels, virtual packages, hb's PyPI mapping and the installed
-    conda-lock (its version); None where something cannot be read (then nothing is kept)."""
-    from blake3 import blake3
-
-    from .spec import PYPI_MAPPING
-
-    try:
-        parts = [CONTENT_HASH_MEMO, _conda_lock_version(), list(info.platforms), list(info.channels),
-                 [list(v) for v in info.virtual_packages], blake3(PYPI_MAPPING.read_bytes()).hexdigest()]
-        for path, shown in files:
-            parts.append([shown, blake3(path.read_bytes()).hexdigest()])
-    except OSError:
-        return None
-    return blake3(json.dumps(parts).encode()).hexdigest()
-
-
-def _conda_lock_version() -> str:
-    """conda-lock's installed version, from its .dist-info directory's name, without importing it
-    (importlib.metadata takes 0.1 s to find it; importing conda-lock, the work the memo saves, 0.5 s)."""
-    import importlib.util
-    import os
-
-    spec = importlib.util.find_spec("conda_lock")
-    if spec is None or not spec.origin:
-        raise OSError("conda-lock is not installed")
-    site = os.path.dirname(os.path.dirname(spec.origin))
-    found = sorted(n for n in os.listdir(site) if n.startswith("conda_lock-") and n.endswith(".dist-info"))
-    return f"{spec.origin}:{','.join(found)}"
 
 
 def _lock(request) -> LockOutcome:
@@ -202,6 +172,10 @@ def _lock_or_check(request, speculation) -> LockOutcome:
     shown = env_rel
     extra = tuple((request.workspace.source_file(_rel(label)), _rel(label))
                   for label in attrs.get("extra_environments") or ())
+    files = ((env_path, shown), *extra)
+    # the inputs' digest before conda-lock reads them and again before the lock is written: a file
+    # edited meanwhile gets no inputs key (lockkey.py)
+    digest = inputs_digest(platforms, attrs["channels"], virtual_packages_key(virtual_packages), files)
     spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown, extra=extra)
     lock_path = request.source_path(attrs["lockfile"])
     from .lockread import LockReadError
@@ -255,8 +229,11 @@ def _lock_or_check(request, speculation) -> LockOutcome:
         for job in pip_jobs:  # after an error: no uv process outlives the lock
             if job.run is not None:
                 job.run.cancel()
+    unchanged = digest is not None and digest == inputs_digest(platforms, attrs["channels"],
+                                                               virtual_packages_key(virtual_packages), files)
     lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms,
-                                [shown, *(s for _, s in extra)], fingerprints)
+                                [shown, *(s for _, s in extra)],
+                                {**fingerprints, **(inputs_keys(digest, hashes) if unchanged else {})})
     lf.write_lockfile(lockfile, lock_path)
     written = [request.relpath(lock_path)]
     if attrs["explicit"]:

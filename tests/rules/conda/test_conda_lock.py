@@ -111,6 +111,52 @@ def test_build_file_change_reanalyses_without_conda_lock_until_the_environment_c
     assert os.listdir(next((workspace.cache / "workspaces").iterdir()) / "memo")
 
 
+def test_a_fresh_lock_is_checked_without_conda_lock_in_a_cold_build(workspace, nginx_channel, tmp_path):
+    """`hb lock` records an inputs key per platform (rules/conda/lockkey.py); a build with an empty
+    cache computes the same key from the conda_lock target (platforms, channels, virtual packages with
+    a GPU variant's __cuda, the environment and an extra environment file) and never imports
+    conda-lock; `hb lock --check` still finds the lock fresh, and a changed environment stale."""
+    import subprocess
+    import sys
+
+    from support import Workspace
+
+    env_workspace(workspace, nginx_channel.url, ["hb-accel", "hb-vocab"], platforms=("linux-64", "osx-arm64"),
+                  extra_build=textwrap.dedent("""\
+                      conda_lock(
+                          name = "gpu-lock",
+                          extra_environments = ["environment.extra.yml"],
+                          platforms = ["linux-64"],
+                          virtual_packages = {"linux-64": ["__unix", "__glibc=2.36"]},
+                          cuda = "12.4",
+                          lockfile = "conda-lock.gpu.yml",
+                      )
+                      conda_env(name = "gpu-env", lock = ":gpu-lock")
+                  """))
+    workspace.write("env/environment.extra.yml", f"channels:\n  - {nginx_channel.url}\ndependencies:\n  - hb-config\n")
+    workspace.hb("lock", "//env:lock")
+    workspace.hb("lock", "//env:gpu-lock")
+    for name, platforms in (("conda-lock.yml", {"linux-64", "osx-arm64"}), ("conda-lock.gpu.yml", {"linux-64"})):
+        custom = parse_conda_lock_file(workspace.root / "env" / name).metadata.custom_metadata
+        assert {k.removeprefix("hb.inputs.") for k in custom if k.startswith("hb.inputs.")} == platforms, custom
+    assert workspace.hb("lock", "--check", "//env:lock", "//env:gpu-lock").returncode == 0
+
+    def cold_build(*labels, cache):
+        return subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", *labels], cwd=workspace.root,
+                              env={**Workspace(workspace.root, cache).env(), "PYTHONPROFILEIMPORTTIME": "1"},
+                              capture_output=True, text=True, timeout=300)
+
+    proc = cold_build("//env:env", "//env:gpu-env", cache=tmp_path / "cold")
+    assert proc.returncode == 0, proc.stderr
+    assert "CondaStage //env:env" in proc.stderr and "CondaStage //env:gpu-env" in proc.stderr
+    imported = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert imported and not [line for line in imported if "conda_lock" in line]
+    workspace.write("env/environment.extra.yml", f"channels:\n  - {nginx_channel.url}\ndependencies:\n  - nlp-tok\n")
+    stale = cold_build("//env:gpu-env", cache=tmp_path / "cold-2")
+    assert stale.returncode == 4 and "the dependencies for linux-64 changed" in stale.stderr, stale.stderr[-2000:]
+    assert "conda_lock" in stale.stderr  # the fallback: conda-lock computed the content hash
+
+
 def test_virtual_package_change_makes_lock_stale(workspace, nginx_channel):
     env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix"]})
     workspace.hb("lock", "//env:lock")
