@@ -19,7 +19,7 @@ from .anchored import RefusedPath, describe, open_directory, open_subdirectory
 from .digest import Digest
 from .errors import ActionFailed, AnalysisError, HbError, IntegrityError
 from .filecache import FileDigestCache
-from .sandbox import ActionExecution, bwrap_path, isolation_note, prepare_sandbox
+from .sandbox import FILE_VIEWS_DIR, ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import ActionResult, OutputEntry
 from .leftovers import remove_tree
 from .tree import MissingBlob, materialize_tree, store_tree, store_tree_in_place
@@ -573,16 +573,15 @@ class Executor:
                       file_views: bool = False) -> None:
         """Copy the action's inputs into its execution root; with `views`, bind directory inputs
         read-only from their tree views instead (only an empty mount point is made here); with
-        `file_views`, bind generated file inputs read-only from the local CAS (nothing is made here)."""
+        `file_views`, hard-link generated file inputs from the local CAS into the sandbox's inputs/
+        directory, which run_command binds read-only (no bytes copied, no inode made or later freed;
+        copied as usual where a link cannot be made, e.g. the CAS on another file system)."""
         execroot = execution.execroot
         local = getattr(self.store, "local", self.store)
         for f in action.inputs:
             dest = execroot / f.path
-            if file_views and not f.is_source:
-                entry = self.output_entry(f)
-                if entry.kind == "file" and hasattr(local, "blob_path") and local.has_blob(entry.digest):
-                    execution.file_views[f.path] = local.blob_path(entry.digest)
-                    continue
+            if file_views and not f.is_source and self._link_input(execution, local, f):
+                continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             if f.is_source:
                 src = self.workspace.source_file(f.path)
@@ -602,6 +601,22 @@ class Executor:
                 if not self.store.fetch_file(entry.digest, dest):
                     raise MissingBlob(entry.digest)
                 os.chmod(dest, 0o755 if entry.executable else 0o644)
+
+    def _link_input(self, execution: ActionExecution, local, f: File) -> bool:
+        """Hard-link the CAS blob of input f at sandbox/inputs/<path> (ActionExecution.file_views);
+        False (nothing linked) where the blob is not in the local CAS or cannot be linked."""
+        entry = self.output_entry(f)
+        if entry.kind != "file" or not hasattr(local, "blob_path") or not local.has_blob(entry.digest):
+            return False
+        link = execution.sandbox_dir / FILE_VIEWS_DIR / f.path
+        try:
+            if not link.parent.is_dir():
+                link.parent.mkdir(parents=True)
+            os.link(local.blob_path(entry.digest), link, follow_symlinks=False)
+        except OSError:
+            return False
+        execution.file_views[f.path] = link
+        return True
 
     def _tree_views(self) -> TreeViews:
         with self._lock:

@@ -19,7 +19,11 @@ from .store.base import ActionResult, OutputEntry
 from .store.local import LocalStore, file_identity
 
 SANDBOX_ROOT = "/hb"  # where the sandbox directory appears inside bubblewrap
-FILE_VIEWS_ROOT = "/hb-inputs"  # where file inputs bound read-only from the CAS appear (ActionExecution.file_views)
+# read_only_files kinds: the sandbox directory's inputs/ holds hard links to the CAS blobs of the file
+# inputs, and is bound read-only over its own place, so inside bubblewrap they are at
+# FILE_VIEWS_ROOT/<path> and cannot be changed (ActionExecution.file_views)
+FILE_VIEWS_DIR = "inputs"
+FILE_VIEWS_ROOT = f"{SANDBOX_ROOT}/{FILE_VIEWS_DIR}"
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -130,8 +134,8 @@ class ActionExecution:
     # directory inputs bound read-only from a tree view (read_only_trees kinds): path under the
     # execroot -> the view's directory on the host; their place in the execroot is an empty mount point
     tree_views: dict = field(default_factory=dict)
-    # file inputs bound read-only from the CAS (read_only_files kinds): path under the execroot -> the
-    # blob on the host; inside bubblewrap they are at FILE_VIEWS_ROOT/<path>, not in the execroot
+    # file inputs bound read-only from the CAS (read_only_files kinds): path under the execroot -> a
+    # hard link to its blob in sandbox_dir/FILE_VIEWS_DIR; inside bubblewrap at FILE_VIEWS_ROOT/<path>
     file_views: dict = field(default_factory=dict)
 
     def input_tree(self, file):
@@ -263,8 +267,8 @@ class ActionExecution:
             cmd += ["--bind", str(self.sandbox_dir), SANDBOX_ROOT]
             for rel, view in sorted(self.tree_views.items()):  # over their empty mount points
                 cmd += ["--ro-bind", str(view), f"{workdir}/{rel}"]
-            for rel, blob in sorted(self.file_views.items()):  # mount points made in bwrap's own root
-                cmd += ["--ro-bind", str(blob), f"{FILE_VIEWS_ROOT}/{rel}"]
+            if self.file_views:  # one read-only bind over the links (a bind per file cost 0.5 ms each)
+                cmd += ["--ro-bind", str(self.sandbox_dir / FILE_VIEWS_DIR), FILE_VIEWS_ROOT]
             for rel, target in mounts:  # bwrap reads a bind's source on the host
                 cmd += ["--ro-bind", str(self.tree_path(rel)), target]
             cmd += ["--chdir", workdir]
