@@ -269,8 +269,7 @@ def example_stage_row(tmp: Path, reps: int) -> "Row":
                                       uv_binary(), "/usr/bin/python3.11", *wheels]))
             retired.retire(prefix, cache, Path(str(cache) + "-uv"))
     finally:
-        build_file.write_text(original)
-        retired.close()
+        build_file.write_text(original)  # what was retired goes with the work directory, at the end
     return row
 
 
@@ -424,8 +423,7 @@ class SyntheticEnv:
         return row
 
     def stop(self) -> None:
-        self.nginx.stop()
-        self.retired.close()
+        self.nginx.stop()  # what it retired is deleted with the whole work directory, after the last row
 
 
 def stage_benchmarks(tmp: Path, args, rows: list) -> None:
@@ -442,8 +440,7 @@ def stage_benchmarks(tmp: Path, args, rows: list) -> None:
             if "stage" in args.rows:
                 rows.append(env.stage_row(f"stage only: {args.packages} packages, {files} files", args.reps, 1.1))
         finally:
-            env.stop()
-            shutil.rmtree(tmp / "text", ignore_errors=True)
+            env.stop()  # its files stay until the end: deleting them now would slow the next rows (see Retired)
     if "big" in args.rows:
         channel = big_file_channel(tmp / "big", args.big_mib << 20)
         env = SyntheticEnv(tmp / "big", channel)
@@ -451,7 +448,6 @@ def stage_benchmarks(tmp: Path, args, rows: list) -> None:
             rows.append(env.stage_row(f"stage only: one {args.big_mib} MiB file", args.reps, 1.1))
         finally:
             env.stop()
-            shutil.rmtree(tmp / "big", ignore_errors=True)
     if "example" in args.rows:
         rows.append(example_stage_row(tmp / "example", args.reps))
 
