@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from collections.abc import Iterable, Mapping
 
 from blake3 import blake3
@@ -30,17 +31,30 @@ def virtual_packages_key(virtual_packages: Mapping[str, Iterable[str]]) -> tuple
     return tuple(sorted((platform, tuple(items)) for platform, items in virtual_packages.items()))
 
 
+# conda-lock writes a channel URL's user, password or token as ${VAR} where the value equals an
+# environment variable's (models/channel.py): its content hash then depends on the environment, which
+# the digest does not cover. Inputs that could hold such a URL (credentials before a host, a /t/ token
+# path, a $ anywhere) get no digest, so they are always checked by conda-lock itself.
+_MAY_USE_ENVIRONMENT = re.compile(rb"\$|://[^\s/'\"]*@|/t/")
+
+
 def inputs_digest(platforms, channels, virtual_packages, files) -> str | None:
     """A digest of everything content_hashes reads: the environment files ((real path, shown path)
     each: the bytes and the path they are shown as), platforms, channels, virtual packages (as
     virtual_packages_key gives them), hb's PyPI mapping and the installed conda-lock (its version);
-    None where something cannot be read."""
+    None where something cannot be read, or where a channel may name credentials that conda-lock
+    would match against the environment (_MAY_USE_ENVIRONMENT)."""
+    if any(_MAY_USE_ENVIRONMENT.search(str(channel).encode()) for channel in channels):
+        return None
     try:
         parts = [CONTENT_HASH_MEMO, conda_lock_version(), list(platforms), list(channels),
                  [[platform, list(items)] for platform, items in virtual_packages],
                  blake3(PYPI_MAPPING.read_bytes()).hexdigest()]
         for path, shown in files:
-            parts.append([shown, blake3(pathlib.Path(path).read_bytes()).hexdigest()])
+            data = pathlib.Path(path).read_bytes()
+            if _MAY_USE_ENVIRONMENT.search(data):
+                return None
+            parts.append([shown, blake3(data).hexdigest()])
     except OSError:
         return None
     return blake3(json.dumps(parts).encode()).hexdigest()

@@ -189,3 +189,27 @@ def test_the_conda_lock_version_names_the_release_not_the_installation():
     version = conda_lock_version()
     assert version.startswith("conda_lock-") and version.endswith(".dist-info")
     assert "/" not in version
+
+
+@pytest.mark.parametrize("channel", [
+    "https://user:secret@conda.example.invalid/channel",  # credentials conda-lock matches against the environment
+    "https://conda.example.invalid/t/tk-123/channel",  # a token path
+    "https://${HOST}/channel",  # an environment variable, expanded by conda-lock
+])
+def test_a_channel_that_may_use_the_environment_has_no_digest(root, channel):
+    """conda-lock's content hash of such a channel depends on environment variables, which the digest
+    does not cover: no key is written for it and it is always checked by conda-lock."""
+    info = _info()
+    files = _files(root, info)
+    assert inputs_digest(info.platforms, info.channels, info.virtual_packages, files)
+    assert inputs_digest(info.platforms, (channel,), info.virtual_packages, files) is None
+    (root / "env/environment.yml").write_text(ENVIRONMENT.replace("https://example.invalid/channel", channel))
+    assert inputs_digest(info.platforms, info.channels, info.virtual_packages, files) is None
+
+
+def test_a_lock_whose_channel_may_use_the_environment_is_checked_by_conda_lock(root, conda_lock_reads):
+    (root / "env/environment.yml").write_text(ENVIRONMENT.replace("https://example.invalid/channel",
+                                                                  "https://u:p@example.invalid/channel"))
+    info = _info()
+    check_fresh(info, _locked(root, info), "linux-64", root, "")
+    assert conda_lock_reads, "conda-lock must check a lock whose channel holds credentials"
