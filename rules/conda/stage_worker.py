@@ -184,8 +184,12 @@ def normalise_prefix(root, locked: dict[str, dict]) -> None:
             record["url"] = entry["url"]
             record["channel"] = entry["url"].rsplit("/", 2)[0] if "/" in entry["url"] else ""
         # sorted keys, no indentation: json's C encoder (indent=2 cost 0.5 s for 30 packages)
-        with open(path, "w") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        # rewritten in place, then cut to length: truncating to zero first makes ext4 (auto_da_alloc)
+        # allocate and start writing the old bytes it is about to drop
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate()
         os.chmod(path, 0o644)
     history = os.path.join(meta, "history")
     if os.path.isfile(history) and not os.path.islink(history):
