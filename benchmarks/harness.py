@@ -92,9 +92,10 @@ class Retired:
     Why: on ext4 without a journal (this machine's root file system), allocating an inode skips each
     inode freed in the last 60 s (360 s while its inode-table block is not yet written back), one
     buffer lookup per skipped inode (fs/ext4/ialloc.c, recently_deleted). After deleting thousands of
-    files, every file created in that minute pays for all of them: a cold 6,300-file build measured
-    1.5-2x slower right after `rm -rf` of the previous run's outputs than with them renamed away, and
-    whichever side ran after the other's deletion paid, which is what made these rows swing. A rename
+    files, every file created in that minute pays for all of them: a cold 6,300-file build took
+    1.5-2x as long, and its fetch + rattler.install baseline 3-4x, right after an `rm -rf` of the
+    previous run's outputs as with them renamed away; whichever side ran after a deletion paid, which
+    is what made these rows swing. A rename
     frees no inode. The deletions hb itself makes while it builds are still part of its time."""
 
     def __init__(self, root: Path):

@@ -141,8 +141,9 @@ class ActionKind:
     # of the work that computes. Whatever CPU work it does must be bounded by its own means (the
     # conda fetch's archive checks run in at most one sandboxed helper per core).
     io_bound: bool = False
-    # True: file inputs held by the local CAS are bound read-only into the sandbox, straight from the
-    # store, instead of being copied into every execution root (bubblewrap only; copied otherwise).
+    # True: file inputs held by the local CAS are hard-linked from the store into a directory bound
+    # read-only into the sandbox, instead of being copied into every execution root (bubblewrap only;
+    # copied otherwise).
     # Nothing re-hashes them on the way: the implementation must check each against a pin of its own
     # before trusting it (the conda stage checks every archive against the lock's sha256) and find
     # them with ActionExecution.input_path (on the host) and sandbox_path (for the command).

@@ -384,10 +384,10 @@ class Executor:
         """A sandbox for an io_bound action without inputs (a download): one an earlier such action left
         holding nothing but directories (its output was moved into the CAS, see _holds_only_directories),
         else a new one. The output's parent directories are then usually there already: a download
-        creates one file instead of eight directories and a file, and deletes nothing. That matters where
-        deletions are slow to be forgotten: ext4 without a journal makes each file created within a
-        minute of a deletion skip every inode freed meanwhile, so a cold build's 300 fetch sandboxes
-        (2,400 directories) slowed every file the stage then wrote."""
+        creates one file instead of eight directories and a file, and deletes nothing (a cold build of
+        300 packages made and deleted 2,400 directories). That matters where deletions are slow to be
+        forgotten: ext4 without a journal makes each file created within a minute of a deletion skip
+        every inode freed meanwhile."""
         with self._lock:
             if self._spare_sandboxes:
                 sandbox = self._spare_sandboxes.pop()

@@ -2,8 +2,8 @@
 
 The archives are untrusted (a lock can name any package, a remote cache can hand back any bytes
 for a fetch), so the install does not run in hb's process: stage_worker.py runs in bubblewrap with
-the sandbox directory (execroot with the archives and the output prefix, tmp/ with the package
-cache) as the only writable place, no network, and nothing of the host visible but the Python
+the sandbox directory (execroot with the output prefix, tmp/ with the package cache) as the only
+writable place (the archives are read-only links to their CAS blobs, see ActionKind.read_only_files), no network, and nothing of the host visible but the Python
 installation that runs it. The fetch's archive check (archive.py) is the first line; this is the
 second, which holds even if that check, or rattler, has a flaw."""
 
@@ -109,12 +109,8 @@ def _heal_corrupt_inputs(execution) -> None:
     for f in execution.action.inputs:
         if f.path in execution.file_views:
             digest = execution.input_entries[f.path].digest
-            reader = store.open_blob(digest)  # verified as it is read: a mismatch removes it, raises MissingBlob
-            if reader is None:
+            if store.open_verified(digest) is None:  # gone, or changed (then removed as corrupt)
                 raise MissingBlob(digest)
-            with reader:
-                while reader.read(1 << 20):
-                    pass
 
 
 def _raise_worker_failure(execution, code: int):
