@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from harness import Retired  # noqa: E402
 from support import Workspace, env_workspace  # noqa: E402
 
 HB_REPO = REPO  # whose hermetic_build and rules the timed `hb build` runs (--hb-repo: e.g. main, for before/after)
@@ -124,15 +125,17 @@ def row(name: str, ws: Workspace, tree: Path, label: str, runs: int, *, baseline
         forget_blobs: bool = False) -> dict:
     env = {**ws.env(), "PYTHONPATH": str(HB_REPO)}
     argv = [sys.executable, "-m", "hermetic_build.cli", "build", label]
-    out = ws.root.parent / f"{ws.root.name}-pigz.tar.gz"
-    base_cmd = f"tar -C {tree} -cf - . | pigz -6 > {out}"
-    hb_runs, pigz_runs = [], []
-    for _ in range(runs):  # interleaved, so load changes hit both alike
+    hb_runs, pigz_runs, outs = [], [], []
+    for i in range(runs):  # interleaved, so load changes hit both alike
         forget_layers(ws.cache, blobs=forget_blobs)
         hb_runs.append(measure(argv, ws.root, env))
         if baseline:
-            pigz_runs.append(measure(["bash", "-c", base_cmd], ws.root))
-    out.unlink(missing_ok=True)
+            # a new file each run, as hb writes new blobs: `>` over the last run's file would first
+            # truncate it, which on ext4 (auto_da_alloc) makes the close wait for its blocks
+            outs.append(ws.root.parent / f"{ws.root.name}-pigz-{i}.tar.gz")
+            pigz_runs.append(measure(["bash", "-c", f"tar -C {tree} -cf - . | pigz -6 > {outs[-1]}"], ws.root))
+    for out in outs:  # a handful of files: deleting them frees too few inodes to matter (see Retired)
+        out.unlink(missing_ok=True)
     return {"name": name, "hb": hb_runs, "pigz": pigz_runs}
 
 
@@ -187,26 +190,26 @@ def main() -> None:
     os.environ["PYTHONPATH"] = str(HB_REPO)  # the untimed warm-up builds too
     only = set(args.only or ["big", "env", "huge"])
     tmp = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="hb-bench-layers-"))
+    # nothing is deleted before or between the timed runs, only moved aside, and deleted at the end: see Retired
+    retired = Retired(tmp)
     if args.keep:
         for name in ("big", "big-cache", "big-tree", "huge", "huge-cache", "huge-tree", "env", "env-cache"):
             if name.split("-")[0] in only:
-                shutil.rmtree(tmp / name, ignore_errors=True)
+                retired.retire(tmp / name)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; "
           f"{subprocess.run(['pigz', '--version'], capture_output=True, text=True).stdout.strip()}", flush=True)
     try:
         if "big" in only and args.big_mib:
             ws, tree = file_workspace(tmp, "big", args.big_mib)
             show(row(f"(a) one {args.big_mib} MiB file", ws, tree, "//:img", args.runs, forget_blobs=args.forget_blobs))
-            shutil.rmtree(ws.root.parent / "big-cache", ignore_errors=True)
-            shutil.rmtree(ws.root, ignore_errors=True)
-            shutil.rmtree(tree, ignore_errors=True)
+            retired.retire(ws.root.parent / "big-cache", ws.root, tree)
         if "env" in only and args.packages:
             from conda import synthetic_channel
 
             root = tmp / "synthetic"
             channel = root / "channel"
             if not (root / f"done-{args.packages}-{args.files}-{args.file_kib}").exists():
-                shutil.rmtree(root, ignore_errors=True)
+                retired.retire(root)
                 channel = synthetic_channel(root, args.packages, args.files, args.file_kib)
                 (root / f"done-{args.packages}-{args.files}-{args.file_kib}").touch()
             ws = Workspace(tmp / "env", tmp / "env-cache")
@@ -226,6 +229,7 @@ def main() -> None:
             show(row(f"(c) one {args.huge_mib} MiB file, cold (RSS row)", ws, tree, "//:img", 1,
                      baseline=args.huge_baseline))
     finally:
+        retired.close()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)

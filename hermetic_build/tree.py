@@ -51,6 +51,10 @@ def encode_directory(entries: list[TreeEntry]) -> bytes:
 def _check_name(name) -> str:
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
         raise InvalidEntry(f"entry name {str(name)[:80]!r} is not a single path component")
+    if name.isascii():  # the common case: its length in bytes is its length
+        if len(name) > 255:
+            raise InvalidEntry(f"entry name {name[:40]!r}... is longer than 255 bytes")
+        return name
     try:
         if len(name.encode()) > 255:
             raise InvalidEntry(f"entry name {name[:40]!r}... is longer than 255 bytes")
@@ -59,16 +63,19 @@ def _check_name(name) -> str:
     return name
 
 
+_FIELDS = {kind: frozenset({"name", "kind", "mode", "target" if kind == "symlink" else "digest"}) for kind in _KINDS}
+
+
 def _decode_entry(e) -> TreeEntry:
     if not isinstance(e, dict):
         raise InvalidEntry("an entry is not an object")
     name = _check_name(e.get("name"))
     kind = e.get("kind")
-    if kind not in _KINDS:
+    allowed = _FIELDS.get(kind) if type(kind) is str else None
+    if allowed is None:
         raise InvalidEntry(f"{name!r}: unknown kind {str(kind)[:20]!r}")
-    allowed = {"name", "kind", "mode", "target" if kind == "symlink" else "digest"}
-    unknown = e.keys() - allowed
-    if unknown or not allowed <= e.keys():
+    if e.keys() != allowed:
+        unknown = e.keys() - allowed
         field = min(unknown or allowed - e.keys())
         raise InvalidEntry(f"{name!r}: field {field[:40]!r} {'not allowed' if unknown else 'missing'} for a {kind}")
     mode = e["mode"]

@@ -24,7 +24,7 @@ from ..leftovers import temp_name_beside
 
 MAX_ENTRY_BYTES = 1 << 20  # an action-cache entry (or a tree's directory blob) larger than this is refused
 MAX_BLOB_SIZE = (1 << 63) - 1
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_DIGEST_TEXT = re.compile(r"([0-9a-f]{64})/(0|[1-9][0-9]*)\Z")  # ASCII digits only, no leading zero
 _EXIT_CODE_RANGE = range(-(1 << 31), 1 << 31)
 
 
@@ -64,11 +64,10 @@ def parse_digest(value, what: str) -> Digest:
     """A digest string from a cache entry: '<64 lowercase hex>/<size>', size within 0..2**63-1."""
     if not isinstance(value, str) or len(value) > 64 + 1 + 19:
         raise InvalidEntry(f"{what}: not a digest")
-    hash_, sep, size = value.partition("/")
-    if not sep or not _HEX64.match(hash_) or not size.isdigit() or not size.isascii() \
-            or (len(size) > 1 and size[0] == "0"):
+    match = _DIGEST_TEXT.match(value)
+    if match is None:
         raise InvalidEntry(f"{what}: not a digest: {value[:80]!r}")
-    digest = Digest(hash_, int(size))
+    digest = Digest(match[1], int(match[2]))
     if digest.size > MAX_BLOB_SIZE:
         raise InvalidEntry(f"{what}: size out of range")
     return digest
