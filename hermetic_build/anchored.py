@@ -76,6 +76,26 @@ def open_subdirectory(dir_fd: int, name: str, shown: str) -> int:
         raise
 
 
+def open_scanned_file(dir_fd: int, name: str, scanned: os.stat_result, shown: str) -> tuple[int, os.stat_result]:
+    """Open `name` of dir_fd for reading if it is still the regular file a directory listing just
+    found (`scanned`, its lstat: same device and inode), never through a link; RefusedPath if not.
+    open_regular_file without its own stat (the listing made it) and without clearing O_NONBLOCK,
+    which a regular file's reads ignore. Returns the descriptor and its fstat."""
+    if not stat.S_ISREG(scanned.st_mode):
+        raise RefusedPath(f"{describe(dir_fd, name, shown)}, not a regular file")
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RefusedPath(f"{describe(dir_fd, name, shown)}, not a regular file") from None
+        raise
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (scanned.st_dev, scanned.st_ino):
+        os.close(fd)
+        raise RefusedPath(f"{shown} changed while it was being collected")
+    return fd, opened
+
+
 def open_regular_file(dir_fd: int, name: str, shown: str | None = None) -> tuple[int, os.stat_result]:
     """Open the regular file `name` of dir_fd for reading, refusing a link or a special file (which
     is never opened). Returns the descriptor and its fstat."""

@@ -169,27 +169,36 @@ def _not_plain(fd: int, st: os.stat_result, shown: str) -> str | None:
     return None
 
 
-def _put_in_place(store, dir_fd: int, name: str, shown: str, problems: list) -> Digest:
+def _put_in_place(store, dir_fd: int, name: str, shown: str, problems: list, scanned: os.stat_result) -> Digest:
     """Hash a file without moving it; copied into the store only if the blob is not there (a local
-    store's put_hashed: the file cannot change, its sandbox has exited)."""
+    store's put_hashed: the file cannot change, its sandbox has exited). `scanned`: the file's lstat
+    from the directory listing; what is opened must be that file (open_scanned_file). A file of up to
+    CHUNK bytes is read with one call (most files of an environment: a descriptor and a read, no file
+    object), a larger one in chunks."""
     from blake3 import blake3
 
-    from .anchored import open_regular_file
+    from .anchored import open_scanned_file
     from .digest import CHUNK
 
-    fd, st = open_regular_file(dir_fd, name)
-    with os.fdopen(fd, "rb") as f:
+    fd, st = open_scanned_file(dir_fd, name, scanned, shown)
+    try:
         if not problems:
-            why = _not_plain(f.fileno(), st, shown)
+            why = _not_plain(fd, st, shown)
             if why:
                 problems.append(why)
-        hasher, size = blake3(), 0
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-        digest = Digest(hasher.hexdigest(), size)
+        data = os.read(fd, st.st_size + 1) if st.st_size < CHUNK else b""
+        if data and len(data) == st.st_size:
+            digest = Digest(blake3(data).hexdigest(), len(data))
+        else:  # large, empty, or not the size it had a moment ago: whatever is there, to its end
+            hasher, size = blake3(data), len(data)
+            while chunk := os.read(fd, CHUNK):
+                hasher.update(chunk)
+                size += len(chunk)
+            digest = Digest(hasher.hexdigest(), size)
         if not store.has_blob(digest):  # copied from the descriptor just hashed: not read and hashed twice
-            store.put_hashed(f.fileno(), digest)
+            store.put_hashed(fd, digest)
+    finally:
+        os.close(fd)
     return digest
 
 
@@ -221,7 +230,7 @@ def _store_directory(store, fd: int, prefix: str, move: bool, depth: int, known:
         elif stat.S_ISREG(st.st_mode):
             try:
                 if in_place is not None:
-                    digest = _put_in_place(store, fd, name, shown, in_place)
+                    digest = _put_in_place(store, fd, name, shown, in_place, st)
                 elif shown in known:
                     digest = store.put_at(fd, name, move=move, fsync=False, known=known[shown])
                 else:

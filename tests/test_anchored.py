@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hermetic_build.anchored import RefusedPath, open_directory, open_regular_file, open_subdirectory
+from hermetic_build.anchored import RefusedPath, open_directory, open_regular_file, open_scanned_file, open_subdirectory
 
 
 @pytest.fixture
@@ -67,3 +67,30 @@ def test_open_regular_file_refuses_links_and_special_files(base):
 def test_open_subdirectory_refuses_a_link(base):
     with pytest.raises(RefusedPath, match="shown-name is a symbolic link"):
         open_subdirectory(base, "link", "shown-name")
+
+
+def test_open_scanned_file_opens_only_the_file_the_listing_found(base):
+    a = open_directory(base, "a")
+    try:
+        b = open_directory(a, "b")
+        scanned = os.stat("f", dir_fd=b, follow_symlinks=False)
+        fd, st = open_scanned_file(b, "f", scanned, "a/b/f")
+        try:
+            assert os.read(fd, 100) == b"inside" and (st.st_dev, st.st_ino) == (scanned.st_dev, scanned.st_ino)
+        finally:
+            os.close(fd)
+        # swapped after the listing: for another file, a link to it, or a fifo (never opened, never blocks)
+        os.rename("f", "g", src_dir_fd=b, dst_dir_fd=b)
+        with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=b), "w") as f:
+            f.write("other")
+        with pytest.raises(RefusedPath, match="a/b/f changed while it was being collected"):
+            open_scanned_file(b, "f", scanned, "a/b/f")
+        os.unlink("f", dir_fd=b)
+        os.symlink("g", "f", dir_fd=b)
+        with pytest.raises(RefusedPath, match="is a symbolic link"):
+            open_scanned_file(b, "f", scanned, "a/b/f")
+        with pytest.raises(RefusedPath, match="fifo is a special file"):
+            open_scanned_file(a, "fifo", os.stat("fifo", dir_fd=a, follow_symlinks=False), "a/fifo")
+        os.close(b)
+    finally:
+        os.close(a)

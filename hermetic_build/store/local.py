@@ -414,9 +414,9 @@ class LocalStore(Store):
         try:
             try:
                 _copy_fd(src_fd, fd, digest.size)
+                self._commit_blob(tmp, digest, fd, has_mode=_exact(0o444))  # fstat, not a second path lookup
             finally:
                 os.close(fd)
-            self._commit_blob(tmp, digest, has_mode=_exact(0o444))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
