@@ -45,16 +45,17 @@ class StageError(Exception):
 
 def stage(params: dict) -> str:
     """Install, normalise, check; returns a line for the action's stdout."""
-    import rattler
-    from rattler import Config, Subdir
-
     out = os.path.abspath(params["out"])
     packages = params["packages"]
     archives = {name: os.path.abspath(path) for name, path in params["archives"].items()}
     wheels = params.get("wheels") or []
-    # the conda archives and the wheels are hashed at once, on a few threads; each is checked
-    # before anything reads it: the conda ones before rattler, the wheels (hashed meanwhile) after it
+    # the conda archives and the wheels are hashed at once, on a few threads (started before rattler
+    # is imported, which they overlap); each is checked before anything reads it: the conda ones
+    # before rattler, the wheels (hashed meanwhile) after it
     checks = start_verifying(archives, [*packages, *wheels])
+    import rattler
+    from rattler import Config, Subdir
+
     for check in checks[:len(packages)]:
         check()
 
@@ -493,17 +494,21 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
 
 def check_links(root) -> None:
     """No symlink in the installed prefix may point outside it, resolved as the kernel would (links
-    through links included, also across packages)."""
+    through links included, also across packages). Walked with scandir: a link is known from the
+    listing (no lstat per entry), directories are entered only when they are real ones."""
     root_real = os.path.realpath(root)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                target = os.readlink(path)
-                resolved = os.path.realpath(path)
-                if target.startswith("/") or not (resolved == root_real or resolved.startswith(root_real + os.sep)):
-                    rel = os.path.relpath(path, root)
-                    raise StageError(f"installed link {rel} -> {target} escapes the prefix")
+    pending = [root]
+    while pending:
+        with os.scandir(pending.pop()) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    target = os.readlink(entry.path)
+                    resolved = os.path.realpath(entry.path)
+                    if target.startswith("/") or not (resolved == root_real or resolved.startswith(root_real + os.sep)):
+                        rel = os.path.relpath(entry.path, root)
+                        raise StageError(f"installed link {rel} -> {target} escapes the prefix")
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
 
 
 def main(argv: list[str]) -> int:
