@@ -37,6 +37,18 @@ def test_corrupt_blob_is_removed_not_served(tmp_path):
     assert d in store.corrupt_removed
 
 
+@pytest.mark.parametrize("stored", [b"good content and more", b"good", b""])
+def test_blob_of_another_size_is_removed_not_served(tmp_path, stored):
+    store = LocalStore(tmp_path / "c")
+    d = store.put_blob(b"good content")
+    path = store.blob_path(d)
+    os.chmod(path, 0o644)
+    path.write_bytes(stored)  # longer, shorter, empty: never read as the blob, removed
+    assert store.get_blob(d) is None
+    assert not path.exists() and d in store.corrupt_removed
+    assert store.get_blob(store.put_blob(b"")) == b""  # the empty blob itself is fine
+
+
 def test_fetch_file_verifies(tmp_path):
     store = LocalStore(tmp_path / "c")
     d = store.put_blob(b"payload")
