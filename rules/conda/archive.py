@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import tarfile
 import zipfile
@@ -54,15 +55,19 @@ def path_problem(path) -> str | None:
         return "empty path"
     if "\x00" in path:
         return "NUL byte"
-    if any(ord(c) < 32 for c in path):
+    if _CONTROL.search(path):
         return "control character"
     if "\\" in path:
         return "backslash"
     if path.startswith("/"):
         return "absolute path"
-    if any(part in ("", ".", "..") for part in path.split("/")):
+    if _BAD_COMPONENT.search(path):
         return "empty, '.' or '..' component"
     return None
+
+
+_CONTROL = re.compile("[\x00-\x1f]")
+_BAD_COMPONENT = re.compile(r"(?:^|/)\.{0,2}(?:/|\Z)")  # an empty, "." or ".." component
 
 
 class _Scan:
