@@ -14,7 +14,7 @@ from blake3 import blake3
 from hermetic_build.api import ActionFailed, Digest, IntegrityError, MissingBlob, lookup_tree, register_action_kind
 
 from .archive import DEFAULT_MAX_UNPACK_RATIO
-from .checker import check_archive_sandboxed
+from .checker import check_archive_sandboxed, start_checkers
 
 CHUNK = 1 << 20
 RETRIES = 4
@@ -61,6 +61,7 @@ def _download(url: str, dest: str, expected: str, algorithm: str = "sha256") -> 
 
 def _fetch(execution) -> None:
     ratio = execution.params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO)
+    start_checkers(execution)  # the check's helpers start while the archive downloads
     # the archive is parsed in a sandboxed helper shared by the build's fetches (checker.py)
     fetch_pinned(execution, check=lambda path, filename: check_archive_sandboxed(execution, path, filename, ratio))
 

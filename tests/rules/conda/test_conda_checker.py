@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +88,39 @@ def test_a_file_outside_the_cache_tmp_directory_is_not_visible_to_the_helper(exe
     with pytest.raises(ActionFailed) as info:
         checker.check_archive_sandboxed(execution, package, package.name, 1000)
     assert "No such file" in info.value.message or "not a" in info.value.message, info.value.message
+
+
+def test_helpers_started_early_serve_the_checks(execution):
+    pool = checker._pool_of(execution)
+    checker.start_checkers(execution)
+    checker.start_checkers(execution)  # once per pool
+    assert pool.count == checker.MAX_HELPERS
+    good = Package(members=(file("share/a.txt"),), paths=({"_path": "share/a.txt"},)).write(execution.store.tmp_dir)
+    checker.check_archive_sandboxed(execution, good, good.name, 1000)  # waits for a started helper, starts none
+    assert pool.count == checker.MAX_HELPERS
+    deadline = time.monotonic() + 30
+    while len(pool.idle) < checker.MAX_HELPERS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pool.idle) == checker.MAX_HELPERS
+    assert all(h.proc.poll() is None and h.proc.pid != os.getpid() for h in pool.idle)
+
+
+def test_a_helper_that_cannot_start_early_makes_the_next_check_fail_with_why(execution):
+    @dataclass
+    class _Broken:
+        store: _Store
+
+        @staticmethod
+        def helper_command(argv, read_only=()):
+            return [sys.executable, "-c", "import sys; sys.exit('no sandbox here')"]
+
+    broken = _Broken(execution.store)
+    checker.start_checkers(broken)
+    good = Package(members=(file("share/a.txt"),), paths=({"_path": "share/a.txt"},)).write(execution.store.tmp_dir)
+    with pytest.raises(ActionFailed, match="could not start"):
+        checker.check_archive_sandboxed(execution, good, good.name, 1000)
+    pool = checker._pool_of(execution)
+    deadline = time.monotonic() + 30
+    while pool.count and time.monotonic() < deadline:  # the other start may still be failing
+        time.sleep(0.05)
+    assert pool.count == 0 and not pool.idle and "no sandbox here" in pool.broken
