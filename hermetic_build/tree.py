@@ -148,7 +148,10 @@ def store_tree_in_place(store, root_fd: int) -> tuple[Digest, str | None]:
     fresh files): a file with other hard links, setuid, setgid or sticky bits, extended attributes
     (an ACL included) or another owner, on a file or a directory. Those are what materialize_tree
     would not reproduce; without them, the renamed tree is exactly what materialize_tree would
-    write. For a tree nothing else can change any more (the command that wrote it has exited)."""
+    write. For a tree nothing else can change any more (the command that wrote it has exited).
+
+    One thread: copying the missing blobs on one or two threads beside the hashing one was measured
+    slower on ext4 (a 6,300-file environment into an empty CAS: 0.98-1.37 s vs 0.68-0.85 s)."""
     why = _not_plain(root_fd, os.fstat(root_fd), ".")
     problems: list[str] = [why] if why else []
     digest = _store_directory(store, root_fd, "", False, 0, {}, problems)
