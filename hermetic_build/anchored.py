@@ -98,20 +98,8 @@ def open_scanned_file(dir_fd: int, name: str, scanned: os.stat_result, shown: st
 
 def open_regular_file(dir_fd: int, name: str, shown: str | None = None) -> tuple[int, os.stat_result]:
     """Open the regular file `name` of dir_fd for reading, refusing a link or a special file (which
-    is never opened). Returns the descriptor and its fstat."""
+    is never opened). Returns the descriptor (blocking) and its fstat."""
     shown = shown or name
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if not stat.S_ISREG(st.st_mode):
-        raise RefusedPath(f"{describe(dir_fd, name, shown)}, not a regular file")
-    try:
-        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise RefusedPath(f"{describe(dir_fd, name, shown)}, not a regular file") from None
-        raise
-    opened = os.fstat(fd)
-    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-        os.close(fd)
-        raise RefusedPath(f"{shown} changed while it was being collected")
+    fd, opened = open_scanned_file(dir_fd, name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False), shown)
     os.set_blocking(fd, True)
     return fd, opened
