@@ -297,7 +297,7 @@ class LocalStore(Store):
                     data += more  # a short read, rare for a regular file
         finally:
             os.close(fd)
-        if data is None or len(data) != digest.size or blake3(data).hexdigest() != digest.hash:
+        if data is None or digest_bytes(data) != digest:
             self._remove_corrupt(digest)
             return None
         return data
