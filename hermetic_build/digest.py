@@ -42,19 +42,32 @@ def digest_bytes(data: bytes) -> Digest:
 
 
 def digest_file(path: str | os.PathLike) -> Digest:
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size <= CHUNK:  # most sources: one read sized by fstat (read(CHUNK) allocated 1 MiB per call)
-            data = f.readall()
-            return Digest(blake3(data).hexdigest(), len(data))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return digest_fd(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def digest_fd(fd: int, size: int) -> Digest:
+    """BLAKE3 digest of what fd holds from its offset to its end. `size` (its fstat size) picks how: a
+    file under CHUNK bytes (most sources, most files of an environment) is read with one call, sized by
+    size (read(CHUNK) allocated 1 MiB per call); a larger one in chunks into one buffer, hashed on
+    several threads beyond 16 chunks. Whatever is there is hashed, if the file is not the size it had."""
+    total = 0
+    if size < CHUNK:
+        data = os.read(fd, size + 1)
+        if len(data) == size:
+            return Digest(blake3(data).hexdigest(), size)
+        hasher, total = blake3(data), len(data)
+    else:
         hasher = blake3(max_threads=blake3.AUTO) if size > 16 * CHUNK else blake3()
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        size = 0
-        while n := f.readinto(buffer):
-            hasher.update(view[:n])
-            size += n
-    return Digest(hasher.hexdigest(), size)
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while n := os.readv(fd, [buffer]):
+        hasher.update(view[:n])
+        total += n
+    return Digest(hasher.hexdigest(), total)
 
 
 class DualHasher:

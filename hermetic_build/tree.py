@@ -177,11 +177,9 @@ def _put_in_place(store, dir_fd: int, name: str, shown: str, problems: list, sca
     store's put_hashed: the file cannot change, its sandbox has exited). `scanned`: the file's lstat
     from the directory listing; what is opened must be that file (open_scanned_file). A file of up to
     CHUNK bytes is read with one call (most files of an environment: a descriptor and a read, no file
-    object), a larger one in chunks."""
-    from blake3 import blake3
-
+    object, see digest_fd), a larger one in chunks."""
     from .anchored import open_scanned_file
-    from .digest import CHUNK
+    from .digest import digest_fd
 
     fd, st = open_scanned_file(dir_fd, name, scanned, shown)
     try:
@@ -189,15 +187,7 @@ def _put_in_place(store, dir_fd: int, name: str, shown: str, problems: list, sca
             why = _not_plain(fd, st, shown)
             if why:
                 problems.append(why)
-        data = os.read(fd, st.st_size + 1) if st.st_size < CHUNK else b""
-        if data and len(data) == st.st_size:
-            digest = Digest(blake3(data).hexdigest(), len(data))
-        else:  # large, empty, or not the size it had a moment ago: whatever is there, to its end
-            hasher, size = blake3(data), len(data)
-            while chunk := os.read(fd, CHUNK):
-                hasher.update(chunk)
-                size += len(chunk)
-            digest = Digest(hasher.hexdigest(), size)
+        digest = digest_fd(fd, st.st_size)
         if not store.has_blob(digest):  # copied from the descriptor just hashed: not read and hashed twice
             store.put_hashed(fd, digest)
     finally:

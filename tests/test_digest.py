@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -59,3 +60,16 @@ def test_file_just_over_one_chunk(tmp_path):
     assert digest_file(path) == digest_bytes(data)
     (tmp_path / "empty").write_bytes(b"")
     assert digest_file(tmp_path / "empty") == digest_bytes(b"")
+
+
+@pytest.mark.parametrize("content, size", [(b"", 0), (b"abc", 3), (b"grown since", 4), (b"x" * (3 << 20), 3 << 20)])
+def test_digest_fd_hashes_to_the_end_whatever_size_says(tmp_path, content, size):
+    from hermetic_build.digest import digest_fd
+
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert digest_fd(fd, size) == digest_bytes(content)
+    finally:
+        os.close(fd)
