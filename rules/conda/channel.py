@@ -68,10 +68,11 @@ PARAMS_FILE = "../tmp/hb-channel-params.json"  # relative to the execution root,
 def _build_channel(execution) -> None:
     """Recipe build scripts are arbitrary shell: rattler-build runs in channel_worker.py, in the
     sandbox (no network, only the sandbox writable), never in hb's process."""
-    from .stage import python_paths, worker_python
+    from .stage import WORKER_EXIT, python_paths, worker_python
 
     check_host_tools(execution)  # say in one line what is missing, before rattler-build fails on it
-    sys_path, read_only = python_paths(extra=(str(WORKER), str(WORKER.with_name("package_normalise.py"))))
+    sys_path, read_only = python_paths(extra=(str(WORKER), str(WORKER.with_name("package_normalise.py")),
+                                              str(WORKER_EXIT)))
     params = {"sys_path": sys_path, "out": execution.params["out"], "builds": execution.params["builds"],
               "source_date_epoch": execution.settings.source_date_epoch}
     (execution.execroot / PARAMS_FILE).write_text(json.dumps(params))

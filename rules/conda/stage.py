@@ -18,6 +18,7 @@ from pathlib import Path
 from hermetic_build.api import ActionFailed, MissingBlob, register_action_kind
 
 WORKER = Path(__file__).resolve().with_name("stage_worker.py")
+WORKER_EXIT = WORKER.with_name("worker_exit.py")  # how the workers end, bound next to them
 PARAMS_FILE = "../tmp/hb-stage-params.json"  # relative to the execution root, inside or outside bwrap
 
 
@@ -30,10 +31,10 @@ def worker_python() -> str:
                         os.path.basename(sys.executable))
 
 
-def python_paths(extra: tuple[str, ...] = (str(WORKER),)) -> tuple[list[str], tuple[str, ...]]:
+def python_paths(extra: tuple[str, ...] = (str(WORKER), str(WORKER_EXIT))) -> tuple[list[str], tuple[str, ...]]:
     """(the directories a worker needs on sys.path to import rattler and rattler_build, the host paths
     to expose read-only: the interpreter's installation, those directories and the `extra` files,
-    by default the stage worker itself)."""
+    by default the stage worker itself and worker_exit.py)."""
     import importlib.util
 
     package_dirs = []

@@ -529,4 +529,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I left this file's directory out
+    from worker_exit import run_and_exit  # never a finalization: rattler's threads can crash it
+
+    run_and_exit(main)
