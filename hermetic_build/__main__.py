@@ -1,5 +1,5 @@
 """`python3 -m hermetic_build` is `hb`."""
 
-from .cli import main
+from .cli import run
 
-main(prog_name="hb")
+run()

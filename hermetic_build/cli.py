@@ -587,5 +587,18 @@ def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, p
         raise UsageError(str(exc)) from None
 
 
+def run(args=None) -> None:
+    """The `hb` command: `main`, then the end of the process without an interpreter finalization
+    (process_exit.py)."""
+    from .process_exit import exit_process
+
+    try:
+        main(args=args, prog_name="hb")
+        code = 0
+    except SystemExit as exc:  # click ends every command with it
+        code = exc.code
+    exit_process(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
