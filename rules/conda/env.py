@@ -44,7 +44,7 @@ def _conda_env_impl(ctx):
         try:
             lock = read_lockfile(path, ctx.attr.environment or "default")
         except LockReadError as exc:  # the user's file and line, never the temporary copy
-            raise AnalysisError(f"{ctx.label}: {lock_file.path}: {exc.message}",
+            raise AnalysisError(f"{ctx.label}: {exc.message}",
                                 location=Location(lock_file.path, exc.line), hint=exc.hint) from None
     if info is not None:
         if platform not in info.platforms:
@@ -57,7 +57,7 @@ def _conda_env_impl(ctx):
     try:
         packages, pip = packages_for(lock, platform, categories)
     except LockReadError as exc:  # an sdist or unpinned pip entry of this platform
-        raise AnalysisError(f"{ctx.label}: {lock_file.path}: {exc.message}",
+        raise AnalysisError(f"{ctx.label}: {exc.message}",
                             location=Location(lock_file.path, exc.line), hint=exc.hint) from None
     if not packages:
         ctx.fail(f"{lock_file.path} has no conda packages for platform {platform!r}",

@@ -271,7 +271,11 @@ def _wheel(name: str, version: str, url: str, sha256: str, platform: str, catego
     base, _, fragment = url.partition("#")
     if not sha256 and fragment.startswith("sha256="):
         sha256 = fragment[7:].lower()
-    if not base.startswith(("https://", "http://", "file://")) or not sha256 or not HEX64.fullmatch(sha256):
+    if not base.startswith(("https://", "http://", "file://")):
+        raise LockReadError(f"pip package {name} is not a wheel from an index: {url} is a local path or a VCS "
+                            "URL (installing it would build it from source)", line,
+                            hint="lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source)")
+    if not sha256 or not HEX64.fullmatch(sha256):
         raise LockReadError(f"pip package {name} is not pinned: {url} has no sha256", line,
                             hint="lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source)")
     _check_url(base, name, line)
@@ -340,6 +344,7 @@ def _read_explicit(text: str) -> AdoptedLock:
 # ----- pixi ----------------------------------------------------------------------------------------
 def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
     from rattler import LockFile
+    from rattler.lock import CondaLockedSourcePackage
 
     try:
         lock = LockFile.from_path(str(path))
@@ -350,28 +355,76 @@ def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
         raise LockReadError(f"it has no environment {environment!r}", 1,
                             hint=f"set conda_env(environment = ...) to one of {', '.join(sorted(environments))}")
     env = environments[environment]
-    lines = _url_lines(text)
+    listed = _pixi_listing_lines(text, environment)
     entries, platforms = [], []
     for platform in env.platforms():
         subdir = str(platform)
         platforms.append(subdir)
+
+        def line_of(kind: str, location: str) -> int | None:
+            return listed.get((subdir, kind, location)) or listed.get((None, kind, location))
+
         for record in env.conda_repodata_records_for_platform(platform) or []:
             url = str(record.url)
-            _check_url(url, record.name.normalized, lines.get(url))
+            _check_url(url, record.name.normalized, line_of("conda", url))
             entries.append(LockEntry(LockedPackage(
                 name=record.name.normalized, version=str(record.version), build=str(record.build), url=url,
                 sha256=record.sha256.hex() if record.sha256 else "", md5=record.md5.hex() if record.md5 else None,
-                platform=subdir), frozenset({"main"}), lines.get(url)))
+                platform=subdir), frozenset({"main"}), line_of("conda", url)))
+        for package in env.packages(platform) or []:
+            # a package pixi builds from source (pixi-build, `- conda: .`): no archive to fetch and pin
+            if isinstance(package, CondaLockedSourcePackage):
+                location, line = str(package.location), line_of("conda", str(package.location))
+                error = LockReadError(
+                    f"conda package {package.name} is a source package (built by pixi from {location}): hb "
+                    "installs built packages only, each from a URL pinned by sha256", line,
+                    hint="build it into a channel (a conda_channel target) and lock it from there, "
+                         "or leave it out of this environment")
+                entries.append(LockEntry(LockedPackage(
+                    name=str(package.name), version=str(package.version), build="", url=location, sha256="",
+                    md5=None, platform=subdir), frozenset({"main"}), line, error))
         for package in env.pypi_packages_for_platform(platform) or []:
             location = str(package.location)
             try:
                 sha256 = package.hashes.sha256.hex() if package.hashes.sha256 else ""
             except AttributeError:  # a path or git package: no hashes at all
                 sha256 = ""
-            line = next((n for n, ln in enumerate(text.splitlines(), 1) if ln.strip() == f"- pypi: {location}"), None)
             entries.append(_pip_entry(package.name, str(package.version), location, {"sha256": sha256} if sha256
-                                      else None, subdir, {"main"}, line))
+                                      else None, subdir, {"main"}, line_of("pypi", location)))
     return AdoptedLock("pixi", LockMetadata({}, tuple(platforms)), tuple(entries))
+
+
+def _pixi_listing_lines(text: str, environment: str) -> dict[tuple[str | None, str, str], int]:
+    """Where `environment` lists each package for each platform: {(platform, "conda" | "pypi",
+    location): line}, from pixi's own layout (environments: / <name>: / packages: / <platform>: /
+    - conda: <location>). Any other `- conda:` / `- pypi:` line is kept under platform None (its
+    first line), the answer where the layout is not pixi's usual one."""
+    found: dict[tuple[str | None, str, str], int] = {}
+    in_envs = in_env = in_packages = False
+    platform = None
+    for number, line in enumerate(text.splitlines(), 1):
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        if not body or body.startswith("#"):
+            continue
+        if body.startswith("- ") and ": " in body:
+            kind, _, location = body[2:].partition(": ")
+            if kind in ("conda", "pypi"):
+                location = location.strip().strip("'\"")
+                if in_packages and platform is not None and indent == 6:
+                    found.setdefault((platform, kind, location), number)
+                found.setdefault((None, kind, location), number)
+            continue
+        key = body.split(":", 1)[0].strip()
+        if indent == 0:
+            in_envs, in_env, in_packages, platform = key == "environments", False, False, None
+        elif indent == 2 and in_envs:
+            in_env, in_packages, platform = key == environment, False, None
+        elif indent == 4 and in_env:
+            in_packages, platform = key == "packages", None
+        elif indent == 6 and in_packages:
+            platform = key
+    return found
 
 
 # ----- selection -------------------------------------------------------------------------------------------

@@ -25,17 +25,25 @@ def _unified(doc, platform):
         if p["platform"] != platform or "main" not in (categories or {"main"}):
             continue
         (pip if p.get("manager", "conda") == "pip" else conda)[p["name"]] = p
-    bad = sorted(n for n, p in pip.items()
+    bad = sorted(f"pip package {n}" for n, p in pip.items()
                  if not p["url"].split("#")[0].endswith(".whl") or len((p.get("hash") or {}).get("sha256") or "") != 64)
     return len(conda), len(pip), bad
 
 
 def _pixi(doc, platform):
     listed = doc["environments"]["default"]["packages"].get(platform, [])
-    pypi = {p["pypi"]: p for p in doc["packages"] if "pypi" in p}
-    conda = [p for p in listed if "conda" in p]
+    # pixi.lock 6 and later: `- conda: <url>` / `- pypi: <url>`; 4 and 5: `kind:` with `url:` or `path:`
+    described = {}
+    for p in doc["packages"]:
+        kind = "pypi" if "pypi" in p or p.get("kind") == "pypi" else "conda"
+        described[(kind, p.get(kind) or p.get("url") or p.get("path"))] = p
+    conda = [p["conda"] for p in listed if "conda" in p]
     pip = [p["pypi"] for p in listed if "pypi" in p]
-    bad = sorted(pypi[u]["name"] for u in pip if not u.endswith(".whl") or "sha256" not in pypi[u])
+    bad = sorted(f"pip package {described[('pypi', u)]['name']}" for u in pip
+                 if not u.endswith(".whl") or "sha256" not in described[("pypi", u)])
+    # a package pixi builds from source (`- conda: .`): no archive to fetch, refused
+    bad += sorted(f"conda package {described[('conda', u)]['name']}" for u in conda
+                  if not u.startswith(("https://", "http://", "file://")))
     return len(conda), len(pip), bad
 
 
@@ -44,7 +52,11 @@ def expected(path: Path, platform: str) -> tuple[int, int, list[str]]:
     text = path.read_text()
     if path.name.endswith(".lock") and "@EXPLICIT" in text:
         lines = text.splitlines()
-        return sum(1 for line in lines if line.startswith(("https://", "http://", "file://"))), 0, []
+        # conda-lock writes the pip packages of an explicit file as `# pip <name> @ <url>#sha256=<hex>`
+        pip = dict(line[len("# pip "):].split(" @ ", 1) for line in lines if line.startswith("# pip "))
+        bad = sorted(f"pip package {n}" for n, u in pip.items()
+                     if not u.split("#")[0].endswith(".whl") or "#sha256=" not in u)
+        return sum(1 for line in lines if line.startswith(("https://", "http://", "file://"))), len(pip), bad
     doc = yaml.safe_load(text)
     return _pixi(doc, platform) if "environments" in doc else _unified(doc, platform)
 
@@ -92,10 +104,10 @@ def test_the_fixture_set_is_real_and_varied():
 def test_each_real_lock_expands_to_one_fetch_per_package_of_its_platform(adopted, name, platform):
     conda, wheels, bad = expected(LOCKS / name, platform)
     proc = adopted.hb("aquery", "--json", f"//l:{_target(name, platform)}", check=False)
-    if bad:  # an sdist or an unpinned (git, path) pip entry of this platform: refused, named, at its line
+    if bad:  # an sdist, an unpinned (git, path) pip entry or a source package of this platform: refused, named, at its line
         assert proc.returncode == 4, proc.stdout[:300]
         assert re.search(rf"^analysis error: l/{re.escape(name)}:\d+: ", proc.stderr, re.MULTILINE), proc.stderr
-        assert any(f"pip package {b} " in proc.stderr for b in bad), proc.stderr
+        assert any(f"{b} " in proc.stderr for b in bad), proc.stderr
         return
     assert proc.returncode == 0, proc.stderr
     actions = json.loads(proc.stdout)
@@ -224,3 +236,13 @@ def test_unusual_yaml_falls_back_to_the_loader(tmp_path):
     path = tmp_path / "conda-lock.yml"
     path.write_text(flow)
     assert [e.package.name for e in select(read_lock(path), "linux-64")[0]] == ["zlib"]
+
+
+def test_a_pixi_source_package_is_refused_at_its_platforms_line():
+    """pixi-build lists the project's own package as `- conda: .` (no archive, no sha256): it used to be
+    left out silently; selecting its platform now fails at the line that lists it for that platform."""
+    lock = read_lock(LOCKS / "2lian_Motion-Stack__motion_stack-pixi.lock")
+    for platform, line in (("linux-64", 548), ("linux-aarch64", 1063)):
+        with pytest.raises(LockReadError, match="conda package ros-jazzy-motion-stack is a source package") as err:
+            select(lock, platform)
+        assert err.value.line == line
