@@ -215,7 +215,8 @@ def _lock_or_check(request, speculation) -> LockOutcome:
                 updated = {pypi.normalise(n) for n in request.update}
                 preferences = {w.name: w.version for w in keep_pip if pypi.normalise(w.name) not in updated}
             request.reporter.info(f"solving {request.label} for {platform}")
-            records = solve(channel_urls, spec.match_specs(platform), platform, virtual_packages.get(platform, []),
+            specs = spec.match_specs(platform, dict(zip(spec.channels, channel_urls)))  # `chan::pkg` kept
+            records = solve(channel_urls, specs, platform, virtual_packages.get(platform, []),
                             request.state_dir() / "repodata", locked, where=f"{request.label}: ")
             packages.extend(lf.locked_dependency(r, platform) for r in records)
             requirements = spec.pip_requirements(platform)

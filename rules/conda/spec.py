@@ -14,7 +14,7 @@ from hermetic_build.api import AnalysisError, Location
 # conda-lock's parser maps PyPI names to conda names for the conda `pip` it adds to an environment
 # with a pip section; hb ships its own small mapping (offline), the same one pypi.py uses the other way.
 PYPI_MAPPING = pathlib.Path(__file__).resolve().with_name("pypi_mapping.json")
-_PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--")
+_PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--|^[^;]*/")  # last: a relative path
 
 
 @dataclass(frozen=True)
@@ -34,32 +34,71 @@ class EnvironmentSpec:
     platforms: tuple[str, ...]
     pip: tuple[PipRequirement, ...] = ()  # every pip: line of every file, before platform selectors
     conda_pip_declared: bool = True  # False: the conda `pip` in lock_spec is conda-lock's addition
+    # (platform, the user's own conda `pip` spec): conda-lock's merge lets the bare `pip` it adds for
+    # a pip: section replace it
+    user_pip: tuple = ()
 
     @property
     def channels(self) -> tuple[str, ...]:
         return tuple(c.url for c in self.lock_spec.channels)
 
-    def match_specs(self, platform: str) -> list[str]:
+    def match_specs(self, platform: str, channel_urls: dict[str, str] | None = None) -> list[str]:
+        """The conda specs of `platform` as MatchSpec strings. A spec that names its channel
+        (`pytorch::pytorch`) keeps it: `channel_urls` ({channel as the file lists it: the URL solved
+        against}) turns the name into the URL of the listed channel it names."""
+        user_pip = dict(self.user_pip)
         specs = []
         for dep in self.lock_spec.dependencies.get(platform, []):
             if dep.manager != "conda" or (dep.name == "pip" and not self.conda_pip_declared):
                 continue  # hb installs wheels itself: the conda `pip` conda-lock adds is not needed
-            text = dep.name
-            if getattr(dep, "version", ""):
-                text += f" {dep.version}"
-            if getattr(dep, "build", None):
-                text += f" {dep.build}"
-            specs.append(text)
+            if dep.name == "pip" and platform in user_pip:
+                dep = user_pip[platform]  # the user's pin, not the bare `pip` conda-lock adds after it
+            specs.append(_spec_text(dep, channel_urls))
         return specs
 
-
     def pip_requirements(self, platform: str) -> list[PipRequirement]:
-        """The pip: lines that apply to `platform` (conda-lock evaluated selectors and markers)."""
-        kept = {d.name for d in self.lock_spec.dependencies.get(platform, []) if d.manager == "pip"}
-        return [r for r in self.pip if r.name in kept]
+        """The pip: lines that apply to `platform` (conda-lock evaluated selectors and markers). Where
+        several lines name one package (`torch ==2.1.0  # [linux]`, `torch ==2.0.1  # [osx]`), only
+        those whose version conda-lock kept for the platform."""
+        from packaging.requirements import Requirement
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.utils import canonicalize_name
 
-    def conda_names(self, platform: str) -> set[str]:
-        return {spec.split()[0] for spec in self.match_specs(platform)}
+        def specifier(version: str):
+            try:
+                return SpecifierSet("" if version in ("", "*") else version)
+            except InvalidSpecifier:
+                return version
+
+        kept: dict[str, list] = {}
+        for d in self.lock_spec.dependencies.get(platform, []):
+            if d.manager == "pip":
+                kept.setdefault(canonicalize_name(d.name), []).append(d.version or "")
+        repeated = {r.name for r in self.pip if sum(x.name == r.name for x in self.pip) > 1}
+        return [r for r in self.pip if r.name in kept
+                and (r.name not in repeated
+                     or Requirement(r.text).specifier in [specifier(v) for v in kept[r.name]])]
+
+
+def _spec_text(dep, channel_urls: dict[str, str] | None) -> str:
+    """A conda-lock dependency as a MatchSpec string: name, version (`*` where only a build is
+    given: `libblas[build=*openblas]`), build, and `channel::` where the file named one."""
+    version, build = getattr(dep, "version", "") or "", getattr(dep, "build", None)
+    text = dep.name + (f" {version or '*'}" if version or build else "") + (f" {build}" if build else "")
+    channel = getattr(dep, "conda_channel", None)
+    if channel:
+        text = f"{_channel_url(channel, channel_urls or {})}::{text}"
+    return text
+
+
+def _channel_url(name: str, channel_urls: dict[str, str]) -> str:
+    """The URL of the listed channel a `name::` spec names (conda writes a URL channel by its last
+    path components: `https://host/x/chan::pkg` is `x/chan::pkg`), or the name as it is."""
+    for written, url in channel_urls.items():
+        for candidate in (written.rstrip("/"), url.rstrip("/")):
+            if candidate == name or candidate.endswith("/" + name):
+                return url
+    return name
 
 
 def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_path: str | None = None,
@@ -88,7 +127,26 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
                                    platform_overrides=list(platforms), mapping_url=str(PYPI_MAPPING))
     except Exception as exc:  # conda-lock raises plain exceptions for bad specs
         raise AnalysisError(f"cannot read {shown}: {exc}", location=Location(shown)) from None
-    return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip)
+    user_pip = _user_pip_specs([path, *(f for f, _ in extra)], platforms) if conda_pip and pip else ()
+    return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip)
+
+
+def _user_pip_specs(files, platforms) -> tuple:
+    """((platform, the conda `pip` spec the files give for it), ...), the last file's winning, with the
+    platform selectors applied as conda-lock applies them."""
+    import yaml
+    from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
+    from conda_lock.src_parser.selectors import filter_platform_selectors
+
+    found = {}
+    for file in files:
+        text = file.read_text()
+        for platform in platforms:
+            doc = yaml.safe_load("\n".join(filter_platform_selectors(text, platform=platform))) or {}
+            for item in doc.get("dependencies") or ():
+                if isinstance(item, str) and re.split(r"[\s=<>!~\[]", item.strip(), maxsplit=1)[0] == "pip":
+                    found[platform] = conda_spec_to_versioned_dep(item, "main")
+    return tuple(sorted(found.items()))
 
 
 def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement], bool]:
@@ -119,7 +177,18 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
                     pip += _pip_section(item, shown)
                     continue
                 _require_string(item, "each dependency", shown, example="numpy >=1.26")
+                if item.value.strip().startswith("-"):  # `- -e .`, `- --extra-index-url ...` among conda specs
+                    raise AnalysisError(
+                        f"{item.value.strip()!r} is a pip option, not a conda package spec",
+                        location=_at(item, shown),
+                        hint="conda specs are package names ('numpy >=1.26'); pip options belong under "
+                             "'- pip:', where hb refuses editable installs and index options too (it locks "
+                             "wheels from the index)")
                 conda_pip = conda_pip or re.split(r"[\s=<>!~\[]", item.value.strip(), maxsplit=1)[0] == "pip"
+    if "dependencies" not in [key.value for key, _ in node.value]:
+        raise AnalysisError("an environment file must have 'dependencies' (a list of package specs)",
+                            location=_at(node, shown),
+                            hint="add 'dependencies:' with one spec per line: '  - numpy >=1.26'")
     return pip, conda_pip
 
 

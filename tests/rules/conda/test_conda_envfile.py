@@ -30,6 +30,9 @@ def read(tmp_path, text: str):
     ("channels:\n  - {url: x}\ndependencies: [numpy]\n", "2", "each entry of 'channels' must be a non-empty string"),
     ("dependencies: [numpy]\nplatforms: linux-64\n", "2", "'platforms' must be a list of strings"),
     ("- numpy\n", "1", "an environment file must be a mapping with 'dependencies'"),
+    ("channels: [conda-forge]\nname: x\n", "1", "an environment file must have 'dependencies'"),
+    ("dependencies:\n  - numpy\n  - -e.\n", "3", "'-e.' is a pip option, not a conda package spec"),
+    ("dependencies:\n  - pip:\n    - submodules/rasterizer\n", "3", "is not a PyPI name with a version"),
     ("dependencies: [numpy\n", "2:1", "invalid YAML: expected ',' or ']'"),
     ("dependencies: [numpy]\nname: a\x00b\n", "2:8", "invalid YAML: unacceptable character #x0000"),
 ])
@@ -64,3 +67,36 @@ def test_staleness_names_changed_and_removed_pip_sections(tmp_path):
     without = input_fingerprints(read(tmp_path, "dependencies:\n  - python\n"), vp)
     assert explain_staleness(with_pip, changed, "linux-64") == ["the pip requirements for linux-64 changed"]
     assert "the pip requirements for linux-64 changed" in explain_staleness(with_pip, without, "linux-64")
+
+
+def _two_platforms(tmp_path, text: str):
+    path = tmp_path / "environment.yml"
+    path.write_text(text)
+    return read_environment(path, ["linux-64", "osx-arm64"], shown_path="env/environment.yml")
+
+
+def test_what_real_files_write_reaches_the_solver_as_written(tmp_path):
+    """From real environment.yml files (ProteinMPNN, dinov2, flomo2memos, scipy): a spec's channel,
+    the user's own pin of conda's pip (conda-lock lets the bare `pip` it adds for a pip: section
+    replace it), a build without a version."""
+    spec = _two_platforms(tmp_path, "channels: [conda-forge, pytorch]\ndependencies:\n"
+                                    "  - pytorch::pytorch\n  - conda-forge::cudatoolkit=11.3\n"
+                                    "  - libblas[build=*openblas]\n  - pip=23.1.2=py311_0\n"
+                                    "  - pip:\n    - requests==2.31.0\n")
+    assert spec.match_specs("linux-64") == ["pytorch::pytorch", "conda-forge::cudatoolkit 11.3.*",
+                                            "libblas * *openblas", "pip 23.1.2 py311_0"]
+    # the solve gets the URL of the listed channel the spec names (a mirror, a conda_channel build)
+    urls = {"conda-forge": "https://mirror.example/conda-forge", "pytorch": "file:///srv/pytorch"}
+    assert spec.match_specs("osx-arm64", urls)[:2] == ["file:///srv/pytorch::pytorch",
+                                                       "https://mirror.example/conda-forge::cudatoolkit 11.3.*"]
+
+
+def test_pip_lines_of_one_package_follow_their_platform_selectors(tmp_path):
+    spec = _two_platforms(tmp_path, "dependencies:\n  - python=3.11\n  - pip:\n"
+                                    "    - torch==2.1.0  # [linux]\n    - torch==2.0.1  # [osx]\n"
+                                    "    - numpy==1.26.4 ; sys_platform == 'linux'\n"
+                                    "    - numpy==1.25.0 ; sys_platform == 'darwin'\n    - tqdm\n")
+    assert [r.text for r in spec.pip_requirements("linux-64")] == [
+        "torch==2.1.0", "numpy==1.26.4 ; sys_platform == 'linux'", "tqdm"]
+    assert [(r.text, r.line) for r in spec.pip_requirements("osx-arm64")] == [
+        ("torch==2.0.1", 5), ("numpy==1.25.0 ; sys_platform == 'darwin'", 7), ("tqdm", 8)]

@@ -38,6 +38,19 @@ def test_lock_two_platforms_over_http(workspace, nginx_channel):
     assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
 
 
+def test_a_spec_that_names_its_channel_comes_from_that_channel(workspace, nginx_channel, channel_dir):
+    """`chan::pkg` (`pytorch::pytorch` in real files) comes from the channel it names, also where the
+    first channel has it too: it used to lose its channel and come from the first."""
+    env_workspace(workspace, nginx_channel.url, ["hb-config"])
+    workspace.write("env/environment.yml", f"channels:\n  - {nginx_channel.url}\n  - {channel_dir.as_uri()}\n"
+                    f"dependencies:\n  - hb-config\n  - {channel_dir.as_uri()}::hb-vocab\n")
+    workspace.hb("lock", "//env:lock")
+    by_name = _by_platform(_lock(workspace))["linux-64"]
+    assert by_name["hb-vocab"].url.startswith(channel_dir.as_uri() + "/"), by_name["hb-vocab"].url
+    assert by_name["hb-config"].url.startswith(nginx_channel.url)
+    assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+
+
 def test_cuda_build_chosen_only_with_declared_cuda(workspace, nginx_channel):
     env_workspace(workspace, nginx_channel.url, ["hb-accel"], virtual_packages={"linux-64": ["__unix"]})
     workspace.hb("lock", "//env:lock")
