@@ -21,9 +21,7 @@ from blake3 import blake3
 
 from .spec import PYPI_MAPPING
 
-# bump when what content_hashes depends on, or what read_environment accepts, changes in hb
-# (2: a pip option among the conda specs and a file without 'dependencies' are refused)
-CONTENT_HASH_MEMO = 2
+CONTENT_HASH_MEMO = 1  # bump when what content_hashes depends on, or what read_environment accepts, changes in hb
 KEY_PREFIX = "hb.inputs."
 
 
