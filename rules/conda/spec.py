@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -74,7 +75,8 @@ class EnvironmentSpec:
         for d in self.lock_spec.dependencies.get(platform, []):
             if d.manager == "pip":
                 kept.setdefault(canonicalize_name(d.name), []).append(d.version or "")
-        repeated = {r.name for r in self.pip if sum(x.name == r.name for x in self.pip) > 1}
+        lines_per_name = Counter(r.name for r in self.pip)
+        repeated = {name for name, n in lines_per_name.items() if n > 1}
         return [r for r in self.pip if r.name in kept
                 and (r.name not in repeated
                      or Requirement(r.text).specifier in [specifier(v) for v in kept[r.name]])]
@@ -144,9 +146,14 @@ def _user_pip_specs(files, platforms) -> tuple:
         for platform in platforms:
             doc = yaml.safe_load("\n".join(filter_platform_selectors(text, platform=platform))) or {}
             for item in doc.get("dependencies") or ():
-                if isinstance(item, str) and re.split(r"[\s=<>!~\[]", item.strip(), maxsplit=1)[0] == "pip":
+                if isinstance(item, str) and _conda_name(item) == "pip":
                     found[platform] = conda_spec_to_versioned_dep(item, "main")
     return tuple(sorted(found.items()))
+
+
+def _conda_name(spec: str) -> str:
+    """The package name a conda spec string starts with ('pip=23.1' -> 'pip')."""
+    return re.split(r"[\s=<>!~\[]", spec.strip(), maxsplit=1)[0]
 
 
 def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement], bool]:
@@ -184,7 +191,7 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
                         hint="conda specs are package names ('numpy >=1.26'); pip options belong under "
                              "'- pip:', where hb refuses editable installs and index options too (it locks "
                              "wheels from the index)")
-                conda_pip = conda_pip or re.split(r"[\s=<>!~\[]", item.value.strip(), maxsplit=1)[0] == "pip"
+                conda_pip = conda_pip or _conda_name(item.value) == "pip"
     if "dependencies" not in [key.value for key, _ in node.value]:
         raise AnalysisError("an environment file must have 'dependencies' (a list of package specs)",
                             location=_at(node, shown),

@@ -1,5 +1,7 @@
 """How the sandboxed workers that run py-rattler end (stage_worker.py, channel_worker.py): standalone,
-the standard library only, bound into their sandboxes next to them."""
+the standard library only, bound into their sandboxes next to them. hb's own process ends the same
+way through hermetic_build/process_exit.py, which the workers cannot import (hb is not on their path)
+and which also joins threads and runs atexit handlers (a worker registers none)."""
 
 from __future__ import annotations
 
