@@ -19,7 +19,7 @@ from blake3 import blake3
 from hermetic_build.api import File, Provider, register_action_kind
 
 from .split import FINAL_LAYER, LayerGroup, env_groups, layer_entries, tree_entries
-from .tarlayer import FORMAT_VERSION, LayerBlob, write_layer
+from .tarlayer import FORMAT_VERSION, LayerBlob, compressor_identity, write_layer
 
 DEFAULT_MAX_LAYERS = 100  # overlayfs and Docker stop near 125 layers
 
@@ -42,7 +42,8 @@ def declare_layers(ctx, tree: File, *, root: str, split: str, platform: str, max
     ctx.actions.declare(
         mnemonic="OciLayers", kind="oci.layers", inputs=[tree], outputs=[index, blobs], platform=platform,
         params={"root": root.strip("/"), "split": split, "max_layers": max_layers, "compression": compression,
-                "level": level, "epoch": ctx.settings.source_date_epoch, "tree": tree.path},
+                "level": level, "epoch": ctx.settings.source_date_epoch, "tree": tree.path,
+                "compressor": compressor_identity(compression)},  # the bytes depend on the libraries' versions
         description=f"OciLayers {ctx.label} ({split}, {compression})",
     )
     return OciLayersInfo(index, blobs)
@@ -57,6 +58,7 @@ def _group_key(entries, params) -> str:
     encoded = [[path, e.kind, e.mode, str(e.digest) if e.digest and e.kind == "file" else (e.target or "")]
                for path, e in entries]
     return blake3(_KEY_ENCODER.encode({"v": FORMAT_VERSION, "compression": params["compression"],
+                                       "compressor": compressor_identity(params["compression"]),
                                        "level": int(params["level"]), "epoch": int(params["epoch"]),
                                        "entries": encoded}).encode()).hexdigest()
 
@@ -122,6 +124,7 @@ def read_layers(path) -> list[dict]:
     return json.loads(Path(path).read_text())["layers"]
 
 
-register_action_kind("oci.layers", "3", _run_layers, stage_inputs=False)  # 2: parallel gzip (FORMAT_VERSION 2); 3: small packages bucketed by name
+# 2: parallel gzip (FORMAT_VERSION 2); 3: small packages bucketed by name; 4: libdeflate (FORMAT_VERSION 3)
+register_action_kind("oci.layers", "4", _run_layers, stage_inputs=False)
 
 __all__ = ["DEFAULT_MAX_LAYERS", "FINAL_LAYER", "OciLayersInfo", "declare_layers", "read_layers"]

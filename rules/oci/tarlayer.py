@@ -16,17 +16,17 @@ import contextlib
 import hashlib
 import os
 import tarfile
-import zlib
 from dataclasses import dataclass
 
 from hermetic_build.api import Digest, DualHasher, MissingBlob, TreeEntry
 
 from .pgzip import BLOCK, ParallelGzip, cores
+from .pgzip import compressor_identity as gzip_identity
 
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 MEDIA_TYPES = {"gzip": GZIP_LAYER, "zstd": ZSTD_LAYER}
-FORMAT_VERSION = 2  # bump when the bytes of a layer for the same entries change (2: parallel gzip)
+FORMAT_VERSION = 3  # bump when the bytes of a layer for the same entries change (2: parallel gzip; 3: libdeflate for one-block layers)
 _BLOCK = 512
 
 
@@ -284,6 +284,11 @@ def _start_writeback(raw, start: int, end: int) -> int:
     return end
 
 
-def zlib_version() -> str:
-    """Golden layer digests depend on it (tests pin digests together with this)."""
-    return zlib.ZLIB_RUNTIME_VERSION
+def compressor_identity(compression: str) -> str:
+    """The versions of the libraries a layer's compressed bytes depend on (part of the layer key, and
+    what golden digests in tests are pinned together with)."""
+    if compression == "zstd":
+        import zstandard
+
+        return f"zstd:{zstandard.ZSTD_VERSION}"
+    return gzip_identity()

@@ -7,7 +7,7 @@ import zlib
 import pytest
 
 from rules.oci import pgzip
-from rules.oci.pgzip import BLOCK, ParallelGzip, compress
+from rules.oci.pgzip import BLOCK, WHOLE_MAX, ParallelGzip, compress
 
 
 def _data(size: int) -> bytes:
@@ -21,7 +21,8 @@ def _data(size: int) -> bytes:
     return b"".join(parts)[:size]
 
 
-@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 12345])
+@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 12345, WHOLE_MAX, WHOLE_MAX + 1,
+                                  WHOLE_MAX + BLOCK, WHOLE_MAX + 2 * BLOCK + 12345])
 def test_same_bytes_with_1_2_8_threads_and_decompresses_to_the_input(size):
     data = _data(size)
     outs = {threads: compress(data, threads=threads) for threads in (1, 2, 8)}
@@ -34,8 +35,9 @@ def test_same_bytes_with_1_2_8_threads_and_decompresses_to_the_input(size):
     assert out[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
-def test_write_calls_do_not_change_the_bytes():
-    data = _data(2 * BLOCK + 777)
+@pytest.mark.parametrize("size", [2 * BLOCK + 777, WHOLE_MAX + BLOCK + 777])
+def test_write_calls_do_not_change_the_bytes(size):
+    data = _data(size)
     pieces: list[bytes] = []
     gz = ParallelGzip(pieces.append, threads=2)
     for i in range(0, len(data), 4099):  # odd-sized writes across block boundaries
@@ -46,7 +48,7 @@ def test_write_calls_do_not_change_the_bytes():
 
 def test_gzip_tool_accepts_the_member(tmp_path):
     path = tmp_path / "x.gz"
-    data = _data(2 * BLOCK + 5)
+    data = _data(WHOLE_MAX + 2 * BLOCK + 5)
     path.write_bytes(compress(data, level=6, threads=4))
     subprocess.run(["gzip", "-t", str(path)], check=True)
     assert subprocess.run(["gzip", "-dc", str(path)], check=True, capture_output=True).stdout == data
@@ -54,10 +56,21 @@ def test_gzip_tool_accepts_the_member(tmp_path):
 
 def test_blocks_in_flight_are_bounded_and_released():
     pool = pgzip._pool(2)
-    before = pool.slots._value
-    data = os.urandom(12 * BLOCK)  # more blocks than slots: the writer drains its own
+    before, whole_before = pool.slots._value, pool.whole_slots._value
+    data = os.urandom(WHOLE_MAX + 4 * BLOCK)  # more blocks than slots: the writer drains its own
     assert gzip.decompress(compress(data, threads=2)) == data
-    assert pool.slots._value == before
+    assert gzip.decompress(compress(data[:WHOLE_MAX], threads=2)) == data[:WHOLE_MAX]
+    assert (pool.slots._value, pool.whole_slots._value) == (before, whole_before)
+
+
+def test_an_aborted_writer_gives_its_slots_back():
+    pool = pgzip._pool(2)
+    whole_before = pool.whole_slots._value
+    gz = ParallelGzip(lambda b: None, threads=2)
+    gz.write(_data(3 * BLOCK))  # held for libdeflate: one writer slot taken
+    assert pool.whole_slots._value == whole_before - 1
+    gz.abort()
+    assert pool.whole_slots._value == whole_before
 
 
 def test_level_out_of_range_is_refused():
@@ -68,7 +81,28 @@ def test_level_out_of_range_is_refused():
 def test_golden_multi_block_member_pinned_with_zlib_version():
     import hashlib
 
-    out = compress(_data(3 * BLOCK + 12345), threads=2)
+    size = WHOLE_MAX + BLOCK + 12345  # longer than one libdeflate call: zlib blocks (the same bytes as before it)
+    out = compress(_data(size), threads=2)
     if zlib.ZLIB_RUNTIME_VERSION == "1.2.13":  # the compressed bytes depend on zlib's version
-        assert hashlib.sha256(out).hexdigest() == "88397f1d85e7d050b7e99c20e42da3fc950317661d43543e2c22f80eaebfbd2d"
-    assert gzip.decompress(out) == _data(3 * BLOCK + 12345)
+        assert hashlib.sha256(out).hexdigest() == "339220371e092ea4a8e316ecdcf18be6a824ef08460d413d1439d6ba0cce3fe6"
+    assert gzip.decompress(out) == _data(size)
+
+
+@pytest.mark.parametrize("size", [0, 1, 70000, BLOCK - 1, BLOCK, 3 * BLOCK + 5, WHOLE_MAX])
+def test_an_input_of_at_most_whole_max_is_one_libdeflate_call(size):
+    import struct
+
+    import deflate
+
+    data = _data(size)
+    out = compress(data, level=6, threads=2)
+    body = bytes(deflate.deflate_compress(data, 6))
+    assert out == pgzip.HEADER + body + struct.pack("<II", zlib.crc32(data), size)
+    assert gzip.decompress(out) == data
+
+
+def test_libdeflate_is_smaller_than_zlib_on_text_and_the_identity_names_both():
+    data = _data(3 * BLOCK)
+    assert len(compress(data)) < len(zlib.compress(data, 6))
+    identity = pgzip.compressor_identity()
+    assert identity.startswith("libdeflate:") and f"zlib:{zlib.ZLIB_RUNTIME_VERSION}" in identity
