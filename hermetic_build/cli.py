@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -587,11 +588,23 @@ def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, p
         raise UsageError(str(exc)) from None
 
 
+def drop_working_directory_from_path() -> None:
+    """`python -m hermetic_build` (and `-m hermetic_build.cli`) put the working directory first on
+    sys.path, so importing the rule modules (`rules`, or what hermetic.toml names) would run Python
+    code that the checkout being built ships, in hb's own process. hb's modules come from where hb
+    is installed: the working directory stays on the path only where it is hb's own code root."""
+    code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cwd = os.getcwd()
+    if cwd != code_root:
+        sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != cwd]
+
+
 def run(args=None) -> None:
     """The `hb` command: `main`, then the end of the process without an interpreter finalization
     (process_exit.py)."""
     from .process_exit import exit_process
 
+    drop_working_directory_from_path()
     try:
         main(args=args, prog_name="hb")
         code = 0

@@ -84,3 +84,20 @@ def test_normal_files_are_unaffected_by_the_budget(workspace):
     proc, _ = build(workspace, "\n".join(
         f'genrule(name = "t{i}", outs = ["o"], cmd = "echo {i} > $(OUTS)")' for i in range(50)) + "\n")
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("module", ["hermetic_build", "hermetic_build.cli"])
+def test_python_m_does_not_import_rule_modules_from_the_checkout(workspace, module):
+    """`python -m` puts the working directory first on sys.path: a checkout shipping its own `rules`
+    package (hb's default rule module name) must not get it run in hb's process."""
+    import subprocess
+    import sys
+
+    canary = workspace.root / "PWNED"
+    workspace.write("rules/__init__.py", f"open({str(canary)!r}, 'w').write('ran')\n")
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "x", outs = ["o"], cmd = "echo hi > $(OUTS)")\n')
+    proc = subprocess.run([sys.executable, "-m", module, "build", "//p:x"], cwd=workspace.root,
+                          env=workspace.env(), capture_output=True, text=True, timeout=120)
+    assert not canary.exists(), proc.stderr
+    assert proc.returncode == 0, proc.stderr  # hb's own genrule rule was found and ran
+    assert (workspace.root / "hb-out/p/x/o").read_text() == "hi\n"
