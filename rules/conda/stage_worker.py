@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 
@@ -492,23 +493,60 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
                          f"{' '.join(str(exc).split())}") from None
 
 
-def check_links(root) -> None:
-    """No symlink in the installed prefix may point outside it, resolved as the kernel would (links
-    through links included, also across packages). Walked with scandir: a link is known from the
-    listing (no lstat per entry), directories are entered only when they are real ones."""
-    root_real = os.path.realpath(root)
-    pending = [root]
+MAX_LINK_HOPS = 40  # the kernel's limit (ELOOP)
+
+
+def resolve_in_tree(root: str, rel: str) -> str | None:
+    """Where `rel` (a path relative to root) leads, following the tree's own links as the kernel
+    would, as a path relative to root; None when it leaves the tree at any step: an absolute link, a
+    `..` above the root (whatever names follow it: where the tree sits must not decide the answer; in
+    the sandbox the prefix's parents are not those of the real prefix) or more than MAX_LINK_HOPS links.
+    Past a name that does not exist the rest is taken as plain names."""
+    pending = list(reversed(rel.split("/")))
+    resolved: list[str] = []
+    hops, exists = 0, True
     while pending:
-        with os.scandir(pending.pop()) as it:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return None
+            resolved.pop()
+            continue
+        if exists:
+            try:
+                st = os.lstat(os.path.join(root, *resolved, part))
+            except (FileNotFoundError, NotADirectoryError):
+                exists = False
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    target = os.readlink(os.path.join(root, *resolved, part))
+                    if hops > MAX_LINK_HOPS or target.startswith("/"):
+                        return None
+                    pending.extend(reversed(target.split("/")))
+                    continue
+        resolved.append(part)
+    return "/".join(resolved)
+
+
+def check_links(root) -> None:
+    """No symlink in the installed prefix may point outside it: each is resolved within the tree
+    (resolve_in_tree: links through links, also across packages, and never through the names of the
+    directories the tree happens to sit in). Walked with scandir: a link is known from the listing
+    (no lstat per entry), directories are entered only when they are real ones."""
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
             for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 if entry.is_symlink():
-                    target = os.readlink(entry.path)
-                    resolved = os.path.realpath(entry.path)
-                    if target.startswith("/") or not (resolved == root_real or resolved.startswith(root_real + os.sep)):
-                        rel = os.path.relpath(entry.path, root)
-                        raise StageError(f"installed link {rel} -> {target} escapes the prefix")
+                    if resolve_in_tree(root, rel) is None:
+                        raise StageError(f"installed link {rel} -> {os.readlink(entry.path)} escapes the prefix")
                 elif entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
+                    pending.append(rel)
 
 
 def main(argv: list[str]) -> int:

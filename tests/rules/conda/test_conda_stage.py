@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from support import require_tool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adversarial"))
@@ -84,3 +85,57 @@ def test_packages_that_do_not_fit_in_memory_are_staged_again_with_the_cache_on_d
     assert {str(p.relative_to(prefix)): p.read_bytes() for p in sorted(prefix.rglob("*")) if p.is_file()} == expected
     assert (prefix / "share/plain/zeros.bin").stat().st_nlink == 1
     assert (execution.sandbox_dir / "tmp").is_dir() and not (execution.sandbox_dir / "tmp/pkgs").exists()
+
+
+def _worker():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hb_stage_worker_test", Path(__file__).resolve().parents[3]
+                                                  / "rules/conda/stage_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tree(root: Path, links: dict[str, str], dirs=("share", "d")) -> Path:
+    for d in dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "share/f").write_text("x")
+    for name, target in links.items():
+        (root / name).symlink_to(target)
+    return root
+
+
+@pytest.mark.parametrize("links, escaping", [
+    ({"l": "share/f"}, None),
+    ({"d/m": "..", "l": "d/m/share/f"}, None),
+    ({"d/m": "..", "l": "d/m/../env/share"}, "l"),  # the prefix's own name after `..`: out, whatever sits there
+    ({"d/m": "..", "l": "d/m/.."}, "l"),
+    ({"a": "b", "b": "a"}, "a|b"),  # a loop: the kernel refuses it too
+    ({"l": "/opt/env/share"}, "l"),  # absolute, even where it names the prefix
+    ({"l": "missing/../share"}, None),
+    ({"l": "missing/../../x"}, "l"),
+    ({"d/up": "..", "d/e": "up/.."}, "d/e"),
+])
+def test_links_are_resolved_within_the_tree_not_where_it_sits(tmp_path, links, escaping):
+    """The tree sits in a directory named like the prefix's last name (the sandbox's hb-out/.../env):
+    a link that climbs out and back in by that name still escapes the real prefix."""
+    worker = _worker()
+    root = _tree(tmp_path / "sandbox/env", links)
+    if escaping is None:
+        worker.check_links(str(root))
+        assert all(worker.resolve_in_tree(str(root), name) is not None for name in links)
+    else:
+        with pytest.raises(worker.StageError, match=f"installed link ({escaping}) -> .* escapes the prefix"):
+            worker.check_links(str(root))
+        assert all(worker.resolve_in_tree(str(root), name) is None for name in escaping.split("|"))
+
+
+def test_resolve_in_tree_follows_links_through_links():
+    import tempfile
+
+    worker = _worker()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _tree(Path(tmp) / "env", {"lib": "share", "d/x": "../lib/f", "y": "d/x"})
+        assert worker.resolve_in_tree(str(root), "y") == "share/f"
+        assert worker.resolve_in_tree(str(root), "d/x") == "share/f"
