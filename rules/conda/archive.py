@@ -8,7 +8,12 @@ One scan of the archive's tar streams (a .tar.bz2, or a .conda's info and pkg co
   outside the prefix, however the links are chained), and every symlink, resolved through the
   archive's own links, stays inside the prefix; a hardlink names a regular file of the archive;
 - info/paths.json and info/files list only members of the archive, with their real kind;
-- unpacking stays within limits: expanded bytes against compressed bytes, and the member count.
+- unpacking stays within limits: expanded bytes against compressed bytes, and the member count;
+- other readers see the same members: a .conda's zip has no bytes the central directory does not
+  account for (rattler reads its local headers as a stream), and a tar has no global PAX header
+  (Python's tarfile applies one to later members, rattler's Rust reader ignores it).
+The stage checks rattler's own extraction again after it installed (stage_worker.py), so a reader
+difference this scan misses still cannot reach the prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import struct
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -266,6 +272,9 @@ def _members(scan: _Scan, reader):
     a reader that ignores the end marker must not find members this scan never saw."""
     with reader, tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
+            if tar.pax_headers:
+                scan.refuse("archive entry", member.name, "a global PAX header precedes it (readers disagree on "
+                            "what it changes; conda's own tools never write one)")
             yield tar, member
         while chunk := tar.fileobj.read(1 << 20):
             scan.count_entries(0, len(chunk))
@@ -287,6 +296,7 @@ def _conda_components(path, scan: _Scan):
     with zf:
         entries = zf.infolist()
         scan.count_entries(len(entries))
+        _check_zip_layout(path, entries, zf.start_dir, scan)
         found = {"info": [], "pkg": []}
         for entry in entries:
             name = entry.filename
@@ -300,6 +310,39 @@ def _conda_components(path, scan: _Scan):
                 raise ActionFailed(f"{scan.filename}: a .conda must hold exactly one {kind}-*.tar.zst "
                                    f"component, not {len(found[kind])}")
             yield from _members(scan, zstd.open(zf.open(found[kind][0])))
+
+
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader
+_DATA_DESCRIPTOR_SIGNATURE = b"PK\x07\x08"
+
+
+def _check_zip_layout(path, entries, central_directory_start: int, scan: _Scan) -> None:
+    """The zip's local entries, read front to back as a streaming reader reads them, are exactly
+    the central directory's: the first at offset 0, each where the previous one ends, with the same
+    name, and the last one ending where the central directory starts. Otherwise an entry hidden from
+    the central directory (which zipfile and this scan read) would still be unpacked by rattler."""
+    expected = 0
+    with open(path, "rb") as f:
+        for entry in sorted(entries, key=lambda e: e.header_offset):
+            if entry.header_offset != expected:
+                scan.refuse("zip entry", entry.filename, f"it starts at byte {entry.header_offset:,}, not where the "
+                            f"entry before it ends ({expected:,}): the archive hides bytes from its directory")
+            f.seek(expected)
+            header = f.read(_LOCAL_HEADER.size)
+            if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+                scan.refuse("zip entry", entry.filename, "its local header is missing")
+            fields = _LOCAL_HEADER.unpack(header)
+            flags, name_length, extra_length = fields[3], fields[10], fields[11]
+            name = f.read(name_length).decode("utf-8" if flags & 0x800 else "cp437", "replace")
+            if name != entry.filename:
+                scan.refuse("zip entry", entry.filename, f"its local header names it {name!r}")
+            expected = entry.header_offset + _LOCAL_HEADER.size + name_length + extra_length + entry.compress_size
+            if flags & 0x8:  # sizes in a data descriptor after the data (signature optional, no zip64 here)
+                f.seek(expected)
+                expected += 16 if f.read(4) == _DATA_DESCRIPTOR_SIGNATURE else 12
+    if expected != central_directory_start:
+        scan.refuse("zip archive", scan.filename, f"{central_directory_start - expected:,} bytes between its last "
+                    "entry and its directory belong to no entry")
 
 
 def _all_members(path, scan: _Scan):

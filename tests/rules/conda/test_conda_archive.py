@@ -289,3 +289,109 @@ def test_every_package_of_the_example_channel_passes(channel_dir):
     assert archives
     for archive in archives:
         check_archive(archive, archive.name)
+
+
+# ----- readers that disagree: what rattler would unpack must be what this check saw -----------------
+
+def _tar_zst(members: list[tuple[str, bytes]]) -> bytes:
+    import zstandard
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return zstandard.ZstdCompressor().compress(raw.getvalue())
+
+
+def _conda_entries() -> list[tuple[str, bytes]]:
+    index = {"name": "c", "version": "1.0", "build": "0", "build_number": 0, "depends": [], "subdir": "noarch"}
+    paths = {"paths": [{"_path": "share/a", "path_type": "hardlink"}], "paths_version": 1}
+    info = _tar_zst([("info/index.json", json.dumps(index).encode()), ("info/paths.json", json.dumps(paths).encode()),
+                     ("info/files", b"share/a\n")])
+    return [("metadata.json", b'{"conda_pkg_format_version": 2}'), ("info-c-1.0-0.tar.zst", info),
+            ("pkg-c-1.0-0.tar.zst", _tar_zst([("share/a", b"a\n")]))]
+
+
+def _zip(entries: list[tuple[str, bytes]], hide: tuple[str, ...] = ()) -> bytes:
+    """A stored zip; entries named in `hide` stay in the file but leave the central directory."""
+    import struct
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    data = buf.getvalue()
+    if not hide:
+        return data
+    end = data.rfind(b"PK\x05\x06")
+    sig, disk, cd_disk, _, _, cd_size, cd_offset, _ = struct.unpack("<IHHHHIIH", data[end:end + 22])
+    directory, kept, pos = bytearray(), 0, cd_offset
+    while pos < cd_offset + cd_size:
+        name_length, extra_length, comment_length = struct.unpack("<HHH", data[pos + 28:pos + 34])
+        size = 46 + name_length + extra_length + comment_length
+        if data[pos + 46:pos + 46 + name_length].decode() not in hide:
+            directory += data[pos:pos + size]
+            kept += 1
+        pos += size
+    return data[:cd_offset] + bytes(directory) + struct.pack("<IHHHHIIH", sig, disk, cd_disk, kept, kept,
+                                                               len(directory), cd_offset, 0)
+
+
+def test_a_conda_as_zipfile_and_a_stream_reader_both_see_it_is_accepted(tmp_path):
+    path = tmp_path / "c-1.0-0.conda"
+    path.write_bytes(_zip(_conda_entries()))
+    check_archive(path, path.name)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    # a 4th component after the 3 the directory lists: rattler's stream reader would unpack it last
+    (lambda e: _zip([*e, ("pkg-zz.tar.zst", _tar_zst([("info/paths.json", b"{}")]))], hide=("pkg-zz.tar.zst",)),
+     "bytes between its last entry and its directory belong to no entry"),
+    # the same entry hidden between two listed ones
+    (lambda e: _zip([e[0], ("pkg-zz.tar.zst", _tar_zst([("x", b"x")])), *e[1:]], hide=("pkg-zz.tar.zst",)),
+     "the archive hides bytes from its directory"),
+    (lambda e: b"\0" * 64 + _zip(e), "the archive hides bytes from its directory"),  # bytes before the first entry
+])
+def test_zip_bytes_the_directory_does_not_list_are_refused(tmp_path, damage, needle):
+    path = tmp_path / "c-1.0-0.conda"
+    path.write_bytes(damage(_conda_entries()))
+    with pytest.raises(ActionFailed, match=needle):
+        check_archive(path, path.name)
+
+
+def _pax(kind: bytes, records: dict[str, str]) -> bytes:
+    body = b""
+    for key, value in records.items():
+        record = f" {key}={value}\n".encode()
+        n = len(record) + 1
+        while len(str(n)) + len(record) != n:
+            n = len(str(n)) + len(record)
+        body += str(n).encode() + record
+    info = tarfile.TarInfo("pax")
+    info.type, info.size = kind, len(body)
+    return info.tobuf(tarfile.USTAR_FORMAT) + body + b"\0" * (-len(body) % 512)
+
+
+def _ustar(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, len(data), link
+    return info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+
+def test_a_global_pax_header_is_refused(tmp_path):
+    """tarfile applies a global header's path to a later member that has a header of its own,
+    rattler's reader ignores it: the two would see `share/decoy -> ok` and `share/lnk -> /usr/lib`."""
+    import bz2
+
+    index = {"name": "g", "version": "1.0", "build": "0", "build_number": 0, "depends": [], "subdir": "noarch"}
+    paths = {"paths": [{"_path": "share/ok", "path_type": "hardlink"}], "paths_version": 1}
+    raw = (_ustar("info/index.json", json.dumps(index).encode()) + _ustar("info/paths.json", json.dumps(paths).encode())
+           + _ustar("info/files", b"share/ok\n") + _ustar("share/ok", b"ok\n")
+           + _pax(tarfile.XGLTYPE, {"path": "share/decoy", "linkpath": "ok"}) + _pax(tarfile.XHDTYPE, {"comment": "x"})
+           + _ustar("share/lnk", kind=tarfile.SYMTYPE, link="/usr/lib") + b"\0" * 1024)
+    path = tmp_path / "g-1.0-0.tar.bz2"
+    path.write_bytes(bz2.compress(raw))
+    with pytest.raises(ActionFailed, match="refusing archive entry 'share/decoy': a global PAX header precedes it"):
+        check_archive(path, path.name)
