@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -96,6 +97,7 @@ def stage(params: dict) -> str:
             raise StageError(f"installing into {params['prefix']} failed: {type(exc).__name__}: {message}") from None
         break
     elapsed = time.monotonic() - started
+    check_package_cache(cache)  # before anything of the prefix is accepted
     started = time.monotonic()
     if not in_memory:
         shutil.rmtree(cache)
@@ -529,6 +531,77 @@ def resolve_in_tree(root: str, rel: str) -> str | None:
                     continue
         resolved.append(part)
     return "/".join(resolved)
+
+
+def check_package_cache(cache: str) -> None:
+    """Check what rattler itself unpacked (its package cache), after it installed and before the
+    prefix is accepted. The fetch's archive check read each archive with Python's readers; rattler
+    reads it with its own, and whatever the two disagree on (a zip entry one of them does not see, a
+    tar header one of them ignores) shows here: each package directory holds regular files,
+    directories and links only, with printable UTF-8 names; every link resolves inside the package
+    (resolve_in_tree); every path its info/paths.json lists is a clean relative path that does not
+    leave it. A link rattler followed while it installed was followed in this sandbox, which sees
+    nothing of the host but system files; refusing here keeps what it read out of the result."""
+    with os.scandir(cache) as it:
+        for entry in sorted(it, key=lambda e: e.name):
+            if entry.is_dir(follow_symlinks=False):
+                _check_unpacked(entry.path, entry.name)
+            elif not entry.is_file(follow_symlinks=False):
+                raise StageError(f"package cache entry {entry.name!r} is not a file or directory")
+
+
+def _check_unpacked(package_dir: str, package: str) -> None:
+    def refuse(what: str) -> StageError:
+        return StageError(f"package {package}: {what} (in what rattler unpacked; the archive check saw "
+                          "the archive differently)")
+
+    links: list[str] = []
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        with os.scandir(os.path.join(package_dir, rel_dir)) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if _name_problem(entry.name):
+                    raise refuse(f"entry {rel!r}: {_name_problem(entry.name)}")
+                if entry.is_symlink():
+                    links.append(rel)
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(rel)
+                elif not entry.is_file(follow_symlinks=False):
+                    raise refuse(f"entry {rel!r} is not a file, directory or link")
+    for rel in links:
+        if resolve_in_tree(package_dir, rel) is None:
+            raise refuse(f"link {rel} -> {os.readlink(os.path.join(package_dir, rel))} leaves the package")
+    try:
+        with open(os.path.join(package_dir, "info", "paths.json"), "rb") as f:
+            listed = json.load(f).get("paths", [])
+    except FileNotFoundError:
+        listed = []
+    except (OSError, ValueError, AttributeError) as exc:
+        raise refuse(f"info/paths.json cannot be read: {exc}") from None
+    linked = set(links)
+    for item in listed if isinstance(listed, list) else [None]:
+        path = item.get("_path") if isinstance(item, dict) else None
+        if not isinstance(path, str) or path.startswith("/") or any(
+                part in ("", ".", "..") or _name_problem(part) for part in path.split("/")):
+            raise refuse(f"info/paths.json lists {path!r}, not a clean relative path")
+        parents = path.split("/")[:-1]
+        if any("/".join(parents[:i]) in linked for i in range(1, len(parents) + 1)) \
+                and resolve_in_tree(package_dir, path) is None:
+            raise refuse(f"info/paths.json lists {path!r}, which leads out of the package through a link")
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # os.fsdecode's escapes of bytes that are not UTF-8
+
+
+def _name_problem(name: str) -> str | None:
+    if _CONTROL.search(name):
+        return "a control character in its name"
+    if _NOT_UTF8.search(name):
+        return "its name is not UTF-8"
+    return None
 
 
 def check_links(root) -> None:

@@ -56,12 +56,15 @@ def test_worker_sees_nothing_of_the_host_but_python(tmp_path):
 
 
 def test_an_escaping_link_fails_the_stage_with_the_workers_one_line(tmp_path):
-    """Links are checked again in the installed prefix (the fetch's check never saw this archive)."""
+    """Links are checked again in what rattler unpacked (the fetch's check never saw this archive);
+    links across packages in the installed prefix: test_links_are_resolved_within_the_tree..."""
     require_tool("bwrap")
     package = Package(name="links", members=(file("share/a.txt"), symlink("share/out", "../../../etc")))
     failure, _, execution = stage_directly(tmp_path, package)
-    assert failure is not None and failure.message == "installed link share/out -> ../../../etc escapes the prefix"
-    assert bytes(execution.stderr).decode().strip().splitlines()[-1].startswith("stage: installed link share/out")
+    assert failure is not None and failure.message == (
+        "package links-1.0-0: link share/out -> ../../../etc leaves the package (in what rattler unpacked; "
+        "the archive check saw the archive differently)")
+    assert bytes(execution.stderr).decode().strip().splitlines()[-1].startswith("stage: package links-1.0-0: link")
 
 
 def test_packages_that_do_not_fit_in_memory_are_staged_again_with_the_cache_on_disk(tmp_path, monkeypatch):
@@ -139,3 +142,22 @@ def test_resolve_in_tree_follows_links_through_links():
         root = _tree(Path(tmp) / "env", {"lib": "share", "d/x": "../lib/f", "y": "d/x"})
         assert worker.resolve_in_tree(str(root), "y") == "share/f"
         assert worker.resolve_in_tree(str(root), "d/x") == "share/f"
+
+
+@pytest.mark.parametrize("members, paths, needle", [
+    # a link in the archive that the fetch's check would have refused, and a listed path through it:
+    # rattler copies the host file it reaches into the prefix as a regular file
+    ((symlink("share/lnk", "/usr/lib"),), ({"_path": "share/lnk/os-release", "path_type": "hardlink"},),
+     "link share/lnk -> /usr/lib leaves the package"),
+    ((file("share/a\nb"),), ({"_path": "share/a\nb", "path_type": "hardlink"},),
+     "entry 'share/a\\nb': a control character in its name"),
+    ((file("share/ok"), symlink("share/up", "../..")), ({"_path": "share/ok", "path_type": "hardlink"},),
+     "link share/up -> ../.. leaves the package"),
+])
+def test_what_rattler_unpacked_is_checked_whatever_the_fetch_check_saw(tmp_path, members, paths, needle):
+    """stage_directly skips the fetch's archive check, as a reader difference between that check and
+    rattler would: the stage refuses on what rattler itself unpacked, and nothing reaches the output."""
+    require_tool("bwrap")
+    failure, out, _ = stage_directly(tmp_path, Package(members=members, paths=paths))
+    assert failure is not None and needle in failure.message, failure and failure.message
+    assert "the archive check saw the archive differently" in failure.message
