@@ -276,6 +276,8 @@ class WheelWriter:
             raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
         rel = os.path.relpath(target, out_real)
         parts = rel.split(os.sep)
+        if parts[0] == "conda-meta":  # the package manager's records: what hb and conda read to know the env
+            raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, in conda's own records")
         current, missing = out_real, False
         for part in parts[:-1]:  # never write through a link of the prefix
             parent, current = current, os.path.join(current, part)

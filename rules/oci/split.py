@@ -91,7 +91,11 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
         site = match.group(1)
         dist_info = path.rsplit("/", 1)[0]
         files = []
-        for row in csv.reader(_text(store, entry).splitlines()):
+        try:
+            rows = list(csv.reader(_text(store, entry).splitlines()))
+        except csv.Error as exc:  # a field over csv's limit, a NUL byte
+            raise ActionFailed(f"the environment's {path} is not a readable RECORD: {exc}") from None
+        for row in rows:
             if not row or not row[0]:
                 continue
             rel = posixpath.normpath(posixpath.join(site, row[0]))
@@ -159,12 +163,17 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
     if max_layers < 2:
         raise ActionFailed(f"max_layers must be at least 2 (one package layer and the final one), got {max_layers}")
     records: dict[str, dict] = {}
-    for path, entry in entries.items():
+    found_in: dict[str, str] = {}
+    for path, entry in sorted(entries.items()):
         if path.startswith("conda-meta/") and path.endswith(".json") and entry.kind == "file":
             data = store.get_blob(entry.digest)
             if data is None:
                 raise MissingBlob(entry.digest)
-            record = json.loads(data)
+            record = _conda_record(path, data)
+            if record["name"] in found_in:
+                raise ActionFailed(f"the environment's {path} and {found_in[record['name']]} both record the package "
+                                   f"{record['name']!r}")
+            found_in[record["name"]] = path
             records[record["name"]] = record
     conda_files = {path for record in records.values() for path in record.get("files", ())}
     records.update(wheel_records(store, entries, conda_files))
@@ -195,6 +204,22 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
     groups.append(LayerGroup(FINAL_LAYER, (), tuple(rest),
                              sum(entries[p].digest.size for p in rest if entries[p].kind == "file")))
     return groups
+
+
+def _conda_record(path: str, data: bytes) -> dict:
+    """A conda-meta record as layering reads it (a name, lists of strings), or ActionFailed naming the
+    file: the environment's tree may come from a shared cache, so its records are checked like input."""
+    try:
+        record = json.loads(data)
+    except ValueError as exc:
+        raise ActionFailed(f"the environment's {path} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str) or not record["name"]:
+        raise ActionFailed(f"the environment's {path} names no package (a JSON object with a \"name\" string)")
+    for field in ("depends", "files"):
+        value = record.get(field, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ActionFailed(f"the environment's {path}: {field!r} must be a list of strings")
+    return record
 
 
 def layer_entries(paths, entries: dict[str, TreeEntry], root: str) -> list[tuple[str, TreeEntry]]:

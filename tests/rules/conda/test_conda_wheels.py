@@ -171,6 +171,11 @@ def test_install_refuses_overwrites_links_and_escapes(tmp_path):
             dst.writestr(item, b"VALUE = 2\n" if item.filename == "demo/__init__.py" else data)
     with pytest.raises(stage_worker.StageError, match="does not match its RECORD hash"):
         _install(tmp_path, changed, _prefix(tmp_path, "c-out"))
+    # conda's records are what hb (layers, SBOM) and conda read to know the environment: no wheel writes there
+    forged = make_wheel(_dir(tmp_path, "f") / "demo-1.0-py3-none-any.whl",
+                        files={"demo-1.0.data/data/conda-meta/zz.json": b'{"name": "python", "files": []}'})
+    with pytest.raises(stage_worker.StageError, match="would write conda-meta/zz.json, in conda's own records"):
+        _install(tmp_path, forged, _prefix(tmp_path, "f-out"))
 
 
 def _tree(out):

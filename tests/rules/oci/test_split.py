@@ -1,6 +1,8 @@
 import json
 
-from hermetic_build.api import TreeEntry, digest_bytes
+import pytest
+
+from hermetic_build.api import ActionFailed, TreeEntry, digest_bytes
 from rules.oci.split import FINAL_LAYER, env_groups, layer_entries
 
 
@@ -99,3 +101,31 @@ def test_dependency_order_breaks_ties_by_name_and_cycles_at_the_first_name():
         "d": {"depends": ["missing", "d"]},  # unknown and self dependencies do not count
     }
     assert _ordered(records) == ["d", "zlib", "a", "b", "c"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"{bad", "conda-meta/zz.json is not valid JSON"),
+    (b'{"files": []}', "conda-meta/zz.json names no package"),
+    (b"[1]", "conda-meta/zz.json names no package"),
+    (b'{"name": "q", "depends": 5}', "conda-meta/zz.json: 'depends' must be a list of strings"),
+    (b'{"name": "q", "files": [["x"]]}', "conda-meta/zz.json: 'files' must be a list of strings"),
+    (b'{"name": "python", "files": []}', "both record the package 'python'"),
+])
+def test_a_bad_or_second_record_fails_naming_the_file(content, needle):
+    """The environment's tree can come from a shared cache: its records are checked, never a traceback."""
+    blobs, entries = _env(PACKAGES)
+    d = digest_bytes(content)
+    blobs[d] = content
+    entries["conda-meta/zz.json"] = TreeEntry("zz.json", "file", d)
+    with pytest.raises(ActionFailed, match=needle):
+        env_groups(blobs, entries, 100)
+
+
+def test_an_unreadable_wheel_record_fails_naming_it():
+    blobs, entries = _env(PACKAGES)
+    record = b"x" * 200_000 + b",sha256=abc,1\n"  # one field over csv's limit
+    d = digest_bytes(record)
+    blobs[d] = record
+    entries["lib/python3.11/site-packages/evil-1.dist-info/RECORD"] = TreeEntry("RECORD", "file", d)
+    with pytest.raises(ActionFailed, match="evil-1.dist-info/RECORD is not a readable RECORD"):
+        env_groups(blobs, entries, 100)
