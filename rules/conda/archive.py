@@ -35,6 +35,7 @@ MAX_MEMBERS = 1_000_000  # tar members and zip entries together
 TAR_HEADER_BYTES = 512  # counted per member: a million empty files is not free to unpack
 MAX_METADATA_BYTES = 64 << 20  # info/paths.json and friends are read into memory
 MAX_LINK_HOPS = 40  # like the kernel's limit on symlinks followed in one lookup
+MAX_PREFIX_LENGTH = 255  # conda's longest prefix (its placeholders are this long); conda_env enforces it
 
 # files a package manager reads to decide what to write: regular files, parsed here
 _METADATA = ("info/index.json", "info/paths.json", "info/files", "info/has_prefix", "info/link.json")
@@ -87,6 +88,7 @@ class _Scan:
         self.kinds: dict[str, str] = {}  # member name -> file | dir | symlink | hardlink
         self.symlinks: dict[str, str] = {}
         self.hardlinks: dict[str, str] = {}
+        self.sizes: dict[str, int] = {}  # regular file member -> its size
         self.metadata: dict[str, bytes] = {}
         self.count = 0
         self.expanded = 0
@@ -129,6 +131,8 @@ class _Scan:
         # header sizes are known before the data is read: a bomb is refused before it is inflated
         self.count_entries(1, max(member.size, 0) + TAR_HEADER_BYTES)
         self.kinds[name] = kind
+        if kind == "file":
+            self.sizes[name] = max(member.size, 0)
         if name in _METADATA and kind != "file":
             self.refuse("metadata file", name, "it must be a regular file")
         if kind == "symlink":
@@ -225,6 +229,8 @@ class _Scan:
                 if path_type not in _PATH_TYPES:
                     self.refuse("info/paths.json entry", entry.get("_path"), f"unknown path_type {path_type!r}")
                 self.check_listed("info/paths.json", entry.get("_path"), _PATH_TYPES[path_type])
+                if entry.get("file_mode", "text") == "text":
+                    self.count_growth(entry.get("_path"), entry.get("prefix_placeholder"))
         for line in self._lines("info/files"):
             self.check_listed("info/files", line)
         for line in self._lines("info/has_prefix"):
@@ -235,6 +241,8 @@ class _Scan:
             if len(parts) not in (1, 3):
                 self.refuse("info/has_prefix line", line, "expected 'path' or 'placeholder mode path'")
             self.check_listed("info/has_prefix", parts[-1])
+            if len(parts) == 3 and parts[1] == "text" and "info/paths.json" not in self.metadata:
+                self.count_growth(parts[2], parts[0])
         if "info/link.json" in self.metadata:
             link = self._json("info/link.json")
             noarch = link.get("noarch") if isinstance(link, dict) else None
@@ -250,6 +258,15 @@ class _Scan:
                 value = index.get(field) if isinstance(index, dict) else None
                 if value is not None and (not isinstance(value, str) or path_problem(value) or "/" in value):
                     self.refuse("info/index.json field", f"{field}: {value}", "it names a file: no '/', '..' or control characters")
+
+    def count_growth(self, path, placeholder) -> None:
+        """A text file's placeholder is replaced by the prefix at every occurrence, so a file made of a
+        short placeholder grows up to MAX_PREFIX_LENGTH / len(placeholder) times: counted as unpacked
+        bytes like the rest (a 1-byte placeholder and a 16 MiB file would otherwise write 4 GiB)."""
+        if not isinstance(placeholder, str) or not placeholder or path not in self.sizes:
+            return
+        extra = (self.sizes[path] // len(placeholder.encode())) * max(0, MAX_PREFIX_LENGTH - len(placeholder.encode()))
+        self.count_entries(0, extra)
 
     def _json(self, name: str):
         try:

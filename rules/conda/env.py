@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hermetic_build.api import AnalysisError, DefaultInfo, File, Location, Provider, attr, rule
 
 from . import fetch, stage, wheels  # noqa: F401 - registering action kinds
-from .archive import DEFAULT_MAX_UNPACK_RATIO
+from .archive import DEFAULT_MAX_UNPACK_RATIO, MAX_PREFIX_LENGTH, path_problem
 from .lock import CondaLockInfo, check_fresh
 from .lockfile import LockedPackage, LockedWheel, packages_for, read_lockfile
 from .lockread import LockReadError
@@ -29,7 +29,21 @@ class CondaEnvInfo(Provider):
     wheels: tuple[LockedWheel, ...] = ()  # PyPI wheels installed after the conda packages
 
 
+def prefix_problem(prefix) -> str | None:
+    """Why `prefix` cannot be where an environment lives (it becomes the paths of image layers and
+    replaces placeholders in package files), or None."""
+    if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
+        return "it must be an absolute path below /"
+    if len(prefix.encode()) > MAX_PREFIX_LENGTH:
+        return f"it is longer than {MAX_PREFIX_LENGTH} bytes, conda's limit (the length of its placeholders)"
+    why = path_problem(prefix[1:])
+    return f"{why} (write it normalised, like /opt/env)" if why and "component" in why else why
+
+
 def _conda_env_impl(ctx):
+    why = prefix_problem(ctx.attr.prefix)
+    if why:
+        ctx.fail(f"prefix {ctx.attr.prefix!r}: {why}", hint='prefix = "/opt/env"')
     lock_dep = ctx.dep("lock")
     info = lock_dep.get(CondaLockInfo) if lock_dep is not None else None
     lock_file = info.lockfile if info is not None else ctx.files("lock")[0]

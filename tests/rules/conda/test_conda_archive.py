@@ -395,3 +395,21 @@ def test_a_global_pax_header_is_refused(tmp_path):
     path.write_bytes(bz2.compress(raw))
     with pytest.raises(ActionFailed, match="refusing archive entry 'share/decoy': a global PAX header precedes it"):
         check_archive(path, path.name)
+
+
+def test_a_short_text_placeholder_counts_as_the_growth_it_allows(tmp_path):
+    """Every occurrence of a text placeholder becomes the prefix: 16 MiB of 'a' with placeholder 'a'
+    could be written as 4 GiB. Counted against the unpack limit like unpacked bytes."""
+    data = b"a" * (16 << 20)
+    entry = {"_path": "share/f", "path_type": "hardlink", "prefix_placeholder": "a", "file_mode": "text"}
+    _refused(tmp_path, Package(members=(file("share/f", data),), paths=(entry,)), "refusing to unpack")
+    # the same bytes as a binary-mode file (replaced in place, padded: no growth), or with conda's long
+    # placeholder, pass
+    for other in ({**entry, "file_mode": "binary"}, {**entry, "prefix_placeholder": "/" + "p" * 254}):
+        _check(_dir(tmp_path, other["file_mode"] + str(len(other["prefix_placeholder"]))),
+               Package(members=(file("share/f", data),), paths=(other,)))
+
+
+def _dir(tmp_path, name):
+    (tmp_path / name).mkdir()
+    return tmp_path / name

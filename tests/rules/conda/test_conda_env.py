@@ -216,3 +216,21 @@ def test_stage_reads_archives_from_the_cas_read_only_and_heals_a_corrupt_one(wor
     assert blob.read_bytes() == package
     tree = workspace.root / json.loads(proc.stdout)["targets"]["//env:env"][0]["path"]
     assert (tree / "conda-meta").is_dir() and any((tree / "conda-meta").glob("hb-vocab-*.json"))
+
+
+@pytest.mark.parametrize("prefix, why", [
+    ("opt/env", "it must be an absolute path below /"),
+    ("/", "it must be an absolute path below /"),
+    ("/opt/../etc", "'..' component (write it normalised, like /opt/env)"),
+    ("/opt/env/", "empty, '.' or '..' component"),
+    ("/opt/a\\nb", "control character"),
+    ("/" + "p" * 255, "it is longer than 255 bytes, conda's limit"),
+])
+def test_a_prefix_that_cannot_hold_an_environment_is_an_analysis_error(workspace, prefix, why):
+    """The prefix becomes the paths of image layers and replaces placeholders in package files."""
+    workspace.write("p/conda-linux-64.lock", "@EXPLICIT\n")
+    workspace.write("p/BUILD.hermetic", f'conda_env(name = "e", lock = "conda-linux-64.lock", prefix = "{prefix}")\n')
+    proc = workspace.hb("aquery", "//p:e", check=False)
+    assert proc.returncode == 4 and "analysis error: p/BUILD.hermetic:1: //p:e: prefix" in proc.stderr, proc.stderr
+    assert why in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
