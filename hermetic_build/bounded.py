@@ -37,10 +37,16 @@ class Deadline:
             self._end = time.monotonic() + self.seconds
         left = self._end - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"the answer did not complete within {self.seconds:.1f} s (the timeout of "
-                               f"{self.timeout:g} s plus 1 s per 8 MiB expected); the server is too slow or "
-                               "sends without end")
+            raise self.expired()
         return min(left, self.timeout)
+
+    def expired(self) -> TimeoutError:
+        """What a socket timeout means: the deadline passed, or the server sent nothing for a timeout."""
+        if self._end is not None and time.monotonic() >= self._end - 0.05:
+            return TimeoutError(f"the answer did not complete within {self.seconds:.1f} s (the timeout of "
+                                f"{self.timeout:g} s plus 1 s per 8 MiB expected); the server is too slow or "
+                                "sends without end")
+        return TimeoutError(f"nothing came for {self.timeout:g} s")
 
 
 class _DeadlineIO(io.RawIOBase):
@@ -54,7 +60,10 @@ class _DeadlineIO(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         self._sock.settimeout(self._deadline.left())
-        return self._raw.readinto(buffer)
+        try:
+            return self._raw.readinto(buffer)
+        except TimeoutError:
+            raise self._deadline.expired() from None
 
     def close(self) -> None:
         if not self.closed:
