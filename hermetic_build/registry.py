@@ -134,17 +134,17 @@ class RegistryClient:
             conn.close()
 
     def request(self, method: str, url: str, *, scope: str, body=None, headers=None, stream_to=None,
-                expect=(200,), size: int | None = 0, limit: int = ERROR_BODY_BYTES):
+                expect=(200,), size: int | None = 0):
         """(status, headers, body). Answers 401 by authenticating (basic or bearer) and retrying once.
         Every answer is bounded (bounded.py): it must be read within the timeout plus 1 s per 8 MiB of
         `size` (None: no total deadline, for a stream of unknown size), a 200's body is read by
-        stream_to(response) or whole up to `limit` bytes (RegistryError when longer), any other
+        stream_to(response) or whole up to MAX_MANIFEST_BYTES (RegistryError when longer), any other
         answer's up to ERROR_BODY_BYTES (enough for its error message)."""
         for attempt in range(3):
             status, resp_headers, data = self._send(method, url, scope, body, headers, stream_to, size)
-            if status == 200 and stream_to is None and len(data) > limit:
-                raise RegistryError(f"{method} {url.split('?')[0]}: {self.host} answered with more than {limit} "
-                                    "bytes, more than such an answer may have; refused", status)
+            if status == 200 and stream_to is None and len(data) > MAX_MANIFEST_BYTES:
+                raise RegistryError(f"{method} {url.split('?')[0]}: {self.host} answered with more than "
+                                    f"{MAX_MANIFEST_BYTES} bytes, more than such an answer may have; refused", status)
             if status == 401 and attempt == 0:
                 self._authenticate(resp_headers.get("WWW-Authenticate", ""), scope)
                 continue
@@ -173,8 +173,10 @@ class RegistryClient:
                     body.seek(0)
                 if size is not None:
                     with_deadline(conn, self.timeout, size)
-                else:
+                else:  # a stream of unknown size: the per-read timeout only
                     conn.response_class = http.client.HTTPResponse
+                    if conn.sock is not None:
+                        conn.sock.settimeout(self.timeout)
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 if stream_to is not None and response.status == 200:
@@ -252,8 +254,7 @@ class RegistryClient:
         if stream_to is None and size is None:
             size = MAX_MANIFEST_BYTES
         status, _, data = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=self._scope(repo, False),
-                                       stream_to=stream_to, expect=(200, 404), size=size,
-                                       limit=MAX_MANIFEST_BYTES)
+                                       stream_to=stream_to, expect=(200, 404), size=size)
         return data if status == 200 else None
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
@@ -314,7 +315,7 @@ class RegistryClient:
         status, headers, data = self.request("GET", f"/v2/{repo}/manifests/{reference}",
                                              scope=self._scope(repo, False), expect=(200, 404),
                                              headers={"Accept": ", ".join(MANIFEST_TYPES)},
-                                             size=MAX_MANIFEST_BYTES, limit=MAX_MANIFEST_BYTES)
+                                             size=MAX_MANIFEST_BYTES)
         if status != 200:
             return None
         if reference.startswith("sha256:") and "sha256:" + hashlib.sha256(data).hexdigest() != reference:
