@@ -14,11 +14,17 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bounded import ERROR_BODY_BYTES, finished, read_at_most, with_deadline
+
 CHUNK = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, "application/vnd.docker.distribution.manifest.list.v2+json")
+# a manifest (or a config or other JSON blob read whole) larger than this is refused after reading at
+# most one byte more; hb's own action-cache manifests list every blob of a tree, hence generous
+MAX_MANIFEST_BYTES = 16 << 20
+TOKEN_BYTES = 64 << 10  # a token server's answer
 
 
 class RegistryError(Exception):
@@ -128,10 +134,17 @@ class RegistryClient:
             conn.close()
 
     def request(self, method: str, url: str, *, scope: str, body=None, headers=None, stream_to=None,
-                expect=(200,)):
-        """(status, headers, body). Answers 401 by authenticating (basic or bearer) and retrying once."""
+                expect=(200,), size: int | None = 0):
+        """(status, headers, body). Answers 401 by authenticating (basic or bearer) and retrying once.
+        Every answer is bounded (bounded.py): it must be read within the timeout plus 1 s per 8 MiB of
+        `size` (None: no total deadline, for a stream of unknown size), a 200's body is read by
+        stream_to(response) or whole up to MAX_MANIFEST_BYTES (RegistryError when longer), any other
+        answer's up to ERROR_BODY_BYTES (enough for its error message)."""
         for attempt in range(3):
-            status, resp_headers, data = self._send(method, url, scope, body, headers, stream_to)
+            status, resp_headers, data = self._send(method, url, scope, body, headers, stream_to, size)
+            if status == 200 and stream_to is None and len(data) > MAX_MANIFEST_BYTES:
+                raise RegistryError(f"{method} {url.split('?')[0]}: {self.host} answered with more than "
+                                    f"{MAX_MANIFEST_BYTES} bytes, more than such an answer may have; refused", status)
             if status == 401 and attempt == 0:
                 self._authenticate(resp_headers.get("WWW-Authenticate", ""), scope)
                 continue
@@ -144,7 +157,7 @@ class RegistryClient:
             return status, resp_headers, data
         raise RegistryError(_describe(method, url, status, data), status)
 
-    def _send(self, method, url, scope, body, headers, stream_to):
+    def _send(self, method, url, scope, body, headers, stream_to, size):
         import http.client  # here, not at import: most builds never talk to a registry
         import ssl  # here, not at import: most builds never talk to a registry
         parsed = urllib.parse.urlparse(url if "://" in url else self.base + url)
@@ -158,12 +171,20 @@ class RegistryClient:
             try:
                 if hasattr(body, "seek"):
                     body.seek(0)
+                if size is not None:
+                    with_deadline(conn, self.timeout, size)
+                else:  # a stream of unknown size: the per-read timeout only
+                    conn.response_class = http.client.HTTPResponse
+                    if conn.sock is not None:
+                        conn.sock.settimeout(self.timeout)
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 if stream_to is not None and response.status == 200:
                     data = stream_to(response)
-                else:
-                    data = response.read()
+                else:  # a 200's whole body, at most MAX_MANIFEST_BYTES + 1 (request() checks its limit)
+                    data = read_at_most(response, MAX_MANIFEST_BYTES if response.status == 200 else ERROR_BODY_BYTES)
+                if not finished(response):
+                    self._drop(host)  # the rest of the body is never read
                 return response.status, response.headers, data
             except ssl.SSLError as exc:
                 self._drop(host)
@@ -196,10 +217,18 @@ class RegistryClient:
             parsed = urllib.parse.urlparse(url)
             conn = (http.client.HTTPSConnection(parsed.netloc, timeout=self.timeout, context=self._ssl)
                     if parsed.scheme == "https" else http.client.HTTPConnection(parsed.netloc, timeout=self.timeout))
-            conn.request("GET", parsed.path + "?" + parsed.query, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            conn.close()
+            with_deadline(conn, self.timeout)
+            try:
+                conn.request("GET", parsed.path + "?" + parsed.query, headers=headers)
+                response = conn.getresponse()
+                data = read_at_most(response, TOKEN_BYTES)
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                raise RegistryUnavailable(f"token server {parsed.netloc}: {type(exc).__name__}: {exc}") from None
+            finally:
+                conn.close()
+            if len(data) > TOKEN_BYTES:
+                raise RegistryAuthError(f"token server {parsed.netloc} answered with more than {TOKEN_BYTES} bytes",
+                                        response.status)
             if response.status != 200:
                 raise RegistryAuthError(f"token server {parsed.netloc} refused: HTTP {response.status}", response.status)
             token = json.loads(data).get("token") or json.loads(data).get("access_token")
@@ -218,9 +247,14 @@ class RegistryClient:
                                           expect=(200, 404))
         return int(headers.get("Content-Length", 0)) if status == 200 else None
 
-    def get_blob(self, repo: str, digest: str, stream_to=None):
+    def get_blob(self, repo: str, digest: str, stream_to=None, *, size: int | None = None):
+        """The blob (read whole: at most MAX_MANIFEST_BYTES, a JSON blob's size), or what
+        stream_to(response) returns; None when absent. `size`, when known, gives the read its
+        deadline (a stream of unknown size has the per-read timeout only)."""
+        if stream_to is None and size is None:
+            size = MAX_MANIFEST_BYTES
         status, _, data = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=self._scope(repo, False),
-                                       stream_to=stream_to, expect=(200, 404))
+                                       stream_to=stream_to, expect=(200, 404), size=size)
         return data if status == 200 else None
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
@@ -280,7 +314,8 @@ class RegistryClient:
     def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str] | None:
         status, headers, data = self.request("GET", f"/v2/{repo}/manifests/{reference}",
                                              scope=self._scope(repo, False), expect=(200, 404),
-                                             headers={"Accept": ", ".join(MANIFEST_TYPES)})
+                                             headers={"Accept": ", ".join(MANIFEST_TYPES)},
+                                             size=MAX_MANIFEST_BYTES)
         if status != 200:
             return None
         if reference.startswith("sha256:") and "sha256:" + hashlib.sha256(data).hexdigest() != reference:

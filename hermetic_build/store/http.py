@@ -17,7 +17,16 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from ..digest import CHUNK, Digest, digest_bytes
+from ..bounded import (
+    ERROR_BODY_BYTES,
+    copy_at_most,
+    finished,
+    length_fits,
+    read_at_most,
+    read_blob,
+    with_deadline,
+)
+from ..digest import Digest, digest_bytes
 from .base import MAX_ENTRY_BYTES, ActionResult, NewFile, Store
 from .remote import RemoteAuthError, RemoteStats, RemoteUnavailable, Signer
 
@@ -54,9 +63,17 @@ class HttpStore(Store):
             self._local.conn = conn
         return conn
 
-    def _request(self, method: str, path: str, body=None, headers=None, stream_to=None):
-        """(status, body bytes or None). Retries dropped connections and 5xx with backoff; a timeout
-        or a refused connection is not retried (the remote is then disabled for the build)."""
+    def _drop(self, conn) -> None:
+        conn.close()
+        self._local.conn = None
+
+    def _request(self, method: str, path: str, body=None, headers=None, read=None, size: int = 0):
+        """(status, what read(response) returned for a 200 answer, else None). Every answer is bounded
+        (bounded.py): it must be complete within the timeout plus 1 s per 8 MiB of `size`, a 200's body
+        is read by read(response) (by default: at most ERROR_BODY_BYTES, as a PUT's answer), any other
+        answer's body to at most ERROR_BODY_BYTES and dropped. A body not read to its end closes the
+        connection. Retries dropped connections and 5xx with backoff; a timeout or a refused connection
+        is not retried (the remote is then disabled for the build)."""
         headers = dict(headers or {})
         if self._auth:
             headers["Authorization"] = self._auth
@@ -66,25 +83,28 @@ class HttpStore(Store):
             try:
                 if hasattr(body, "seek"):
                     body.seek(0)
+                with_deadline(conn, self._timeout, size)
                 conn.request(method, self._path + path, body=body, headers=headers)
                 response = conn.getresponse()
                 status = response.status
+                if status == 200:
+                    data = (read or _read_small)(response)
+                else:
+                    data = None
+                    _read_small(response)  # a short error answer leaves the connection reusable
+                if not finished(response):
+                    self._drop(conn)
                 if status in (401, 403):
-                    response.read()
                     raise RemoteAuthError(f"HTTP {status} for {method} {path}")
                 if status >= 500:
-                    response.read()
                     last = f"HTTP {status} for {method} {path}"
-                elif stream_to is not None and status == 200:
-                    return status, stream_to(response)
                 else:
-                    return status, response.read()
+                    return status, data
             except (ConnectionError, TimeoutError, http.client.HTTPException, OSError) as exc:
                 if isinstance(exc, RemoteAuthError):
                     raise
                 last = f"{type(exc).__name__}: {exc}"
-                conn.close()
-                self._local.conn = None
+                self._drop(conn)
                 if isinstance(exc, (TimeoutError, ConnectionRefusedError)):
                     # an unresponsive or absent server: retrying would only multiply the wait
                     break
@@ -97,10 +117,11 @@ class HttpStore(Store):
         return status == 200
 
     def get_blob(self, digest: Digest) -> bytes | None:
-        status, data = self._request("GET", f"/cas/{digest.hash}")
+        status, data = self._request("GET", f"/cas/{digest.hash}", read=lambda r: read_blob(r, digest.size),
+                                     size=digest.size)
         if status != 200:
             return None
-        if digest_bytes(data) != digest:
+        if data is None or digest_bytes(data) != digest:
             self.stats.add(rejected_blobs=1)
             return None
         self.stats.add(blobs_down=1, bytes_down=len(data))
@@ -109,18 +130,23 @@ class HttpStore(Store):
     def fetch_file(self, digest: Digest, dest: Path, *, dir_fd: int | None = None, mode: int | None = None) -> bool:
         holder = []
 
-        def stream(response) -> Digest:
+        def stream(response) -> Digest | None:
+            if not length_fits(response, digest.size):
+                return None
             out = NewFile(dest, dir_fd=dir_fd, mode=mode)
             holder.append(out)
-            hasher, size = blake3(), 0
-            while chunk := response.read(CHUNK):
+            hasher = blake3()
+
+            def write(chunk: bytes) -> None:
                 hasher.update(chunk)
                 out.write(chunk)
-                size += len(chunk)
+
+            # at most digest.size + 1 bytes reach the disk: one more than the blob has is a mismatch
+            size = copy_at_most(response, write, digest.size)
             return Digest(hasher.hexdigest(), size)
 
         try:
-            status, got = self._request("GET", f"/cas/{digest.hash}", stream_to=stream)
+            status, got = self._request("GET", f"/cas/{digest.hash}", read=stream, size=digest.size)
             if status != 200 or got != digest:
                 for out in holder:
                     out.discard()
@@ -159,7 +185,10 @@ class HttpStore(Store):
 
     # ----- action cache ----------------------------------------------------------------------------
     def get_action_result(self, key: str) -> ActionResult | None:
-        status, data = self._request("GET", f"/ac/{key}", stream_to=self._read_bounded)
+        # an entry's body: at most MAX_ENTRY_BYTES + 1 bytes (the rest is not read, the connection is
+        # dropped), so a huge entry costs no memory before the signer refuses it as too large
+        status, data = self._request("GET", f"/ac/{key}", read=lambda r: read_at_most(r, MAX_ENTRY_BYTES),
+                                     size=MAX_ENTRY_BYTES)
         if status != 200:
             self.stats.add(ac_misses=1)
             return None
@@ -170,18 +199,12 @@ class HttpStore(Store):
         self.stats.add(ac_hits=1)
         return result
 
-    def _read_bounded(self, response) -> bytes:
-        """An action-cache entry's body, at most MAX_ENTRY_BYTES + 1 bytes (the rest is not read:
-        the connection is dropped instead), so a huge entry costs no memory before it is refused."""
-        data = response.read(MAX_ENTRY_BYTES + 1)
-        if len(data) > MAX_ENTRY_BYTES:
-            response.close()
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                conn.close()
-                self._local.conn = None
-        return data
-
     def put_action_result(self, key: str, result: ActionResult) -> None:
         data = self.signer.seal(key, result)
         self._put(f"/ac/{key}", data, len(data))
+
+
+def _read_small(response) -> bytes:
+    """A body hb does not need (an error answer, a PUT's answer): at most ERROR_BODY_BYTES + 1 read."""
+    return read_at_most(response, ERROR_BODY_BYTES)
+

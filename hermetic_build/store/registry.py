@@ -16,6 +16,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from ..bounded import copy_at_most, length_fits, read_at_most, read_blob
 from ..digest import CHUNK, Digest, digest_bytes
 from ..registry import OCI_MANIFEST, RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
 from .base import MAX_ENTRY_BYTES, ActionResult, InvalidEntry, NewFile, Store, load_json
@@ -72,10 +73,16 @@ class RegistryStore(Store):
         sha = self._sha256.get(digest.hash)
         if sha is None:
             return None
-        data = self._call(self.client.get_blob, self.repo, f"sha256:{sha}")
+
+        def read(response) -> bytes | bool:
+            # at most digest.size + 1 bytes; False: a Content-Length other than the blob's size (unread)
+            data = read_blob(response, digest.size)
+            return False if data is None else data
+
+        data = self._call(self.client.get_blob, self.repo, f"sha256:{sha}", read, size=digest.size)
         if data is None:
             return None
-        if digest_bytes(data) != digest or hashlib.sha256(data).hexdigest() != sha:
+        if data is False or digest_bytes(data) != digest or hashlib.sha256(data).hexdigest() != sha:
             self.stats.add(rejected_blobs=1)
             return None
         self.stats.add(blobs_down=1, bytes_down=len(data))
@@ -88,18 +95,23 @@ class RegistryStore(Store):
         holder = []
 
         def stream(response):
+            if not length_fits(response, digest.size):
+                return None, None
             out = NewFile(dest, dir_fd=dir_fd, mode=mode)
             holder.append(out)
-            b3, s2, size = blake3(), hashlib.sha256(), 0
-            while chunk := response.read(CHUNK):
+            b3, s2 = blake3(), hashlib.sha256()
+
+            def write(chunk: bytes) -> None:
                 b3.update(chunk)
                 s2.update(chunk)
                 out.write(chunk)
-                size += len(chunk)
+
+            # at most digest.size + 1 bytes reach the disk: one more than the blob has is a mismatch
+            size = copy_at_most(response, write, digest.size)
             return Digest(b3.hexdigest(), size), s2.hexdigest()
 
         try:
-            got = self._call(self.client.get_blob, self.repo, f"sha256:{sha}", stream)
+            got = self._call(self.client.get_blob, self.repo, f"sha256:{sha}", stream, size=digest.size)
             if got != (digest, sha):
                 for out in holder:
                     out.discard()
@@ -154,7 +166,8 @@ class RegistryStore(Store):
             config_sha, mapping = _parse_manifest(found[0])
         except InvalidEntry as exc:
             return self._reject(key, f"malformed manifest: {exc}")
-        sealed = self._call(self.client.get_blob, self.repo, f"sha256:{config_sha}")
+        sealed = self._call(self.client.get_blob, self.repo, f"sha256:{config_sha}",
+                            lambda r: read_at_most(r, MAX_ENTRY_BYTES), size=MAX_ENTRY_BYTES)
         if sealed is None or hashlib.sha256(sealed).hexdigest() != config_sha:
             return self._reject(key, "config blob missing or corrupt")
         result, why = self.signer.open(key, sealed)

@@ -77,7 +77,13 @@ class Response:
     def read(self, size: int) -> bytes:
         return self._response.read(size)
 
+    def read1(self, size: int) -> bytes:
+        """At most one socket read (so a caller can give up on a server that trickles)."""
+        return self._response.read1(size)
+
     def close(self) -> None:
+        if self._response.length == 0:
+            self._response.close()  # read to its end through read1, which leaves it open
         self._release(self._response.isclosed() and not self._response.length)  # read to its end
 
     def __enter__(self):

@@ -106,7 +106,8 @@ def _conda_env_impl(ctx):
             # max_unpack_ratio only when raised or lowered: the default keeps every existing fetch key
             params={**({"sha256": pkg.sha256} if pkg.sha256 else {"md5": pkg.md5}), "filename": pkg.filename,
                     **limits},
-            hints={"urls": [pkg.url]},
+            # the size a lock records bounds the download; a hint: it is not part of the key
+            hints={"urls": [pkg.url], **({"size": pkg.size} if pkg.size else {})},
             platform=platform, description=f"CondaFetch {pkg.filename}",
         )
         archives.append(archive)

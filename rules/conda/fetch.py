@@ -1,11 +1,15 @@
-"""Fetching one conda package, keyed by its sha256: http(s) (over kept-alive connections, see
-connections.py) or file://, retried with backoff, verified while streaming. A package already in
-the CAS is never downloaded again."""
+"""Fetching one conda package (or wheel), keyed by its sha256: http(s) (over kept-alive connections,
+see connections.py) or file:// (a regular file only), retried with backoff, verified while streaming.
+A package already in the CAS is never downloaded again. Every download ends: it stops past the size
+the lock records (pixi locks do) or else past MAX_DOWNLOAD_BYTES, and a transfer slower on average
+than MIN_BYTES_PER_SECOND is given up, so a URL that never ends (file:///dev/zero, an endless or
+trickling server) fails instead of filling the disk or hanging."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 import urllib.parse
 
@@ -20,37 +24,88 @@ CHUNK = 1 << 20
 RETRIES = 4
 BACKOFF_SECONDS = 0.25
 TIMEOUT_SECONDS = 60
+# a package or wheel whose lock records no size is cut off past this many bytes (the largest
+# conda packages are a few GiB): generous, but a URL that never ends cannot fill the disk
+MAX_DOWNLOAD_BYTES = 32 << 30
+# after TIMEOUT_SECONDS, a download that averages less than this is given up (and retried): a server
+# that trickles a byte now and then would otherwise hold the fetch for ever
+MIN_BYTES_PER_SECOND = 16 << 10
 
 
 class _Mismatch(Exception):
     pass
 
 
-def _download(url: str, dest: str, expected: str, algorithm: str = "sha256") -> tuple[Digest, str]:
-    """Stream url to dest, hashing as it goes; raise _Mismatch if the bytes are not the package.
-    Returns (BLAKE3 digest, sha256 hex): an md5-pinned package learns its sha256 here."""
-    from http.client import IncompleteRead  # here, not at import: a build that fetches nothing
-    from urllib.request import url2pathname  # never loads the HTTP stack
+class _TooLarge(Exception):
+    """More bytes came (or were announced) than the package may have."""
 
-    from . import connections
-    sha, b3, size = hashlib.sha256(), blake3(), 0
-    md5 = hashlib.md5(usedforsecurity=False) if algorithm == "md5" else None
+
+def _open_regular(path: str, url: str):
+    """A file:// package, opened without blocking (a FIFO would wait for a writer) and accepted only
+    when it is a regular file (through a symbolic link is fine: local channels use them): a lock
+    names packages, never a device, a FIFO or a directory, whose reads may never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+            raise ActionFailed(f"{url} is {kind}, not a package file: a lock's file:// URL must name a regular file",
+                               hint="fix the URL in the lock (or re-lock the environment)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open(url: str, limit: int):
+    from urllib.request import url2pathname  # here, not at import: a build that fetches nothing
+
+    from . import connections  # never loads the HTTP stack
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
-        source = open(url2pathname(parsed.path), "rb")
-    elif parsed.scheme in ("http", "https"):
-        source = connections.get(url, TIMEOUT_SECONDS)  # a kept-alive connection of this thread
-    else:
+        return _open_regular(url2pathname(parsed.path), url)
+    if parsed.scheme not in ("http", "https"):
         raise ActionFailed(f"unsupported URL scheme in {url} (use http, https or file)")
+    source = connections.get(url, TIMEOUT_SECONDS)  # a kept-alive connection of this thread
+    length = getattr(source, "length", None)
+    if length is not None and length > limit:
+        source.close()  # not read: the connection is closed
+        raise _TooLarge(f"the server announces {length} bytes")
+    return source
+
+
+def _check_rate(size: int, started: float) -> None:
+    elapsed = time.monotonic() - started
+    if elapsed > TIMEOUT_SECONDS + size / MIN_BYTES_PER_SECOND:
+        raise TimeoutError(f"{size} bytes in {elapsed:.0f} s, slower than {MIN_BYTES_PER_SECOND >> 10} KiB/s "
+                           f"on average after the first {TIMEOUT_SECONDS} s")
+
+
+def _download(url: str, dest: str, expected: str, algorithm: str = "sha256",
+              limit: int = MAX_DOWNLOAD_BYTES) -> tuple[Digest, str]:
+    """Stream url to dest, hashing as it goes; raise _Mismatch if the bytes are not the package,
+    _TooLarge past `limit` bytes (at most `limit` are written). Returns (BLAKE3 digest, sha256 hex):
+    an md5-pinned package learns its sha256 here."""
+    from http.client import IncompleteRead  # here, not at import: a build that fetches nothing
+
+    sha, b3, size = hashlib.sha256(), blake3(), 0
+    md5 = hashlib.md5(usedforsecurity=False) if algorithm == "md5" else None
+    source = _open(url, limit)
+    read = getattr(source, "read1", source.read)  # one socket read at a time: the rate check sees a trickle
+    started = time.monotonic()
     with source, open(dest, "wb") as out:
         expected_length = getattr(source, "length", None)
-        while chunk := source.read(CHUNK):
+        while chunk := read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(f"more than {limit} bytes came")
             sha.update(chunk)
             b3.update(chunk)
             if md5 is not None:
                 md5.update(chunk)
             out.write(chunk)
-            size += len(chunk)
+            _check_rate(size, started)
         if expected_length not in (None, 0) and size < expected_length:
             raise IncompleteRead(b"", expected_length - size)
     actual = (md5 or sha).hexdigest()
@@ -74,6 +129,9 @@ def fetch_pinned(execution, check) -> None:
     from urllib.error import HTTPError, URLError
 
     params, urls = execution.params, execution.hints.get("urls", [])
+    recorded_size = execution.hints.get("size")
+    if not isinstance(recorded_size, int) or isinstance(recorded_size, bool) or recorded_size <= 0:
+        recorded_size = None
     algorithm = "md5" if "md5" in params else "sha256"
     pin, filename = params[algorithm], params["filename"]
     sha256 = params.get("sha256", "")
@@ -89,7 +147,11 @@ def fetch_pinned(execution, check) -> None:
     for url in urls:
         for attempt in range(RETRIES):
             try:
-                digest, sha256 = _download(url, str(out), pin, algorithm)
+                digest, sha256 = _download(url, str(out), pin, algorithm, recorded_size or MAX_DOWNLOAD_BYTES)
+            except _TooLarge as exc:
+                if os.path.exists(out):
+                    os.unlink(out)
+                raise _too_large(execution, filename, url, recorded_size, exc) from None
             except _Mismatch as mismatch:
                 os.unlink(out)
                 # a download that does not match its pin: an integrity error (exit 6, README)
@@ -120,6 +182,18 @@ def fetch_pinned(execution, check) -> None:
                 os.unlink(out)
             time.sleep(BACKOFF_SECONDS * (2 ** attempt))
     raise ActionFailed(f"could not fetch {filename} ({algorithm} {pin}):\n  " + "\n  ".join(errors[-6:]))
+
+
+def _too_large(execution, filename: str, url: str, recorded_size: int | None, exc: _TooLarge) -> Exception:
+    """A download cut off: more than the lock's size is the wrong content (an integrity error, as a
+    hash mismatch is); without a recorded size, the fixed cap was reached."""
+    where = f"{execution.action.owner}: {filename} from {url}"
+    if recorded_size is not None:
+        return IntegrityError(f"{where} is larger than the {recorded_size} bytes the lock records ({exc}); "
+                              "nothing was stored")
+    return ActionFailed(f"{where} is larger than {MAX_DOWNLOAD_BYTES >> 30} GiB ({exc}), the most hb downloads for "
+                        "a package whose lock records no size; nothing was stored",
+                        hint="check the URL in the lock: it should name one package archive")
 
 
 def sha256_of_file(path) -> str:

@@ -18,6 +18,8 @@ class LockedPackage:
     sha256: str
     md5: str | None
     platform: str
+    # bytes of the archive, where the lock records them (pixi locks do): the fetch stops past them
+    size: int | None = None
 
     @property
     def filename(self) -> str:

@@ -370,7 +370,7 @@ def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
             entries.append(LockEntry(LockedPackage(
                 name=record.name.normalized, version=str(record.version), build=str(record.build), url=url,
                 sha256=record.sha256.hex() if record.sha256 else "", md5=record.md5.hex() if record.md5 else None,
-                platform=subdir), frozenset({"main"}), line_of("conda", url)))
+                platform=subdir, size=record.size or None), frozenset({"main"}), line_of("conda", url)))
         for package in env.packages(platform) or []:
             # a package pixi builds from source (pixi-build, `- conda: .`): no archive to fetch and pin
             if isinstance(package, CondaLockedSourcePackage):

@@ -1,15 +1,19 @@
 """GETs over kept-alive connections (rules/conda/connections.py), against a small HTTP/1.1 server
 that counts the connections it accepts."""
 
+import hashlib
 import http.client
 import http.server
+import os
 import threading
+import time
 import urllib.error
 
 import pytest
 
-from rules.conda import connections
-from rules.conda.fetch import _download, _Mismatch
+from hermetic_build.api import ActionFailed
+from rules.conda import connections, fetch
+from rules.conda.fetch import _download, _Mismatch, _TooLarge
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -31,6 +35,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/hang-up":  # a keep-alive response, then the server drops the connection
             self._body(b"once")
             self.close_connection = True
+        elif self.path == "/endless":  # no Content-Length, a body that never ends
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"A" * 65536
+            try:
+                while True:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                pass
+        elif self.path == "/announces-too-much":  # a Content-Length over the limit, then silence
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 ** 12))
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(5)
+        elif self.path == "/drip":  # a byte every 0.1 s
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 ** 6))
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"A")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
         elif self.path == "/short":  # promises more than it sends
             self.send_response(200)
             self.send_header("Content-Length", "100")
@@ -114,3 +145,45 @@ def test_a_wrong_hash_is_a_mismatch_after_a_whole_read(server, tmp_path):
 def test_only_http_and_https_are_followed(server):
     with pytest.raises(urllib.error.URLError):
         connections.get("ftp://127.0.0.1/pkg.conda", 10)
+
+
+def test_an_endless_body_stops_past_the_limit(server, tmp_path):
+    _, url = server
+    started = time.monotonic()
+    with pytest.raises(_TooLarge, match="more than 1000000 bytes came"):
+        _download(f"{url}/endless", str(tmp_path / "out"), "0" * 64, limit=1_000_000)
+    assert (tmp_path / "out").stat().st_size <= 1_000_000 and time.monotonic() - started < 5
+
+
+def test_a_content_length_over_the_limit_is_refused_unread(server, tmp_path):
+    _, url = server
+    started = time.monotonic()
+    with pytest.raises(_TooLarge, match=f"announces {10 ** 12} bytes"):
+        _download(f"{url}/announces-too-much", str(tmp_path / "out"), "0" * 64)  # over MAX_DOWNLOAD_BYTES
+    assert not (tmp_path / "out").exists() and time.monotonic() - started < 2
+
+
+def test_a_trickle_is_given_up(server, tmp_path, monkeypatch):
+    _, url = server
+    monkeypatch.setattr(fetch, "TIMEOUT_SECONDS", 1)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="slower than 16 KiB/s on average after the first 1 s"):
+        _download(f"{url}/drip", str(tmp_path / "out"), "0" * 64)
+    assert time.monotonic() - started < 4
+
+
+def test_file_urls_must_name_regular_files(tmp_path):
+    package = tmp_path / "pkg.conda"
+    package.write_bytes(b"package bytes")
+    link = tmp_path / "link.conda"
+    link.symlink_to(package)  # local channels link packages: fine
+    sha = hashlib.sha256(b"package bytes").hexdigest()
+    assert _download(link.as_uri(), str(tmp_path / "out"), sha)[0].size == 13
+    os.mkfifo(tmp_path / "fifo")  # nobody writes it: a blocking open would hang
+    for url, kind in (("file:///dev/zero", "a device, FIFO or socket"), ((tmp_path / "fifo").as_uri(),
+                      "a device, FIFO or socket"), (tmp_path.as_uri(), "a directory")):
+        with pytest.raises(ActionFailed, match=f"is {kind}, not a package file"):
+            _download(url, str(tmp_path / "never"), sha)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(_TooLarge):
+        _download(package.as_uri(), str(tmp_path / "out"), sha, limit=12)  # the lock says 12 bytes

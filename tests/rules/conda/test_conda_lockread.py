@@ -246,3 +246,14 @@ def test_a_pixi_source_package_is_refused_at_its_platforms_line():
         with pytest.raises(LockReadError, match="conda package ros-jazzy-motion-stack is a source package") as err:
             select(lock, platform)
         assert err.value.line == line
+
+
+def test_pixi_sizes_bound_the_fetch():
+    """pixi records each archive's size: the fetch action gets it as a hint and stops past it."""
+    lock = read_lock(LOCKS / "2lian_Motion-Stack__motion_stack-pixi.lock")
+    packages = [e.package for e in lock.entries if hasattr(e.package, "md5") and e.error is None]
+    sized = {p.url.rsplit("/", 1)[-1]: p.size for p in packages}
+    assert sized["_libgcc_mutex-0.1-conda_forge.tar.bz2"] == 2562
+    assert all(isinstance(size, int) and size > 0 for size in sized.values())
+    unified = read_lock(LOCKS / "01-ai_Yi__conda-lock.yml")  # conda-lock records no sizes
+    assert {e.package.size for e in unified.entries if hasattr(e.package, "md5")} == {None}
