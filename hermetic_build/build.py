@@ -18,6 +18,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from . import __version__, background_write, noop
+from .action import MANIFEST_NAME
 from .errors import UsageError
 from .jobs import BackgroundJobs
 from .label import Label, TargetPattern
@@ -370,10 +371,13 @@ class Session:
     def _publish(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
         """Make the outputs of the requested targets visible under hb-out/."""
         refuse_linked_output_root(self.workspace.output_root)
-        manifest_path = self.workspace.output_root / ".hb-manifest.json"
+        manifest_path = self.workspace.output_root / MANIFEST_NAME
+        if manifest_path.is_dir() and not manifest_path.is_symlink():
+            # published there by a root target of that name before the name was reserved: not hb's record
+            self._remove_in_background(manifest_path)
         try:
             manifest = json.loads(manifest_path.read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # none yet, or unreadable: everything is published again
             manifest = {}
         if not isinstance(manifest, dict):
             manifest = {}
