@@ -20,6 +20,13 @@ from .label import Label
 KEY_SCHEMA = "hb-action-key/1"
 OUTPUT_ROOT = "hb-out"
 INTERNAL_ROOT = "hb-out/.internal"  # intermediates that are never shown under hb-out/<package>/
+MANIFEST_NAME = ".hb-manifest.json"  # hb-out/.hb-manifest.json: what hb published last, and its stamps
+# hb's own names at the root of hb-out/, which no output may take (its temporary names, anywhere in
+# hb-out/, are leftovers.owner_pid's); why each is hb's, for the error
+RESERVED_AT_OUTPUT_ROOT = {
+    MANIFEST_NAME: "its record of the outputs it published",
+    INTERNAL_ROOT.split("/", 1)[1]: "its intermediate outputs",
+}
 
 
 class File(NamedTuple):
@@ -51,6 +58,22 @@ class File(NamedTuple):
 
 def output_dir(label: Label) -> str:
     return "/".join(p for p in (OUTPUT_ROOT, label.package, label.name) if p)
+
+
+def reserved_output_problem(path: str, internal: bool = False) -> str | None:
+    """Why the output `path` (hb-out/...) would collide with a file hb keeps in hb-out/, or None: its
+    first part below hb-out/ is one of RESERVED_AT_OUTPUT_ROOT (a root-package target named
+    `.hb-manifest.json`, a package `.internal`), or a part is named like one of hb's temporary files,
+    which the sweep after a killed build deletes (.x.hb-tmp-<pid>-..., .hb-tmp-<pid>-..., sb-<pid>-...)."""
+    from .leftovers import owner_pid
+
+    parts = path.split("/")[1:]
+    if not internal and parts and parts[0] in RESERVED_AT_OUTPUT_ROOT:
+        return (f"would be {OUTPUT_ROOT}/{parts[0]}, a name hb keeps for {RESERVED_AT_OUTPUT_ROOT[parts[0]]}")
+    for part in parts:
+        if owner_pid(part) is not None:
+            return f"has a part {part!r} named like one of hb's temporary files, which hb deletes"
+    return None
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .action import INTERNAL_ROOT, OUTPUT_ROOT, Action, File, get_action_kind, make_params_json, output_dir
+from .action import (INTERNAL_ROOT, OUTPUT_ROOT, Action, File, get_action_kind, make_params_json, output_dir,
+                     reserved_output_problem)
 from .buildfile import Package, PackageLoader, TargetDef, all_packages, source_exists, source_path
 from .errors import AnalysisError, BuildFileError, HbError, Location, UsageError, did_you_mean
 from .label import Label, LabelSyntaxError, TargetPattern
@@ -252,6 +254,7 @@ class RuleContext:
                 raise self.error("the output directory '.' must be the target's only public output "
                                  f"(already declared: {', '.join(public)}); declare the others internal")
             file = File(output_dir(self.label), self.label, True)
+            self._check_not_reserved(file.path, path, internal)
             self._declared[path] = file
             return file
         if "." in self._declared and not internal:
@@ -260,6 +263,9 @@ class RuleContext:
         parts = path.split("/")
         if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise self.error(f"invalid output path {path!r}: use a relative path without '..'")
+        if _CONTROL.search(path):
+            raise self.error(f"invalid output path {path!r}: it contains a control character (a NUL, a newline, "
+                             "...), which no file name hb writes may hold")
         key = f"internal:{path}" if internal else path
         if key in self._declared:
             raise self.error(f"output {path!r} is declared twice")
@@ -267,8 +273,18 @@ class RuleContext:
         if internal:
             base = INTERNAL_ROOT + base[len(OUTPUT_ROOT):]
         file = File(f"{base}/{path}", self.label, directory)
+        self._check_not_reserved(file.path, path, internal)
         self._declared[key] = file
         return file
+
+    def _check_not_reserved(self, full: str, path: str, internal: bool) -> None:
+        problem = reserved_output_problem(full, internal)
+        if problem:
+            raise self.error(f"output {path!r} ({full}) {problem}",
+                             hint="rename the target (or its package, or the output)")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Analyzer:

@@ -4,7 +4,7 @@ from .action import Action, File, register_action_kind
 from .analysis import ConfiguredTarget, RuleContext
 from .digest import Digest, DualHasher, canonical_json, digest_bytes, digest_file
 from .errors import ActionFailed, AnalysisError, BuildFileError, HbError, IntegrityError, Location, RegistryPushError, RemoteError, UsageError
-from .label import Label
+from .label import Label, LabelSyntaxError
 from .lock import LockOutcome, LockRequest
 from .publish import PublishRequest
 from .attest import check_statement, envelope_bytes
@@ -17,7 +17,7 @@ from .workspace import host_platform, resolve_source
 
 __all__ = [
     "Action", "ActionExecution", "ActionFailed", "AnalysisError", "BuildFileError", "ConfiguredTarget",
-    "DefaultInfo", "Digest", "DualHasher", "File", "HbError", "IntegrityError", "Label", "Location", "LockOutcome", "LockRequest",
+    "DefaultInfo", "Digest", "DualHasher", "File", "HbError", "IntegrityError", "Label", "LabelSyntaxError", "Location", "LockOutcome", "LockRequest",
     "Provider", "RuleContext", "attr", "digest_bytes", "digest_file", "materialize_tree",
     "host_platform", "lookup_tree", "register_action_kind", "resolve_source", "rule", "store_tree", "walk_tree",
     "MissingBlob", "PublishRequest", "RegistryAuthError", "RegistryClient", "RegistryError", "RegistryRef",

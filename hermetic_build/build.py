@@ -18,13 +18,15 @@ from pathlib import Path
 from blake3 import blake3
 
 from . import __version__, background_write, noop
+from .action import MANIFEST_NAME
 from .errors import UsageError
 from .jobs import BackgroundJobs
 from .label import Label, TargetPattern
 from .leftovers import publish_temp_prefix, sweep
 from .report import Reporter
 from .store.local import LocalStore
-from .workspace import OUTPUT_DIR, WORKSPACE_FILE, Workspace
+from .workspace import (OUTPUT_DIR, REMOTE_CACHE_SCHEMES, REMOTE_EXECUTOR_SCHEMES, WORKSPACE_FILE, Workspace,
+                        remote_url_problem)
 
 # analysis (Starlark, the rules), the executor and the tree code are imported where they are used:
 # a no-op build answered by noop.py needs none of them
@@ -69,6 +71,15 @@ class BuildSummary:
         }
 
 
+def _check_remote_url(option: str, url: str, schemes: tuple[str, ...]) -> None:
+    """A remote URL given on the command line (hermetic.toml's were checked when it was read)."""
+    problem = remote_url_problem(url, schemes)
+    if problem:
+        raise UsageError(f"{option} {url!r} {problem}",
+                         hint="use http(s)://host/prefix, oci://host/repository or grpc(s)://host:port[/instance]"
+                         if "http" in schemes else "use grpc://host:port, grpcs://host:port or grpc://host:port/INSTANCE")
+
+
 def _stamp(path: Path):
     """(size, mtime) as a list, so it compares equal after a JSON round trip."""
     try:
@@ -102,6 +113,7 @@ class Session:
         remote = remote or RemoteOptions()
         url = remote.url or self.settings.remote_cache
         if url:
+            _check_remote_url("--remote-cache", url, REMOTE_CACHE_SCHEMES)
             from .store.factory import open_remote
             from .store.remote import GuardedRemote
             from .store.tiered import TieredStore
@@ -117,6 +129,7 @@ class Session:
         self.remote_executor = None
         executor_url = remote.executor or self.settings.remote_executor
         if executor_url:
+            _check_remote_url("--remote-executor", executor_url, REMOTE_EXECUTOR_SCHEMES)
             self.remote_executor = self._open_executor(executor_url, remote.timeout or self.settings.remote_timeout,
                                                        remote.download or self.settings.remote_download,
                                                        upload if self.remote is not None else False)
@@ -358,10 +371,13 @@ class Session:
     def _publish(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
         """Make the outputs of the requested targets visible under hb-out/."""
         refuse_linked_output_root(self.workspace.output_root)
-        manifest_path = self.workspace.output_root / ".hb-manifest.json"
+        manifest_path = self.workspace.output_root / MANIFEST_NAME
+        if manifest_path.is_dir() and not manifest_path.is_symlink():
+            # published there by a root target of that name before the name was reserved: not hb's record
+            self._remove_in_background(manifest_path)
         try:
             manifest = json.loads(manifest_path.read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # none yet, or unreadable: everything is published again
             manifest = {}
         if not isinstance(manifest, dict):
             manifest = {}

@@ -354,8 +354,9 @@ class Executor:
                 _make_parents(execroot, out.path)
             try:
                 kind.run(execution)
-            except ActionFailed as exc:
-                raise self._failure(action, exc.message, execution, sandbox) from None
+            except ActionFailed as exc:  # the action's own place (a lock file's line) and advice are kept
+                raise self._failure(action, exc.message, execution, sandbox, location=exc.location,
+                                    advice=exc.hint) from None
             except (HbError, MissingBlob):
                 raise
             except Exception as exc:  # noqa: BLE001 - an action implementation bug, reported with its action
@@ -555,7 +556,8 @@ class Executor:
         if wait_for_durability is not None:
             wait_for_durability()
 
-    def _failure(self, action, message, execution, sandbox, trace: str | None = None) -> ActionFailed:
+    def _failure(self, action, message, execution, sandbox, trace: str | None = None, *, location=None,
+                 advice: str | None = None) -> ActionFailed:
         out = bytes(execution.stdout).decode(errors="replace")[-4000:]
         err = bytes(execution.stderr).decode(errors="replace")[-4000:]
         detail = ""
@@ -567,7 +569,8 @@ class Executor:
             detail += trace
         hint = (f"the sandbox was kept at {sandbox}" if self.keep_sandbox
                 else "re-run with --keep-sandbox to inspect the sandbox")
-        return ActionFailed(f"{action.owner}: {action.mnemonic} failed: {message}", hint=hint, detail=detail or None)
+        return ActionFailed(f"{action.owner}: {action.mnemonic} failed: {message}", location=location,
+                            hint=f"{advice}; {hint}" if advice else hint, detail=detail or None)
 
     def _stage_inputs(self, action: Action, execution: ActionExecution, views: bool = False,
                       file_views: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import platform as _platform
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,65 +134,152 @@ def check_cache_dir(cache_dir: Path, workspace_root: Path, setting: str) -> Path
     return cache_dir
 
 
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: the last second a timestamp (RFC 3339, tar, zip) can hold
+_PLATFORM = re.compile(r"[a-z0-9]+(?:-[a-z0-9_]+)*")  # conda subdirs: linux-64, osx-arm64, noarch
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")  # an absolute module name
+_ENV_NAME = re.compile(r"[^=\x00]+")  # a host variable's name: anything but '=' and NUL
+REMOTE_CACHE_SCHEMES = ("http", "https", "oci", "grpc", "grpcs")
+REMOTE_EXECUTOR_SCHEMES = ("grpc", "grpcs")
+
+
 def load_settings(root: Path) -> Settings:
     path = root / WORKSPACE_FILE
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"invalid TOML: {exc}", location=Location(str(path))) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {WORKSPACE_FILE}: {exc}", location=Location(str(path))) from None
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
     sections = {k: v for k, v in data.items() if isinstance(v, dict)}
+    read = _SettingsReader(path, text, top)
     for key in top:
         if key not in _KNOWN_KEYS:
             raise UsageError(
-                f"unknown setting {key!r}", location=Location(str(path)),
+                f"unknown setting {key!r}", location=read.where(key),
                 hint=did_you_mean(key, _KNOWN_KEYS) or f"known settings: {', '.join(sorted(_KNOWN_KEYS))}",
             )
-
-    def typed(key, kind, default):
-        value = top.get(key, default)
-        if not isinstance(value, kind):
-            raise UsageError(f"setting {key!r} must be {kind.__name__}, not {type(value).__name__}",
-                             location=Location(str(path)))
-        return value
-
-    def positive(key, default):
-        value = typed(key, int, default)
-        if isinstance(value, bool) or value <= 0:
-            raise UsageError(f"setting {key!r} must be a positive integer, not {value!r}", location=Location(str(path)))
-        return value
-
-    env_cache = os.environ.get("HB_CACHE_DIR")
-    if env_cache:
-        cache_dir, setting = Path(env_cache), f"HB_CACHE_DIR={env_cache}"
-    elif "cache_dir" in top:
-        text = typed("cache_dir", str, "")
-        cache_dir = Path(os.path.expanduser(text))
-        if not cache_dir.is_absolute():
-            cache_dir = root / cache_dir
-        setting = f"cache_dir = {text!r} in {path}"
-    else:
-        cache_dir = default_cache_dir()
-        setting = f"the default cache directory {cache_dir} (XDG_CACHE_HOME)"
-    cache_dir = check_cache_dir(cache_dir.absolute(), root, setting)
+    cache_dir, setting = _cache_dir(root, read)
     return Settings(
         cache_dir=cache_dir,
         cache_dir_setting=setting,
-        platforms=tuple(typed("platforms", list, [])) or (host_platform(),),
-        source_date_epoch=typed("source_date_epoch", int, 0),
-        env_allowlist=tuple(sorted(typed("env_allowlist", list, []))),
-        remote_cache=typed("remote_cache", str, "") or None,
-        remote_instance_name=typed("remote_instance_name", str, ""),
-        remote_executor=typed("remote_executor", str, "") or None,
-        remote_download=typed("remote_download", str, "minimal"),
-        remote_upload=typed("remote_upload", bool, False),
-        remote_timeout=typed("remote_timeout", int, 10),
-        jobs=typed("jobs", int, 0),
-        rule_modules=tuple(typed("rule_modules", list, ["rules"])),
-        starlark_memory_mb=positive("starlark_memory_mb", 2048),
-        starlark_timeout_s=positive("starlark_timeout_s", 60),
+        platforms=read.strings("platforms", [], _PLATFORM, "a conda platform name such as linux-64") or (host_platform(),),
+        source_date_epoch=read.integer("source_date_epoch", 0, 0, MAX_EPOCH),
+        env_allowlist=tuple(sorted(read.strings("env_allowlist", [], _ENV_NAME, "a variable name"))),
+        remote_cache=read.url("remote_cache", REMOTE_CACHE_SCHEMES) or None,
+        remote_instance_name=read.typed("remote_instance_name", str, ""),
+        remote_executor=read.url("remote_executor", REMOTE_EXECUTOR_SCHEMES) or None,
+        remote_download=read.choice("remote_download", ("minimal", "all")),
+        remote_upload=read.typed("remote_upload", bool, False),
+        remote_timeout=read.integer("remote_timeout", 10, 1, 86400),
+        jobs=read.integer("jobs", 0, 0, 10000),
+        rule_modules=read.strings("rule_modules", ["rules"], _MODULE, "an absolute module name such as rules"),
+        starlark_memory_mb=read.integer("starlark_memory_mb", 2048, 1, 1 << 20),
+        starlark_timeout_s=read.integer("starlark_timeout_s", 60, 1, 86400),
         extra=sections,
     )
+
+
+def _cache_dir(root: Path, read: "_SettingsReader") -> tuple[Path, str]:
+    """(the cache directory, how the user named it): HB_CACHE_DIR, else cache_dir, else the default."""
+    env_cache = os.environ.get("HB_CACHE_DIR")
+    if env_cache:
+        cache_dir, setting = Path(env_cache), f"HB_CACHE_DIR={env_cache}"
+    elif "cache_dir" in read.top:
+        text = read.typed("cache_dir", str, "")
+        cache_dir = Path(os.path.expanduser(text))
+        if not cache_dir.is_absolute():
+            cache_dir = root / cache_dir
+        setting = f"cache_dir = {text!r} in {read.path}"
+    else:
+        cache_dir = default_cache_dir()
+        setting = f"the default cache directory {cache_dir} (XDG_CACHE_HOME)"
+    return check_cache_dir(cache_dir.absolute(), root, setting), setting
+
+
+class _SettingsReader:
+    """The top-level settings of hermetic.toml, each checked for its type and range; an error names
+    the file and the setting's line."""
+
+    def __init__(self, path: Path, text: str, top: dict):
+        self.path, self.text, self.top = path, text, top
+
+    def where(self, key: str) -> Location:
+        match = re.search(rf"^[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*=", self.text, re.MULTILINE)
+        return Location(str(self.path), self.text.count("\n", 0, match.start()) + 1 if match else 0)
+
+    def fail(self, key: str, message: str, hint: str | None = None):
+        raise UsageError(f"setting {key!r} {message}", location=self.where(key), hint=hint)
+
+    def typed(self, key: str, kind: type, default):
+        value = self.top.get(key, default)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.fail(key, f"must be {_a(kind.__name__)}, not {_a(type(value).__name__)}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.typed(key, int, default)
+        if not low <= value <= high:
+            what = f"a positive integer of at most {high}" if low == 1 else f"an integer from {low} to {high}"
+            self.fail(key, f"must be {what}, not {value}")
+        return value
+
+    def strings(self, key: str, default: list, pattern: re.Pattern, what: str) -> tuple[str, ...]:
+        items = self.typed(key, list, default)
+        for item in items:
+            if not isinstance(item, str):
+                self.fail(key, f"must be a list of strings; {item!r} is {_a(type(item).__name__)}")
+            if not pattern.fullmatch(item):
+                self.fail(key, f"has {item!r}, which is not {what}")
+        return tuple(items)
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.typed(key, str, choices[0])
+        if value not in choices:
+            self.fail(key, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+        return value
+
+    def url(self, key: str, schemes: tuple[str, ...]) -> str:
+        value = self.typed(key, str, "")
+        problem = remote_url_problem(value, schemes) if value else None
+        if problem:
+            self.fail(key, f"is not a usable URL: {value!r} {problem}",
+                      hint="use http(s)://host/prefix, oci://host/repository or grpc(s)://host:port[/instance]"
+                      if "http" in schemes else "use grpc://host:port, grpcs://host:port or grpc://host:port/INSTANCE")
+        return value
+
+
+def _a(kind: str) -> str:
+    """A TOML value's kind for a message: "an integer", "a string", "a list"."""
+    kind = {"int": "integer", "str": "string", "bool": "boolean", "dict": "table", "list": "list"}.get(kind, kind)
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def remote_url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Why `url` cannot name a remote cache or executor (a scheme of `schemes`, a host, a valid port),
+    or None: checked when hermetic.toml is read, so a bad URL is an error at its line."""
+    import urllib.parse
+
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "contains whitespace or a control character"
+    try:
+        parsed = urllib.parse.urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        return f"cannot be parsed: {exc}"
+    if parsed.scheme not in schemes:
+        return f"has scheme {parsed.scheme or '(none)'!r}; use {', '.join(s + '://' for s in schemes)}"
+    if not parsed.hostname:
+        return "names no host"
+    if parsed.scheme == "oci":
+        from .registry import RegistryRef
+
+        try:
+            RegistryRef.parse(url)
+        except ValueError as exc:
+            return f"is not a registry repository: {exc}"
+    return None
 
 
 def resolve_source(root: Path, rel: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hermetic_build.api import DefaultInfo, Label, attr, rule
+from hermetic_build.api import DefaultInfo, Label, LabelSyntaxError, attr, rule
 
 _LOCATION_RE = re.compile(r"\$\(locations? ([^)]+)\)")
 
@@ -19,7 +19,10 @@ def _genrule_impl(ctx):
 
     def location(match):
         text = match.group(1).strip()
-        label = Label.parse(text, ctx.label.package)
+        try:
+            label = Label.parse(text, ctx.label.package)
+        except LabelSyntaxError as exc:
+            ctx.fail(f"$(location {text}) in cmd: {exc}", hint="labels look like //pkg:name or :name")
         if label not in by_label:
             ctx.fail(f"$(location {text}): {text} is not in srcs or tools")
         files = by_label[label]

@@ -117,6 +117,49 @@ def test_errors_have_location_and_exit_code(workspace, build, expected_code, exp
     assert expected in proc.stderr
 
 
+@pytest.mark.parametrize("path, build, label, expected", [
+    # hb's own names at the root of hb-out/ (F8: an IsADirectoryError at every later build)
+    ("BUILD.hermetic", 'genrule(name = ".hb-manifest.json", outs = ["o"], cmd = "echo > $(OUTS)")\n',
+     "//:.hb-manifest.json",
+     "analysis error: BUILD.hermetic:1: //:.hb-manifest.json: output 'o' (hb-out/.hb-manifest.json/o) would be "
+     "hb-out/.hb-manifest.json, a name hb keeps for its record of the outputs it published"),
+    ("BUILD.hermetic", 'genrule(name = "a", outs = ["o"], cmd = "x")\ngenrule(name = ".internal", outs = ["o"], '
+     'cmd = "echo > $(OUTS)")\n', "//:.internal",
+     "analysis error: BUILD.hermetic:2: //:.internal: output 'o' (hb-out/.internal/o) would be hb-out/.internal, "
+     "a name hb keeps for its intermediate outputs"),
+    # a name the sweep of a killed build's temporary files would delete
+    ("p/BUILD.hermetic", 'genrule(name = "x", outs = ["d/.o.hb-tmp-99999999-ab"], cmd = "x")\n', "//p:x",
+     "analysis error: p/BUILD.hermetic:1: //p:x: output 'd/.o.hb-tmp-99999999-ab' (hb-out/p/x/d/.o.hb-tmp-99999999-ab) "
+     "has a part '.o.hb-tmp-99999999-ab' named like one of hb's temporary files, which hb deletes"),
+    # control characters in an output (F9: "ValueError: embedded null byte" and a traceback)
+    ("p/BUILD.hermetic", 'genrule(name = "x", outs = ["a\\x00b"], cmd = "x")\n', "//p:x",
+     "analysis error: p/BUILD.hermetic:1: //p:x: invalid output path 'a\\x00b': it contains a control character"),
+    ("p/BUILD.hermetic", 'genrule(name = "x", outs = ["a\\nb"], cmd = "x")\n', "//p:x",
+     "analysis error: p/BUILD.hermetic:1: //p:x: invalid output path 'a\\nb': it contains a control character"),
+    # a $(location) that is not a label (F9: LabelSyntaxError and a traceback)
+    ("p/BUILD.hermetic", 'genrule(name = "x", outs = ["o"], cmd = "echo $(location //../..:x) > $(OUTS)")\n', "//p:x",
+     "analysis error: p/BUILD.hermetic:1: //p:x: $(location //../..:x) in cmd: invalid package name in label "
+     "'//../..:x'"),
+])
+def test_outputs_hb_cannot_write_are_refused_at_their_target(workspace, path, build, label, expected):
+    workspace.write(path, build)
+    proc = workspace.hb("build", label, check=False)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_directory_where_the_manifest_belongs_is_replaced(workspace):
+    """What a root target named .hb-manifest.json published before the name was reserved: the next
+    build removes it and writes the manifest, instead of failing with IsADirectoryError every time."""
+    workspace.write("BUILD.hermetic", 'genrule(name = "y", outs = ["o"], cmd = "echo y > $(OUTS)")\n')
+    (workspace.root / "hb-out/.hb-manifest.json").mkdir(parents=True)
+    (workspace.root / "hb-out/.hb-manifest.json/o").write_text("\n")
+    workspace.hb("build", "//:y")
+    assert "hb-out/y/o" in json.loads((workspace.root / "hb-out/.hb-manifest.json").read_text())
+    workspace.hb("build", "//:y")
+
+
 def test_unknown_label_suggestion_and_usage_errors(workspace):
     make_chain(workspace)
     proc = workspace.hb("build", "//b:jion", check=False)

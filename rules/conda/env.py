@@ -129,6 +129,8 @@ def _conda_env_impl(ctx):
                 "packages": [{"filename": p.filename, "url": p.url, "name": p.name,
                               **({"sha256": p.sha256} if p.sha256 else {"md5": p.md5})}
                              for p in packages], **wheel_params},
+        # where each package's lock entry is, for the stage's errors (not part of the key)
+        hints={"lock": lock_file.path, "lock_lines": _lines_of(lock, packages)},
         description=f"CondaStage {ctx.label} ({platform}, {len(packages)} packages"
                     + (f", {len(pip)} wheels)" if pip else ")"),
     )
@@ -140,6 +142,12 @@ def _conda_env_impl(ctx):
 
 def _line_of(lock, package) -> int | None:
     return next((e.line for e in lock.entries if e.package is package), None)
+
+
+def _lines_of(lock, packages) -> dict[str, int | None]:
+    """Each package's file name -> the line of its lock entry."""
+    lines = {id(e.package): e.line for e in lock.entries}
+    return {p.filename: lines.get(id(p)) for p in packages}
 
 
 def _built_by_channel(pkg: LockedPackage, channel_dirs) -> tuple[str, File, str] | None:

@@ -7,6 +7,12 @@ import pathlib
 from dataclasses import dataclass
 
 
+def url_filename(url: str) -> str:
+    """The file a package URL names: its path's last component, without query or fragment (the lock
+    reader refuses URLs that have either, so this is the URL's last component)."""
+    return url.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]
+
+
 @dataclass(frozen=True)
 class LockedPackage:
     """One conda package of one platform in a lock, as hb's fetch and stage need it."""
@@ -23,7 +29,7 @@ class LockedPackage:
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return url_filename(self.url)
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,9 @@ class LockedWheel:
 
     @property
     def filename(self) -> str:
-        from urllib.parse import unquote, urlparse
+        from urllib.parse import unquote
 
-        return unquote(urlparse(self.url).path.rsplit("/", 1)[-1])
+        return unquote(url_filename(self.url))
 
 
 def read_lockfile(path: pathlib.Path, environment: str = "default"):

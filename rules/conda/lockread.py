@@ -15,11 +15,12 @@ import pathlib
 import re
 from dataclasses import dataclass, field
 
-from .lockfile import LockedPackage, LockedWheel
+from .lockfile import LockedPackage, LockedWheel, url_filename
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SCHEMES = ("https://", "http://", "file://")
+CONDA_SUFFIXES = (".conda", ".tar.bz2")
 
 
 class LockReadError(Exception):
@@ -66,13 +67,64 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
 
 
 # ----- conda-lock unified --------------------------------------------------------------------------
-def _url_lines(text: str) -> dict[str, int]:
-    lines = {}
+def _url_lines(text: str) -> dict[str, list[int]]:
+    """Each URL -> the lines that name it, in order: the n-th entry with a URL is at its n-th line."""
+    lines: dict[str, list[int]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip().removeprefix("- ")
         if stripped.startswith("url: "):
-            lines.setdefault(stripped[5:].strip().strip("'\""), number)
+            lines.setdefault(stripped[5:].strip().strip("'\""), []).append(number)
     return lines
+
+
+def _key_line(text: str, key: str, default: int = 1) -> int:
+    """The first line that sets `key` (at any indent), for errors about a value of the metadata."""
+    match = re.search(rf"^[ \t]*{re.escape(key)}:", text, re.MULTILINE)
+    return text.count("\n", 0, match.start()) + 1 if match else default
+
+
+def _metadata(meta, text: str) -> LockMetadata:
+    """The lock's `metadata`, with the types conda-lock's LockMeta gives them (content_hash and
+    custom_metadata: mappings of strings, platforms: a list of strings, channels: a list of channel
+    mappings with a url, or of URLs); anything else is an error at its line."""
+    if not isinstance(meta, dict):
+        raise LockReadError(f"'metadata' is a {_kind(meta)}, not a mapping", _key_line(text, "metadata"))
+
+    def mapping(key: str, what: str) -> dict:
+        value = meta.get(key) or {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise LockReadError(f"metadata {key} must be {what}, not {value!r:.80}", _key_line(text, key))
+        return dict(value)
+
+    def strings(key: str, items, what: str) -> tuple[str, ...]:
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise LockReadError(f"metadata {key} must be {what}, not {meta.get(key)!r:.80}", _key_line(text, key))
+        return tuple(items)
+
+    channels = meta.get("channels") or []
+    if isinstance(channels, list):
+        channels = [c.get("url") if isinstance(c, dict) else c for c in channels]
+    return LockMetadata(mapping("content_hash", "a mapping of platform to hash (e.g. linux-64: <hex>)"),
+                        strings("platforms", meta.get("platforms") or [], "a list of platform names"),
+                        mapping("custom_metadata", "a mapping of strings to strings"),
+                        strings("channels", channels, "a list of channels (each a mapping with a url, or a URL)"))
+
+
+def _kind(value) -> str:
+    return {dict: "mapping", list: "list", str: "string"}.get(type(value), type(value).__name__)
+
+
+def _categories(item: dict, name: str, line) -> frozenset[str]:
+    """`categories: [main, dev]` (conda-lock 2) and an older writer's `category: main`; none = main.
+    A string where the list belongs is refused, as conda-lock's model refuses it (it is not a list of
+    one category: set("main") would be four one-letter ones, and the package would be left out)."""
+    categories, category = item.get("categories"), item.get("category")
+    if categories is not None and not (isinstance(categories, list) and all(isinstance(c, str) for c in categories)):
+        raise LockReadError(f"{name}: categories must be a list of strings, not {categories!r:.60}", line,
+                            hint=f"write categories: [{categories}]" if isinstance(categories, str) else None)
+    if category is not None and not isinstance(category, str):
+        raise LockReadError(f"{name}: category must be a string, not {category!r:.60}", line)
+    return frozenset([*(categories or ()), *([category] if category else [])] or ["main"])
 
 
 def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
@@ -92,44 +144,47 @@ def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
     version = doc.get("version", 1)
     if version != 1:
         raise LockReadError(f"conda-lock format version {version!r} is not supported (hb reads version 1)", 1)
-    meta = doc.get("metadata") or {}
-    if not isinstance(meta, dict):
-        raise LockReadError("'metadata' is not a mapping", 1)
-    channels = tuple(c.get("url", "") if isinstance(c, dict) else str(c) for c in meta.get("channels") or [])
-    metadata = LockMetadata(dict(meta.get("content_hash") or {}), tuple(meta.get("platforms") or ()),
-                            dict(meta.get("custom_metadata") or {}), channels)
+    metadata = _metadata(doc.get("metadata") or {}, text)
     lines = _url_lines(text)
+    seen_urls: dict[str, int] = {}
     entries = []
     for i, item in enumerate(doc["package"]):
         if not isinstance(item, dict):
             raise LockReadError(f"package entry {i + 1} is not a mapping", None)
         url = item.get("url")
-        line = lines.get(url) if isinstance(url, str) else None
-        name = item.get("name")
-        if not isinstance(name, str) or not name:
-            raise LockReadError(f"package entry {i + 1} has no name", line)
-        platform = item.get("platform")
-        if not isinstance(platform, str):
-            raise LockReadError(f"{name} has no platform", line)
-        if not isinstance(url, str) or not url:
-            raise LockReadError(f"{name} ({platform}) has no url: hb fetches every package from its locked URL", line)
-        categories = set(item.get("categories") or ())
-        if isinstance(item.get("category"), str):
-            categories.add(item["category"])
-        manager = item.get("manager", "conda")
-        version_ = str(item.get("version", ""))
-        if manager == "pip":
-            entries.append(_pip_entry(name, version_, url, item.get("hash"), platform, categories, line))
-            continue
-        md5, sha256 = _hashes(item.get("hash"), name, line)
-        if manager == "conda":
-            _check_url(url, name, line)
-            package = LockedPackage(name=name, version=version_, build=str(item.get("build") or _build_of(url)),
-                                    url=url, sha256=sha256, md5=md5, platform=platform)
-        else:
-            raise LockReadError(f"{name}: unknown manager {manager!r} (conda or pip)", line)
-        entries.append(LockEntry(package, frozenset(categories or {"main"}), line))
-    return AdoptedLock("conda-lock", metadata, tuple(entries))
+        line = None
+        if isinstance(url, str) and url in lines:  # the n-th entry with this URL is at its n-th line
+            nth = seen_urls[url] = seen_urls.get(url, -1) + 1
+            line = lines[url][min(nth, len(lines[url]) - 1)]
+        entries.append(_unified_entry(i, item, url, line))
+    return AdoptedLock("conda-lock", metadata, _no_conflicting_duplicates(entries))
+
+
+def _unified_entry(i: int, item: dict, url, line) -> LockEntry:
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise LockReadError(f"package entry {i + 1} has no name", line)
+    platform = item.get("platform")
+    if not isinstance(platform, str):
+        raise LockReadError(f"{name} has no platform", line)
+    if not isinstance(url, str) or not url:
+        raise LockReadError(f"{name} ({platform}) has no url: hb fetches every package from its locked URL", line)
+    categories = _categories(item, name, line)
+    manager, version, build = item.get("manager", "conda"), item.get("version", ""), item.get("build")
+    if not isinstance(version, (str, int, float)) or isinstance(version, bool):
+        raise LockReadError(f"{name}: version must be a string, not {version!r:.60}", line)
+    if manager == "pip":
+        return _pip_entry(name, str(version), url, item.get("hash"), platform, categories, line)
+    if manager != "conda":
+        raise LockReadError(f"{name}: unknown manager {manager!r:.40} (conda or pip)", line)
+    if build is not None and not isinstance(build, (str, int)):
+        raise LockReadError(f"{name}: build must be a string, not {build!r:.60}", line)
+    md5, sha256 = _hashes(item.get("hash"), name, line)
+    _check_conda_url(url, name, line)
+    package = LockedPackage(name=name, version=str(version), build=str(build or _build_of(url)), url=url,
+                            sha256=sha256, md5=md5, platform=platform)
+    _check_file_is_entry(package, line)
+    return LockEntry(package, categories, line)
 
 
 _SCALAR = re.compile(r"^(?P<indent> *)(?P<dash>- )?(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?: (?P<value>.*))?$")
@@ -240,16 +295,65 @@ def _hashes(value, name: str, line) -> tuple[str | None, str]:
 
 
 def _check_url(url: str, name: str, line) -> None:
+    """An http(s) or file URL of one file, with no query or fragment: the file is named by the
+    path's last component (url_filename), the one name every later step uses."""
     if not url.startswith(SCHEMES):
         raise LockReadError(f"{name}: URL {url!r} is not http(s) or file", line)
-    filename = url.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]
-    if filename in ("", ".", "..") or "\\" in filename or "\x00" in url or any(ord(c) < 32 for c in url):
+    if "?" in url or "#" in url:
+        raise LockReadError(f"{name}: URL {url!r} has a query or fragment: hb fetches a package from a plain URL "
+                            "whose last path component is its file name", line,
+                            hint="lock the package's plain URL (conda-lock and pixi write no query or fragment)")
+    filename = url_filename(url)
+    if filename in ("", ".", "..") or "\\" in filename or any(ord(c) < 32 or ord(c) == 127 for c in url):
         raise LockReadError(f"{name}: URL {url!r} does not end in a file name", line)
 
 
+def _check_conda_url(url: str, name: str, line) -> None:
+    """_check_url, and the file must be a conda package: `.conda` or `.tar.bz2`."""
+    _check_url(url, name, line)
+    if not url_filename(url).endswith(CONDA_SUFFIXES):
+        raise LockReadError(f"{name}: URL {url!r} is not a conda package (its file name does not end in .conda "
+                            "or .tar.bz2)", line)
+
+
+def _check_file_is_entry(package: LockedPackage, line) -> None:
+    """The entry's name, version and build must be those its file name says (name-version-build.conda,
+    as every channel names its files): the lock then describes the file it pins, and the stage checks
+    that the archive is what its file name says (its info/index.json)."""
+    stem = package.filename.removesuffix(".conda").removesuffix(".tar.bz2")
+    expected = f"{package.name}-{package.version}-{package.build}"
+    if stem != expected:
+        raise LockReadError(f"{package.name} {package.version} {package.build}: the lock entry's URL names the file "
+                            f"{package.filename}, not {expected}{package.filename[len(stem):]}: the entry does not "
+                            "describe the package it pins", line,
+                            hint="re-lock (hb lock or conda-lock); a hand-edited entry must keep name, version and "
+                                 "URL together")
+
+
 def _build_of(url: str) -> str:
-    stem = url.rsplit("/", 1)[-1].removesuffix(".conda").removesuffix(".tar.bz2")
+    stem = url_filename(url).removesuffix(".conda").removesuffix(".tar.bz2")
     return stem.rsplit("-", 1)[-1]
+
+
+def _no_conflicting_duplicates(entries: list[LockEntry]) -> tuple[LockEntry, ...]:
+    """One package name per platform and manager: an entry listed again for another category (older
+    conda-lock writers did) must pin the same file; a second, different pin is an error at its line
+    naming the first one's (silently taking either would stage a package the lock does not mean)."""
+    first: dict[tuple[str, str, str], LockEntry] = {}
+    for entry in entries:
+        p = entry.package
+        manager = "pip" if isinstance(p, LockedWheel) else "conda"
+        earlier = first.setdefault((p.platform, manager, p.name), entry)
+        if earlier is not entry and _pin(earlier.package) != _pin(p):
+            where = f"line {earlier.line}" if earlier.line is not None else "an earlier entry"
+            raise LockReadError(f"{manager} package {p.name} is locked twice for {p.platform}: {where} pins "
+                                f"{earlier.package.url}, this entry pins {p.url}", entry.line,
+                                hint="keep one entry per package and platform (re-lock to be sure)")
+    return tuple(entries)
+
+
+def _pin(package) -> tuple:
+    return (package.version, getattr(package, "build", ""), package.url, package.sha256, getattr(package, "md5", None))
 
 
 def _pip_entry(name, version, url, hash_value, platform, categories, line) -> LockEntry:
@@ -275,11 +379,14 @@ def _wheel(name: str, version: str, url: str, sha256: str, platform: str, catego
         raise LockReadError(f"pip package {name} is not a wheel from an index: {url} is a local path or a VCS "
                             "URL (installing it would build it from source)", line,
                             hint="lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source)")
+    if fragment and not fragment.startswith("sha256="):
+        raise LockReadError(f"pip package {name}: URL {url!r} has a fragment other than #sha256=<hex>", line,
+                            hint="lock the wheel's plain URL (the sha256 may follow as #sha256=<hex>)")
     if not sha256 or not HEX64.fullmatch(sha256):
         raise LockReadError(f"pip package {name} is not pinned: {url} has no sha256", line,
                             hint="lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source)")
     _check_url(base, name, line)
-    if not base.split("?", 1)[0].endswith(".whl"):
+    if not url_filename(base).endswith(".whl"):
         raise LockReadError(f"pip package {name} is a source distribution ({base.rsplit('/', 1)[-1]}): hb installs "
                             "wheels only (a build would run the package's own code)", line,
                             hint="pin a version that has a wheel for this platform")
@@ -326,7 +433,7 @@ def _read_explicit(text: str) -> AdoptedLock:
         fragment = fragment.lower().removeprefix("sha256:")
         md5, sha256 = (fragment, "") if HEX32.fullmatch(fragment) else (None, fragment)
         filename = base.rsplit("/", 1)[-1]
-        _check_url(base, filename, number)
+        _check_conda_url(base, filename, number)
         if sha256 and not HEX64.fullmatch(sha256):
             raise LockReadError(f"{filename}: the fragment #{fragment} is neither an md5 nor a sha256", number)
         if not md5 and not sha256:
@@ -338,7 +445,7 @@ def _read_explicit(text: str) -> AdoptedLock:
         out.append(LockEntry(LockedPackage(name=parts[0], version=parts[1], build=parts[2], url=base, sha256=sha256,
                                            md5=md5, platform=platform), frozenset({"main"}), number))
     metadata = LockMetadata({platform: input_hash} if input_hash else {}, (platform,))
-    return AdoptedLock("explicit", metadata, tuple(out))
+    return AdoptedLock("explicit", metadata, _no_conflicting_duplicates(out))
 
 
 # ----- pixi ----------------------------------------------------------------------------------------
@@ -365,12 +472,14 @@ def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
             return listed.get((subdir, kind, location)) or listed.get((None, kind, location))
 
         for record in env.conda_repodata_records_for_platform(platform) or []:
-            url = str(record.url)
-            _check_url(url, record.name.normalized, line_of("conda", url))
-            entries.append(LockEntry(LockedPackage(
+            url, line = str(record.url), line_of("conda", str(record.url))
+            _check_conda_url(url, record.name.normalized, line)
+            package = LockedPackage(
                 name=record.name.normalized, version=str(record.version), build=str(record.build), url=url,
                 sha256=record.sha256.hex() if record.sha256 else "", md5=record.md5.hex() if record.md5 else None,
-                platform=subdir, size=record.size or None), frozenset({"main"}), line_of("conda", url)))
+                platform=subdir, size=record.size or None)
+            _check_file_is_entry(package, line)
+            entries.append(LockEntry(package, frozenset({"main"}), line))
         for package in env.packages(platform) or []:
             # a package pixi builds from source (pixi-build, `- conda: .`): no archive to fetch and pin
             if isinstance(package, CondaLockedSourcePackage):
@@ -391,7 +500,7 @@ def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
                 sha256 = ""
             entries.append(_pip_entry(package.name, str(package.version), location, {"sha256": sha256} if sha256
                                       else None, subdir, {"main"}, line_of("pypi", location)))
-    return AdoptedLock("pixi", LockMetadata({}, tuple(platforms)), tuple(entries))
+    return AdoptedLock("pixi", LockMetadata({}, tuple(platforms)), _no_conflicting_duplicates(entries))
 
 
 def _pixi_listing_lines(text: str, environment: str) -> dict[tuple[str | None, str, str], int]:

@@ -15,7 +15,7 @@ import site
 import sys
 from pathlib import Path
 
-from hermetic_build.api import ActionFailed, MissingBlob, register_action_kind
+from hermetic_build.api import ActionFailed, Location, MissingBlob, register_action_kind
 
 WORKER = Path(__file__).resolve().with_name("stage_worker.py")
 WORKER_EXIT = WORKER.with_name("worker_exit.py")  # how the workers end, bound next to them
@@ -99,6 +99,64 @@ def _stage(execution) -> None:
     if code != 0:
         _heal_corrupt_inputs(execution)
         _raise_worker_failure(execution, code)
+    check_installed_records(execution.path(execution.action.outputs[0]) / "conda-meta", params["packages"],
+                            execution.hints.get("lock") or "", execution.hints.get("lock_lines") or {})
+
+
+MAX_RECORD_BYTES = 256 << 20  # a conda-meta record lists the package's files: large, never this large
+
+
+def check_installed_records(meta: Path, packages: list[dict], lock: str = "", lock_lines: dict | None = None) -> None:
+    """Each archive installed must be the package its lock entry names. rattler writes one conda-meta
+    record per archive, with name, version, build and `fn` (name-version-build.conda) taken from the
+    archive's info/index.json, not from the file name the lock gave it; the lock reader has checked
+    that each entry's name, version and build are its file name's. So each locked file must have
+    exactly one record, of that name, and there must be no other record: else an archive (pinned by
+    the lock's sha256) is another package, and the SBOM and the layers would name the wrong one.
+    The error names the lock file (`lock`) and the entry's line (`lock_lines`: file name -> line),
+    hints of the action that are not part of its key."""
+    if not meta.is_dir() or meta.is_symlink():
+        raise ActionFailed("the staged prefix has no conda-meta directory (rattler writes one)")
+    records: dict[str, list[dict]] = {}
+    for entry in sorted(os.scandir(meta), key=lambda e: e.name):
+        if entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
+            record = _read_record(entry)
+            records.setdefault(str(record.get("fn")), []).append(record)
+    locked_files = {p["filename"] for p in packages}
+    strangers = [_identity(r) for fn, found in records.items() if fn not in locked_files for r in found]
+    for package in packages:
+        filename, locked = package["filename"], package.get("name", "")
+        line = (lock_lines or {}).get(filename)
+        where = Location(lock, line if isinstance(line, int) else 0) if lock else None
+        found = records.get(filename, [])
+        if len(found) > 1:
+            raise ActionFailed(f"{locked} ({filename}): {len(found)} conda-meta records name this file, expected one "
+                               "(did its archive bring records of its own?)", location=where)
+        if not found or found[0].get("name") != (locked or found[0].get("name")):
+            actual = _identity(found[0]) if found else " or ".join(strangers[:3]) or "another package"
+            raise ActionFailed(f"{locked} ({filename}): the archive the lock pins by sha256 is {actual} (its "
+                               "info/index.json), not the package the lock entry names", location=where,
+                               hint="re-lock the environment: the entry's sha256 belongs to another package")
+    if strangers:
+        raise ActionFailed(f"the staged prefix records {strangers[0]} (conda-meta), a package the lock does not name",
+                           location=Location(lock) if lock else None,
+                           hint="re-lock the environment: an archive it pins is another package")
+
+
+def _identity(record: dict) -> str:
+    return " ".join(str(record.get(key)) for key in ("name", "version", "build"))
+
+
+def _read_record(entry: os.DirEntry) -> dict:
+    path = f"conda-meta/{entry.name}"
+    if entry.stat(follow_symlinks=False).st_size > MAX_RECORD_BYTES:
+        raise ActionFailed(f"{path} in the staged prefix is larger than {MAX_RECORD_BYTES >> 20} MiB")
+    try:
+        with open(entry.path, "rb") as f:
+            record = json.loads(f.read())
+    except (OSError, ValueError) as exc:
+        raise ActionFailed(f"{path} in the staged prefix cannot be read as JSON: {exc}") from None
+    return record if isinstance(record, dict) else {}
 
 
 def _heal_corrupt_inputs(execution) -> None:
@@ -136,4 +194,6 @@ def _signal_name(number: int) -> str:
         return "unknown signal"
 
 
-register_action_kind("conda.stage", "3", _stage, read_only_files=True)
+# 4: the installed records are checked against the lock (check_installed_records); a result staged
+# before that check is not reused
+register_action_kind("conda.stage", "4", _stage, read_only_files=True)

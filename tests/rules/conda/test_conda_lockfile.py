@@ -90,3 +90,15 @@ def test_unknown_platform_is_a_clear_error(workspace):
     proc = workspace.hb("build", "//env:env", check=False)
     assert proc.returncode == 4 and "no conda packages for platform 'win-64'" in proc.stderr
     assert "env/BUILD.hermetic:1" in proc.stderr
+
+
+def test_a_package_file_name_is_the_urls_last_path_component():
+    """One way to name a locked file (the fetch, the stage and the checks agree): the path's last
+    component, without query or fragment (which the lock reader refuses anyway)."""
+    from rules.conda.lockfile import LockedPackage, LockedWheel
+
+    base = "https://x.invalid/linux-64/pkg-a-1.0-h_0.conda"
+    for url in (base, base + "#/pkg-b-1.0-h_0.conda", base + "?x=/pkg-b-1.0-h_0.conda"):
+        assert LockedPackage("pkg-a", "1.0", "h_0", url, "0" * 64, None, "linux-64").filename == "pkg-a-1.0-h_0.conda"
+    wheel = LockedWheel("six", "1.16.0", "https://x.invalid/six-1.16.0-py2.py3-none-any.whl#x/y.whl", "0" * 64, "linux-64")
+    assert wheel.filename == "six-1.16.0-py2.py3-none-any.whl"

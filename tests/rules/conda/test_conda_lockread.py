@@ -202,6 +202,98 @@ def test_what_is_refused_names_the_line(tmp_path, edit, message, line):
         assert caught.value.line == line
 
 
+ZLIB_URL = "https://conda.anaconda.org/conda-forge/linux-64/zlib-1.2.13-hd590300_5.conda"
+SECOND_PYTEST = "  category: extra\n"
+
+
+@pytest.mark.parametrize(("edit", "message", "line"), [
+    # a file that is not a conda package (F4: file:///dev/zero would be read for ever)
+    (lambda t: t.replace(ZLIB_URL, "file:///dev/zero"),
+     "zlib: URL 'file:///dev/zero' is not a conda package (its file name does not end in .conda or .tar.bz2)", 13),
+    # metadata of the wrong types (F6): conda-lock's LockMeta types, an error at the key's line
+    (lambda t: t.replace("content_hash: {linux-64: abc}", "content_hash: [1, 2]"),
+     "metadata content_hash must be a mapping of platform to hash (e.g. linux-64: <hex>), not [1, 2]", 3),
+    (lambda t: t.replace("platforms: [linux-64]", "platforms: 5"),
+     "metadata platforms must be a list of platform names, not 5", 5),
+    (lambda t: t.replace("  sources: [environment.yml]\n", "  sources: [environment.yml]\n  custom_metadata: abc\n"),
+     "metadata custom_metadata must be a mapping of strings to strings, not 'abc'", 7),
+    (lambda t: t.replace("channels: [{url: conda-forge, used_env_vars: []}]", "channels: 5"),
+     "metadata channels must be a list of channels (each a mapping with a url, or a URL), not 5", 4),
+    (lambda t: t.replace("channels: [{url: conda-forge, used_env_vars: []}]", "channels: [{url: 5}]"),
+     "metadata channels must be a list of channels (each a mapping with a url, or a URL), not [{'url': 5}]", 4),
+    (lambda t: t.replace("metadata:\n", "metadata: [1]\nx:\n"), "'metadata' is a list, not a mapping", 2),
+    # categories as a string (F10): conda-lock's model refuses it; set("dev") would be {d, e, v}
+    (lambda t: t.replace("  category: dev\n", "  categories: dev\n"),
+     "pytest: categories must be a list of strings, not 'dev'", 20),
+    (lambda t: t.replace("  category: dev\n", "  categories: [dev, 5]\n"),
+     "pytest: categories must be a list of strings, not ['dev', 5]", 20),
+    (lambda t: t.replace("  category: dev\n", "  category: [dev]\n"), "pytest: category must be a string", 20),
+    (lambda t: t.replace("version: 1.2.13", "version: {a: 1}"), "zlib: version must be a string, not {'a': 1}", 13),
+    # a second, different entry of one package, platform and manager: at the second's line, naming the first
+    (lambda t: t.replace(SECOND_PYTEST, "").replace("pytest-7.4.0-pyhd8ed1ab_0.conda\n  hash: {md5: 3cfe",
+                                                     "pytest-7.4.1-pyhd8ed1ab_0.conda\n  hash: {md5: 3cfe", 1)
+     .replace("version: 7.4.0", "version: 7.4.1", 1),
+     "conda package pytest is locked twice for linux-64: line 20 pins https://conda.anaconda.org/conda-forge/"
+     "noarch/pytest-7.4.1-pyhd8ed1ab_0.conda, this entry pins https://conda.anaconda.org/conda-forge/noarch/"
+     "pytest-7.4.0-pyhd8ed1ab_0.conda", 29),
+    # the entry must describe the file it pins (a name swap would make the SBOM name another package)
+    (lambda t: t.replace("- name: zlib", "- name: libz"),
+     "libz 1.2.13 hd590300_5: the lock entry's URL names the file zlib-1.2.13-hd590300_5.conda, not "
+     "libz-1.2.13-hd590300_5.conda: the entry does not describe the package it pins", 13),
+    (lambda t: t.replace("version: 1.2.13", "version: 1.3.0"),
+     "zlib 1.3.0 hd590300_5: the lock entry's URL names the file zlib-1.2.13-hd590300_5.conda", 13),
+    # one file name, computed one way: no query or fragment to disagree about it
+    (lambda t: t.replace(ZLIB_URL, ZLIB_URL + "#/pytest-7.4.0-pyhd8ed1ab_0.conda"),
+     f"zlib: URL '{ZLIB_URL}#/pytest-7.4.0-pyhd8ed1ab_0.conda' has a query or fragment", 13),
+    (lambda t: t.replace(ZLIB_URL, ZLIB_URL + "?x=1"), f"zlib: URL '{ZLIB_URL}?x=1' has a query or fragment", 13),
+    (lambda t: t.replace("none-any.whl", "none-any.whl#egg=six"),
+     "pip package six: URL 'https://files.pythonhosted.org/packages/d9/5a/e7c3/six-1.16.0-py2.py3-none-any.whl"
+     "#egg=six' has a fragment other than #sha256=<hex>", 37),
+    (lambda t: t.replace("none-any.whl", "none-any.whl?x=1"), "six: URL", 37),
+])
+def test_malformed_entries_and_metadata_are_refused_at_their_line(tmp_path, edit, message, line):
+    path = tmp_path / "conda-lock.yml"
+    text = edit(OLD_WRITER)
+    assert text != OLD_WRITER
+    path.write_text(text)
+    with pytest.raises(LockReadError) as caught:
+        select(read_lock(path), "linux-64", ("main", "dev"))
+    assert message in caught.value.message
+    assert caught.value.line == line
+
+
+def test_an_entry_listed_again_for_another_category_keeps_its_own_line(tmp_path):
+    """The same pin twice (dev, extra) is one package, not a conflict; each entry has its own line."""
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(OLD_WRITER)
+    pytest_lines = [e.line for e in read_lock(path).entries if e.package.name == "pytest"]
+    assert pytest_lines == [20, 29]
+
+
+EXPLICIT = """\
+# platform: linux-64
+@EXPLICIT
+https://conda.anaconda.org/conda-forge/linux-64/zlib-1.2.13-hd590300_5.conda#{a}
+https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3.1-hb9d3cd8_2.conda#{b}
+""".format(a="a" * 64, b="b" * 64)
+
+
+def test_explicit_lock_refuses_a_second_pin_of_one_package_and_a_file_that_is_no_package(tmp_path):
+    path = tmp_path / "conda-linux-64.lock"
+    path.write_text(EXPLICIT)
+    with pytest.raises(LockReadError) as caught:
+        read_lock(path)
+    assert caught.value.line == 4
+    assert caught.value.message == (
+        "conda package zlib is locked twice for linux-64: line 3 pins https://conda.anaconda.org/conda-forge/linux-64/"
+        "zlib-1.2.13-hd590300_5.conda, this entry pins https://conda.anaconda.org/conda-forge/linux-64/"
+        "zlib-1.3.1-hb9d3cd8_2.conda")
+    path.write_text("# platform: linux-64\n@EXPLICIT\nfile:///dev/zero#" + "a" * 64 + "\n")
+    with pytest.raises(LockReadError, match=r"URL 'file:///dev/zero' is not a conda package") as caught:
+        read_lock(path)
+    assert caught.value.line == 3
+
+
 def test_md5_only_is_refused_unless_allowed(adopted):
     name = "CryoInTheCloud_hub-image__conda-linux-64.lock"
     adopted.write("md5/BUILD.hermetic", f'conda_env(name = "strict", lock = "//l:{name}", platform = "linux-64")\n')

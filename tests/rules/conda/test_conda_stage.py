@@ -161,3 +161,41 @@ def test_what_rattler_unpacked_is_checked_whatever_the_fetch_check_saw(tmp_path,
     failure, out, _ = stage_directly(tmp_path, Package(members=members, paths=paths))
     assert failure is not None and needle in failure.message, failure and failure.message
     assert "the archive check saw the archive differently" in failure.message
+
+
+def test_an_archive_that_is_not_the_package_its_lock_entry_names_fails_the_stage(tmp_path):
+    """The lock pins plain-1.0-0.tar.bz2 by sha256 and names it `plain`, but its info/index.json says
+    `evil`: the SBOM and the layers would name the wrong package. The stage compares the records rattler
+    wrote (conda-meta, named from index.json) with the lock entries and names the entry."""
+    import pytest
+
+    from hermetic_build.api import ActionFailed, Location
+    from rules.conda.stage import check_installed_records
+
+    failure, prefix, execution = stage_directly(tmp_path, Package(name="plain", index={"name": "evil"}))
+    assert failure is not None, bytes(execution.stderr).decode()
+    assert failure.message == ("plain (plain-1.0-0.tar.bz2): the archive the lock pins by sha256 is evil 1.0 0 "
+                               "(its info/index.json), not the package the lock entry names")
+    assert "re-lock the environment" in failure.hint
+    meta = prefix / "conda-meta"
+    packages = [{"filename": "plain-1.0-0.tar.bz2", "name": "plain"}]
+    with pytest.raises(ActionFailed) as caught:  # where the lock entry is: the action's hints
+        check_installed_records(meta, packages, "env/conda-lock.yml", {"plain-1.0-0.tar.bz2": 13})
+    assert caught.value.location == Location("env/conda-lock.yml", 13)
+    assert str(caught.value).startswith("action failed: env/conda-lock.yml:13: plain (plain-1.0-0.tar.bz2): the archive")
+
+    def record(name: str, fn: str = "plain-1.0-0.tar.bz2") -> str:
+        return json.dumps({"fn": fn, "name": name, "version": "1.0", "build": "0"})
+
+    (meta / "evil-1.0-0.json").unlink()
+    (meta / "plain-1.0-0.json").write_text(record("plain"))
+    check_installed_records(meta, packages)  # one record, the locked package: accepted
+    (meta / "extra.json").write_text(record("plain"))  # an archive that brought a record of its own
+    with pytest.raises(ActionFailed) as caught:
+        check_installed_records(meta, packages)
+    assert caught.value.message == ("plain (plain-1.0-0.tar.bz2): 2 conda-meta records name this file, expected one "
+                                    "(did its archive bring records of its own?)")
+    (meta / "extra.json").write_text(record("other", "other-1.0-0.conda"))  # a package the lock does not name
+    with pytest.raises(ActionFailed) as caught:
+        check_installed_records(meta, packages)
+    assert caught.value.message == "the staged prefix records other 1.0 0 (conda-meta), a package the lock does not name"
