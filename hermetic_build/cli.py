@@ -591,12 +591,12 @@ def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, p
 def drop_working_directory_from_path() -> None:
     """`python -m hermetic_build` (and `-m hermetic_build.cli`) put the working directory first on
     sys.path, so importing the rule modules (`rules`, or what hermetic.toml names) would run Python
-    code that the checkout being built ships, in hb's own process. hb's modules come from where hb
-    is installed: the working directory stays on the path only where it is hb's own code root."""
+    code that the checkout being built ships, in hb's own process. That implicit first entry goes,
+    unless it is hb's own code root; what PYTHONPATH names stays (a deliberate choice of the user)."""
     code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cwd = os.getcwd()
-    if cwd != code_root:
-        sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != cwd]
+    if cwd != code_root and sys.path and (sys.path[0] in ("", ".") or os.path.abspath(sys.path[0]) == cwd):
+        del sys.path[0]
 
 
 def run(args=None) -> None:
