@@ -213,6 +213,7 @@ package:
 - name: foo
   version: '1'
   manager: conda
+  build: '0'
   platform: linux-64
   dependencies: {{}}
   url: {url}
@@ -226,10 +227,14 @@ package:
 @pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
 def test_a_lock_url_that_is_not_a_regular_file_is_refused(tmp_path, kind):
     ws = _ws(tmp_path / "ws", tmp_path / "cache")
-    target = {"device": Path("/dev/zero"), "fifo": tmp_path / "fifo", "directory": tmp_path / "dir"}[kind]
-    if kind == "fifo":
+    # named as the package (the lock reader refuses any other file name before a fetch is declared)
+    target = tmp_path / kind / "foo-1-0.conda"
+    target.parent.mkdir()
+    if kind == "device":
+        target.symlink_to("/dev/zero")  # a local channel may link its files: the link is followed, the device refused
+    elif kind == "fifo":
         os.mkfifo(target)  # a FIFO nobody writes: opening it for reading would block
-    elif kind == "directory":
+    else:
         target.mkdir()
     ws.write("p/BUILD.hermetic", 'conda_env(name = "e", lock = "conda-lock.yml", platform = "linux-64", '
                                  'prefix = "/opt/env")\n')
