@@ -293,18 +293,6 @@ def test_every_package_of_the_example_channel_passes(channel_dir):
 
 # ----- readers that disagree: what rattler would unpack must be what this check saw -----------------
 
-def _tar_zst(members: list[tuple[str, bytes]]) -> bytes:
-    import zstandard
-
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return zstandard.ZstdCompressor().compress(raw.getvalue())
-
-
 def _conda_entries() -> list[tuple[str, bytes]]:
     index = {"name": "c", "version": "1.0", "build": "0", "build_number": 0, "depends": [], "subdir": "noarch"}
     paths = {"paths": [{"_path": "share/a", "path_type": "hardlink"}], "paths_version": 1}
