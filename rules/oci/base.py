@@ -44,7 +44,11 @@ def _write_outputs(execution, manifest: bytes, config: bytes, fetch_layer) -> No
     m = json.loads(manifest)
     if "sha256:" + hashlib.sha256(config).hexdigest() != m["config"]["digest"]:
         raise ActionFailed("the base image's config does not match its digest")
-    diff_ids = json.loads(config).get("rootfs", {}).get("diff_ids", [])
+    parsed_config = json.loads(config)
+    _check_config(parsed_config)
+    diff_ids = parsed_config.get("rootfs", {}).get("diff_ids", [])
+    if not isinstance(m.get("layers"), list) or not all(isinstance(d, dict) for d in m["layers"]):
+        raise ActionFailed("the base image's manifest has no list of layer descriptors")
     if len(diff_ids) != len(m["layers"]):
         raise ActionFailed(f"the base image has {len(m['layers'])} layers but {len(diff_ids)} diff_ids")
     layers = []
@@ -64,6 +68,36 @@ def _write_outputs(execution, manifest: bytes, config: bytes, fetch_layer) -> No
                        "mediaType": descriptor["mediaType"], "from_base": True, "name": "base"})
     index_out.write_text(json.dumps({"layers": layers}, sort_keys=True, indent=1) + "\n")
     config_out.write_bytes(config)
+
+
+_STRING_LISTS = ("Env", "Entrypoint", "Cmd")
+_STRINGS = ("User", "WorkingDir", "StopSignal")
+
+
+def _check_config(config) -> None:
+    """The base config's fields that images and `env_run` read, in the shapes the OCI image spec
+    gives them, checked once here: the image's bytes are outside bytes, and a wrong shape would
+    otherwise fail later, in another action, with a traceback."""
+    if not isinstance(config, dict):
+        raise ActionFailed("the base image's config is not a JSON object")
+    rootfs = config.get("rootfs", {})
+    diff_ids = rootfs.get("diff_ids", []) if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) and _DIGEST.match(d) for d in diff_ids):
+        raise ActionFailed("the base image's config: rootfs.diff_ids must be a list of sha256 digests")
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise ActionFailed("the base image's config: 'config' must be an object")
+    for key in _STRING_LISTS:
+        value = inner.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ActionFailed(f"the base image's config: config.{key} must be a list of strings")
+    for key in _STRINGS:
+        if inner.get(key) is not None and not isinstance(inner[key], str):
+            raise ActionFailed(f"the base image's config: config.{key} must be a string")
+    labels = inner.get("Labels")
+    if labels is not None and not (isinstance(labels, dict)
+                                   and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+        raise ActionFailed("the base image's config: config.Labels must map strings to strings")
 
 
 # ----- a registry image pinned by digest --------------------------------------------------------------
@@ -96,21 +130,46 @@ def _pull(execution) -> None:
                           if {k: m.get("platform", {}).get(k) for k in _PLATFORM} == _PLATFORM), None)
             if entry is None:
                 raise ActionFailed(f"{params['digest']} is an index without a linux/amd64 image")
-            manifest, _ = client.get_manifest(repo, entry["digest"])
-        config = client.get_blob(repo, json.loads(manifest)["config"]["digest"])
+            # the index is pinned, so what it names must be pinned too: a tag here would let the
+            # registry answer with any manifest (get_manifest checks content against a digest only)
+            manifest = _pinned_manifest(client, repo, entry.get("digest"))
+        config_digest = json.loads(manifest)["config"]["digest"]
+        if not isinstance(config_digest, str) or not _DIGEST.match(config_digest):
+            raise ActionFailed(f"the base image's config digest {str(config_digest)[:100]!r} is not sha256")
+        config = client.get_blob(repo, config_digest)
 
         def fetch(descriptor, dest):
+            size = descriptor.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ActionFailed(f"base layer {descriptor['digest']} has no valid size in its manifest")
             with open(dest, "wb") as out:
-                client.get_blob(repo, descriptor["digest"], stream_to=lambda resp: _copy(resp, out))
+                client.get_blob(repo, descriptor["digest"], stream_to=lambda resp: _copy(resp, out, size), size=size)
 
         _write_outputs(execution, manifest, config or b"", fetch)
     except RegistryError as exc:
         raise ActionFailed(f"pulling {hints['host']}/{repo}@{params['digest']}: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of the wrong shape
+        raise ActionFailed(f"{hints['host']}/{repo}@{params['digest']} is not a readable image: "
+                           f"{type(exc).__name__}: {exc}") from None
 
 
-def _copy(response, out) -> bool:
-    while chunk := response.read(1 << 20):
+def _pinned_manifest(client, repo: str, digest) -> bytes:
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise ActionFailed(f"the pinned index names its linux/amd64 manifest by {str(digest)[:100]!r}, not by a "
+                           "sha256 digest")
+    got = client.get_manifest(repo, digest)  # checked against the digest by the client
+    if got is None:
+        raise ActionFailed(f"the manifest {digest} that the pinned index names does not exist")
+    return got[0]
+
+
+def _copy(response, out, size: int) -> bool:
+    """The layer's bytes, at most its descriptor's size + 1 (one more byte than the manifest says is
+    enough to know the blob is not that layer; an endless body must not fill the disk)."""
+    written = 0
+    while written <= size and (chunk := response.read(min(1 << 20, size + 1 - written))):
         out.write(chunk)
+        written += len(chunk)
     return True
 
 
@@ -137,12 +196,18 @@ def _layout_import(execution) -> None:
         raise ActionFailed(f"{exc} (the base is pinned to {params['digest']})") from None
 
     def fetch(descriptor, dest):
-        source = image.blob(descriptor["digest"])
-        if not source.exists():
+        try:
+            source = image.blob(descriptor["digest"])
+        except LayoutError as exc:
+            raise ActionFailed(str(exc)) from None
+        if not source.is_file():
             raise ActionFailed(f"layout {params['layout']}: layer {descriptor['digest']} is missing")
         os.link(source, dest)
 
-    _write_outputs(execution, image.manifest, image.config, fetch)
+    try:
+        _write_outputs(execution, image.manifest, image.config, fetch)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of the wrong shape
+        raise ActionFailed(f"layout {params['layout']}: not a readable image: {type(exc).__name__}: {exc}") from None
 
 
 register_action_kind("oci.pull", "1", _pull, local_only=True)  # network

@@ -33,6 +33,42 @@ class ExtractError(Exception):
     pass
 
 
+MAX_UNPACK_RATIO = 1000  # unpacked bytes (hard-link copies included) : compressed bytes, as for conda packages
+UNPACK_FLOOR_BYTES = 64 << 20  # what any input may unpack to, whatever its ratio
+MAX_ENTRIES = 1_000_000
+MAX_HEADER_BYTES = 1 << 20  # a PAX or GNU long-name header: tarfile reads one whole into memory
+_EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                     tarfile.GNUTYPE_LONGLINK)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses an extended header larger than MAX_HEADER_BYTES before tarfile reads it into memory."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_HEADER_BYTES:
+            raise ExtractError(f"an extended tar header of {self.size:,} bytes (at most {MAX_HEADER_BYTES:,})")
+        return super()._proc_member(tarfile_)
+
+
+class Budget:
+    """What one extraction may write: bytes (hard links are written as copies, so each counts again)
+    and entries, against max(UNPACK_FLOOR_BYTES, MAX_UNPACK_RATIO x the compressed input)."""
+
+    def __init__(self, compressed: int):
+        self.limit = max(UNPACK_FLOOR_BYTES, MAX_UNPACK_RATIO * compressed)
+        self.written = 0
+        self.entries = 0
+
+    def take(self, label: str, size: int) -> None:
+        self.written += max(size, 0)
+        self.entries += 1
+        if self.written > self.limit:
+            raise ExtractError(f"{label}: refusing to unpack more than {self.limit:,} bytes ({MAX_UNPACK_RATIO}:1 "
+                               "of the compressed input, hard-link copies included)")
+        if self.entries > MAX_ENTRIES:
+            raise ExtractError(f"{label}: refusing to unpack more than {MAX_ENTRIES:,} entries")
+
+
 def data_tar(path: Path) -> tarfile.TarFile:
     """The data.tar.* member of a .deb (an ar archive), opened for reading."""
     with open(path, "rb") as f:
@@ -46,9 +82,12 @@ def data_tar(path: Path) -> tarfile.TarFile:
                 if name.endswith(".zst"):
                     import zstandard
 
-                    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
-                    return tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-                return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+                    limit = max(UNPACK_FLOOR_BYTES, MAX_UNPACK_RATIO * size)
+                    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(limit + 1)
+                    if len(data) > limit:
+                        raise ExtractError(f"{path.name}: its data.tar.zst unpacks to more than {limit:,} bytes")
+                    return tarfile.open(fileobj=io.BytesIO(data), mode="r:", tarinfo=_BoundedTarInfo)
+                return tarfile.open(fileobj=io.BytesIO(data), mode="r:*", tarinfo=_BoundedTarInfo)
             f.seek(size + (size % 2), 1)
     raise ExtractError(f"{path.name} has no data.tar member")
 
@@ -78,9 +117,10 @@ def extract_debs(debs: list[Path], root: Path, exclude=()) -> list[str]:
     out of it (checked before anything is made, on the nearest existing ancestor)."""
     root = Path(os.path.realpath(root))
     notes, dir_modes = [], {}
+    budget = Budget(sum(deb.stat().st_size for deb in debs))
     for deb in debs:
         with data_tar(deb) as tar:
-            _unpack(tar, deb.name, root, exclude, dir_modes, notes)
+            _unpack(tar, deb.name, root, exclude, dir_modes, notes, budget=budget)
     for name, mode in sorted(dir_modes.items(), reverse=True):
         os.chmod(root / name, mode)
     return notes
@@ -118,10 +158,12 @@ def _remove(path: Path) -> None:
 
 
 def _unpack(tar: tarfile.TarFile, label: str, root: Path, exclude, dir_modes: dict, notes: list,
-            whiteouts: bool = False) -> None:
+            whiteouts: bool = False, budget: Budget | None = None) -> None:
     for member in tar:
         if member.name in ("", ".", "./", "/"):
             continue
+        if budget is not None:
+            budget.take(label, member.size if member.isfile() else _linked_size(root, member) if member.islnk() else 0)
         name = relative_path(member.name, f"{label}: entry")
         if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
             continue
@@ -168,6 +210,15 @@ def _unpack(tar: tarfile.TarFile, label: str, root: Path, exclude, dir_modes: di
             os.chmod(dest, member.mode & 0o7777)
         else:
             notes.append(f"{label}: skipped special file {name}")
+
+
+def _linked_size(root: Path, member: tarfile.TarInfo) -> int:
+    """The size a hard link's copy will have (0 when its target is not a regular file: refused later)."""
+    try:
+        source = root / relative_path(member.linkname, "hard link target")
+        return source.stat().st_size if source.is_file() and not source.is_symlink() else 0
+    except (ExtractError, OSError):
+        return 0
 
 
 def finish_root(root: Path, directories, symlinks: dict) -> None:
@@ -232,10 +283,13 @@ def unpack_image(layout: Path, ref_name: str, root: Path) -> tuple[dict, list[st
         layers = [(d["digest"], d["mediaType"]) for d in manifest["layers"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ExtractError(f"the image manifest is unusable: {exc}") from None
+    if not isinstance(config, dict) or not all(isinstance(d, str) and isinstance(m, str) for d, m in layers):
+        raise ExtractError("the image manifest or config is unusable: wrong types")
     notes, dir_modes = [], {}
     root = Path(os.path.realpath(root))
-    for i, (digest, media_type) in enumerate(layers):
-        path = _checked_blob(layout, digest)
+    paths = [_checked_blob(layout, digest) for digest, _ in layers]
+    budget = Budget(sum(path.stat().st_size for path in paths))
+    for i, ((digest, media_type), path) in enumerate(zip(layers, paths)):
         with open(path, "rb") as f:
             if media_type.endswith("+zstd"):
                 import zstandard
@@ -249,8 +303,9 @@ def unpack_image(layout: Path, ref_name: str, root: Path) -> tuple[dict, list[st
             else:
                 raise ExtractError(f"layer {digest} has media type {media_type!r}, not a tar layer")
             try:
-                with tarfile.open(fileobj=stream, mode=mode) as tar:
-                    _unpack(tar, f"layer {i} ({digest[:19]})", root, (), dir_modes, notes, whiteouts=True)
+                with tarfile.open(fileobj=stream, mode=mode, tarinfo=_BoundedTarInfo) as tar:
+                    _unpack(tar, f"layer {i} ({digest[:19]})", root, (), dir_modes, notes, whiteouts=True,
+                            budget=budget)
             except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
                 raise ExtractError(f"layer {digest} is not a readable tar stream: {exc}") from None
     _apply_modes(root, dir_modes)
@@ -280,6 +335,9 @@ def main(argv: list[str]) -> int:
         finish_root(root, params["directories"], params["symlinks"])
     except ExtractError as exc:
         print(f"extract: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except (OSError, RecursionError, MemoryError) as exc:  # a path deeper than the system allows, a full disk
+        print(f"extract: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     for note in notes:
         print(note, flush=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,18 @@ def epoch_rfc3339(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_JSON_BLOB_BYTES = 16 << 20  # a manifest or config (a registry's manifests are capped the same)
+
+
 def blob_path(layout: Path, digest: str) -> Path:
-    algorithm, _, hex_ = digest.partition(":")
-    return layout / "blobs" / algorithm / hex_
+    """Where the blob `digest` lives in the layout. Digests come from manifests and indexes, which
+    are outside bytes: anything but sha256 and 64 lowercase hex digits is refused (a "digest" of
+    `sha256:/etc/passwd` or `sha256:../x` would name a file outside the layout)."""
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise LayoutError(f"{layout}: {str(digest)[:100]!r} is not a sha256 digest (sha256: and 64 lowercase hex "
+                          "digits)")
+    return layout / "blobs" / "sha256" / digest[len("sha256:"):]
 
 
 def write_blob(layout: Path, data: bytes) -> str:
@@ -79,9 +90,15 @@ class LayoutError(Exception):
 
 def read_layout(layout: Path, ref_name: str | None = None, digest: str | None = None) -> LayoutImage:
     try:
-        index = json.loads((layout / "index.json").read_text())
-    except FileNotFoundError:
-        raise LayoutError(f"{layout} is not an OCI image layout (no index.json)") from None
+        return _read_layout(layout, ref_name, digest)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of the wrong shape
+        raise LayoutError(f"{layout}: not a readable OCI image layout: {type(exc).__name__}: {exc}") from None
+
+
+def _read_layout(layout: Path, ref_name: str | None, digest: str | None) -> LayoutImage:
+    if not (layout / "index.json").is_file():
+        raise LayoutError(f"{layout} is not an OCI image layout (no index.json)")
+    index = json.loads(_read_regular(layout / "index.json", layout, "index.json"))
     manifests = index.get("manifests", [])
     if digest:
         chosen = [m for m in manifests if m["digest"] == digest]
@@ -102,12 +119,25 @@ def read_layout(layout: Path, ref_name: str | None = None, digest: str | None = 
                        entry.get("annotations", {}).get(REF_NAME, "latest"))
 
 
-def _read_checked(layout: Path, digest: str) -> bytes:
-    path = blob_path(layout, digest)
+def _read_regular(path: Path, layout: Path, what: str, limit: int = MAX_JSON_BLOB_BYTES) -> bytes:
+    """A regular file of at most `limit` bytes (never a device or FIFO, whose reads may not end)."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise LayoutError(f"{layout}: blob {digest} is missing") from None
+        raise LayoutError(f"{layout}: {what} is missing") from None
+    except OSError as exc:
+        raise LayoutError(f"{layout}: {what} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise LayoutError(f"{layout}: {what} is not a regular file")
+        if info.st_size > limit:
+            raise LayoutError(f"{layout}: {what} is larger than {limit} bytes, more than any manifest or config")
+        return f.read(limit + 1)
+
+
+def _read_checked(layout: Path, digest: str) -> bytes:
+    data = _read_regular(blob_path(layout, digest), layout, f"blob {digest}")
     if sha256_of(data) != digest:
         raise LayoutError(f"{layout}: blob {digest} does not match its digest (corrupt layout)")
     return data
