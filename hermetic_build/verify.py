@@ -6,10 +6,10 @@ build recorded. R = identical actions / total; the first difference is described
 
 from __future__ import annotations
 
-import gzip
 import io
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from .store.local import LocalStore
 from .tree import walk_tree
 
 CONTEXT_BYTES = 16
+MAX_COMPARED_BYTES = 256 << 20  # an uncompressed layer compared member by member, at most
 MAX_COMPARED_MEMBERS = 1_000_000
 
 
@@ -236,10 +237,14 @@ def _tar_members(data: bytes) -> list[tuple[tarfile.TarInfo, bytes]] | None:
     """The members of a tar or gzip'd tar (a layer), or None if the bytes are neither."""
     raw = data
     if data[:2] == b"\x1f\x8b":
+        # the recorded bytes come from a bundle: a gzip bomb must not be inflated whole to explain a difference
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            raw = gzip.decompress(data)
-        except (OSError, EOFError):
+            raw = inflate.decompress(data, MAX_COMPARED_BYTES)
+        except zlib.error:
             return None
+        if inflate.unconsumed_tail or not inflate.eof:
+            return None  # too large (or not one whole member) to compare member by member
     if len(raw) < 512 or raw[257:262] != b"ustar":
         return None
     members = []

@@ -80,3 +80,14 @@ def test_a_differing_layer_names_the_file_inside_it():
 def test_bytes_difference():
     assert bytes_difference(b"abc", b"abd").startswith("first difference at byte 2 (sizes 3 and 3)")
     assert bytes_difference(b"abc", b"abcd").startswith("first difference at byte 3 (sizes 3 and 4)")
+
+
+def test_a_gzip_bomb_is_not_inflated_to_explain_a_difference(monkeypatch):
+    """The recorded layer comes from a bundle: explaining how it differs must stay within a bound."""
+    import gzip
+
+    import hermetic_build.verify as verify
+
+    monkeypatch.setattr(verify, "MAX_COMPARED_BYTES", 1 << 20)
+    bomb = gzip.compress(b"\0" * (4 << 20), mtime=0)
+    assert verify._tar_members(bomb) is None
