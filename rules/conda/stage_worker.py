@@ -107,6 +107,7 @@ def stage(params: dict) -> str:
     line = (f"rattler.install: {len(packages)} packages in {elapsed:.2f}s ({note}package cache {where}); "
             f"conda-meta normalised in {time.monotonic() - started - removed:.2f}s")
     check_links(out)  # before the wheels, which add regular files and directories only
+    drop_shared_write_bits(out)  # the wheels' files are written under umask 022 already
     if wheels:
         started = time.monotonic()
         for check in checks[len(packages):]:
@@ -604,6 +605,24 @@ def _name_problem(name: str) -> str | None:
     if _NOT_UTF8.search(name):
         return "its name is not UTF-8"
     return None
+
+
+def drop_shared_write_bits(root) -> None:
+    """No file or directory of the environment is writable by group or others: rattler keeps the
+    modes a package's archive gives (0666 and 0777 files reached images as shipped), and in an image
+    such a file lets any user of the container change the environment's code. Setuid and setgid bits
+    are rattler's to strip (it does); links have no mode of their own."""
+    pending = [root]
+    while pending:
+        with os.scandir(pending.pop()) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    continue
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if mode & 0o022:
+                    os.chmod(entry.path, stat.S_IMODE(mode) & ~0o022, follow_symlinks=False)
+                if stat.S_ISDIR(mode):
+                    pending.append(entry.path)
 
 
 def check_links(root) -> None:

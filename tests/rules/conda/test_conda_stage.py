@@ -199,3 +199,23 @@ def test_an_archive_that_is_not_the_package_its_lock_entry_names_fails_the_stage
     with pytest.raises(ActionFailed) as caught:
         check_installed_records(meta, packages)
     assert caught.value.message == "the staged prefix records other 1.0 0 (conda-meta), a package the lock does not name"
+
+
+def test_no_file_of_the_environment_is_writable_by_group_or_others(tmp_path):
+    """rattler keeps a package's modes; 0666 and 0777 would let any user of an image change the env."""
+    import stat as stat_module
+
+    worker = _worker()
+    root = tmp_path / "env"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/tool").write_text("x")
+    (root / "share").mkdir()
+    (root / "share/data").write_text("x")
+    (root / "lib").symlink_to("share")
+    (root / "bin/tool").chmod(0o777)
+    (root / "share/data").chmod(0o666)
+    (root / "share").chmod(0o777)
+    worker.drop_shared_write_bits(str(root))
+    modes = {name: stat_module.S_IMODE((root / name).lstat().st_mode) for name in ("bin/tool", "share/data", "share")}
+    assert modes == {"bin/tool": 0o755, "share/data": 0o644, "share": 0o755}
+    assert (root / "lib").is_symlink()
