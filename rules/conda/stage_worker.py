@@ -106,8 +106,7 @@ def stage(params: dict) -> str:
     where = "in memory" if in_memory else f"on disk, removed in {removed:.2f}s"
     line = (f"rattler.install: {len(packages)} packages in {elapsed:.2f}s ({note}package cache {where}); "
             f"conda-meta normalised in {time.monotonic() - started - removed:.2f}s")
-    check_links(out)  # before the wheels, which add regular files and directories only
-    drop_shared_write_bits(out)  # the wheels' files are written under umask 022 already
+    check_prefix(out)  # links and modes, before the wheels
     if wheels:
         started = time.monotonic()
         for check in checks[len(packages):]:
@@ -607,29 +606,17 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-def drop_shared_write_bits(root) -> None:
-    """No file or directory of the environment is writable by group or others: rattler keeps the
-    modes a package's archive gives (0666 and 0777 files reached images as shipped), and in an image
-    such a file lets any user of the container change the environment's code. Setuid and setgid bits
-    are rattler's to strip (it does); links have no mode of their own."""
-    pending = [root]
-    while pending:
-        with os.scandir(pending.pop()) as it:
-            for entry in it:
-                if entry.is_symlink():
-                    continue
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if mode & 0o022:
-                    os.chmod(entry.path, stat.S_IMODE(mode) & ~0o022, follow_symlinks=False)
-                if stat.S_ISDIR(mode):
-                    pending.append(entry.path)
-
-
-def check_links(root) -> None:
-    """No symlink in the installed prefix may point outside it: each is resolved within the tree
-    (resolve_in_tree: links through links, also across packages, and never through the names of the
-    directories the tree happens to sit in). Walked with scandir: a link is known from the listing
-    (no lstat per entry), directories are entered only when they are real ones."""
+def check_prefix(root) -> None:
+    """One walk of the installed prefix, before the wheels (which add regular files and directories
+    only, written under umask 022):
+    - no symlink may point outside it: each is resolved within the tree (resolve_in_tree: links
+      through links, also across packages, never through the names of the directories the tree
+      happens to sit in);
+    - no file or directory stays writable by group or others: rattler keeps the modes a package's
+      archive gives (0666 and 0777 files reached images as shipped), and in an image such a file lets
+      any user of the container change the environment's code. Setuid and setgid bits are rattler's
+      to strip (it does); links have no mode of their own.
+    Directories are entered only when they are real ones."""
     pending = [""]
     while pending:
         rel_dir = pending.pop()
@@ -639,7 +626,11 @@ def check_links(root) -> None:
                 if entry.is_symlink():
                     if resolve_in_tree(root, rel) is None:
                         raise StageError(f"installed link {rel} -> {os.readlink(entry.path)} escapes the prefix")
-                elif entry.is_dir(follow_symlinks=False):
+                    continue
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if mode & 0o022:
+                    os.chmod(entry.path, stat.S_IMODE(mode) & ~0o022, follow_symlinks=False)
+                if stat.S_ISDIR(mode):
                     pending.append(rel)
 
 

@@ -126,11 +126,11 @@ def test_links_are_resolved_within_the_tree_not_where_it_sits(tmp_path, links, e
     worker = _worker()
     root = _tree(tmp_path / "sandbox/env", links)
     if escaping is None:
-        worker.check_links(str(root))
+        worker.check_prefix(str(root))
         assert all(worker.resolve_in_tree(str(root), name) is not None for name in links)
     else:
         with pytest.raises(worker.StageError, match=f"installed link ({escaping}) -> .* escapes the prefix"):
-            worker.check_links(str(root))
+            worker.check_prefix(str(root))
         assert all(worker.resolve_in_tree(str(root), name) is None for name in escaping.split("|"))
 
 
@@ -215,7 +215,7 @@ def test_no_file_of_the_environment_is_writable_by_group_or_others(tmp_path):
     (root / "bin/tool").chmod(0o777)
     (root / "share/data").chmod(0o666)
     (root / "share").chmod(0o777)
-    worker.drop_shared_write_bits(str(root))
+    worker.check_prefix(str(root))
     modes = {name: stat_module.S_IMODE((root / name).lstat().st_mode) for name in ("bin/tool", "share/data", "share")}
     assert modes == {"bin/tool": 0o755, "share/data": 0o644, "share": 0o755}
     assert (root / "lib").is_symlink()
