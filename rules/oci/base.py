@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 
 from hermetic_build.api import (
     ActionFailed,
@@ -22,9 +21,8 @@ from hermetic_build.api import (
 
 from .image import OciBaseInfo
 from .layers import OciLayersInfo
-from .layout import OCI_INDEX, LayoutError, read_layout
+from .layout import OCI_INDEX, SHA256_DIGEST, LayoutError, read_layout
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _PLATFORM = {"architecture": "amd64", "os": "linux"}
 
 
@@ -54,7 +52,7 @@ def _write_outputs(execution, manifest: bytes, config: bytes, fetch_layer) -> No
     layers = []
     for descriptor, diff_id in zip(m["layers"], diff_ids):
         digest = descriptor["digest"]
-        if not _DIGEST.match(digest):
+        if not SHA256_DIGEST.match(digest):
             raise ActionFailed(f"base layer digest {digest!r} is not sha256")
         dest = blobs_out / digest.split(":", 1)[1]
         fetch_layer(descriptor, dest)
@@ -82,7 +80,7 @@ def _check_config(config) -> None:
         raise ActionFailed("the base image's config is not a JSON object")
     rootfs = config.get("rootfs", {})
     diff_ids = rootfs.get("diff_ids", []) if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or not all(isinstance(d, str) and _DIGEST.match(d) for d in diff_ids):
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) and SHA256_DIGEST.match(d) for d in diff_ids):
         raise ActionFailed("the base image's config: rootfs.diff_ids must be a list of sha256 digests")
     inner = config.get("config") or {}
     if not isinstance(inner, dict):
@@ -106,7 +104,7 @@ def _oci_pull_impl(ctx):
         ref = RegistryRef.parse(ctx.attr.image)
     except ValueError as exc:
         ctx.fail(f"image = {ctx.attr.image!r}: {exc}")
-    if not ref.reference or not _DIGEST.match(ref.reference):
+    if not ref.reference or not SHA256_DIGEST.match(ref.reference):
         ctx.fail(f"image = {ctx.attr.image!r} is not pinned by digest",
                  hint="write it as host/repository@sha256:<64 hex> (e.g. from `skopeo inspect`)")
     # where to find it is a hint, not part of the key: the same digest from a mirror is the same image
@@ -134,7 +132,7 @@ def _pull(execution) -> None:
             # registry answer with any manifest (get_manifest checks content against a digest only)
             manifest = _pinned_manifest(client, repo, entry.get("digest"))
         config_digest = json.loads(manifest)["config"]["digest"]
-        if not isinstance(config_digest, str) or not _DIGEST.match(config_digest):
+        if not isinstance(config_digest, str) or not SHA256_DIGEST.match(config_digest):
             raise ActionFailed(f"the base image's config digest {str(config_digest)[:100]!r} is not sha256")
         config = client.get_blob(repo, config_digest)
 
@@ -154,7 +152,7 @@ def _pull(execution) -> None:
 
 
 def _pinned_manifest(client, repo: str, digest) -> bytes:
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
+    if not isinstance(digest, str) or not SHA256_DIGEST.match(digest):
         raise ActionFailed(f"the pinned index names its linux/amd64 manifest by {str(digest)[:100]!r}, not by a "
                            "sha256 digest")
     got = client.get_manifest(repo, digest)  # checked against the digest by the client
@@ -180,7 +178,7 @@ def _layout_base_impl(ctx):
     if len(index) != 1:
         ctx.fail(f"srcs must hold exactly one OCI layout (found {len(index)} index.json files)",
                  hint='srcs = glob(["my-base/**"])')
-    if not _DIGEST.match(ctx.attr.digest):
+    if not SHA256_DIGEST.match(ctx.attr.digest):
         ctx.fail(f"digest = {ctx.attr.digest!r} is not a sha256 digest", hint="pin the base by its manifest digest")
     root = index[0].path.rsplit("/", 1)[0] if "/" in index[0].path else ""
     layers, config = _declare_import(ctx, "oci.layout_import", files, {"layout": root, "digest": ctx.attr.digest},

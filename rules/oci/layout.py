@@ -28,7 +28,7 @@ def epoch_rfc3339(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")  # the only digests hb reads blobs by
 MAX_JSON_BLOB_BYTES = 16 << 20  # a manifest or config (a registry's manifests are capped the same)
 
 
@@ -36,7 +36,7 @@ def blob_path(layout: Path, digest: str) -> Path:
     """Where the blob `digest` lives in the layout. Digests come from manifests and indexes, which
     are outside bytes: anything but sha256 and 64 lowercase hex digits is refused (a "digest" of
     `sha256:/etc/passwd` or `sha256:../x` would name a file outside the layout)."""
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+    if not isinstance(digest, str) or not SHA256_DIGEST.match(digest):
         raise LayoutError(f"{layout}: {str(digest)[:100]!r} is not a sha256 digest (sha256: and 64 lowercase hex "
                           "digits)")
     return layout / "blobs" / "sha256" / digest[len("sha256:"):]
