@@ -37,6 +37,10 @@ MAX_METADATA_BYTES = 64 << 20  # info/paths.json and friends are read into memor
 MAX_LINK_HOPS = 40  # like the kernel's limit on symlinks followed in one lookup
 MAX_PREFIX_LENGTH = 255  # conda's longest prefix (its placeholders are this long); conda_env enforces it
 
+MAX_HEADER_BYTES = 1 << 20  # a PAX or GNU long-name header, which tarfile reads whole into memory
+_EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                     tarfile.GNUTYPE_LONGLINK)
+
 # files a package manager reads to decide what to write: regular files, parsed here
 _METADATA = ("info/index.json", "info/paths.json", "info/files", "info/has_prefix", "info/link.json")
 _PATH_TYPES = {"hardlink": ("file", "hardlink"), "softlink": ("symlink",), "directory": ("dir",)}
@@ -284,10 +288,24 @@ class _Scan:
         return [line for line in text.split("\n") if line.strip()]
 
 
+class _HugeHeader(Exception):
+    pass
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses an extended header over MAX_HEADER_BYTES before tarfile reads it into memory (the image
+    unpacker, rules/oci/deb_extract.py, a standalone worker, bounds its headers the same way)."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_HEADER_BYTES:
+            raise _HugeHeader(self.size)
+        return super()._proc_member(tarfile_)
+
+
 def _members(scan: _Scan, reader):
     """(tar, member) of one tar stream, then proof that nothing but zero padding follows its end:
     a reader that ignores the end marker must not find members this scan never saw."""
-    with reader, tarfile.open(fileobj=reader, mode="r|") as tar:
+    with reader, tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo) as tar:
         for member in tar:
             if tar.pax_headers:
                 scan.refuse("archive entry", member.name, "a global PAX header precedes it (readers disagree on "
@@ -388,5 +406,8 @@ def check_archive(path, filename: str, limits: UnpackLimits = UnpackLimits()) ->
             scan.add(tar, member)
     except _decoder_errors() as exc:  # a truncated or corrupt stream
         raise ActionFailed(f"{filename}: not a readable conda package: {type(exc).__name__}: {exc}") from None
+    except _HugeHeader as exc:
+        raise ActionFailed(f"{filename}: refusing an extended tar header of {exc.args[0]:,} bytes (at most "
+                           f"{MAX_HEADER_BYTES:,})") from None
     scan.check_members()
     scan.check_metadata()

@@ -401,3 +401,16 @@ def test_a_short_text_placeholder_counts_as_the_growth_it_allows(tmp_path):
 def _dir(tmp_path, name):
     (tmp_path / name).mkdir()
     return tmp_path / name
+
+
+def test_an_extended_header_over_the_bound_is_refused_before_it_is_read(tmp_path):
+    """tarfile reads a PAX header whole into memory: a 600 MiB one would be, in the check's helper."""
+    import bz2
+
+    from rules.conda import archive
+
+    header = _pax(tarfile.XHDTYPE, {"comment": "c" * (archive.MAX_HEADER_BYTES + 10)})
+    path = tmp_path / "h-1.0-0.tar.bz2"
+    path.write_bytes(bz2.compress(header + _ustar("info/index.json", b"{}") + b"\0" * 1024))
+    with pytest.raises(ActionFailed, match="refusing an extended tar header of 1,048,6"):
+        check_archive(path, path.name)
