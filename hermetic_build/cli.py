@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -330,18 +331,15 @@ def attest_verify(target, key_path, image, subject, locks, cafile, plain_http):
     (host/repository:tag or @sha256:...) with the envelope pushed as an artifact about it."""
     from .attest import AttestationError, check_statement, layout_manifest_digest, load_public_key, lock_sha256s
     from .attest import verify as check
+    from .referrers import parse_json
 
     public = load_public_key(Path(key_path))
     pinned = [lock_sha256s(Path(lock)) for lock in locks]
     path = Path(target)
     if path.is_file():
-        try:
-            envelopes = [json.loads(path.read_text())]
-        except ValueError as exc:
-            raise UsageError(f"{target} is not JSON: {exc}") from None
+        found, where = [path.read_bytes()], target
         if image:
             subject = layout_manifest_digest(Path(image), "latest" if subject is None else None)
-        where = target
     else:
         if path.is_dir():
             found, digest = _layout_envelopes(path)
@@ -350,29 +348,30 @@ def attest_verify(target, key_path, image, subject, locks, cafile, plain_http):
         if subject is not None and subject != digest:
             raise AttestationError(f"{target} is {digest}, not {subject}")
         subject, where = digest, f"{target} ({digest})"
-        if not found:
-            raise AttestationError(f"{where} has no signed provenance (DSSE envelope) attached",
-                                   hint="hb push --sign, or hb attest sign LABEL --attach LAYOUT")
-        envelopes = []
-        for data in found:
-            try:
-                envelopes.append(json.loads(data))
-            except ValueError:
-                continue
-    errors = []
-    for envelope in envelopes:
+    # one envelope at a time (a registry's are read as they are checked): memory is one envelope's
+    errors, count = [], 0
+    for data in found:
+        count += 1
         try:
+            envelope = parse_json(data, f"the envelope {count} of {where}")
             statement = check_statement(check(envelope, public), subject=subject, lock_sha256s=pinned)
-        except AttestationError as exc:
-            errors.append(exc.message if hasattr(exc, "message") else str(exc))
+        except (AttestationError, UsageError) as exc:
+            if path.is_file():
+                raise
+            message = exc.message if hasattr(exc, "message") else str(exc)
+            if message not in errors:
+                errors.append(message)
             continue
         about = ", ".join(f"{s['name']}@sha256:{s['digest']['sha256']}" for s in statement["subject"])
         click.echo(f"verified: signature OK; about {about}"
                    + (f"; every package of {', '.join(locks)} is in it" if locks else ""))
         return
-    if len(errors) == 1:
+    if not count:
+        raise AttestationError(f"{where} has no signed provenance (DSSE envelope) attached",
+                               hint="hb push --sign, or hb attest sign LABEL --attach LAYOUT")
+    if count == 1:
         raise AttestationError(errors[0])
-    raise AttestationError(f"none of the {len(envelopes)} envelopes of {where} checks out: " + "; ".join(errors))
+    raise AttestationError(f"none of the {count} envelopes of {where} checks out: " + "; ".join(errors))
 
 
 def _layout_envelopes(layout: Path) -> tuple[list[bytes], str]:
@@ -387,7 +386,7 @@ def _layout_envelopes(layout: Path) -> tuple[list[bytes], str]:
     return layout_artifacts(layout, digest, DSSE_TYPE), digest
 
 
-def _registry_envelopes(reference: str, cafile, plain_http) -> tuple[list[bytes], str]:
+def _registry_envelopes(reference: str, cafile, plain_http) -> tuple[Iterator[bytes], str]:
     import hashlib
     import os
 
@@ -405,9 +404,16 @@ def _registry_envelopes(reference: str, cafile, plain_http) -> tuple[list[bytes]
         if got is None:
             raise UsageError(f"{reference}: no such image in {ref.host}/{ref.repository}")
         digest = "sha256:" + hashlib.sha256(got[0]).hexdigest()
-        return registry_artifacts(client, ref.repository, digest, DSSE_TYPE), digest
     except RegistryError as exc:
         raise UsageError(f"{reference}: {exc}") from None
+
+    def envelopes() -> Iterator[bytes]:
+        try:
+            yield from registry_artifacts(client, ref.repository, digest, DSSE_TYPE)
+        except RegistryError as exc:
+            raise UsageError(f"{reference}: {exc}") from None
+
+    return envelopes(), digest
 
 
 @main.command()

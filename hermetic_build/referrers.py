@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UsageError
@@ -25,6 +27,11 @@ TITLE = "org.opencontainers.image.title"
 KIND_ANNOTATION = "dev.hermetic-build.artifact"
 ENVELOPE_NAME = "provenance.dsse.json"
 MAX_ARTIFACT_BYTES = 64 << 20
+# artifacts of one type about one image that hb reads (a push --sign adds one per key): a registry or
+# layout listing more is refused before any is read, and those read are checked one at a time, so a
+# list of thousands costs neither an hour nor N times an envelope's memory
+MAX_ARTIFACTS = 64
+LOOKUP_SECONDS = 120  # reading them from a registry: past this no further request is made
 
 
 def canonical(value) -> bytes:
@@ -145,22 +152,41 @@ def _subject_in_layout(layout: Path, entry: dict) -> str | None:
 def layout_artifacts(layout: Path, subject_digest: str, artifact_type: str) -> list[bytes]:
     """The first layer of each artifact of `artifact_type` in a layout whose subject is `subject_digest`."""
     found = []
-    for entry in read_index(layout)["manifests"]:
-        if not isinstance(entry, dict) or entry.get("artifactType") != artifact_type:
-            continue
+    entries = [e for e in read_index(layout)["manifests"] if isinstance(e, dict) and e.get("artifactType") == artifact_type]
+    _at_most(entries, f"{layout}/index.json", artifact_type)
+    for entry in entries:
         manifest = _parse_manifest(read_layout_blob(layout, entry.get("digest", "")))
         if manifest.get("subject", {}).get("digest") == subject_digest and manifest.get("layers"):
             found.append(read_layout_blob(layout, manifest["layers"][0]["digest"]))
     return found
 
 
-def _parse_manifest(data: bytes) -> dict:
+def _at_most(entries: list, where: str, artifact_type: str) -> None:
+    if len(entries) > MAX_ARTIFACTS:
+        raise UsageError(f"{where} lists {len(entries)} artifacts of type {artifact_type}; hb reads at most "
+                         f"{MAX_ARTIFACTS} about one image", hint="remove stale artifacts, or verify the envelope "
+                         "file with --subject")
+
+
+def parse_json(data: bytes, what: str):
+    """Outside JSON: a UsageError naming `what` for anything json refuses, nesting too deep included."""
     try:
-        manifest = json.loads(data)
-    except ValueError as exc:
-        raise UsageError(f"an artifact manifest is not JSON: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("layers", []), list):
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{what} is not JSON: {str(exc)[:200]}") from None
+
+
+def _parse_manifest(data: bytes) -> dict:
+    """An artifact manifest: an object, `subject` an object, `layers` a list of descriptors whose
+    digests are sha256 digests (checked here, before any of them names a request or a file)."""
+    manifest = parse_json(data, "an artifact manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("layers", []), list) \
+            or not isinstance(manifest.get("subject", {}), dict):
         raise UsageError("an artifact manifest is not an OCI manifest")
+    for layer in manifest.get("layers", []):
+        if not isinstance(layer, dict):
+            raise UsageError("an artifact manifest lists a layer that is not a descriptor")
+        _hex(layer.get("digest"))
     return manifest
 
 
@@ -178,9 +204,11 @@ def has_referrers_api(client, repository: str, digest: str) -> bool:
 
 def registry_referrers(client, repository: str, digest: str) -> list[dict]:
     """The descriptors of the artifacts about `digest`: the referrers API where the registry has it,
-    else the fallback index under the tag sha256-<hex>."""
+    else the fallback index under the tag sha256-<hex>. The list must be an index whose entries are
+    objects (UsageError otherwise)."""
     from .registry import RegistryAuthError, RegistryError
 
+    where = f"{client.host}/{repository}"
     try:
         status, headers, data = client.request("GET", f"/v2/{repository}/referrers/{digest}",
                                                scope=client._scope(repository, False), expect=(200, 404))
@@ -191,30 +219,38 @@ def registry_referrers(client, repository: str, digest: str) -> list[dict]:
     if not (status == 200 and headers.get("Content-Type", "").startswith(OCI_INDEX)):
         found = client.get_manifest(repository, "sha256-" + _hex(digest))
         data = found[0] if found else b'{"manifests": []}'
-    try:
-        listed = json.loads(data).get("manifests", [])
-    except (ValueError, AttributeError):
-        listed = []
-    return [d for d in listed if isinstance(d, dict)]
+    index = parse_json(data, f"the list of artifacts about {digest} from {where}")
+    listed = index.get("manifests", []) if isinstance(index, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(d, dict) for d in listed):
+        raise UsageError(f"the list of artifacts about {digest} from {where} is not an OCI image index")
+    return listed
 
 
-def registry_artifacts(client, repository: str, subject_digest: str, artifact_type: str) -> list[bytes]:
-    """The first layer of each artifact of `artifact_type` about `subject_digest` in a registry, every
-    manifest and blob checked against its digest."""
-    found = []
-    for entry in registry_referrers(client, repository, subject_digest):
-        if entry.get("artifactType") != artifact_type:
-            continue
-        got = client.get_manifest(repository, entry.get("digest", ""))  # checked against the digest
+def registry_artifacts(client, repository: str, subject_digest: str, artifact_type: str) -> Iterator[bytes]:
+    """The first layer of each artifact of `artifact_type` about `subject_digest` in a registry, one at a
+    time (the caller stops at the one it wants), every manifest and blob checked against its digest.
+    At most MAX_ARTIFACTS, within LOOKUP_SECONDS (plus one request's own deadline)."""
+    from .bounded import read_blob
+
+    where = f"{client.host}/{repository}"
+    entries = [e for e in registry_referrers(client, repository, subject_digest) if e.get("artifactType") == artifact_type]
+    _at_most(entries, f"{where} (the artifacts about {subject_digest})", artifact_type)
+    for entry in entries:
+        _hex(entry.get("digest"))  # a tag or a path would name other content than the digest the list gives
+    end = time.monotonic() + LOOKUP_SECONDS
+    for entry in entries:
+        if time.monotonic() > end:
+            raise UsageError(f"{where} took more than {LOOKUP_SECONDS} s to serve the artifacts about {subject_digest}")
+        got = client.get_manifest(repository, entry["digest"])  # checked against the digest
         if got is None:
             continue
         manifest = _parse_manifest(got[0])
         if manifest.get("subject", {}).get("digest") != subject_digest or not manifest.get("layers"):
             continue
         layer = manifest["layers"][0]
-        if not isinstance(layer.get("size"), int) or layer["size"] > MAX_ARTIFACT_BYTES:
+        size = layer.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_ARTIFACT_BYTES:
             continue
-        blob = client.get_blob(repository, layer.get("digest", ""))
-        if blob is not None and sha256_of(blob) == layer["digest"]:
-            found.append(blob)
-    return found
+        blob = client.get_blob(repository, layer["digest"], lambda response: read_blob(response, size), size=size)
+        if blob is not None and len(blob) == size and sha256_of(blob) == layer["digest"]:
+            yield blob

@@ -1,0 +1,315 @@
+"""A hostile OCI registry (red-team findings, registry session), against the real `hb` command and a
+real server (tests/servers/hostile_registry.py, which answers from a table the test writes):
+`hb attest verify` reading a registry that lists thousands of signed artifacts, names them by things
+that are not digests, sends JSON of every wrong shape or envelopes of another payload type; token
+servers named by the registry; and `oci_pull` against a server that trickles its headers. Each must
+end in a clean error (no traceback) within a bound of time and memory, and never accept a statement
+it should not."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support import REPO, free_port, stop, wait_for_http
+
+from hermetic_build.attest import DSSE_PAYLOAD_TYPE, pae
+from hermetic_build.referrers import DSSE_TYPE, OCI_INDEX, OCI_MANIFEST, artifact_manifest, canonical, descriptor
+
+pytestmark = pytest.mark.slow
+
+SERVER = REPO / "tests" / "servers" / "hostile_registry.py"
+MAX_RSS_KIB = 300 << 10
+REPO_NAME = "team/app"
+
+
+class HostileRegistry:
+    """tests/servers/hostile_registry.py on a free port, answering what `serve` put in its table."""
+
+    def __init__(self, workdir: Path, tls: tuple[Path, Path] | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self.routes_file, self.log = workdir, workdir / "routes.json", workdir / "requests.log"
+        self.routes: dict = {}
+        self._n = 0
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.routes_file.write_text("{}")
+        self.proc = subprocess.Popen([sys.executable, str(SERVER), "--port", str(self.port), "--routes",
+                                      str(self.routes_file), "--log", str(self.log),
+                                      *(["--tls", str(tls[0]), str(tls[1])] if tls else [])],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if tls:
+            _wait_for_port(self.port, self.proc)
+        else:
+            wait_for_http(f"http://{self.host}/v2/", self.proc)
+
+    def serve(self, path: str, body: bytes = b"", *, status: int = 200, headers: dict | None = None,
+              mode: str | None = None, save: bool = True) -> None:
+        self._n += 1
+        body_file = self.workdir / f"body-{self._n}"
+        body_file.write_bytes(body)
+        self.routes[path] = {"status": status, "headers": headers or {}, "body": str(body_file), "mode": mode}
+        if save:
+            self.save()
+
+    def save(self) -> None:
+        self.routes_file.write_text(json.dumps(self.routes))
+
+    def manifest(self, reference: str, data: bytes, media_type: str = OCI_MANIFEST, **kw) -> None:
+        self.serve(f"/v2/{REPO_NAME}/manifests/{reference}", data, headers={"Content-Type": media_type}, **kw)
+
+    def blob(self, data: bytes, **kw) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.serve(f"/v2/{REPO_NAME}/blobs/{digest}", data, **kw)
+        return digest
+
+    def referrers(self, subject: str, manifests: list, **kw) -> None:
+        self.serve(f"/v2/{REPO_NAME}/referrers/{subject}",
+                   canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+                   headers={"Content-Type": OCI_INDEX}, **kw)
+
+    def requests(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def _wait_for_port(port: int, proc, timeout: float = 15) -> None:
+    import socket
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the hostile registry did not start")
+
+
+@pytest.fixture
+def registry(tmp_path):
+    server = HostileRegistry(tmp_path / "registry")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    private = Ed25519PrivateKey.generate()
+    public = tmp_path / "key.pub"
+    public.write_bytes(private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def _image(registry: HostileRegistry) -> str:
+    """An image under the tag v1 (and its digest); returns its digest."""
+    config = registry.blob(b"{}")
+    manifest = canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+                          "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config,
+                                     "size": 2}})
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    registry.manifest("v1", manifest)
+    registry.manifest(digest, manifest)
+    return digest
+
+
+def _statement(subject: str) -> bytes:
+    return canonical({"_type": "https://in-toto.io/Statement/v1", "predicateType": "https://slsa.dev/provenance/v1",
+                      "subject": [{"name": "app", "digest": {"sha256": subject.removeprefix("sha256:")}}],
+                      "predicate": {}})
+
+
+def _envelope(private, payload: bytes, payload_type: str = DSSE_PAYLOAD_TYPE) -> bytes:
+    sig = private.sign(pae(payload_type, payload))
+    return canonical({"payloadType": payload_type, "payload": base64.b64encode(payload).decode(),
+                      "signatures": [{"keyid": "", "sig": base64.b64encode(sig).decode()}]})
+
+
+def _artifact(registry: HostileRegistry, subject: str, envelope: bytes, save: bool = True) -> dict:
+    """The envelope pushed as an artifact about subject; returns its descriptor for a referrers list."""
+    registry.blob(b"{}", save=False)
+    registry.blob(envelope, save=False)
+    manifest = artifact_manifest({"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}, DSSE_TYPE,
+                                 [("provenance.dsse.json", envelope, DSSE_TYPE)])
+    entry = descriptor(OCI_MANIFEST, manifest, artifactType=DSSE_TYPE)
+    registry.manifest(entry["digest"], manifest, save=save)
+    return entry
+
+
+def verify(registry: HostileRegistry, public: Path, *extra: str, reference: str | None = None,
+           env_extra: dict | None = None, timeout: float = 120):
+    """hb attest verify REFERENCE --key PUB: (exit status, stdout, stderr, seconds, peak RSS KiB of hb)."""
+    return run_hb(["attest", "verify", reference or f"{registry.host}/{REPO_NAME}:v1", "--key", str(public),
+                   *extra], public.parent, env_extra, timeout)
+
+
+def run_hb(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: float = 120):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
+    out, err = cwd / ".out", cwd / ".err"
+    started = time.monotonic()
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", *args], cwd=cwd, env=env,
+                                stdout=o, stderr=e)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        killer.cancel()
+    seconds = time.monotonic() - started
+    stderr = err.read_text()
+    assert "Traceback" not in stderr, stderr
+    return os.waitstatus_to_exitcode(status), out.read_text(), stderr, seconds, usage.ru_maxrss
+
+
+# ----- an honest registry: the baseline the attacks are measured against ------------------------------------
+def test_an_honest_registry_verifies(registry, key):
+    private, public = key
+    subject = _image(registry)
+    registry.referrers(subject, [_artifact(registry, subject, _envelope(private, _statement(subject)))])
+    status, out, err, seconds, rss = verify(registry, public)
+    assert status == 0, err
+    assert f"verified: signature OK; about app@{subject}" in out
+
+
+# ----- R1: a referrers list of thousands of signed artifacts --------------------------------------------------
+def test_thousands_of_referrers_are_read_one_at_a_time_and_at_most_a_bound(registry, key):
+    """Each artifact's envelope (an unsigned 12 MiB blob) used to be kept until all were read: 100 of
+    them took 2.4 GB of hb's memory, 1000 more than this machine has; now a list longer than
+    MAX_ARTIFACTS is refused before any is read, and those read are verified one at a time."""
+    private, public = key
+    subject = _image(registry)
+    junk = canonical({"payloadType": DSSE_PAYLOAD_TYPE, "payload": base64.b64encode(os.urandom(9 << 20)).decode(),
+                      "signatures": []})
+    entries = []
+    for i in range(1000):
+        manifest = artifact_manifest({"mediaType": OCI_MANIFEST, "digest": subject, "size": i}, DSSE_TYPE,
+                                     [("provenance.dsse.json", junk, DSSE_TYPE)])
+        entry = descriptor(OCI_MANIFEST, manifest, artifactType=DSSE_TYPE)
+        registry.manifest(entry["digest"], manifest, save=False)
+        entries.append(entry)
+    registry.blob(junk, save=False)
+    registry.referrers(subject, entries)
+    status, out, err, seconds, rss = verify(registry, public)
+    assert status == 2, err
+    assert "lists 1000 artifacts of type" in err and "hb reads at most 64" in err, err
+    assert rss < MAX_RSS_KIB and seconds < 60, (rss, seconds)
+
+
+def test_many_unsigned_envelopes_are_verified_one_at_a_time(registry, key):
+    """At most MAX_ARTIFACTS, each 12 MiB: memory is that of one envelope, not of all of them."""
+    private, public = key
+    subject = _image(registry)
+    junk = canonical({"payloadType": DSSE_PAYLOAD_TYPE, "payload": base64.b64encode(os.urandom(9 << 20)).decode(),
+                      "signatures": []})
+    entries = []
+    for i in range(64):
+        manifest = artifact_manifest({"mediaType": OCI_MANIFEST, "digest": subject, "size": i}, DSSE_TYPE,
+                                     [("provenance.dsse.json", junk, DSSE_TYPE)])
+        entry = descriptor(OCI_MANIFEST, manifest, artifactType=DSSE_TYPE)
+        registry.manifest(entry["digest"], manifest, save=False)
+        entries.append(entry)
+    registry.blob(junk, save=False)
+    entries.append(_artifact(registry, subject, _envelope(private, _statement(subject)), save=False))
+    registry.referrers(subject, entries[-64:])  # the signed one last
+    status, out, err, seconds, rss = verify(registry, public)
+    assert status == 0, err
+    assert f"verified: signature OK; about app@{subject}" in out
+    assert rss < MAX_RSS_KIB and seconds < 60, (rss, seconds)
+
+
+# ----- R2: referrers, artifact manifests and envelopes of the wrong shape ------------------------------------
+def _with_referrers(registry, subject, body: bytes):
+    registry.serve(f"/v2/{REPO_NAME}/referrers/{subject}", body, headers={"Content-Type": OCI_INDEX})
+
+
+@pytest.mark.parametrize("body", [
+    b'{"manifests": 5}', b'{"manifests": [{"artifactType": "%s", "digest": 5}]}' % DSSE_TYPE.encode(),
+    b'[' * 100_000 + b']' * 100_000, b'{"manifests": "x"}', b"not json", b"[]",
+], ids=["manifests-int", "digest-int", "nesting-bomb", "manifests-str", "not-json", "a-list"])
+def test_a_referrers_list_of_the_wrong_shape_is_a_clean_error(registry, key, body):
+    _, public = key
+    subject = _image(registry)
+    _with_referrers(registry, subject, body)
+    status, out, err, _, _ = verify(registry, public)
+    assert status in (1, 2), err
+    assert "verified" not in out
+
+
+@pytest.mark.parametrize("reference", ["signatures", "../../../v2/other/blobs/x", "sha256:" + "A" * 64, "sha256:abc?x=1"])
+def test_a_referrer_named_by_something_other_than_a_digest_is_not_fetched(registry, key, reference):
+    """A registry's referrers list names each artifact by the digest of its manifest; a tag (whose
+    content the registry may change), a path or an uppercase digest is refused before any request."""
+    private, public = key
+    subject = _image(registry)
+    entry = _artifact(registry, subject, _envelope(private, _statement(subject)))
+    registry.manifest(reference,
+                      Path(registry.routes[f"/v2/{REPO_NAME}/manifests/{entry['digest']}"]["body"]).read_bytes())
+    registry.referrers(subject, [{**entry, "digest": reference}])
+    status, out, err, _, _ = verify(registry, public)
+    assert status == 2 and "is not a sha256 digest" in err, err
+    assert not [r for r in registry.requests() if reference.split("?")[0].split("/")[-1] in r.split()[1]
+                and "/referrers/" not in r], registry.requests()
+
+
+@pytest.mark.parametrize("manifest", [
+    {"subject": "x", "layers": []}, {"subject": {"digest": "SUBJECT"}, "layers": ["x"]},
+    {"subject": {"digest": "SUBJECT"}, "layers": [{"digest": "sha256:../../x", "size": 2}]},
+    {"subject": {"digest": "SUBJECT"}, "layers": [{"digest": 7, "size": 2}]},
+    {"subject": {"digest": "SUBJECT"}, "layers": {"a": 1}},
+], ids=["subject-str", "layer-str", "layer-path", "layer-int", "layers-dict"])
+def test_an_artifact_manifest_of_the_wrong_shape_is_a_clean_error(registry, key, manifest):
+    _, public = key
+    subject = _image(registry)
+    data = json.dumps(manifest).replace("SUBJECT", subject).encode()
+    entry = descriptor(OCI_MANIFEST, data, artifactType=DSSE_TYPE)
+    registry.manifest(entry["digest"], data)
+    registry.referrers(subject, [entry])
+    status, out, err, _, _ = verify(registry, public)
+    assert status in (1, 2), err
+    assert "verified" not in out
+
+
+@pytest.mark.parametrize("envelope", [
+    b'[' * 100_000 + b']' * 100_000, b'{"payloadType": "x", "payload": "", "signatures": [{"sig": 5}]}', b"[]",
+], ids=["nesting-bomb", "sig-int", "a-list"])
+def test_an_envelope_of_the_wrong_shape_is_a_clean_error(registry, key, envelope):
+    _, public = key
+    subject = _image(registry)
+    registry.referrers(subject, [_artifact(registry, subject, envelope)])
+    status, out, err, _, _ = verify(registry, public)
+    assert status == 1, err
+    assert "verified" not in out
+
+
+# ----- R3: what is signed must be a statement about this image -----------------------------------------------
+def test_an_attestation_of_another_image_is_refused(registry, key):
+    """The registry lists image A's signed envelope as an artifact about image B (its artifact
+    manifest says B): the signed statement names A, so it is refused for B."""
+    private, public = key
+    subject = _image(registry)
+    other = "sha256:" + "1" * 64
+    registry.referrers(subject, [_artifact(registry, subject, _envelope(private, _statement(other)))])
+    status, out, err, _, _ = verify(registry, public)
+    assert status == 1, err
+    assert f"the statement is about {other}, not {subject}" in err
+
+
+def test_a_manifest_that_does_not_match_the_pinned_digest_is_refused(registry, key):
+    _, public = key
+    subject = _image(registry)
+    registry.manifest(subject, b'{"schemaVersion": 2, "layers": []}')
+    status, out, err, _, _ = verify(registry, public, reference=f"{registry.host}/{REPO_NAME}@{subject}")
+    assert status == 2 and "does not match its digest" in err, err
+
