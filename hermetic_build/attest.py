@@ -113,12 +113,15 @@ def verify(envelope: dict, public_key) -> bytes:
         signatures = envelope["signatures"]
     except (KeyError, TypeError, ValueError) as exc:
         raise AttestationError(f"not a DSSE envelope: {exc}") from None
+    # DSSE signs the type with the payload: what the key signed as something else is not a statement
+    if payload_type != DSSE_PAYLOAD_TYPE:
+        raise AttestationError(f"the envelope's payloadType is {str(payload_type)[:100]!r}, not {DSSE_PAYLOAD_TYPE}")
     message = pae(payload_type, payload)
     for entry in signatures if isinstance(signatures, list) else []:
         try:
             public_key.verify(base64.b64decode(entry["sig"], validate=True), message)
             return payload
-        except (InvalidSignature, KeyError, TypeError, ValueError):
+        except (InvalidSignature, KeyError, TypeError, ValueError, AttributeError):
             continue
     raise AttestationError("no signature of the envelope verifies with the given public key")
 

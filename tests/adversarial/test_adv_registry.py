@@ -282,8 +282,9 @@ def test_an_artifact_manifest_of_the_wrong_shape_is_a_clean_error(registry, key,
 
 
 @pytest.mark.parametrize("envelope", [
-    b'[' * 100_000 + b']' * 100_000, b'{"payloadType": "x", "payload": "", "signatures": [{"sig": 5}]}', b"[]",
-], ids=["nesting-bomb", "sig-int", "a-list"])
+    b'{"payloadType": 5, "payload": "", "signatures": []}', b'[' * 100_000 + b']' * 100_000,
+    b'{"payloadType": "x", "payload": "", "signatures": [{"sig": 5}]}', b"[]",
+], ids=["payload-type-int", "nesting-bomb", "sig-int", "a-list"])
 def test_an_envelope_of_the_wrong_shape_is_a_clean_error(registry, key, envelope):
     _, public = key
     subject = _image(registry)
@@ -294,6 +295,19 @@ def test_an_envelope_of_the_wrong_shape_is_a_clean_error(registry, key, envelope
 
 
 # ----- R3: what is signed must be a statement about this image -----------------------------------------------
+def test_a_payload_of_another_type_signed_by_the_key_is_not_a_statement(registry, key):
+    """DSSE signs the payload type with the payload; a verifier must want the type it reads. Something
+    else the same key signed (here a document of another type whose bytes happen to parse as a
+    statement) used to be accepted as provenance."""
+    private, public = key
+    subject = _image(registry)
+    other = _envelope(private, _statement(subject), payload_type="application/vnd.example.policy+json")
+    registry.referrers(subject, [_artifact(registry, subject, other)])
+    status, out, err, _, _ = verify(registry, public)
+    assert status == 1, err
+    assert "payloadType" in err and "application/vnd.example.policy+json" in err, err
+
+
 def test_an_attestation_of_another_image_is_refused(registry, key):
     """The registry lists image A's signed envelope as an artifact about image B (its artifact
     manifest says B): the signed statement names A, so it is refused for B."""
