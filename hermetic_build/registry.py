@@ -209,17 +209,17 @@ class RegistryClient:
             fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
             query = {"service": fields.get("service", "")}
             query["scope"] = fields.get("scope") or scope
-            url = fields["realm"] + "?" + urllib.parse.urlencode(query)
+            parsed = self._realm(fields.get("realm"))
             headers = {}
             if self.credentials:
                 user, password = self.credentials
                 headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-            parsed = urllib.parse.urlparse(url)
             conn = (http.client.HTTPSConnection(parsed.netloc, timeout=self.timeout, context=self._ssl)
                     if parsed.scheme == "https" else http.client.HTTPConnection(parsed.netloc, timeout=self.timeout))
             with_deadline(conn, self.timeout)
             try:
-                conn.request("GET", parsed.path + "?" + parsed.query, headers=headers)
+                conn.request("GET", (parsed.path or "/") + "?" + (parsed.query + "&" if parsed.query else "")
+                             + urllib.parse.urlencode(query), headers=headers)
                 response = conn.getresponse()
                 data = read_at_most(response, TOKEN_BYTES)
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
@@ -231,10 +231,31 @@ class RegistryClient:
                                         response.status)
             if response.status != 200:
                 raise RegistryAuthError(f"token server {parsed.netloc} refused: HTTP {response.status}", response.status)
-            token = json.loads(data).get("token") or json.loads(data).get("access_token")
+            try:
+                answer = json.loads(data)
+                token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
+            except (ValueError, RecursionError):
+                token = None
+            # a token becomes a header value: printable ASCII without spaces (RFC 6750's b64token and JWTs)
+            if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]{1,16384}", token):
+                raise RegistryAuthError(f"token server {parsed.netloc} answered without a usable token "
+                                        "(a JSON object with a \"token\" string)", 401)
             self._tokens[scope] = f"Bearer {token}"
             return
         raise RegistryAuthError(f"{self.host} asked for unsupported authentication {challenge!r}", 401)
+
+    def _realm(self, realm: str | None):
+        """The token server a registry names, parsed; refused unless it is https, or http where the
+        registry itself is plain http: the registry's password is sent there (and file:, ftp: or a
+        plain-http realm of an https registry would send it elsewhere or in clear)."""
+        parsed = urllib.parse.urlparse(realm or "")
+        allowed = ("https",) if self.secure else ("https", "http")
+        if parsed.scheme not in allowed or not parsed.netloc:
+            raise RegistryAuthError(
+                f"{self.host} names the token server (realm) {str(realm)[:200]!r}: hb asks only an "
+                + ("https" if self.secure else "http or https") + " URL for a token, and sends it the credentials "
+                "for this registry; refused", 401)
+        return parsed
 
     # ----- blobs ----------------------------------------------------------------------------------------
     @staticmethod

@@ -327,3 +327,83 @@ def test_a_manifest_that_does_not_match_the_pinned_digest_is_refused(registry, k
     status, out, err, _, _ = verify(registry, public, reference=f"{registry.host}/{REPO_NAME}@{subject}")
     assert status == 2 and "does not match its digest" in err, err
 
+
+
+# ----- T: the token server a registry names ---------------------------------------------------------------------
+CREDENTIALS = {"HB_REGISTRY_USER": "alice", "HB_REGISTRY_PASSWORD": "s3cret"}
+BASIC = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+
+
+@pytest.fixture
+def witness(tmp_path):
+    """A second server that records who sends it what (a token server on another host, in effect)."""
+    server = HostileRegistry(tmp_path / "witness")
+    server.serve("*", b'{"token": "t"}')
+    yield server
+    server.stop()
+
+
+def _challenge(registry: HostileRegistry, challenge: str) -> None:
+    registry.serve("*", b"", status=401, headers={"WWW-Authenticate": challenge})
+
+
+@pytest.mark.parametrize("scheme", ["file", "ftp", "gopher"])
+def test_a_token_realm_that_is_not_http_gets_no_credentials(registry, witness, key, scheme):
+    """realm="ftp://host:port/..." used to be fetched as plain HTTP with the registry password in it."""
+    _, public = key
+    _challenge(registry, f'Bearer realm="{scheme}://{witness.host}/token",service="r"')
+    status, out, err, _, _ = verify(registry, public, env_extra=CREDENTIALS)
+    assert status == 2 and "realm" in err and scheme in err, err
+    assert not [r for r in witness.requests() if r.startswith("GET /token")], witness.requests()
+
+
+def test_a_plain_http_token_realm_of_an_https_registry_gets_no_credentials(tmp_path, witness, key):
+    """An https registry naming an http:// token server would have the password sent in clear."""
+    _, public = key
+    cert, tls_key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
+                    str(tls_key), "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    registry = HostileRegistry(tmp_path / "tls", tls=(cert, tls_key))
+    try:
+        _challenge(registry, f'Bearer realm="http://{witness.host}/token",service="r"')
+        status, out, err, _, _ = verify(registry, public, "--ca", str(cert), env_extra=CREDENTIALS)
+        assert any(r.startswith("GET /v2/") for r in registry.requests())
+    finally:
+        registry.stop()
+    assert status == 2 and "realm" in err and "https" in err, err
+    assert not [r for r in witness.requests() if r.startswith("GET /token")], witness.requests()
+
+
+def test_a_plain_http_registry_may_name_a_plain_http_token_server(registry, witness, key):
+    """localhost registries (tests, a local mirror) speak http; their token server may too."""
+    _, public = key
+    _challenge(registry, f'Bearer realm="http://{witness.host}/token",service="r"')
+    status, out, err, _, _ = verify(registry, public, env_extra=CREDENTIALS)
+    assert status == 2, err  # refused with the token as well: the registry answers 401 to everything
+    assert [r.split(" ", 2)[2] for r in witness.requests() if r.startswith("GET /token")] == [BASIC]
+
+
+@pytest.mark.parametrize("challenge,token", [
+    ('Bearer service="r"', None), ("Bearer realm=TOKEN", b"not json"), ("Bearer realm=TOKEN", b"[1]"),
+    ("Bearer realm=TOKEN", b'{"token": 5}'), ("Bearer realm=TOKEN", b'{"token": "a\\r\\nX-Injected: 1"}'),
+    ("Bearer realm=TOKEN", b"[" * 100_000 + b"]" * 100_000), ("Bearer realm=TOKEN", b"{}"),
+], ids=["no-realm", "not-json", "a-list", "token-int", "token-crlf", "nesting-bomb", "no-token"])
+def test_a_bad_challenge_or_token_answer_is_a_clean_error(registry, witness, key, challenge, token):
+    _, public = key
+    if token is not None:
+        witness.serve("*", token)
+    _challenge(registry, challenge.replace("TOKEN", f'"http://{witness.host}/token"'))
+    status, out, err, seconds, _ = verify(registry, public, env_extra=CREDENTIALS)
+    assert status == 2 and "verified" not in out, err
+    assert seconds < 30
+
+
+def test_an_endless_token_answer_is_cut(registry, witness, key):
+    _, public = key
+    witness.serve("*", mode="endless")
+    _challenge(registry, f'Bearer realm="http://{witness.host}/token",service="r"')
+    status, out, err, seconds, rss = verify(registry, public, env_extra=CREDENTIALS)
+    assert status == 2 and "answered with more than" in err, err
+    assert rss < MAX_RSS_KIB and seconds < 30
+
