@@ -94,14 +94,19 @@ def docker_config_credentials(host: str) -> tuple[str, str] | None:
 
 class RegistryClient:
     def __init__(self, host: str, *, secure: bool = True, cafile: str | None = None,
-                 credentials: tuple[str, str] | None = None, timeout: float = 30.0):
+                 credentials: tuple[str, str] | None = None, timeout: float = 30.0,
+                 environment_credentials: bool = True):
+        """environment_credentials=False: only a login for this very host (~/.docker/config.json), never
+        HB_REGISTRY_USER/HB_REMOTE_USER, which name no host: for a host that a BUILD file names (oci_pull),
+        whoever wrote it would get them."""
         import ssl  # here, not at import: most builds never talk to a registry
         self.host = host
         self.secure = secure
         self.timeout = timeout
         self._ssl = ssl.create_default_context(cafile=cafile) if secure else None
+        self.environment_credentials = environment_credentials
         if credentials is None:
-            user = os.environ.get("HB_REGISTRY_USER") or os.environ.get("HB_REMOTE_USER")
+            user = environment_credentials and (os.environ.get("HB_REGISTRY_USER") or os.environ.get("HB_REMOTE_USER"))
             if user:
                 credentials = (user, os.environ.get("HB_REGISTRY_PASSWORD") or os.environ.get("HB_REMOTE_PASSWORD", ""))
             else:
@@ -199,8 +204,10 @@ class RegistryClient:
         import http.client  # here, not at import: most builds never talk to a registry
         scheme, _, params = challenge.partition(" ")
         if self.credentials is None and scheme.lower() == "basic":
-            raise RegistryAuthError(f"{self.host} requires a login: set HB_REGISTRY_USER/HB_REGISTRY_PASSWORD "
-                                    "or log in with docker login", 401)
+            raise RegistryAuthError(f"{self.host} requires a login: " + (
+                "set HB_REGISTRY_USER/HB_REGISTRY_PASSWORD or log in with docker login" if self.environment_credentials
+                else f"log in with `docker login {self.host}` (~/.docker/config.json; HB_REGISTRY_USER is not sent "
+                     "to a registry a BUILD file names)"), 401)
         if scheme.lower() == "basic":
             user, password = self.credentials
             self._tokens[scope] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

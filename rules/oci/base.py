@@ -115,7 +115,9 @@ def _oci_pull_impl(ctx):
 
 def _pull(execution) -> None:
     params, hints = execution.params, execution.hints
-    client = RegistryClient(hints["host"], secure=hints["secure"], cafile=os.environ.get("HB_REGISTRY_CA"))
+    # the host comes from a BUILD file: only a login for that host, never the environment's credentials
+    client = RegistryClient(hints["host"], secure=hints["secure"], cafile=os.environ.get("HB_REGISTRY_CA"),
+                            environment_credentials=False)
     repo = params["repository"]
     try:
         got = client.get_manifest(repo, params["digest"])  # checked against the digest by the client

@@ -407,3 +407,76 @@ def test_an_endless_token_answer_is_cut(registry, witness, key):
     assert status == 2 and "answered with more than" in err, err
     assert rss < MAX_RSS_KIB and seconds < 30
 
+
+# ----- P: oci_pull's requests end, and a BUILD file's registry gets no password -----------------------------------
+def _pull_workspace(tmp_path: Path, image: str) -> Path:
+    ws = tmp_path / "ws"
+    (ws / "p").mkdir(parents=True)
+    (ws / "hermetic.toml").write_text("")
+    (ws / "p/BUILD.hermetic").write_text(f'oci_pull(name = "base", image = "{image}")\n'
+                                         'oci_image(name = "app", base = ":base")\n')
+    return ws
+
+
+def _pull_image(registry: HostileRegistry) -> str:
+    """A one-layer image; returns the manifest digest."""
+    import gzip
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"hello\n"))
+    layer = gzip.compress(buf.getvalue(), mtime=0)
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(buf.getvalue()).hexdigest()]}})
+    manifest = canonical({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                          "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                     "digest": registry.blob(config, save=False), "size": len(config)},
+                          "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                      "digest": registry.blob(layer, save=False), "size": len(layer)}]})
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    registry.manifest(digest, manifest)
+    return digest
+
+
+def build(ws: Path, target: str, env_extra: dict | None = None, timeout: float = 120):
+    return run_hb(["build", target], ws, {"HB_CACHE_DIR": str(ws.parent / "cache"), **(env_extra or {})}, timeout)
+
+
+def test_an_honest_pull(tmp_path, registry):
+    digest = _pull_image(registry)
+    ws = _pull_workspace(tmp_path, f"{registry.host}/{REPO_NAME}@{digest}")
+    status, out, err, _, _ = build(ws, "//p:app")
+    assert status == 0, err
+
+
+@pytest.mark.parametrize("part,mode", [("manifests", "drip-headers"), ("blobs", "drip-headers"),
+                                       ("manifests", "drip-body"), ("manifests", "endless")])
+def test_a_trickling_or_endless_registry_ends_a_pull(tmp_path, registry, part, mode):
+    """The status line and headers a byte every 0.5 s, or a body a byte every 0.2 s: the request's
+    total deadline (30 s) ends it, not the per-read timeout (which each byte resets)."""
+    digest = _pull_image(registry)
+    for path, route in registry.routes.items():
+        if f"/{part}/" in path:
+            route["mode"] = mode
+    registry.save()
+    ws = _pull_workspace(tmp_path, f"{registry.host}/{REPO_NAME}@{digest}")
+    status, out, err, seconds, rss = build(ws, "//p:app")
+    print(f"{part} {mode}: status {status} {seconds:.1f} s {rss >> 10} MiB")
+    assert status != 0 and ("did not complete within" in err or "more than" in err), err
+    assert seconds < 60 and rss < MAX_RSS_KIB, (seconds, rss)
+
+
+def test_a_registry_named_by_a_build_file_gets_no_password_from_the_environment(tmp_path, registry):
+    """HB_REGISTRY_USER/PASSWORD are for the registry you name on the command line (hb push, an
+    oci:// cache, hb attest verify); oci_pull's host comes from a BUILD file, which may be anyone's."""
+    digest = _pull_image(registry)
+    registry.routes["!auth"] = 'Basic realm="r"'
+    registry.save()
+    ws = _pull_workspace(tmp_path, f"{registry.host}/{REPO_NAME}@{digest}")
+    status, out, err, _, _ = build(ws, "//p:app", CREDENTIALS)
+    assert status != 0 and "requires a login" in err, err
+    assert not [r for r in registry.requests() if "Basic" in r], registry.requests()
