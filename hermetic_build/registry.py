@@ -25,6 +25,10 @@ MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, "application/vnd.doc
 # most one byte more; hb's own action-cache manifests list every blob of a tree, hence generous
 MAX_MANIFEST_BYTES = 16 << 20
 TOKEN_BYTES = 64 << 10  # a token server's answer
+# a blob GET or HEAD may be answered with a redirect to where the bytes are (Docker Hub, ghcr.io,
+# quay.io and cloud registries send them to a CDN or an object store): followed up to this many times
+REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
 class RegistryError(Exception):
@@ -104,6 +108,7 @@ class RegistryClient:
         self.secure = secure
         self.timeout = timeout
         self._ssl = ssl.create_default_context(cafile=cafile) if secure else None
+        self._cafile, self._ssl_elsewhere = cafile, None
         self.environment_credentials = environment_credentials
         if credentials is None:
             user = environment_credentials and (os.environ.get("HB_REGISTRY_USER") or os.environ.get("HB_REMOTE_USER"))
@@ -111,7 +116,11 @@ class RegistryClient:
                 credentials = (user, os.environ.get("HB_REGISTRY_PASSWORD") or os.environ.get("HB_REMOTE_PASSWORD", ""))
             else:
                 credentials = docker_config_credentials(host)
-        self.credentials = credentials
+        # a BUILD file may write oci+http://host: a login for a host on the network is never sent in clear
+        # for it (only to this machine's own loopback registry)
+        self.withheld = (credentials is not None and not secure and not environment_credentials
+                         and urllib.parse.urlsplit(f"//{host}").hostname not in ("127.0.0.1", "localhost", "::1"))
+        self.credentials = None if self.withheld else credentials
         self._tokens: dict[str, str] = {}  # scope -> "Bearer ..." or "Basic ..."
         self._local = threading.local()
         self.base = f"{'https' if secure else 'http'}://{host}"
@@ -126,11 +135,23 @@ class RegistryClient:
         conn = conns.get(host)
         if conn is None:
             if self.secure:
-                conn = http.client.HTTPSConnection(host, timeout=self.timeout, context=self._ssl)
+                conn = http.client.HTTPSConnection(host, timeout=self.timeout, context=self._ssl_for(host))
             else:
                 conn = http.client.HTTPConnection(host, timeout=self.timeout)
             conns[host] = conn
         return conn
+
+    def _ssl_for(self, host: str):
+        """The registry's TLS context; for another host (where a blob redirect leads: a CDN with a
+        public certificate) the system's CAs as well as a private CA given for the registry."""
+        if host == self.host or self._cafile is None:
+            return self._ssl
+        if self._ssl_elsewhere is None:
+            import ssl
+
+            self._ssl_elsewhere = ssl.create_default_context()
+            self._ssl_elsewhere.load_verify_locations(cafile=self._cafile)
+        return self._ssl_elsewhere
 
     def _drop(self, host: str | None = None) -> None:
         conns = getattr(self._local, "conns", {})
@@ -150,7 +171,8 @@ class RegistryClient:
             if status == 200 and stream_to is None and len(data) > MAX_MANIFEST_BYTES:
                 raise RegistryError(f"{method} {url.split('?')[0]}: {self.host} answered with more than "
                                     f"{MAX_MANIFEST_BYTES} bytes, more than such an answer may have; refused", status)
-            if status == 401 and attempt == 0:
+            # only the registry's own challenge is answered: a host a redirect led to gets no credentials
+            if status == 401 and attempt == 0 and self._is_registry(url):
                 self._authenticate(resp_headers.get("WWW-Authenticate", ""), scope)
                 continue
             if status in (401, 403):
@@ -161,6 +183,9 @@ class RegistryClient:
                 raise RegistryError(_describe(method, url, status, data), status)
             return status, resp_headers, data
         raise RegistryError(_describe(method, url, status, data), status)
+
+    def _is_registry(self, url: str) -> bool:
+        return "://" not in url or urllib.parse.urlparse(url).netloc == self.host
 
     def _send(self, method, url, scope, body, headers, stream_to, size):
         import http.client  # here, not at import: most builds never talk to a registry
@@ -203,6 +228,10 @@ class RegistryClient:
     def _authenticate(self, challenge: str, scope: str) -> None:
         import http.client  # here, not at import: most builds never talk to a registry
         scheme, _, params = challenge.partition(" ")
+        if self.withheld:
+            raise RegistryAuthError(f"{self.host} requires a login, and the BUILD file names it over plain http "
+                                    "(oci+http://): hb does not send your login for it in clear; name it with "
+                                    "https", 401)
         if self.credentials is None and scheme.lower() == "basic":
             raise RegistryAuthError(f"{self.host} requires a login: " + (
                 "set HB_REGISTRY_USER/HB_REGISTRY_PASSWORD or log in with docker login" if self.environment_credentials
@@ -271,9 +300,14 @@ class RegistryClient:
 
     def blob_size(self, repo: str, digest: str) -> int | None:
         """Size of blob `digest` ("sha256:...") in repo, or None when absent."""
-        status, headers, _ = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=self._scope(repo, False),
-                                          expect=(200, 404))
-        return int(headers.get("Content-Length", 0)) if status == 200 else None
+        status, headers, _ = self._blob_request("HEAD", repo, digest, None, 0)
+        if status != 200:
+            return None
+        length = headers.get("Content-Length", "0")
+        if not re.fullmatch(r"[0-9]{1,19}", length.strip()):
+            raise RegistryError(f"HEAD /v2/{repo}/blobs/{digest}: {self.host} answered with the Content-Length "
+                                f"{length[:40]!r}, not a size", status)
+        return int(length)
 
     def get_blob(self, repo: str, digest: str, stream_to=None, *, size: int | None = None):
         """The blob (read whole: at most MAX_MANIFEST_BYTES, a JSON blob's size), or what
@@ -281,9 +315,36 @@ class RegistryClient:
         deadline (a stream of unknown size has the per-read timeout only)."""
         if stream_to is None and size is None:
             size = MAX_MANIFEST_BYTES
-        status, _, data = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=self._scope(repo, False),
-                                       stream_to=stream_to, expect=(200, 404), size=size)
+        status, _, data = self._blob_request("GET", repo, digest, stream_to, size)
         return data if status == 200 else None
+
+    def _blob_request(self, method: str, repo: str, digest: str, stream_to, size: int | None):
+        """A blob's GET or HEAD, following the registry's redirects to where the bytes are (a CDN, an
+        object store's signed URL). A redirect may only lead to the registry's own scheme (https, or
+        http for a plain-http registry: never down to http, never to file: or another scheme) and
+        carries no credentials: the Authorization header goes to the registry's host only (_send).
+        Whatever comes back is checked by the caller against the digest, as the registry's own answer is."""
+        url = f"/v2/{repo}/blobs/{digest}"
+        for _ in range(REDIRECTS + 1):
+            status, headers, data = self.request(method, url, scope=self._scope(repo, False), stream_to=stream_to,
+                                                 expect=(200, 404, *REDIRECT_STATUSES), size=size)
+            if status not in REDIRECT_STATUSES:
+                return status, headers, data
+            url = self._redirect_target(method, url, headers.get("Location"))
+        raise RegistryError(f"{method} /v2/{repo}/blobs/{digest}: {self.host} redirected it more than {REDIRECTS} "
+                            "times", status)
+
+    def _redirect_target(self, method: str, url: str, location: str | None) -> str:
+        """The absolute URL a redirect names, relative to `url`; RegistryError unless it is allowed."""
+        current = url if "://" in url else self.base + url
+        target = urllib.parse.urljoin(current, (location or "").strip())
+        parsed = urllib.parse.urlparse(target)
+        scheme = "https" if self.secure else "http"
+        if not location or parsed.scheme != scheme or not parsed.hostname or any(c in target for c in "\r\n\0 "):
+            raise RegistryError(f"{method} {current.split('?')[0]}: {self.host} redirected it to "
+                                f"{(location or '(no Location)')[:200]!r}; hb follows a registry's redirect only to "
+                                f"another {scheme} URL")
+        return target
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Cross-repository mount; False when the registry wants an upload instead."""

@@ -480,3 +480,108 @@ def test_a_registry_named_by_a_build_file_gets_no_password_from_the_environment(
     status, out, err, _, _ = build(ws, "//p:app", CREDENTIALS)
     assert status != 0 and "requires a login" in err, err
     assert not [r for r in registry.requests() if "Basic" in r], registry.requests()
+
+
+# ----- R: blobs redirected to where the bytes are (Docker Hub, ghcr.io, quay.io send a CDN's URL) ------------
+def _redirect_blobs(registry: HostileRegistry, cdn: HostileRegistry, status: int = 307,
+                    location=lambda cdn, digest: f"http://{cdn.host}/cdn/{digest}?X-Signature=abc") -> None:
+    """Move the registry's blobs to the CDN and answer each blob request with a redirect there."""
+    for path, route in list(registry.routes.items()):
+        if "/blobs/" in path:
+            digest = path.rsplit("/", 1)[1]
+            cdn.routes[f"/cdn/{digest}"] = route
+            registry.routes[path] = {"status": status, "headers": {"Location": location(cdn, digest)}}
+    registry.save()
+    cdn.save()
+
+
+@pytest.fixture
+def cdn(tmp_path):
+    server = HostileRegistry(tmp_path / "cdn")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+def test_a_blob_redirected_to_a_cdn_is_pulled_and_the_cdn_gets_no_credentials(tmp_path, registry, cdn, status):
+    """Public registries answer a blob GET with a redirect to a CDN or a signed object-store URL:
+    hb follows it, checks the bytes against the digest as usual, and sends the registry's login to
+    the registry only (the CDN's URL carries its own signature)."""
+    digest = _pull_image(registry)
+    registry.routes["!auth"] = 'Basic realm="r"'
+    _redirect_blobs(registry, cdn, status)
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps({"auths": {registry.host: {
+        "auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+    ws = _pull_workspace(tmp_path, f"{registry.host}/{REPO_NAME}@{digest}")
+    status_code, out, err, _, _ = build(ws, "//p:app", {"DOCKER_CONFIG": str(docker)})
+    assert status_code == 0, err
+    assert any(r.startswith("GET /cdn/sha256:") for r in cdn.requests()), cdn.requests()
+    assert all(r.endswith(" -") for r in cdn.requests()), cdn.requests()  # no Authorization header
+    assert any(r.endswith(BASIC) for r in registry.requests()), registry.requests()
+
+
+@pytest.mark.parametrize("where", ["https", "file", "relative-ok", "loop"])
+def test_a_redirect_elsewhere_than_the_registrys_scheme_is_refused_and_a_loop_ends(tmp_path, registry, cdn, where):
+    """A plain-http registry's redirect may lead to another http URL (or a path on itself); to
+    https://, file: (or for an https registry, to http:) it is refused, and a redirect loop ends."""
+    digest = _pull_image(registry)
+    if where == "relative-ok":  # a path on the registry itself, then a CDN: followed
+        for path, route in list(registry.routes.items()):
+            if "/blobs/" in path:
+                registry.routes[path.replace("/blobs/", "/moved/")] = route
+                registry.routes[path] = {"status": 307, "headers": {"Location": path.replace("/blobs/", "/moved/")}}
+        registry.save()
+    elif where == "loop":
+        for path in list(registry.routes):
+            if "/blobs/" in path:
+                registry.routes[path] = {"status": 302, "headers": {"Location": path}}
+        registry.save()
+    else:
+        target = {"https": lambda c, d: f"https://{c.host}/cdn/{d}", "file": lambda c, d: "file:///etc/passwd"}[where]
+        _redirect_blobs(registry, cdn, 307, target)
+    ws = _pull_workspace(tmp_path, f"{registry.host}/{REPO_NAME}@{digest}")
+    status, out, err, seconds, _ = build(ws, "//p:app")
+    if where == "relative-ok":
+        assert status == 0, err
+        return
+    assert status != 0, err
+    if where == "loop":
+        assert "redirected it more than 5 times" in err, err
+    else:
+        assert "hb follows a registry's redirect only to another http URL" in err, err
+        assert not [r for r in cdn.requests() if "/cdn/" in r], cdn.requests()
+    assert seconds < 60
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "1e9", "99999999999999999999999"])
+def test_a_blob_size_that_is_not_a_number_is_a_registry_error(registry, length):
+    """HEAD's Content-Length is what `hb push` and the oci:// cache compare with a blob's size."""
+    from hermetic_build.registry import RegistryClient, RegistryError
+
+    digest = "sha256:" + "a" * 64
+    registry.serve(f"/v2/{REPO_NAME}/blobs/{digest}", headers={"Content-Length": length})
+    with pytest.raises(RegistryError, match="not a size"):
+        RegistryClient(registry.host, secure=False).blob_size(REPO_NAME, digest)
+
+
+def test_a_login_is_never_sent_in_clear_to_a_network_host_a_build_file_names(tmp_path, monkeypatch):
+    """`oci_pull(image = "oci+http://registry.corp/...")`: your docker login for registry.corp stays
+    home (it would cross the network in clear); a loopback registry still gets it, and a host you name
+    yourself (hb push oci+http://...) too."""
+    from hermetic_build.registry import RegistryAuthError, RegistryClient
+
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    hosts = ("registry.corp:5000", "127.0.0.1:5000")
+    (docker / "config.json").write_text(json.dumps({"auths": {h: {"auth": base64.b64encode(b"alice:s3cret").decode()}
+                                                              for h in hosts}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    pulled = RegistryClient("registry.corp:5000", secure=False, environment_credentials=False)
+    assert pulled.credentials is None
+    with pytest.raises(RegistryAuthError, match="does not send your login for it in clear"):
+        pulled._authenticate('Basic realm="r"', "repository:x:pull")
+    assert RegistryClient("127.0.0.1:5000", secure=False, environment_credentials=False).credentials == ("alice", "s3cret")
+    assert RegistryClient("registry.corp:5000", secure=True, environment_credentials=False).credentials == ("alice", "s3cret")
+    assert RegistryClient("registry.corp:5000", secure=False).credentials == ("alice", "s3cret")
