@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import sys
 import time
 
@@ -263,11 +264,11 @@ class WheelWriter:
         self.real_dirs: set[str] = {self.out_real}  # directories known to be directories, not links
         self.pending: list = []  # (wheel filename, future), in the order submitted
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="wheel-writer")
-        # one open ZipFile per wheel, shared by the threads: its reads are serialised by its own
-        # lock, each member's decompression is not (a ZipFile per thread parsed each central
-        # directory once per thread)
-        self.zips: dict = {}
-        self.zips_lock = threading.Lock()
+        # one descriptor per wheel, shared by the threads: each member is read with pread (no
+        # seek, no lock) and inflated by zlib, both without the GIL; a ZipFile shared by the
+        # threads serialised every read behind its lock
+        self.fds: dict[str, int] = {}
+        self.fds_lock = threading.Lock()
 
     def claim(self, filename: str, target: str, path: str, scheme: str) -> str:
         """The path relative to the prefix where `target` may be written; StageError if not."""
@@ -344,19 +345,11 @@ class WheelWriter:
                                                          record, executable)))
 
     def _write_member(self, filename, archive, info, target, record, executable) -> None:
-        import zipfile
-
-        with self.zips_lock:
-            zf = self.zips.get(archive)
-            if zf is None:
-                zf = self.zips[archive] = zipfile.ZipFile(archive)
-
-        def chunks():
-            with zf.open(info) as stream:
-                while chunk := stream.read(1 << 20):
-                    yield chunk
-
-        digest, size = self.write(target, chunks(), executable)
+        with self.fds_lock:
+            fd = self.fds.get(archive)
+            if fd is None:
+                fd = self.fds[archive] = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
+        digest, size = self.write(target, member_chunks(fd, info, filename), executable)
         algorithm, _, expected = record[1].partition("=")
         if algorithm != "sha256" or digest != expected or (record[2] and int(record[2]) != size):
             raise StageError(f"wheel {filename}: {record[0]} does not match its RECORD hash / size")
@@ -376,9 +369,71 @@ class WheelWriter:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pending = []
-            for zf in self.zips.values():
-                zf.close()
-            self.zips = {}
+            for fd in self.fds.values():
+                os.close(fd)
+            self.fds = {}
+
+
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip entry's local header (zipfile's structFileHeader)
+_READ = 1 << 20
+_STORED, _DEFLATED = 0, 8
+
+
+def member_chunks(fd: int, info, filename: str):
+    """The bytes of the wheel member `info` (a ZipInfo of the central directory), read from fd with
+    pread and inflated with zlib, in pieces of at most 1 MiB; what zipfile's reader would give,
+    checked as it checks: the local header is there and names the member, no encryption, and the
+    data inflates to exactly the size the directory records (the caller checks the RECORD hash).
+    A method other than stored or deflate (bzip2, lzma: never seen in a wheel) goes through zipfile."""
+    import zlib
+
+    def refuse(why: str) -> StageError:
+        return StageError(f"wheel {filename}: member {info.filename!r} {why}")
+
+    offset = info.header_offset
+    header = os.pread(fd, _LOCAL_HEADER.size, offset)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise refuse("has no local header where the directory says")
+    fields = _LOCAL_HEADER.unpack(header)
+    flags, name_length, extra_length = fields[3], fields[10], fields[11]
+    name = os.pread(fd, name_length, offset + _LOCAL_HEADER.size)
+    if name.decode("utf-8" if flags & 0x800 else "cp437", "replace") != info.orig_filename:
+        raise refuse(f"is named {name!r} in its local header")
+    if flags & 0x1 or info.flag_bits & 0x1:
+        raise refuse("is encrypted")
+    if info.compress_type not in (_STORED, _DEFLATED):
+        yield from _zipfile_chunks(fd, info)
+        return
+    position = offset + _LOCAL_HEADER.size + name_length + extra_length
+    end = position + info.compress_size
+    inflater = zlib.decompressobj(-15) if info.compress_type == _DEFLATED else None
+    produced = 0
+    while position < end or (inflater is not None and inflater.unconsumed_tail):
+        if inflater is not None and inflater.unconsumed_tail:
+            data = inflater.decompress(inflater.unconsumed_tail, _READ)
+        else:
+            piece = os.pread(fd, min(_READ, end - position), position)
+            if not piece:
+                raise refuse("is cut short: the wheel ends inside it")
+            position += len(piece)
+            data = inflater.decompress(piece, _READ) if inflater is not None else piece
+        produced += len(data)
+        if produced > info.file_size:
+            raise refuse(f"holds more than the {info.file_size} bytes its directory entry records")
+        if data:
+            yield data
+    if inflater is not None and not inflater.eof:
+        raise refuse("is not a complete deflate stream")
+    if produced != info.file_size:
+        raise refuse(f"holds {produced} bytes, not the {info.file_size} its directory entry records")
+
+
+def _zipfile_chunks(fd: int, info):
+    import zipfile
+
+    with zipfile.ZipFile(os.fdopen(os.dup(fd), "rb")) as zf, zf.open(info) as stream:
+        while chunk := stream.read(_READ):
+            yield chunk
 
 
 class _Member:

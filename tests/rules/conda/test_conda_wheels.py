@@ -299,3 +299,99 @@ def test_the_worker_checks_every_archive_against_its_pin_in_order(tmp_path):
     checks[2]()  # md5 where the lock records nothing else (allow_md5)
     with pytest.raises(stage_worker.StageError, match="good.conda is not pinned by sha256"):
         checks[3]()
+
+
+def _members_read(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {info.filename: b"".join(stage_worker.member_chunks(fd, info, path.name)) for info in zf.infolist()}
+    finally:
+        os.close(fd)
+
+
+def test_member_chunks_reads_what_zipfile_reads_for_every_method_and_size(tmp_path):
+    """The writer's reader (pread + zlib, no ZipFile lock): the same bytes as zipfile for stored,
+    deflated (empty, small, several 1 MiB pieces, incompressible), bzip2 and lzma members (those
+    two through zipfile), and for a zip written as a stream (data descriptors)."""
+    contents = {"empty": b"", "small.py": b"x = 1\n", "text.txt": b"the quick brown fox " * 200_000,
+                "random.bin": os.urandom((2 << 20) + 123)}
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        path = tmp_path / f"m{method}.whl"
+        with zipfile.ZipFile(path, "w", method) as zf:
+            for name, data in contents.items():
+                zf.writestr(name, data)
+        assert _members_read(path) == contents, method
+    streamed = tmp_path / "streamed.whl"
+    with open(streamed, "wb") as raw:
+        class Unseekable:  # zipfile writes data descriptors when it cannot seek back
+            def write(self, b):
+                return raw.write(b)
+
+            def flush(self):
+                raw.flush()
+
+        with zipfile.ZipFile(Unseekable(), "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in contents.items():
+                with zf.open(name, "w") as member:
+                    member.write(data)
+    with zipfile.ZipFile(streamed) as zf:
+        assert all(info.flag_bits & 0x8 for info in zf.infolist())
+    assert _members_read(streamed) == contents
+
+
+def _patched(source, target, patch):
+    data = bytearray(source.read_bytes())
+    patch(data)
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_member_chunks_refuses_what_zipfile_would_not_read(tmp_path):
+    """A local header that names another file or is not there, data cut short, a deflate stream that
+    gives more or fewer bytes than the directory records, encryption: each a StageError naming the
+    wheel and the member, never bytes zipfile would not have given."""
+    source = tmp_path / "good.whl"
+    with zipfile.ZipFile(source, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("pkg/a.py", b"A = 1\n" * 1000)
+        zf.writestr("pkg/b.py", b"B = 2\n" * 1000)
+    with zipfile.ZipFile(source) as zf:
+        info = {i.filename: i for i in zf.infolist()}
+    b = info["pkg/b.py"]
+    name_at = b.header_offset + 30
+    central = source.read_bytes().rindex(b"PK\x01\x02")  # b's directory entry (the last one)
+
+    def field(data, at, value, size=4):
+        data[at:at + size] = value.to_bytes(size, "little")
+
+    def rename(data):
+        data[name_at:name_at + 8] = b"pkg/c.py"
+
+    def no_header(data):
+        data[b.header_offset:b.header_offset + 4] = b"XXXX"
+
+    cases = {
+        "renamed": (rename, "is named"),
+        "no header": (no_header, "no local header"),
+        "bigger": (lambda d: field(d, central + 24, b.file_size - 10), "holds more than"),  # its uncompressed size
+        "smaller": (lambda d: field(d, central + 24, b.file_size + 10), "not the"),
+        "encrypted": (lambda d: field(d, b.header_offset + 6, 0x1, 2), "encrypted"),  # the local flag bits
+    }
+    for case, (patch, message) in cases.items():
+        path = _patched(source, tmp_path / f"{case}.whl", patch)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                member = next(i for i in zf.infolist() if i.filename == "pkg/b.py")
+            with pytest.raises(stage_worker.StageError, match=message):
+                b"".join(stage_worker.member_chunks(fd, member, path.name))
+        finally:
+            os.close(fd)
+    cut = tmp_path / "cut.whl"
+    cut.write_bytes(source.read_bytes()[:b.header_offset + 30 + len("pkg/b.py") + 10])
+    fd = os.open(cut, os.O_RDONLY)
+    try:
+        with pytest.raises(stage_worker.StageError, match="cut short|not a complete"):
+            b"".join(stage_worker.member_chunks(fd, b, cut.name))
+    finally:
+        os.close(fd)
