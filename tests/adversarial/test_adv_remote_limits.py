@@ -245,3 +245,45 @@ def test_a_lock_url_that_is_not_a_regular_file_is_refused(tmp_path, kind):
            "not a package file" in err
     assert _bytes_under(ws.cache) < 1 << 20 and seconds < 30
     shutil.rmtree(ws.root / "hb-out", ignore_errors=True)
+
+
+PIXI_LOCK = """\
+version: 6
+environments:
+  default:
+    channels:
+    - url: https://conda.anaconda.org/conda-forge/
+    packages:
+      linux-64:
+      - conda: {url}
+packages:
+- conda: {url}
+  name: foo
+  version: '1'
+  build: '0'
+  subdir: linux-64
+  sha256: {sha256}
+  md5: {md5}
+  size: {size}
+"""
+
+
+def test_a_download_longer_than_the_size_a_pixi_lock_records_is_an_integrity_error(tmp_path):
+    """pixi.lock records each archive's size: a download that goes past it is the wrong content
+    (exit 6, as a hash mismatch), cut off at size + 1 bytes, and nothing is stored."""
+    import hashlib
+
+    archive = tmp_path / "channel" / "foo-1-0.conda"
+    archive.parent.mkdir()
+    archive.write_bytes(os.urandom(4 << 20))
+    body = archive.read_bytes()
+    ws = _ws(tmp_path / "ws", tmp_path / "cache")
+    ws.write("p/BUILD.hermetic", 'conda_env(name = "e", lock = "pixi.lock", platform = "linux-64", '
+                                 'prefix = "/opt/env")\n')
+    ws.write("p/pixi.lock", PIXI_LOCK.format(url=archive.as_uri(), sha256=hashlib.sha256(body).hexdigest(),
+                                             md5=hashlib.md5(body).hexdigest(), size=1000))
+    status, _, err, seconds, _ = run_measured(ws, "//p:e")
+    assert status == 6, err
+    assert f"foo-1-0.conda from {archive.as_uri()} is larger than the 1000 bytes the lock records" in err, err
+    assert "nothing was stored" in err
+    assert _bytes_under(ws.cache) < 1 << 20 and seconds < 30
