@@ -195,6 +195,8 @@ _ENTRY_KEYS = {"name", "version", "manager", "platform", "url", "category", "opt
 def _scalar(raw: str):
     """A block scalar as conda-lock's writer emits it: plain, or single/double quoted without escapes."""
     raw = raw.strip()
+    if raw in ("", "~", "null", "Null", "NULL"):
+        return None  # as YAML reads it (conda-lock writes `sha256: null` for a channel that has none)
     if len(raw) >= 2 and raw[0] == raw[-1] == "'" and "'" not in raw[1:-1]:
         return raw[1:-1]
     if len(raw) >= 2 and raw[0] == raw[-1] == '"' and '"' not in raw[1:-1] and "\\" not in raw:

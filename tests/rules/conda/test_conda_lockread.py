@@ -349,3 +349,11 @@ def test_pixi_sizes_bound_the_fetch():
     assert all(isinstance(size, int) and size > 0 for size in sized.values())
     unified = read_lock(LOCKS / "01-ai_Yi__conda-lock.yml")  # conda-lock records no sizes
     assert {e.package.size for e in unified.entries if hasattr(e.package, "md5")} == {None}
+
+
+def test_a_null_sha256_is_no_sha256():
+    """conda-lock writes `sha256: null` for a package whose channel has no sha256 (here a label of
+    conda-forge): the line reader read it as the string 'null' and refused the whole lock."""
+    lock = read_lock(LOCKS / "ESMValGroup_ESMValTool__conda-lock.yml")
+    entry = next(e for e in select(lock, "linux-64")[0] if e.package.name == "esmvalcore")
+    assert (entry.package.sha256, entry.package.md5, entry.line) == ("", "9043e4a88ceef4d2085dd2f4f6ed723d", 2825)
