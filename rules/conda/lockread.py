@@ -156,8 +156,18 @@ def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
         if isinstance(url, str) and url in lines:  # the n-th entry with this URL is at its n-th line
             nth = seen_urls[url] = seen_urls.get(url, -1) + 1
             line = lines[url][min(nth, len(lines[url]) - 1)]
+        if _is_virtual(item):
+            continue
         entries.append(_unified_entry(i, item, url, line))
     return AdoptedLock("conda-lock", metadata, _no_conflicting_duplicates(entries))
+
+
+def _is_virtual(item: dict) -> bool:
+    """A virtual package (`__osx`, `__glibc`) that conda-lock 1.x wrote into the lock, with a file://
+    URL of its solver's temporary directory and an empty md5: the system provides it, nothing is
+    installed; conda-lock install leaves it out too (filter_virtual_packages_inplace)."""
+    name = item.get("name")
+    return item.get("manager", "conda") == "conda" and isinstance(name, str) and name.startswith("__")
 
 
 def _unified_entry(i: int, item: dict, url, line) -> LockEntry:

@@ -24,6 +24,8 @@ def _unified(doc, platform):
         categories = set(p.get("categories") or ()) | ({p["category"]} if "category" in p else set())
         if p["platform"] != platform or "main" not in (categories or {"main"}):
             continue
+        if p.get("manager", "conda") == "conda" and p["name"].startswith("__"):
+            continue  # a virtual package conda-lock 1.x wrote: conda-lock install leaves it out
         (pip if p.get("manager", "conda") == "pip" else conda)[p["name"]] = p
     bad = sorted(f"pip package {n}" for n, p in pip.items()
                  if not p["url"].split("#")[0].endswith(".whl") or len((p.get("hash") or {}).get("sha256") or "") != 64)
@@ -357,3 +359,11 @@ def test_a_null_sha256_is_no_sha256():
     lock = read_lock(LOCKS / "ESMValGroup_ESMValTool__conda-lock.yml")
     entry = next(e for e in select(lock, "linux-64")[0] if e.package.name == "esmvalcore")
     assert (entry.package.sha256, entry.package.md5, entry.line) == ("", "9043e4a88ceef4d2085dd2f4f6ed723d", 2825)
+
+
+def test_a_virtual_package_conda_lock_wrote_is_not_installed():
+    """conda-lock 1.x wrote the solver's `__osx` into the lock (file:// URL of a temporary directory,
+    md5 ''): it used to refuse the lock for every platform; conda-lock install leaves it out, so does hb."""
+    lock = read_lock(LOCKS / "maresb_conda-lock__example_pangeo_conda-lock.yml")
+    assert not any(e.package.name.startswith("__") for e in lock.entries)
+    assert [len(select(lock, p)[0]) for p in ("linux-64", "osx-64", "win-64")] == [255, 249, 249]
