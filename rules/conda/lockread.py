@@ -63,6 +63,8 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
         return _read_explicit(text)
     if re.search(r"^environments:", text, re.MULTILINE) and re.search(r"^packages:", text, re.MULTILINE):
         return _read_pixi(path, text, environment)
+    if re.search(r"^version: [23][ \t]*$", text, re.MULTILINE) and re.search(r"^package:", text, re.MULTILINE):
+        return _read_pixi(path, text, environment)  # pixi.lock 2 and 3: conda-lock's layout, pixi's version
     return _read_unified(text)
 
 
@@ -474,7 +476,8 @@ def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
         raise LockReadError(f"it has no environment {environment!r}", 1,
                             hint=f"set conda_env(environment = ...) to one of {', '.join(sorted(environments))}")
     env = environments[environment]
-    listed = _pixi_listing_lines(text, environment)
+    listed = (_pixi_listing_lines(text, environment) if re.search(r"^environments:", text, re.MULTILINE)
+              else _pixi_entry_lines(text))
     entries, platforms = [], []
     for platform in env.platforms():
         subdir = str(platform)
@@ -545,6 +548,34 @@ def _pixi_listing_lines(text: str, environment: str) -> dict[tuple[str | None, s
             in_packages, platform = key == "packages", None
         elif indent == 6 and in_packages:
             platform = key
+    return found
+
+
+def _pixi_entry_lines(text: str) -> dict[tuple[str | None, str, str], int]:
+    """pixi.lock versions 1 to 3, in conda-lock's layout (one `- platform:` entry per package and
+    platform; version 3 calls pip `pypi`): {(platform, "conda" | "pypi", url): the line of its url}."""
+    found: dict[tuple[str | None, str, str], int] = {}
+    entry: dict[str, str] = {}
+
+    def done() -> None:
+        if "url" in entry:
+            kind = "pypi" if entry.get("manager") in ("pip", "pypi") else "conda"
+            found.setdefault((entry.get("platform"), kind, entry["url"]), int(entry["line"]))
+        entry.clear()
+
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.startswith(("- ", "  ")) or line.startswith("- "):
+            done()  # a new entry, or a top-level key
+        body = line[2:]
+        if not line.startswith(("- ", "  ")) or body.startswith((" ", "-")):
+            continue
+        key, _, value = body.partition(":")
+        value = value.strip().strip("'\"")
+        if key in ("platform", "manager"):
+            entry[key] = value
+        elif key == "url":
+            entry.update(url=value, line=str(number))
+    done()
     return found
 
 

@@ -26,7 +26,7 @@ def _unified(doc, platform):
             continue
         if p.get("manager", "conda") == "conda" and p["name"].startswith("__"):
             continue  # a virtual package conda-lock 1.x wrote: conda-lock install leaves it out
-        (pip if p.get("manager", "conda") == "pip" else conda)[p["name"]] = p
+        (pip if p.get("manager", "conda") in ("pip", "pypi") else conda)[p["name"]] = p  # pixi.lock 3: pypi
     bad = sorted(f"pip package {n}" for n, p in pip.items()
                  if not p["url"].split("#")[0].endswith(".whl") or len((p.get("hash") or {}).get("sha256") or "") != 64)
     return len(conda), len(pip), bad
@@ -367,3 +367,23 @@ def test_a_virtual_package_conda_lock_wrote_is_not_installed():
     lock = read_lock(LOCKS / "maresb_conda-lock__example_pangeo_conda-lock.yml")
     assert not any(e.package.name.startswith("__") for e in lock.entries)
     assert [len(select(lock, p)[0]) for p in ("linux-64", "osx-64", "win-64")] == [255, 249, 249]
+
+
+def test_pixi_lock_versions_2_and_3_are_read_with_their_lines():
+    """pixi.lock 2 and 3 have conda-lock's layout (`- platform:` entries) and their own version: they
+    were refused as 'conda-lock format version 2 is not supported'; rattler reads them, and each entry
+    keeps the line of its url for its own platform."""
+    path = LOCKS / "183amir_pixi__flask-hello-world_v2-pixi.lock"
+    lock = read_lock(path)
+    assert lock.kind == "pixi"
+    lines = path.read_text().splitlines()
+    conda, _ = select(lock, "osx-arm64")
+    assert len(conda) == 23
+    for entry in conda:
+        assert lines[entry.line - 1] == f"  url: {entry.package.url}"
+        start = max(i for i in range(entry.line) if lines[i].startswith("- "))  # the entry's first line
+        assert lines[start] == "- platform: osx-arm64"
+    v3 = read_lock(LOCKS / "183amir_pixi__pypi_v3-pixi.lock")  # version 3 writes `manager: pypi`
+    with pytest.raises(LockReadError, match="pip package pyliblzfse is a source distribution") as caught:
+        select(v3, "osx-64")
+    assert caught.value.line == 4789
