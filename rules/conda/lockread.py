@@ -63,7 +63,7 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
         return _read_explicit(text)
     if re.search(r"^environments:", text, re.MULTILINE) and re.search(r"^packages:", text, re.MULTILINE):
         return _read_pixi(path, text, environment)
-    if re.search(r"^version: [23][ \t]*$", text, re.MULTILINE) and re.search(r"^package:", text, re.MULTILINE):
+    if re.search(r"^version: [23][ \t\r]*$", text, re.MULTILINE) and re.search(r"^package:", text, re.MULTILINE):
         return _read_pixi(path, text, environment)  # pixi.lock 2 and 3: conda-lock's layout, pixi's version
     return _read_unified(text)
 

@@ -369,7 +369,7 @@ def test_a_virtual_package_conda_lock_wrote_is_not_installed():
     assert [len(select(lock, p)[0]) for p in ("linux-64", "osx-64", "win-64")] == [255, 249, 249]
 
 
-def test_pixi_lock_versions_2_and_3_are_read_with_their_lines():
+def test_pixi_lock_versions_2_and_3_are_read_with_their_lines(tmp_path):
     """pixi.lock 2 and 3 have conda-lock's layout (`- platform:` entries) and their own version: they
     were refused as 'conda-lock format version 2 is not supported'; rattler reads them, and each entry
     keeps the line of its url for its own platform."""
@@ -383,6 +383,9 @@ def test_pixi_lock_versions_2_and_3_are_read_with_their_lines():
         assert lines[entry.line - 1] == f"  url: {entry.package.url}"
         start = max(i for i in range(entry.line) if lines[i].startswith("- "))  # the entry's first line
         assert lines[start] == "- platform: osx-arm64"
+    crlf = tmp_path / "pixi.lock"  # as a Windows checkout may have it
+    crlf.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert [e.line for e in select(read_lock(crlf), "osx-arm64")[0]] == [e.line for e in conda]
     v3 = read_lock(LOCKS / "183amir_pixi__pypi_v3-pixi.lock")  # version 3 writes `manager: pypi`
     with pytest.raises(LockReadError, match="pip package pyliblzfse is a source distribution") as caught:
         select(v3, "osx-64")
