@@ -63,8 +63,11 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
         return _read_explicit(text)
     if re.search(r"^environments:", text, re.MULTILINE) and re.search(r"^packages:", text, re.MULTILINE):
         return _read_pixi(path, text, environment)
-    if re.search(r"^version: [23][ \t\r]*$", text, re.MULTILINE) and re.search(r"^package:", text, re.MULTILINE):
-        return _read_pixi(path, text, environment)  # pixi.lock 2 and 3: conda-lock's layout, pixi's version
+    if (re.search(r"^version: [23][ \t\r]*$", text, re.MULTILINE) and re.search(r"^package:", text, re.MULTILINE)
+            and not re.search(r"^  categories:", text, re.MULTILINE)):
+        # pixi.lock 2 and 3: conda-lock's version 1 layout (`category:`), pixi's version; conda-lock's
+        # own version 2 (`categories:` lists) is conda-lock's
+        return _read_pixi(path, text, environment)
     return _read_unified(text)
 
 
@@ -144,8 +147,8 @@ def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
         raise LockReadError("not a conda-lock file (no 'package' list)", 1,
                             hint="hb reads conda-lock.yml, explicit @EXPLICIT locks and pixi.lock")
     version = doc.get("version", 1)
-    if version != 1:
-        raise LockReadError(f"conda-lock format version {version!r} is not supported (hb reads version 1)", 1)
+    if version not in (1, 2):  # conda-lock's parser reads both: 2 lists an entry's categories
+        raise LockReadError(f"conda-lock format version {version!r} is not supported (hb reads versions 1 and 2)", 1)
     metadata = _metadata(doc.get("metadata") or {}, text)
     lines = _url_lines(text)
     seen_urls: dict[str, int] = {}

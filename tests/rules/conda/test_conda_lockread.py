@@ -390,3 +390,16 @@ def test_pixi_lock_versions_2_and_3_are_read_with_their_lines(tmp_path):
     with pytest.raises(LockReadError, match="pip package pyliblzfse is a source distribution") as caught:
         select(v3, "osx-64")
     assert caught.value.line == 4789
+
+
+def test_conda_lock_format_version_2_is_conda_lock_not_pixi(tmp_path):
+    """conda-lock's parser reads version 2 (its v2prelim model: one entry per package, a `categories`
+    list); pixi.lock 2 and 3 have `category:`. A version 2 file with `categories:` stays conda-lock's,
+    and its categories are honoured (read as pixi, every category would be installed)."""
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(OLD_WRITER.replace("version: 1\n", "version: 2\n").replace("  category: dev\n", "  categories: [dev]\n")
+                    .replace("  category: extra\n", "  categories: [extra]\n"))
+    lock = read_lock(path)
+    assert lock.kind == "conda-lock"
+    conda, wheels = select(lock, "linux-64")
+    assert ([e.package.name for e in conda], [e.package.name for e in wheels]) == (["zlib"], ["six"])
