@@ -73,12 +73,24 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
 
 # ----- conda-lock unified --------------------------------------------------------------------------
 def _url_lines(text: str) -> dict[str, list[int]]:
-    """Each URL -> the lines that name it, in order: the n-th entry with a URL is at its n-th line."""
+    """Each URL -> the lines of the `package` entries' own `url:` keys that name it, in order: the n-th
+    entry with a URL is at its n-th line. A pip entry's `source: {url: ..}` (the same URL, one level
+    deeper) is not counted: counted, it made every later entry of that URL take the line before its own."""
     lines: dict[str, list[int]] = {}
+    in_package, entry_indent = False, None  # an entry's keys are two columns past the `- ` that starts it
     for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip().removeprefix("- ")
-        if stripped.startswith("url: "):
-            lines.setdefault(stripped[5:].strip().strip("'\""), []).append(number)
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        if indent == 0 and body.strip() and not body.startswith(("-", "#")):
+            in_package = body.startswith("package:")
+            continue
+        if not in_package:
+            continue
+        if body.startswith("- "):
+            body, indent = body[2:], indent + 2
+            entry_indent = indent if entry_indent is None else entry_indent
+        if indent == entry_indent and body.startswith("url: "):
+            lines.setdefault(body[5:].strip().strip("'\""), []).append(number)
     return lines
 
 

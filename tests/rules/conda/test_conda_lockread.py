@@ -28,8 +28,13 @@ def _unified(doc, platform):
             continue  # a virtual package conda-lock 1.x wrote: conda-lock install leaves it out
         (pip if p.get("manager", "conda") in ("pip", "pypi") else conda)[p["name"]] = p  # pixi.lock 3: pypi
     bad = sorted(f"pip package {n}" for n, p in pip.items()
-                 if not p["url"].split("#")[0].endswith(".whl") or len((p.get("hash") or {}).get("sha256") or "") != 64)
+                 if not p["url"].split("#")[0].endswith(".whl") or len(_sha256(p.get("hash")) or "") != 64)
     return len(conda), len(pip), bad
+
+
+def _sha256(value):
+    """`hash: {sha256: ..}`, or an older writer's one string `sha256:<hex>` (`''`: none)."""
+    return value.get("sha256") if isinstance(value, dict) else (value or "").removeprefix("sha256:")
 
 
 def _pixi(doc, platform):
@@ -403,3 +408,16 @@ def test_conda_lock_format_version_2_is_conda_lock_not_pixi(tmp_path):
     assert lock.kind == "conda-lock"
     conda, wheels = select(lock, "linux-64")
     assert ([e.package.name for e in conda], [e.package.name for e in wheels]) == (["zlib"], ["six"])
+
+
+def test_a_pip_entrys_source_url_does_not_shift_the_lines_of_later_entries():
+    """conda-lock writes a pip entry from a URL with `source: {type: url, url: <its url>}`: that nested
+    line was counted as an entry's line, so the linux-64 refusal named the source line and the osx-64
+    one named the linux-64 entry (a line of another platform)."""
+    path = LOCKS / "icecube_toise__conda-lock.yml"
+    lock, lines = read_lock(path), path.read_text().splitlines()
+    for platform, line in (("linux-64", 5048), ("osx-64", 5060), ("osx-arm64", 5072)):
+        with pytest.raises(LockReadError, match="pip package pydashi is not pinned") as caught:
+            select(lock, platform)
+        assert caught.value.line == line and lines[line - 1].startswith("  url: ")
+        assert f"  platform: {platform}" in lines[line - 5:line]
