@@ -567,7 +567,7 @@ def _pixi_listing_lines(text: str, environment: str) -> dict[tuple[str | None, s
 
 
 def _pixi_entry_lines(text: str) -> dict[tuple[str | None, str, str], int]:
-    """pixi.lock versions 1 to 3, in conda-lock's layout (one `- platform:` entry per package and
+    """pixi.lock versions 2 and 3, in conda-lock's layout (one `- platform:` entry per package and
     platform; version 3 calls pip `pypi`): {(platform, "conda" | "pypi", url): the line of its url}."""
     found: dict[tuple[str | None, str, str], int] = {}
     entry: dict[str, str] = {}
