@@ -59,8 +59,6 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
     data = path.read_bytes()
     text = data.decode("utf-8", errors="replace")
     head = text[:4096]
-    if "@EXPLICIT" in text and not re.search(r"^package:", head, re.MULTILINE):
-        return _read_explicit(text)
     if re.search(r"^environments:", text, re.MULTILINE) and re.search(r"^packages:", text, re.MULTILINE):
         return _read_pixi(path, text, environment)
     if (re.search(r"^version: [23][ \t\r]*$", text, re.MULTILINE) and re.search(r"^package:", text, re.MULTILINE)
@@ -68,7 +66,12 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
         # pixi.lock 2 and 3: conda-lock's version 1 layout (`category:`), pixi's version; conda-lock's
         # own version 2 (`categories:` lists) is conda-lock's
         return _read_pixi(path, text, environment)
-    return _read_unified(text)
+    explicit = "@EXPLICIT" in text and not re.search(r"^package:", head, re.MULTILINE)
+    if environment != "default":  # else silently ignored: the one environment would be built instead
+        raise LockReadError(f"environment = {environment!r}, but this is {'an explicit' if explicit else 'a conda-lock'} "
+                            "lock file, which holds one environment", 1,
+                            hint="leave environment out: only a pixi.lock (version 4 or later, or 2 and 3) has several")
+    return _read_explicit(text) if explicit else _read_unified(text)
 
 
 # ----- conda-lock unified --------------------------------------------------------------------------
@@ -442,6 +445,12 @@ def _read_explicit(text: str) -> AdoptedLock:
             elif _PIP_LINE.match(line):
                 match = _PIP_LINE.match(line)
                 entries.append((number, "pip", match["name"], match["url"]))
+            elif body.lower().startswith("no url for:"):  # conda's export of a package of no channel
+                raise LockReadError(f"{body[11:].strip()[:120] or 'a package'}: the lock has no URL for it (a "
+                                    "'# no URL for:' line), so it cannot be fetched; installing the rest would "
+                                    "leave it out", number,
+                                    hint="build the package into a channel (conda_channel) and export again, or "
+                                         "remove it from the environment")
             continue
         if line == "@EXPLICIT":
             explicit = True
@@ -466,7 +475,9 @@ def _read_explicit(text: str) -> AdoptedLock:
         if sha256 and not HEX64.fullmatch(sha256):
             raise LockReadError(f"{filename}: the fragment #{fragment} is neither an md5 nor a sha256", number)
         if not md5 and not sha256:
-            raise LockReadError(f"{filename} is not pinned (no #<md5> or #sha256:<hex> fragment)", number)
+            raise LockReadError(f"{filename} is not pinned (no #<md5> or #sha256:<hex> fragment)", number,
+                                hint="export with hashes (`conda list --explicit --md5`, then allow_md5 = True), "
+                                     "or lock with conda-lock, whose conda-lock.yml pins sha256")
         stem = filename.removesuffix(".conda").removesuffix(".tar.bz2")
         parts = stem.rsplit("-", 2)
         if len(parts) != 3 or stem == filename:

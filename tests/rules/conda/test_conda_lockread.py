@@ -421,3 +421,30 @@ def test_a_pip_entrys_source_url_does_not_shift_the_lines_of_later_entries():
             select(lock, platform)
         assert caught.value.line == line and lines[line - 1].startswith("  url: ")
         assert f"  platform: {platform}" in lines[line - 5:line]
+
+
+def test_an_explicit_lock_that_leaves_a_package_without_a_url_or_a_hash_is_refused_at_its_line(tmp_path):
+    """conda's export writes `# no URL for: <file>` for a package of no channel: skipping the comment
+    installed the environment without it. An unhashed URL gets the way to export with hashes."""
+    path = tmp_path / "conda-linux-64.lock"
+    path.write_text("# platform: linux-64\n@EXPLICIT\n# no URL for: mylib-1.0-0.conda\n"
+                    f"https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3.1-hb9d3cd8_2.conda#{'b' * 64}\n")
+    with pytest.raises(LockReadError) as caught:
+        read_lock(path)
+    assert caught.value.line == 3
+    assert caught.value.message.startswith("mylib-1.0-0.conda: the lock has no URL for it")
+    path.write_text("# platform: linux-64\n@EXPLICIT\n"
+                    "https://conda.anaconda.org/conda-forge/linux-64/zlib-1.3.1-hb9d3cd8_2.conda\n")
+    with pytest.raises(LockReadError, match="is not pinned") as caught:
+        read_lock(path)
+    assert caught.value.line == 3 and "conda list --explicit --md5" in caught.value.hint
+
+
+@pytest.mark.parametrize("name", ["CryoInTheCloud_hub-image__conda-linux-64.lock", "01-ai_Yi__conda-lock.yml"])
+def test_an_environment_other_than_default_is_refused_for_a_lock_of_one_environment(name):
+    """environment = ... names one of a pixi.lock's environments; for a conda-lock or explicit file it
+    was ignored, and the file's one environment was built instead of the one asked for."""
+    assert read_lock(LOCKS / name).entries
+    with pytest.raises(LockReadError, match="which holds one environment") as caught:
+        read_lock(LOCKS / name, environment="cuda")
+    assert caught.value.line == 1 and "leave environment out" in caught.value.hint
