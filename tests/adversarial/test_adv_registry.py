@@ -184,23 +184,29 @@ def test_an_honest_registry_verifies(registry, key):
 
 
 # ----- R1: a referrers list of thousands of signed artifacts --------------------------------------------------
-def test_thousands_of_referrers_are_read_one_at_a_time_and_at_most_a_bound(registry, key):
-    """Each artifact's envelope (an unsigned 12 MiB blob) used to be kept until all were read: 100 of
-    them took 2.4 GB of hb's memory, 1000 more than this machine has; now a list longer than
-    MAX_ARTIFACTS is refused before any is read, and those read are verified one at a time."""
-    private, public = key
-    subject = _image(registry)
+def _unsigned_artifacts(registry: HostileRegistry, subject: str, count: int) -> list[dict]:
+    """`count` artifacts of `subject` (not yet in the referrers list), each naming one unsigned 12 MiB
+    envelope (stored once): their descriptors."""
     junk = canonical({"payloadType": DSSE_PAYLOAD_TYPE, "payload": base64.b64encode(os.urandom(9 << 20)).decode(),
                       "signatures": []})
     entries = []
-    for i in range(1000):
+    for i in range(count):
         manifest = artifact_manifest({"mediaType": OCI_MANIFEST, "digest": subject, "size": i}, DSSE_TYPE,
                                      [("provenance.dsse.json", junk, DSSE_TYPE)])
         entry = descriptor(OCI_MANIFEST, manifest, artifactType=DSSE_TYPE)
         registry.manifest(entry["digest"], manifest, save=False)
         entries.append(entry)
     registry.blob(junk, save=False)
-    registry.referrers(subject, entries)
+    return entries
+
+
+def test_thousands_of_referrers_are_read_one_at_a_time_and_at_most_a_bound(registry, key):
+    """Each artifact's envelope (an unsigned 12 MiB blob) used to be kept until all were read: 100 of
+    them took 2.4 GB of hb's memory, 1000 more than this machine has; now a list longer than
+    MAX_ARTIFACTS is refused before any is read, and those read are verified one at a time."""
+    private, public = key
+    subject = _image(registry)
+    registry.referrers(subject, _unsigned_artifacts(registry, subject, 1000))
     status, out, err, seconds, rss = verify(registry, public)
     assert status == 2, err
     assert "lists 1000 artifacts of type" in err and "hb reads at most 64" in err, err
@@ -211,16 +217,7 @@ def test_many_unsigned_envelopes_are_verified_one_at_a_time(registry, key):
     """At most MAX_ARTIFACTS, each 12 MiB: memory is that of one envelope, not of all of them."""
     private, public = key
     subject = _image(registry)
-    junk = canonical({"payloadType": DSSE_PAYLOAD_TYPE, "payload": base64.b64encode(os.urandom(9 << 20)).decode(),
-                      "signatures": []})
-    entries = []
-    for i in range(64):
-        manifest = artifact_manifest({"mediaType": OCI_MANIFEST, "digest": subject, "size": i}, DSSE_TYPE,
-                                     [("provenance.dsse.json", junk, DSSE_TYPE)])
-        entry = descriptor(OCI_MANIFEST, manifest, artifactType=DSSE_TYPE)
-        registry.manifest(entry["digest"], manifest, save=False)
-        entries.append(entry)
-    registry.blob(junk, save=False)
+    entries = _unsigned_artifacts(registry, subject, 64)
     entries.append(_artifact(registry, subject, _envelope(private, _statement(subject)), save=False))
     registry.referrers(subject, entries[-64:])  # the signed one last
     status, out, err, seconds, rss = verify(registry, public)
