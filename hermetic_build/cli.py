@@ -388,7 +388,6 @@ def _layout_envelopes(layout: Path) -> tuple[list[bytes], str]:
 
 def _registry_envelopes(reference: str, cafile, plain_http) -> tuple[Iterator[bytes], str]:
     import hashlib
-    import os
 
     from .referrers import DSSE_TYPE, registry_artifacts
     from .registry import RegistryClient, RegistryError, RegistryRef

@@ -185,6 +185,8 @@ class RegistryClient:
         raise RegistryError(_describe(method, url, status, data), status)
 
     def _is_registry(self, url: str) -> bool:
+        """Whether `url` (a path, or an absolute URL a redirect or an upload's Location gave) is on the
+        registry's own host: the only one that gets its credentials, or has its 401 answered."""
         return "://" not in url or urllib.parse.urlparse(url).netloc == self.host
 
     def _send(self, method, url, scope, body, headers, stream_to, size):
@@ -194,7 +196,7 @@ class RegistryClient:
         host = parsed.netloc
         path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
         headers = dict(headers or {})
-        if scope in self._tokens and host == self.host:
+        if scope in self._tokens and self._is_registry(url):  # never to a host a redirect leads to
             headers["Authorization"] = self._tokens[scope]
         for attempt in range(2):
             conn = self._conn(host)
