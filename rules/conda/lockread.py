@@ -7,13 +7,16 @@
 - pixi.lock, through py-rattler's `LockFile`, one environment of it.
 
 Lock files are untrusted: every URL must be http(s) or file, every file name one path component,
-every digest hex of the right length. An error names the user's file and line, in a line or two."""
+every digest hex of the right length. An error names the user's file and line, in a line or two.
+An entry that cannot be used is an error of its platform only: it is raised when that platform is
+selected (a malformed osx-arm64 entry does not stop a linux-64 build); what leaves the whole file
+unreadable (its YAML, its metadata, an entry without a name or platform) is an error at once."""
 
 from __future__ import annotations
 
 import pathlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .lockfile import LockedPackage, LockedWheel, url_filename
 
@@ -75,10 +78,11 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
 
 
 # ----- conda-lock unified --------------------------------------------------------------------------
-def _url_lines(text: str) -> dict[str, list[int]]:
+def _url_lines(text: str, starts: list[int] | None = None) -> dict[str, list[int]]:
     """Each URL -> the lines of the `package` entries' own `url:` keys that name it, in order: the n-th
     entry with a URL is at its n-th line. A pip entry's `source: {url: ..}` (the same URL, one level
-    deeper) is not counted: counted, it made every later entry of that URL take the line before its own."""
+    deeper) is not counted: counted, it made every later entry of that URL take the line before its own.
+    starts: if given, gets the line of each entry's `- ` (the line of an entry without a url)."""
     lines: dict[str, list[int]] = {}
     in_package, entry_indent = False, None  # an entry's keys are two columns past the `- ` that starts it
     for number, line in enumerate(text.splitlines(), 1):
@@ -92,6 +96,8 @@ def _url_lines(text: str) -> dict[str, list[int]]:
         if body.startswith("- "):
             body, indent = body[2:], indent + 2
             entry_indent = indent if entry_indent is None else entry_indent
+            if starts is not None and indent == entry_indent:
+                starts.append(number)
         if indent == entry_indent and body.startswith("url: "):
             lines.setdefault(body[5:].strip().strip("'\""), []).append(number)
     return lines
@@ -165,14 +171,17 @@ def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
     if version not in (1, 2):  # conda-lock's parser reads both: 2 lists an entry's categories
         raise LockReadError(f"conda-lock format version {version!r} is not supported (hb reads versions 1 and 2)", 1)
     metadata = _metadata(doc.get("metadata") or {}, text)
-    lines = _url_lines(text)
+    starts: list[int] = []
+    lines = _url_lines(text, starts)
+    if len(starts) != len(doc["package"]):  # not one `- ` line per entry (flow style): no lines from it
+        starts = []
     seen_urls: dict[str, int] = {}
     entries = []
     for i, item in enumerate(doc["package"]):
+        line = starts[i] if starts else None
         if not isinstance(item, dict):
-            raise LockReadError(f"package entry {i + 1} is not a mapping", None)
+            raise LockReadError(f"package entry {i + 1} is not a mapping", line)
         url = item.get("url")
-        line = None
         if isinstance(url, str) and url in lines:  # the n-th entry with this URL is at its n-th line
             nth = seen_urls[url] = seen_urls.get(url, -1) + 1
             line = lines[url][min(nth, len(lines[url]) - 1)]
@@ -197,9 +206,19 @@ def _unified_entry(i: int, item: dict, url, line) -> LockEntry:
     platform = item.get("platform")
     if not isinstance(platform, str):
         raise LockReadError(f"{name} has no platform", line)
+    categories = _categories(item, name, line)
+    try:
+        return _platform_entry(name, platform, categories, item, url, line)
+    except LockReadError as exc:  # raised only if its platform is built (select): one bad entry of
+        # osx-arm64 does not stop a linux-64 build of the same lock
+        placeholder = LockedPackage(name=name, version="", build="", url=url if isinstance(url, str) else "",
+                                    sha256="", md5=None, platform=platform)
+        return LockEntry(placeholder, categories, line, exc)
+
+
+def _platform_entry(name: str, platform: str, categories: frozenset[str], item: dict, url, line) -> LockEntry:
     if not isinstance(url, str) or not url:
         raise LockReadError(f"{name} ({platform}) has no url: hb fetches every package from its locked URL", line)
-    categories = _categories(item, name, line)
     manager, version, build = item.get("manager", "conda"), item.get("version", ""), item.get("build")
     if not isinstance(version, (str, int, float)) or isinstance(version, bool):
         raise LockReadError(f"{name}: version must be a string, not {version!r:.60}", line)
@@ -370,18 +389,23 @@ def _build_of(url: str) -> str:
 def _no_conflicting_duplicates(entries: list[LockEntry]) -> tuple[LockEntry, ...]:
     """One package name per platform and manager: an entry listed again for another category (older
     conda-lock writers did) must pin the same file; a second, different pin is an error at its line
-    naming the first one's (silently taking either would stage a package the lock does not mean)."""
+    naming the first one's (silently taking either would stage a package the lock does not mean),
+    raised when that platform is selected with either entry's categories."""
     first: dict[tuple[str, str, str], LockEntry] = {}
+    kept = []
     for entry in entries:
         p = entry.package
         manager = "pip" if isinstance(p, LockedWheel) else "conda"
         earlier = first.setdefault((p.platform, manager, p.name), entry)
-        if earlier is not entry and _pin(earlier.package) != _pin(p):
+        if earlier is not entry and earlier.error is None and entry.error is None and _pin(earlier.package) != _pin(p):
             where = f"line {earlier.line}" if earlier.line is not None else "an earlier entry"
-            raise LockReadError(f"{manager} package {p.name} is locked twice for {p.platform}: {where} pins "
-                                f"{earlier.package.url}, this entry pins {p.url}", entry.line,
-                                hint="keep one entry per package and platform (re-lock to be sure)")
-    return tuple(entries)
+            error = LockReadError(f"{manager} package {p.name} is locked twice for {p.platform}: {where} pins "
+                                  f"{earlier.package.url}, this entry pins {p.url}", entry.line,
+                                  hint="keep one entry per package and platform (re-lock to be sure)")
+            # an error of that platform only, whichever of the two entries' categories is built
+            entry = replace(entry, categories=entry.categories | earlier.categories, error=error)
+        kept.append(entry)
+    return tuple(kept)
 
 
 def _pin(package) -> tuple:

@@ -289,7 +289,7 @@ def test_explicit_lock_refuses_a_second_pin_of_one_package_and_a_file_that_is_no
     path = tmp_path / "conda-linux-64.lock"
     path.write_text(EXPLICIT)
     with pytest.raises(LockReadError) as caught:
-        read_lock(path)
+        select(read_lock(path), "linux-64")  # an error of the platform that has both pins
     assert caught.value.line == 4
     assert caught.value.message == (
         "conda package zlib is locked twice for linux-64: line 3 pins https://conda.anaconda.org/conda-forge/linux-64/"
@@ -448,3 +448,44 @@ def test_an_environment_other_than_default_is_refused_for_a_lock_of_one_environm
     with pytest.raises(LockReadError, match="which holds one environment") as caught:
         read_lock(LOCKS / name, environment="cuda")
     assert caught.value.line == 1 and "leave environment out" in caught.value.hint
+
+
+OSX_ENTRY = """\
+- name: zlib
+  version: 1.2.13
+  manager: conda
+  platform: osx-arm64
+  dependencies: {}
+  url: https://conda.anaconda.org/conda-forge/osx-arm64/zlib-1.2.13-h53f4e23_5.conda
+  hash: {md5: 1a47f5236db2e06a320ffa0392f81bd8, sha256: ab6d1e0fd8cd3d8e9f2a4d8d7c5f9a3b1e2c4d6f8a0b2c4d6e8f0a2b4c6d8e0f}
+"""
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda e: e.replace("hash: {md5: 1a47f5236db2e06a320ffa0392f81bd8, sha256: ab6d", "hash: {md5: 1a47f5236db2e06a320ffa0392f81bd8, sha256: zz6d"),
+     "is not 64 hex digits"),
+    (lambda e: e.replace("  url: https://conda.anaconda.org/conda-forge/osx-arm64/zlib-1.2.13-h53f4e23_5.conda\n", ""),
+     "zlib (osx-arm64) has no url"),
+    (lambda e: e.replace("url: https://", "url: ftp://"), "is not http(s) or file"),
+    (lambda e: e.replace("manager: conda", "manager: npm"), "unknown manager 'npm'"),
+    (lambda e: e.replace("version: 1.2.13", "version: 1.3.0"), "the entry does not describe the package it pins"),
+    # a second, different pin of the same package and platform (the first entry is the good one)
+    (lambda e: e + e.replace("h53f4e23_5", "h53f4e23_6"), "conda package zlib is locked twice for osx-arm64"),
+])
+def test_a_malformed_entry_is_an_error_of_its_own_platform_only(tmp_path, edit, message):
+    """Real lock files list several platforms; one broken osx-arm64 entry used to refuse the whole
+    file, so a linux-64 build of it failed too. It is now raised only where osx-arm64 is built."""
+    path = tmp_path / "conda-lock.yml"
+    good = OLD_WRITER.replace("platforms: [linux-64]", "platforms: [linux-64, osx-arm64]")
+    path.write_text(good + OSX_ENTRY)
+    assert [e.package.name for e in select(read_lock(path), "osx-arm64")[0]] == ["zlib"]  # the fixture is valid
+    path.write_text(good + edit(OSX_ENTRY))
+    lock = read_lock(path)
+    conda, wheels = select(lock, "linux-64", ("main", "dev"))
+    assert [e.package.name for e in conda] == ["pytest", "zlib"] and [e.package.name for e in wheels] == ["six"]
+    assert all(e.package.platform == "linux-64" for e in conda)
+    with pytest.raises(LockReadError) as caught:
+        select(lock, "osx-arm64")
+    assert message in caught.value.message
+    start = good.count("\n") + 1  # the osx-arm64 entry's first line
+    assert start <= caught.value.line <= start + 2 * OSX_ENTRY.count("\n")
