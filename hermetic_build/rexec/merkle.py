@@ -32,13 +32,18 @@ class RemoteTreeError(ValueError):
 
 
 def sha256_of_blob(store, digest: Digest, memo: dict) -> str:
-    """The SHA-256 of a blob of the local store (memo: BLAKE3 hex -> SHA-256 hex)."""
+    """The SHA-256 of a blob of the local store (memo: BLAKE3 hex -> SHA-256 hex); MissingBlob if the
+    blob is no longer what its BLAKE3 says (never sent to the engine as an input)."""
     sha = memo.get(digest.hash)
     if sha is None:
         left_remote = getattr(store, "remote_sha256", None)  # an output left on the engine: known, not read
         sha = left_remote(digest) if left_remote is not None else None
         if sha is not None:
             memo[digest.hash] = sha
+            return sha
+        verified = getattr(store, "sha256_verified", None)  # a local store: checked against its BLAKE3
+        if verified is not None:
+            sha = memo[digest.hash] = verified(digest)
             return sha
         h = hashlib.sha256()
         with open(store.blob_path(digest), "rb") as f:

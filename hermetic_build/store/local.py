@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -431,6 +432,27 @@ class LocalStore(Store):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def sha256_verified(self, digest: Digest) -> str:
+        """The SHA-256 of a blob, read once for both hashes: for uploads (a registry or REAPI cache, a
+        remote executor's inputs), which name a blob by its SHA-256 and must never send bytes that are
+        no longer the blob (a disk error, someone writing into the cache). MissingBlob (and the blob
+        removed) if it is gone or changed: its producer runs again."""
+        from ..tree import MissingBlob
+
+        b3, sha, size = blake3(), hashlib.sha256(), 0
+        try:
+            with open(self._blob(digest), "rb") as f:
+                while chunk := f.read(CHUNK):
+                    b3.update(chunk)
+                    sha.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise MissingBlob(digest) from None
+        if Digest(b3.hexdigest(), size) != digest:
+            self._remove_corrupt(digest)
+            raise MissingBlob(digest)
+        return sha.hexdigest()
 
     def _copy_in(self, src, fsync: bool) -> Digest:
         """Copy an open binary file into the CAS, hashing it on the way."""

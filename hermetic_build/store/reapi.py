@@ -561,7 +561,11 @@ class ReapiStore(Store):
             if sha is None or sha not in self._uploaded:  # not uploaded by this process: do it now
                 if self.local is None:
                     raise RemoteUnavailable(f"blob {b3[:12]} of the result was not uploaded")
-                self.put_file(self.local.blob_path(digest))
+                if self.put_file(self.local.blob_path(digest)) != digest:  # no longer the blob: a result
+                    from ..tree import MissingBlob  # without it; its producer runs again
+
+                    self.local.remove_corrupt_blob(digest)
+                    raise MissingBlob(digest)
                 sha = self._sha256[b3]
             files.append(pb.OutputFile(path=MAP_PREFIX + b3, digest=self._digest(sha, digest.size)))
         sealed = self.signer.seal(key, result)

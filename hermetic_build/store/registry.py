@@ -196,7 +196,8 @@ class RegistryStore(Store):
             sha = self._sha256.get(b3)
             if sha is None or sha not in self._uploaded:  # not uploaded by this process: do it now
                 path = self.local.blob_path(digest)
-                sha = _sha256_file(path)
+                verified = getattr(self.local, "sha256_verified", None)  # checked against its BLAKE3
+                sha = verified(digest) if verified is not None else _sha256_file(path)
                 self._upload(digest, sha, path, digest.size)
             layers.append({"mediaType": BLOB_MEDIA_TYPE, "digest": f"sha256:{sha}", "size": digest.size,
                            "annotations": {BLAKE3_ANNOTATION: b3}})

@@ -90,6 +90,26 @@ def test_tree_roundtrip_keeps_the_hb_digest_modes_and_links(tmp_path):
     assert store_tree(other, out) == tree  # read back: the same tree
 
 
+def test_a_blob_that_changed_in_the_local_store_is_never_sent(tmp_path):
+    """A published file shares its inode with its blob (LocalStore.adopt_hashed): after an edit in
+    hb-out/, the tree's SHA-256 side must not be computed from (and upload) the edited bytes."""
+    from hermetic_build.tree import MissingBlob, read_directory
+
+    src = tmp_path / "src"
+    _sample(src)
+    store = LocalStore(tmp_path / "a")
+    tree = store_tree(store, src)
+    tool = next(e for e in read_directory(store, next(e for e in read_directory(store, tree)
+                                                         if e.name == "bin").digest) if e.name == "tool")
+    blob = store.blob_path(tool.digest)
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.write(b"#!/bin/sh\nrm -rf\n"[:tool.digest.size])  # the same size, other bytes
+    with pytest.raises(MissingBlob):
+        hb_tree_to_reapi(pb, LocalStore(tmp_path / "a"), tree, Upload(), {}, {})
+    assert not blob.exists()  # removed as corrupt: its producer runs again
+
+
 def _directory(**lists):
     d = pb.Directory()
     for f in lists.get("files", ()):

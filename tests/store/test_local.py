@@ -369,6 +369,26 @@ def test_a_fresh_blob_changed_in_place_is_verified_and_removed(tmp_path):
     assert d in store.corrupt_removed
 
 
+def test_an_upload_gets_the_sha256_of_the_blob_never_of_changed_bytes(tmp_path):
+    """sha256_verified (what the registry and REAPI caches and remote execution upload by): the blob's
+    SHA-256, read once for both hashes; a blob whose bytes changed is removed and reported missing."""
+    import hashlib
+
+    from hermetic_build.tree import MissingBlob
+
+    store = LocalStore(tmp_path / "c")
+    d = store.put_blob(b"good content")
+    assert store.sha256_verified(d) == hashlib.sha256(b"good content").hexdigest()
+    os.chmod(store.blob_path(d), 0o644)
+    with open(store.blob_path(d), "r+b") as f:
+        f.write(b"evil")
+    with pytest.raises(MissingBlob):
+        LocalStore(tmp_path / "c").sha256_verified(d)
+    assert not store.blob_path(d).exists()
+    with pytest.raises(MissingBlob):  # and gone
+        store.sha256_verified(d)
+
+
 def test_deferred_durability_writes_without_fsync_and_syncs_once(tmp_path, monkeypatch):
     store = LocalStore(tmp_path / "c")
     fsyncs, syncs = [], []

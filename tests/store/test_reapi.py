@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import threading
 
 import pytest
@@ -89,6 +90,25 @@ def test_action_result_roundtrip_teaches_the_mapping(server, tmp_path):
     # the entry told the reader where the outputs are
     assert reader.get_blob(d) == b"output bytes" and reader.get_blob(out) == b"stdout text"
     assert reader.stats.ac_hits == 1 and reader.stats.ac_misses == 1
+
+
+def test_a_local_blob_that_changed_is_not_uploaded_as_a_result(server, tmp_path):
+    """An action result names blobs of the local CAS that this process did not upload: each is read
+    and checked against its BLAKE3 as it is sent; a changed one is removed, reported missing (its
+    producer runs again) and no result naming it is written."""
+    from hermetic_build.store.local import LocalStore
+    from hermetic_build.tree import MissingBlob
+
+    local = LocalStore(tmp_path / "c")
+    d = local.put_blob(b"output bytes 2")
+    os.chmod(local.blob_path(d), 0o644)
+    with open(local.blob_path(d), "r+b") as f:
+        f.write(b"OUTPUT")
+    writer = _store(server, local=LocalStore(tmp_path / "c"))
+    with pytest.raises(MissingBlob):
+        writer.put_action_result("ef" * 32, ActionResult((OutputEntry("o", "file", d, False),), 0, None, None))
+    assert not local.blob_path(d).exists()
+    assert _store(server).get_action_result("ef" * 32) is None
 
 
 def test_signatures(server):
