@@ -20,6 +20,7 @@ from .stage import python_paths, worker_python
 
 WORKER = Path(__file__).resolve().with_name("check_worker.py")
 ARCHIVE = Path(__file__).resolve().with_name("archive.py")
+ZIPDIR = Path(__file__).resolve().with_name("zipdir.py")  # archive.py imports it
 MAX_HELPERS = max(1, os.cpu_count() or 1)
 
 
@@ -161,7 +162,8 @@ class _Pool:
         return [worker_python(), "-I", str(WORKER), json.dumps(setup)]
 
     def _read_only(self) -> tuple[str, ...]:
-        _, exposed = python_paths((str(WORKER), str(ARCHIVE), str(Path(hermetic_build.__file__).resolve().parent)))
+        _, exposed = python_paths((str(WORKER), str(ARCHIVE), str(ZIPDIR),
+                                   str(Path(hermetic_build.__file__).resolve().parent)))
         return (*exposed, self.visible)
 
     def close(self) -> None:
@@ -191,22 +193,26 @@ def start_checkers(execution) -> None:
     _pool_of(execution).start_early(execution.helper_command)
 
 
-def check_archive_sandboxed(execution, path: Path, filename: str, max_ratio: int) -> None:
-    """archive.check_archive of `path` (a file in this action's sandbox) in a sandboxed helper;
-    raises ActionFailed with the check's message when the archive is refused."""
+def check_archive_sandboxed(execution, path: Path, filename: str, max_ratio: int, kind: str = "conda") -> None:
+    """archive.check_archive (kind "conda") or archive.check_wheel (kind "wheel") of `path` (a file in
+    this action's sandbox) in a sandboxed helper; raises ActionFailed with the check's message (and
+    hint) when the archive is refused."""
     pool = _pool_of(execution)
     try:
         helper = pool.take(execution.helper_command)
     except (_NoAnswer, OSError) as exc:
         raise ActionFailed(f"{filename}: the sandboxed archive check could not start ({exc})") from None
     try:
-        reply = helper.ask({"path": os.path.realpath(path), "filename": filename, "max_ratio": max_ratio})
+        reply = helper.ask({"path": os.path.realpath(path), "filename": filename, "max_ratio": max_ratio,
+                            "kind": kind})
     except _NoAnswer as exc:
         pool.discard(helper)
         raise ActionFailed(f"{filename}: the sandboxed archive check ended without an answer ({exc})") from None
     pool.give_back(helper)
     if reply.get("ok") is not True:
-        raise ActionFailed(str(reply.get("message") or f"{filename}: refused by the archive check"))
+        hint = reply.get("hint")
+        raise ActionFailed(str(reply.get("message") or f"{filename}: refused by the archive check"),
+                           hint=hint if isinstance(hint, str) else None)
 
 
 @atexit.register

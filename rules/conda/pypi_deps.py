@@ -189,10 +189,16 @@ def _get(url: str, limit: int) -> bytes | None:
 _READ_METADATA = r"""
 import json, sys, zipfile
 path, limit = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, sys.argv[3])
+from zipdir import zip_directory_problem
 def answer(**reply):
     sys.stdout.write(json.dumps(reply))
     sys.exit(0)
 try:
+    with open(path, "rb") as f:
+        problem = zip_directory_problem(f, 200_000)
+    if problem:
+        answer(error=f"is not a readable wheel: {problem}")
     with zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
         if len(names) != 1:
@@ -227,11 +233,11 @@ def read_wheel_metadata(path: str, what: str) -> str:
     """The .dist-info/METADATA text of the wheel at `path`, read in a sandboxed Python."""
     from hermetic_build.api import ActionExecution
 
-    from .stage import python_paths, worker_python
+    from .stage import ZIPDIR, python_paths, worker_python
 
     path = os.path.realpath(path)
-    _, exposed = python_paths(())
-    argv = [worker_python(), "-I", "-c", _READ_METADATA, path, str(MAX_METADATA_BYTES)]
+    _, exposed = python_paths((str(ZIPDIR),))
+    argv = [worker_python(), "-I", "-c", _READ_METADATA, path, str(MAX_METADATA_BYTES), str(ZIPDIR.parent)]
     try:
         done = subprocess.run(ActionExecution.helper_command(argv, read_only=(*exposed, path)),
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=_TIMEOUT_S)

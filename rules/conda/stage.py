@@ -19,6 +19,7 @@ from hermetic_build.api import ActionFailed, Location, MissingBlob, register_act
 
 WORKER = Path(__file__).resolve().with_name("stage_worker.py")
 WORKER_EXIT = WORKER.with_name("worker_exit.py")  # how the workers end, bound next to them
+ZIPDIR = WORKER.with_name("zipdir.py")  # the stage worker measures each wheel's zip directory with it
 PARAMS_FILE = "../tmp/hb-stage-params.json"  # relative to the execution root, inside or outside bwrap
 
 
@@ -31,7 +32,7 @@ def worker_python() -> str:
                         os.path.basename(sys.executable))
 
 
-def python_paths(extra: tuple[str, ...] = (str(WORKER), str(WORKER_EXIT))) -> tuple[list[str], tuple[str, ...]]:
+def python_paths(extra: tuple[str, ...] = (str(WORKER), str(WORKER_EXIT), str(ZIPDIR))) -> tuple[list[str], tuple[str, ...]]:
     """(the directories a worker needs on sys.path to import rattler and rattler_build, the host paths
     to expose read-only: the interpreter's installation, those directories and the `extra` files,
     by default the stage worker itself and worker_exit.py)."""

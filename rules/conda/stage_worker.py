@@ -214,12 +214,19 @@ def check_wheel_members(path: str, filename: str, max_ratio: int = 0) -> None:
     import stat
     import zipfile
 
+    try:
+        from .zipdir import zip_directory_problem
+    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
+        from zipdir import zip_directory_problem
+
+    with open(path, "rb") as f:  # measured before zipfile reads it into memory whole
+        problem = zip_directory_problem(f, MAX_WHEEL_MEMBERS)
+    if problem:
+        raise StageError(f"wheel {filename} is refused: {problem}")
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
     limit = max(MIN_UNPACK_LIMIT, (max_ratio or MAX_UNPACK_RATIO) * os.path.getsize(path))
     seen, total = set(), 0
-    if len(infos) > MAX_WHEEL_MEMBERS:
-        raise StageError(f"wheel {filename} has {len(infos)} members")
     for info in infos:
         name = info.filename
         parts = name.rstrip("/").split("/")

@@ -124,3 +124,20 @@ def test_a_helper_that_cannot_start_early_makes_the_next_check_fail_with_why(exe
     while pool.count and time.monotonic() < deadline:  # the other start may still be failing
         time.sleep(0.05)
     assert pool.count == 0 and not pool.idle and "no sandbox here" in pool.broken
+
+
+def test_a_wheel_is_checked_by_the_helper_too_with_its_hint(execution):
+    """Wheels are outside bytes like conda archives: their zip directory is parsed in the sandboxed
+    helper (kind "wheel"), not in hb's process; a refusal keeps its message and hint."""
+    from test_conda_wheels import make_wheel
+
+    good = make_wheel(execution.store.tmp_dir / "demo-1.0-py3-none-any.whl")
+    checker.check_archive_sandboxed(execution, good, good.name, 1000, kind="wheel")
+    big_dir = execution.store.tmp_dir / "big"
+    big_dir.mkdir()
+    big = make_wheel(big_dir / "demo-1.0-py3-none-any.whl", extra=[("demo/zeros", b"\0" * (80 << 20))])
+    with pytest.raises(ActionFailed) as info:
+        checker.check_archive_sandboxed(execution, big, big.name, 1000, kind="wheel")
+    assert "expands to 83886" in info.value.message and "max_unpack_ratio" in info.value.hint
+    (helper,) = checker._pools[os.path.realpath(execution.store.tmp_dir)].idle
+    assert helper.proc.pid != os.getpid()

@@ -14,8 +14,8 @@ import pytest
 
 from hermetic_build.api import ActionFailed, AnalysisError, TreeEntry, digest_bytes
 from rules.conda import stage_worker
+from rules.conda.archive import check_wheel
 from rules.conda.pypi import pick_wheel, wheel_target
-from rules.conda.wheels import check_wheel
 from rules.oci.split import env_groups
 
 
@@ -111,6 +111,18 @@ def test_fetch_check_accepts_a_wheel_and_refuses_hostile_ones(tmp_path):
             check_wheel(path, path.name)
         with pytest.raises(stage_worker.StageError):  # the worker refuses them too, on its own
             stage_worker.check_wheel_members(str(path), path.name)
+
+
+def test_a_wheel_whose_directory_is_too_large_is_refused_before_zipfile_reads_it(tmp_path):
+    """A "wheel" of 200,001 empty entries (11 MB): zipfile would make an object of each first (3
+    million took 1.4 GB and 19 s in hb's process); the fetch check and the worker refuse it unread."""
+    from test_conda_zipdir import directory_bomb
+
+    bomb = directory_bomb(tmp_path / "demo-1.0-py3-none-any.whl", 200_001)
+    with pytest.raises(ActionFailed, match="is refused: it has more than 200,000 entries"):
+        check_wheel(bomb, bomb.name)
+    with pytest.raises(stage_worker.StageError, match="is refused: it has more than 200,000 entries"):
+        stage_worker.check_wheel_members(str(bomb), bomb.name)
 
 
 def _prefix(tmp_path, name="out"):
