@@ -157,24 +157,28 @@ def lock_sha256s(path: Path) -> dict[str, set[str]]:
 
     text = _read(path, "lock file").decode(errors="replace")
     found: dict[str, set[str]] = {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    try:  # libyaml's loader: it bounds nesting (the pure-Python one recursed into a RecursionError)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.YAMLError, RecursionError):
         data = None
-
-    def walk(node, platform: str):
+    # each node once per platform: YAML aliases let a few lines hold a list of 10**9 items that are all
+    # one list, which a plain walk would visit 10**9 times
+    seen: set[tuple[int, str]] = set()
+    stack = [(data, "")]
+    while stack:
+        node, platform = stack.pop()
+        if not isinstance(node, (dict, list)) or (id(node), platform) in seen:
+            continue
+        seen.add((id(node), platform))
         if isinstance(node, dict):
             platform = node["platform"] if isinstance(node.get("platform"), str) else platform
             for k, v in node.items():
                 if k == "sha256" and isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v):
                     found.setdefault(platform, set()).add(v)
                 else:
-                    walk(v, platform)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v, platform)
-
-    walk(data, "")
+                    stack.append((v, platform))
+        else:
+            stack.extend((v, platform) for v in node)
     fragments = re.findall(r"#sha256[:=]?([0-9a-f]{64})", text)
     if fragments:
         found.setdefault("", set()).update(fragments)

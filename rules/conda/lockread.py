@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import reprlib
 from dataclasses import dataclass, field, replace
 
 from .lockfile import LockedPackage, LockedWheel, url_filename
@@ -24,6 +25,17 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SCHEMES = ("https://", "http://", "file://")
 CONDA_SUFFIXES = (".conda", ".tar.bz2")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 100, 100
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 4
+
+
+def _shown(value) -> str:
+    """repr of a value read from a lock, bounded in length and in work: YAML aliases let a few lines
+    stand for a list of 10**9 items, whose repr (even cut to 60 characters afterwards) never ends."""
+    return _REPR.repr(value)
 
 
 class LockReadError(Exception):
@@ -119,12 +131,12 @@ def _metadata(meta, text: str) -> LockMetadata:
     def mapping(key: str, what: str) -> dict:
         value = meta.get(key) or {}
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise LockReadError(f"metadata {key} must be {what}, not {value!r:.80}", _key_line(text, key))
+            raise LockReadError(f"metadata {key} must be {what}, not {_shown(value):.80}", _key_line(text, key))
         return dict(value)
 
     def strings(key: str, items, what: str) -> tuple[str, ...]:
         if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-            raise LockReadError(f"metadata {key} must be {what}, not {meta.get(key)!r:.80}", _key_line(text, key))
+            raise LockReadError(f"metadata {key} must be {what}, not {_shown(meta.get(key)):.80}", _key_line(text, key))
         return tuple(items)
 
     channels = meta.get("channels") or []
@@ -146,10 +158,10 @@ def _categories(item: dict, name: str, line) -> frozenset[str]:
     one category: set("main") would be four one-letter ones, and the package would be left out)."""
     categories, category = item.get("categories"), item.get("category")
     if categories is not None and not (isinstance(categories, list) and all(isinstance(c, str) for c in categories)):
-        raise LockReadError(f"{name}: categories must be a list of strings, not {categories!r:.60}", line,
+        raise LockReadError(f"{name}: categories must be a list of strings, not {_shown(categories):.60}", line,
                             hint=f"write categories: [{categories}]" if isinstance(categories, str) else None)
     if category is not None and not isinstance(category, str):
-        raise LockReadError(f"{name}: category must be a string, not {category!r:.60}", line)
+        raise LockReadError(f"{name}: category must be a string, not {_shown(category):.60}", line)
     return frozenset([*(categories or ()), *([category] if category else [])] or ["main"])
 
 
@@ -169,7 +181,7 @@ def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
                             hint="hb reads conda-lock.yml, explicit @EXPLICIT locks and pixi.lock")
     version = doc.get("version", 1)
     if version not in (1, 2):  # conda-lock's parser reads both: 2 lists an entry's categories
-        raise LockReadError(f"conda-lock format version {version!r} is not supported (hb reads versions 1 and 2)", 1)
+        raise LockReadError(f"conda-lock format version {_shown(version)} is not supported (hb reads versions 1 and 2)", 1)
     metadata = _metadata(doc.get("metadata") or {}, text)
     starts: list[int] = []
     lines = _url_lines(text, starts)
@@ -221,13 +233,13 @@ def _platform_entry(name: str, platform: str, categories: frozenset[str], item: 
         raise LockReadError(f"{name} ({platform}) has no url: hb fetches every package from its locked URL", line)
     manager, version, build = item.get("manager", "conda"), item.get("version", ""), item.get("build")
     if not isinstance(version, (str, int, float)) or isinstance(version, bool):
-        raise LockReadError(f"{name}: version must be a string, not {version!r:.60}", line)
+        raise LockReadError(f"{name}: version must be a string, not {_shown(version):.60}", line)
     if manager == "pip":
         return _pip_entry(name, str(version), url, item.get("hash"), platform, categories, line)
     if manager != "conda":
-        raise LockReadError(f"{name}: unknown manager {manager!r:.40} (conda or pip)", line)
+        raise LockReadError(f"{name}: unknown manager {_shown(manager):.40} (conda or pip)", line)
     if build is not None and not isinstance(build, (str, int)):
-        raise LockReadError(f"{name}: build must be a string, not {build!r:.60}", line)
+        raise LockReadError(f"{name}: build must be a string, not {_shown(build):.60}", line)
     md5, sha256 = _hashes(item.get("hash"), name, line)
     _check_conda_url(url, name, line)
     package = LockedPackage(name=name, version=str(version), build=str(build or _build_of(url)), url=url,
@@ -339,9 +351,9 @@ def _hashes(value, name: str, line) -> tuple[str | None, str]:
         elif algo == "sha256":
             sha256 = hex_
     if md5 is not None and not (isinstance(md5, str) and HEX32.fullmatch(md5.lower())):
-        raise LockReadError(f"{name}: md5 {md5!r} is not 32 hex digits", line)
+        raise LockReadError(f"{name}: md5 {_shown(md5):.80} is not 32 hex digits", line)
     if sha256 is not None and not (isinstance(sha256, str) and HEX64.fullmatch(sha256.lower())):
-        raise LockReadError(f"{name}: sha256 {sha256!r} is not 64 hex digits", line)
+        raise LockReadError(f"{name}: sha256 {_shown(sha256):.80} is not 64 hex digits", line)
     return (md5.lower() if md5 else None), (sha256.lower() if sha256 else "")
 
 

@@ -489,3 +489,30 @@ def test_a_malformed_entry_is_an_error_of_its_own_platform_only(tmp_path, edit, 
     assert message in caught.value.message
     start = good.count("\n") + 1  # the osx-arm64 entry's first line
     assert start <= caught.value.line <= start + 2 * OSX_ENTRY.count("\n")
+
+
+def alias_bomb(value_line: str) -> str:
+    """OLD_WRITER with nine lines of YAML anchors that make one list stand for 10**9 strings, used as
+    `value_line` (e.g. "  categories: *a8") of the pytest entry: what a plain repr or walk never ends on."""
+    anchors = ['bomb:', '  a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    anchors += [f"  a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    text = OLD_WRITER.replace("package:\n", "\n".join(anchors) + "\npackage:\n", 1)
+    return text.replace("  category: dev\n", value_line + "\n", 1)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("  categories: *a8", "pytest: categories must be a list of strings, not [[[...], [...], [...], [...], ...], "),
+    ("  category: *a8", "pytest: category must be a string, not [[[...], [...], [...], [...], ...], "),
+    ("  build: *a8", "pytest: build must be a string, not [[[...], [...], [...], [...], ...], "),
+    ("  hash: {md5: 3cfe8c6e9b1e8e1b6b1f9f5a9b8e8e8e, sha256: *a8}", "pytest: sha256 [[[...], [...], [...], [...], ...], "),
+    ("  manager: *a8", "pytest: unknown manager [[[...], [...], [...], [...], ...], "),
+])
+def test_a_yaml_alias_bomb_is_refused_in_bounded_time(tmp_path, line, message):
+    """A few lines of YAML anchors are a list of 10**9 items (all one list in memory): the error that
+    shows such a value used to repr it whole before cutting it to 60 characters, and never returned."""
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(alias_bomb(line))
+    with pytest.raises(LockReadError) as caught:
+        select(read_lock(path), "linux-64", ("main", "dev"))
+    assert caught.value.message.startswith(message), caught.value.message
+    assert len(caught.value.message) < 200
