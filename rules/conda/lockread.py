@@ -17,6 +17,7 @@ from __future__ import annotations
 import pathlib
 import re
 import reprlib
+import urllib.parse
 from dataclasses import dataclass, field, replace
 
 from .lockfile import LockedPackage, LockedWheel, url_filename
@@ -367,7 +368,9 @@ def _check_url(url: str, name: str, line) -> None:
                             "whose last path component is its file name", line,
                             hint="lock the package's plain URL (conda-lock and pixi write no query or fragment)")
     filename = url_filename(url)
-    if filename in ("", ".", "..") or "\\" in filename or any(ord(c) < 32 or ord(c) == 127 for c in url):
+    decoded = urllib.parse.unquote(url)  # what a file:// fetch opens, and what a server is asked for
+    if (filename in ("", ".", "..") or "\\" in filename or "/" in urllib.parse.unquote(filename)
+            or any(ord(c) < 32 or ord(c) == 127 for c in decoded)):
         raise LockReadError(f"{name}: URL {url!r} does not end in a file name", line)
 
 

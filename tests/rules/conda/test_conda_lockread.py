@@ -196,6 +196,10 @@ def test_older_writers_are_read_leniently(tmp_path):
     (lambda t: t.replace("zlib-1.2.13-hd590300_5.conda", "..").replace("hash: sha256:", "hash: sha256:"),
      "does not end in a file name", 13),
     (lambda t: t.replace("sha256:68ca0ed4", "sha256:zz"), "is not 64 hex digits", 13),
+    # percent-encoded: a NUL a file:// fetch would pass to open(), a slash that makes two components
+    (lambda t: t.replace("linux-64/zlib-1.2.13", "linux-64/%00zlib-1.2.13"), "does not end in a file name", 13),
+    (lambda t: t.replace("linux-64/zlib-1.2.13", "linux-64/x%2Fzlib-1.2.13"), "does not end in a file name", 13),
+    (lambda t: t.replace("six-1.16.0-py2.py3", "%0asix-1.16.0-py2.py3"), "does not end in a file name", None),
     (lambda t: t.replace("six-1.16.0-py2.py3-none-any.whl", "six-1.16.0.tar.gz"), "source distribution", None),
     (lambda t: t.replace("version: 1\n", "version: 7\n"), "format version 7 is not supported", 1),
 ])
@@ -516,3 +520,12 @@ def test_a_yaml_alias_bomb_is_refused_in_bounded_time(tmp_path, line, message):
         select(read_lock(path), "linux-64", ("main", "dev"))
     assert caught.value.message.startswith(message), caught.value.message
     assert len(caught.value.message) < 200
+
+
+def test_a_percent_encoded_plus_in_a_wheel_url_is_its_file_name(tmp_path):
+    """download.pytorch.org names wheels `torch-2.1.0%2Bcpu-...whl`: accepted, its file name decoded
+    (only a decoded slash or control character is refused)."""
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(OLD_WRITER.replace("six-1.16.0-py2.py3", "six-1.16.0%2Blocal-py2.py3"))
+    _conda, wheels = select(read_lock(path), "linux-64")
+    assert wheels[0].package.filename == "six-1.16.0+local-py2.py3-none-any.whl"
