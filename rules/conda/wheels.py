@@ -6,12 +6,12 @@ install, which unpacks, runs in the sandboxed stage worker, which repeats these 
 
 from __future__ import annotations
 
-
 from hermetic_build.api import register_action_kind
 
 from .archive import DEFAULT_MAX_UNPACK_RATIO, valid_wheel_filename
 from .checker import check_archive_sandboxed
 from .fetch import fetch_pinned
+
 
 def declare_fetch(ctx, lock_path: str, wheel, platform: str, ratio: int):
     """The fetch action of one locked wheel; returns its output File."""
