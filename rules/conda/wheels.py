@@ -9,7 +9,7 @@ from __future__ import annotations
 from hermetic_build.api import register_action_kind
 
 from .archive import DEFAULT_MAX_UNPACK_RATIO, valid_wheel_filename
-from .checker import check_archive_sandboxed
+from .checker import check_archive_sandboxed, start_checkers
 from .fetch import fetch_pinned
 
 
@@ -32,6 +32,7 @@ def declare_fetch(ctx, lock_path: str, wheel, platform: str, ratio: int):
 
 def _fetch(execution) -> None:
     ratio = execution.params.get("max_unpack_ratio", DEFAULT_MAX_UNPACK_RATIO)
+    start_checkers(execution)  # the check's helpers start while the wheel downloads
     # the zip is parsed in the sandboxed helper that checks conda archives (checker.py)
     fetch_pinned(execution, check=lambda path, filename: check_archive_sandboxed(execution, path, filename, ratio,
                                                                                  kind="wheel"))
