@@ -106,8 +106,8 @@ def _channel_targets(ctx) -> dict[str, list[str]]:
     if not channels and ctx.attr.environment is not None:
         data = ctx.read_source(ctx.source_path(ctx.attr.environment))
         try:
-            parsed = yaml.safe_load(data) if data is not None else None
-        except yaml.YAMLError:
+            parsed = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if data is not None else None
+        except (yaml.YAMLError, RecursionError):
             parsed = None  # the implementation reports the file's errors, at file:line
         found = parsed.get("channels") if isinstance(parsed, dict) else None
         channels = [c for c in found if isinstance(c, str)] if isinstance(found, list) else []

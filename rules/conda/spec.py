@@ -144,7 +144,8 @@ def _user_pip_specs(files, platforms) -> tuple:
     for file in files:
         text = file.read_text()
         for platform in platforms:
-            doc = yaml.safe_load("\n".join(filter_platform_selectors(text, platform=platform))) or {}
+            doc = yaml.load("\n".join(filter_platform_selectors(text, platform=platform)),
+                            Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
             for item in doc.get("dependencies") or ():
                 if isinstance(item, str) and _conda_name(item) == "pip":
                     found[platform] = conda_spec_to_versioned_dep(item, "main")
@@ -161,8 +162,8 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
     error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
     from deep inside conda-lock."""
     import yaml  # here: most builds never read YAML (PyYAML's import compiles its regexes)
-    try:
-        node = yaml.compose(text)
+    try:  # libyaml's composer: it bounds nesting (the pure-Python one recursed into a RecursionError)
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise AnalysisError(f"invalid YAML: {problem}",

@@ -44,8 +44,8 @@ def build_scripts(recipe: Path) -> str:
     {content: ...}), or the script file it names next to the recipe (build.sh by default)."""
     import yaml  # here: most builds never read YAML (PyYAML's import compiles its regexes)
     try:
-        data = yaml.safe_load(recipe.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = yaml.load(recipe.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    except (OSError, yaml.YAMLError, RecursionError):
         return ""  # rattler-build reports a broken recipe itself, with its path
     outputs = data.get("outputs") if isinstance(data.get("outputs"), list) else [data]
     texts = []
