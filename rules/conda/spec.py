@@ -168,6 +168,8 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise AnalysisError(f"invalid YAML: {problem}",
                             location=_yaml_error_location(exc, text, shown)) from None
+    except RecursionError:  # PyYAML without libyaml: its composer recurses once per level
+        raise AnalysisError("invalid YAML: nested too deeply", location=Location(shown)) from None
     pip: list[PipRequirement] = []
     conda_pip = False
     if node is None or not isinstance(node, yaml.MappingNode):
