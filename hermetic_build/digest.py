@@ -49,6 +49,22 @@ def digest_file(path: str | os.PathLike) -> Digest:
         os.close(fd)
 
 
+def sha256_if_blob(path: str | os.PathLike, digest: Digest) -> str | None:
+    """The SHA-256 of the file at `path` if its bytes are the blob `digest` (BLAKE3 and size, taken in
+    the same pass), else None (missing or changed): what an upload names a blob by must be read from
+    the bytes it sends."""
+    b3, sha, size = blake3(), hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                b3.update(chunk)
+                sha.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        return None
+    return sha.hexdigest() if Digest(b3.hexdigest(), size) == digest else None
+
+
 def digest_fd(fd: int, size: int) -> Digest:
     """BLAKE3 digest of what fd holds from its offset to its end. `size` (its fstat size) picks how: a
     file under CHUNK bytes (most sources, most files of an environment) is read with one call, sized by

@@ -19,9 +19,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..digest import Digest
+from ..digest import Digest, sha256_if_blob
 from ..store.base import InvalidEntry
-from ..tree import MAX_TREE_DEPTH, MAX_TREE_ENTRIES, TreeEntry, decode_directory, encode_directory, read_directory
+from ..tree import (MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MissingBlob, TreeEntry, decode_directory, encode_directory,
+                    read_directory)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 MAX_DIRECTORY_MESSAGE = 64 << 20
@@ -41,15 +42,14 @@ def sha256_of_blob(store, digest: Digest, memo: dict) -> str:
         if sha is not None:
             memo[digest.hash] = sha
             return sha
-        verified = getattr(store, "sha256_verified", None)  # a local store: checked against its BLAKE3
-        if verified is not None:
-            sha = memo[digest.hash] = verified(digest)
-            return sha
-        h = hashlib.sha256()
-        with open(store.blob_path(digest), "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        sha = memo[digest.hash] = h.hexdigest()
+        sha = sha256_if_blob(store.blob_path(digest), digest)  # the bytes that will be sent, checked
+        if sha is None:
+            owner = getattr(store, "local", store)  # the client's view of its local store, or that store
+            remove = getattr(owner, "remove_corrupt_blob", None)
+            if remove is not None:
+                remove(digest, "changed since it was stored")
+            raise MissingBlob(digest)
+        memo[digest.hash] = sha
     return sha
 
 

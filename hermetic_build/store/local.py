@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import itertools
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from ..anchored import RefusedPath, open_regular_file
-from ..digest import CHUNK, Digest, digest_bytes
+from ..digest import CHUNK, Digest, digest_bytes, sha256_if_blob
 from ..errors import UsageError
 from ..jobs import BackgroundJobs
 from ..leftovers import owner_pid, pid_alive, remove_tree, store_temp_prefix, sweep
@@ -434,25 +433,17 @@ class LocalStore(Store):
             raise
 
     def sha256_verified(self, digest: Digest) -> str:
-        """The SHA-256 of a blob, read once for both hashes: for uploads (a registry or REAPI cache, a
-        remote executor's inputs), which name a blob by its SHA-256 and must never send bytes that are
-        no longer the blob (a disk error, someone writing into the cache). MissingBlob (and the blob
-        removed) if it is gone or changed: its producer runs again."""
+        """The SHA-256 of a blob, read once for both hashes (digest.sha256_if_blob): for uploads (a
+        registry or REAPI cache, a remote executor's inputs), which name a blob by its SHA-256 and must
+        never send bytes that are no longer the blob (a disk error, someone writing into the cache).
+        MissingBlob (and the blob removed) if it is gone or changed: its producer runs again."""
         from ..tree import MissingBlob
 
-        b3, sha, size = blake3(), hashlib.sha256(), 0
-        try:
-            with open(self._blob(digest), "rb") as f:
-                while chunk := f.read(CHUNK):
-                    b3.update(chunk)
-                    sha.update(chunk)
-                    size += len(chunk)
-        except FileNotFoundError:
-            raise MissingBlob(digest) from None
-        if Digest(b3.hexdigest(), size) != digest:
+        sha = sha256_if_blob(self._blob(digest), digest)
+        if sha is None:
             self._remove_corrupt(digest)
             raise MissingBlob(digest)
-        return sha.hexdigest()
+        return sha
 
     def _copy_in(self, src, fsync: bool) -> Digest:
         """Copy an open binary file into the CAS, hashing it on the way."""

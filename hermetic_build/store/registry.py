@@ -29,14 +29,6 @@ KEY_ANNOTATION = "dev.hermetic-build.action-key"
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class RegistryStore(Store):
     def __init__(self, url: str, *, signer: Signer, timeout: float, cafile: str | None, local):
         self.ref = RegistryRef.parse(url)
@@ -196,8 +188,7 @@ class RegistryStore(Store):
             sha = self._sha256.get(b3)
             if sha is None or sha not in self._uploaded:  # not uploaded by this process: do it now
                 path = self.local.blob_path(digest)
-                verified = getattr(self.local, "sha256_verified", None)  # checked against its BLAKE3
-                sha = verified(digest) if verified is not None else _sha256_file(path)
+                sha = self.local.sha256_verified(digest)  # checked against its BLAKE3 in the same pass
                 self._upload(digest, sha, path, digest.size)
             layers.append({"mediaType": BLOB_MEDIA_TYPE, "digest": f"sha256:{sha}", "size": digest.size,
                            "annotations": {BLAKE3_ANNOTATION: b3}})

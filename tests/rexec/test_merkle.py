@@ -90,9 +90,12 @@ def test_tree_roundtrip_keeps_the_hb_digest_modes_and_links(tmp_path):
     assert store_tree(other, out) == tree  # read back: the same tree
 
 
-def test_a_blob_that_changed_in_the_local_store_is_never_sent(tmp_path):
-    """A published file shares its inode with its blob (LocalStore.adopt_hashed): after an edit in
-    hb-out/, the tree's SHA-256 side must not be computed from (and upload) the edited bytes."""
+@pytest.mark.parametrize("view", ["local store", "client's view"])
+def test_a_blob_that_changed_in_the_local_store_is_never_sent(tmp_path, view):
+    """A blob changed on disk after it was stored (a disk error, a write into the cache): the tree's
+    SHA-256 side must not be computed from (and upload) the changed bytes, whether the tree is read
+    through the local store (the worker) or through the client's view of the build's stores."""
+    from hermetic_build.rexec.client import _Blobs
     from hermetic_build.tree import MissingBlob, read_directory
 
     src = tmp_path / "src"
@@ -105,8 +108,9 @@ def test_a_blob_that_changed_in_the_local_store_is_never_sent(tmp_path):
     os.chmod(blob, 0o644)
     with open(blob, "r+b") as f:
         f.write(b"#!/bin/sh\nrm -rf\n"[:tool.digest.size])  # the same size, other bytes
+    reader = LocalStore(tmp_path / "a")
     with pytest.raises(MissingBlob):
-        hb_tree_to_reapi(pb, LocalStore(tmp_path / "a"), tree, Upload(), {}, {})
+        hb_tree_to_reapi(pb, reader if view == "local store" else _Blobs(reader, reader), tree, Upload(), {}, {})
     assert not blob.exists()  # removed as corrupt: its producer runs again
 
 
