@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from hermetic_build.api import ActionFailed
 
 try:
-    from .zipdir import zip_directory_problem
+    from .zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
 except ImportError:  # loaded by its path in the sandboxed check helper (check_worker.py), beside zipdir.py
-    from zipdir import zip_directory_problem
+    from zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
 
 DEFAULT_MAX_UNPACK_RATIO = 1000  # expanded : compressed; real packages are 2-20x, CUDA 2-4x
 UNPACK_FLOOR_BYTES = 64 << 20  # a package expanding to less than this passes whatever its ratio
@@ -426,7 +426,6 @@ def check_archive(path, filename: str, limits: UnpackLimits = UnpackLimits()) ->
 
 # ----- wheels (PyPI): the fetch's check of a wheel's zip directory ---------------------------------
 MIN_UNPACK_LIMIT = 64 << 20
-MAX_WHEEL_MEMBERS = 200_000
 # name-version(-build)?-python-abi-platform.whl, one path component
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-[0-9][A-Za-z0-9_.]*)?-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+"
                         r"-[A-Za-z0-9_.]+\.whl$")
@@ -457,7 +456,7 @@ def check_wheel(path, filename: str, max_ratio: int = DEFAULT_MAX_UNPACK_RATIO) 
         raise ActionFailed(f"{where}: not a wheel file name (name-version-python-abi-platform.whl)")
     try:
         with open(path, "rb") as f:
-            problem = zip_directory_problem(f, MAX_WHEEL_MEMBERS)
+            problem = zip_directory_problem(f, MAX_WHEEL_ENTRIES)
         if problem:
             raise ActionFailed(f"{where} is refused: {problem}")
         with zipfile.ZipFile(path) as zf:

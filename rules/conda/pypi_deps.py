@@ -190,13 +190,13 @@ _READ_METADATA = r"""
 import json, sys, zipfile
 path, limit = sys.argv[1], int(sys.argv[2])
 sys.path.insert(0, sys.argv[3])
-from zipdir import zip_directory_problem
+from zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
 def answer(**reply):
     sys.stdout.write(json.dumps(reply))
     sys.exit(0)
 try:
     with open(path, "rb") as f:
-        problem = zip_directory_problem(f, 200_000)
+        problem = zip_directory_problem(f, MAX_WHEEL_ENTRIES)
     if problem:
         answer(error=f"is not a readable wheel: {problem}")
     with zipfile.ZipFile(path) as zf:

@@ -203,7 +203,6 @@ def normalise_prefix(root, locked: dict[str, dict]) -> None:
         os.chmod(history, 0o644)
 
 
-MAX_WHEEL_MEMBERS = 200_000
 MIN_UNPACK_LIMIT = 64 << 20
 MAX_UNPACK_RATIO = 1000
 
@@ -215,12 +214,12 @@ def check_wheel_members(path: str, filename: str, max_ratio: int = 0) -> None:
     import zipfile
 
     try:
-        from .zipdir import zip_directory_problem
+        from .zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
     except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
-        from zipdir import zip_directory_problem
+        from zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
 
     with open(path, "rb") as f:  # measured before zipfile reads it into memory whole
-        problem = zip_directory_problem(f, MAX_WHEEL_MEMBERS)
+        problem = zip_directory_problem(f, MAX_WHEEL_ENTRIES)
     if problem:
         raise StageError(f"wheel {filename} is refused: {problem}")
     with zipfile.ZipFile(path) as zf:

@@ -16,6 +16,7 @@ import struct
 import zipfile
 
 MAX_DIRECTORY_BYTES = 64 << 20  # the largest real wheels' directories are a few MiB
+MAX_WHEEL_ENTRIES = 200_000  # of a wheel, wherever one is read (real ones: tens of thousands at most)
 _RECORD = struct.Struct(zipfile.structCentralDir)  # 46 bytes, then name, extra field and comment
 
 
