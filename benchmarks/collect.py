@@ -51,7 +51,10 @@ def generate(root: Path) -> None:
 def timed_build(root: Path, cache: Path, hb_root: Path, target: str) -> float:
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(root / "hb-out", ignore_errors=True)
-    env = {**os.environ, "HB_CACHE_DIR": str(cache), "PYTHONPATH": f"{hb_root}{os.pathsep}{root}"}
+    env = {**os.environ, "HB_CACHE_DIR": str(cache), "PYTHONPATH": f"{hb_root}{os.pathsep}{root}",
+           "XDG_CONFIG_HOME": str(root / ".config")}  # `hb trust` below records there, not in yours
+    subprocess.run([sys.executable, "-m", "hermetic_build.cli", "trust"], cwd=root, env=env, check=True,
+                   capture_output=True)  # the rule module of the generated workspace
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "-q", target], cwd=root,
                           env=env, capture_output=True, text=True, check=False)

@@ -99,18 +99,29 @@ class RemoteOptions:
     download: str | None = None  # --remote-download: minimal | all (None: the workspace setting)
 
 
+def _require_trusted_settings(workspace: Workspace, remote: RemoteOptions) -> None:
+    """Refuse hermetic.toml's settings that reach outside the workspace until you trust them
+    (trust.py); one the command line overrides (--remote-cache, --remote-executor) does not count."""
+    from .trust import require_trusted
+
+    overridden = {"remote_cache"} if remote.url else set()
+    overridden |= {"remote_executor"} if remote.executor else set()
+    require_trusted(workspace.root, tuple(s for s in workspace.settings.privileged if s.key not in overridden))
+
+
 class Session:
     def __init__(self, workspace: Workspace, *, jobs: int = 0, reporter: Reporter | None = None,
                  keep_sandbox: bool = False, remote: RemoteOptions | None = None):
         self.workspace = workspace
         self.settings = workspace.settings
+        remote = remote or RemoteOptions()
+        _require_trusted_settings(workspace, remote)
         self.jobs = jobs or self.settings.jobs or os.cpu_count() or 1
         self.reporter = reporter or Reporter()
         self.keep_sandbox = keep_sandbox
         self.local_store = LocalStore(self.settings.cache_dir, setting=self.settings.cache_dir_setting or None)
         self.remote = None
         self.store = self.local_store
-        remote = remote or RemoteOptions()
         url = remote.url or self.settings.remote_cache
         if url:
             _check_remote_url("--remote-cache", url, REMOTE_CACHE_SCHEMES)

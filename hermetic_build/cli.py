@@ -246,6 +246,31 @@ def explain(obj, labels, remote_cache, remote_upload, remote_required, remote_ti
 
 
 @main.command()
+@click.option("--revoke", is_flag=True, help="Forget what was trusted for this workspace.")
+@click.pass_obj
+def trust(obj, revoke):
+    """Trust this workspace's hermetic.toml settings that reach outside it (cache_dir, remote_cache,
+    remote_executor, env_allowlist, rule_modules, raised BUILD file limits). Shows them first; they
+    are recorded for this checkout and these values, and asked again when they change."""
+    from . import trust as trusting
+    from .workspace import find_workspace
+
+    workspace = find_workspace(Path(obj.get("workspace") or Path.cwd()))
+    if revoke:
+        path = trusting.revoke(workspace.root)
+        click.echo(f"{workspace.root}: nothing trusted any more (in {path})")
+        return
+    settings = workspace.settings.privileged
+    if not settings:
+        click.echo(f"{workspace.root}: hermetic.toml sets nothing that needs trust")
+        return
+    for s in settings:
+        click.echo(f"{s.location}: {s.shown()}\n    {trusting.WHY[s.key]}")
+    path = trusting.record(workspace.root, settings)
+    click.echo(f"trusted for {workspace.root} (recorded in {path}; asked again when they change)")
+
+
+@main.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 def keygen(path):
     """Make an ed25519 signing key: PATH (private, mode 0600) and PATH.pub."""

@@ -7,10 +7,11 @@ import os
 import platform as _platform
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import Location, UsageError, did_you_mean
+from .trust import PrivilegedSetting, privileged
 
 WORKSPACE_FILE = "hermetic.toml"
 BUILD_FILE = "BUILD.hermetic"
@@ -48,6 +49,8 @@ class Settings:
     starlark_memory_mb: int = 2048
     starlark_timeout_s: int = 60
     extra: dict = field(default_factory=dict, compare=False)  # sections owned by rules (e.g. [conda])
+    # what hermetic.toml sets that reaches outside the workspace: used only once you trust it (trust.py)
+    privileged: tuple = field(default=(), compare=False)
 
 
 _KNOWN_KEYS = {"cache_dir", "platforms", "source_date_epoch", "env_allowlist", "remote_cache", "jobs",
@@ -161,7 +164,7 @@ def load_settings(root: Path) -> Settings:
                 hint=did_you_mean(key, _KNOWN_KEYS) or f"known settings: {', '.join(sorted(_KNOWN_KEYS))}",
             )
     cache_dir, setting = _cache_dir(root, read)
-    return Settings(
+    settings = Settings(
         cache_dir=cache_dir,
         cache_dir_setting=setting,
         platforms=read.strings("platforms", [], _PLATFORM, "a conda platform name such as linux-64") or (host_platform(),),
@@ -179,6 +182,25 @@ def load_settings(root: Path) -> Settings:
         starlark_timeout_s=read.integer("starlark_timeout_s", 60, 1, 86400),
         extra=sections,
     )
+    effective = set(top) - ({"cache_dir"} if os.environ.get("HB_CACHE_DIR") else set())
+    return replace(settings, privileged=tuple(
+        PrivilegedSetting(key, top[key], read.where(key)) for key in sorted(effective, key=read.line_of)
+        if privileged(key, top[key])))
+
+
+def _refuse_cache_inside(cache_dir: Path, root: Path, read: "_SettingsReader") -> None:
+    """hermetic.toml's cache_dir may not lie inside the workspace: a cache there can come with the
+    checkout, and hb would take its entries (and the analysis and no-op state it loads back as Python
+    objects) as its own. HB_CACHE_DIR may: that is your choice for this machine."""
+    try:
+        resolved, ws = cache_dir.resolve(), root.resolve()
+        inside = resolved != ws and resolved.is_relative_to(ws)  # the workspace itself: check_cache_dir
+    except (OSError, RuntimeError, ValueError):
+        return  # check_cache_dir reports what cannot be resolved
+    if inside:
+        read.fail("cache_dir", "names a directory inside the workspace, which a checkout could bring with "
+                  "it (hb would take its results and state as its own)",
+                  hint="name a directory outside the workspace, or set HB_CACHE_DIR on this machine")
 
 
 def _cache_dir(root: Path, read: "_SettingsReader") -> tuple[Path, str]:
@@ -192,6 +214,7 @@ def _cache_dir(root: Path, read: "_SettingsReader") -> tuple[Path, str]:
         if not cache_dir.is_absolute():
             cache_dir = root / cache_dir
         setting = f"cache_dir = {text!r} in {read.path}"
+        _refuse_cache_inside(cache_dir, root, read)
     else:
         cache_dir = default_cache_dir()
         setting = f"the default cache directory {cache_dir} (XDG_CACHE_HOME)"
@@ -206,8 +229,11 @@ class _SettingsReader:
         self.path, self.text, self.top = path, text, top
 
     def where(self, key: str) -> Location:
+        return Location(str(self.path), self.line_of(key))
+
+    def line_of(self, key: str) -> int:
         match = re.search(rf"^[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*=", self.text, re.MULTILINE)
-        return Location(str(self.path), self.text.count("\n", 0, match.start()) + 1 if match else 0)
+        return self.text.count("\n", 0, match.start()) + 1 if match else 0
 
     def fail(self, key: str, message: str, hint: str | None = None):
         raise UsageError(f"setting {key!r} {message}", location=self.where(key), hint=hint)

@@ -27,6 +27,7 @@ def shout(name, src):
 
 def make(ws):
     ws.write("hermetic.toml", 'env_allowlist = ["GREETING"]\n')
+    ws.hb("trust")  # env_allowlist passes host variables into actions: it needs the user's trust
     ws.write("a/BUILD.hermetic", BUILD)
     ws.write("a/in1.txt", "first\n")
     ws.write("a/data/x.txt", "x\n")
@@ -106,6 +107,8 @@ def test_changed_setting_is_noticed(workspace):
     make(workspace)
     settle(workspace)
     workspace.write("hermetic.toml", 'env_allowlist = ["GREETING", "OTHER"]\n')
+    assert workspace.hb("build", "//...", check=False).returncode == 2  # a changed allowlist is asked again
+    workspace.hb("trust")
     assert "noop" not in build(workspace)
 
 

@@ -6,11 +6,12 @@ from hermetic_build.workspace import find_workspace, host_platform
 
 def test_finds_nearest_workspace(tmp_path, monkeypatch):
     monkeypatch.delenv("HB_CACHE_DIR", raising=False)
-    (tmp_path / "hermetic.toml").write_text('cache_dir = ".cache"\nplatforms = ["linux-64", "osx-arm64"]\n')
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    ws = find_workspace(tmp_path / "a" / "b")
-    assert ws.root == tmp_path
-    assert ws.settings.cache_dir == tmp_path / ".cache"
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "hermetic.toml").write_text('cache_dir = "../.cache"\nplatforms = ["linux-64", "osx-arm64"]\n')
+    (tmp_path / "ws" / "a" / "b").mkdir(parents=True)
+    ws = find_workspace(tmp_path / "ws" / "a" / "b")
+    assert ws.root == tmp_path / "ws"
+    assert ws.settings.cache_dir == tmp_path / "ws" / ".." / ".cache"
     assert ws.settings.platforms == ("linux-64", "osx-arm64")
 
 
@@ -61,10 +62,25 @@ def test_cache_dir_that_would_take_others_files_with_it_is_refused(tmp_path, mon
         find_workspace(ws)
 
 
-def test_cache_dir_inside_the_workspace_is_fine(tmp_path, monkeypatch):
+@pytest.mark.parametrize("text", ['".hb-cache"', '"sub/../.hb-cache"', '"link/cache"'])
+def test_cache_dir_inside_the_workspace_is_refused_from_hermetic_toml(tmp_path, monkeypatch, text):
+    # a checkout could bring that cache with it: its entries (and the pickled state hb loads back)
+    # would be taken as hb's own (tests/adversarial/test_adv_workspace_settings.py)
     monkeypatch.delenv("HB_CACHE_DIR", raising=False)
-    (tmp_path / "hermetic.toml").write_text('cache_dir = ".hb-cache"\n')
-    assert find_workspace(tmp_path).settings.cache_dir == tmp_path / ".hb-cache"
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "inside")
+    (tmp_path / "hermetic.toml").write_text(f'jobs = 1\ncache_dir = {text}\n')
+    with pytest.raises(UsageError) as exc:
+        find_workspace(tmp_path)
+    assert exc.value.message.startswith("setting 'cache_dir' names a directory inside the workspace")
+    assert str(exc.value.location) == f"{tmp_path / 'hermetic.toml'}:2" and "HB_CACHE_DIR" in exc.value.hint
+
+
+def test_hb_cache_dir_inside_the_workspace_is_your_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("HB_CACHE_DIR", str(tmp_path / ".hb-cache"))
+    (tmp_path / "hermetic.toml").write_text('cache_dir = ".ignored"\n')
+    settings = find_workspace(tmp_path).settings
+    assert settings.cache_dir == tmp_path / ".hb-cache" and settings.privileged == ()
 
 
 @pytest.mark.parametrize("text, message", [
@@ -91,7 +107,7 @@ def test_cache_dir_inside_the_workspace_is_fine(tmp_path, monkeypatch):
 ])
 def test_settings_of_the_wrong_type_or_range_are_refused_at_their_line(tmp_path, monkeypatch, text, message):
     monkeypatch.delenv("HB_CACHE_DIR", raising=False)
-    (tmp_path / "hermetic.toml").write_text('cache_dir = ".cache"\n# settings\n' + text)
+    (tmp_path / "hermetic.toml").write_text('# the workspace\n# settings\n' + text)
     with pytest.raises(UsageError) as exc:
         find_workspace(tmp_path)
     assert exc.value.message.startswith(message), exc.value.message
@@ -102,9 +118,12 @@ def test_settings_of_the_wrong_type_or_range_are_refused_at_their_line(tmp_path,
 def test_settings_at_the_edges_of_their_ranges_are_accepted(tmp_path, monkeypatch):
     monkeypatch.delenv("HB_CACHE_DIR", raising=False)
     (tmp_path / "hermetic.toml").write_text(
-        'cache_dir = ".cache"\nsource_date_epoch = 253402300799\njobs = 0\nenv_allowlist = ["HTTP_PROXY", "A"]\n'
+        'cache_dir = "../cache"\nsource_date_epoch = 253402300799\njobs = 0\nenv_allowlist = ["HTTP_PROXY", "A"]\n'
         'rule_modules = ["rules", "my.rules_2"]\nremote_cache = "oci://localhost:5000/team/cache"\n'
         'remote_executor = "grpcs://build.example:8980/main"\nremote_download = "all"\n')
     settings = find_workspace(tmp_path).settings
     assert settings.source_date_epoch == 253402300799 and settings.env_allowlist == ("A", "HTTP_PROXY")
     assert settings.rule_modules == ("rules", "my.rules_2") and settings.remote_download == "all"
+    # what reaches outside the workspace, each at its line, for `hb trust` (tests/test_trust.py)
+    assert [(s.key, s.location.line) for s in settings.privileged] == [
+        ("cache_dir", 1), ("env_allowlist", 4), ("rule_modules", 5), ("remote_cache", 6), ("remote_executor", 7)]

@@ -38,6 +38,7 @@ class SandboxWorkspace(Workspace):
         (root / "advrules.py").write_text(RULE_MODULE)
         self.empty_path = root.parent / "path-without-bwrap"
         self.empty_path.mkdir(exist_ok=True)
+        self.hb("trust")  # a rule module of its own: imported into hb only once trusted
 
     def env(self) -> dict:
         env = super().env()

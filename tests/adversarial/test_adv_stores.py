@@ -72,6 +72,7 @@ def _ws(root: Path, cache: Path) -> Ws:
     ws.write("hbtest_dirrule.py", DIRRULE)
     ws.write("p/BUILD.hermetic", BUILD)
     ws.write("p/in.txt", "0\n")
+    ws.hb("trust")  # a rule module of its own: imported into hb only once trusted
     return ws
 
 

@@ -183,6 +183,7 @@ class _RulesWorkspace:
         self.ws.write("hermetic.toml", 'rule_modules = ["rules", "local_copy_rules"]\n')
         self.root, self.cache = self.ws.root, self.ws.cache
         self.pythonpath = os.pathsep.join([str(root / "hbtestrules"), str(REPO)])
+        self.hb("trust")  # a rule module of its own: imported into hb only once trusted
 
     def hb(self, *args, check: bool = True):
         env = {**self.ws.env(), "PYTHONPATH": self.pythonpath}
