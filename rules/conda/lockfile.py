@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 
 def url_filename(url: str) -> str:
     """The file a package URL names: its path's last component, without query or fragment (the lock
     reader refuses URLs that have either, so this is the URL's last component)."""
     return url.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]
+
+
+def decoded_filename(url: str) -> str:
+    """url_filename percent-decoded: the name of the file a server serves (download.pytorch.org and
+    S3 mirrors write `+` as `%2B`) and a file:// fetch opens; every later step uses this name."""
+    return unquote(url_filename(url))
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class LockedPackage:
 
     @property
     def filename(self) -> str:
-        return url_filename(self.url)
+        return decoded_filename(self.url)
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,7 @@ class LockedWheel:
 
     @property
     def filename(self) -> str:
-        from urllib.parse import unquote
-
-        return unquote(url_filename(self.url))
+        return decoded_filename(self.url)
 
 
 def read_lockfile(path: pathlib.Path, environment: str = "default"):

@@ -20,7 +20,7 @@ import reprlib
 import urllib.parse
 from dataclasses import dataclass, field, replace
 
-from .lockfile import LockedPackage, LockedWheel, url_filename
+from .lockfile import LockedPackage, LockedWheel, decoded_filename
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -360,16 +360,16 @@ def _hashes(value, name: str, line) -> tuple[str | None, str]:
 
 def _check_url(url: str, name: str, line) -> None:
     """An http(s) or file URL of one file, with no query or fragment: the file is named by the
-    path's last component (url_filename), the one name every later step uses."""
+    path's last component, percent-decoded (decoded_filename), the one name every later step uses."""
     if not url.startswith(SCHEMES):
         raise LockReadError(f"{name}: URL {url!r} is not http(s) or file", line)
     if "?" in url or "#" in url:
         raise LockReadError(f"{name}: URL {url!r} has a query or fragment: hb fetches a package from a plain URL "
                             "whose last path component is its file name", line,
                             hint="lock the package's plain URL (conda-lock and pixi write no query or fragment)")
-    filename = url_filename(url)
+    filename = decoded_filename(url)
     decoded = urllib.parse.unquote(url)  # what a file:// fetch opens, and what a server is asked for
-    if (filename in ("", ".", "..") or "\\" in filename or "/" in urllib.parse.unquote(filename)
+    if (filename in ("", ".", "..") or "\\" in filename or "/" in filename
             or any(ord(c) < 32 or ord(c) == 127 for c in decoded)):
         raise LockReadError(f"{name}: URL {url!r} does not end in a file name", line)
 
@@ -377,7 +377,7 @@ def _check_url(url: str, name: str, line) -> None:
 def _check_conda_url(url: str, name: str, line) -> None:
     """_check_url, and the file must be a conda package: `.conda` or `.tar.bz2`."""
     _check_url(url, name, line)
-    if not url_filename(url).endswith(CONDA_SUFFIXES):
+    if not decoded_filename(url).endswith(CONDA_SUFFIXES):
         raise LockReadError(f"{name}: URL {url!r} is not a conda package (its file name does not end in .conda "
                             "or .tar.bz2)", line)
 
@@ -397,7 +397,7 @@ def _check_file_is_entry(package: LockedPackage, line) -> None:
 
 
 def _build_of(url: str) -> str:
-    stem = url_filename(url).removesuffix(".conda").removesuffix(".tar.bz2")
+    stem = decoded_filename(url).removesuffix(".conda").removesuffix(".tar.bz2")
     return stem.rsplit("-", 1)[-1]
 
 
@@ -457,7 +457,7 @@ def _wheel(name: str, version: str, url: str, sha256: str, platform: str, catego
         raise LockReadError(f"pip package {name} is not pinned: {url} has no sha256", line,
                             hint="lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source)")
     _check_url(base, name, line)
-    if not url_filename(base).endswith(".whl"):
+    if not decoded_filename(base).endswith(".whl"):
         raise LockReadError(f"pip package {name} is a source distribution ({base.rsplit('/', 1)[-1]}): hb installs "
                             "wheels only (a build would run the package's own code)", line,
                             hint="pin a version that has a wheel for this platform")
@@ -509,7 +509,7 @@ def _read_explicit(text: str) -> AdoptedLock:
         base, _, fragment = url.partition("#")
         fragment = fragment.lower().removeprefix("sha256:")
         md5, sha256 = (fragment, "") if HEX32.fullmatch(fragment) else (None, fragment)
-        filename = base.rsplit("/", 1)[-1]
+        filename = decoded_filename(base)
         _check_conda_url(base, filename, number)
         if sha256 and not HEX64.fullmatch(sha256):
             raise LockReadError(f"{filename}: the fragment #{fragment} is neither an md5 nor a sha256", number)

@@ -199,6 +199,9 @@ def test_older_writers_are_read_leniently(tmp_path):
     # percent-encoded: a NUL a file:// fetch would pass to open(), a slash that makes two components
     (lambda t: t.replace("linux-64/zlib-1.2.13", "linux-64/%00zlib-1.2.13"), "does not end in a file name", 13),
     (lambda t: t.replace("linux-64/zlib-1.2.13", "linux-64/x%2Fzlib-1.2.13"), "does not end in a file name", 13),
+    (lambda t: t.replace("linux-64/zlib-1.2.13-hd590300_5.conda", "linux-64/%2E%2E"), "does not end in a file name", 13),
+    (lambda t: t.replace("zlib-1.2.13-hd590300_5.conda", "zlib-1.2.13-hd590300_5%2Econda%2Fx"),
+     "does not end in a file name", 13),
     (lambda t: t.replace("six-1.16.0-py2.py3", "%0asix-1.16.0-py2.py3"), "does not end in a file name", None),
     (lambda t: t.replace("six-1.16.0-py2.py3-none-any.whl", "six-1.16.0.tar.gz"), "source distribution", None),
     (lambda t: t.replace("version: 1\n", "version: 7\n"), "format version 7 is not supported", 1),
@@ -529,3 +532,21 @@ def test_a_percent_encoded_plus_in_a_wheel_url_is_its_file_name(tmp_path):
     path.write_text(OLD_WRITER.replace("six-1.16.0-py2.py3", "six-1.16.0%2Blocal-py2.py3"))
     _conda, wheels = select(read_lock(path), "linux-64")
     assert wheels[0].package.filename == "six-1.16.0+local-py2.py3-none-any.whl"
+
+
+def test_a_percent_encoded_plus_in_a_conda_url_is_its_file_name(tmp_path):
+    """A conda version may hold `+` (`1.2.13+local`), which S3-backed mirrors serve as `%2B`: the entry
+    is the file its decoded name says (it was refused as "not the file it pins" before), and the
+    explicit format reads it the same way."""
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(OLD_WRITER.replace("version: 1.2.13", "version: 1.2.13+local")
+                    .replace("zlib-1.2.13-hd590300_5.conda", "zlib-1.2.13%2Blocal-hd590300_5.conda"))
+    conda, _ = select(read_lock(path), "linux-64")
+    assert conda[0].package.filename == "zlib-1.2.13+local-hd590300_5.conda"
+    assert conda[0].package.version == "1.2.13+local" and conda[0].package.build == "hd590300_5"
+    explicit = tmp_path / "conda-linux-64.lock"
+    explicit.write_text("# platform: linux-64\n@EXPLICIT\nhttps://conda.anaconda.org/conda-forge/linux-64/"
+                        "zlib-1.2.13%2Blocal-hd590300_5.conda#sha256:" + "ab" * 32 + "\n")
+    conda, _ = select(read_lock(explicit), "linux-64")
+    package = conda[0].package
+    assert (package.name, package.version, package.build) == ("zlib", "1.2.13+local", "hd590300_5")
