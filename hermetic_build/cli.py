@@ -399,7 +399,7 @@ def attest_verify(target, key_path, image, subject, locks, cafile, plain_http):
     raise AttestationError(f"none of the {count} envelopes of {where} checks out: " + "; ".join(errors))
 
 
-def _layout_envelopes(layout: Path) -> tuple[list[bytes], str]:
+def _layout_envelopes(layout: Path) -> tuple[Iterator[bytes], str]:
     from .referrers import DSSE_TYPE, layout_artifacts, read_index
 
     images = [m for m in read_index(layout)["manifests"] if isinstance(m, dict) and not m.get("artifactType")]

@@ -149,16 +149,20 @@ def _subject_in_layout(layout: Path, entry: dict) -> str | None:
         return None
 
 
-def layout_artifacts(layout: Path, subject_digest: str, artifact_type: str) -> list[bytes]:
-    """The first layer of each artifact of `artifact_type` in a layout whose subject is `subject_digest`."""
-    found = []
+def layout_artifacts(layout: Path, subject_digest: str, artifact_type: str) -> Iterator[bytes]:
+    """The first layer of each artifact of `artifact_type` in a layout whose subject is `subject_digest`,
+    read one at a time as the caller asks (at most MAX_ARTIFACTS, each at most MAX_ARTIFACT_BYTES): a
+    layout from elsewhere costs one artifact's memory, as a registry's does."""
     entries = [e for e in read_index(layout)["manifests"] if isinstance(e, dict) and e.get("artifactType") == artifact_type]
     _at_most(entries, f"{layout}/index.json", artifact_type)
+    return _layout_artifacts(layout, entries, subject_digest)
+
+
+def _layout_artifacts(layout: Path, entries: list[dict], subject_digest: str) -> Iterator[bytes]:
     for entry in entries:
         manifest = _parse_manifest(read_layout_blob(layout, entry.get("digest", "")))
         if manifest.get("subject", {}).get("digest") == subject_digest and manifest.get("layers"):
-            found.append(read_layout_blob(layout, manifest["layers"][0]["digest"]))
-    return found
+            yield read_layout_blob(layout, manifest["layers"][0]["digest"])
 
 
 def _at_most(entries: list, where: str, artifact_type: str) -> None:

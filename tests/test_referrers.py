@@ -32,17 +32,17 @@ def _layout(tmp_path):
 
 def test_attach_then_find_then_replace(tmp_path):
     layout, digest = _layout(tmp_path)
-    assert layout_artifacts(layout, digest, DSSE_TYPE) == []
+    assert list(layout_artifacts(layout, digest, DSSE_TYPE)) == []
     entry = attach_to_layout(layout, digest, DSSE_TYPE, "provenance.dsse.json", b'{"a": 1}', "provenance.dsse.json")
     manifest = json.loads(read_layout_blob(layout, entry["digest"]))
     assert manifest["subject"]["digest"] == digest and manifest["artifactType"] == DSSE_TYPE
     assert manifest["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
-    assert layout_artifacts(layout, digest, DSSE_TYPE) == [b'{"a": 1}']
-    assert layout_artifacts(layout, "sha256:" + "0" * 64, DSSE_TYPE) == []
+    assert list(layout_artifacts(layout, digest, DSSE_TYPE)) == [b'{"a": 1}']
+    assert list(layout_artifacts(layout, "sha256:" + "0" * 64, DSSE_TYPE)) == []
     attach_to_layout(layout, digest, DSSE_TYPE, "provenance.dsse.json", b'{"a": 2}', "provenance.dsse.json")
     index = json.loads((layout / "index.json").read_text())
     assert len(index["manifests"]) == 2  # the image and one envelope: the earlier one replaced
-    assert layout_artifacts(layout, digest, DSSE_TYPE) == [b'{"a": 2}']
+    assert list(layout_artifacts(layout, digest, DSSE_TYPE)) == [b'{"a": 2}']
 
 
 def test_an_image_the_layout_does_not_list_is_refused(tmp_path):
@@ -68,3 +68,20 @@ def test_links_and_mismatched_blobs_are_refused(tmp_path):
         read_layout_blob(layout2, digest2)
     with pytest.raises(UsageError, match="not a sha256 digest"):
         read_layout_blob(layout2, "sha256:../../etc/passwd")
+
+
+def test_a_layouts_artifacts_are_read_one_at_a_time(tmp_path):
+    """`hb attest verify LAYOUT` checks one envelope at a time, as for a registry: the layout's
+    artifacts are read as they are asked for, so 64 envelopes of 12 MiB cost one envelope's memory
+    (they were all read into a list first)."""
+    layout, digest = _layout(tmp_path)
+    entries = []
+    for i in range(3):
+        entries.append(attach_to_layout(layout, digest, DSSE_TYPE, f"e{i}.json", b'{"n": %d}' % i, f"e{i}.json"))
+    found = layout_artifacts(layout, digest, DSSE_TYPE)
+    first = next(found)
+    for entry in entries:  # every artifact manifest gone once the first envelope was handed over
+        os.unlink(layout / "blobs/sha256" / entry["digest"][7:])
+    assert first in (b'{"n": 0}', b'{"n": 1}', b'{"n": 2}')
+    with pytest.raises(UsageError):
+        next(found)

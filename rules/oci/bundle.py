@@ -129,7 +129,7 @@ def signed_provenance(layout_dir, image_digest: str, signer) -> tuple[dict, byte
     """The bundle's provenance statement about `image_digest`, signed by `signer` (payload -> DSSE
     envelope) as an artifact to push beside it: (its descriptor, its manifest, its blobs). The key stays
     in the caller's process; nothing of it is in the layout, an action or the cache."""
-    statements = layout_artifacts(layout_dir, image_digest, ARTIFACT_TYPES["provenance.intoto.json"][0])
+    statements = list(layout_artifacts(layout_dir, image_digest, ARTIFACT_TYPES["provenance.intoto.json"][0]))
     if len(statements) != 1:
         raise UsageError(f"the bundle holds {len(statements)} provenance statements about {image_digest}; "
                          "signing at push needs exactly one",

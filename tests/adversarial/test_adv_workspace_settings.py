@@ -1,4 +1,4 @@
-"""A hostile checkout's hermetic.toml (twelfth session). It comes with the BUILD files, so it is as
+"""A hostile checkout's hermetic.toml (tenth session). It comes with the BUILD files, so it is as
 hostile as they are; before `hb trust` existed it could:
 
 - name a remote cache: hb sent it HB_REMOTE_USER/HB_REMOTE_PASSWORD and, with `env_allowlist` and
