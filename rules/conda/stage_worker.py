@@ -243,7 +243,19 @@ def check_wheel_members(path: str, filename: str, max_ratio: int = 0) -> None:
         raise StageError(f"wheel {filename} expands to {total} bytes, more than {limit}")
 
 
-WRITER_THREADS = 8  # files created at once: on a busy disk each create waits on the journal
+def _writer_threads() -> int:
+    """Files created at once: as many as this process may run on, from 2 to 8. Each create waits on
+    the disk's journal, which threads overlap; but past the cores they only take the GIL from each
+    other and from the thread that walks the wheels (on 2 cores, the example's 17 wheels: 8 threads
+    1.54-1.74 s, 4 threads 1.38-1.41 s, 2 threads 1.29-1.36 s, alternating runs, 2026-12-07)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 2
+    return max(2, min(8, cores))
+
+
+WRITER_THREADS = _writer_threads()
 
 
 class WheelWriter:
