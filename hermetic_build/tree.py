@@ -245,6 +245,22 @@ class MissingBlob(Exception):
         self.digest = digest
 
 
+def small_blob(store, digest: Digest, limit: int, what: str) -> bytes:
+    """The bytes of a blob a rule reads whole into memory (a JSON record, a manifest, a METADATA
+    file of a tree), refused before anything is read if its digest claims more than `limit` bytes:
+    the tree may come from a remote cache, whose digests claim any size. ActionFailed names `what`;
+    MissingBlob if the blob is missing or corrupt (its producer runs again)."""
+    from .errors import ActionFailed
+
+    if digest.size > limit:
+        raise ActionFailed(f"{what} is {digest.size:,} bytes, more than the {limit >> 20} MiB hb reads of such a "
+                           "file: it is not what it should be (a hostile package, or a cache entry changed)")
+    data = store.get_blob(digest)
+    if data is None:
+        raise MissingBlob(digest)
+    return data
+
+
 class InvalidTree(MissingBlob):
     """A directory blob that is not a valid tree (or a tree beyond the limits): treated like a
     corrupt blob. It has been removed from the local store; whoever produced it runs again."""
@@ -262,7 +278,14 @@ def _discard(store, digest: Digest, why: str) -> None:
 
 def read_directory(store, digest: Digest) -> list[TreeEntry]:
     """The validated entries of one directory blob. MissingBlob if it is missing or corrupt,
-    InvalidTree (a MissingBlob) if it does not follow the schema (it is then removed)."""
+    InvalidTree (a MissingBlob) if it does not follow the schema (it is then removed). The size a
+    digest claims is checked before anything is read: an action result of a remote cache may name
+    a "directory" of any size, which get_blob would read whole into memory (a 1.5 GiB one took hb
+    3.1 GB and 13 s before it was refused)."""
+    if digest.size > MAX_DIRECTORY_BYTES:
+        _discard(store, digest, "larger than a directory may be")
+        raise InvalidTree(digest, f"it claims {digest.size:,} bytes, more than the {MAX_DIRECTORY_BYTES >> 20} MiB "
+                                  "a directory may take")
     data = store.get_blob(digest)
     if data is None:
         raise MissingBlob(digest)

@@ -25,10 +25,11 @@ from hermetic_build.api import (
     lookup_tree,
     register_action_kind,
     rule,
+    small_blob,
     walk_tree,
 )
 
-from .layout import OCI_INDEX, OCI_MANIFEST, REF_NAME, canonical, descriptor, sha256_of
+from .layout import MAX_JSON_BYTES, OCI_INDEX, OCI_MANIFEST, REF_NAME, canonical, descriptor, sha256_of
 
 EMPTY_JSON = b"{}"
 # what an attachment's files are, by file name: (artifactType, layer media type)
@@ -81,7 +82,8 @@ def _run_bundle(execution) -> None:
                     raise MissingBlob(entry.digest)
             elif entry.kind != "file":
                 raise ActionFailed(f"{layout.path}/{path} is a {entry.kind}; an image layout holds files only")
-        index = json.loads(store.get_blob(lookup_tree(store, execution.input_tree(layout), "index.json").digest))
+        index = json.loads(small_blob(store, lookup_tree(store, execution.input_tree(layout), "index.json").digest,
+                                      MAX_JSON_BYTES, f"{layout.path}/index.json"))
     except MissingBlob as exc:
         raise ActionFailed(f"{layout.path} is incomplete in the cache ({exc})") from None
     images = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == params["ref_name"]]
@@ -97,9 +99,10 @@ def _run_bundle(execution) -> None:
             if entry.kind != "file" or path not in ARTIFACT_TYPES:
                 continue
             artifact_type, media_type = ARTIFACT_TYPES[path]
-            data = store.get_blob(entry.digest)
-            if data is None:
-                raise ActionFailed(f"{attachment}/{path} is missing from the cache")
+            try:
+                data = small_blob(store, entry.digest, MAX_JSON_BYTES, f"{attachment}/{path}")
+            except MissingBlob:
+                raise ActionFailed(f"{attachment}/{path} is missing from the cache") from None
             (blobs / sha256_of(data)[7:]).write_bytes(data)
             manifest = artifact_manifest(subject, artifact_type, [(path, data, media_type)])
             (blobs / sha256_of(manifest)[7:]).write_bytes(manifest)

@@ -18,11 +18,13 @@ from hermetic_build.api import (
     attr,
     register_action_kind,
     rule,
+    small_blob,
     walk_tree,
 )
 
 from .layers import DEFAULT_MAX_LAYERS, OciLayersInfo, declare_layers
 from .layout import (
+    MAX_JSON_BYTES,
     OCI_CONFIG,
     OCI_MANIFEST,
     LayoutError,
@@ -192,10 +194,7 @@ def _input_entry(execution, path: str, kind: str):
 def _input_bytes(execution, path: str) -> bytes:
     """A generated input file's content, read from the store (verified)."""
     entry = _input_entry(execution, path, "file")
-    data = execution.store.get_blob(entry.digest)
-    if data is None:
-        raise MissingBlob(entry.digest)  # the executor rebuilds its producer
-    return data
+    return small_blob(execution.store, entry.digest, MAX_JSON_BYTES, path)  # missing: its producer runs again
 
 
 def _run_image(execution) -> None:

@@ -30,6 +30,9 @@ def epoch_rfc3339(epoch: int) -> str:
 
 SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")  # the only digests hb reads blobs by
 MAX_JSON_BLOB_BYTES = 16 << 20  # a manifest or config (a registry's manifests are capped the same)
+# JSON that hb's own actions write and others read whole from the cache (an index, layers.json, an SBOM):
+# a result from a remote cache may claim any size, so a larger one is refused unread (small_blob)
+MAX_JSON_BYTES = 256 << 20
 
 
 def blob_path(layout: Path, digest: str) -> Path:

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
-from hermetic_build.api import ActionFailed, DefaultInfo, MissingBlob, attr, lookup_tree, register_action_kind, rule
+from hermetic_build.api import ActionFailed, DefaultInfo, MissingBlob, attr, lookup_tree, register_action_kind, rule, small_blob
+
+from .layout import MAX_JSON_BYTES
 
 SPDX_FILE = "sbom.spdx.json"
 CYCLONEDX_FILE = "sbom.cdx.json"
@@ -115,7 +117,8 @@ def _oci_sbom_impl(ctx):
 def _blob_of(execution, tree_file, path: str) -> bytes:
     try:
         entry = lookup_tree(execution.store, execution.input_tree(tree_file), path)
-        data = execution.store.get_blob(entry.digest) if entry is not None and entry.kind == "file" else None
+        data = (small_blob(execution.store, entry.digest, MAX_JSON_BYTES, f"{tree_file.path}/{path}")
+                if entry is not None and entry.kind == "file" else None)
     except MissingBlob:
         data = None
     if data is None:
@@ -141,11 +144,8 @@ def read_layer_sets(execution) -> list[list[dict]]:
     """Each layer set's layers.json entries (digest, packages), in image order."""
     sets = []
     for path in execution.params["layer_indexes"]:
-        digest = execution.input_entries[path].digest
-        data = execution.store.get_blob(digest)
-        if data is None:
-            raise MissingBlob(digest)
-        sets.append(json.loads(data)["layers"])
+        sets.append(json.loads(small_blob(execution.store, execution.input_entries[path].digest, MAX_JSON_BYTES,
+                                          path))["layers"])
     return sets
 
 

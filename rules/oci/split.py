@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from hermetic_build.api import ActionFailed, MissingBlob, TreeEntry, walk_tree
+from hermetic_build.api import ActionFailed, TreeEntry, small_blob, walk_tree
 
 FINAL_LAYER = "(environment metadata)"
 
@@ -92,7 +92,7 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
         dist_info = path.rsplit("/", 1)[0]
         files = []
         try:
-            rows = list(csv.reader(_text(store, entry).splitlines()))
+            rows = list(csv.reader(_text(store, entry, path, MAX_RECORD_BYTES).splitlines()))
         except csv.Error as exc:  # a field over csv's limit, a NUL byte
             raise ActionFailed(f"the environment's {path} is not a readable RECORD: {exc}") from None
         for row in rows:
@@ -101,7 +101,7 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
             rel = posixpath.normpath(posixpath.join(site, row[0]))
             if not rel.startswith("../") and rel != "..":
                 files.append(rel)
-        name, depends = _wheel_metadata(store, entries.get(f"{dist_info}/METADATA"))
+        name, depends = _wheel_metadata(store, entries.get(f"{dist_info}/METADATA"), f"{dist_info}/METADATA")
         name = name or dist_info.rsplit("/", 1)[1].rsplit("-", 1)[0]
         key = f"pypi:{_normalise(name)}"
         out[key] = {"name": key, "depends": ["python", *(f"pypi:{_normalise(d)}" for d in depends)],
@@ -109,23 +109,26 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
     return out
 
 
-def _text(store, entry: TreeEntry) -> str:
-    data = store.get_blob(entry.digest)
-    if data is None:
-        raise MissingBlob(entry.digest)
-    return data.decode("utf-8", errors="replace")
+# what layering reads whole from an environment's tree: a conda-meta record or a wheel's RECORD (the
+# stage refuses a record past the same size), a wheel's METADATA (its header is what is used)
+MAX_RECORD_BYTES = 256 << 20
+MAX_METADATA_BYTES = 64 << 20
+
+
+def _text(store, entry: TreeEntry, path: str, limit: int) -> str:
+    return small_blob(store, entry.digest, limit, f"the environment's {path}").decode("utf-8", errors="replace")
 
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _wheel_metadata(store, entry: TreeEntry | None) -> tuple[str, list[str]]:
+def _wheel_metadata(store, entry: TreeEntry | None, path: str) -> tuple[str, list[str]]:
     """(Name, names of its unconditional Requires-Dist) from a METADATA file's header."""
     if entry is None or entry.kind != "file":
         return "", []
     name, depends = "", []
-    for line in _text(store, entry).split("\n\n", 1)[0].splitlines():
+    for line in _text(store, entry, path, MAX_METADATA_BYTES).split("\n\n", 1)[0].splitlines():
         key, _, value = line.partition(":")
         if key == "Name":
             name = value.strip()
@@ -166,10 +169,7 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
     found_in: dict[str, str] = {}
     for path, entry in sorted(entries.items()):
         if path.startswith("conda-meta/") and path.endswith(".json") and entry.kind == "file":
-            data = store.get_blob(entry.digest)
-            if data is None:
-                raise MissingBlob(entry.digest)
-            record = _conda_record(path, data)
+            record = _conda_record(path, small_blob(store, entry.digest, MAX_RECORD_BYTES, f"the environment's {path}"))
             if record["name"] in found_in:
                 raise ActionFailed(f"the environment's {path} and {found_in[record['name']]} both record the package "
                                    f"{record['name']!r}")

@@ -192,6 +192,41 @@ def test_hostile_tree_through_an_unsigned_remote_is_rebuilt_not_written(tmp_path
     assert "(HB_REMOTE_HMAC_KEY is set)" not in proc.stderr
 
 
+def test_a_directory_of_any_size_named_by_a_remote_result_is_refused_unread(tmp_path):
+    """An action result may name a "directory" blob of any size: hb read it whole into memory before
+    the tree's size limit refused it (1.5 GiB: 3.1 GB of hb's memory and 13 s, tenth session; a
+    bigger one ends hb). Now the size its digest claims is checked first: nothing is downloaded, the
+    action is rebuilt. The blob is real (nginx serves it), so the old code does read it."""
+    from hermetic_build.digest import digest_file
+
+    server = NginxCache(tmp_path / "nginx")
+    try:
+        a = _ws(tmp_path / "a", tmp_path / "cache-a")
+        a.build("--remote-cache", server.url, "--remote-upload", "//p:t")
+        key, _ = _ac_entry(a.cache, "dir")
+        envelope = json.loads((server.root / "ac" / key).read_bytes())
+        big = tmp_path / "big.bin"
+        with open(big, "wb") as f:
+            f.truncate(384 << 20)  # sparse: no disk
+        claimed = digest_file(big)
+        os.rename(big, server.root / "cas" / claimed.hash)
+        envelope["result"]["outputs"][0]["digest"] = str(claimed)
+        _write(server.root / "ac" / key, json.dumps(envelope).encode())
+        b = _ws(tmp_path / "b", tmp_path / "cache-b")
+        before = len(server.requests())
+        proc = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "--json", "--remote-cache",
+                                 server.url, "//p:t"], cwd=b.root, env=b.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        stdout, stderr = proc.communicate(timeout=300)
+        requests = server.requests()[before:]
+    finally:
+        server.stop()
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["actions"] == {"executed": 1, "cached": 0}
+    assert not [r for r in requests if claimed.hash in r and '"GET ' in r], requests  # never read (a HEAD is)
+    assert (b.root / "hb-out/p/t/d/top.txt").read_text() == "top\n"
+
+
 # ----- item 6: malformed action-cache entries -------------------------------------------------------
 @pytest.mark.parametrize("name", MALFORMED_NAMES)
 def test_malformed_local_entry_is_removed_reported_and_rebuilt(tmp_path, name):

@@ -129,3 +129,32 @@ def test_an_unreadable_wheel_record_fails_naming_it():
     entries["lib/python3.11/site-packages/evil-1.dist-info/RECORD"] = TreeEntry("RECORD", "file", d)
     with pytest.raises(ActionFailed, match="evil-1.dist-info/RECORD is not a readable RECORD"):
         env_groups(blobs, entries, 100)
+
+
+class NoReads(Blobs):
+    def get_blob(self, digest):
+        if digest.size > 1 << 20:
+            raise AssertionError(f"read a blob that claims {digest.size} bytes")
+        return super().get_blob(digest)
+
+
+@pytest.mark.parametrize("path, size, limit", [
+    ("conda-meta/zz-1-0.json", (256 << 20) + 1, "256 MiB"),
+    ("lib/python3.11/site-packages/evil-1.dist-info/RECORD", 300 << 20, "256 MiB"),
+    ("lib/python3.11/site-packages/evil-1.dist-info/METADATA", 3 << 30, "64 MiB"),
+])
+def test_a_file_layering_reads_whole_is_refused_unread_past_its_size(path, size, limit):
+    """A tree from a remote cache may name blobs of any size, which were read whole into memory:
+    such a file is refused by the size its digest claims, before any byte is read."""
+    from hermetic_build.digest import Digest
+
+    blobs, entries = _env(PACKAGES)
+    blobs.__class__ = NoReads
+    if path.endswith("METADATA"):
+        record = b"evil/__init__.py,sha256=abc,1\n"
+        d = digest_bytes(record)
+        blobs[d] = record
+        entries[path.rsplit("/", 1)[0] + "/RECORD"] = TreeEntry("RECORD", "file", d)
+    entries[path] = TreeEntry(path.rsplit("/", 1)[-1], "file", Digest("ab" * 32, size))
+    with pytest.raises(ActionFailed, match=f"the environment's {path} is {size:,} bytes, more than the {limit}"):
+        env_groups(blobs, entries, 100)
