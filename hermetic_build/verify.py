@@ -166,6 +166,8 @@ def _manifests(store, entry: OutputEntry) -> list[str]:
     for path, e in walk_tree(store, entry.digest):
         if path == "index.json" and e.kind == "file":
             try:
+                if e.digest.size > MAX_COMPARED_BYTES:  # an index.json: kilobytes, unless a cache lies
+                    return []
                 index = json.loads(store.get_blob(e.digest) or b"")
                 return [str(m.get("digest")) for m in index.get("manifests", []) if isinstance(m, dict)]
             except (ValueError, AttributeError):
@@ -188,7 +190,7 @@ def first_difference(old_store, new_store, old: OutputEntry | None, new: OutputE
     if old.kind != new.kind:
         return f"{path} was a {old.kind} and is now a {new.kind}"
     if old.kind == "file":
-        return _file_difference(_blob(old_store, old.digest), _blob(new_store, new.digest), path)
+        return _file_difference_of(old_store, new_store, old.digest, new.digest, path)
     before, after = dict(walk_tree(old_store, old.digest)), dict(walk_tree(new_store, new.digest))
     for name in sorted(before.keys() | after.keys()):
         a, b = before.get(name), after.get(name)
@@ -204,8 +206,45 @@ def first_difference(old_store, new_store, old: OutputEntry | None, new: OutputE
         if a.kind == "symlink":
             return f"{where}: link target {a.target!r} became {b.target!r}"
         if a.kind == "file":
-            return _file_difference(_blob(old_store, a.digest), _blob(new_store, b.digest), where)
+            return _file_difference_of(old_store, new_store, a.digest, b.digest, where)
     return f"{path}: the directories differ in their encoding only"
+
+
+def _file_difference_of(old_store, new_store, old, new, where: str) -> str:
+    """The first difference of two files: explained member by member where both fit in memory,
+    else found by reading both side by side (a real image's layer is gigabytes, and the recorded
+    one may come from a remote cache, whose digests claim any size)."""
+    if old.size <= MAX_COMPARED_BYTES and new.size <= MAX_COMPARED_BYTES:
+        return _file_difference(_blob(old_store, old), _blob(new_store, new), where)
+    a, b = old_store.open_blob(old), new_store.open_blob(new)
+    if a is None or b is None:
+        missing = old if a is None else new
+        raise UsageError(f"blob {missing} is no longer in the cache; run `hb build` and `hb verify` again")
+    with a, b:
+        offset = 0
+        while True:
+            x, y = _read_full(a), _read_full(b)
+            if x != y:
+                n = min(len(x), len(y))
+                i = next((k for k in range(n) if x[k] != y[k]), n)
+                start = max(0, i - CONTEXT_BYTES // 2)
+                return (f"{where}: first difference at byte {offset + i} (sizes {old.size} and {new.size}): "
+                        f"recorded {x[start:i + CONTEXT_BYTES]!r}, rebuilt {y[start:i + CONTEXT_BYTES]!r}")
+            if not x:
+                return f"{where}: identical bytes"
+            offset += len(x)
+
+
+def _read_full(reader, size: int = 1 << 20) -> bytes:
+    """`size` bytes of `reader`, fewer only at its end (a read may return less)."""
+    parts, got = [], 0
+    while got < size:
+        piece = reader.read(size - got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
 
 
 def _blob(store, digest) -> bytes:

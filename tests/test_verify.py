@@ -91,3 +91,26 @@ def test_a_gzip_bomb_is_not_inflated_to_explain_a_difference(monkeypatch):
     monkeypatch.setattr(verify, "MAX_COMPARED_BYTES", 1 << 20)
     bomb = gzip.compress(b"\0" * (4 << 20), mtime=0)
     assert verify._tar_members(bomb) is None
+
+
+def test_a_large_difference_is_found_reading_side_by_side_not_whole(tmp_path, monkeypatch):
+    """Past MAX_COMPARED_BYTES (a real image's layers are gigabytes; a remote cache's digests claim
+    any size) the two files are read side by side in pieces: never whole into memory."""
+    import hermetic_build.verify as verify
+    from hermetic_build.store.local import LocalStore
+    from hermetic_build.verify import first_difference
+
+    monkeypatch.setattr(verify, "MAX_COMPARED_BYTES", 1000)
+    monkeypatch.setattr(verify, "_blob", lambda *_: (_ for _ in ()).throw(AssertionError("read whole")))
+    store = LocalStore(tmp_path / "cache")
+    old = bytes(range(256)) * 20000  # 5 MB
+    new = bytearray(old)
+    new[3_000_123] ^= 0xFF
+    a, b = store.put_blob(old), store.put_blob(bytes(new))
+    from hermetic_build.store.base import OutputEntry
+
+    said = first_difference(store, store, OutputEntry("o", "file", a), OutputEntry("o", "file", b), "hb-out/o")
+    assert said.startswith("hb-out/o: first difference at byte 3000123 (sizes 5120000 and 5120000): recorded "), said
+    shorter = store.put_blob(old[:4_500_000])
+    said = first_difference(store, store, OutputEntry("o", "file", a), OutputEntry("o", "file", shorter), "hb-out/o")
+    assert said.startswith("hb-out/o: first difference at byte 4500000 (sizes 5120000 and 4500000)"), said
