@@ -263,8 +263,13 @@ class Session:
 
     def _load_analysis(self, cache_file: Path, patterns, current_package) -> AnalysisResult | None:
         background_write.wait_for(cache_file)
+        from .statefile import open_own_file
+
+        f = open_own_file(cache_file)  # a pickle: only one this user wrote (statefile.py)
+        if f is None:
+            return None
         try:
-            with open(cache_file, "rb") as f:
+            with f:
                 fingerprint, analysis = pickle.load(f)
         except (FileNotFoundError, EOFError, pickle.UnpicklingError, AttributeError, ImportError,
                 ValueError, TypeError):

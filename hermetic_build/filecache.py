@@ -21,9 +21,13 @@ class FileDigestCache:
         self.path = path
         self._entries: dict[str, tuple] = {}
         self._dirty = False
+        from .statefile import open_own_file
+
         with contextlib.suppress(FileNotFoundError, EOFError, pickle.UnpicklingError, ValueError, TypeError):
-            with open(path, "rb") as f:
-                self._entries = pickle.load(f)
+            f = open_own_file(path)  # a pickle: only one this user wrote (statefile.py)
+            if f is not None:
+                with f:
+                    self._entries = pickle.load(f)
 
     def digest(self, path: Path) -> Digest:
         key = str(path)

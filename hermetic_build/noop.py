@@ -86,8 +86,13 @@ def forget(state_dir: Path) -> None:
 
 
 def load(state_dir: Path) -> NoopRecord | None:
+    from .statefile import open_own_file
+
+    f = open_own_file(record_path(state_dir))  # a pickle: only one this user wrote (statefile.py)
+    if f is None:
+        return None
     try:
-        with open(record_path(state_dir), "rb") as f:
+        with f:
             record = pickle.load(f)
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError,
             IndexError):

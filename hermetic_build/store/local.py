@@ -113,6 +113,7 @@ class LocalStore(Store):
                              hint="point it at an empty or new directory") from None
         if not self.root.is_dir():
             raise UsageError(f"{self.setting} is not a directory", hint="point it at an empty or new directory")
+        self._refuse_foreign_root()
         if not os.path.lexists(self.root / MARKER):
             self._claim()
         self._check_marker()
@@ -126,6 +127,20 @@ class LocalStore(Store):
         fd, probe = self._temp()  # fail now, with the setting's name, if it is not writable
         os.close(fd)
         os.unlink(probe)
+
+    def _refuse_foreign_root(self) -> None:
+        """The cache must be yours: hb takes its results as its own and loads the state it keeps there
+        as Python objects, so a cache another user made (say in /tmp, before you named it) or may
+        write into is code run as you. Refused: a directory owned by another user, or writable by
+        every user (git refuses others' repositories for the same reason: safe.directory)."""
+        st = os.stat(self.root)
+        if st.st_uid != os.getuid():
+            raise UsageError(f"{self.setting} belongs to another user (uid {st.st_uid}): hb would take its results, "
+                             "and the state it loads back, as its own",
+                             hint="use a directory of your own (HB_CACHE_DIR); to keep its entries, copy them into one")
+        if st.st_mode & stat.S_IWOTH:
+            raise UsageError(f"{self.setting} is writable by every user: anyone could put results (and state hb "
+                             "loads back) into it", hint=f"chmod o-w {self.root}, or use another directory")
 
     def _claim(self) -> None:
         """Write the marker into a new or empty directory, or an hb cache from before markers."""
