@@ -91,36 +91,32 @@ def test_what_you_choose_yourself_needs_no_trust(workspace, tmp_path):
     assert not trust_file().exists() or str(ws.root.resolve()) not in trust_file().read_text()
 
 
-def test_a_workspace_without_such_settings_never_reads_the_trust_file(workspace):
+@pytest.fixture
+def damageable_trust_file():
+    """The session's trust file, put back as it was after the test damaged it."""
+    trust_file().parent.mkdir(parents=True, exist_ok=True)
+    saved = trust_file().read_bytes() if trust_file().exists() else None
+    yield trust_file()
+    if saved is None:
+        trust_file().unlink()
+    else:
+        trust_file().write_bytes(saved)
+
+
+def test_a_workspace_without_such_settings_never_reads_the_trust_file(workspace, damageable_trust_file):
     ws = _ws(workspace, 'platforms = ["linux-64"]\nstarlark_memory_mb = 512\n')
-    trust_file().parent.mkdir(parents=True, exist_ok=True)
-    saved = trust_file().read_bytes() if trust_file().exists() else None
-    try:
-        trust_file().write_text("not json")
-        ws.hb("build", "//p:g")
-        assert "sets nothing that needs trust" in ws.hb("trust").stdout
-    finally:
-        if saved is None:
-            trust_file().unlink()
-        else:
-            trust_file().write_bytes(saved)
+    damageable_trust_file.write_text("not json")
+    ws.hb("build", "//p:g")
+    assert "sets nothing that needs trust" in ws.hb("trust").stdout
 
 
-def test_a_damaged_trust_file_is_one_clean_error(workspace):
+def test_a_damaged_trust_file_is_one_clean_error(workspace, damageable_trust_file):
     ws = _ws(workspace, 'env_allowlist = ["TOKEN"]\n')
-    trust_file().parent.mkdir(parents=True, exist_ok=True)
-    saved = trust_file().read_bytes() if trust_file().exists() else None
-    try:
-        for damaged in ("not json", '{"version": 1, "workspaces": []}', "[" * 100000, '{"version": 9}'):
-            trust_file().write_text(damaged)
-            proc = ws.hb("build", "//p:g", check=False)
-            assert proc.returncode == 2 and f"{trust_file()} is not a trust file hb wrote" in proc.stderr
-            assert "Traceback" not in proc.stderr
-    finally:
-        if saved is None:
-            trust_file().unlink()
-        else:
-            trust_file().write_bytes(saved)
+    for damaged in ("not json", '{"version": 1, "workspaces": []}', "[" * 100000, '{"version": 9}'):
+        damageable_trust_file.write_text(damaged)
+        proc = ws.hb("build", "//p:g", check=False)
+        assert proc.returncode == 2 and f"{damageable_trust_file} is not a trust file hb wrote" in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_concurrent_trusts_keep_every_entry(tmp_path):

@@ -164,20 +164,26 @@ def test_setuid_bits_from_a_cache_are_not_applied(tmp_path):
 REMOTE_TREES = ["dotdot-name", "link-then-dir-through-it", "duplicate-names", "deep-5000", "infinity-mode"]
 
 
+def _remote_result_names_tree(tmp_path: Path, server: NginxCache, digest) -> None:
+    """Workspace a uploads //p:t's result to the remote, whose entry is then edited to name `digest`
+    as the tree of its directory output."""
+    a = _ws(tmp_path / "a", tmp_path / "cache-a")
+    a.build("--remote-cache", server.url, "--remote-upload", "//p:t")
+    key, _ = _ac_entry(a.cache, "dir")
+    envelope = json.loads((server.root / "ac" / key).read_bytes())
+    envelope["result"]["outputs"][0]["digest"] = str(digest)
+    _write(server.root / "ac" / key, json.dumps(envelope).encode())
+
+
 @pytest.mark.parametrize("name", REMOTE_TREES)
 def test_hostile_tree_through_an_unsigned_remote_is_rebuilt_not_written(tmp_path, name):
     victim = tmp_path / "victim"
     victim.mkdir()
     server = NginxCache(tmp_path / "nginx")
     try:
-        a = _ws(tmp_path / "a", tmp_path / "cache-a")
-        a.build("--remote-cache", server.url, "--remote-upload", "//p:t")
-        key, _ = _ac_entry(a.cache, "dir")
-        envelope = json.loads((server.root / "ac" / key).read_bytes())
         blobs = _tree_blobs(name, victim)
         _plant_remote(server, blobs)
-        envelope["result"]["outputs"][0]["digest"] = str(digest_bytes(blobs[-1]))
-        _write(server.root / "ac" / key, json.dumps(envelope).encode())
+        _remote_result_names_tree(tmp_path, server, digest_bytes(blobs[-1]))
         b = _ws(tmp_path / "b", tmp_path / "cache-b")
         before = _snapshot(tmp_path)
         proc = b.build("--remote-cache", server.url, "//p:t")
@@ -201,17 +207,12 @@ def test_a_directory_of_any_size_named_by_a_remote_result_is_refused_unread(tmp_
 
     server = NginxCache(tmp_path / "nginx")
     try:
-        a = _ws(tmp_path / "a", tmp_path / "cache-a")
-        a.build("--remote-cache", server.url, "--remote-upload", "//p:t")
-        key, _ = _ac_entry(a.cache, "dir")
-        envelope = json.loads((server.root / "ac" / key).read_bytes())
         big = tmp_path / "big.bin"
         with open(big, "wb") as f:
             f.truncate(384 << 20)  # sparse: no disk
         claimed = digest_file(big)
         os.rename(big, server.root / "cas" / claimed.hash)
-        envelope["result"]["outputs"][0]["digest"] = str(claimed)
-        _write(server.root / "ac" / key, json.dumps(envelope).encode())
+        _remote_result_names_tree(tmp_path, server, claimed)
         b = _ws(tmp_path / "b", tmp_path / "cache-b")
         before = len(server.requests())
         proc = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "--json", "--remote-cache",
