@@ -28,6 +28,7 @@ from . import lockfile as lf
 from .channel import CondaChannelInfo
 from .lockkey import inputs_digest, inputs_keys, recorded_fresh, virtual_packages_key
 from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
+from .yamlload import safe_loader
 
 if TYPE_CHECKING:  # imported where a lock runs: a build that only reads locks never loads them
     from . import pypi, uv_run
@@ -106,7 +107,7 @@ def _channel_targets(ctx) -> dict[str, list[str]]:
     if not channels and ctx.attr.environment is not None:
         data = ctx.read_source(ctx.source_path(ctx.attr.environment))
         try:
-            parsed = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if data is not None else None
+            parsed = yaml.load(data, Loader=safe_loader()) if data is not None else None
         except (yaml.YAMLError, RecursionError):
             parsed = None  # the implementation reports the file's errors, at file:line
         found = parsed.get("channels") if isinstance(parsed, dict) else None

@@ -21,6 +21,7 @@ import urllib.parse
 from dataclasses import dataclass, field, replace
 
 from .lockfile import LockedPackage, LockedWheel, decoded_filename
+from .yamlload import safe_loader
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -169,7 +170,7 @@ def _categories(item: dict, name: str, line) -> frozenset[str]:
 def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = safe_loader()
     doc = _fast_unified(text, loader) if fast else None  # conda-lock's own layout, read line by line
     try:
         doc = doc if doc is not None else yaml.load(text, Loader=loader)

@@ -12,6 +12,8 @@ from blake3 import blake3
 
 from hermetic_build.api import AnalysisError, Location
 
+from .yamlload import safe_loader
+
 # conda-lock's parser maps PyPI names to conda names for the conda `pip` it adds to an environment
 # with a pip section; hb ships its own small mapping (offline), the same one pypi.py uses the other way.
 PYPI_MAPPING = pathlib.Path(__file__).resolve().with_name("pypi_mapping.json")
@@ -145,7 +147,7 @@ def _user_pip_specs(files, platforms) -> tuple:
         text = file.read_text()
         for platform in platforms:
             doc = yaml.load("\n".join(filter_platform_selectors(text, platform=platform)),
-                            Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+                            Loader=safe_loader()) or {}
             for item in doc.get("dependencies") or ():
                 if isinstance(item, str) and _conda_name(item) == "pip":
                     found[platform] = conda_spec_to_versioned_dep(item, "main")
@@ -163,7 +165,7 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
     from deep inside conda-lock."""
     import yaml  # here: most builds never read YAML (PyYAML's import compiles its regexes)
     try:  # libyaml's composer: it bounds nesting (the pure-Python one recursed into a RecursionError)
-        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        node = yaml.compose(text, Loader=safe_loader())
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise AnalysisError(f"invalid YAML: {problem}",

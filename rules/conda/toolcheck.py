@@ -13,6 +13,8 @@ from pathlib import Path
 
 from hermetic_build.api import ActionFailed, HbError
 
+from .yamlload import safe_loader
+
 
 @dataclass(frozen=True)
 class HostTool:
@@ -44,7 +46,7 @@ def build_scripts(recipe: Path) -> str:
     {content: ...}), or the script file it names next to the recipe (build.sh by default)."""
     import yaml  # here: most builds never read YAML (PyYAML's import compiles its regexes)
     try:
-        data = yaml.load(recipe.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        data = yaml.load(recipe.read_text(), Loader=safe_loader()) or {}
     except (OSError, yaml.YAMLError, RecursionError):
         return ""  # rattler-build reports a broken recipe itself, with its path
     outputs = data.get("outputs") if isinstance(data.get("outputs"), list) else [data]
