@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shlex
-import stat
 import struct
 import tarfile
 import zipfile
@@ -31,9 +30,9 @@ from dataclasses import dataclass
 from hermetic_build.api import ActionFailed
 
 try:
-    from .zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
+    from .zipdir import wheel_problem, zip_directory_problem
 except ImportError:  # loaded by its path in the sandboxed check helper (check_worker.py), beside zipdir.py
-    from zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
+    from zipdir import wheel_problem, zip_directory_problem
 
 DEFAULT_MAX_UNPACK_RATIO = 1000  # expanded : compressed; real packages are 2-20x, CUDA 2-4x
 UNPACK_FLOOR_BYTES = 64 << 20  # a package expanding to less than this passes whatever its ratio
@@ -425,7 +424,6 @@ def check_archive(path, filename: str, limits: UnpackLimits = UnpackLimits()) ->
 
 
 # ----- wheels (PyPI): the fetch's check of a wheel's zip directory ---------------------------------
-MIN_UNPACK_LIMIT = 64 << 20
 # name-version(-build)?-python-abi-platform.whl, one path component
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-[0-9][A-Za-z0-9_.]*)?-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+"
                         r"-[A-Za-z0-9_.]+\.whl$")
@@ -435,54 +433,13 @@ def valid_wheel_filename(filename: str) -> bool:
     return bool(WHEEL_NAME.match(filename)) and "/" not in filename and ".." not in filename
 
 
-def wheel_member_problem(name: str) -> str | None:
-    """Why a zip member name is not a safe relative path, or None."""
-    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
-        return "is not a relative POSIX path"
-    if any(ord(c) < 32 for c in name):
-        return "has a control character"
-    parts = name.rstrip("/").split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        return "has an empty, '.' or '..' component"
-    return None
-
-
 def check_wheel(path, filename: str, max_ratio: int = DEFAULT_MAX_UNPACK_RATIO) -> None:
-    """Raise ActionFailed unless `path` is a zip whose members are safe relative paths, regular files
-    or directories only, unique, within the unpack limit, with a .dist-info/RECORD. Its directory is
-    measured before zipfile reads it (zipdir.py); no member is decompressed."""
-    where = f"wheel {filename}"
+    """Raise ActionFailed unless `path` is a wheel zipdir.wheel_problem accepts (with the hint that
+    raises the unpack limit when only its size is refused)."""
     if not valid_wheel_filename(filename):
-        raise ActionFailed(f"{where}: not a wheel file name (name-version-python-abi-platform.whl)")
-    try:
-        with open(path, "rb") as f:
-            problem = zip_directory_problem(f, MAX_WHEEL_ENTRIES)
-        if problem:
-            raise ActionFailed(f"{where} is refused: {problem}")
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ActionFailed(f"{where} is not a zip archive: {exc}") from None
-    compressed = os.path.getsize(path)
-    limit = max(MIN_UNPACK_LIMIT, max_ratio * compressed)
-    seen, total, records = set(), 0, []
-    for info in infos:
-        problem = wheel_member_problem(info.filename)
-        if problem:
-            raise ActionFailed(f"{where}: member {info.filename!r} {problem}")
-        key = info.filename.rstrip("/")
-        if key in seen:
-            raise ActionFailed(f"{where}: member {key!r} appears twice")
-        seen.add(key)
-        mode = info.external_attr >> 16
-        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # no type bits: a file
-            raise ActionFailed(f"{where}: member {key!r} is not a regular file or directory (mode {oct(mode)})")
-        total += info.file_size
-        if key.endswith(".dist-info/RECORD") and key.count("/") == 1:
-            records.append(key)
-    if total > limit:
-        raise ActionFailed(f"{where} expands to {total} bytes, more than {limit} (max_unpack_ratio {max_ratio} x "
-                           f"{compressed} compressed bytes)",
-                           hint="raise conda_env(max_unpack_ratio = N) or [conda] max_unpack_ratio in hermetic.toml")
-    if len(records) != 1:
-        raise ActionFailed(f"{where} has {len(records)} .dist-info/RECORD files (a wheel has exactly one)")
+        raise ActionFailed(f"wheel {filename}: not a wheel file name (name-version-python-abi-platform.whl)")
+    found = wheel_problem(path, filename, max_ratio)
+    if found:
+        message, too_large = found
+        raise ActionFailed(message, hint="raise conda_env(max_unpack_ratio = N) or [conda] max_unpack_ratio in "
+                                         "hermetic.toml" if too_large else None)

@@ -203,44 +203,20 @@ def normalise_prefix(root, locked: dict[str, dict]) -> None:
         os.chmod(history, 0o644)
 
 
-MIN_UNPACK_LIMIT = 64 << 20
-MAX_UNPACK_RATIO = 1000
+MAX_UNPACK_RATIO = 1000  # archive.DEFAULT_MAX_UNPACK_RATIO, where the target sets none
 
 
 def check_wheel_members(path: str, filename: str, max_ratio: int = 0) -> None:
-    """The fetch's checks again, here where the bytes are unpacked: safe relative names, regular
-    files and directories only, no duplicates, bounded size (the result may come from a shared cache)."""
-    import stat
-    import zipfile
-
+    """The fetch's check again (zipdir.wheel_problem), here where the bytes are unpacked: the result
+    may come from a shared cache."""
     try:
-        from .zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
+        from .zipdir import wheel_problem
     except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
-        from zipdir import MAX_WHEEL_ENTRIES, zip_directory_problem
+        from zipdir import wheel_problem
 
-    with open(path, "rb") as f:  # measured before zipfile reads it into memory whole
-        problem = zip_directory_problem(f, MAX_WHEEL_ENTRIES)
-    if problem:
-        raise StageError(f"wheel {filename} is refused: {problem}")
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-    limit = max(MIN_UNPACK_LIMIT, (max_ratio or MAX_UNPACK_RATIO) * os.path.getsize(path))
-    seen, total = set(), 0
-    for info in infos:
-        name = info.filename
-        parts = name.rstrip("/").split("/")
-        if (not name or name.startswith("/") or "\\" in name or any(ord(c) < 32 for c in name)
-                or any(p in ("", ".", "..") for p in parts)):
-            raise StageError(f"wheel {filename}: member {name!r} is not a safe relative path")
-        mode = info.external_attr >> 16
-        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise StageError(f"wheel {filename}: member {name!r} is a link or a special file")
-        if name.rstrip("/") in seen:
-            raise StageError(f"wheel {filename}: member {name!r} appears twice")
-        seen.add(name.rstrip("/"))
-        total += info.file_size
-    if total > limit:
-        raise StageError(f"wheel {filename} expands to {total} bytes, more than {limit}")
+    found = wheel_problem(path, filename, max_ratio or MAX_UNPACK_RATIO)
+    if found:
+        raise StageError(found[0])
 
 
 def _writer_threads() -> int:

@@ -12,11 +12,14 @@ check_worker.py via archive.py)."""
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import zipfile
 
 MAX_DIRECTORY_BYTES = 64 << 20  # the largest real wheels' directories are a few MiB
 MAX_WHEEL_ENTRIES = 200_000  # of a wheel, wherever one is read (real ones: tens of thousands at most)
+MIN_UNPACK_LIMIT = 64 << 20  # a wheel may always expand to this, whatever max_unpack_ratio says
 _RECORD = struct.Struct(zipfile.structCentralDir)  # 46 bytes, then name, extra field and comment
 
 
@@ -49,4 +52,58 @@ def zip_directory_problem(fp, max_entries: int, max_bytes: int = MAX_DIRECTORY_B
         entries += 1
         if entries > max_entries:
             return f"it has more than {max_entries:,} entries"
+    return None
+
+
+def wheel_member_problem(name: str) -> str | None:
+    """Why a zip member name is not a safe relative path, or None."""
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+        return "is not a relative POSIX path"
+    if any(ord(c) < 32 for c in name):
+        return "has a control character"
+    parts = name.rstrip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "has an empty, '.' or '..' component"
+    return None
+
+
+def wheel_problem(path, filename: str, max_ratio: int) -> tuple[str, bool] | None:
+    """Why the wheel at `path` is refused, and whether only its size is (a larger max_unpack_ratio
+    would let it through), or None: its directory measured before zipfile reads it, members with safe
+    relative names, regular files or directories only, unique, expanding to at most
+    max(MIN_UNPACK_LIMIT, max_ratio x its size), one .dist-info/RECORD. No member is decompressed.
+    The fetch's check (archive.check_wheel) and the stage worker, where the bytes are unpacked (the
+    fetch's result may come from a shared cache), ask the same question here."""
+    where = f"wheel {filename}"
+    try:
+        with open(path, "rb") as f:
+            problem = zip_directory_problem(f, MAX_WHEEL_ENTRIES)
+        if problem:
+            return f"{where} is refused: {problem}", False
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return f"{where} is not a zip archive: {exc}", False
+    compressed = os.path.getsize(path)
+    limit = max(MIN_UNPACK_LIMIT, max_ratio * compressed)
+    seen, total, records = set(), 0, []
+    for info in infos:
+        problem = wheel_member_problem(info.filename)
+        if problem:
+            return f"{where}: member {info.filename!r} {problem}", False
+        key = info.filename.rstrip("/")
+        if key in seen:
+            return f"{where}: member {key!r} appears twice", False
+        seen.add(key)
+        mode = info.external_attr >> 16
+        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # no type bits: a file
+            return f"{where}: member {key!r} is not a regular file or directory (mode {oct(mode)})", False
+        total += info.file_size
+        if key.endswith(".dist-info/RECORD") and key.count("/") == 1:
+            records.append(key)
+    if total > limit:
+        return (f"{where} expands to {total} bytes, more than {limit} (max_unpack_ratio {max_ratio} x "
+                f"{compressed} compressed bytes)"), True
+    if len(records) != 1:
+        return f"{where} has {len(records)} .dist-info/RECORD files (a wheel has exactly one)", False
     return None
