@@ -8,10 +8,13 @@ One scan of the archive's tar streams (a .tar.bz2, or a .conda's info and pkg co
   outside the prefix, however the links are chained), and every symlink, resolved through the
   archive's own links, stays inside the prefix; a hardlink names a regular file of the archive;
 - info/paths.json and info/files list only members of the archive, with their real kind;
-- unpacking stays within limits: expanded bytes against compressed bytes, and the member count;
+- unpacking stays within limits: expanded bytes against compressed bytes (a hard link counts as the
+  copy of its target that the install writes), and the member count;
 - other readers see the same members: a .conda's zip has no bytes the central directory does not
   account for (rattler reads its local headers as a stream), and a tar has no global PAX header
-  (Python's tarfile applies one to later members, rattler's Rust reader ignores it).
+  (Python's tarfile applies one to later members, rattler's Rust reader ignores it), and every member
+  is a plain file, directory, symlink or hard link whose header claims data only if it is a file
+  (tarfile reads the blocks after a link's or directory's header as headers, rattler skips them).
 The stage checks rattler's own extraction again after it installed (stage_worker.py), so a reader
 difference this scan misses still cannot reach the prefix.
 """
@@ -50,6 +53,9 @@ _EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, 
 # files a package manager reads to decide what to write: regular files, parsed here
 _METADATA = ("info/index.json", "info/paths.json", "info/files", "info/has_prefix", "info/link.json")
 _PATH_TYPES = {"hardlink": ("file", "hardlink"), "softlink": ("symlink",), "directory": ("dir",)}
+# the member types every reader handles alike; a regular file's size is the only data any header may claim
+_KINDS = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
+          tarfile.LNKTYPE: "hardlink"}
 
 
 @dataclass(frozen=True)
@@ -126,16 +132,16 @@ class _Scan:
         why = path_problem(name)
         if why:
             self.refuse("archive entry", name, why)
-        if member.isfile():
-            kind = "file"
-        elif member.isdir():
-            kind = "dir"
-        elif member.issym():
-            kind = "symlink"
-        elif member.islnk():
-            kind = "hardlink"
-        else:
-            self.refuse("special file", name, "devices and fifos are not allowed")
+        kind = _KINDS.get(member.type)
+        if kind is None:
+            self.refuse("special file", name, "only plain files, directories and links are allowed (no devices, "
+                        f"fifos, sparse or contiguous files; tar type {member.type!r})")
+        if kind != "file" and member.size:
+            # tarfile reads the blocks after a link's or directory's header as the next headers, rattler's
+            # reader skips the size the header claims: the two would see different members after it
+            shown = "directory" if kind == "dir" else kind
+            self.refuse("archive entry", name, f"its header claims {member.size:,} bytes of data for a {shown} "
+                        "(tar readers disagree on where the next member starts)")
         if name in self.kinds:
             self.refuse("archive entry", name, "it appears twice")
         # header sizes are known before the data is read: a bomb is refused before it is inflated
@@ -211,6 +217,10 @@ class _Scan:
         for name, target in self.hardlinks.items():
             if self.kinds.get(target) != "file":
                 self.refuse("hardlink", f"{name} -> {target}", "its target is not a regular file of the archive")
+            # installed as a copy of its target (rattler copies, or the prefix is copied later): what a
+            # hard link costs to unpack is its target's size, and a text placeholder grows it as much
+            self.sizes[name] = self.sizes[target]
+            self.count_entries(0, self.sizes[target])
 
     def check_listed(self, where: str, path, kinds: tuple[str, ...] | None = None) -> None:
         """A path the package's metadata names: clean, through no symlink, a member of this kind."""

@@ -117,6 +117,33 @@ def _add(tar: tarfile.TarFile, member: Member) -> None:
         tar.addfile(info, io.BytesIO(member.data))
 
 
+def ustar(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "", size: int | None = None) -> bytes:
+    """One raw ustar member: its header (claiming `size`, by default the data's length) and its data."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(data) if size is None else size
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+
+@dataclass(frozen=True)
+class RawPackage(Package):
+    """A package written as raw tar blocks: its info/index.json, then `body`, then the end marker."""
+
+    body: bytes = b""
+
+    def write(self, directory: Path) -> Path:
+        index = {"name": self.name, "version": self.version, "build": self.build, "build_number": 0, "depends": [],
+                 "subdir": "noarch", "noarch": "generic"}
+        path = directory / self.filename
+        path.write_bytes(bz2.compress(ustar("info/index.json", json.dumps(index).encode()) + self.body + b"\0" * 1024))
+        return path
+
+
+def paths_json(*paths: str) -> bytes:
+    return json.dumps({"paths": [{"_path": p, "path_type": "hardlink"} for p in paths], "paths_version": 1}).encode()
+
+
 def adopt_lock(ws, archives: list[Path], *, attrs: str = "", name: str = "env") -> None:
     """//env:<name>, a conda_env of a conda-lock.yml that pins these archives by file:// URL."""
     packages = ""

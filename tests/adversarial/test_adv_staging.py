@@ -8,11 +8,16 @@ still cannot reach the host (test_unchecked_*)."""
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
-from payloads_staging import Package, adopt_lock, directory, file, files_containing, stage_directly, symlink, zeros
+from payloads_staging import (Package, RawPackage, adopt_lock, directory, file, files_containing, hardlink, paths_json,
+                              stage_directly, symlink, ustar, zeros)
 from support import Workspace, require_tool
+
+from hermetic_build.api import ActionFailed
+from rules.conda.archive import UnpackLimits
 
 pytestmark = pytest.mark.slow
 
@@ -203,3 +208,76 @@ def test_poisoned_fetch_entry_cannot_change_the_environment(ws, tmp_path):
     assert proc.returncode == 5, proc.stderr
     assert f"{good.name} is not the locked package" in proc.stderr, proc.stderr
     assert not files_containing(ws.root / "hb-out", SECRET.strip())
+
+
+# ----- hard links are copies: counted against the unpack limit -----------------------------------
+def _hard_link_bomb(links: int) -> Package:
+    """One 16 MiB file of zeros and `links` hard links to it: a few hundred bytes compressed. rattler
+    installs every hard link as a copy of its target (red team, eleventh session: 576 bytes wrote
+    337 MiB with 20 links; a 64 MiB file and the million-member limit would write 64 TiB)."""
+    return Package(name="links", members=(zeros("share/big", 16 << 20),
+                                          *(hardlink(f"share/copy{i}", "share/big") for i in range(links))))
+
+
+def test_hard_links_count_as_the_copies_the_install_writes(ws, tmp_path):
+    archive = _hard_link_bomb(20).write(tmp_path)
+    assert archive.stat().st_size < 2000
+    adopt_lock(ws, [archive])
+    _build_fails(ws, "links-1.0-0.tar.bz2: refusing to unpack: it expands to at least",
+                 "raise the limit on its conda_env target (max_unpack_ratio = ")
+    assert not list((ws.cache / "tmp").rglob("copy*"))  # refused at fetch: nothing was unpacked
+
+
+def test_hard_links_within_the_limit_still_install(ws, tmp_path):
+    archive = _hard_link_bomb(2).write(tmp_path)  # 48 MiB in all, under the 64 MiB floor
+    adopt_lock(ws, [archive])
+    summary = json.loads(ws.hb("build", "--json", "//env:env").stdout)
+    tree = ws.root / summary["targets"]["//env:env"][0]["path"]
+    assert (tree / "share/copy1").stat().st_size == 16 << 20
+
+
+def test_a_hard_linked_text_file_counts_the_growth_of_its_placeholder(tmp_path):
+    """Each hard link to a text file with a placeholder is written as its own, replaced, copy."""
+    from rules.conda.archive import check_archive
+
+    data = b"a" * (1 << 20)  # 1 MiB of placeholders: 255 MiB once replaced, 1 GiB with 3 links (limit 512 MiB)
+    members = (file("share/f", data), *(hardlink(f"share/h{i}", "share/f") for i in range(3)))
+    entries = tuple({"_path": m.name, "path_type": "hardlink", "prefix_placeholder": "a", "file_mode": "text"}
+                    for m in members)
+    archive = Package(name="grow", members=members, paths=entries).write(tmp_path)
+    with pytest.raises(ActionFailed, match="grow-1.0-0.tar.bz2: refusing to unpack"):
+        check_archive(archive, archive.name, UnpackLimits(max_ratio=1, floor_bytes=512 << 20))
+    check_archive(archive, archive.name, UnpackLimits(max_ratio=1, floor_bytes=2 << 30))
+
+
+# ----- members hidden from the check behind a link that claims data ------------------------------
+def _hidden_behind(kind: bytes) -> RawPackage:
+    """A link (or directory) whose header claims one block of data, then a file whose data holds an
+    info/paths.json and a file. tarfile (the check) reads the claimed block as the file's header and
+    skips the rest as data; rattler's reader skips the claimed block and reads the rest as members, so
+    it unpacks a paths.json and a file the check never saw (red team, eleventh session)."""
+    hidden = ustar("info/paths.json", paths_json("share/visible.txt", "share/hidden.txt")) + ustar(
+        "share/hidden.txt", SECRET)
+    link = {tarfile.SYMTYPE: "visible.txt", tarfile.LNKTYPE: "share/visible.txt", tarfile.DIRTYPE: ""}[kind]
+    body = (ustar("info/paths.json", paths_json("share/visible.txt", "share/cover.bin"))
+            + ustar("info/files", b"share/visible.txt\nshare/cover.bin\n") + ustar("share/visible.txt", b"visible\n")
+            + ustar("share/claims", kind=kind, link=link, size=512)
+            + ustar("share/cover.bin", size=len(hidden)) + hidden)
+    return RawPackage(name="hides", body=body)
+
+
+@pytest.mark.parametrize("kind, shown", [(tarfile.SYMTYPE, "symlink"), (tarfile.LNKTYPE, "hardlink"),
+                                         (tarfile.DIRTYPE, "directory")])
+def test_a_header_claiming_data_for_a_link_cannot_hide_members_from_the_check(ws, tmp_path, kind, shown):
+    adopt_lock(ws, [_hidden_behind(kind).write(tmp_path)])
+    _build_fails(ws, "hides-1.0-0.tar.bz2: refusing archive entry 'share/claims': its header claims 512 bytes "
+                     f"of data for a {shown}")
+    assert files_containing(ws.root, SECRET) == [] and files_containing(ws.cache / "cas", SECRET) == []
+
+
+def test_rattler_does_unpack_what_the_link_hides(tmp_path):
+    """Why the check refuses it: handed to the stage unchecked, the hidden file is installed (nothing
+    escapes, the stage's own check holds, but every limit and metadata check of the fetch is moot)."""
+    failure, prefix = _stage_unchecked(tmp_path, _hidden_behind(tarfile.SYMTYPE))
+    assert failure is None
+    assert (prefix / "share/hidden.txt").read_bytes() == SECRET

@@ -414,3 +414,26 @@ def test_an_extended_header_over_the_bound_is_refused_before_it_is_read(tmp_path
     path.write_bytes(bz2.compress(header + _ustar("info/index.json", b"{}") + b"\0" * 1024))
     with pytest.raises(ActionFailed, match="refusing an extended tar header of 1,048,6"):
         check_archive(path, path.name)
+
+
+@pytest.mark.parametrize("kind, message", [
+    (tarfile.SYMTYPE, "refusing archive entry 'share/m': its header claims 512 bytes of data for a symlink"),
+    (tarfile.LNKTYPE, "refusing archive entry 'share/m': its header claims 512 bytes of data for a hardlink"),
+    (tarfile.DIRTYPE, "refusing archive entry 'share/m': its header claims 512 bytes of data for a directory"),
+    (tarfile.GNUTYPE_SPARSE, "refusing special file 'share/m': only plain files"),
+    (tarfile.CONTTYPE, "refusing special file 'share/m': only plain files"),
+])
+def test_members_every_tar_reader_reads_alike(tmp_path, kind, message):
+    """tarfile reads the blocks a link's or directory's header claims as headers, rattler's reader skips
+    them (members hidden from the check: tests/adversarial/test_adv_staging.py); sparse and contiguous
+    files are each reader's own."""
+    import bz2
+
+    info = tarfile.TarInfo("share/m")
+    info.type, info.size, info.linkname = kind, 512, "ok"
+    member = info.tobuf(tarfile.USTAR_FORMAT) + b"x" * 512
+    path = tmp_path / "m-1.0-0.tar.bz2"
+    path.write_bytes(bz2.compress(_ustar("info/index.json", b"{}") + _ustar("ok") + member + b"\0" * 1024))
+    with pytest.raises(ActionFailed) as raised:
+        check_archive(path, path.name)
+    assert message in raised.value.message
