@@ -144,6 +144,9 @@ class _Scan:
                         "(tar readers disagree on where the next member starts)")
         if name in self.kinds:
             self.refuse("archive entry", name, "it appears twice")
+        if name.split("/", 1)[0] == "conda-meta":
+            self.refuse("archive entry", name, "conda-meta/ holds the package manager's records of the environment, "
+                        "not a package's files")
         # header sizes are known before the data is read: a bomb is refused before it is inflated
         self.count_entries(1, max(member.size, 0) + TAR_HEADER_BYTES)
         self.kinds[name] = kind

@@ -637,6 +637,8 @@ def _check_unpacked(package_dir: str, package: str) -> None:
         if not isinstance(path, str) or path.startswith("/") or any(
                 part in ("", ".", "..") or _name_problem(part) for part in path.split("/")):
             raise refuse(f"info/paths.json lists {path!r}, not a clean relative path")
+        if path.split("/", 1)[0] == "conda-meta":  # the records of the environment (hb reads them), no package's
+            raise refuse(f"info/paths.json lists {path!r}, in conda-meta/")
         parents = path.split("/")[:-1]
         if any("/".join(parents[:i]) in linked for i in range(1, len(parents) + 1)) \
                 and resolve_in_tree(package_dir, path) is None:

@@ -281,3 +281,23 @@ def test_rattler_does_unpack_what_the_link_hides(tmp_path):
     failure, prefix = _stage_unchecked(tmp_path, _hidden_behind(tarfile.SYMTYPE))
     assert failure is None
     assert (prefix / "share/hidden.txt").read_bytes() == SECRET
+
+
+# ----- conda-meta/ is the package manager's, not a package's --------------------------------------
+def _writes_records() -> Package:
+    """A package that installs a directory where the stage reads a conda-meta record (before: the stage
+    worker died with IsADirectoryError and a traceback; a file of invalid JSON there broke rattler's
+    own reading of the prefix; a valid record would add a package to the SBOM and the layers)."""
+    return Package(name="records", members=(file("share/ok.txt"), file("conda-meta/zz-1-0.json/x", b"{}")))
+
+
+def test_a_package_cannot_write_into_conda_meta(ws, tmp_path):
+    adopt_lock(ws, [_writes_records().write(tmp_path)])
+    _build_fails(ws, "records-1.0-0.tar.bz2: refusing archive entry 'conda-meta/zz-1-0.json/x': conda-meta/ holds "
+                     "the package manager's records")
+
+
+def test_unchecked_files_in_conda_meta_are_a_clean_stage_failure(tmp_path):
+    failure, _ = _stage_unchecked(tmp_path, _writes_records())
+    assert failure is not None and "\n" not in failure.message, failure
+    assert "package records-1.0-0: info/paths.json lists 'conda-meta/zz-1-0.json/x', in conda-meta/" in failure.message
