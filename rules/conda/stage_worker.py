@@ -271,6 +271,9 @@ class WheelWriter:
             raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
         rel = os.path.relpath(target, out_real)
         parts = rel.split(os.sep)
+        why = next(filter(None, map(_name_problem, parts)), None)
+        if why:  # a console script's name comes from entry_points.txt, not from a member name the zip check saw
+            raise StageError(f"wheel {filename}: {path!r} ({scheme}) has {why}")
         if parts[0] == "conda-meta":  # the package manager's records: what hb and conda read to know the env
             raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, in conda's own records")
         current, missing = out_real, False

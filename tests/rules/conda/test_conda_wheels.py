@@ -407,3 +407,14 @@ def test_member_chunks_refuses_what_zipfile_would_not_read(tmp_path):
             b"".join(stage_worker.member_chunks(fd, b, cut.name))
     finally:
         os.close(fd)
+
+
+def test_a_console_script_name_is_a_printable_name_like_every_installed_name(tmp_path):
+    """entry_points.txt names files the zip check never saw: a console script named with an escape
+    sequence was installed as bin/a<ESC>[2Jb (red team, helper B); conda packages' names are refused
+    alike by the stage's check of rattler's cache."""
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", scripts={"a\x1b[2Jb": "demo:main"})
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=r"'a\\x1b\[2Jb' \(scripts\) has a control character in its name"):
+        _install(tmp_path, wheel, out)
+    assert sorted(os.listdir(out / "bin")) == ["python"]
