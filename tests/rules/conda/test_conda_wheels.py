@@ -411,7 +411,7 @@ def test_member_chunks_refuses_what_zipfile_would_not_read(tmp_path):
 
 def test_a_console_script_name_is_a_printable_name_like_every_installed_name(tmp_path):
     """entry_points.txt names files the zip check never saw: a console script named with an escape
-    sequence was installed as bin/a<ESC>[2Jb (red team, helper B); conda packages' names are refused
+    sequence was installed as bin/a<ESC>[2Jb (red team, eleventh session); conda packages' names are refused
     alike by the stage's check of rattler's cache."""
     wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", scripts={"a\x1b[2Jb": "demo:main"})
     out = _prefix(tmp_path)
