@@ -14,9 +14,11 @@ unreadable (its YAML, its metadata, an entry without a name or platform) is an e
 
 from __future__ import annotations
 
+import codecs
 import pathlib
 import re
 import reprlib
+import tempfile
 import urllib.parse
 from dataclasses import dataclass, field, replace
 
@@ -74,21 +76,44 @@ class AdoptedLock:
 def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLock:
     """Read any supported lock file; LockReadError(message, line) when it cannot be used."""
     data = path.read_bytes()
-    text = data.decode("utf-8", errors="replace")
+    text = _decoded(data)
     head = text[:4096]
     if re.search(r"^environments:", text, re.MULTILINE) and re.search(r"^packages:", text, re.MULTILINE):
-        return _read_pixi(path, text, environment)
+        return _read_pixi_text(path, data, text, environment)
     if (re.search(r"^version: [23][ \t\r]*$", text, re.MULTILINE) and re.search(r"^package:", text, re.MULTILINE)
             and not re.search(r"^  categories:", text, re.MULTILINE)):
         # pixi.lock 2 and 3: conda-lock's version 1 layout (`category:`), pixi's version; conda-lock's
         # own version 2 (`categories:` lists) is conda-lock's
-        return _read_pixi(path, text, environment)
+        return _read_pixi_text(path, data, text, environment)
     explicit = "@EXPLICIT" in text and not re.search(r"^package:", head, re.MULTILINE)
     if environment != "default":  # else silently ignored: the one environment would be built instead
         raise LockReadError(f"environment = {environment!r}, but this is {'an explicit' if explicit else 'a conda-lock'} "
                             "lock file, which holds one environment", 1,
                             hint="leave environment out: only a pixi.lock (version 4 or later, or 2 and 3) has several")
     return _read_explicit(text) if explicit else _read_unified(text)
+
+
+_BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _decoded(data: bytes) -> str:
+    """The lock's text: UTF-8, after a byte-order mark if it has one (editors on Windows add it), or
+    UTF-16 with its byte-order mark (PowerShell 5's `>` writes it: `conda list --explicit > x.lock`,
+    conda/conda#11623). Re-encoding changes no line: every error still names the user's line."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def _read_pixi_text(path: pathlib.Path, data: bytes, text: str, environment: str) -> AdoptedLock:
+    """_read_pixi; rattler reads the file itself, as UTF-8 without a byte-order mark: a lock that
+    was re-encoded (_decoded) is handed to it as a UTF-8 copy of the same lines."""
+    if not data.startswith(_BOMS):
+        return _read_pixi(path, text, environment)
+    with tempfile.TemporaryDirectory(prefix="hb-lock-") as tmp:
+        copy = pathlib.Path(tmp) / path.name
+        copy.write_bytes(text.encode("utf-8"))
+        return _read_pixi(copy, text, environment)
 
 
 # ----- conda-lock unified --------------------------------------------------------------------------

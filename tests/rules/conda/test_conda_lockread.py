@@ -550,3 +550,26 @@ def test_a_percent_encoded_plus_in_a_conda_url_is_its_file_name(tmp_path):
     conda, _ = select(read_lock(explicit), "linux-64")
     package = conda[0].package
     assert (package.name, package.version, package.build) == ("zlib", "1.2.13+local", "hd590300_5")
+
+
+@pytest.mark.parametrize(("name", "platform"), [
+    ("LHCfitNikhef_smefit_release__conda-osx-64.lock", "osx-64"),  # an explicit file
+    ("Jappie04_pymor__conda-lock.yml", "win-64"),
+    ("fecet_pixi-cuda__pixi.lock", "linux-64"),  # pixi.lock 6
+    ("183amir_pixi__flask-hello-world_v2-pixi.lock", "osx-arm64"),  # pixi.lock 2: conda-lock's layout
+])
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_lock_saved_with_a_byte_order_mark_or_as_utf_16_is_read_as_it_is(tmp_path, name, platform, encoding):
+    """Windows tools write what conda and pixi wrote, re-encoded: PowerShell 5's `>` writes UTF-16
+    (`conda list --explicit > conda-win-64.lock`, conda/conda#11623), editors add a UTF-8 byte-order
+    mark. The explicit file's first line was "'\\ufeff# platform: ...' comes before the @EXPLICIT line",
+    a pixi.lock "more than one document", a pixi.lock 2 "conda-lock format version 2 is not supported"
+    and UTF-16 "invalid YAML: unacceptable character #x0000" with no line; the text is the same."""
+    original = read_lock(LOCKS / name)
+    path = tmp_path / name
+    path.write_bytes((LOCKS / name).read_text().encode(encoding))
+    lock = read_lock(path)
+    assert lock.kind == original.kind
+    assert [(e.package, e.line) for e in select(lock, platform)[0]] == [(e.package, e.line)
+                                                                        for e in select(original, platform)[0]]
+
