@@ -77,6 +77,7 @@ def read_lock(path: pathlib.Path, *, environment: str = "default") -> AdoptedLoc
     """Read any supported lock file; LockReadError(message, line) when it cannot be used."""
     data = path.read_bytes()
     text = _decoded(data)
+    _no_conflict_markers(text)
     head = text[:4096]
     if re.search(r"^environments:", text, re.MULTILINE) and re.search(r"^packages:", text, re.MULTILINE):
         return _read_pixi_text(path, data, text, environment)
@@ -103,6 +104,20 @@ def _decoded(data: bytes) -> str:
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
     return data.decode("utf-8-sig", errors="replace")
+
+
+_CONFLICT_MARKER = re.compile(r"^(?:<{7}|={7}|>{7})(?: .*)?$", re.MULTILINE)
+
+
+def _no_conflict_markers(text: str) -> None:
+    """A lock committed in the middle of a merge (`<<<<<<< HEAD` ... `>>>>>>> branch`) holds two
+    versions of the lock; each reader would misread the marker (an explicit file as a URL)."""
+    match = _CONFLICT_MARKER.search(text)
+    if match is not None:
+        raise LockReadError(f"merge conflict marker {match.group().strip()[:60]!r}: the file holds two versions "
+                            "of the lock", text.count("\n", 0, match.start()) + 1,
+                            hint="re-lock (hb lock, conda-lock or pixi lock) and commit the lock it writes; "
+                                 "never merge two lock files by hand")
 
 
 def _read_pixi_text(path: pathlib.Path, data: bytes, text: str, environment: str) -> AdoptedLock:

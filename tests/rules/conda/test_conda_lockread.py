@@ -573,3 +573,21 @@ def test_a_lock_saved_with_a_byte_order_mark_or_as_utf_16_is_read_as_it_is(tmp_p
     assert [(e.package, e.line) for e in select(lock, platform)[0]] == [(e.package, e.line)
                                                                         for e in select(original, platform)[0]]
 
+
+def test_a_lock_with_merge_conflict_markers_is_refused_at_the_first_marker(tmp_path):
+    """A lock file committed in the middle of a merge holds two versions of the lock: an explicit file
+    said "URL '<<<<<<< HEAD' is not http(s) or file", a pixi.lock named line 1."""
+    for name in ("LHCfitNikhef_smefit_release__conda-osx-64.lock", "Jappie04_pymor__conda-lock.yml",
+                 "fecet_pixi-cuda__pixi.lock"):
+        lines = (LOCKS / name).read_text().splitlines(keepends=True)
+        lines[40:40] = ["<<<<<<< HEAD\n"]
+        lines[46:46] = ["=======\n"]
+        lines[52:52] = [">>>>>>> 1a2b3c4 (re-lock)\n"]
+        path = tmp_path / name
+        path.write_text("".join(lines))
+        with pytest.raises(LockReadError) as caught:
+            read_lock(path)
+        assert caught.value.line == 41, name
+        assert caught.value.message.startswith("merge conflict marker '<<<<<<< HEAD'"), caught.value.message
+        assert "re-lock" in caught.value.hint
+
