@@ -215,9 +215,7 @@ def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
     try:
         doc = doc if doc is not None else yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise LockReadError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
-                            mark.line + 1 if mark else None) from None
+        raise LockReadError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", _yaml_error_line(exc, text)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("package"), list):
         raise LockReadError("not a conda-lock file (no 'package' list)", 1,
                             hint="hb reads conda-lock.yml, explicit @EXPLICIT locks and pixi.lock")
@@ -243,6 +241,16 @@ def _read_unified(text: str, fast: bool = True) -> AdoptedLock:
             continue
         entries.append(_unified_entry(i, item, url, line))
     return AdoptedLock("conda-lock", metadata, _no_conflicting_duplicates(entries))
+
+
+def _yaml_error_line(exc, text: str) -> int | None:
+    """The line of a YAML error: its mark's, or, for a character libyaml's reader refuses (a control
+    character), the line of its position in the text."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return mark.line + 1
+    position = getattr(exc, "position", None)
+    return text.count("\n", 0, position) + 1 if isinstance(position, int) else None
 
 
 def _is_virtual(item: dict) -> bool:
@@ -575,8 +583,9 @@ def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
 
     try:
         lock = LockFile.from_path(str(path))
-    except Exception as exc:  # rattler's parse errors
-        raise LockReadError(f"not a pixi lock file rattler can read: {exc}", 1) from None
+    except Exception as exc:  # rattler's parse errors, which say where: "... at line 12 column 3"
+        where = re.search(r"\bat line (\d+)", str(exc))
+        raise LockReadError(f"not a pixi lock file rattler can read: {exc}", int(where.group(1)) if where else 1) from None
     environments = dict(lock.environments())
     if environment not in environments:
         raise LockReadError(f"it has no environment {environment!r}", 1,

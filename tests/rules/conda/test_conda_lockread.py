@@ -591,3 +591,25 @@ def test_a_lock_with_merge_conflict_markers_is_refused_at_the_first_marker(tmp_p
         assert caught.value.message.startswith("merge conflict marker '<<<<<<< HEAD'"), caught.value.message
         assert "re-lock" in caught.value.hint
 
+
+def test_a_pixi_lock_rattler_cannot_parse_is_refused_at_the_line_rattler_names(tmp_path):
+    """rattler's parse error says where ("... at line 2150 column 1"): hb named line 1."""
+    lines = (LOCKS / "fecet_pixi-cuda__pixi.lock").read_text().splitlines(keepends=True)
+    lines[99] = "  - this is: [not yaml\n"
+    path = tmp_path / "pixi.lock"
+    path.write_text("".join(lines))
+    with pytest.raises(LockReadError, match="not a pixi lock file rattler can read") as caught:
+        read_lock(path)
+    assert caught.value.line in (100, 101)
+
+
+def test_a_control_character_in_a_conda_lock_file_is_refused_at_its_line(tmp_path):
+    """libyaml refuses a control character with a position, not a mark: the error had no line."""
+    text = (LOCKS / "Jappie04_pymor__conda-lock.yml").read_text()
+    lines = text.splitlines(keepends=True)
+    lines[29] = lines[29].rstrip("\n") + "\x07\n"
+    path = tmp_path / "conda-lock.yml"
+    path.write_text("".join(lines))
+    with pytest.raises(LockReadError, match="invalid YAML") as caught:
+        read_lock(path)
+    assert caught.value.line == 30
