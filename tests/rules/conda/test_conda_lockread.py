@@ -4,6 +4,7 @@ package of the chosen platform, counted here independently of hb's reader; and w
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -54,6 +55,14 @@ def _pixi(doc, platform):
     return len(conda), len(pip), bad
 
 
+@functools.cache
+def _document(path: Path):
+    """A fixture's YAML, parsed once per run (libyaml where PyYAML has it: the pure-Python parser took
+    two minutes for the fixture set's counts)."""
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.cache
 def expected(path: Path, platform: str) -> tuple[int, int, list[str]]:
     """(conda packages, wheels, names of pip entries that are not sha256-pinned wheels), read plainly."""
     text = path.read_text()
@@ -64,7 +73,7 @@ def expected(path: Path, platform: str) -> tuple[int, int, list[str]]:
         bad = sorted(f"pip package {n}" for n, u in pip.items()
                      if not u.split("#")[0].endswith(".whl") or "#sha256=" not in u)
         return sum(1 for line in lines if line.startswith(("https://", "http://", "file://"))), len(pip), bad
-    doc = yaml.safe_load(text)
+    doc = _document(path)
     return _pixi(doc, platform) if "environments" in doc else _unified(doc, platform)
 
 
@@ -72,7 +81,7 @@ def platforms_of(path: Path) -> list[str]:
     text = path.read_text()
     if "@EXPLICIT" in text and path.name.endswith(".lock"):
         return [re.search(r"^# platform: (\S+)", text, re.MULTILINE).group(1)]
-    doc = yaml.safe_load(text)
+    doc = _document(path)
     if "environments" in doc:
         return sorted(doc["environments"]["default"]["packages"])
     return list(doc["metadata"]["platforms"])
@@ -132,7 +141,7 @@ def test_reading_the_largest_real_lock_is_fast_and_summary_errors_are_short(tmp_
     started = time.perf_counter()
     lock = read_lock(path)
     assert time.perf_counter() - started < 5  # generous: the benchmark measures it (< 1 s here)
-    assert len(lock.entries) == len(yaml.safe_load(path.read_text())["package"])
+    assert len(lock.entries) == len(_document(path)["package"])
 
 
 OLD_WRITER = """\
