@@ -19,6 +19,22 @@ def private_config_home(tmp_path_factory):
         os.environ["XDG_CONFIG_HOME"] = old
 
 
+def pytest_collection_finish(session):
+    """A test module may start slow, mostly waiting work when the run starts (start_in_background),
+    which its test then waits for: tests/test_fresh_machine.py builds and enters a fresh Debian root."""
+    for module in {item.module for item in getattr(session, "items", []) if getattr(item, "module", None) is not None}:
+        start = getattr(module, "start_in_background", None)
+        if start is not None:
+            start(session)
+
+
+def pytest_sessionfinish(session):
+    for module in {item.module for item in getattr(session, "items", []) if getattr(item, "module", None) is not None}:
+        stop = getattr(module, "stop_background", None)
+        if stop is not None:
+            stop()
+
+
 @pytest.fixture
 def workspace(tmp_path) -> Workspace:
     root = tmp_path / "ws"

@@ -5,7 +5,10 @@ unshare + pivot_root (tests/fresh_machine/enter_root.sh), holding a clean clone 
 
 The debootstrapped base is cached as a tarball in /var/cache/hb-fresh-debian/ (keyed by suite,
 architecture and package list), and the fresh root's pip cache lives there too; the first run needs
-neither. Phase times are printed (`pytest -s` shows them)."""
+neither. Phase times are printed (`pytest -s` shows them).
+
+The scenario starts with the session, on a thread of its own beside the other tests (FreshRun): it
+mostly waits on downloads, apt and pip, and took 4-5 minutes of a 25-minute suite run after them."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -142,11 +147,23 @@ def clone_into(root: Path, scratch: Path) -> Path:
     return dest
 
 
-def enter(root: Path, script: str, timeout: float) -> subprocess.CompletedProcess:
+def enter(root: Path, script: str, timeout: float, run: "FreshRun") -> subprocess.CompletedProcess:
+    """SCRIPT in the root (enter_root.sh); the process is the run's until it ends, so that a session that
+    stops early kills it (unshare --kill-child takes the whole root's processes with it)."""
     env = {"PATH": os.environ.get("PATH", os.defpath), "HB_FRESH_PIP_CACHE": str(CACHE / "pip")}
     (CACHE / "pip").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([str(ENTER), str(root), script], env=env, check=False, capture_output=True, text=True,
-                          timeout=timeout)
+    with subprocess.Popen([str(ENTER), str(root), script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        run.running = proc
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"{script[:200]!r} ran past {timeout:.0f} s:\n{stdout[-3000:]}\n{stderr[-3000:]}") from None
+        finally:
+            run.running = None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def timed(command: str) -> str:
@@ -180,29 +197,73 @@ def mounts_under(path: Path) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
 
 
-# ----- the test ----------------------------------------------------------------------------------------
+# ----- the scenario, on a thread of its own ------------------------------------------------------------
+class FreshRun:
+    """The whole scenario on a thread: it mostly waits (apt and pip downloads, dpkg, a first build), so
+    it starts when the test session starts (conftest.py's pytest_collection_finish calls
+    start_in_background) and runs beside the other tests; the test waits for it at its turn and
+    reports its phase times and its failure, if any."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.error: BaseException | None = None
+        self.report: list[str] = []
+        self.running: subprocess.Popen | None = None
+        self.thread = threading.Thread(target=self._run, name="hb-fresh-debian", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            scenario(self)
+        except BaseException as exc:  # noqa: BLE001 - raised again by the test
+            self.error = exc
+
+    def wait(self) -> None:
+        self.thread.join()
+        print("\n".join(self.report))
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """The session ends before the test waited (interrupted, -x): end the root's processes."""
+        proc = self.running
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
 
-def test_readme_set_up_commands_on_a_fresh_debian_12(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("building and entering a Debian root needs root (CI runs .ci/run as root)")
+_run: FreshRun | None = None
+
+
+def start_in_background(session) -> None:
+    """Start the scenario now, once (conftest.py calls this when the test is among those selected)."""
+    global _run
+    if _run is None and os.geteuid() == 0 and not session.config.option.collectonly:
+        _run = FreshRun(Path(tempfile.mkdtemp(prefix="hb-fresh-debian-")))
+        _run.thread.start()
+
+
+def stop_background() -> None:
+    if _run is not None:
+        _run.stop()
+
+
+def scenario(run: FreshRun) -> None:
     require_tool("unshare")
     main_command = readme_command("main-command")
     test_command = readme_command("test-command")
     mirror, security = debian_mirrors()
     timings: dict[str, float] = {}
-    root = tmp_path / "root"
+    root = run.workdir / "root"
     total = time.monotonic()
     try:
         base_root(root, mirror, timings)
         configure_like_this_network(root, mirror, security)
-        clone = clone_into(root, tmp_path / "clone")
-        trust = enter(root, "update-ca-certificates >/dev/null 2>&1", timeout=120)
+        clone = clone_into(root, run.workdir / "clone")
+        trust = enter(root, "update-ca-certificates >/dev/null 2>&1", 120, run)
         assert trust.returncode == 0, trust.stderr
 
         # 1. Only python3, python3-venv and git: no C compiler, no bubblewrap.
         assert not (root / "usr/bin/cc").exists() and not (root / "usr/bin/bwrap").exists()
-        bare = enter(root, f"cd {CLONE} && {timed(main_command)}", timeout=900)
+        bare = enter(root, f"cd {CLONE} && {timed(main_command)}", 900, run)
         record_marks(main_command, bare.stdout, time.time(), timings, "bare")
         output = bare.stdout + bare.stderr
         assert bare.returncode != 0, "the main command succeeded without a C compiler:\n" + output[-3000:]
@@ -211,15 +272,14 @@ def test_readme_set_up_commands_on_a_fresh_debian_12(tmp_path):
         assert len(error) == 1, "hb's error is not one line:\n" + bare.stderr[-3000:]
         assert "apt-get install" in error[0] and ("C compiler" in error[0] or "bubblewrap" in error[0]), error[0]
         assert "bubblewrap" in output, "hb did not say that bubblewrap is missing:\n" + bare.stderr[-3000:]
-        print(f"\nwithout gcc and bwrap, the main command says:\n{bare.stderr.strip()}")
+        run.report.append(f"without gcc and bwrap, the main command says:\n{bare.stderr.strip()}")
 
         # 2. What hb asked for, then the main command again: it builds the image.
         started = time.monotonic()
-        apt = enter(root, "apt-get update -qq && apt-get install -y -qq gcc libc6-dev bubblewrap >/dev/null",
-                    timeout=600)
+        apt = enter(root, "apt-get update -qq && apt-get install -y -qq gcc libc6-dev bubblewrap >/dev/null", 600, run)
         assert apt.returncode == 0, apt.stdout[-3000:] + apt.stderr[-3000:]
         timings["apt-get install gcc libc6-dev bubblewrap"] = time.monotonic() - started
-        full = enter(root, f"cd {CLONE} && {timed(main_command)}", timeout=900)
+        full = enter(root, f"cd {CLONE} && {timed(main_command)}", 900, run)
         record_marks(main_command, full.stdout, time.time(), timings, "full")
         assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
         assert "NOT ISOLATED" not in full.stderr, "bwrap cannot create namespaces in the root:\n" + full.stderr
@@ -233,16 +293,25 @@ def test_readme_set_up_commands_on_a_fresh_debian_12(tmp_path):
         #    apt tools itself (collection only: the suite itself is too long to run here).
         started = time.monotonic()
         ci = enter(root, f"cd {CLONE} && rm -rf .venv && {test_command} --collect-only -q tests/test_label.py"
-                         " && .venv/bin/python -c 'import pytest' && dpkg -s debootstrap skopeo >/dev/null",
-                   timeout=900)
+                         " && .venv/bin/python -c 'import pytest' && dpkg -s debootstrap skopeo >/dev/null", 900, run)
         timings[f"{test_command} --collect-only (apt tools, .venv)"] = time.monotonic() - started
         assert ci.returncode == 0, ci.stdout[-3000:] + ci.stderr[-3000:]
         assert re.search(r"^tests/test_label\.py(: \d+|::)", ci.stdout, re.MULTILINE), ci.stdout[-3000:]
     finally:
         timings["total"] = time.monotonic() - total
-        print("\nfresh Debian 12, phase times:")
-        for phase, seconds in timings.items():
-            print(f"  {seconds:7.1f}s  {phase}")
-        left = mounts_under(root)
-        shutil.rmtree(root, ignore_errors=True)
+        run.report.append("fresh Debian 12, phase times (beside the other tests):")
+        run.report.extend(f"  {seconds:7.1f}s  {phase}" for phase, seconds in timings.items())
+        left = mounts_under(run.workdir)
+        if not left:  # never a tree with the host's /dev or /proc mounted in it
+            shutil.rmtree(run.workdir, ignore_errors=True)
     assert left == [], f"mounts left behind: {left}"
+
+
+# ----- the test ----------------------------------------------------------------------------------------
+
+
+def test_readme_set_up_commands_on_a_fresh_debian_12():
+    if os.geteuid() != 0:
+        pytest.skip("building and entering a Debian root needs root (CI runs .ci/run as root)")
+    assert _run is not None, "the scenario was not started (conftest.py's pytest_collection_finish)"
+    _run.wait()
