@@ -103,6 +103,11 @@ def _decoded(data: bytes) -> str:
     conda/conda#11623). Re-encoding changes no line: every error still names the user's line."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
+    head = data[:4096]
+    if len(head) >= 2 and head.count(0) * 3 > len(head):  # every other byte NUL: ASCII text in UTF-16
+        raise LockReadError("the file is UTF-16 text without a byte-order mark (every other byte is NUL)", 1,
+                            hint="save it as UTF-8 (e.g. `iconv -f UTF-16LE -t UTF-8`), or write the lock again "
+                                 "with a tool that writes UTF-8")
     return data.decode("utf-8-sig", errors="replace")
 
 

@@ -622,3 +622,15 @@ def test_a_control_character_in_a_conda_lock_file_is_refused_at_its_line(tmp_pat
     with pytest.raises(LockReadError, match="invalid YAML") as caught:
         read_lock(path)
     assert caught.value.line == 30
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf_16_without_a_byte_order_mark_is_named_as_such(tmp_path, encoding):
+    """A UTF-16 file without its mark reads as NUL bytes between the characters: the YAML reader's
+    'unacceptable character #x0000' did not say why."""
+    path = tmp_path / "conda-linux-64.lock"
+    path.write_bytes((LOCKS / "UBC-MDS_522_group_27__conda-linux-64.lock").read_text().encode(encoding))
+    with pytest.raises(LockReadError) as raised:
+        read_lock(path)
+    assert raised.value.line == 1 and "UTF-16 text without a byte-order mark" in raised.value.message
+    assert "UTF-8" in raised.value.hint
