@@ -465,7 +465,8 @@ def _no_conflicting_duplicates(entries: list[LockEntry]) -> tuple[LockEntry, ...
     for entry in entries:
         p = entry.package
         manager = "pip" if isinstance(p, LockedWheel) else "conda"
-        earlier = first.setdefault((p.platform, manager, p.name), entry)
+        # a PyPI project is one package however the entry spells its name (pip and uv normalise it)
+        earlier = first.setdefault((p.platform, manager, _project(p.name) if manager == "pip" else p.name), entry)
         if earlier is not entry and earlier.error is None and entry.error is None and _pin(earlier.package) != _pin(p):
             where = f"line {earlier.line}" if earlier.line is not None else "an earlier entry"
             error = LockReadError(f"{manager} package {p.name} is locked twice for {p.platform}: {where} pins "
@@ -475,6 +476,11 @@ def _no_conflicting_duplicates(entries: list[LockEntry]) -> tuple[LockEntry, ...
             entry = replace(entry, categories=entry.categories | earlier.categories, error=error)
         kept.append(entry)
     return tuple(kept)
+
+
+def _project(name: str) -> str:
+    """A PyPI project name normalised as PEP 503 says (Six, six and SIX are one project)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _pin(package) -> tuple:
@@ -497,6 +503,11 @@ def _pip_entry(name, version, url, hash_value, platform, categories, line) -> Lo
 
 def _wheel(name: str, version: str, url: str, sha256: str, platform: str, categories, line) -> LockedWheel:
     """A pip entry, which must be a wheel pinned by sha256 (a git URL or an sdist is not)."""
+    if not _PROJECT_NAME.fullmatch(name):  # first: every message below shows it
+        raise LockReadError(f"pip package name {_shown(name)} is not a Python project name (letters, digits, '.', "
+                            "'-', '_', starting and ending with a letter or digit)", line,
+                            hint="re-lock (hb lock, conda-lock or pixi); a hand-edited entry must keep a project's "
+                                 "own name")
     base, _, fragment = url.partition("#")
     if not sha256 and fragment.startswith("sha256="):
         sha256 = fragment[7:].lower()
@@ -515,8 +526,46 @@ def _wheel(name: str, version: str, url: str, sha256: str, platform: str, catego
         raise LockReadError(f"pip package {name} is a source distribution ({base.rsplit('/', 1)[-1]}): hb installs "
                             "wheels only (a build would run the package's own code)", line,
                             hint="pin a version that has a wheel for this platform")
+    _check_wheel_is_entry(name, version, decoded_filename(base), line)
     return LockedWheel(name=name, version=version, url=base, sha256=sha256, platform=platform,
                        category=min(categories or {"main"}))
+
+
+# a PEP 508 project name; a version as a wheel file name may spell it (PEP 440, no whitespace)
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_VERSION_TEXT = re.compile(r"[A-Za-z0-9_.!+\-]+")
+
+
+def _check_wheel_is_entry(name: str, version: str, filename: str, line) -> None:
+    """A pip entry must describe the wheel it pins, as a conda entry its archive (_check_file_is_entry):
+    its name (a PEP 508 name, checked first by _wheel) the wheel file's project once normalised, its
+    version the file's. The
+    entry's name and version are what the SBOM, the provenance and `hb attest verify --lock` report,
+    and the name reaches the stage (the `headers` directory) and messages: a `requests 2.31.0` entry
+    pinning evil-6.6-py3-none-any.whl, or a name with `/` or an escape sequence, was accepted."""
+    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+    from packaging.version import InvalidVersion, Version
+
+    from .archive import valid_wheel_filename
+
+    hint = "re-lock (hb lock, conda-lock or pixi); a hand-edited entry must keep name, version and URL together"
+    if not valid_wheel_filename(filename):
+        raise LockReadError(f"pip package {name:.100}: {filename!r} is not a wheel file name "
+                            "(name-version[-build]-python-abi-platform.whl, ASCII letters, digits, '_', '.', '+', '!')",
+                            line, hint=hint)
+    try:
+        project, file_version, _build, _tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename as exc:
+        raise LockReadError(f"pip package {name:.100}: {filename!r} is not a wheel file name: {exc}", line,
+                            hint=hint) from None
+    try:
+        same_version = bool(_VERSION_TEXT.fullmatch(version)) and Version(version) == file_version
+    except InvalidVersion:
+        same_version = False
+    if canonicalize_name(name) != project or not same_version:
+        raise LockReadError(f"pip package {name:.100} {_shown(version)}: the lock entry's URL names the wheel {filename}, "
+                            f"of {project} {file_version}: the entry does not describe the package it pins", line,
+                            hint=hint)
 
 
 # ----- explicit --------------------------------------------------------------------------------------
@@ -557,7 +606,7 @@ def _read_explicit(text: str) -> AdoptedLock:
     out = []
     for number, manager, name, url in entries:
         if manager == "pip":
-            version = re.split(r"-", url.split("#", 1)[0].rsplit("/", 1)[-1])[1:2]
+            version = decoded_filename(url.split("#", 1)[0]).split("-")[1:2]
             out.append(_pip_entry(name, version[0] if version else "", url, None, platform, {"main"}, number))
             continue
         base, _, fragment = url.partition("#")
@@ -712,5 +761,8 @@ def select(lock: AdoptedLock, platform: str, categories=("main",)) -> tuple[list
             continue
         if entry.error is not None:
             raise entry.error
-        (wheels if isinstance(p, LockedWheel) else conda).setdefault(p.name, entry)
-    return [conda[n] for n in sorted(conda)], [wheels[n] for n in sorted(wheels)]
+        if isinstance(p, LockedWheel):  # one project however its name is spelled (Six, six, SIX)
+            wheels.setdefault(_project(p.name), entry)
+        else:
+            conda.setdefault(p.name, entry)
+    return [conda[n] for n in sorted(conda)], sorted(wheels.values(), key=lambda e: e.package.name)

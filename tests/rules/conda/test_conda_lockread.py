@@ -273,6 +273,28 @@ SECOND_PYTEST = "  category: extra\n"
      "pip package six: URL 'https://files.pythonhosted.org/packages/d9/5a/e7c3/six-1.16.0-py2.py3-none-any.whl"
      "#egg=six' has a fragment other than #sha256=<hex>", 37),
     (lambda t: t.replace("none-any.whl", "none-any.whl?x=1"), "six: URL", 37),
+    # a pip entry must describe the wheel it pins, as a conda entry its archive: its name and version are what
+    # the SBOM and the provenance report (a `requests` entry pinning six's wheel was taken as requests)
+    (lambda t: t.replace("- name: six", "- name: requests"),
+     "pip package requests '1.16.0': the lock entry's URL names the wheel six-1.16.0-py2.py3-none-any.whl, of six "
+     "1.16.0: the entry does not describe the package it pins", 37),
+    (lambda t: t.replace("version: 1.16.0", "version: 9.9.9"), "pip package six '9.9.9': the lock entry's URL", 37),
+    (lambda t: t.replace("version: 1.16.0", 'version: "1.16.0\\nFAKE: x"'),
+     "pip package six '1.16.0\\nFAKE: x': the lock entry's URL", 37),
+    # the name reaches messages, the stage (include/pythonX.Y/<name>) and the SBOM: a project name only
+    (lambda t: t.replace("- name: six", '- name: "six\\e]2;owned\\a"'),
+     "pip package name 'six\\x1b]2;owned\\x07' is not a Python project name", 37),
+    (lambda t: t.replace("- name: six", '- name: "../../../six"'),
+     "pip package name '../../../six' is not a Python project name", 37),
+    (lambda t: t.replace("six-1.16.0-py2.py3", "s%C4%B1x-1.16.0-py2.py3"),
+     "pip package six: 'sıx-1.16.0-py2.py3-none-any.whl' is not a wheel file name", 37),
+    # one project however it is spelled: pip and uv normalise names, so SIX 1.15 and six 1.16 are two pins of one
+    (lambda t: t + t[t.index("- name: six"):].replace("- name: six", "- name: SIX").replace("version: 1.16.0",
+                                                                                           "version: 1.15.0")
+     .replace("six-1.16.0-py2.py3", "six-1.15.0-py2.py3"),
+     "pip package SIX is locked twice for linux-64: line 37 pins https://files.pythonhosted.org/packages/d9/5a/e7c3/"
+     "six-1.16.0-py2.py3-none-any.whl, this entry pins https://files.pythonhosted.org/packages/d9/5a/e7c3/"
+     "six-1.15.0-py2.py3-none-any.whl", 44),
 ])
 def test_malformed_entries_and_metadata_are_refused_at_their_line(tmp_path, edit, message, line):
     path = tmp_path / "conda-lock.yml"
@@ -283,6 +305,13 @@ def test_malformed_entries_and_metadata_are_refused_at_their_line(tmp_path, edit
         select(read_lock(path), "linux-64", ("main", "dev"))
     assert message in caught.value.message
     assert caught.value.line == line
+
+
+def test_one_wheel_listed_under_two_spellings_of_its_name_is_installed_once(tmp_path):
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(OLD_WRITER + OLD_WRITER[OLD_WRITER.index("- name: six"):].replace("- name: six", "- name: Six"))
+    _conda, wheels = select(read_lock(path), "linux-64")
+    assert [(e.package.name, e.line) for e in wheels] == [("six", 37)]
 
 
 def test_an_entry_listed_again_for_another_category_keeps_its_own_line(tmp_path):
@@ -538,9 +567,15 @@ def test_a_percent_encoded_plus_in_a_wheel_url_is_its_file_name(tmp_path):
     """download.pytorch.org names wheels `torch-2.1.0%2Bcpu-...whl`: accepted, its file name decoded
     (only a decoded slash or control character is refused)."""
     path = tmp_path / "conda-lock.yml"
-    path.write_text(OLD_WRITER.replace("six-1.16.0-py2.py3", "six-1.16.0%2Blocal-py2.py3"))
+    path.write_text(OLD_WRITER.replace("six-1.16.0-py2.py3", "six-1.16.0%2Blocal-py2.py3")
+                    .replace("version: 1.16.0", "version: 1.16.0+local"))
     _conda, wheels = select(read_lock(path), "linux-64")
     assert wheels[0].package.filename == "six-1.16.0+local-py2.py3-none-any.whl"
+    explicit = tmp_path / "conda-linux-64.lock"  # conda-lock's `# pip` line: the version of the decoded name
+    explicit.write_text("# platform: linux-64\n@EXPLICIT\n# pip six @ https://files.pythonhosted.org/p/"
+                        "six-1.16.0%2Blocal-py2.py3-none-any.whl#sha256=" + "ab" * 32 + "\n")
+    _conda, wheels = select(read_lock(explicit), "linux-64")
+    assert (wheels[0].package.name, wheels[0].package.version) == ("six", "1.16.0+local")
 
 
 def test_a_percent_encoded_plus_in_a_conda_url_is_its_file_name(tmp_path):
