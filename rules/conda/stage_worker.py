@@ -20,7 +20,8 @@ lib/pythonX.Y/site-packages of the conda python: console scripts start with `#!<
 (the final prefix, not this sandbox), INSTALLER says `hb`, RECORD lists every file, and no .pyc is
 written (nothing that depends on the moment or the machine; Python compiles in memory when the
 prefix is read-only). A wheel may not overwrite a file of a conda package or of another wheel, write
-through a link, or hold anything but regular files and directories. The wheels are read in the
+through a link, hold anything but regular files and directories, write into a .dist-info but its
+own, or carry a METADATA naming another project or version than its file name. The wheels are read in the
 lock's order, which decides every check and error; their members are decompressed, checked against
 RECORD and written by a few threads (WheelWriter), so that the disk's wait per created file overlaps.
 """
@@ -252,6 +253,7 @@ class WheelWriter:
         os.umask(umask)  # read once, here: changing it while threads create files would change their modes
         self.file_mode, self.exec_mode = 0o666 & ~umask, 0o777 & ~umask | 0o111
         self.claimed: set[str] = set()  # files written or queued
+        self.own_dist_info = ""  # the .dist-info of the wheel being installed, relative to the prefix
         self.claimed_dirs: set[str] = set()  # the directories those need
         self.listings: dict[str, set[str]] = {}  # directories that were there before the wheels: their names
         self.made_dirs: set[str] = set()  # directories the threads made (or found) already
@@ -276,6 +278,11 @@ class WheelWriter:
             raise StageError(f"wheel {filename}: {path!r} ({scheme}) has {why}")
         if parts[0] == "conda-meta":  # the package manager's records: what hb and conda read to know the env
             raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, in conda's own records")
+        if (len(parts) > 4 and parts[0] == "lib" and parts[2] == "site-packages" and parts[3].endswith(".dist-info")
+                and "/".join(parts[:4]) != self.own_dist_info):
+            # layering and importlib.metadata take every site-packages/*.dist-info for an installed project
+            raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, into another project's "
+                             f".dist-info (a wheel writes only its own, {self.own_dist_info})")
         current, missing = out_real, False
         for part in parts[:-1]:  # never write through a link of the prefix
             parent, current = current, os.path.join(current, part)
@@ -541,12 +548,59 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
     try:
         with DeferredWheel.open(archive) as source:
             source.validate_record(validate_contents=False)  # every member listed in RECORD with a hash
+            check_wheel_metadata(source, filename)
+            writer.own_dist_info = f"{os.path.relpath(site, out)}/{source.dist_info_dir}"
             install(source, destination, additional_metadata={"INSTALLER": b"hb\n"})
     except StageError:
         raise
     except Exception as exc:  # noqa: BLE001 - installer's errors name the file
         raise StageError(f"installing wheel {filename} failed: {type(exc).__name__}: "
                          f"{' '.join(str(exc).split())}") from None
+
+
+MAX_METADATA_HEADER = 16 << 20  # what the lock's reader of METADATA reads at most (pypi_deps.MAX_METADATA_BYTES)
+
+
+def check_wheel_metadata(source, filename: str) -> None:
+    """The wheel's METADATA must name one project and one version, those of its file name (PEP 503 /
+    PEP 440 equal): layering names a wheel's layer after it (`pypi:<Name>`), and the lock entry, whose
+    name and version the SBOM reports, was checked against the file name. Only the header is read, at
+    most MAX_METADATA_HEADER bytes (the body, a README, may be long)."""
+    import email.parser
+
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+    from packaging.version import InvalidVersion, Version
+
+    project, version = parse_wheel_filename(filename)[:2]
+    path = f"{source.dist_info_dir}/METADATA"
+    try:
+        info = source._zipfile.getinfo(path)
+    except KeyError:
+        raise StageError(f"wheel {filename} has no {path}") from None
+    lines, size = [], 0
+    with source._zipfile.open(info) as stream:
+        while True:
+            line = stream.readline(MAX_METADATA_HEADER + 1 - size)
+            size += len(line)
+            if line in (b"", b"\n", b"\r\n"):
+                break
+            if size > MAX_METADATA_HEADER:
+                raise StageError(f"wheel {filename}: the header of its {path} is longer than "
+                                 f"{MAX_METADATA_HEADER >> 20} MiB")
+            lines.append(line)
+    headers = email.parser.HeaderParser().parsestr(b"".join(lines).decode("utf-8", "replace"))
+    for key in ("Name", "Version"):
+        found = headers.get_all(key) or []
+        if len(found) != 1:
+            raise StageError(f"wheel {filename}: its {path} has {len(found)} {key} headers (a wheel's has one)")
+    name, stated = str(headers["Name"]).strip(), str(headers["Version"]).strip()
+    try:
+        same = canonicalize_name(name) == project and Version(stated) == version
+    except InvalidVersion:
+        same = False
+    if not same:
+        raise StageError(f"wheel {filename}: its METADATA names {name[:100]!r} {stated[:100]!r}, not {project} "
+                         f"{version}: the wheel is not the package its file name says")
 
 
 MAX_LINK_HOPS = 40  # the kernel's limit (ELOOP)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import stat
 import zipfile
 
@@ -418,3 +419,64 @@ def test_a_console_script_name_is_a_printable_name_like_every_installed_name(tmp
     with pytest.raises(stage_worker.StageError, match=r"'a\\x1b\[2Jb' \(scripts\) has a control character in its name"):
         _install(tmp_path, wheel, out)
     assert sorted(os.listdir(out / "bin")) == ["python"]
+
+
+def _with_metadata(path, metadata: bytes, name="demo", version="1.0"):
+    """make_wheel's wheel whose METADATA is `metadata` (its RECORD row matching)."""
+    plain = make_wheel(path.with_suffix(".src"), name=name, version=version)
+    dist = f"{name}-{version}.dist-info"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == f"{dist}/METADATA":
+                data = metadata
+            elif item.filename == f"{dist}/RECORD":
+                digest = base64.urlsafe_b64encode(hashlib.sha256(metadata).digest()).rstrip(b"=").decode()
+                data = b"\n".join(f"{dist}/METADATA,sha256={digest},{len(metadata)}".encode()
+                                  if line.startswith(f"{dist}/METADATA,".encode()) else line
+                                  for line in data.split(b"\n"))
+            dst.writestr(item.filename, data)
+    plain.unlink()
+    return path
+
+
+@pytest.mark.parametrize(("metadata", "message"), [
+    # layering names a wheel's layer after its METADATA (pypi:<Name>): another project's name took its place
+    (b"Metadata-Version: 2.1\nName: numpy\nVersion: 1.0\n", "its METADATA names 'numpy' '1.0', not demo 1.0: the wheel is not the package its file name says"),
+    (b"Metadata-Version: 2.1\nName: demo\nVersion: 9.9\n", "its METADATA names 'demo' '9.9', not demo 1.0"),
+    (b"Metadata-Version: 2.1\nName: demo\nName: numpy\nVersion: 1.0\n", "its demo-1.0.dist-info/METADATA has 2 Name headers (a wheel's has one)"),
+    (b"Metadata-Version: 2.1\nVersion: 1.0\n", "has 0 Name headers"),
+    (b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n" + b"X: y\n" * 4_000_000, "the header of its demo-1.0.dist-info/METADATA is longer than 16 MiB"),
+])
+def test_a_wheels_metadata_must_name_the_project_and_version_of_its_file(tmp_path, metadata, message):
+    wheel = _with_metadata(tmp_path / "demo-1.0-py3-none-any.whl", metadata)
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=re.escape(message)):
+        _install(tmp_path, wheel, out)
+    assert sorted(os.listdir(out / "lib/python3.11/site-packages")) == []
+
+
+def test_a_wheels_metadata_may_spell_name_and_version_otherwise(tmp_path):
+    """PEP 503 / PEP 440 equal is the same project and version (real wheels: Name: PyYAML in
+    pyyaml-6.0-...whl, a long header of thousands of Requires-Dist and classifiers)."""
+    metadata = (b"Metadata-Version: 2.1\r\nName: De_Mo\r\nVersion: 1.0.0\r\n" + b"Classifier: x\r\n" * 5000
+                + b"\r\nName: body text is no header\r\n")
+    wheel = _with_metadata(tmp_path / "de_mo-1.0-py3-none-any.whl", metadata, name="de_mo")
+    out = _prefix(tmp_path)
+    _install(tmp_path, wheel, out)
+    assert (out / "lib/python3.11/site-packages/de_mo-1.0.dist-info/METADATA").read_bytes() == metadata
+
+
+@pytest.mark.parametrize("member", ["demo-1.0.data/purelib/numpy-9.dist-info/RECORD",
+                                    "demo-1.0.data/data/lib/python3.11/site-packages/numpy-9.dist-info/METADATA",
+                                    "numpy-9.dist-info/RECORD"])
+def test_a_wheel_writes_no_dist_info_but_its_own(tmp_path, member):
+    """Layering, the SBOM's layers and importlib.metadata read every site-packages/*.dist-info as an
+    installed project: a wheel that plants another's (with a RECORD it wrote, claiming conda's files)
+    is refused, whichever scheme it uses."""
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl",
+                       files={"demo/__init__.py": b"", member: b"../../../bin/python,,\n"})
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=r"numpy-9\.dist-info|2 \.dist-info/RECORD files"):
+        _install(tmp_path, wheel, out)
+    assert not (out / "lib/python3.11/site-packages/numpy-9.dist-info").exists()
