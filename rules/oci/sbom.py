@@ -180,7 +180,9 @@ def layer_contents(layer_sets: list[list[dict]], packages: list[SbomPackage]) ->
         members = [i for i, p in enumerate(packages) if p.layer_set == set_index]
         named = {}
         for i in members:
-            named.setdefault(packages[i].name, []).append(i)
+            # a wheel's layer lists it as layering names it: pypi:<PEP 503 name> (rules/oci/split.py)
+            name = packages[i].name
+            named.setdefault(f"pypi:{_pep503(name)}" if packages[i].type == "pypi" else name, []).append(i)
         placed = set()
         for layer in layers:
             for name in layer.get("packages", []):
@@ -191,6 +193,12 @@ def layer_contents(layer_sets: list[list[dict]], packages: list[SbomPackage]) ->
         if rest and layers:
             contains.setdefault(layers[0]["digest"], []).extend(rest)
     return {k: sorted(v) for k, v in contains.items()}
+
+
+def _pep503(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def test_image_and_environment_documents_validate_without_a_build():
     """What spdx_json / cyclonedx_json make for an image on a base with conda (one from a local
     file:// channel), PyPI and Debian packages, and for an environment, passes spdx-tools' validator
     and the CycloneDX 1.6 schema, and is the same text when made twice."""
-    base, layer0, layer1 = ("sha256:" + c * 64 for c in "abc")
+    base, layer0, layer1, layer2 = ("sha256:" + c * 64 for c in "abcf")
     packages = [
         SbomPackage("conda", "hb-hello", "1.0.0", "1" * 64, "file:///home/me/chan/linux-64/hb-hello-1.0.0-h0_0.conda",
                     1, build="h0_0", subdir="linux-64"),
@@ -40,10 +40,12 @@ def test_image_and_environment_documents_validate_without_a_build():
         SbomPackage("deb", "libc6", "2.36-9", "4" * 64, "https://deb.debian.org/debian/pool/libc6_2.36-9_amd64.deb",
                     0, arch="amd64"),
     ]
-    layer_sets = [[{"digest": layer0}], [{"digest": layer1, "packages": ["hb-hello", "zlib", "Typing_Extensions"]}]]
+    # a wheel's layer lists it as layering names it (pypi:<PEP 503 name>), not as its lock entry spells it
+    layer_sets = [[{"digest": layer0}], [{"digest": layer2, "packages": ["hb-hello", "zlib"]},
+                                         {"digest": layer1, "packages": ["pypi:typing-extensions"]}]]
     contains = layer_contents(layer_sets, packages)
     epoch = datetime.fromtimestamp(0, tz=timezone.utc)
-    image = SbomModel("//env:img", "sha256:" + "d" * 64, [layer0, layer1], packages, contains,
+    image = SbomModel("//env:img", "sha256:" + "d" * 64, [layer0, layer2, layer1], packages, contains,
                       "debian:bookworm", base, epoch)
     spdx_text, cdx_text = spdx_json(image), cyclonedx_json(image)
     assert (spdx_text, cdx_text) == (spdx_json(image), cyclonedx_json(image))
@@ -54,7 +56,7 @@ def test_image_and_environment_documents_validate_without_a_build():
     assert by_name["zlib"].download_location.startswith("https://conda.anaconda.org/")
     assert by_name["Typing_Extensions"].external_references[0].locator == "pkg:pypi/typing-extensions@4.16.0"
     nested = {c["name"]: layer["version"] for layer in bom["components"] for c in layer.get("components", [])}
-    assert nested == {"libc6": layer0, "hb-hello": layer1, "zlib": layer1, "Typing_Extensions": layer1}
+    assert nested == {"libc6": layer0, "hb-hello": layer2, "zlib": layer2, "Typing_Extensions": layer1}
     assert "/home/me" not in spdx_text and "/home/me" not in cdx_text
 
     env = SbomModel("//env:nlp-env", "blake3:" + "e" * 64, [], packages[:3], {}, "", "", epoch)
