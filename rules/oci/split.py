@@ -104,7 +104,10 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
         name, depends = _wheel_metadata(store, entries.get(f"{dist_info}/METADATA"), f"{dist_info}/METADATA")
         name = name or dist_info.rsplit("/", 1)[1].rsplit("-", 1)[0]
         key = f"pypi:{_normalise(name)}"
-        out[key] = {"name": key, "depends": ["python", *(f"pypi:{_normalise(d)}" for d in depends)],
+        if key in out:  # the stage installs one .dist-info per project; a tree from a cache is input
+            raise ActionFailed(f"the environment's {path} and {out[key]['record']} both record the PyPI project "
+                               f"{name!r}")
+        out[key] = {"record": path, "name": key, "depends": ["python", *(f"pypi:{_normalise(d)}" for d in depends)],
                     "files": files}
     return out
 

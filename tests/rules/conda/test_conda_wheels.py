@@ -290,6 +290,12 @@ def test_each_wheel_is_its_own_layer_after_python(tmp_path):
     assert set(tok.paths) == {f"{sp}/tok_enizers/__init__.py", "bin/tok_enizers-cli",
                               f"{sp}/Tok_Enizers-1.dist-info/METADATA", f"{sp}/Tok_Enizers-1.dist-info/RECORD"}
     assert all(p.startswith("conda-meta/") for p in groups[-1].paths)
+    # two .dist-info of one project (a tree from a cache): an error, not one of them layered as the other
+    add(f"{sp}/numPy-2.dist-info/METADATA", b"Metadata-Version: 2.1\nName: numPy\nVersion: 2\n")
+    add(f"{sp}/numPy-2.dist-info/RECORD", b"numpy/__init__.py,,\n")
+    with pytest.raises(ActionFailed, match=r"numpy-1.dist-info/RECORD and .*numPy-2.dist-info/RECORD both record "
+                                           r"the PyPI project 'numpy'"):
+        env_groups(blobs, entries, 100)
 
 
 def test_the_worker_checks_every_archive_against_its_pin_in_order(tmp_path):
