@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import email.parser
-import hashlib
 import json
 import os
 import pathlib
@@ -216,16 +215,23 @@ answer(metadata=data.decode("utf-8", "replace"))
 def _metadata_from_wheel(url: str, sha256: str, where: str) -> str:
     """METADATA of a wheel whose index serves no PEP 658 file: the wheel itself, checked by sha256,
     then read in a sandboxed Python (_READ_METADATA), not in hb's process."""
+    from . import fetch
+    from .fetch import MIN_BYTES_PER_SECOND, _download, _Mismatch, _TooLarge
+
+    # the build's fetch of the same wheel (fetch._download): at most MAX_DOWNLOAD_BYTES, given up when
+    # slower than MIN_BYTES_PER_SECOND; an index answering with an endless body wrote ~400 MB/s into
+    # the temporary directory until the disk was full, and a trickle held `hb lock` for ever
     with tempfile.NamedTemporaryFile(prefix="hb-wheel-", suffix=".whl") as f:
-        request = urllib.request.Request(url, headers={"User-Agent": "hermetic-build"})
-        digest = hashlib.sha256()
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                f.write(chunk)
-        f.flush()
-        if digest.hexdigest() != sha256:
-            raise AnalysisError(f"{where}: {url} does not have the sha256 uv locked ({sha256})")
+        try:
+            _download(url, f.name, sha256, "sha256", fetch.MAX_DOWNLOAD_BYTES)
+        except _Mismatch:
+            raise AnalysisError(f"{where}: {url} does not have the sha256 uv locked ({sha256})") from None
+        except _TooLarge as exc:
+            raise AnalysisError(f"{where}: {url} is larger than the most hb downloads for a wheel ({exc}); "
+                                "nothing was kept", hint="check the index: it serves this wheel without end") from None
+        except TimeoutError as exc:
+            raise AnalysisError(f"{where}: {url} came slower than {MIN_BYTES_PER_SECOND >> 10} KiB/s ({exc})"
+                                ) from None
         return read_wheel_metadata(f.name, f"{where}: {url}")
 
 

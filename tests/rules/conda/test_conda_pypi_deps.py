@@ -146,3 +146,44 @@ def test_a_wheel_without_pep658_file_is_read_in_the_sandbox_and_bad_ones_are_nam
         zf.writestr("b-1.0.dist-info/METADATA", b"Name: b\n" + b" " * (pypi_deps.MAX_METADATA_BYTES + 10))
     with pytest.raises(AnalysisError, match="b 1.0 has a METADATA larger than"):
         pypi_deps.read_wheel_metadata(str(bomb), "b 1.0")
+
+
+def test_a_wheel_read_for_its_metadata_is_downloaded_within_the_fetchs_limits(tmp_path, monkeypatch):
+    """An index that serves no PEP 658 file and an endless wheel: the download stops at the most the
+    build's fetch downloads (lowered here), nothing is kept. Before, it wrote ~400 MB/s into the
+    temporary directory until the disk was full (hb lock never answered)."""
+    import http.server
+    import threading
+
+    from rules.conda import fetch
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_args):
+            pass
+
+        def do_GET(self):
+            if self.path.endswith(".metadata"):
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(fetch, "MAX_DOWNLOAD_BYTES", 8 << 20)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    url = f"http://127.0.0.1:{server.server_port}/e-1.0-py3-none-any.whl"
+    try:
+        with pytest.raises(AnalysisError, match=r"e 1.0: http://127.0.0.1:\d+/e-1.0-py3-none-any.whl is larger than the most hb downloads for a wheel \(more than 8388608 bytes came\)"):
+            fetch_metadata([Wheel("e", "1.0", url, "0" * 64)], MetadataCache(tmp_path / "cache"))
+    finally:
+        server.shutdown()
+    assert not list(tmp_path.glob("hb-wheel-*"))
