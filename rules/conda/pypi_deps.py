@@ -22,7 +22,9 @@ import pathlib
 import re
 import subprocess
 import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -165,19 +167,41 @@ class MetadataCache:
 
 
 def _get(url: str, limit: int) -> bytes | None:
-    """The body of `url` (https/http/file), or None on 404; at most `limit` bytes."""
-    request = urllib.request.Request(url, headers={"User-Agent": "hermetic-build"})
-    try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            body = response.read(limit + 1)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
+    """The body of `url` (https/http/file), or None on 404; at most `limit` bytes, all of it within
+    _TIMEOUT_S (plus one read's timeout): an index that trickles a byte now and then gives up instead of
+    holding `hb lock` (a per-read timeout alone is reset by every byte). Over http(s) through the
+    fetch's connections (redirects to http and https only, not to ftp: or file:)."""
+    from urllib.request import url2pathname
+
+    from . import connections
+    from .fetch import _open_regular
+
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        try:
+            with _open_regular(url2pathname(parsed.path), url) as f:  # a regular file: a FIFO never ends
+                body = f.read(limit + 1)
+        except FileNotFoundError:  # a file:// index without PEP 658 files
             return None
-        raise
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, FileNotFoundError):  # a file:// index without PEP 658 files
-            return None
-        raise
+    else:
+        try:
+            source = connections.get(url, _TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        chunks, size, started = [], 0, time.monotonic()
+        with source:
+            read = getattr(source, "read1", source.read)
+            while chunk := read(1 << 16):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+                if time.monotonic() - started > _TIMEOUT_S:
+                    raise AnalysisError(f"{url}: {size:,} bytes in over {_TIMEOUT_S} s; the index is too slow or "
+                                        "never ends its answer")
+        body = b"".join(chunks)
     if len(body) > limit:
         raise AnalysisError(f"{url} is larger than {limit} bytes")
     return body

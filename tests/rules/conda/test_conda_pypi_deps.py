@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from hermetic_build.api import AnalysisError
+from rules.conda import pypi_deps
 from rules.conda.pypi_deps import (
     MetadataCache,
     WheelMetadata,
@@ -117,7 +118,6 @@ def test_a_wheel_without_pep658_file_is_read_in_the_sandbox_and_bad_ones_are_nam
     """A wheel's METADATA is read by a sandboxed Python (read_wheel_metadata), never in hb's
     process: it answers for a good wheel, and a wheel with two METADATA files, one that is not a zip,
     and one whose METADATA inflates past the limit are errors naming the wheel."""
-    from rules.conda import pypi_deps
 
     from hermetic_build.api import ActionExecution
 
@@ -187,3 +187,66 @@ def test_a_wheel_read_for_its_metadata_is_downloaded_within_the_fetchs_limits(tm
     finally:
         server.shutdown()
     assert not list(tmp_path.glob("hb-wheel-*"))
+
+
+def _serve(handler_body):
+    """A local index whose GETs handler_body(handler) answers; (server, base URL)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_args):
+            pass
+
+        def do_GET(self):
+            try:
+                handler_body(self)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+def test_a_trickling_metadata_file_ends_within_the_timeout(tmp_path, monkeypatch):
+    """A PEP 658 file sent a byte every 0.2 s: each byte reset the per-read timeout, so `hb lock` waited
+    as long as the server liked; now the whole answer has _TIMEOUT_S."""
+    import time
+
+    def trickle(handler):
+        handler.send_response(200)
+        handler.end_headers()
+        while True:
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.2)
+
+    server, base = _serve(trickle)
+    monkeypatch.setattr(pypi_deps, "_TIMEOUT_S", 2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(AnalysisError, match=r"t-1.0-py3-none-any.whl.metadata: \d+ bytes in over 2 s"):
+            fetch_metadata([Wheel("t", "1.0", f"{base}/t-1.0-py3-none-any.whl", "1" * 64)],
+                           MetadataCache(tmp_path / "cache"))
+    finally:
+        server.shutdown()
+    assert time.monotonic() - started < 10
+
+
+def test_a_metadata_file_is_followed_to_http_and_https_only(tmp_path):
+    """An index's redirect of a PEP 658 file is followed over http(s) only, as the build's fetches are
+    (urllib, used before, refused file: but opened ftp: connections)."""
+    def redirect(handler):
+        handler.send_response(302)
+        handler.send_header("Location", "ftp://127.0.0.1:9/t.metadata")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server, base = _serve(redirect)
+    try:
+        with pytest.raises(AnalysisError, match="only http and https URLs are followed"):
+            fetch_metadata([Wheel("t", "1.0", f"{base}/t-1.0-py3-none-any.whl", "2" * 64)],
+                           MetadataCache(tmp_path / "cache"))
+    finally:
+        server.shutdown()
