@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -392,8 +393,8 @@ class Session:
             # published there by a root target of that name before the name was reserved: not hb's record
             self._remove_in_background(manifest_path)
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):  # none yet, or unreadable: everything is published again
+            manifest = json.loads(_read_own_record(manifest_path))
+        except (OSError, ValueError):  # none yet, unreadable or not a file: everything is published again
             manifest = {}
         if not isinstance(manifest, dict):
             manifest = {}
@@ -418,10 +419,11 @@ class Session:
                     continue
                 entry = executor.output_entry(f)
                 dest = self.workspace.root / f.path
-                if manifest.get(f.path) != [str(entry.digest), _stamp(dest)]:
+                stamp = _published_stamp(self.workspace.output_root, dest)
+                if stamp is None or manifest.get(f.path) != [str(entry.digest), stamp]:
                     self._materialize(executor, f, dest)
                     entry = executor.output_entry(f)
-                    manifest[f.path] = [str(entry.digest), _stamp(dest)]
+                    manifest[f.path] = [str(entry.digest), _published_stamp(self.workspace.output_root, dest)]
                     changed = True
                 entries.append({"path": f.path, "kind": entry.kind, "digest": str(entry.digest)})
             summary[str(label)] = entries
@@ -435,7 +437,8 @@ class Session:
             paths.update(f.path for f in analysis.targets[label].files if not f.is_source)
         parents = {os.path.dirname(p) for p in paths if p.startswith(OUTPUT_DIR + "/") and ".." not in p.split("/")}
         for parent in parents | {OUTPUT_DIR}:
-            sweep(self.workspace.root / parent)
+            if _real_directories(self.workspace.output_root, self.workspace.root / parent):
+                sweep(self.workspace.root / parent)  # never in a directory reached through a link
 
     def _materialize(self, executor: Executor, f: File, dest: Path) -> None:
         from .tree import MissingBlob, materialize_tree
@@ -496,14 +499,23 @@ class Session:
 
     def _clear_parents(self, dest: Path) -> None:
         """hb-out is a view of the last outputs published: a file where `dest` needs a directory
-        (target `a` published output `x`, now target `a/x` publishes `x/y`) is replaced."""
+        (target `a` published output `x`, now target `a/x` publishes `x/y`) is replaced, and so is a
+        link (which a checkout may ship). The walk goes from hb-out/ down, lstat'ing each component
+        below directories already found real, so nothing is followed: a deepest-first walk looked at
+        `hb-out/p/x` through a linked `hb-out/p` and deleted the file it led to outside the workspace."""
         root = self.workspace.output_root
-        parent = dest.parent
-        while parent != root and root in parent.parents:
-            if os.path.lexists(parent) and (parent.is_symlink() or not parent.is_dir()):
+        if root not in dest.parents:
+            return
+        parent = root
+        for part in dest.parent.relative_to(root).parts:
+            parent = parent / part
+            try:
+                st = os.lstat(parent)
+            except FileNotFoundError:
+                return  # nothing below exists: mkdir makes real directories from here
+            if not stat.S_ISDIR(st.st_mode):  # a link (to anything) or a file: hb-out's own entry
                 os.unlink(parent)
                 return
-            parent = parent.parent
 
     # ----- records ---------------------------------------------------------------------------------
     def previous_records(self) -> dict:
@@ -560,6 +572,53 @@ class Session:
             return json.loads((self.state_dir / "last-build.json").read_text())
         except (FileNotFoundError, ValueError):
             return None
+
+
+MAX_RECORD_BYTES = 64 << 20  # hb-out/.hb-manifest.json: ~100 bytes an output
+
+
+def _read_own_record(path: Path) -> bytes:
+    """A record hb keeps in the workspace (hb-out/.hb-manifest.json), which a checkout can ship: read
+    only from a regular file, never through a link, at most MAX_RECORD_BYTES (a link to /dev/zero
+    took hb's memory, a FIFO hung the build). OSError where it is anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD_BYTES:
+            raise OSError(f"{path} is not a regular file of at most {MAX_RECORD_BYTES} bytes")
+        return f.read(MAX_RECORD_BYTES + 1)
+
+
+def _real_directories(root: Path, directory: Path) -> bool:
+    """Whether `directory` (root or below it) and each directory between them is a real directory,
+    not a link: lstat'ed from root down."""
+    if directory != root and root not in directory.parents:
+        return False
+    path = root
+    for part in ("", *directory.relative_to(root).parts):
+        path = path / part if part else path
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _published_stamp(root: Path, dest: Path):
+    """What identifies the entry hb published at `dest`, or None: its own lstat (size, mtime, ctime,
+    inode, device, type), and only where every directory from hb-out/ down to it is real. The record
+    (hb-out/.hb-manifest.json) comes with the checkout like any file in it: a checkout that shipped a
+    record naming an output's digest with the size and mtime of a link to a host file (or of a file
+    of a tarball, whose mtime it sets) had hb skip publishing and report the digest over content it
+    never wrote. The ctime and inode of an entry are the kernel's, set when hb wrote it."""
+    if not _real_directories(root, dest.parent):
+        return None
+    try:
+        st = os.lstat(dest)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, stat.S_IFMT(st.st_mode)]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -29,7 +29,7 @@ from .evalguard import Channel, GuardFailure, Limits, run_guarded_all
 from .label import Label, LabelSyntaxError
 from .rule import AttributeValueError, Rule, check_attrs
 from .scan import GlobCall, all_packages, glob_fingerprint, run_glob
-from .workspace import BUILD_FILE, Workspace
+from .workspace import BUILD_FILE, Workspace, read_regular_file, resolve_source_str
 
 _FRAME_RE = re.compile(r"^\s*\* (.+?):(\d+), in ", re.M)
 _ERROR_AT_RE = re.compile(r"-->\s*(.+?):(\d+)(?::\d+)?\s*$", re.M)
@@ -229,7 +229,7 @@ class PackageLoader:
         self._current, self._targets, self._loads, self._globs = package, {}, [], []
         self._deadline = time.monotonic() + self.limits.timeout_s
         try:
-            self._eval(rel, _read_source(path, rel, None), package)
+            self._eval(rel, _read_source(self.workspace.root, rel, None), package)
         finally:
             self._current = None
         return Package(package, rel, self._targets, tuple(self._loads), tuple(self._globs))
@@ -287,7 +287,7 @@ class PackageLoader:
             raise ValueError(self._pending.message)
         self._bzl_loading.append(rel)
         try:
-            module = self._eval(rel, _read_source(path, rel, Location(loading_file)), label.package)
+            module = self._eval(rel, _read_source(self.workspace.root, rel, Location(loading_file)), label.package)
         finally:
             self._bzl_loading.pop()
         frozen = module.freeze()
@@ -369,10 +369,22 @@ def _glob_patterns(argument: str, patterns) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _read_source(path: Path, rel: str, referenced_from: Location | None) -> str:
-    """The text of a BUILD or .bzl file; an unreadable or non-UTF-8 file is a BUILD file error."""
+MAX_SOURCE_BYTES = 64 << 20  # one BUILD or .bzl file
+
+
+def _read_source(root: Path, rel: str, referenced_from: Location | None) -> str:
+    """The text of a BUILD or .bzl file; an unreadable or non-UTF-8 file is a BUILD file error. It is
+    a source file of the checkout like any other (resolve_source): one that is, or lies under, a link
+    leading out of the workspace or into hb-out/ is refused before it is opened (a BUILD.hermetic
+    linked to /proc/self/environ had its first line, every variable of hb's environment, printed in
+    the parse error, e.g. into a public CI log). It is read from a regular file opened without
+    following a link, at most MAX_SOURCE_BYTES."""
     try:
-        data = path.read_bytes()
+        real = resolve_source_str(root, rel)
+    except AnalysisError as exc:
+        raise BuildFileError(exc.message, location=referenced_from or Location(rel), hint=exc.hint) from None
+    try:
+        data = read_regular_file(real, MAX_SOURCE_BYTES, rel)
     except OSError as exc:
         raise BuildFileError(f"cannot read {rel}: {exc.strerror or exc}", location=referenced_from) from None
     try:

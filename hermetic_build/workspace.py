@@ -6,11 +6,12 @@ import functools
 import os
 import platform as _platform
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import Location, UsageError, did_you_mean
+from .errors import AnalysisError, Location, UsageError, did_you_mean
 from .trust import PrivilegedSetting, privileged
 
 WORKSPACE_FILE = "hermetic.toml"
@@ -145,13 +146,19 @@ REMOTE_CACHE_SCHEMES = ("http", "https", "oci", "grpc", "grpcs")
 REMOTE_EXECUTOR_SCHEMES = ("grpc", "grpcs")
 
 
+MAX_SETTINGS_BYTES = 16 << 20
+
+
 def load_settings(root: Path) -> Settings:
     path = root / WORKSPACE_FILE
     try:
-        text = path.read_text()
+        # a file of the checkout: never one a link leads to outside it (resolve_source), at most 16 MiB
+        text = read_regular_file(resolve_source_str(root, WORKSPACE_FILE), MAX_SETTINGS_BYTES, WORKSPACE_FILE).decode()
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"invalid TOML: {exc}", location=Location(str(path))) from None
+    except AnalysisError as exc:  # a link out of the workspace
+        raise UsageError(exc.message, location=Location(str(path)), hint=exc.hint) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {WORKSPACE_FILE}: {exc}", location=Location(str(path))) from None
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
@@ -332,6 +339,22 @@ def resolve_source_str(root: Path, rel: str) -> str:
                             hint="hb reads only source files inside the workspace: copy the file in, "
                                  "or make the link point inside the workspace")
     return real
+
+
+def read_regular_file(path: str, limit: int, shown: str) -> bytes:
+    """The bytes of `path`, opened without following a link at its last component: a regular file of
+    at most `limit` bytes, else OSError (a FIFO, a device such as /dev/zero, a huge file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{shown} is not a regular file")
+        if st.st_size > limit:
+            raise OSError(f"{shown} has {st.st_size:,} bytes, more than hb reads from such a file ({limit:,})")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"{shown} grew past {limit:,} bytes while it was read")
+    return data
 
 
 @functools.lru_cache(maxsize=64)
