@@ -41,13 +41,24 @@ _EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, 
                      tarfile.GNUTYPE_LONGLINK)
 
 
+_HARMLESS_GLOBAL_RECORDS = {"comment"}  # `git archive`'s global header: no member field comes from it
+
+
 class _BoundedTarInfo(tarfile.TarInfo):
     """Refuses an extended header larger than MAX_HEADER_BYTES before tarfile reads it into memory."""
 
     def _proc_member(self, tarfile_):
         if self.type in _EXTENDED_HEADERS and self.size > MAX_HEADER_BYTES:
             raise ExtractError(f"an extended tar header of {self.size:,} bytes (at most {MAX_HEADER_BYTES:,})")
-        return super()._proc_member(tarfile_)
+        member = super()._proc_member(tarfile_)
+        applied = set(tarfile_.pax_headers) - _HARMLESS_GLOBAL_RECORDS
+        if applied:
+            # tarfile applies a global header's records (path, linkpath, size, uid, mtime...) to every
+            # member after it; Go's archive/tar, so containerd and docker, ignore global headers, and
+            # so do dpkg and rattler: what hb unpacked would not be what the image or package holds
+            raise ExtractError(f"a global PAX header sets {', '.join(sorted(applied))[:200]} for the members "
+                               "after it, which container runtimes ignore; refusing a tar that readers see differently")
+        return member
 
 
 class Budget:

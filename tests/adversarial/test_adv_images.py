@@ -173,3 +173,32 @@ def test_an_ordinary_image_still_unpacks(tmp_path):
     layout, _ = _layout(tmp_path, [_tar(_file("etc/os", b"hb\n"), _hardlink("etc/os2", "etc/os"))])
     facts, _ = deb_extract.unpack_image(layout, "latest", tmp_path / "root")
     assert (tmp_path / "root/etc/os2").read_bytes() == b"hb\n" and facts["env"] == []
+
+
+# ----- hb's view of a layer is the runtime's (helper D's red team) -----------------------------------
+def _global_pax_layer(records: dict) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=records) as tar:
+        for name, data in (("usr/bin/tool", b"what the image runs\n"), ("etc/os-release", b"ID=hb\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_global_pax_header_that_renames_members_is_refused(tmp_path):
+    """tarfile applies a global PAX header's `path` to every member after it; containerd and docker
+    (Go's archive/tar) ignore global headers. A layer whose global header says path=etc/motd had
+    `env_run(image = ...)` and hb's view of the root see one file etc/motd where the image runs
+    usr/bin/tool and etc/os-release."""
+    layout, _ = _layout(tmp_path, [_global_pax_layer({"path": "etc/motd"})])
+    with pytest.raises(deb_extract.ExtractError, match="global PAX header"):
+        deb_extract.unpack_image(layout, "latest", tmp_path / "root")
+    assert not (tmp_path / "root" / "etc" / "motd").exists()
+
+
+def test_a_global_pax_comment_is_harmless(tmp_path):
+    """`git archive` writes a global header with only a comment: nothing a member takes from it."""
+    layout, _ = _layout(tmp_path, [_global_pax_layer({"comment": "0123abcd"})])
+    deb_extract.unpack_image(layout, "latest", tmp_path / "root")
+    assert (tmp_path / "root/usr/bin/tool").read_bytes() == b"what the image runs\n"
