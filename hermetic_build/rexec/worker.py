@@ -42,7 +42,6 @@ LONG_POLL = 20.0  # seconds an idle UpdateBotSession may wait for work
 MAX_MESSAGE = 1 << 20  # an Action or a Command
 WORKER_MODULE = "hermetic_build.worker_exec"
 PASSED_ENV = ("PYTHONPATH", "HB_RULE_MODULES")  # this worker's own settings, handed to worker_exec
-_ENV_NAME_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 class LeaseRefused(Exception):
@@ -218,12 +217,16 @@ class BotWorker:
         outputs = [check_path(p) for p in list(command.output_paths) or
                    list(command.output_files) + list(command.output_directories)]
         kind = next((p.value for p in action.platform.properties if p.name == "hb-kind"), "?")
-        env = {"PATH": FIXED_PATH}
+        # worker_exec's environment is this worker's, never the Command's: the Command's variables reach
+        # the process that runs bubblewrap and imports rule modules (PATH chose which `bwrap` ran, on
+        # the host; LD_PRELOAD, PYTHONPATH, HB_RULE_MODULES...). The action's own variables travel in
+        # the description, allow-listed, into the sandbox only. hb's client sends exactly PATH=FIXED_PATH.
         for var in command.environment_variables:
-            if not var.name or not set(var.name) <= _ENV_NAME_OK or "\0" in var.value:
-                raise LeaseRefused(code.INVALID_ARGUMENT, f"environment variable {var.name[:40]!r} is not a name")
-            env[var.name] = var.value
-        env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+            if (var.name, var.value) != ("PATH", FIXED_PATH):
+                raise LeaseRefused(code.FAILED_PRECONDITION, f"hb worker sets the environment of hb actions "
+                                   f"itself: the Command may hold only PATH={FIXED_PATH}, not "
+                                   f"{var.name[:40]!r}={var.value[:80]!r}")
+        env = {"PATH": FIXED_PATH, **{k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
         # worker_exec ends itself when this worker dies (kill -9 of the worker ends its action too); not a
         # preexec_fn: Python code between fork and exec aborts in gRPC's fork handlers
         env["HB_WORKER_PID"] = str(os.getpid())
@@ -258,7 +261,9 @@ class BotWorker:
         code = self.code_pb
         if not self.preload:
             try:
-                proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,
+                # -P: `-m` would put the working directory, the input root, first on sys.path, where a
+                # package `hermetic_build` of the input root would stand in for this worker's hb
+                proc = subprocess.run([sys.executable, "-P", "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,
                                       capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
             except subprocess.TimeoutExpired as exc:
                 raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s") from exc

@@ -1,0 +1,173 @@
+"""Hostile leases handed straight to `hb worker`'s lease handling (rexec/worker.py BotWorker._work),
+with an in-memory CAS: whoever can submit work to the engine writes the Action, the Command and the
+whole input root. Each test checks that nothing happened outside the action's directory."""
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+
+pytest.importorskip("buildgrid._protos.build.bazel.remote.execution.v2.remote_execution_pb2")
+
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as pb
+from buildgrid._protos.google.rpc import code_pb2, status_pb2
+from google.protobuf import any_pb2
+
+from hermetic_build.action import Action, File
+from hermetic_build.label import Label
+from hermetic_build.rexec import description
+from hermetic_build.rexec.merkle import BlobIngest, Upload, hb_tree_to_reapi
+from hermetic_build.rexec.worker import WORKER_MODULE, BotWorker
+from hermetic_build.sandbox import FIXED_PATH
+from hermetic_build.store.local import LocalStore
+from hermetic_build.tree import store_tree
+
+
+class MemoryCas:
+    """The SHA-256 side of a CAS, in memory, verifying reads as ReapiStore does."""
+
+    def __init__(self):
+        self.blobs: dict[str, bytes] = {}
+
+    def add(self, data: bytes):
+        sha = hashlib.sha256(data).hexdigest()
+        self.blobs[sha] = data
+        return pb.Digest(hash=sha, size_bytes=len(data))
+
+    def _get(self, sha, size):
+        data = self.blobs.get(sha)
+        if data is None or len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+            return None
+        return data
+
+    def read_sha(self, sha, size, limit=1 << 30):
+        return self._get(sha, size) if 0 <= size <= limit else None
+
+    def read_sha_many(self, pairs, sink):
+        for sha, size in pairs:
+            data = self._get(sha, size)
+            if data is not None:
+                sink(sha, data)
+
+    def fetch_sha(self, sha, size, dest, *, dir_fd=None, mode=None):
+        data = self._get(sha, size)
+        if data is None:
+            return False
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644 if mode is None else mode, dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def upload_sha(self, blobs):
+        for sha, (_n, data) in blobs.items():
+            self.blobs[sha] = data if isinstance(data, bytes) else open(data, "rb").read()
+        return 0
+
+
+def make_worker(tmp_path, preload=False) -> BotWorker:
+    w = BotWorker.__new__(BotWorker)
+    w.cas, w.pb, w.code_pb, w.status_pb = MemoryCas(), pb, code_pb2, status_pb2
+    w.bot_id = "test-worker"
+    w.workdir = tmp_path / "worker"
+    w.workdir.mkdir(mode=0o700)
+    w.store = LocalStore(w.workdir / "cache")
+    w.ingest = BlobIngest(w.cas, w.store)
+    w._sha_memo, w.log, w.done, w.ran, w.preload, w._mp = {}, lambda line: None, set(), 0, preload, None
+    return w
+
+
+def shell_action(cmd: str, inputs=("p/in.txt",), outputs=("p/o.txt",), **kw) -> bytes:
+    fields = dict(owner=Label("p", "g"), mnemonic="Genrule", kind="shell", version="1",
+                  inputs=tuple(File(p) for p in inputs), outputs=tuple(File(p, Label("p", "g")) for p in outputs),
+                  params_json=json.dumps({"cmd": cmd}), platform="linux-64", env_allowlist=(),
+                  description="Genrule //p:g")
+    fields.update(kw)
+    return description.encode(Action(**fields), {}, 0)
+
+
+def lease(worker, tmp_path, build_root, env=(("PATH", FIXED_PATH),), outputs=("p/o.txt",)):
+    """The lease payload of an action whose input root is the directory build_root(root) makes."""
+    src = tmp_path / "input-root"
+    src.mkdir()
+    build_root(src)
+    scratch = LocalStore(tmp_path / "client-cache")
+    upload = Upload()
+    root_sha, root_size = hb_tree_to_reapi(pb, scratch, store_tree(scratch, src), upload, {}, {})
+    worker.cas.upload_sha(upload.blobs)
+    command = pb.Command(arguments=["python3", "-m", WORKER_MODULE, description.DESCRIPTION_PATH],
+                         environment_variables=[pb.Command.EnvironmentVariable(name=k, value=v) for k, v in env],
+                         output_paths=sorted([".hb/outputs.json", *outputs]))
+    action = pb.Action(command_digest=worker.cas.add(command.SerializeToString()),
+                       input_root_digest=pb.Digest(hash=root_sha, size_bytes=root_size))
+    payload = any_pb2.Any()
+    payload.Pack(action)
+    return payload
+
+
+def basic_root(cmd="cp p/in.txt p/o.txt", **kw):
+    def build(root):
+        (root / "p").mkdir()
+        (root / "p" / "in.txt").write_text("hello\n")
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(cmd, **kw))
+    return build
+
+
+def test_an_honest_lease_runs(tmp_path):
+    worker = make_worker(tmp_path)
+    status, result = worker._work(lease(worker, tmp_path, basic_root()))
+    assert status.code == code_pb2.OK, status.message
+    assert result.exit_code == 0
+    assert [f.path for f in result.output_files] == [".hb/outputs.json", "p/o.txt"]
+
+
+def _evil_program(path, canary):
+    path.write_text(f"#!/bin/sh\necho pwned > {canary}\nexit 1\n")
+    os.chmod(path, 0o755)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_the_commands_environment_cannot_choose_what_the_worker_runs(tmp_path, preload):
+    """PATH=.hb made worker_exec look up bubblewrap in the input root's .hb/ (which stays in the action
+    directory, the working directory of worker_exec): the input root's `bwrap` ran on the worker's
+    host, outside any sandbox, as the worker's user."""
+    canary = tmp_path / "pwned"
+    base = basic_root()
+
+    def build(root):
+        base(root)
+        for name in ("bwrap", "python3", "bash", "true"):
+            _evil_program(root / ".hb" / name, canary)
+
+    worker = make_worker(tmp_path, preload=preload)
+    status, _result = worker._work(lease(worker, tmp_path, build, env=(("PATH", ".hb:" + FIXED_PATH),)))
+    assert not canary.exists(), "the input root's program ran on the worker"
+    assert status.code != code_pb2.OK
+
+
+@pytest.mark.parametrize("name,value", [("LD_PRELOAD", ".hb/evil.so"), ("HB_RULE_MODULES", "antigravity"),
+                                        ("PYTHONPATH", "."), ("BASH_ENV", ".hb/x")])
+def test_only_the_path_hb_sends_is_accepted(tmp_path, name, value):
+    worker = make_worker(tmp_path)
+    status, _result = worker._work(lease(worker, tmp_path, basic_root(),
+                                         env=sorted((("PATH", FIXED_PATH), (name, value)))))
+    assert status.code == code_pb2.FAILED_PRECONDITION, status.message
+
+
+def test_the_input_root_cannot_stand_in_for_hb(tmp_path):
+    """`python -m` puts its working directory, the input root, first on sys.path: an input root holding
+    a package `hermetic_build` was imported instead of the worker's hb (preload off), outside any sandbox."""
+    canary = tmp_path / "pwned"
+    base = basic_root()
+
+    def build(root):
+        base(root)
+        (root / "hermetic_build").mkdir()
+        (root / "hermetic_build" / "__init__.py").write_text(f"open({str(canary)!r}, 'w').write('pwned')\n")
+        (root / "hermetic_build" / "worker_exec.py").write_text("")
+
+    worker = make_worker(tmp_path, preload=False)
+    status, result = worker._work(lease(worker, tmp_path, build))
+    assert not canary.exists(), "the input root's hermetic_build was imported on the worker"
