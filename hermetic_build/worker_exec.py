@@ -118,6 +118,10 @@ def run(root: Path) -> int:
         print(f"hb worker_exec: {action.owner}: this worker has no action kind {action.kind}@{action.version} "
               f"(it has {have}): install the same hb and rules as the client", file=sys.stderr)
         return REFUSED
+    if kind.local_only:  # fetches: the network, or files of the machine they run on; never sent by a client
+        print(f"hb worker_exec: {action.owner}: {action.kind} actions run only on the machine that builds "
+              "(they reach the network or its files): a worker does not run them", file=sys.stderr)
+        return REFUSED
     store = LocalStore(root / ".hb" / "cache")
     sandbox, execroot = prepare_sandbox(store.tmp_dir)
     for name in sorted(os.listdir(root)):

@@ -171,3 +171,41 @@ def test_the_input_root_cannot_stand_in_for_hb(tmp_path):
     worker = make_worker(tmp_path, preload=False)
     status, result = worker._work(lease(worker, tmp_path, build))
     assert not canary.exists(), "the input root's hermetic_build was imported on the worker"
+
+
+def test_local_only_kinds_never_run_on_a_worker(tmp_path):
+    """Fetches (local_only: the network, or a layout on the machine's disk) never leave the client.
+    A worker ran a conda.fetch sent straight to the engine: it requested whatever URL the description
+    named from the worker's network (an internal host, a cloud metadata address)."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/internal/secret.conda"
+
+        def build(root):
+            (root / ".hb").mkdir()
+            (root / ".hb" / "action.json").write_bytes(shell_action(
+                "", inputs=(), outputs=("p/x.conda",), kind="conda.fetch", version="3", mnemonic="CondaFetch",
+                params_json=json.dumps({"sha256": "0" * 64, "filename": "x.conda"}),
+                hints_json=json.dumps({"urls": [url]})))
+
+        worker = make_worker(tmp_path)
+        status, result = worker._work(lease(worker, tmp_path, build, outputs=("p/x.conda",)))
+    finally:
+        server.shutdown()
+    assert seen == [], "the worker fetched a URL for a local-only action"
+    assert result is None or result.exit_code != 0
