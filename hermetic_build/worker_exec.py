@@ -56,6 +56,40 @@ def _read_description(root: Path) -> bytes:
         return fh.read(MAX_DESCRIPTION_BYTES + 1)
 
 
+def check_input_root(root: Path, action) -> None:
+    """The input root holds the description and the declared inputs, nothing else: every other entry
+    must be a real directory on the way to an input or an output (a REAPI runner creates the parents
+    of output paths). An undeclared entry (a link `x -> /elsewhere` under which an output is declared,
+    a link at .hb/cache where this process keeps its store and sandbox) is refused before anything is
+    created, listed through descriptors that never follow a link."""
+    inputs = {f.path for f in action.inputs}
+    ancestors = set()
+    for path in inputs | {f.path for f in action.outputs} | {DESCRIPTION_PATH, CLAIMS_PATH}:
+        parts = path.split("/")
+        ancestors.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    stack = [(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), "")]
+    try:
+        while stack:
+            fd, prefix = stack[-1]
+            stack.pop()
+            try:
+                for name in os.listdir(fd):
+                    path = prefix + name
+                    if path in inputs or path == DESCRIPTION_PATH:
+                        continue  # their kinds are checked where they are read
+                    if path in ancestors and stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        stack.append((os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                              dir_fd=fd), path + "/"))
+                        continue
+                    raise RefusedPath(f"the input root holds {path[:200]!r}, which is neither a declared input "
+                                      "nor a directory on the way to one or to an output")
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _prefix in stack:
+            os.close(fd)
+
+
 def load_rule_modules() -> None:
     """The worker's own rule modules (HB_RULE_MODULES, comma-separated; default: rules)."""
     for name in filter(None, os.environ.get("HB_RULE_MODULES", "rules").split(",")):
@@ -121,6 +155,11 @@ def run(root: Path) -> int:
     if kind.local_only:  # fetches: the network, or files of the machine they run on; never sent by a client
         print(f"hb worker_exec: {action.owner}: {action.kind} actions run only on the machine that builds "
               "(they reach the network or its files): a worker does not run them", file=sys.stderr)
+        return REFUSED
+    try:
+        check_input_root(root, action)
+    except (OSError, RefusedPath) as exc:
+        print(f"hb worker_exec: {action.owner}: {exc}", file=sys.stderr)
         return REFUSED
     store = LocalStore(root / ".hb" / "cache")
     sandbox, execroot = prepare_sandbox(store.tmp_dir)

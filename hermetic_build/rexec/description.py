@@ -106,6 +106,14 @@ def decode(data: bytes) -> RemoteAction:
     paths = [f.path for f in inputs + outputs]
     if len(set(paths)) != len(paths):
         raise BadDescription("a path is named twice among the inputs and outputs")
+    # an output is neither an input, nor above or below one, nor above another output: its directory
+    # is made for it, never an input's (a link inside an input directory led an output's parent out)
+    named, produced = set(paths), {f.path for f in outputs}
+    for path in paths:
+        parts = path.split("/")
+        for above in ("/".join(parts[:i]) for i in range(1, len(parts))):
+            if above in named and (above in produced or path in produced):
+                raise BadDescription(f"{path[:80]!r} lies under {above[:80]!r}, and one of them is an output")
     if any(f.path.split("/", 1)[0] == ".hb" for f in inputs + outputs):
         raise BadDescription("inputs and outputs may not lie under .hb/")
     allow = tuple(obj["env_allowlist"])

@@ -209,3 +209,60 @@ def test_local_only_kinds_never_run_on_a_worker(tmp_path):
         server.shutdown()
     assert seen == [], "the worker fetched a URL for a local-only action"
     assert result is None or result.exit_code != 0
+
+
+def _outside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    return outside
+
+
+def test_a_link_at_hb_cache_does_not_move_the_actions_directory(tmp_path):
+    """worker_exec keeps its store and sandbox at .hb/cache of the input root: a link there made it
+    create the store, the sandbox and the action's inputs wherever the link pointed."""
+    outside = _outside(tmp_path)
+    base = basic_root()
+
+    def build(root):
+        base(root)
+        os.symlink(str(outside), root / ".hb" / "cache")
+
+    worker = make_worker(tmp_path)
+    status, result = worker._work(lease(worker, tmp_path, build))
+    assert list(outside.iterdir()) == []
+    assert result is None or result.exit_code != 0 or status.code != code_pb2.OK
+
+
+def test_an_output_under_an_undeclared_link_creates_nothing_outside(tmp_path):
+    """The input root may hold only the description and the declared inputs: an undeclared link
+    `x -> /outside` and a declared output x/sub/o.txt had worker_exec create /outside/sub."""
+    outside = _outside(tmp_path)
+
+    def build(root):
+        (root / "p").mkdir()
+        (root / "p" / "in.txt").write_text("hello\n")
+        os.symlink(str(outside), root / "x")
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action("cp p/in.txt x/sub/o.txt", outputs=("x/sub/o.txt",)))
+
+    worker = make_worker(tmp_path)
+    status, result = worker._work(lease(worker, tmp_path, build, outputs=("x/sub/o.txt",)))
+    assert list(outside.iterdir()) == []
+    assert result is None or result.exit_code != 0 or status.code != code_pb2.OK
+
+
+def test_an_output_under_a_link_of_an_input_directory_creates_nothing_outside(tmp_path):
+    outside = _outside(tmp_path)
+
+    def build(root):
+        (root / "d").mkdir()
+        os.symlink(str(outside), root / "d" / "l")
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "true", inputs=(), outputs=("d/l/sub/o.txt",),
+        ).replace(b'"inputs":[]', b'"inputs":[{"dir":true,"owner":"//p:d","path":"d"}]'))
+
+    worker = make_worker(tmp_path)
+    status, result = worker._work(lease(worker, tmp_path, build, outputs=("d/l/sub/o.txt",)))
+    assert list(outside.iterdir()) == []
+    assert result is None or result.exit_code != 0 or status.code != code_pb2.OK

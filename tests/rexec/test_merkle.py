@@ -201,3 +201,16 @@ def test_description_roundtrip_and_strict_schema():
     refused(extra_field=1)
     with pytest.raises(description.BadDescription):
         description.decode(b"[" * 100000)
+
+
+def test_outputs_lie_neither_above_nor_below_inputs_or_outputs():
+    obj = json.loads(description.encode(_action(), {}, 0))
+    for inputs, outputs in ((["d"], ["d/l/sub/o.txt"]), (["d-x", "d"], ["d/o"]), ([], ["o", "o/p"]),
+                            (["in/x"], ["in"])):
+        bad = {**obj, "inputs": [{"path": p, "owner": None, "dir": True} for p in inputs],
+               "outputs": [{"path": p, "owner": "//p:g", "dir": False} for p in outputs]}
+        with pytest.raises(description.BadDescription):
+            description.decode(json.dumps(bad).encode())
+    ok = {**obj, "inputs": [{"path": "a/b", "owner": None, "dir": False}, {"path": "a/c", "owner": None, "dir": True}],
+          "outputs": [{"path": "a/d", "owner": "//p:g", "dir": False}]}
+    description.decode(json.dumps(ok).encode())
