@@ -109,6 +109,13 @@ def etc_arguments(network: bool) -> list[str]:
     return args
 
 
+def relative_path(path) -> str:
+    """path, when it is relative and made of single components (no `..`, `.`, empty or absolute part)."""
+    if not isinstance(path, str) or not path or "\0" in path or any(p in ("", ".", "..") for p in path.split("/")):
+        raise ActionFailed(f"{str(path)[:200]!r} is not a relative path of single components")
+    return path
+
+
 @dataclass
 class ActionExecution:
     """What an action's implementation receives while it runs."""
@@ -156,7 +163,18 @@ class ActionExecution:
     def tree_path(self, rel: str) -> Path:
         """Where a directory input's files are on the host, to read (never write): its read-only view,
         or its copy in the execution root."""
-        return self.tree_views.get(rel) or self.execroot / rel
+        return self.tree_views.get(rel) or self.declared_input(rel)  # params name it: never a host path
+
+    def declared_input(self, path) -> Path:
+        """execroot/path for a path that a kind's params name (params are outside bytes on a remote
+        worker, where the kind's Python runs outside bubblewrap with the worker's view of the disk): it
+        must be relative, of single components, and a declared input or lie under a declared input
+        directory; anything else (`/home/worker/.ssh/id_rsa`, `../..`) fails the action."""
+        relative_path(path)
+        for f in self.action.inputs:
+            if path == f.path or (f.is_directory and path.startswith(f.path + "/")):
+                return self.execroot / path
+        raise ActionFailed(f"{self.action.owner}: {str(path)[:200]!r} is not a declared input of this action")
 
     def input_path(self, file) -> Path:
         """Where an input file's bytes are on the host, to read (never write): its blob in the CAS when

@@ -74,7 +74,7 @@ def check_host_tools(execution) -> None:
         if shutil.which(tool.program, path=path):
             continue
         for build in execution.params["builds"]:
-            if tool.calls.search(build_scripts(execution.execroot / build["recipe"])):
+            if tool.calls.search(build_scripts(execution.declared_input(build["recipe"]))):
                 raise MissingHostTool(
                     f"conda_channel {execution.action.owner} needs {tool.what}: {build['recipe']} runs "
                     f"`{tool.program}`, which was not found on PATH (Debian: {tool.install})")

@@ -6,6 +6,7 @@ import os
 import shutil
 
 from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, rule
+from hermetic_build.sandbox import relative_path
 
 from .layers import declare_layers
 
@@ -36,7 +37,8 @@ def _collect(execution) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mode = execution.params["mode"]
     for rel, source in execution.params["files"].items():
-        src, dest = execution.execroot / source, out / rel
+        # both named by params: outside bytes on a remote worker, where this runs outside bubblewrap
+        src, dest = execution.declared_input(source), out / relative_path(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             raise ActionFailed(f"{source} is a directory; list files (e.g. with glob) instead")

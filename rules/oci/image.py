@@ -294,7 +294,7 @@ def _docker_archive_impl(ctx):
 def _run_docker_archive(execution) -> None:
     params = execution.params
     try:
-        image = read_layout(execution.execroot / params["layout"], params["ref_name"])
+        image = read_layout(execution.declared_input(params["layout"]), params["ref_name"])
     except LayoutError as exc:
         raise ActionFailed(str(exc)) from None
     write_docker_archive(image, execution.path(execution.action.outputs[0]), params["repo_tags"], params["epoch"])

@@ -266,3 +266,52 @@ def test_an_output_under_a_link_of_an_input_directory_creates_nothing_outside(tm
     status, result = worker._work(lease(worker, tmp_path, build, outputs=("d/l/sub/o.txt",)))
     assert list(outside.iterdir()) == []
     assert result is None or result.exit_code != 0 or status.code != code_pb2.OK
+
+
+@pytest.mark.parametrize("placed", [{"stolen": "SECRET"}, {"../../../../../../../../ESCAPE": "p/in.txt"}])
+def test_python_kinds_read_and_write_only_inside_the_action(tmp_path, placed):
+    """Kinds that run Python in worker_exec (outside bubblewrap) resolve paths their params name:
+    oci.files with files={"stolen": "/abs/host/file"} copied a file of the worker's disk into the
+    output uploaded to the client, and a `../` destination wrote outside the action's directory."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("worker's secret\n")
+    escape = tmp_path / "ESCAPE"
+    files = {k: (str(secret) if v == "SECRET" else v) for k, v in placed.items()}
+    if "../../../../../../../../ESCAPE" in files:  # as many ../ as reach / from the sandbox, then down here
+        files = {"../" * 40 + str(escape).lstrip("/"): "p/in.txt"}
+
+    def build(root):
+        (root / "p").mkdir()
+        (root / "p" / "in.txt").write_text("hello\n")
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "", outputs=("p/tree",), kind="oci.files", version="1", mnemonic="OciFiles",
+            params_json=json.dumps({"files": files, "mode": ""})).replace(b'"dir":false,"owner":"//p:g"',
+                                                                          b'"dir":true,"owner":"//p:g"'))
+
+    worker = make_worker(tmp_path)
+    status, result = worker._work(lease(worker, tmp_path, build, outputs=("p/tree",)))
+    assert not escape.exists(), "worker_exec wrote outside the action's directory"
+    assert not any(b"worker's secret" in data for data in worker.cas.blobs.values()), "a worker file was uploaded"
+
+
+def test_a_mount_named_by_params_is_a_declared_input(tmp_path):
+    """env.run binds params["tree"] read-only into the sandbox: naming a host directory there
+    (`/home/worker`) showed its files to the command; a failing command's stdout goes back to the client."""
+    host = tmp_path / "host-dir"
+    host.mkdir()
+    (host / "secret.txt").write_text("worker's secret\n")
+
+    def build(root):
+        (root / "p").mkdir()
+        (root / "p" / "in.txt").write_text("hello\n")
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "cat /opt/env/secret.txt", outputs=("p/o.txt", "p/provenance.intoto.json"), kind="env.run",
+            version="2", mnemonic="EnvRun",
+            params_json=json.dumps({"tree": str(host), "prefix": "/opt/env", "env": {}, "cmd": "cat /opt/env/secret.txt; exit 1",
+                                    "lock": {"content_hash": "x", "platform": "linux-64"}, "target": "//p:g"})))
+
+    worker = make_worker(tmp_path)
+    status, result = worker._work(lease(worker, tmp_path, build, outputs=("p/o.txt", "p/provenance.intoto.json")))
+    assert not any(b"worker's secret" in data for data in worker.cas.blobs.values()), "a worker file was uploaded"
