@@ -11,14 +11,14 @@ from .attest import check_statement, envelope_bytes
 from .referrers import DSSE_TYPE, artifact_manifest, canonical as canonical_oci_json, descriptor, has_referrers_api, layout_artifacts, sha256_of
 from .registry import RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
 from .rule import DefaultInfo, Provider, attr, rule
-from .sandbox import ActionExecution
+from .sandbox import ActionExecution, relative_path
 from .tree import MissingBlob, TreeEntry, lookup_tree, materialize_tree, small_blob, store_tree, walk_tree
 from .workspace import host_platform, resolve_source
 
 __all__ = [
     "Action", "ActionExecution", "ActionFailed", "AnalysisError", "BuildFileError", "ConfiguredTarget",
     "DefaultInfo", "Digest", "DualHasher", "File", "HbError", "IntegrityError", "Label", "LabelSyntaxError", "Location", "LockOutcome", "LockRequest",
-    "Provider", "RuleContext", "attr", "digest_bytes", "digest_file", "materialize_tree", "small_blob",
+    "Provider", "RuleContext", "attr", "relative_path", "digest_bytes", "digest_file", "materialize_tree", "small_blob",
     "host_platform", "lookup_tree", "register_action_kind", "resolve_source", "rule", "store_tree", "walk_tree",
     "MissingBlob", "PublishRequest", "RegistryAuthError", "RegistryClient", "RegistryError", "RegistryRef",
     "RegistryUnavailable", "RegistryPushError", "RemoteError", "TreeEntry", "UsageError", "canonical_json",

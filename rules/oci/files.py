@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, rule
-from hermetic_build.sandbox import relative_path
+from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, relative_path, rule
 
 from .layers import declare_layers
 
