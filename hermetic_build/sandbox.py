@@ -39,6 +39,13 @@ ETC_ENTRIES = (
 )
 ETC_NETWORK_ENTRIES = ("resolv.conf",)  # only for actions that have the network
 
+# bwrap options every sandboxed process gets. --cap-drop ALL: where hb runs as root (CI containers),
+# bwrap keeps every capability inside the user namespace by default, and a command could remount its
+# read-only binds read-write (`mount -o remount,bind,rw /usr` wrote into the host's /usr) or unmount
+# them; none is needed. --new-session: the command gets no controlling terminal, so it cannot push
+# keystrokes into the terminal hb runs in (TIOCSTI on /dev/tty, run after hb exits) or write to it.
+CONFINEMENT = ("--unshare-all", "--clearenv", "--new-session", "--cap-drop", "ALL")
+
 
 @dataclass(frozen=True)
 class SandboxSupport:
@@ -263,7 +270,7 @@ class ActionExecution:
         env = {**self.base_env(bwrap is not None), **(extra_env or {})}
         if bwrap:
             workdir = f"{SANDBOX_ROOT}/execroot"
-            cmd = [bwrap, "--die-with-parent", "--unshare-all", "--clearenv"]
+            cmd = [bwrap, *CONFINEMENT, "--die-with-parent"]
             if network:
                 cmd.append("--share-net")
             if root is not None:
@@ -293,7 +300,9 @@ class ActionExecution:
             for key, value in env.items():
                 cmd += ["--setenv", key, value]
             cmd += ["--", *argv]
-            proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
+            # bwrap itself gets no environment: its process stays in the sandbox's PID namespace as
+            # PID 1, where the command can read /proc/1/environ (it had hb's whole environment)
+            proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, env={})
         else:
             proc = subprocess.run(argv, cwd=self.execroot, env=env, capture_output=True, stdin=subprocess.DEVNULL)
         self.stdout += proc.stdout
@@ -312,7 +321,9 @@ def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dic
         return list(argv)
     # no --die-with-parent: it fires when the *thread* that started the helper ends; the helper ends
     # when its stdin closes instead (hb exited, or gave it up)
-    cmd = [bwrap, "--unshare-all", "--clearenv", "--new-session",
+    # bwrap is started by `env -i`: it stays in the sandbox as PID 1, whose /proc/1/environ the helper
+    # can read (run_command passes it an empty environment itself)
+    cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *CONFINEMENT,
            "--ro-bind", "/usr", "/usr", *etc_arguments(False)]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         if os.path.islink(f"/{name}"):

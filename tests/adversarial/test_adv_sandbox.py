@@ -149,3 +149,91 @@ def test_etc_is_synthetic_but_tools_work_in_bwrap(workspace):
     assert lines[:4] == ["A", "B", pwd.getpwuid(os.getuid()).pw_name, "cc-ok"]  # /etc/passwd is there
     assert lines[4] == "True"  # CA certificates through /etc/ssl/certs
     assert stat.S_ISLNK(os.lstat("/usr/bin/awk").st_mode)  # the case this covers: awk via /etc/alternatives
+
+
+# ----- the sandbox's own processes (twelfth session): what a command reaches besides files ----------
+
+
+def test_hb_environment_is_not_readable_through_proc(workspace, monkeypatch):
+    """bwrap stays in the sandbox's PID namespace as PID 1; it was started with hb's whole environment,
+    so a genrule read /proc/1/environ: every secret of the user's (remote password, cloud keys)."""
+    require_tool("bwrap")
+    secret = "hb-env-secret-5c0ffee"
+    monkeypatch.setenv("HB_REMOTE_PASSWORD", secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    workspace.write("p/BUILD.hermetic", 'genrule(name="x", outs=["o"], '
+                    'cmd="for f in /proc/[0-9]*/environ; do cat $f; done > $(OUTS) 2>/dev/null; env >> $(OUTS)")\n')
+    workspace.hb("build", "//p:x")
+    seen = (workspace.root / "hb-out/p/x/o").read_bytes()
+    assert b"SOURCE_DATE_EPOCH" in seen  # the probe read the command's own environment
+    assert secret.encode() not in seen
+    assert files_containing(workspace.cache, secret.encode()) == []
+
+
+def test_commands_have_no_capabilities(workspace):
+    """Where hb runs as root (CI containers) bwrap kept every capability in the user namespace: a
+    genrule remounted the read-only /usr bind read-write and wrote into the host's /usr."""
+    require_tool("bwrap")
+    canary = f"/usr/.hb-adv-canary-{os.getpid()}"
+    workspace.write("p/BUILD.hermetic", 'genrule(name="x", outs=["o"], cmd="grep CapEff /proc/self/status > $(OUTS); '
+                    f'(mount -o remount,bind,rw /usr && touch {canary}) 2>/dev/null; '
+                    '(umount /etc/passwd && echo unmounted >> $(OUTS)) 2>/dev/null; true")\n')
+    try:
+        workspace.hb("build", "//p:x")
+        assert not os.path.lexists(canary)
+    finally:
+        if os.path.lexists(canary):
+            os.unlink(canary)
+    assert (workspace.root / "hb-out/p/x/o").read_text() == "CapEff:\t0000000000000000\n"
+
+
+def test_command_cannot_type_into_hbs_terminal(workspace):
+    """A command had hb's controlling terminal: TIOCSTI on /dev/tty queued input that the user's shell
+    reads (runs) once hb exits, and it could write escape sequences there past hb's capture."""
+    import fcntl
+    import subprocess
+    import sys
+    import termios
+
+    require_tool("bwrap")
+    workspace.write("p/BUILD.hermetic", '''\
+        genrule(name="x", outs=["o"], cmd="""python3 -c '
+        import fcntl, os, termios
+        try:
+            fd = os.open(\\"/dev/tty\\", os.O_RDWR)
+        except OSError as e:
+            print(\\"no tty\\", e.errno)
+        else:
+            os.write(fd, b\\"WRITTEN\\\\n\\")
+            for c in b\\"echo INJECTED\\\\n\\":
+                fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))
+            print(\\"tty\\")
+        ' > $(OUTS)""")
+        ''')
+    master, slave = os.openpty()
+
+    def controlling_terminal():
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    try:
+        proc = subprocess.run([sys.executable, "-m", "hermetic_build.cli", "build", "//p:x"], cwd=workspace.root,
+                              env=workspace.env(), stdin=slave, capture_output=True, text=True, timeout=120,
+                              preexec_fn=controlling_terminal)
+        assert proc.returncode == 0, proc.stderr
+        os.set_blocking(master, False)
+        os.set_blocking(slave, False)
+        typed = written = b""
+        try:
+            typed = os.read(slave, 4096)  # what the shell would read next
+        except BlockingIOError:
+            pass
+        try:
+            written = os.read(master, 4096)  # what the terminal would show
+        except BlockingIOError:
+            pass
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert b"INJECTED" not in typed and b"WRITTEN" not in written, (typed, written)
+    assert (workspace.root / "hb-out/p/x/o").read_text().startswith("no tty")
