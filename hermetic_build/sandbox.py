@@ -302,13 +302,72 @@ class ActionExecution:
             cmd += ["--", *argv]
             # bwrap itself gets no environment: its process stays in the sandbox's PID namespace as
             # PID 1, where the command can read /proc/1/environ (it had hb's whole environment)
-            proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, env={})
+            returncode, out, err = run_captured(cmd, env={})
         else:
-            proc = subprocess.run(argv, cwd=self.execroot, env=env, capture_output=True, stdin=subprocess.DEVNULL)
-        self.stdout += proc.stdout
-        self.stderr += proc.stderr
-        self.last_exit_code = proc.returncode  # what a remote worker reports as the action's exit code
-        return proc.returncode
+            returncode, out, err = run_captured(argv, cwd=self.execroot, env=env)
+        self.stdout += out
+        self.stderr += err
+        self.last_exit_code = returncode  # what a remote worker reports as the action's exit code
+        return returncode
+
+
+# How much of a command's stdout and of its stderr hb keeps (each): the first and the last half of it,
+# with a line saying how much was left out. Both are held in hb's memory and stored in the cache with
+# the action's result (uploaded to a remote cache too): a genrule writing 3 GB to stdout took hb 8 GB of
+# memory and put 2.8 GB into the cache before.
+OUTPUT_LIMIT = 8 << 20
+
+
+class _BoundedOutput:
+    """The first and last `limit // 2` bytes of a stream, and how many bytes between were dropped."""
+
+    def __init__(self, limit: int):
+        self.half = limit // 2
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if not chunk:
+            return
+        self.tail += chunk
+        excess = len(self.tail) - self.half
+        if excess > 0:
+            del self.tail[:excess]
+            self.dropped += excess
+
+    def value(self) -> bytes:
+        if not self.dropped:
+            return bytes(self.head + self.tail)
+        return bytes(self.head) + f"\n[hb: {self.dropped} bytes of output left out]\n".encode() + bytes(self.tail)
+
+
+def run_captured(argv: list[str], *, env: dict, cwd=None, limit: int = OUTPUT_LIMIT) -> tuple[int, bytes, bytes]:
+    """Run argv with stdin /dev/null; its exit status and its stdout and stderr, each read to the end
+    but kept to at most about `limit` bytes (_BoundedOutput)."""
+    import threading
+
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    kept = (_BoundedOutput(limit), _BoundedOutput(limit))
+
+    def drain(stream, into):
+        with stream:
+            while chunk := stream.read1(1 << 16):
+                into.add(chunk)
+
+    reader = threading.Thread(target=drain, args=(proc.stderr, kept[1]), daemon=True)
+    reader.start()
+    try:
+        drain(proc.stdout, kept[0])
+        reader.join()
+    finally:
+        returncode = proc.wait()
+    return returncode, kept[0].value(), kept[1].value()
 
 
 def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dict | None = None) -> list[str]:

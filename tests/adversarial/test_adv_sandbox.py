@@ -237,3 +237,34 @@ def test_command_cannot_type_into_hbs_terminal(workspace):
         os.close(slave)
     assert b"INJECTED" not in typed and b"WRITTEN" not in written, (typed, written)
     assert (workspace.root / "hb-out/p/x/o").read_text().startswith("no tty")
+
+
+def _tree_size(root) -> int:
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(root) for f in files)
+
+
+@pytest.mark.parametrize("bwrap", MODES)
+def test_a_flood_of_output_is_kept_bounded(tmp_path, bwrap):
+    """A command's stdout and stderr were read whole into hb's memory and stored whole in the cache
+    with its result: 3 GB of output took hb 8 GB of memory and the cache 2.8 GB. Now hb keeps the first
+    and last 4 MiB of each (the end of stderr is what explains a failure)."""
+    import resource
+
+    if bwrap:
+        require_tool("bwrap")
+    root = tmp_path / "ws"
+    root.mkdir()
+    workspace = SandboxWorkspace(root, tmp_path / "cache", bwrap=bwrap)
+    workspace.write("p/BUILD.hermetic", '''\
+        genrule(name="ok", outs=["o"], cmd="head -c 300000000 /dev/zero; head -c 300000000 /dev/zero >&2; echo done > $(OUTS)")
+        genrule(name="bad", outs=["o2"], cmd="echo first-line >&2; head -c 100000000 /dev/zero >&2; echo the-real-error >&2; exit 3")
+        ''')
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    workspace.hb("build", "//p:ok", timeout=300)
+    assert (root / "hb-out/p/ok/o").read_text() == "done\n"
+    assert _tree_size(workspace.cache) < 64 << 20
+    grown = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert grown < 250 << 10 or grown == before, grown  # KiB: hb stayed far below the 600 MB written
+    proc = workspace.hb("build", "//p:bad", check=False, timeout=300)
+    assert proc.returncode == 5, proc.stderr
+    assert "the-real-error" in proc.stderr
