@@ -3,6 +3,7 @@ what it saw into the source tree, where it is committed. Rules opt in with a `lo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,39 @@ class LockRequest:
         self.reporter = session.reporter
 
     def source_path(self, name: str) -> Path:
-        """A path in the target's package directory."""
+        """A path in the target's package directory, for a file `hb lock` reads or writes there. The
+        checkout chose both the name and what lies at it: a path that is, or lies under, a link leading
+        out of the workspace or into hb-out/ is refused (AnalysisError, resolve_source), as for every
+        source file. A committed `env/conda-lock.yml -> ~/.bashrc` had `hb lock` write its YAML over
+        the user's file."""
+        from .workspace import resolve_source
+
+        rel = f"{self.label.package}/{name}" if self.label.package else name
+        resolve_source(self.workspace.root, rel)
         return self.workspace.package_dir(self.label.package) / name
+
+    def write_source(self, path: Path, data: bytes) -> None:
+        """Write a file source_path gave: checked again, then written to a new file beside where it
+        resolves and renamed over it, so a reader (or a killed `hb lock`) never sees half a lock and
+        nothing is written through a link (a link inside the workspace keeps pointing at the file)."""
+        import os
+        import tempfile
+
+        from .workspace import resolve_source
+
+        real = resolve_source(self.workspace.root, self.relpath(path))
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name[:64]}.hb-tmp-{os.getpid()}-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, real)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def relpath(self, path: Path) -> str:
         return self.workspace.relpath(path)
@@ -71,3 +103,11 @@ def run_lock(session, patterns: list[str], current_package: str, *, update=(), c
         raise UsageError(f"none of {' '.join(patterns)} can be locked",
                          hint="hb lock takes targets of lockable rules, e.g. conda_lock or deb_base")
     return outcomes
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

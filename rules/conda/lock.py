@@ -236,12 +236,12 @@ def _lock_or_check(request, speculation) -> LockOutcome:
     lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms,
                                 [shown, *(s for _, s in extra)],
                                 {**fingerprints, **(inputs_keys(digest, hashes) if unchanged else {})})
-    lf.write_lockfile(lockfile, lock_path)
+    request.write_source(lock_path, lf.render_lockfile(lockfile))
     written = [request.relpath(lock_path)]
     if attrs["explicit"]:
         for platform in platforms:
             path = request.source_path(explicit_name(attrs["lockfile"], platform))
-            path.write_text(lf.render_explicit(lockfile, platform))
+            request.write_source(path, lf.render_explicit(lockfile, platform).encode())
             written.append(request.relpath(path))
     return LockOutcome(written=tuple(written))
 

@@ -99,10 +99,18 @@ def make_lockfile(packages, content_hash: dict, channels, platforms, sources, cu
     return Lockfile(package=sorted(packages, key=lambda d: (d.platform, d.name)), metadata=meta)
 
 
-def write_lockfile(lockfile, path: pathlib.Path) -> None:
+def render_lockfile(lockfile) -> bytes:
+    """The conda-lock.yml conda-lock's own writer makes of `lockfile` (written into a private temporary
+    directory and read back: the workspace's file is written by LockRequest.write_source, which never
+    follows a link the checkout put there)."""
+    import tempfile
+
     from conda_lock.lockfile import write_conda_lock_file
 
-    write_conda_lock_file(lockfile, path, metadata_choices=set(), include_help_text=True)
+    with tempfile.TemporaryDirectory(prefix="hb-lock-") as tmp:
+        path = pathlib.Path(tmp) / "conda-lock.yml"
+        write_conda_lock_file(lockfile, path, metadata_choices=set(), include_help_text=True)
+        return path.read_bytes()
 
 
 def render_explicit(lockfile, platform: str) -> str:

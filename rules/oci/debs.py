@@ -81,7 +81,7 @@ def _lock(request) -> LockOutcome:
         raise ActionFailed(f"{request.label}: apt gave no sha256-pinned download for {', '.join(missing)}")
     lock = {"version": LOCK_VERSION, "requested": packages,
             "packages": [by_name[p.split(":")[0]] for p in packages]}
-    path.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    request.write_source(path, (json.dumps(lock, indent=2, sort_keys=True) + "\n").encode())
     return LockOutcome(written=(request.relpath(path),))
 
 

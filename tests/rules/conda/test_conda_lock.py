@@ -1,9 +1,12 @@
 """`hb lock` with py-rattler and conda-lock's file formats."""
 
 import json
+import os
 import shutil
 import textwrap
+from pathlib import Path
 
+import pytest
 from conda_lock.lockfile import parse_conda_lock_file
 
 from support import env_workspace
@@ -335,3 +338,39 @@ def test_lock_with_channel_label_builds_the_channel(workspace, tmp_path):
     hello = _by_platform(lock)["linux-64"]["hb-hello"]
     assert hello.url.startswith((workspace.root / "hb-out/channel/test-channel/channel").as_uri())
     assert json.loads(workspace.hb("build", "--json", "//env:env").stdout)["actions"]["executed"] == 3
+
+
+def _one_package_channel(tmp_path) -> Path:
+    from rules.conda.channel import index_channel
+
+    channel = tmp_path / "chan"
+    index_channel(channel)
+    _build(_tiny_recipe(tmp_path / "recipes", "pkg-a", "1.0"), channel)
+    return channel
+
+
+@pytest.mark.parametrize("planted", ["conda-lock.yml", "conda-linux-64.lock"])
+def test_a_lock_file_committed_as_a_link_out_of_the_workspace_is_never_written_through(workspace, tmp_path, planted):
+    """A checkout chooses what lies where `hb lock` writes: `env/conda-lock.yml -> ~/.bashrc` had hb
+    write its YAML over the user's file (eleventh session). Refused as every source file linking out."""
+    env_workspace(workspace, _one_package_channel(tmp_path).as_uri(), ["pkg-a"])
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, workspace.root / "env" / planted)
+    proc = workspace.hb("lock", "//env:lock", check=False)
+    assert proc.returncode != 0, proc.stderr
+    assert f"source file env/{planted} resolves to {victim}, outside the workspace" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_lock_file_linked_inside_the_workspace_is_rewritten_where_the_link_points(workspace, tmp_path):
+    """A link inside the workspace is followed, as for any source file, and stays a link: the lock is
+    written beside the file it points to and renamed over it (never half written)."""
+    env_workspace(workspace, _one_package_channel(tmp_path).as_uri(), ["pkg-a"])
+    shared = workspace.write("shared/conda-lock.yml", "old\n")
+    os.symlink("../shared/conda-lock.yml", workspace.root / "env/conda-lock.yml")
+    workspace.hb("lock", "//env:lock")
+    assert os.readlink(workspace.root / "env/conda-lock.yml") == "../shared/conda-lock.yml"
+    assert "pkg-a" in shared.read_text() and not list((workspace.root / "shared").glob(".*hb-tmp*"))
+    assert {n for n in _by_platform(_lock(workspace))["linux-64"]} == {"pkg-a"}
