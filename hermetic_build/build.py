@@ -629,6 +629,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def publish_file(root: Path, dest: Path, data: bytes) -> None:
+    """Write a file hb makes in hb-out/ (`root`) beside the outputs it published (a signed envelope):
+    every directory from hb-out/ down to it must be real, and the file is written under a new name
+    and renamed over `dest`, so a link a checkout put there is replaced, never written through."""
+    if not _real_directories(root, dest.parent):
+        raise UsageError(f"{dest.parent} is not a directory hb made under {root} (a link?)",
+                         hint=f"remove {root} and build again")
+    from .store.local import file_mode
+
+    _atomic_write(dest, data)
+    os.chmod(dest, file_mode())
+
 Label  # re-exported for callers
 
 

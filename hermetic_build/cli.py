@@ -316,8 +316,16 @@ def attest_sign(obj, label, key_path, output, layout):
     from .attest import check_statement, envelope_bytes
     from .label import Label
 
-    dest = Path(output) if output else session.workspace.root / (output_dir(Label.parse(name)) + ".dsse.json")
-    dest.write_bytes(envelope_bytes(envelope))
+    if output:  # the user's own path
+        dest = Path(output)
+        dest.write_bytes(envelope_bytes(envelope))
+    else:
+        from .build import publish_file
+
+        # beside the output in hb-out/, which a checkout can ship: a link already there (to ~/.bashrc)
+        # is replaced, never written through
+        dest = session.workspace.root / (output_dir(Label.parse(name)) + ".dsse.json")
+        publish_file(session.workspace.output_root, dest, envelope_bytes(envelope))
     click.echo(f"signed {statements[0].relative_to(session.workspace.root)}: wrote {dest}")
     if layout:
         from .referrers import DSSE_TYPE, ENVELOPE_NAME, attach_to_layout

@@ -52,6 +52,7 @@ class LockRequest:
         import os
         import tempfile
 
+        from .store.local import file_mode
         from .workspace import resolve_source
 
         real = resolve_source(self.workspace.root, self.relpath(path))
@@ -61,7 +62,7 @@ class LockRequest:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, file_mode())
             os.replace(tmp, real)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -104,10 +105,3 @@ def run_lock(session, patterns: list[str], current_package: str, *, update=(), c
                          hint="hb lock takes targets of lockable rules, e.g. conda_lock or deb_base")
     return outcomes
 
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

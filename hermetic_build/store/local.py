@@ -78,6 +78,12 @@ _temp_names = itertools.count()  # names in tmp/ for files being written
 _UMASK = _read_umask()
 
 
+def file_mode(mode: int = 0o666) -> int:
+    """`mode` as a new file of this process gets it (the umask applied; 022 where it cannot be read),
+    for a file first written under another name with its own mode (tempfile.mkstemp's 0600)."""
+    return mode & ~(0o022 if _UMASK is None else _UMASK)
+
+
 class LocalStore(Store):
     def __init__(self, root: Path, *, setting: str | None = None):
         """setting: how the user named this directory, for errors (e.g. "HB_CACHE_DIR=/x")."""

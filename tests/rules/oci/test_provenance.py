@@ -18,8 +18,15 @@ def test_signed_provenance_of_the_gpu_image(tmp_path):
     assert oct(key.stat().st_mode & 0o777) == "0o600" and (tmp_path / "keys/hb.key.pub").is_file()
     assert "never overwrites" in example.hb("keygen", str(key), check=False).stderr
 
+    # hb-out/ can come with a checkout: a link where the envelope goes is replaced, never written through
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (example.root / "hb-out/env").mkdir(parents=True)
+    (example.root / "hb-out/env/nlp-gpu-provenance.dsse.json").symlink_to(victim)
     example.hb("attest", "sign", "//env:nlp-gpu-provenance", "--key", str(key), timeout=600)
     envelope_path = example.root / "hb-out/env/nlp-gpu-provenance.dsse.json"
+    assert victim.read_text() == "precious\n" and not envelope_path.is_symlink()
+    assert oct(envelope_path.stat().st_mode & 0o777) == "0o644"
     envelope = json.loads(envelope_path.read_text())
     statement = json.loads((example.root / "hb-out/env/nlp-gpu-provenance/provenance.intoto.json").read_text())
     example.build_json("//env:nlp-gpu")
