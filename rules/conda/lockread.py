@@ -480,7 +480,9 @@ def _no_conflicting_duplicates(entries: list[LockEntry]) -> tuple[LockEntry, ...
 
 def _project(name: str) -> str:
     """A PyPI project name normalised as PEP 503 says (Six, six and SIX are one project)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    from .pypi_deps import normalise
+
+    return normalise(name)
 
 
 def _pin(package) -> tuple:

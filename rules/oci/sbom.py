@@ -179,10 +179,12 @@ def layer_contents(layer_sets: list[list[dict]], packages: list[SbomPackage]) ->
     for set_index, layers in enumerate(layer_sets):
         members = [i for i, p in enumerate(packages) if p.layer_set == set_index]
         named = {}
+        from .split import pypi_key
+
         for i in members:
-            # a wheel's layer lists it as layering names it: pypi:<PEP 503 name> (rules/oci/split.py)
+            # a wheel's layer lists it as layering names it (rules/oci/split.py)
             name = packages[i].name
-            named.setdefault(f"pypi:{_pep503(name)}" if packages[i].type == "pypi" else name, []).append(i)
+            named.setdefault(pypi_key(name) if packages[i].type == "pypi" else name, []).append(i)
         placed = set()
         for layer in layers:
             for name in layer.get("packages", []):
@@ -193,12 +195,6 @@ def layer_contents(layer_sets: list[list[dict]], packages: list[SbomPackage]) ->
         if rest and layers:
             contains.setdefault(layers[0]["digest"], []).extend(rest)
     return {k: sorted(v) for k, v in contains.items()}
-
-
-def _pep503(name: str) -> str:
-    import re
-
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)

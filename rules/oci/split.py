@@ -103,11 +103,11 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
                 files.append(rel)
         name, depends = _wheel_metadata(store, entries.get(f"{dist_info}/METADATA"), f"{dist_info}/METADATA")
         name = name or dist_info.rsplit("/", 1)[1].rsplit("-", 1)[0]
-        key = f"pypi:{_normalise(name)}"
+        key = pypi_key(name)
         if key in out:  # the stage installs one .dist-info per project; a tree from a cache is input
             raise ActionFailed(f"the environment's {path} and {out[key]['record']} both record the PyPI project "
                                f"{name!r}")
-        out[key] = {"record": path, "name": key, "depends": ["python", *(f"pypi:{_normalise(d)}" for d in depends)],
+        out[key] = {"record": path, "name": key, "depends": ["python", *(pypi_key(d) for d in depends)],
                     "files": files}
     return out
 
@@ -124,6 +124,11 @@ def _text(store, entry: TreeEntry, path: str, limit: int) -> str:
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pypi_key(name: str) -> str:
+    """The name layering gives a PyPI project's layer set: pypi:<PEP 503 name>."""
+    return f"pypi:{_normalise(name)}"
 
 
 def _wheel_metadata(store, entry: TreeEntry | None, path: str) -> tuple[str, list[str]]:
