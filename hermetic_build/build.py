@@ -27,7 +27,7 @@ from .leftovers import publish_temp_prefix, sweep
 from .report import Reporter
 from .store.local import LocalStore
 from .workspace import (OUTPUT_DIR, REMOTE_CACHE_SCHEMES, REMOTE_EXECUTOR_SCHEMES, WORKSPACE_FILE, Workspace,
-                        remote_url_problem)
+                        read_regular_file, remote_url_problem)
 
 # analysis (Starlark, the rules), the executor and the tree code are imported where they are used:
 # a no-op build answered by noop.py needs none of them
@@ -393,7 +393,8 @@ class Session:
             # published there by a root target of that name before the name was reserved: not hb's record
             self._remove_in_background(manifest_path)
         try:
-            manifest = json.loads(_read_own_record(manifest_path))
+            # a file the checkout can ship: no link, no FIFO or device, bounded (workspace.read_regular_file)
+            manifest = json.loads(read_regular_file(str(manifest_path), MAX_RECORD_BYTES, MANIFEST_NAME))
         except (OSError, ValueError):  # none yet, unreadable or not a file: everything is published again
             manifest = {}
         if not isinstance(manifest, dict):
@@ -575,18 +576,6 @@ class Session:
 
 
 MAX_RECORD_BYTES = 64 << 20  # hb-out/.hb-manifest.json: ~100 bytes an output
-
-
-def _read_own_record(path: Path) -> bytes:
-    """A record hb keeps in the workspace (hb-out/.hb-manifest.json), which a checkout can ship: read
-    only from a regular file, never through a link, at most MAX_RECORD_BYTES (a link to /dev/zero
-    took hb's memory, a FIFO hung the build). OSError where it is anything else."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD_BYTES:
-            raise OSError(f"{path} is not a regular file of at most {MAX_RECORD_BYTES} bytes")
-        return f.read(MAX_RECORD_BYTES + 1)
 
 
 def _real_directories(root: Path, directory: Path) -> bool:
