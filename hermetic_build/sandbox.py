@@ -172,15 +172,21 @@ class ActionExecution:
         or its copy in the execution root."""
         return self.tree_views.get(rel) or self.declared_input(rel)  # params name it: never a host path
 
+    @functools.cached_property
+    def _declared_inputs(self) -> dict[str, bool]:
+        """Each input's path -> whether it is a directory."""
+        return {f.path: f.is_directory for f in self.action.inputs}
+
     def declared_input(self, path) -> Path:
         """execroot/path for a path that a kind's params name (params are outside bytes on a remote
         worker, where the kind's Python runs outside bubblewrap with the worker's view of the disk): it
         must be relative, of single components, and a declared input or lie under a declared input
         directory; anything else (`/home/worker/.ssh/id_rsa`, `../..`) fails the action."""
         relative_path(path)
-        for f in self.action.inputs:
-            if path == f.path or (f.is_directory and path.startswith(f.path + "/")):
-                return self.execroot / path
+        declared = self._declared_inputs  # one lookup per component, not a scan of the inputs per path
+        parts = path.split("/")
+        if path in declared or any(declared.get("/".join(parts[:i])) for i in range(1, len(parts))):
+            return self.execroot / path
         raise ActionFailed(f"{self.action.owner}: {str(path)[:200]!r} is not a declared input of this action")
 
     def input_path(self, file) -> Path:
