@@ -17,6 +17,7 @@ working directory (the execution root). On failure it prints one line, `extract:
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import gzip
 import io
@@ -192,7 +193,16 @@ def _unpack(tar: tarfile.TarFile, label: str, root: Path, exclude, dir_modes: di
                 if os.path.lexists(hidden):
                     _remove(hidden)
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:  # a link that leads nowhere, in a loop, or to a file
+            where = os.path.relpath(exc.filename, root) if exc.filename else os.path.dirname(name)
+            raise ExtractError(f"{label}: {name} cannot be written: {where} is not a directory (a file, or a "
+                               "symlink that does not lead to a directory, such as a loop of links)") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise ExtractError(f"{label}: {name} cannot be written: its directory is a loop of symlinks") from None
         if not _inside(root, dest.parent):  # made only of new directories: cannot have changed
             raise ExtractError(f"{label}: {name} would be written through a symlink out of the root")
         if member.isdir():

@@ -202,3 +202,29 @@ def test_a_global_pax_comment_is_harmless(tmp_path):
     layout, _ = _layout(tmp_path, [_global_pax_layer({"comment": "0123abcd"})])
     deb_extract.unpack_image(layout, "latest", tmp_path / "root")
     assert (tmp_path / "root/usr/bin/tool").read_bytes() == b"what the image runs\n"
+
+
+def _symlink(name: str, target: str) -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info, None
+
+
+@pytest.mark.parametrize("links", [[("a", "a")], [("a", "b"), ("b", "a")], [("a", "f")]],
+                         ids=["to-itself", "a-loop", "to-a-file"])
+def test_a_member_under_a_link_that_leads_nowhere_is_a_clean_error(tmp_path, links):
+    """A member `a/x` under a link `a -> a` (or a loop of two, or a link to a file) ended the unpack
+    with a bare FileExistsError traceback: now an ExtractError naming the layer, the member and `a`."""
+    layout, _ = _layout(tmp_path, [_tar(_file("f", b"file\n"), *(_symlink(n, t) for n, t in links)),
+                                   _tar(_file("a/x", b"x\n"))])
+    with pytest.raises(deb_extract.ExtractError, match=r"layer 1 .*: a/x cannot be written: a is not a directory"):
+        deb_extract.unpack_image(layout, "latest", tmp_path / "root")
+
+
+def test_a_member_under_a_chain_of_links_inside_the_root_is_written_where_they_lead(tmp_path):
+    directory = tarfile.TarInfo("c")
+    directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+    layout, _ = _layout(tmp_path, [_tar(_symlink("a", "b"), _symlink("b", "c"), (directory, None)),
+                                   _tar(_file("a/x", b"x\n"))])
+    deb_extract.unpack_image(layout, "latest", tmp_path / "root")
+    assert (tmp_path / "root/c/x").read_bytes() == b"x\n" and os.path.islink(tmp_path / "root/a")
