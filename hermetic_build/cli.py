@@ -612,7 +612,7 @@ def _human(n: int) -> str:
 @click.option("--max-actions", type=int, default=None, help="Exit after running this many actions.")
 @click.option("--preload/--no-preload", default=True,
               help="Run each action in a process forked from a fork server that imported hb and the rule modules "
-                   "once (default), or in a fresh `python3 -m hermetic_build.worker_exec`.")
+                   "once (default), or in a fresh `python3 -P -m hermetic_build.worker_exec`.")
 def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, preload):
     """Lease hb actions from a REAPI engine's Bots service and run them (with bubblewrap, as hb does)."""
     try:

@@ -35,7 +35,10 @@ from .merkle import (BlobIngest, ClaimedIngest, InputRoot, RemoteTreeError, hb_t
                      sha256_of_blob)
 from .outputs import CLAIMS_PATH, MAX_CLAIMS_BYTES, RemoteBlobIndex, decode_claims
 
-WORKER_ARGV = ("python3", "-m", "hermetic_build.worker_exec", DESCRIPTION_PATH)
+# -P: a runner that runs the Command as written (BuildGrid's, Buildbarn's) starts it in the input root,
+# which `-m` alone puts first on sys.path: a package `hermetic_build` sent with the inputs would be
+# imported instead of the runner's hb, and run on the runner's machine outside every sandbox
+WORKER_ARGV = ("python3", "-P", "-m", "hermetic_build.worker_exec", DESCRIPTION_PATH)
 EXECUTE_RETRIES = 5
 BACKOFF_SECONDS = 0.5
 MAX_OUTPUT_LOG = 16 << 20

@@ -2,7 +2,7 @@
 the Remote Workers API (Bots service: CreateBotSession / UpdateBotSession), e.g. BuildGrid.
 
 It leases actions (a lease's payload is an Action or an Action digest), and runs only hb actions:
-a Command whose argv is `python3 -m hermetic_build.worker_exec .hb/action.json` (anything else is
+a Command whose argv is `python3 -P -m hermetic_build.worker_exec .hb/action.json` (anything else is
 refused with FAILED_PRECONDITION). For each lease it reads the Action, Command and input root from
 the CAS (every blob checked against its SHA-256; every directory converted into an hb tree and
 validated by tree.py's strict checks before anything is written), materialises the input root with
@@ -210,10 +210,11 @@ class BotWorker:
         pb, code = self.pb, self.code_pb
         command = self._message(pb.Command, action.command_digest, "command")
         argv = list(command.arguments)
-        if len(argv) != 4 or argv[1:] != ["-m", WORKER_MODULE, DESCRIPTION_PATH] \
+        # the form hb's clients send, or the one clients before -P sent (this worker adds -P itself)
+        if argv[1:] not in (["-P", "-m", WORKER_MODULE, DESCRIPTION_PATH], ["-m", WORKER_MODULE, DESCRIPTION_PATH]) \
                 or not os.path.basename(argv[0]).startswith("python"):
             raise LeaseRefused(code.FAILED_PRECONDITION, f"hb worker runs only hb actions "
-                               f"(python3 -m {WORKER_MODULE} {DESCRIPTION_PATH}), not {argv[:4]!r}")
+                               f"(python3 -P -m {WORKER_MODULE} {DESCRIPTION_PATH}), not {argv[:5]!r}")
         outputs = [check_path(p) for p in list(command.output_paths) or
                    list(command.output_files) + list(command.output_directories)]
         kind = next((p.value for p in action.platform.properties if p.name == "hb-kind"), "?")

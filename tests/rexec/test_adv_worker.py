@@ -18,6 +18,7 @@ from google.protobuf import any_pb2
 from hermetic_build.action import Action, File
 from hermetic_build.label import Label
 from hermetic_build.rexec import description
+from hermetic_build.rexec.client import WORKER_ARGV
 from hermetic_build.rexec.merkle import BlobIngest, Upload, hb_tree_to_reapi
 from hermetic_build.rexec.worker import WORKER_MODULE, BotWorker
 from hermetic_build.sandbox import FIXED_PATH
@@ -87,7 +88,7 @@ def shell_action(cmd: str, inputs=("p/in.txt",), outputs=("p/o.txt",), **kw) -> 
     return description.encode(Action(**fields), {}, 0)
 
 
-def lease(worker, tmp_path, build_root, env=(("PATH", FIXED_PATH),), outputs=("p/o.txt",)):
+def lease(worker, tmp_path, build_root, env=(("PATH", FIXED_PATH),), outputs=("p/o.txt",), argv=WORKER_ARGV):
     """The lease payload of an action whose input root is the directory build_root(root) makes."""
     src = tmp_path / "input-root"
     src.mkdir()
@@ -96,7 +97,7 @@ def lease(worker, tmp_path, build_root, env=(("PATH", FIXED_PATH),), outputs=("p
     upload = Upload()
     root_sha, root_size = hb_tree_to_reapi(pb, scratch, store_tree(scratch, src), upload, {}, {})
     worker.cas.upload_sha(upload.blobs)
-    command = pb.Command(arguments=["python3", "-m", WORKER_MODULE, description.DESCRIPTION_PATH],
+    command = pb.Command(arguments=list(argv),
                          environment_variables=[pb.Command.EnvironmentVariable(name=k, value=v) for k, v in env],
                          output_paths=sorted([".hb/outputs.json", *outputs]))
     action = pb.Action(command_digest=worker.cas.add(command.SerializeToString()),
@@ -171,6 +172,39 @@ def test_the_input_root_cannot_stand_in_for_hb(tmp_path):
     worker = make_worker(tmp_path, preload=False)
     status, result = worker._work(lease(worker, tmp_path, build))
     assert not canary.exists(), "the input root's hermetic_build was imported on the worker"
+
+
+def test_the_command_hb_sends_keeps_the_input_root_off_sys_path(tmp_path):
+    """Another REAPI runner (BuildGrid's, Buildbarn's) runs the Command as written, in the input root:
+    `python3 -m hermetic_build.worker_exec` put the input root first on sys.path, so a package
+    `hermetic_build` sent with the inputs ran on the runner's machine. hb's clients send `-P`."""
+    import subprocess
+    import sys
+
+    canary = tmp_path / "pwned"
+    root = tmp_path / "root"
+    (root / "hermetic_build").mkdir(parents=True)
+    (root / "hermetic_build" / "__init__.py").write_text(f"open({str(canary)!r}, 'w').write('pwned')\n")
+    (root / "hermetic_build" / "worker_exec.py").write_text("")
+    proc = subprocess.run([sys.executable, *WORKER_ARGV[1:]], cwd=root, capture_output=True, text=True,
+                          env={"PATH": FIXED_PATH}, timeout=120)
+    assert not canary.exists(), "the input root's hermetic_build was imported by the Command hb sends"
+    assert proc.returncode == 2 and "refused .hb/action.json" in proc.stderr, proc.stderr  # the real worker_exec ran
+
+
+def test_the_worker_takes_the_command_with_and_without_p(tmp_path):
+    """Clients from before `-P` sent `python3 -m ...`: the worker runs both (it adds -P itself), nothing else."""
+    worker = make_worker(tmp_path, preload=False)
+    taken = (["python3", "-P", "-m", WORKER_MODULE, ".hb/action.json"], ["python3", "-m", WORKER_MODULE, ".hb/action.json"])
+    refused = (["python3", "-P", "-m", WORKER_MODULE], ["python3", "-I", "-m", WORKER_MODULE, ".hb/action.json"],
+               ["sh", "-P", "-m", WORKER_MODULE, ".hb/action.json"], [])
+    for n, argv in enumerate(taken + refused):
+        (tmp_path / str(n)).mkdir()
+        status, result = worker._work(lease(worker, tmp_path / str(n), basic_root(), argv=argv))
+        if argv in taken:
+            assert status.code == code_pb2.OK and result.exit_code == 0, (argv, status.message)
+        else:
+            assert status.code == code_pb2.FAILED_PRECONDITION, (argv, status.message)
 
 
 def test_local_only_kinds_never_run_on_a_worker(tmp_path):
