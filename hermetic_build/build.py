@@ -126,6 +126,7 @@ class Session:
         url = remote.url or self.settings.remote_cache
         if url:
             _check_remote_url("--remote-cache", url, REMOTE_CACHE_SCHEMES)
+            from .redact import redact_url
             from .store.factory import open_remote
             from .store.remote import GuardedRemote
             from .store.tiered import TieredStore
@@ -133,7 +134,8 @@ class Session:
             timeout = remote.timeout or self.settings.remote_timeout
             self.remote = GuardedRemote(open_remote(url, timeout=timeout, local=self.local_store,
                                                     instance_name=self.settings.remote_instance_name or None),
-                                        required=remote.required, warn=self.reporter.warn, url=url)
+                                        required=remote.required, warn=self.reporter.warn,
+                                        url=redact_url(url))  # shown and recorded in last-build.json
             upload = self.settings.remote_upload if remote.upload is None else remote.upload
             self.store = TieredStore(self.local_store, self.remote, upload=upload)
             if remote.required:

@@ -11,7 +11,15 @@ from pathlib import Path
 import click
 
 from .errors import HbError, UsageError
+from .redact import for_terminal
 from .report import Reporter
+
+
+def echo(message="", **kwargs) -> None:
+    """Everything hb prints goes through here (and Reporter): names, paths, versions and messages come
+    from lock files, packages, servers and BUILD files, so credentials are masked and control
+    characters escaped (redact.for_terminal). JSON output has no raw control character to escape."""
+    click.echo(for_terminal(str(message)), **kwargs)
 
 
 def _session(ctx_obj, jobs: int = 0, keep_sandbox: bool = False, quiet: bool = False, remote=None):
@@ -54,13 +62,13 @@ class HbGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HbError as exc:
-            click.echo(exc.render(), err=True)
+            echo(exc.render(), err=True)
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:
             exc.exit_code = UsageError.exit_code
             raise
         except KeyboardInterrupt:  # Ctrl-C: a message, not a Python traceback
-            click.echo("interrupted", err=True)
+            echo("interrupted", err=True)
             ctx.exit(130)
 
 
@@ -96,13 +104,13 @@ def build(obj, labels, jobs, as_json, keep_sandbox, quiet, remote_cache, remote_
                                      remote_download))
     summary = session.build(list(labels), _current_package(session))
     if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+        echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
     elif not quiet:
         for label, outputs in summary.targets.items():
-            click.echo(f"{label}")
+            echo(f"{label}")
             for out in outputs:
-                click.echo(f"  {out['path']}")
-        click.echo(f"{summary.executed} actions executed, {summary.cached} cached, {summary.seconds:.2f}s", err=True)
+                echo(f"  {out['path']}")
+        echo(f"{summary.executed} actions executed, {summary.cached} cached, {summary.seconds:.2f}s", err=True)
 
 
 @main.command()
@@ -123,16 +131,16 @@ def lock(obj, labels, update, check, keep_sandbox):
         if check:
             if outcome.stale:
                 stale = True
-                click.echo(f"{label}: lock is stale")
+                echo(f"{label}: lock is stale")
                 for reason in outcome.stale:
-                    click.echo(f"  - {reason}")
+                    echo(f"  - {reason}")
             else:
-                click.echo(f"{label}: lock is up to date")
+                echo(f"{label}: lock is up to date")
         else:
             for path in outcome.written:
-                click.echo(f"{label}: wrote {path}")
+                echo(f"{label}: wrote {path}")
     if stale:
-        click.echo("run `hb lock` on these targets to update their locks", err=True)
+        echo("run `hb lock` on these targets to update their locks", err=True)
         sys.exit(1)
 
 
@@ -161,7 +169,7 @@ def push(obj, label, reference, cafile, plain_http, chunk_size, mount_from, sign
         key = load_private_key(sign_key)  # before building: a missing key fails fast; it stays in this process
         options["signer"] = lambda payload: dsse_sign(payload, key)
     session = _session(obj)
-    click.echo(run_publish(session, "push", label, _current_package(session), reference, options))
+    echo(run_publish(session, "push", label, _current_package(session), reference, options))
 
 
 @main.command()
@@ -173,7 +181,7 @@ def load(obj, label, docker_host):
     from .publish import run_publish
 
     session = _session(obj)
-    click.echo(run_publish(session, "load", label, _current_package(session), "", {"docker_host": docker_host}))
+    echo(run_publish(session, "load", label, _current_package(session), "", {"docker_host": docker_host}))
 
 
 @main.command()
@@ -188,11 +196,11 @@ def query(obj, expression, output):
     result = run_query(session, expression, _current_package(session))
     for target in result:
         if output == "label_kind":
-            click.echo(f"{target.rule} rule {target.label}")
+            echo(f"{target.rule} rule {target.label}")
         elif output == "location":
-            click.echo(f"{target.location}: {target.rule} {target.label}")
+            echo(f"{target.location}: {target.rule} {target.label}")
         else:
-            click.echo(str(target.label))
+            echo(str(target.label))
 
 
 @main.command()
@@ -206,7 +214,7 @@ def aquery(obj, labels, as_json):
     session = _session(obj)
     steps = plan(session, list(labels), _current_package(session))
     if as_json:
-        click.echo(json.dumps([s.to_json() for s in steps], indent=2, sort_keys=True))
+        echo(json.dumps([s.to_json() for s in steps], indent=2, sort_keys=True))
         return
     lines = []  # written at once: one click.echo per line cost more than the analysis of 10,000 targets
     for step in steps:
@@ -221,7 +229,7 @@ def aquery(obj, labels, as_json):
             text = json.dumps(value)
             lines.append(f"  param:    {name} = {text if len(text) < 200 else text[:197] + '...'}")
     if lines:
-        click.echo("\n".join(lines))
+        echo("\n".join(lines))
 
 
 @main.command()
@@ -237,12 +245,12 @@ def explain(obj, labels, remote_cache, remote_upload, remote_required, remote_ti
     steps = plan(session, list(labels), _current_package(session))
     pending = [s for s in steps if s.status != "cached"]
     if not pending:
-        click.echo("everything is up to date: no action would run")
+        echo("everything is up to date: no action would run")
         return
     for step in pending:
-        click.echo(f"{step.action.description} would run:")
+        echo(f"{step.action.description} would run:")
         for reason in step.reasons:
-            click.echo(f"  - {reason}")
+            echo(f"  - {reason}")
 
 
 @main.command()
@@ -258,16 +266,16 @@ def trust(obj, revoke):
     workspace = find_workspace(Path(obj.get("workspace") or Path.cwd()))
     if revoke:
         path = trusting.revoke(workspace.root)
-        click.echo(f"{workspace.root}: nothing trusted any more (in {path})")
+        echo(f"{workspace.root}: nothing trusted any more (in {path})")
         return
     settings = workspace.settings.privileged
     if not settings:
-        click.echo(f"{workspace.root}: hermetic.toml sets nothing that needs trust")
+        echo(f"{workspace.root}: hermetic.toml sets nothing that needs trust")
         return
     for s in settings:
-        click.echo(f"{s.location}: {s.shown()}\n    {trusting.WHY[s.key]}")
+        echo(f"{s.location}: {s.shown()}\n    {trusting.WHY[s.key]}")
     path = trusting.record(workspace.root, settings)
-    click.echo(f"trusted for {workspace.root} (recorded in {path}; asked again when they change)")
+    echo(f"trusted for {workspace.root} (recorded in {path}; asked again when they change)")
 
 
 @main.command()
@@ -277,7 +285,7 @@ def keygen(path):
     from .attest import keygen as make_key
 
     private, public = make_key(Path(path))
-    click.echo(f"wrote {private} (keep it secret) and {public}")
+    echo(f"wrote {private} (keep it secret) and {public}")
 
 
 @main.group()
@@ -326,7 +334,7 @@ def attest_sign(obj, label, key_path, output, layout):
         # is replaced, never written through
         dest = session.workspace.root / (output_dir(Label.parse(name)) + ".dsse.json")
         publish_file(session.workspace.output_root, dest, envelope_bytes(envelope))
-    click.echo(f"signed {statements[0].relative_to(session.workspace.root)}: wrote {dest}")
+    echo(f"signed {statements[0].relative_to(session.workspace.root)}: wrote {dest}")
     if layout:
         from .referrers import DSSE_TYPE, ENVELOPE_NAME, attach_to_layout
 
@@ -336,7 +344,7 @@ def attest_sign(obj, label, key_path, output, layout):
             raise UsageError(f"the statement is about {len(about)} subjects; --attach needs one image")
         digest = "sha256:" + about[0]["digest"]["sha256"]
         attach_to_layout(Path(layout), digest, DSSE_TYPE, ENVELOPE_NAME, envelope_bytes(envelope), ENVELOPE_NAME)
-        click.echo(f"attached the envelope to {digest} in {layout}")
+        echo(f"attached the envelope to {digest} in {layout}")
 
 
 def _refuse_cache_path(session, path: Path) -> None:
@@ -396,7 +404,7 @@ def attest_verify(target, key_path, image, subject, locks, cafile, plain_http):
                 errors.append(message)
             continue
         about = ", ".join(f"{s['name']}@sha256:{s['digest']['sha256']}" for s in statement["subject"])
-        click.echo(f"verified: signature OK; about {about}"
+        echo(f"verified: signature OK; about {about}"
                    + (f"; every package of {', '.join(locks)} is in it" if locks else ""))
         return
     if not count:
@@ -463,21 +471,21 @@ def verify(obj, labels, jobs, as_json, quiet):
     session = _session(obj, jobs, quiet=quiet or as_json)
     result = run_verify(session, list(labels), _current_package(session))
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
         for target in result.targets:
             state = "identical" if target.identical else "DIFFERENT"
             line = f"{target.label}: {state}"
             for recorded, rebuilt in target.manifests:
                 line += (f"; manifest {recorded} {'matched' if recorded == rebuilt else f'became {rebuilt}'}")
-            click.echo(line)
+            echo(line)
         for action in result.actions:
             if not action.identical:
-                click.echo(f"differs: {action.description}")
-        click.echo(f"R = {result.identical}/{len(result.actions)} = {result.ratio:.3f} identical actions "
+                echo(f"differs: {action.description}")
+        echo(f"R = {result.identical}/{len(result.actions)} = {result.ratio:.3f} identical actions "
                    f"({result.seconds:.1f}s)")
         if result.first_difference:
-            click.echo(f"first difference: {result.first_difference}")
+            echo(f"first difference: {result.first_difference}")
     if result.ratio < 1:
         sys.exit(1)
 
@@ -498,7 +506,7 @@ def graph(obj, labels, fmt, output):
         if output:
             Path(output).write_text(dot)
         else:
-            click.echo(dot, nl=False)
+            echo(dot, nl=False)
         return
     import shutil
     import subprocess
@@ -508,7 +516,7 @@ def graph(obj, labels, fmt, output):
     if not output:
         raise UsageError("--format png needs --output FILE")
     subprocess.run(["dot", "-Tpng", "-o", output], input=dot.encode(), check=True)
-    click.echo(output)
+    echo(output)
 
 
 @main.command()
@@ -525,10 +533,10 @@ def clean(obj, expunge):
     shutil.rmtree(session.workspace.output_root, ignore_errors=True)
     shutil.rmtree(session.state_dir, ignore_errors=True)
     left = session.local_store.expunge() if expunge else []
-    click.echo(f"removed {session.workspace.output_root}" + (f" and {session.local_store.root}" if expunge else ""))
+    echo(f"removed {session.workspace.output_root}" + (f" and {session.local_store.root}" if expunge else ""))
     if left:
         shown = ", ".join(left[:10]) + (f" and {len(left) - 10} more" if len(left) > 10 else "")
-        click.echo(f"left {len(left)} entries in {session.local_store.root} that hb did not make: {shown}", err=True)
+        echo(f"left {len(left)} entries in {session.local_store.root} that hb did not make: {shown}", err=True)
 
 
 @main.group()
@@ -544,24 +552,24 @@ def cache_stats(obj, as_json):
     session = _session(obj)
     data = {"local": session.store.stats(), "last_build": session.last_build()}
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        echo(json.dumps(data, indent=2, sort_keys=True))
         return
     local = data["local"]
-    click.echo(f"cache: {local['root']}")
-    click.echo(f"  blobs: {local['blobs']}  action-cache entries: {local['action_cache_entries']}  "
+    echo(f"cache: {local['root']}")
+    echo(f"  blobs: {local['blobs']}  action-cache entries: {local['action_cache_entries']}  "
                f"size: {_human(local['bytes'])}")
     last = data["last_build"]
     if last:
-        click.echo(f"last build: {last['executed']} executed, {last['cached']} cached")
+        echo(f"last build: {last['executed']} executed, {last['cached']} cached")
         if last.get("rejected_entries") or last.get("corrupt_blobs"):
-            click.echo(f"  removed: {last.get('rejected_entries', 0)} malformed action-cache entries, "
+            echo(f"  removed: {last.get('rejected_entries', 0)} malformed action-cache entries, "
                        f"{last.get('corrupt_blobs', 0)} corrupt blobs")
         remote = last.get("remote")
         if remote:
-            click.echo(f"  local hits: {last['local_hits']}  remote hits: {last.get('remote_hits_used', remote['ac_hits'])}  "
+            echo(f"  local hits: {last['local_hits']}  remote hits: {last.get('remote_hits_used', remote['ac_hits'])}  "
                        f"remote misses: {remote['ac_misses']}  ({remote['url']}"
                        f"{', disabled after an error' if remote['disabled'] else ''})")
-            click.echo(f"  down: {remote['blobs_down']} blobs, {_human(remote['bytes_down'])}  "
+            echo(f"  down: {remote['blobs_down']} blobs, {_human(remote['bytes_down'])}  "
                        f"up: {remote['blobs_up']} blobs, {_human(remote['bytes_up'])}  "
                        f"rejected: {remote['rejected_entries']} entries, {remote['rejected_blobs']} blobs")
 
@@ -573,7 +581,7 @@ def cache_gc(obj, max_size):
     """Delete least-recently-used entries until the cache is at most --max-size."""
     session = _session(obj)
     result = session.local_store.gc(_parse_size(max_size))
-    click.echo(f"removed {result['removed']} entries ({_human(result['freed_bytes'])}); "
+    echo(f"removed {result['removed']} entries ({_human(result['freed_bytes'])}); "
                f"{_human(result['remaining_bytes'])} remain")
 
 

@@ -283,7 +283,9 @@ def _read_captured(captured) -> str:
 def _replay(captured) -> None:
     text = _read_captured(captured)
     if text:
-        sys.stderr.write(text)
+        from .redact import for_terminal
+
+        sys.stderr.write(for_terminal(text))  # a BUILD file's print(): as everything hb prints
 
 
 def _last_line(output: str) -> str:

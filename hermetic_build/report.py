@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import threading
 
+from .redact import for_terminal
+
 
 class Reporter:
     def __init__(self, stream=None, quiet: bool = False):
@@ -24,6 +26,7 @@ class Reporter:
         self._print(f"warning: {message}")
 
     def _print(self, message: str) -> None:
+        message = for_terminal(message)  # as cli.echo: masked credentials, escaped control characters
         with self._lock:
             if self._progress is not None:
                 self._progress.console.print(message, markup=False, highlight=False)
@@ -38,7 +41,7 @@ class Reporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TextColumn("{task.description}"),
+                                  TimeElapsedColumn(), TextColumn("{task.description}", markup=False),
                                   console=Console(file=self.stream), transient=True)
         self._progress.start()
         self._task = self._progress.add_task("", total=total)
@@ -47,7 +50,7 @@ class Reporter:
         with self._lock:
             self.done += 1
             if self._progress is not None:
-                self._progress.update(self._task, advance=1, description=action.description)
+                self._progress.update(self._task, advance=1, description=for_terminal(action.description))
                 return
         if not self.quiet and not cached:
             self._print(f"[{self.done}/{self.total}] {action.description} ({duration:.2f}s)")

@@ -27,6 +27,7 @@ from ..bounded import (
     with_deadline,
 )
 from ..digest import Digest, digest_bytes
+from ..redact import redact_url
 from .base import MAX_ENTRY_BYTES, ActionResult, NewFile, Store
 from .remote import RemoteAuthError, RemoteStats, RemoteUnavailable, Signer
 
@@ -40,7 +41,7 @@ class HttpStore(Store):
         parsed = urllib.parse.urlparse(base_url.rstrip("/"))
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"not an http(s) URL: {base_url}")
-        self.url = base_url.rstrip("/")
+        self.url = redact_url(base_url.rstrip("/"))  # for messages: the password is in _auth only
         self._scheme, self._host, self._port = parsed.scheme, parsed.hostname, parsed.port
         self._path = parsed.path.rstrip("/")
         self._timeout = timeout

@@ -2,12 +2,23 @@
 so the hundreds of fetches of an environment pay for one TCP (and TLS) handshake per thread and
 server instead of one per package. Redirects are followed (http and https only); a connection the
 server closed while it sat idle is replaced once, before anything of the response was read. URLs
-that a proxy setting (http_proxy, https_proxy, no_proxy) applies to go through urllib, which honours it."""
+that a proxy setting (http_proxy, https_proxy, no_proxy) applies to go through urllib, which honours it.
+
+Credentials for a private channel or index come from the user's files, by host: the JSON file that
+`RATTLER_AUTH_FILE` names (rattler's and pixi's format, which `hb lock`'s solver reads too:
+`{"host": {"BasicHTTP": {"username": .., "password": ..}} | {"BearerToken": ..} | {"CondaToken": ..}}`,
+`*.domain` for its subdomains), else the netrc (`$NETRC`, else `~/.netrc`: `machine HOST login USER
+password SECRET`; its `default` entry is never used: a lock can name any host). They go to that host
+only, and only over https or to this machine's loopback: a lock (a checkout's file) cannot have them
+sent in clear. A URL's own userinfo or /t/<token> never gets here: hb strips them (redact.py)."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
+import ipaddress
+import os
 import ssl
 import threading
 import urllib.error
@@ -37,6 +48,81 @@ def _tls_context() -> ssl.SSLContext:
 @functools.cache
 def _proxies() -> dict:
     return urllib.request.getproxies()  # read once: the environment of an hb process does not change
+
+
+@functools.cache
+def _netrc_hosts() -> dict:
+    """host -> (login, account, password) of the user's netrc; {} without one (or unreadable)."""
+    import netrc
+
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return dict(netrc.netrc(path).hosts)
+    except (OSError, netrc.NetrcParseError):
+        return {}
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@functools.cache
+def _auth_file() -> dict:
+    """RATTLER_AUTH_FILE's host -> authentication; {} without one (or unreadable, or not a JSON object)."""
+    import json
+
+    path = os.environ.get("RATTLER_AUTH_FILE")
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+def _credential(host: str, port: int | None):
+    """("basic", user, password) | ("bearer", token) | ("conda", token) for host, or None."""
+    entries = _auth_file()
+    names = [f"{host}:{port}", host] if port else [host]
+    labels = host.split(".")
+    names += ["*." + ".".join(labels[i:]) for i in range(1, len(labels))]  # *.prefix.dev for repo.prefix.dev
+    for name in names:
+        entry = entries.get(name)
+        if entry is None:
+            continue
+        basic = entry.get("BasicHTTP") or entry.get("BasicHttp")
+        if isinstance(basic, dict):
+            return "basic", str(basic.get("username", "")), str(basic.get("password", ""))
+        for kind, key in (("bearer", "BearerToken"), ("conda", "CondaToken")):
+            if isinstance(entry.get(key), str):
+                return kind, entry[key]
+    found = _netrc_hosts().get(host)
+    return ("basic", found[0], found[2] or "") if found is not None else None
+
+
+def authenticate(parsed) -> tuple[dict, str]:
+    """(headers, path prefix) for this request's host from the user's credentials (the module's doc);
+    the prefix is `/t/<token>` for a conda token. Never a part of a URL hb records or shows."""
+    host = parsed.hostname or ""
+    if not (parsed.scheme == "https" or _loopback(host)):
+        return {}, ""
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    found = _credential(host, port)
+    if found is None:
+        return {}, ""
+    if found[0] == "basic":
+        return {"Authorization": "Basic " + base64.b64encode(f"{found[1]}:{found[2]}".encode()).decode()}, ""
+    if found[0] == "bearer":
+        return {"Authorization": f"Bearer {found[1]}"}, ""
+    return {}, "/t/" + urllib.parse.quote(found[1], safe="")
 
 
 def _uses_proxy(parsed: urllib.parse.ParseResult) -> bool:
@@ -101,7 +187,10 @@ def get(url: str, timeout: float):
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise urllib.error.URLError(f"cannot fetch {url}: only http and https URLs are followed")
         if _uses_proxy(urllib.parse.urlparse(url)):
-            return urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
+            headers, prefix = authenticate(parsed)
+            if prefix:
+                url = urllib.parse.urlunsplit(parsed._replace(path=prefix + parsed.path))
+            return urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers}),
                                           timeout=timeout)
         response = _send(parsed, timeout)
         if response.status in _REDIRECTS:
@@ -123,11 +212,12 @@ def get(url: str, timeout: float):
 
 
 def _send(parsed: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPResponse:
-    target = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
+    headers, prefix = authenticate(parsed)
+    target = urllib.parse.urlunsplit(("", "", prefix + (parsed.path or "/"), parsed.query, ""))
     while True:
         conn, reused = _connection(parsed.scheme, parsed.netloc, timeout)
         try:
-            conn.request("GET", target, headers={"User-Agent": USER_AGENT})
+            conn.request("GET", target, headers={"User-Agent": USER_AGENT, **headers})
             return conn.getresponse()
         except _STALE:
             _drop(parsed.scheme, parsed.netloc)

@@ -181,7 +181,11 @@ def fetch_pinned(execution, check) -> None:
             if os.path.exists(out):
                 os.unlink(out)
             time.sleep(BACKOFF_SECONDS * (2 ** attempt))
-    raise ActionFailed(f"could not fetch {filename} ({algorithm} {pin}):\n  " + "\n  ".join(errors[-6:]))
+    denied = any(": HTTP 401 " in e or ": HTTP 403 " in e for e in errors)
+    raise ActionFailed(f"could not fetch {filename} ({algorithm} {pin}):\n  " + "\n  ".join(errors[-6:]),
+                       hint="hb sends a private channel's or index's credentials from the file RATTLER_AUTH_FILE names "
+                            "or your netrc (`machine HOST login USER password SECRET`), over https, never from a "
+                            "URL (README, \"Private channels\")" if denied else None)
 
 
 def _too_large(execution, filename: str, url: str, recorded_size: int | None, exc: _TooLarge) -> Exception:

@@ -7,6 +7,8 @@ import pathlib
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from hermetic_build.api import public_url
+
 
 def url_filename(url: str) -> str:
     """The file a package URL names: its path's last component, without query or fragment (the lock
@@ -34,6 +36,10 @@ class LockedPackage:
     # bytes of the archive, where the lock records them (pixi locks do): the fetch stops past them
     size: int | None = None
 
+    def __post_init__(self):
+        # never a credential: the URL goes into the stage's key, conda-meta, the SBOM and provenance
+        object.__setattr__(self, "url", public_url(self.url))
+
     @property
     def filename(self) -> str:
         return decoded_filename(self.url)
@@ -50,6 +56,9 @@ class LockedWheel:
     sha256: str
     platform: str
     category: str = "main"
+
+    def __post_init__(self):
+        object.__setattr__(self, "url", public_url(self.url))  # as LockedPackage
 
     @property
     def filename(self) -> str:
@@ -83,7 +92,7 @@ def locked_dependency(record, platform: str):
         deps[name] = constraint.strip() or "*"
     return LockedDependency(
         name=record.name.normalized, version=str(record.version), manager="conda", platform=platform,
-        dependencies=deps, url=record.url,
+        dependencies=deps, url=public_url(record.url),  # the lock names no credential
         hash=HashModel(md5=record.md5.hex() if record.md5 else None,
                        sha256=record.sha256.hex() if record.sha256 else None),
         build=str(record.build), categories={"main"},
@@ -94,7 +103,11 @@ def make_lockfile(packages, content_hash: dict, channels, platforms, sources, cu
     from conda_lock.lockfile.v1.models import LockMeta
     from conda_lock.lockfile.v2prelim.models import Lockfile
 
-    meta = LockMeta(content_hash=content_hash, channels=list(channels), platforms=list(platforms),
+    # a channel's credentials stay where the user wrote them (environment.yml, the BUILD file): the
+    # committed lock names the channel without them
+    channels = [c.model_copy(update={"url": public_url(c.url)}) if hasattr(c, "model_copy") else public_url(c)
+                for c in channels]
+    meta = LockMeta(content_hash=content_hash, channels=channels, platforms=list(platforms),
                     sources=list(sources), custom_metadata=custom_metadata)
     return Lockfile(package=sorted(packages, key=lambda d: (d.platform, d.name)), metadata=meta)
 

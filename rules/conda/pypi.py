@@ -19,7 +19,7 @@ import pathlib
 import re
 from dataclasses import dataclass
 
-from hermetic_build.api import AnalysisError, Location
+from hermetic_build.api import AnalysisError, Location, public_url
 
 from .spec import PYPI_MAPPING, PipRequirement, parse_virtual_package
 
@@ -313,5 +313,5 @@ def locked_wheel_dependency(wheel: ResolvedWheel, platform: str):
     from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
 
     return LockedDependency(name=wheel.name, version=wheel.version, manager="pip", platform=platform,
-                            dependencies=dict(wheel.dependencies), url=wheel.url,
+                            dependencies=dict(wheel.dependencies), url=public_url(wheel.url),
                             hash=HashModel(sha256=wheel.sha256), categories={"main"})
