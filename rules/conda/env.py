@@ -11,7 +11,7 @@ from . import fetch, stage, wheels  # noqa: F401 - registering action kinds
 from .archive import DEFAULT_MAX_UNPACK_RATIO, MAX_PREFIX_LENGTH, path_problem
 from .lock import CondaLockInfo, check_fresh
 from .lockfile import LockedPackage, LockedWheel, packages_for, read_lockfile
-from .lockread import LockReadError
+from .lockread import LockReadError, unknown_names
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,14 @@ def _conda_env_impl(ctx):
             ctx.read_source(extra)
         check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ", memo=ctx.memo)
     categories = tuple(ctx.attr.categories) or ("main",)
+    leave_out = frozenset(ctx.attr.leave_out)
+    unknown = unknown_names(lock, platform, sorted(leave_out))
+    if unknown:
+        ctx.fail(f"leave_out names {', '.join(map(repr, unknown))}, which {lock_file.path} does not list for "
+                 f"platform {platform!r}", hint="name packages of the lock as it spells them (conda names; "
+                 "PyPI names in any spelling PEP 503 makes equal), as NAME, conda:NAME or pypi:NAME")
     try:
-        packages, pip = packages_for(lock, platform, categories)
+        packages, pip = packages_for(lock, platform, categories, leave_out)
     except LockReadError as exc:  # an sdist or unpinned pip entry of this platform
         raise AnalysisError(f"{ctx.label}: {exc.message}",
                             location=Location(lock_file.path, exc.line), hint=exc.hint) from None
@@ -194,6 +200,11 @@ conda_env = rule(
         "allow_md5": attr.bool(doc="accept packages the lock pins by md5 only (explicit locks): the fetch verifies "
                                "the md5 and records the sha256 it computed"),
         "environment": attr.string(doc="the environment of a pixi.lock (default: 'default')"),
+        "leave_out": attr.string_list(doc="packages of the lock not to install, e.g. a pixi project's own editable "
+                                      "source (`pypi: .`), which hb cannot install from a lock: a name leaves out "
+                                      "the conda package and the PyPI project of that name, `conda:NAME` or "
+                                      "`pypi:NAME` only one; each must name a package the lock lists for the "
+                                      "platform"),
         "max_unpack_ratio": attr.int(doc=f"refuse a package that expands to more than this many times its "
                                      f"compressed size (and over 64 MiB); default: [conda] max_unpack_ratio "
                                      f"in hermetic.toml, else {DEFAULT_MAX_UNPACK_RATIO}"),

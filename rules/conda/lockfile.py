@@ -73,11 +73,13 @@ def read_lockfile(path: pathlib.Path, environment: str = "default"):
     return read_lock(path, environment=environment)
 
 
-def packages_for(lockfile, platform: str, categories=("main",)) -> tuple[list[LockedPackage], list[LockedWheel]]:
-    """(conda packages of `platform`, its PyPI wheels) in `categories`, each sorted by name."""
+def packages_for(lockfile, platform: str, categories=("main",),
+                 leave_out: frozenset[str] = frozenset()) -> tuple[list[LockedPackage], list[LockedWheel]]:
+    """(conda packages of `platform`, its PyPI wheels) in `categories`, each sorted by name, without
+    the packages `leave_out` names."""
     from .lockread import select
 
-    conda, wheels = select(lockfile, platform, categories)
+    conda, wheels = select(lockfile, platform, categories, leave_out)
     return [e.package for e in conda], [e.package for e in wheels]
 
 

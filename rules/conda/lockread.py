@@ -516,7 +516,10 @@ def _wheel(name: str, version: str, url: str, sha256: str, platform: str, catego
     if not base.startswith(("https://", "http://", "file://")):
         raise LockReadError(f"pip package {name} is not a wheel from an index: {url} is a local path or a VCS "
                             "URL (installing it would build it from source)", line,
-                            hint="lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source)")
+                            hint=f"lock it as a wheel from an index (hb lock, or conda-lock with a PyPI source); if it "
+                                 f"is your project's own source (pixi's `path = \".\"`, editable), build the "
+                                 f"environment without it, conda_env(leave_out = [\"{name}\"]), and add your code "
+                                 "to the image another way")
     if fragment and not fragment.startswith("sha256="):
         raise LockReadError(f"pip package {name}: URL {url!r} has a fragment other than #sha256=<hex>", line,
                             hint="lock the wheel's plain URL (the sha256 may follow as #sha256=<hex>)")
@@ -673,8 +676,8 @@ def _read_pixi(path: pathlib.Path, text: str, environment: str) -> AdoptedLock:
                 error = LockReadError(
                     f"conda package {package.name} is a source package (built by pixi from {location}): hb "
                     "installs built packages only, each from a URL pinned by sha256", line,
-                    hint="build it into a channel (a conda_channel target) and lock it from there, "
-                         "or leave it out of this environment")
+                    hint=f"build it into a channel (a conda_channel target) and lock it from there, "
+                         f"or leave it out of this environment: conda_env(leave_out = [\"{package.name}\"])")
                 entries.append(LockEntry(LockedPackage(
                     name=str(package.name), version=str(package.version), build="", url=location, sha256="",
                     md5=None, platform=subdir), frozenset({"main"}), line, error))
@@ -751,15 +754,40 @@ def _pixi_entry_lines(text: str) -> dict[tuple[str | None, str, str], int]:
 
 
 # ----- selection -------------------------------------------------------------------------------------------
-def select(lock: AdoptedLock, platform: str, categories=("main",)) -> tuple[list[LockEntry], list[LockEntry]]:
+def _left_out(entry: LockEntry, leave_out: frozenset[str]) -> bool:
+    """Whether a name of `leave_out` names this entry: a conda package by its name (conda-forge has both
+    typing-extensions and typing_extensions), a PyPI project by its PEP 503 name (Six, six, SIX). A bare
+    name names both kinds; `conda:NAME` and `pypi:NAME` one (a lock may pin orjson from both)."""
+    p = entry.package
+    wheel = isinstance(p, LockedWheel)
+    for name in leave_out:
+        kind, _, bare = name.rpartition(":")
+        if kind not in ("", "pypi" if wheel else "conda"):
+            continue
+        if (_project(bare) == _project(p.name)) if wheel else (bare.lower() == p.name.lower()):
+            return True
+    return False
+
+
+def unknown_names(lock: AdoptedLock, platform: str, names) -> list[str]:
+    """The names of `names` that name no package of `platform` in the lock (any category)."""
+    listed = [e for e in lock.entries if e.package.platform == platform]
+    return [name for name in names if not any(_left_out(e, frozenset([name])) for e in listed)]
+
+
+def select(lock: AdoptedLock, platform: str, categories=("main",),
+           leave_out: frozenset[str] = frozenset()) -> tuple[list[LockEntry], list[LockEntry]]:
     """(conda entries, wheel entries) of `platform` in the chosen categories (conda-lock install takes
-    `main` only), one per package name: an entry listed once per category is merged."""
+    `main` only), one per package name: an entry listed once per category is merged. The packages
+    `leave_out` names are left out, usable or not (a pixi project's own editable source, `pypi: .`)."""
     wanted = set(categories)
     conda: dict[str, LockEntry] = {}
     wheels: dict[str, LockEntry] = {}
     for entry in lock.entries:
         p = entry.package
         if p.platform != platform or not (entry.categories & wanted):
+            continue
+        if leave_out and _left_out(entry, leave_out):
             continue
         if entry.error is not None:
             raise entry.error

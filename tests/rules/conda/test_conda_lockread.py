@@ -102,6 +102,9 @@ def adopted(tmp_path_factory):
     (ws.root / "hermetic.toml").write_text("")
     rules = [f'conda_env(name = "{_target(n, p)}", lock = "{n}", platform = "{p}", allow_md5 = True)'
              for n, p in CASES]
+    # what is refused, left out by name (a pixi project's own `pypi: .`): the rest must still expand
+    rules += [f'conda_env(name = "{_target(n, p)}--left", lock = "{n}", platform = "{p}", allow_md5 = True, '
+              f'leave_out = {_left_out_names(n, p)!r})' for n, p in CASES if expected(LOCKS / n, p)[2]]
     (ws.root / "l/BUILD.hermetic").write_text("\n".join(rules) + "\n")
     return ws
 
@@ -132,6 +135,58 @@ def test_each_real_lock_expands_to_one_fetch_per_package_of_its_platform(adopted
     assert len({a["params"]["filename"] for a in fetches}) == conda
     assert sum(a["mnemonic"] == "WheelFetch" for a in actions) == wheels
     assert {a["platform"] for a in actions} == {platform}  # nothing of another platform
+
+
+def _left_out_names(name: str, platform: str) -> list[str]:
+    """`pypi:NAME` / `conda:NAME` of each refused entry (a lock may pin orjson from both: only the
+    refused one is left out)."""
+    return sorted({("pypi:" if b.startswith("pip ") else "conda:") + b.split(" ", 2)[2]
+                   for b in expected(LOCKS / name, platform)[2]})
+
+
+LEFT_OUT_CASES = [(n, p) for n, p in CASES if expected(LOCKS / n, p)[2]]
+
+
+@pytest.mark.parametrize(("name", "platform"), LEFT_OUT_CASES)
+def test_what_is_refused_can_be_left_out_by_name_and_the_rest_expands(adopted, name, platform):
+    """A pixi project lists its own source as `pypi: .` (editable) in every environment: hb cannot
+    install it from the lock, and refused the whole environment. `leave_out` names it (and any other
+    package that cannot be adopted); every other package of the platform is fetched as before."""
+    conda, wheels, bad = expected(LOCKS / name, platform)
+    left_conda = sum(b.startswith("conda package ") for b in bad)
+    left_wheels = len(bad) - left_conda
+    proc = adopted.hb("aquery", "--json", f"//l:{_target(name, platform)}--left", check=False)
+    assert proc.returncode == 0, proc.stderr
+    actions = json.loads(proc.stdout)
+    fetches = {a["params"]["filename"] for a in actions if a["mnemonic"] == "CondaFetch"}
+    assert len(fetches) == conda - left_conda
+    assert sum(a["mnemonic"] == "WheelFetch" for a in actions) == wheels - left_wheels
+    assert {a["platform"] for a in actions} == {platform}
+
+
+def test_leave_out_matches_conda_names_exactly_and_pypi_names_as_pep_503_does(tmp_path):
+    lock = tmp_path / "conda-lock.yml"
+    wheel = "https://files.pythonhosted.org/packages/six-1.16.0-py2.py3-none-any.whl"
+    entries = [("typing-extensions", "4.0", "conda", "https://conda.anaconda.org/c/noarch/typing-extensions-4.0-0.conda"),
+               ("typing_extensions", "4.0", "conda", "https://conda.anaconda.org/c/noarch/typing_extensions-4.0-0.conda"),
+               ("six", "1.16.0", "pip", wheel)]
+    lock.write_text("version: 1\nmetadata:\n  content_hash: {linux-64: x}\n  channels: []\n  platforms: [linux-64]\n"
+                    "  sources: []\npackage:\n" + "".join(
+                        f"- name: {n}\n  version: '{v}'\n  manager: {m}\n  platform: linux-64\n  dependencies: {{}}\n"
+                        f"  url: {u}\n  hash: {{sha256: {'a' * 64}}}\n  category: main\n  optional: false\n"
+                        for n, v, m, u in entries))
+    adopted_lock = read_lock(lock)
+    conda, wheels = select(adopted_lock, "linux-64", leave_out=frozenset({"typing_extensions", "SIX"}))
+    assert [e.package.name for e in conda] == ["typing-extensions"] and wheels == []
+    conda, wheels = select(adopted_lock, "linux-64", leave_out=frozenset({"conda:six", "pypi:typing-extensions"}))
+    assert len(conda) == 2 and len(wheels) == 1  # a kind names only packages of its kind
+    conda, wheels = select(adopted_lock, "linux-64", leave_out=frozenset({"pypi:six"}))
+    assert len(conda) == 2 and wheels == []
+    from rules.conda.lockread import unknown_names
+
+    assert unknown_names(adopted_lock, "linux-64", ["Six", "typing-extensions", "typing.extensions", "numpy",
+                                                    "conda:six", "pypi:SIX"]) == ["typing.extensions", "numpy", "conda:six"]
+    assert unknown_names(adopted_lock, "osx-64", ["six"]) == ["six"]
 
 
 def test_reading_the_largest_real_lock_is_fast_and_summary_errors_are_short(tmp_path):
