@@ -7,13 +7,14 @@ refused with FAILED_PRECONDITION). For each lease it reads the Action, Command a
 the CAS (every blob checked against its SHA-256; every directory converted into an hb tree and
 validated by tree.py's strict checks before anything is written), materialises the input root with
 tree.materialize_tree (new entries only, never through a link), runs worker_exec with this worker's
-own Python (the action's commands run in bubblewrap, as hb runs them locally), uploads the declared
+own Python, confined in bubblewrap (confine.py; the action's commands in their own bubblewrap inside it, as hb runs them locally), uploads the declared
 outputs (collected through descriptors, never following a link) and reports the ActionResult and a
 status on the lease. While an action runs, the session is kept alive every HEARTBEAT seconds; a
 worker that dies stops heartbeating and the engine gives its lease to another worker."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -33,6 +34,7 @@ from ..sandbox import FIXED_PATH
 from ..store.reapi import ReapiStore
 from ..store.remote import Signer
 from ..tree import materialize_tree, restore_special_bits, store_tree
+from . import confine
 from .description import DESCRIPTION_PATH, BadDescription, check_path
 from .merkle import (BlobIngest, RemoteTreeError, Upload, fetch_directories, hb_tree_to_reapi, reapi_tree_to_hb,
                      sha256_of_blob)
@@ -42,6 +44,20 @@ LONG_POLL = 20.0  # seconds an idle UpdateBotSession may wait for work
 MAX_MESSAGE = 1 << 20  # an Action or a Command
 WORKER_MODULE = "hermetic_build.worker_exec"
 PASSED_ENV = ("PYTHONPATH", "HB_RULE_MODULES")  # this worker's own settings, handed to worker_exec
+
+
+def _rule_modules() -> list[str]:
+    return [name.strip() for name in os.environ.get("HB_RULE_MODULES", "rules").split(",") if name.strip()]
+
+
+@functools.cache
+def _shared_actions_dir() -> Path:
+    """The directory of the input roots of a confined fork server: one per process (0700, removed at exit)."""
+    import atexit
+
+    path = Path(tempfile.mkdtemp(prefix="hb-worker-actions-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 class LeaseRefused(Exception):
@@ -81,6 +97,7 @@ class BotWorker:
         self._stop = threading.Event()
         self.preload = preload  # worker_exec forked from a pre-imported fork server (see _worker_exec)
         self._mp = None
+        self._confined: bool | None = None  # decided at the first action (confine.py)
 
     # ----- the session -------------------------------------------------------------------------------
     def _session(self):
@@ -231,7 +248,7 @@ class BotWorker:
         # worker_exec ends itself when this worker dies (kill -9 of the worker ends its action too); not a
         # preexec_fn: Python code between fork and exec aborts in gRPC's fork handlers
         env["HB_WORKER_PID"] = str(os.getpid())
-        root = self.workdir / f"action-{uuid.uuid4().hex}"
+        root = self._actions_dir() / f"action-{uuid.uuid4().hex}"
         try:
             directory, children = fetch_directories(self.cas, pb, action.input_root_digest.hash,
                                                     action.input_root_digest.size_bytes)
@@ -261,17 +278,21 @@ class BotWorker:
         a fresh interpreter and its imports; with preload off, `python3 -m hermetic_build.worker_exec`."""
         code = self.code_pb
         if not self.preload:
+            confined = []
+            if self.confined():  # only this action's directory writable; ends with this worker (--die-with-parent)
+                env = {k: v for k, v in env.items() if k != "HB_WORKER_PID"}
+                confined = [*confine.confinement_argv(root, env, _rule_modules())[:-1], "--chdir", str(root), "--"]
             try:
                 # -P: `-m` would put the working directory, the input root, first on sys.path, where a
                 # package `hermetic_build` of the input root would stand in for this worker's hb
-                proc = subprocess.run([sys.executable, "-P", "-m", WORKER_MODULE, DESCRIPTION_PATH], cwd=root, env=env,
-                                      capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+                proc = subprocess.run([*confined, sys.executable, "-P", "-m", WORKER_MODULE, DESCRIPTION_PATH],
+                                      cwd=root, env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
             except subprocess.TimeoutExpired as exc:
                 raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s") from exc
             return proc.returncode, proc.stdout, proc.stderr
         from ..worker_exec import run_forked
 
-        logs = Path(tempfile.mkdtemp(prefix="logs-", dir=self.workdir))
+        logs = Path(tempfile.mkdtemp(prefix="logs-", dir=self._actions_dir()))
         try:
             env = {k: v for k, v in env.items() if k != "HB_WORKER_PID"}  # the fork server is the parent
             process = self._forkserver().Process(target=run_forked, args=(
@@ -292,9 +313,36 @@ class BotWorker:
             import multiprocessing
 
             self._mp = multiprocessing.get_context("forkserver")
-            modules = [name.strip() for name in os.environ.get("HB_RULE_MODULES", "rules").split(",") if name.strip()]
+            modules = _rule_modules()
             self._mp.set_forkserver_preload(["hermetic_build.worker_exec", *modules])
+            if self.confined():  # the fork server and every worker_exec it forks: see _actions_dir
+                env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+                script = confine.confined_executable(_shared_actions_dir(), env, modules)
+                if script is not None:
+                    self._mp.set_executable(str(script))
         return self._mp
+
+    def confined(self) -> bool:
+        """Whether worker_exec runs confined (confine.py): where bubblewrap nests here. Said once."""
+        if self._confined is None:
+            why = confine.nesting_works()
+            self._confined = why is None
+            if why is None:
+                confine.make_non_dumpable()
+            else:
+                self.log(f"hb worker {self.bot_id}: worker_exec runs unconfined (an action kind's Python sees this "
+                         f"worker's files; its commands are still sandboxed): {why}")
+        return self._confined
+
+    def _actions_dir(self) -> Path:
+        """Where input roots are made: the workdir's actions/, or with a confined fork server (started once
+        per process by multiprocessing, whose sandbox has one writable directory) one directory of this
+        process. Never the workdir itself, which holds this worker's store."""
+        if self.preload and self.confined():
+            return _shared_actions_dir()
+        actions = self.workdir / "actions"
+        actions.mkdir(mode=0o700, exist_ok=True)
+        return actions
 
     def _collect(self, root: Path, outputs: list[str], result, upload: Upload) -> None:
         """Declared outputs present in the working directory, read through descriptors (a link, or

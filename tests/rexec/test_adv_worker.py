@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +76,7 @@ def make_worker(tmp_path, preload=False) -> BotWorker:
     w.workdir.mkdir(mode=0o700)
     w.store = LocalStore(w.workdir / "cache")
     w.ingest = BlobIngest(w.cas, w.store)
-    w._sha_memo, w.log, w.done, w.ran, w.preload, w._mp = {}, lambda line: None, set(), 0, preload, None
+    w._sha_memo, w.log, w.done, w.ran, w.preload, w._mp, w._confined = {}, lambda line: None, set(), 0, preload, None, None
     return w
 
 
@@ -349,3 +350,85 @@ def test_a_mount_named_by_params_is_a_declared_input(tmp_path):
     worker = make_worker(tmp_path)
     status, result = worker._work(lease(worker, tmp_path, build, outputs=("p/o.txt", "p/provenance.intoto.json")))
     assert not any(b"worker's secret" in data for data in worker.cas.blobs.values()), "a worker file was uploaded"
+
+
+SLOPPY_KIND = '''
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    """A kind that trusts its params (none of hb's does: they go through declared_input)."""
+    found = []
+    try:
+        with open(execution.params["victim"], "w") as f:
+            f.write("pwned")
+        found.append("wrote")
+    except OSError as exc:
+        found.append(f"write refused: {exc.strerror}")
+    try:
+        with open(execution.params["secret"]) as f:
+            found.append("read " + f.read())
+    except OSError as exc:
+        found.append(f"read refused: {exc.strerror}")
+    execution.path(execution.action.outputs[0]).write_text("\\n".join(found) + "\\n")
+
+
+register_action_kind("test.sloppy", "1", run)
+'''
+
+
+def _sloppy_lease(tmp_path, preload: bool) -> str:
+    """Run the sloppy kind on a worker (in this process, or with the fork server in a fresh one: it is
+    started once per process, with the rule modules of that moment); its output, or fail."""
+    secret, victim = tmp_path / "host" / "secret.txt", tmp_path / "host" / "victim.txt"
+
+    def build(root):
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "", inputs=(), kind="test.sloppy", version="1", mnemonic="Sloppy",
+            params_json=json.dumps({"victim": str(victim), "secret": str(secret)})))
+
+    worker = make_worker(tmp_path, preload=preload)
+    status, result = worker._work(lease(worker, tmp_path, build))
+    assert status.code == code_pb2.OK and result.exit_code == 0, (status.message, worker.cas.blobs.get(
+        result.stderr_digest.hash if result else ""))
+    assert worker._confined
+    out = next(f for f in result.output_files if f.path == "p/o.txt")
+    return worker.cas.blobs[out.digest.hash].decode()
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_kind_that_trusts_its_params_reaches_only_its_action_directory(tmp_path, monkeypatch, preload):
+    """worker_exec runs a kind's Python in bubblewrap (rexec/confine.py) where it nests, forked from the
+    fork server or not: a kind that opened a path of its params as given (oci.files, env.run and the
+    docker archive did, before) wrote and read the worker's files. Confined, only the action's
+    directory is writable and the host's files outside hb, Python and the rule modules are not there."""
+    import subprocess
+    import sys
+
+    from hermetic_build.rexec import confine
+
+    if confine.nesting_works() is not None:
+        pytest.fail(f"bubblewrap does not nest here: {confine.nesting_works()}")
+    modules = tmp_path / "mods"
+    modules.mkdir()
+    (modules / "sloppy_kind.py").write_text(SLOPPY_KIND)
+    monkeypatch.setenv("PYTHONPATH", str(modules))
+    monkeypatch.setenv("HB_RULE_MODULES", "rules,sloppy_kind")
+    secret, victim = tmp_path / "host" / "secret.txt", tmp_path / "host" / "victim.txt"
+    secret.parent.mkdir()
+    secret.write_text("HOST-SECRET\n")
+    if preload:
+        script = (f"import sys; sys.path[:0] = {[str(Path(__file__).parent.parent), str(Path(__file__).parent)]!r}\n"
+                  "from pathlib import Path\nfrom test_adv_worker import _sloppy_lease\n"
+                  f"if __name__ == '__main__':\n    print(_sloppy_lease(Path({str(tmp_path)!r}), True))\n")
+        (tmp_path / "runner").mkdir()  # its directory is on sys.path, so visible read-only: not the secret's
+        (tmp_path / "runner" / "run_sloppy.py").write_text(script)
+        proc = subprocess.run([sys.executable, str(tmp_path / "runner" / "run_sloppy.py")], capture_output=True, text=True,
+                              timeout=300, cwd=Path(__file__).parent.parent.parent)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        text = proc.stdout
+    else:
+        text = _sloppy_lease(tmp_path, False)
+    assert not victim.exists(), "a kind's Python wrote a file of the worker's host"
+    assert "HOST-SECRET" not in text and "read refused" in text and "write refused" in text, text

@@ -1,0 +1,157 @@
+"""worker_exec confined: on a worker, the Python of an action kind (not only its commands) runs in
+bubblewrap, with the action's directory the only writable place of the host.
+
+A kind's code runs with whatever its parameters name, and a client writes those: a kind that opened a
+path of its params without `ActionExecution.declared_input` read or wrote the worker's own files
+(three did, before). Confined, such a slip reaches the action's directory and nothing else: the host's
+/usr, the Python installation, hb and the rule modules are visible read-only, /tmp is private, there
+is no network, and the worker's own store and credentials are not there at all.
+
+The actions' own commands still run in their bubblewrap sandbox, nested in this one. That nests only
+under two conditions, measured with bubblewrap 0.8: the outer sandbox maps the user to a uid other
+than 0 (as root, the inner bwrap failed with "setting up uid map: Operation not permitted"), and it
+binds the host's /proc (bubblewrap's own `--proc` leaves read-only mounts over parts of it, and the
+kernel then refuses the inner sandbox its `/proc`). So a confined kind sees the host's processes in
+/proc: `hb worker` makes itself non-dumpable (its /proc/PID/environ is then closed to them) and
+starts the sandbox with an empty environment. Where the two sandboxes cannot nest, the worker says
+so once and runs worker_exec as before."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, etc_arguments
+
+# the uid and gid a confined worker_exec has inside its sandbox: any but 0 (see the module's doc)
+INSIDE_ID = "1000"
+# sandbox.CONFINEMENT without a PID namespace: multiprocessing's fork server reports its children's
+# PIDs to the worker, which ends an action that runs too long by that PID (in a namespace of its own,
+# the PID would name another process of the host); the host's /proc is bound anyway (module doc)
+OUTER = ("--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--clearenv",
+         "--new-session", "--cap-drop", "ALL", "--die-with-parent")
+
+
+def _module_dirs(names) -> list[str]:
+    """The directories that hold the top-level packages `names` (found, not imported)."""
+    found = []
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            found.append(str(Path(location).resolve().parent))
+        if spec is not None and spec.origin and not spec.submodule_search_locations:
+            found.append(str(Path(spec.origin).resolve().parent))
+    return found
+
+
+def read_only_paths(rule_modules=()) -> list[str]:
+    """What worker_exec needs of the host, read-only: the interpreter's installation and its site
+    directories, hb, the rule modules, this worker's PYTHONPATH and its __main__ script."""
+    import site
+
+    roots = [sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
+             os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(os.path.abspath(sys.executable)),
+             *site.getsitepackages(), site.getusersitepackages(), *sys.path,
+             *_module_dirs(["hermetic_build", *rule_modules]),
+             *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main:
+        roots.append(os.path.abspath(main))
+    exposed: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in roots if p and os.path.isabs(p) and os.path.exists(p)}):
+        if path == "/" or any(path == e or path.startswith(e.rstrip("/") + "/") for e in exposed):
+            continue
+        exposed.append(path)
+    return exposed
+
+
+def confinement_argv(writable: Path, env: dict, rule_modules=()) -> list[str]:
+    """The command prefix (ending with `--`) that runs a program with `env` only, `writable` (an
+    absolute path, at the same path inside) the one writable directory of the host; [] where
+    bubblewrap is not usable."""
+    bwrap = bwrap_path()
+    if bwrap is None:
+        return []
+    cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *OUTER, "--uid", INSIDE_ID, "--gid", INSIDE_ID,
+           "--ro-bind", "/usr", "/usr", *etc_arguments(False)]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.islink(f"/{name}"):
+            cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+        elif os.path.isdir(f"/{name}"):
+            cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+    # the host's /proc, so that the actions' own bubblewrap can mount theirs (module doc); /dev and
+    # /tmp private
+    cmd += ["--bind", "/proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # (not 0755 root's)
+    inside = str(writable).rstrip("/") + "/"
+    for path in read_only_paths(rule_modules):
+        if path in ("/usr", "/proc", "/dev") or path.startswith(("/usr/", "/proc/", "/dev/", inside)):
+            continue  # bound already, or writable
+        cmd += ["--ro-bind", path, path]
+    cmd += ["--bind", str(writable), str(writable)]
+    for key, value in {"PATH": FIXED_PATH, **env}.items():
+        cmd += ["--setenv", key, value]
+    return [*cmd, "--"]
+
+
+@functools.cache
+def nesting_works() -> str | None:
+    """None if a confined process can start the actions' own bubblewrap here, else what failed."""
+    import tempfile
+
+    if bwrap_path() is None:
+        return "bubblewrap is not usable here"
+    with tempfile.TemporaryDirectory(prefix="hb-confine-probe-") as probe:
+        inner = [bwrap_path(), *CONFINEMENT, "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+        for name in ("bin", "lib", "lib64"):
+            if os.path.islink(f"/{name}"):
+                inner += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+            elif os.path.isdir(f"/{name}"):
+                inner += ["--ro-bind", f"/{name}", f"/{name}"]
+        argv = [*confinement_argv(Path(probe), {}), *inner, "--", "true"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{type(exc).__name__}: {exc}"
+    if proc.returncode != 0:
+        return proc.stderr.decode(errors="replace").strip()[:300] or f"exit status {proc.returncode}"
+    return None
+
+
+def make_non_dumpable() -> None:
+    """PR_SET_DUMPABLE 0 for this process: /proc/PID/environ, maps and fds become readable only with
+    CAP_SYS_PTRACE in the host's namespace, which a confined kind never has (module doc)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
+
+
+def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | None:
+    """A script that runs this interpreter confined (confinement_argv), with its arguments:
+    multiprocessing's fork server is started with it, so every worker_exec forked from it is confined
+    too (`writable`: the directory of the actions' directories). It lies in a new directory outside
+    `writable` (a confined process must not rewrite what starts the next fork server). None without
+    bubblewrap."""
+    argv = confinement_argv(writable, env, rule_modules)
+    if not argv:
+        return None
+    import atexit
+    import shlex
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="hb-confined-python-"))
+    atexit.register(shutil.rmtree, directory, True)
+    script = directory / "confined-python"
+    script.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in [*argv, sys.executable]) + ' "$@"\n')
+    os.chmod(script, 0o700)
+    return script
