@@ -5,7 +5,18 @@ Messages follow the shape `path:line: what is wrong`, then a hint, then the chai
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# C0 controls but tab and newline, DEL and C1 controls: a terminal acts on them (ESC starts a sequence
+# that can set the title, write the clipboard, hide or rewrite lines); an error shows outside strings
+# (lock entries, channel records, servers' answers), so it shows these as \x.. escapes
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """text with every control character but tab and newline written as a \\x.. escape."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ class HbError(Exception):
             lines.append(f"  required by {link}")
         if self.detail:
             lines.append(self.detail.rstrip())
-        return "\n".join(lines)
+        return printable("\n".join(lines))
 
     def __str__(self) -> str:
         return self.render()

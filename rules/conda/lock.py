@@ -203,6 +203,7 @@ def _lock_or_check(request, speculation) -> LockOutcome:
         return LockOutcome(stale=tuple(dict.fromkeys(stale)))
 
     channel_urls = _channel_urls(request, spec.channels)
+    limits = repodata_limits(request.settings)
     packages = []
     # uv runs as a process: each platform's resolution starts as soon as its conda solve is done and
     # runs while the next platform is solved
@@ -218,7 +219,8 @@ def _lock_or_check(request, speculation) -> LockOutcome:
             request.reporter.info(f"solving {request.label} for {platform}")
             specs = spec.match_specs(platform, dict(zip(spec.channels, channel_urls)))  # `chan::pkg` kept
             records = solve(channel_urls, specs, platform, virtual_packages.get(platform, []),
-                            request.state_dir() / "repodata", locked, where=f"{request.label}: ")
+                            request.state_dir() / "repodata", locked, where=f"{request.label}: ", limits=limits)
+            _check_records(records, platform, f"{request.label}: ")
             packages.extend(lf.locked_dependency(r, platform) for r in records)
             requirements = spec.pip_requirements(platform)
             if requirements:
@@ -236,7 +238,9 @@ def _lock_or_check(request, speculation) -> LockOutcome:
     lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms,
                                 [shown, *(s for _, s in extra)],
                                 {**fingerprints, **(inputs_keys(digest, hashes) if unchanged else {})})
-    request.write_source(lock_path, lf.render_lockfile(lockfile))
+    rendered = lf.render_lockfile(lockfile)
+    _read_back(rendered, packages, platforms, f"{request.label}: ")
+    request.write_source(lock_path, rendered)
     written = [request.relpath(lock_path)]
     if attrs["explicit"]:
         for platform in platforms:
@@ -244,6 +248,89 @@ def _lock_or_check(request, speculation) -> LockOutcome:
             request.write_source(path, lf.render_explicit(lockfile, platform).encode())
             written.append(request.relpath(path))
     return LockOutcome(written=tuple(written))
+
+
+# the scheme of a locked package's URL, for the scheme of the channel that listed it: a channel's
+# repodata names its packages' base URL (CEP 15 `info.base_url`, e.g. a CDN), so any host, but an
+# http(s) channel never a local file, another protocol or (from https) plain http
+_PACKAGE_SCHEMES = {"https": ("https",), "http": ("https", "http"), "file": ("https", "http", "file")}
+
+
+def _check_records(records, platform: str, where: str) -> None:
+    """Every solved record must be an entry the lock reader of `hb build` takes (lockread.conda_entry:
+    name, version and build those of its file name, one clean file name, sha256 and md5 hex), with a
+    URL of a scheme its channel may name. What a channel serves is outside data: a record failing
+    this is an error naming the channel, before anything is written (it was written into the lock,
+    and `hb build` then refused the lock, or fetched a file:// URL an http channel chose)."""
+    from urllib.parse import urlsplit
+
+    from .lockread import LockReadError, conda_entry
+
+    for record in records:
+        channel, url = str(record.channel or ""), str(record.url)
+        try:
+            if record.md5 is None:
+                raise LockReadError(f"{record.file_name!r} has no md5 (conda-lock.yml records one per package)")
+            conda_entry(record.name.normalized, str(record.version), str(record.build), url, record.md5.hex(),
+                        record.sha256.hex() if record.sha256 else None, platform)
+            allowed = _PACKAGE_SCHEMES.get(urlsplit(channel).scheme, ("https",))
+            if urlsplit(url).scheme not in allowed:
+                raise LockReadError(f"{record.file_name!r} is served from {url!r}: a package of this channel must "
+                                    f"be an {' or '.join(allowed)} URL")
+        except LockReadError as exc:
+            raise AnalysisError(f"{where}the channel {channel!r} lists a package for {platform} that cannot be "
+                                f"locked: {exc.message}",
+                                hint="the channel's repodata is wrong or hostile: fix or drop the channel "
+                                     "(nothing was written)") from None
+
+
+def _read_back(rendered: bytes, packages, platforms, where: str) -> None:
+    """The lock about to be written, read with `hb build`'s own reader (lockread), must give back
+    every entry as it was made (name, version, build, URL, sha256): a lock `hb lock` writes is one
+    `hb build` reads, the same, whatever strings the channels and the index put into it."""
+    import tempfile
+
+    from .lockread import LockReadError, read_lock, select
+
+    with tempfile.TemporaryDirectory(prefix="hb-lock-") as tmp:
+        path = pathlib.Path(tmp) / "conda-lock.yml"
+        path.write_bytes(rendered)
+        read = set()
+        try:
+            lock = read_lock(path)
+            for platform in platforms:
+                conda, wheels = select(lock, platform)
+                read |= {(platform, "conda", e.package.name, e.package.version, e.package.build, e.package.url,
+                          e.package.sha256) for e in conda}
+                read |= {(platform, "pip", e.package.name, e.package.version, "", e.package.url,
+                          e.package.sha256) for e in wheels}
+        except LockReadError as exc:
+            raise AnalysisError(f"{where}the lock made from the channels and the index would not be read by "
+                                f"`hb build`: {exc.message} (line {exc.line})",
+                                hint="an entry comes from a wrong or hostile channel or index (nothing was "
+                                     "written)") from None
+    made = {(p.platform, p.manager, p.name, p.version, p.build or "" if p.manager == "conda" else "", p.url,
+             p.hash.sha256) for p in packages}
+    if read != made:
+        first = sorted(made ^ read, key=repr)[0]
+        raise AnalysisError(f"{where}the lock made from the channels and the index reads back otherwise than "
+                            f"written: {first!r} (nothing was written)")
+
+
+def repodata_limits(settings):
+    """solve.RepodataLimits from hermetic.toml's [conda] repodata_timeout_s and max_repodata_mb."""
+    from .solve import DEFAULT_MAX_REPODATA_MB, DEFAULT_REPODATA_TIMEOUT_S, RepodataLimits
+
+    section = settings.extra.get("conda", {})
+    values = {}
+    for key, default in (("repodata_timeout_s", DEFAULT_REPODATA_TIMEOUT_S), ("max_repodata_mb", DEFAULT_MAX_REPODATA_MB)):
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AnalysisError(f"[conda] {key} in hermetic.toml must be a positive integer, not {value!r}",
+                                hint=f"the default is {default}")
+        values[key] = value
+    return RepodataLimits(values["repodata_timeout_s"], values["max_repodata_mb"] << 20,
+                          "[conda] in hermetic.toml")
 
 
 def _rel(label) -> str:

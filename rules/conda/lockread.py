@@ -303,6 +303,17 @@ def _platform_entry(name: str, platform: str, categories: frozenset[str], item: 
     return LockEntry(package, categories, line)
 
 
+def conda_entry(name: str, version: str, build: str, url: str, md5: str | None, sha256: str | None,
+                platform: str) -> LockedPackage:
+    """The conda package the lock reader makes of these fields, or the LockReadError it raises: `hb lock`
+    checks each solved record with it before writing, so it writes only entries `hb build` reads."""
+    item = {"manager": "conda", "version": version, "build": build, "hash": {"md5": md5, "sha256": sha256}}
+    entry = _platform_entry(name, platform, frozenset({"main"}), item, url, None)
+    if not entry.package.sha256:
+        raise LockReadError(f"{name}: no sha256 (md5 only): hb locks packages by sha256", None)
+    return entry.package
+
+
 _SCALAR = re.compile(r"^(?P<indent> *)(?P<dash>- )?(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?: (?P<value>.*))?$")
 _PLAIN = re.compile(r"^[A-Za-z0-9_.+\-:/@%=~!*<>,]*$")  # plain scalars read as themselves (no YAML syntax)
 _ENTRY_KEYS = {"name", "version", "manager", "platform", "url", "category", "optional", "build"}
