@@ -5,18 +5,11 @@ Messages follow the shape `path:line: what is wrong`, then a hint, then the chai
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-# C0 controls but tab and newline, DEL and C1 controls: a terminal acts on them (ESC starts a sequence
-# that can set the title, write the clipboard, hide or rewrite lines); an error shows outside strings
-# (lock entries, channel records, servers' answers), so it shows these as \x.. escapes
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """text with every control character but tab and newline written as a \\x.. escape."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+# an error shows outside strings (lock entries, channel records, servers' answers, a command's output):
+# control characters are written as \x.. escapes wherever it is shown (redact.printable)
+from .redact import printable
 
 
 @dataclass(frozen=True)
