@@ -90,6 +90,8 @@ def stage(params: dict) -> str:
         started = time.monotonic()
         try:
             asyncio.run(install(cache, hard_links=not in_memory))
+        except StageError:  # check_records: before rattler read the packages
+            raise
         except Exception as exc:  # noqa: BLE001 - rattler's install errors name the package
             message = " ".join(str(exc).split())
             if in_memory and attempt + 1 < len(caches) and "os error 28" in message:
