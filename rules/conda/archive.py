@@ -3,7 +3,8 @@
 One scan of the archive's tar streams (a .tar.bz2, or a .conda's info and pkg components) proves:
 - every path any reader of the package will write or read (tar members, hardlink targets, the
   entries of info/paths.json, info/files and info/has_prefix, noarch entry points, the
-  name-version-build of info/index.json) is a clean relative path;
+  name-version-build of info/index.json, a python package's python_site_packages_path) is a clean
+  relative path;
 - no such path passes THROUGH a symlink of the archive (so `a/l -> ..` cannot be used to reach
   outside the prefix, however the links are chained), and every symlink, resolved through the
   archive's own links, stays inside the prefix; a hardlink names a regular file of the archive;
@@ -89,7 +90,19 @@ def path_problem(path) -> str | None:
     return None
 
 
-_CONTROL = re.compile("[\x00-\x1f]")
+def site_packages_problem(path) -> str | None:
+    """Why a python package's `python_site_packages_path` cannot be where noarch: python packages are
+    installed, or None: it must be a clean relative path, outside conda-meta/ (the stage checks the
+    record again before rattler reads it, stage_worker.check_records)."""
+    why = path_problem(path)
+    if why:
+        return f"{why}: noarch python packages are installed there, inside the prefix"
+    if path.split("/", 1)[0] == "conda-meta":
+        return "noarch python packages would be installed into conda-meta/, the environment's records"
+    return None
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # as the stage's check of what rattler wrote (stage_worker._CONTROL)
 _BAD_COMPONENT = re.compile(r"(?:^|/)\.{0,2}(?:/|\Z)")  # an empty, "." or ".." component
 
 
@@ -271,8 +284,11 @@ class _Scan:
             noarch = link.get("noarch") if isinstance(link, dict) else None
             points = noarch.get("entry_points", []) if isinstance(noarch, dict) else []
             for point in points if isinstance(points, list) else [points]:
+                # rattler trims the command with Rust's whitespace, which has no control characters but
+                # Python's strip() takes \x1c-\x1f too: `hi\x1f` passed here and became bin/hi\x1f there
                 command = point.split("=", 1)[0].strip() if isinstance(point, str) else point
-                why = path_problem(command) or ("'/' in a command name" if "/" in command else None)
+                why = ("control character" if isinstance(point, str) and _CONTROL.search(point) else
+                       path_problem(command) or ("'/' in a command name" if "/" in command else None))
                 if why:
                     self.refuse("info/link.json entry point", point, why)
         if "info/index.json" in self.metadata:
@@ -281,6 +297,13 @@ class _Scan:
                 value = index.get(field) if isinstance(index, dict) else None
                 if value is not None and (not isinstance(value, str) or path_problem(value) or "/" in value):
                     self.refuse("info/index.json field", f"{field}: {value}", "it names a file: no '/', '..' or control characters")
+            # where rattler installs every noarch: python package's site-packages/ (CEP 17): a directory of
+            # the prefix like any path of the package (`../../x` and `/x` wrote other packages' files there)
+            where = index.get("python_site_packages_path") if isinstance(index, dict) else None
+            if where is not None:
+                why = site_packages_problem(where)
+                if why:
+                    self.refuse("info/index.json field", f"python_site_packages_path: {where}", why)
 
     def count_growth(self, path, placeholder) -> None:
         """A text file's placeholder is replaced by the prefix at every occurrence, so a file made of a

@@ -67,6 +67,7 @@ def stage(params: dict) -> str:
         # read at once (rattler's own threads), in the lock's order: one by one took twice as long
         records = list(await asyncio.gather(*(rattler.RepoDataRecord.from_package_archive(archives[p["filename"]])
                                               for p in packages)))
+        check_records(records, packages)
         await rattler.install(
             records, target_prefix=out, cache_dir=cache, alternative_target_prefix=params["prefix"],
             platform=Subdir(params["platform"]), execute_link_scripts=False, show_progress=False,
@@ -89,6 +90,8 @@ def stage(params: dict) -> str:
         started = time.monotonic()
         try:
             asyncio.run(install(cache, hard_links=not in_memory))
+        except StageError:  # check_records: before rattler read the packages
+            raise
         except Exception as exc:  # noqa: BLE001 - rattler's install errors name the package
             message = " ".join(str(exc).split())
             if in_memory and attempt + 1 < len(caches) and "os error 28" in message:
@@ -164,6 +167,43 @@ def _pin_mismatch(path: str, package: dict) -> str | None:
     return None
 
 
+def check_records(records, packages: list[dict]) -> None:
+    """What rattler turns into paths, from the packages' own info/index.json, checked before it reads
+    them: a python package's python_site_packages_path (CEP 17) is where rattler writes the
+    site-packages/ files of every noarch: python package. `../../x` had them written outside the
+    prefix (onto the host where bubblewrap is unusable), `conda-meta` into the environment's records,
+    and an absolute one made rattler panic. It must be a clean relative path outside conda-meta/."""
+    for record, package in zip(records, packages):
+        where = getattr(record, "python_site_packages_path", None)
+        if where is None:
+            continue
+        parts = where.split("/") if isinstance(where, str) else [""]
+        if where.startswith("/") or any(part in ("", ".", "..") or _name_problem(part) or "\\" in part
+                                        for part in parts):
+            raise StageError(f"package {package['filename']}: its info/index.json has python_site_packages_path "
+                             f"{where!r}, not a clean relative path inside the prefix (noarch python packages "
+                             "are installed there)")
+        if parts[0] == "conda-meta":
+            raise StageError(f"package {package['filename']}: its info/index.json has python_site_packages_path "
+                             f"{where!r}: noarch python packages would be installed into conda-meta/")
+
+
+def recorded_path_problem(path) -> str | None:
+    """Why a path a conda-meta record says rattler installed is not a clean relative path of the
+    prefix outside conda-meta/, or None."""
+    if not isinstance(path, str) or not path or path.startswith("/"):
+        return "not a relative path"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") or "\\" in part for part in parts):
+        return "an empty, '.' or '..' component: it lies outside the prefix"
+    why = next(filter(None, map(_name_problem, parts)), None)
+    if why:
+        return why
+    if parts[0] == "conda-meta":
+        return "it lies in conda-meta/"
+    return None
+
+
 def normalise_prefix(root, locked: dict[str, dict]) -> None:
     """Remove what depends on this machine or this moment; record the lock's URLs."""
     tag = os.path.join(root, "CACHEDIR.TAG")
@@ -176,6 +216,15 @@ def normalise_prefix(root, locked: dict[str, dict]) -> None:
             continue
         with open(path) as f:
             record = json.load(f)
+        # rattler's account of what it wrote: every path inside the prefix, whatever mapped it there
+        # (noarch site-packages/ and python-scripts/, entry points); anything else was written elsewhere
+        paths_data = record.get("paths_data")
+        listed = paths_data.get("paths") if isinstance(paths_data, dict) else None
+        for installed in [*(record.get("files") or []), *(e.get("_path") if isinstance(e, dict) else None
+                                                        for e in (listed if isinstance(listed, list) else []))]:
+            why = recorded_path_problem(installed)
+            if why:
+                raise StageError(f"package {record.get('fn', name)}: rattler installed {installed!r}: {why}")
         for field in _MACHINE_FIELDS:
             record.pop(field, None)
         link = record.get("link")
@@ -720,6 +769,8 @@ def check_prefix(root) -> None:
     - no symlink may point outside it: each is resolved within the tree (resolve_in_tree: links
       through links, also across packages, never through the names of the directories the tree
       happens to sit in);
+    - every name is printable UTF-8 (_name_problem): rattler writes names the package's tar never
+      held (a noarch entry point `hi\x1f = m:f` became bin/hi\x1f in the image);
     - no file or directory stays writable by group or others: rattler keeps the modes a package's
       archive gives (0666 and 0777 files reached images as shipped), and in an image such a file lets
       any user of the container change the environment's code. Setuid and setgid bits are rattler's
@@ -731,6 +782,9 @@ def check_prefix(root) -> None:
         with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
             for entry in it:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                why = _name_problem(entry.name)
+                if why:  # a noarch entry point's name comes from info/link.json, not from a member name
+                    raise StageError(f"installed path {rel!r} has {why}")
                 if entry.is_symlink():
                     if resolve_in_tree(root, rel) is None:
                         raise StageError(f"installed link {rel} -> {os.readlink(entry.path)} escapes the prefix")

@@ -182,10 +182,27 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
     return found
 
 
-def stage_directly(tmp_path: Path, package: Package):
-    """Run the conda.stage action kind directly on an archive that never went through the fetch's
-    check, in a real sandbox directory; returns (the ActionFailed it raised or None, the output
-    prefix, the execution)."""
+def python_package(**index) -> Package:
+    """A `python` 3.11 package (no interpreter: rattler runs nothing) whose info/index.json has `index`
+    besides, e.g. python_site_packages_path (CEP 17)."""
+    return Package(name="python", version="3.11.0", members=(file("lib/python3.11/site-packages/README.txt"),),
+                   index={"subdir": "linux-64", "noarch": None, **index})
+
+
+def noarch_python(name: str = "evil", entry_points: tuple[str, ...] = (), members: tuple[Member, ...] = ()) -> Package:
+    """A `noarch: python` package: its site-packages/ and python-scripts/ files are installed where the
+    python package says, and rattler writes a bin/<command> script per entry point of info/link.json."""
+    link = {"noarch": {"type": "python", "entry_points": list(entry_points)}, "package_metadata_version": 1}
+    kinds = {"file": "hardlink", "hardlink": "hardlink", "symlink": "softlink"}
+    return Package(name=name, members=(*members, file("info/link.json", json.dumps(link).encode())),
+                   paths=tuple({"_path": m.name, "path_type": kinds[m.kind]} for m in members if m.kind in kinds),
+                   index={"noarch": "python"})
+
+
+def stage_directly(tmp_path: Path, package: Package | tuple[Package, ...]):
+    """Run the conda.stage action kind directly on archives (one package or several) that never went
+    through the fetch's check, in a real sandbox directory; returns (the ActionFailed it raised or
+    None, the output prefix, the execution)."""
     import rules  # noqa: F401 - registers the action kinds
     from hermetic_build.action import Action, File, get_action_kind, make_params_json
     from hermetic_build.api import ActionFailed
@@ -194,17 +211,19 @@ def stage_directly(tmp_path: Path, package: Package):
     from hermetic_build.workspace import Settings
 
     owner = Label("env", "env")
-    archive = File(f"hb-out/env/env/pkgs/{package.filename}", owner)
+    packages = package if isinstance(package, tuple) else (package,)
+    archives = tuple(File(f"hb-out/env/env/pkgs/{p.filename}", owner) for p in packages)
     out = File("hb-out/env/env/env", owner, True)
     (tmp_path / "sandboxes").mkdir()
     sandbox, execroot = prepare_sandbox(tmp_path / "sandboxes")
-    (execroot / archive.path).parent.mkdir(parents=True)
-    written = package.write((execroot / archive.path).parent)
+    (execroot / archives[0].path).parent.mkdir(parents=True)
+    written = [p.write((execroot / archives[0].path).parent) for p in packages]
     # pinned as a lock would pin it: the stage checks the archive's sha256 before installing
     params = {"prefix": "/opt/env", "platform": "linux-64",
-              "packages": [{"filename": package.filename, "url": "file:///nowhere",
-                            "sha256": hashlib.sha256(written.read_bytes()).hexdigest(), "name": package.name}]}
-    action = Action(owner, "CondaStage", "conda.stage", "3", (archive,), (out,), make_params_json(params), "linux-64")
+              "packages": [{"filename": p.filename, "url": "file:///nowhere",
+                            "sha256": hashlib.sha256(w.read_bytes()).hexdigest(), "name": p.name}
+                           for p, w in zip(packages, written)]}
+    action = Action(owner, "CondaStage", "conda.stage", "3", archives, (out,), make_params_json(params), "linux-64")
     execution = ActionExecution(action, sandbox, execroot, {}, None, Settings(cache_dir=tmp_path / "cache"),
                                 bytearray(), bytearray())
     try:

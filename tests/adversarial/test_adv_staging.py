@@ -12,8 +12,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from payloads_staging import (Package, RawPackage, adopt_lock, directory, file, files_containing, hardlink, paths_json,
-                              stage_directly, symlink, ustar, zeros)
+from payloads_staging import (Package, RawPackage, adopt_lock, directory, file, files_containing, hardlink, noarch_python,
+                              paths_json, python_package, stage_directly, symlink, ustar, zeros)
 from support import Workspace, require_tool
 
 from hermetic_build.api import ActionFailed
@@ -301,3 +301,94 @@ def test_unchecked_files_in_conda_meta_are_a_clean_stage_failure(tmp_path):
     failure, _ = _stage_unchecked(tmp_path, _writes_records())
     assert failure is not None and "\n" not in failure.message, failure
     assert "package records-1.0-0: info/paths.json lists 'conda-meta/zz-1-0.json/x', in conda-meta/" in failure.message
+
+
+# ----- noarch: python: where rattler puts site-packages/, and the entry points it writes ---------------
+EVIL_MODULE = (file("site-packages/evil/__init__.py", SECRET),)
+
+
+def _site_packages_at(where: str) -> tuple[Package, Package]:
+    """A python package whose info/index.json says noarch python packages go to `where` (CEP 17's
+    python_site_packages_path), and one such package."""
+    return python_package(python_site_packages_path=where), noarch_python(members=EVIL_MODULE)
+
+
+def test_python_site_packages_path_outside_the_prefix_is_refused_at_fetch(ws, tmp_path):
+    """Before: rattler wrote evil's site-packages/ files to `<prefix>/../../..`, the build succeeded
+    (in bubblewrap the files landed in the sandbox and vanished, the conda-meta record of evil listed
+    `../../../../tmp/escaped/evil/__init__.py`; without bubblewrap they were written onto the host)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    adopt_lock(ws, [p.write(tmp_path) for p in _site_packages_at(_up_to_root(host))])
+    _build_fails(ws, "python-3.11.0-0.tar.bz2: refusing info/index.json field 'python_site_packages_path: ../",
+                 "empty, '.' or '..' component: noarch python packages are installed there")
+    assert list(host.iterdir()) == []
+
+
+def test_python_site_packages_path_into_conda_meta_is_refused_at_fetch(ws, tmp_path):
+    adopt_lock(ws, [p.write(tmp_path) for p in _site_packages_at("conda-meta")])
+    _build_fails(ws, "refusing info/index.json field 'python_site_packages_path: conda-meta': noarch python "
+                     "packages would be installed into conda-meta/")
+
+
+@pytest.mark.parametrize("bwrap", [True, False], ids=["bwrap", "no-bwrap"])
+def test_unchecked_python_site_packages_path_is_refused_before_rattler_reads_it(tmp_path, monkeypatch, bwrap):
+    """Handed to the stage with no fetch check: refused before rattler installs. Without bubblewrap
+    rattler wrote the files onto the host before (with it, into the sandbox, and hb accepted the prefix)."""
+    from hermetic_build import sandbox
+
+    host = tmp_path / "host"
+    host.mkdir()
+    if bwrap:
+        require_tool("bwrap")
+    else:
+        (tmp_path / "no-bwrap").mkdir()
+        monkeypatch.setenv("PATH", str(tmp_path / "no-bwrap"))
+        sandbox.sandbox_support.cache_clear()
+        monkeypatch.setattr(sandbox, "sandbox_support", lambda: sandbox.SandboxSupport(None, False))
+    failure, prefix, _ = stage_directly(tmp_path, _site_packages_at(_up_to_root(host)))
+    assert list(host.iterdir()) == []
+    assert failure is not None and "\n" not in failure.message, failure
+    assert ("package python-3.11.0-0.tar.bz2: its info/index.json has python_site_packages_path '../"
+            in failure.message), failure
+    assert "not a clean relative path inside the prefix" in failure.message, failure
+
+
+@pytest.mark.parametrize("where", ["/abs/site-packages", "conda-meta"])
+def test_unchecked_python_site_packages_path_absolute_or_in_records(tmp_path, where):
+    """An absolute one made rattler panic (the worker was killed by SIGABRT); conda-meta had evil's
+    files written among the records."""
+    failure, _ = _stage_unchecked(tmp_path, _site_packages_at(where))
+    assert failure is not None and "\n" not in failure.message, failure
+    assert failure.message.startswith("package python-3.11.0-0.tar.bz2: its info/index.json has "
+                                      f"python_site_packages_path {where!r}"), failure
+
+
+@pytest.mark.parametrize("command", ["hi\x1f", "a\x7fb"])
+def test_an_entry_point_name_with_a_control_character_is_refused_at_fetch(ws, tmp_path, command):
+    """Python's strip() takes \\x1c-\\x1f as whitespace, rattler's trim does not, and \\x7f was no control
+    character to the check: both passed and rattler wrote bin/hi\\x1f and bin/a\\x7fb into the image."""
+    package = noarch_python(entry_points=(f"{command} = evil:main",), members=EVIL_MODULE)
+    adopt_lock(ws, [python_package().write(tmp_path), package.write(tmp_path)])
+    _build_fails(ws, f"evil-1.0-0.tar.bz2: refusing info/link.json entry point {command + ' = evil:main'!r}: "
+                     "control character")
+
+
+def test_unchecked_entry_point_with_a_control_character_is_refused_naming_the_package(tmp_path):
+    package = noarch_python(entry_points=("hi\x1f = evil:main",), members=EVIL_MODULE)
+    failure, _ = _stage_unchecked(tmp_path, (python_package(), package))
+    assert failure is not None and "\n" not in failure.message, failure
+    assert "package evil-1.0-0.tar.bz2: rattler installed 'bin/hi\\x1f': a control character in its name" \
+        in failure.message, failure
+
+
+def test_noarch_python_package_installs_and_its_entry_point_runs_nothing(tmp_path):
+    """The ordinary case still works: site-packages/ under lib/python3.11, a bin/ script per entry
+    point that starts with the final prefix's python, and no .pyc (rattler runs no interpreter)."""
+    package = noarch_python(entry_points=("hello = evil:main",), members=EVIL_MODULE)
+    failure, prefix = _stage_unchecked(tmp_path, (python_package(python_site_packages_path="lib/python3.11/site-packages"),
+                                                  package))
+    assert failure is None, failure
+    assert (prefix / "lib/python3.11/site-packages/evil/__init__.py").read_bytes() == SECRET
+    assert (prefix / "bin/hello").read_text().startswith("#!/opt/env/bin/python3.11\n")
+    assert not list(prefix.rglob("*.pyc"))
