@@ -47,6 +47,7 @@ class CondaLockInfo(Provider):
     # lock that one of them builds are taken from it by sha256, whatever URL the lock records
     channel_dirs: tuple[tuple[str, File], ...] = ()
     extra_environments: tuple[File, ...] = ()  # merged on top of `environment` (conda-lock -f a -f b)
+    pip_indexes: tuple[str, ...] = ()  # uv's index options (pypi.pip_index_args); () for PyPI alone
 
     def virtual_packages_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.virtual_packages}
@@ -83,12 +84,31 @@ def _conda_lock_impl(ctx):
                      hint="a channel is a URL (https://conda.anaconda.org/conda-forge) or the label of a conda_channel")
         channel_dirs.append((str(dep.label), dep[CondaChannelInfo].directory))
     extra = tuple(ctx.files("extra_environments")) if ctx.attr.extra_environments else ()
+    try:
+        from .pypi import pip_index_args
+
+        indexes = pip_index_args(ctx.attr.pip_index_url, ctx.attr.pip_extra_index_urls)
+    except ValueError as exc:
+        ctx.fail(str(exc), hint='e.g. pip_extra_index_urls = ["https://download.pytorch.org/whl/cu121"]')
     return [
         DefaultInfo(files=(lockfile,)),
         CondaLockInfo(lockfile, environment, platforms, tuple(ctx.attr.channels),
                       virtual_packages_key(virtual), str(ctx.label), ctx.attr.cuda,
-                      channel_dirs=tuple(channel_dirs), extra_environments=extra),
+                      channel_dirs=tuple(channel_dirs), extra_environments=extra, pip_indexes=indexes),
     ]
+
+
+def indexes_problem(custom_metadata: dict | None, indexes: tuple[str, ...]) -> str | None:
+    """Why a lock's pip entries were resolved from other indexes than `indexes` now names, or None
+    (conda-lock's content hash covers environment.yml, not these attributes)."""
+    from .pypi import PIP_INDEXES_KEY
+
+    recorded = (custom_metadata or {}).get(PIP_INDEXES_KEY, "")
+    current = " ".join(indexes)
+    if recorded == current:
+        return None
+    return (f"the pip indexes changed (locked with {recorded or 'PyPI alone'}, "
+            f"the target now says {current or 'PyPI alone'})")
 
 
 CHANNEL_TARGETS = "channel targets"  # the source_deps name of the conda_channel targets a lock's channels name
@@ -125,6 +145,10 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
     for the same environment files."""
     files = [(resolve_source(workspace_root, info.environment.path), info.environment.path),
              *((resolve_source(workspace_root, f.path), f.path) for f in info.extra_environments)]
+    why = indexes_problem(lock.metadata.custom_metadata, info.pip_indexes)
+    if why and any(isinstance(e.package, lf.LockedWheel) and e.package.platform == platform for e in lock.entries):
+        raise AnalysisError(f"{where}{info.lockfile.path} is stale for {platform}: {why}",
+                            hint=f"run `hb lock {info.lock_label}` and commit the updated lock files")
     digest = inputs_digest(info.platforms, info.channels, info.virtual_packages, files)
     if recorded_fresh(lock.metadata, platform, digest):
         return
@@ -189,11 +213,15 @@ def _lock_or_check(request, speculation) -> LockOutcome:
         existing = None  # re-locked from scratch (--update has nothing to keep)
     hashes = content_hashes(spec, virtual_packages)
     fingerprints = input_fingerprints(spec, virtual_packages)
+    indexes = pypi.pip_index_args(attrs.get("pip_index_url") or "", attrs.get("pip_extra_index_urls") or ())
 
     if request.check:
         if existing is None:
             return LockOutcome(stale=(f"{request.relpath(lock_path)} does not exist",))
         stale = []
+        why = indexes_problem(existing.metadata.custom_metadata, indexes)
+        if why and any(isinstance(e.package, lf.LockedWheel) for e in existing.entries):
+            stale.append(why)
         for platform in platforms:
             if (existing.metadata.content_hash or {}).get(platform) != hashes[platform]:
                 stale += [f"{platform}: {r}" for r in
@@ -226,7 +254,7 @@ def _lock_or_check(request, speculation) -> LockOutcome:
             if requirements:
                 request.reporter.info(f"resolving the pip requirements of {request.label} for {platform} with uv")
                 pip_jobs.append(_start_pip(request, speculation, requirements, records, platform,
-                                           virtual_packages.get(platform, []), preferences))
+                                           virtual_packages.get(platform, []), preferences, indexes))
         packages.extend(_finish_pip(request, pip_jobs))
         speculation.record([job.run.inputs for job in pip_jobs if job.run is not None])
     finally:
@@ -237,7 +265,8 @@ def _lock_or_check(request, speculation) -> LockOutcome:
                                                                virtual_packages_key(virtual_packages), files)
     lockfile = lf.make_lockfile(packages, hashes, spec.lock_spec.channels, platforms,
                                 [shown, *(s for _, s in extra)],
-                                {**fingerprints, **(inputs_keys(digest, hashes) if unchanged else {})})
+                                {**fingerprints, **(inputs_keys(digest, hashes) if unchanged else {}),
+                                 **({pypi.PIP_INDEXES_KEY: " ".join(indexes)} if indexes else {})})
     rendered = lf.render_lockfile(lockfile)
     _read_back(rendered, packages, platforms, f"{request.label}: ")
     request.write_source(lock_path, rendered)
@@ -347,7 +376,8 @@ class _PipJob:
     run: uv_run.UvRun | None  # None where conda provides every requirement
 
 
-def _start_pip(request, speculation, requirements, records, platform: str, virtual_packages, preferences) -> _PipJob:
+def _start_pip(request, speculation, requirements, records, platform: str, virtual_packages, preferences,
+               indexes: tuple[str, ...] = ()) -> _PipJob:
     """Start (or take over the early run of) the uv resolution of one platform's pip requirements
     against its solved conda side."""
     from . import pypi, uv_run
@@ -362,7 +392,7 @@ def _start_pip(request, speculation, requirements, records, platform: str, virtu
     remaining = pypi.without_conda_provided(requirements, provided, target, where)
     run = None
     if remaining:
-        inputs = pypi.uv_inputs(remaining, target, provided, preferences)
+        inputs = pypi.uv_inputs(remaining, target, provided, preferences, indexes)
         run = speculation.take(inputs) or uv_run.UvRun(inputs, request.state_dir() / "uv-cache")
     return _PipJob(platform, target, provided, tuple(requirements), tuple(remaining), run)
 
@@ -426,6 +456,11 @@ conda_lock = rule(
                                   "packages)"),
         "lockfile": attr.string(default="conda-lock.yml", doc="the unified lock file to write, in this package"),
         "explicit": attr.bool(default=True, doc="also write explicit conda-<platform>.lock files"),
+        "pip_index_url": attr.string(doc="the index uv resolves the pip: section from instead of PyPI (a PEP 503 "
+                                     "simple index URL; credentials from your netrc)"),
+        "pip_extra_index_urls": attr.string_list(doc="indexes uv also resolves from, before the main one (e.g. "
+                                                 "https://download.pytorch.org/whl/cu121); a project found on "
+                                                 "one of them is taken from that index only (uv's first-index)"),
     },
     doc="Lock an environment.yml per platform (`hb lock`). `hb build` reads the committed lock only.",
     lock=_lock,

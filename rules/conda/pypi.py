@@ -211,8 +211,30 @@ def without_conda_provided(requirements: list[PipRequirement], provided: dict[st
     return out
 
 
+PIP_INDEXES_KEY = "hb.pip_indexes"  # the lock's custom metadata: the indexes its pip entries were resolved from
+
+
+def pip_index_args(index_url: str, extra_index_urls) -> tuple[str, ...]:
+    """uv's index options for conda_lock's pip_index_url / pip_extra_index_urls (e.g. PyTorch's
+    https://download.pytorch.org/whl/cu121); () for PyPI alone. Each an http(s) URL without
+    credentials (they would be committed in the BUILD file and recorded in the lock): uv and hb's
+    fetches take those from your netrc (README, "Private channels and indexes"). ValueError: why not."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for option, url in [("--index-url", index_url)] * bool(index_url) + [("--extra-index-url", u) for u in extra_index_urls]:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+            raise ValueError(f"pip index {url!r} is not an http(s) URL")
+        if public_url(url) != url:
+            raise ValueError(f"pip index {public_url(url)!r} is written with credentials: put them in your netrc "
+                             "(`machine HOST login USER password SECRET`), not in the BUILD file")
+        out += [option, url]
+    return tuple(out)
+
+
 def uv_inputs(requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
-              preferences: dict[str, str]):
+              preferences: dict[str, str], indexes: tuple[str, ...] = ()):
     """The exact inputs of uv's resolution of `requirements` for `target`: `provided` (conda's Python
     packages) as constraints at their conda versions, `preferences` (name -> version of the old lock)
     as an existing output file whose pins uv keeps where it can."""
@@ -231,7 +253,7 @@ def uv_inputs(requirements: list[PipRequirement], target: WheelTarget, provided:
         prefs = 'lock-version = "1.0"\ncreated-by = "hb"\n' + "".join(
             f'\n[[packages]]\nname = "{n}"\nversion = "{v}"\n' for n, v in sorted(preferences.items()))
     return UvInputs(target.platform, "".join(r.text + "\n" for r in requirements), "".join(constraints), prefs,
-                    target.python_version, target.uv_platform, target.uv_env)
+                    target.python_version, target.uv_platform, target.uv_env, tuple(indexes))
 
 
 def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],

@@ -226,7 +226,10 @@ def _pip_section(item, shown: str) -> list[PipRequirement]:
             raise AnalysisError(
                 f"pip requirement {text!r} is not a PyPI name with a version: hb locks wheels from the index only",
                 location=_at(node, shown),
-                hint="editable installs, paths, URLs and pip options are refused (they are not pinned by a "
+                hint="pip: --index-url / --extra-index-url go into the conda_lock target "
+                     "(pip_index_url, pip_extra_index_urls)" if text.startswith(("--index-url", "--extra-index-url",
+                                                                                 "-i ")) else
+                "editable installs, paths, URLs and pip options are refused (they are not pinned by a "
                      "hash or they run a build); publish the package as a wheel or a conda package")
         try:
             requirement = Requirement(text)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 # the environment uv runs with: no UV_* / PIP_* settings of the user's shell change a lock
 _ENV_KEPT = ("PATH", "HOME", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy",
              "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
-_SCHEMA = 1
+_SCHEMA = 2  # 2: UvInputs.indexes
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class UvInputs:
     python_version: str
     uv_platform: str
     uv_env: tuple[tuple[str, str], ...]
+    indexes: tuple[str, ...] = ()  # --index-url / --extra-index-url and their URLs (pypi.pip_index_args)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -46,7 +47,8 @@ class UvInputs:
         fields = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, dict) or set(data) != fields:
             raise ValueError("not a UvInputs record")
-        return cls(**{**data, "uv_env": tuple(tuple(pair) for pair in data["uv_env"])})
+        return cls(**{**data, "uv_env": tuple(tuple(pair) for pair in data["uv_env"]),
+                      "indexes": tuple(data["indexes"])})
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class UvRun:
         argv = [uv_binary(), "pip", "compile", "requirements.in", "--constraints", "constraints.txt",
                 "--format", "pylock.toml", "-o", "pylock.toml", "--only-binary", ":all:", "--no-config",
                 "--python-version", inputs.python_version, "--python-platform", inputs.uv_platform,
-                "--cache-dir", str(cache_dir), "--quiet", "--no-header"]
+                "--cache-dir", str(cache_dir), "--quiet", "--no-header", *inputs.indexes]
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(argv, cwd=self._tmp, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=self._stderr)

@@ -224,6 +224,70 @@ def test_pip_section_is_locked_with_uv_fetched_and_installed(workspace, nginx_ch
     assert _pip_entries(workspace)["idna"].version != "3.9"
 
 
+def _simple_index(root, name: str, version: str, source: bytes):
+    """A PEP 503 simple index under root/simple holding one pure-Python wheel of `name` (files/)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    wheel = f"{name}-{version}-py3-none-any.whl"
+    files = {f"{name}/__init__.py": source,
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: hb-test\nRoot-Is-Purelib: true\n"
+                                                  b"Tag: py3-none-any\n"}
+    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
+                     for p, d in files.items()) + f"{name}-{version}.dist-info/RECORD,,\n"
+    (root / "files").mkdir(parents=True)
+    (root / "simple" / name).mkdir(parents=True)
+    with zipfile.ZipFile(root / "files" / wheel, "w") as z:
+        for path, data in [*files.items(), (f"{name}-{version}.dist-info/RECORD", record.encode())]:
+            z.writestr(zipfile.ZipInfo(path, (1980, 1, 1, 0, 0, 0)), data)
+    sha256 = hashlib.sha256((root / "files" / wheel).read_bytes()).hexdigest()
+    (root / "simple" / name / "index.html").write_text(f'<a href="../../files/{wheel}#sha256={sha256}">{wheel}</a>\n')
+    (root / "simple" / "index.html").write_text(f'<a href="{name}/">{name}</a>\n')
+    return sha256
+
+
+def test_pip_requirements_resolve_from_the_indexes_the_lock_target_names(workspace, nginx_channel, tmp_path):
+    """ML teams take wheels from indexes beside PyPI (PyTorch's CUDA wheels from download.pytorch.org, a
+    company index): conda_lock(pip_index_url = ..., pip_extra_index_urls = [...]) has uv resolve from
+    them; the lock pins the index's wheel by URL and sha256, hb build fetches it from there, and a
+    changed index makes the lock stale. Here a real PEP 503 index served by nginx, holding a package
+    PyPI does not have."""
+    from support import Nginx, run_in_prefix
+
+    sha256 = _simple_index(tmp_path / "index", "hbindexpkg", "1.2", b"VALUE = 'from the private index'\n")
+    index = Nginx(tmp_path / "index", tmp_path / "nginx-index")
+    try:
+        _pip_env(workspace, nginx_channel.url, ["hbindexpkg ==1.2"])
+        build = (workspace.root / "env/BUILD.hermetic").read_text()
+        workspace.write("env/BUILD.hermetic", build.replace('    name = "lock",\n',
+                                                             f'    name = "lock",\n    pip_index_url = "{index.url}/simple",\n'))
+        workspace.hb("lock", "//env:lock", timeout=300)
+        entry = _pip_entries(workspace)["hbindexpkg"]
+        assert entry.url == f"{index.url}/files/hbindexpkg-1.2-py3-none-any.whl" and entry.hash.sha256 == sha256
+        assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+
+        summary = workspace.build_json("//env:env")
+        tree = workspace.root / summary["targets"]["//env:env"][0]["path"]
+        proc = run_in_prefix(tree, "/opt/env/bin/python", "-c", "import hbindexpkg; print(hbindexpkg.VALUE)")
+        assert proc.stdout.strip() == "from the private index", proc.stderr
+
+        # the index is an input of the lock: another one makes it stale, for --check and for hb build
+        workspace.write("env/BUILD.hermetic", build.replace(
+            '    name = "lock",\n', f'    name = "lock",\n    pip_extra_index_urls = ["{index.url}/simple"],\n'))
+        check = workspace.hb("lock", "--check", "//env:lock", check=False)
+        assert check.returncode == 1 and "the pip indexes changed" in check.stdout, check.stdout
+        stale = workspace.hb("build", "//env:env", check=False)
+        assert stale.returncode == 4 and "the pip indexes changed" in stale.stderr, stale.stderr[-2000:]
+        workspace.write("env/BUILD.hermetic", build.replace(
+            '    name = "lock",\n', '    name = "lock",\n    pip_index_url = "https://u:pw@example.org/simple",\n'))
+        refused = workspace.hb("build", "//env:env", check=False)
+        assert refused.returncode == 4 and "written with credentials" in refused.stderr and "pw" not in refused.stderr
+    finally:
+        index.stop()
+
+
 def test_pip_entries_carry_their_dependencies_per_platform_and_update_moves_one_pip_package(workspace,
                                                                                             nginx_channel):
     """conda-lock writes each pip package's dependencies (name -> spec); hb reads them from the
