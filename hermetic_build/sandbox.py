@@ -116,6 +116,18 @@ def etc_arguments(network: bool) -> list[str]:
     return args
 
 
+def host_system_arguments(network: bool) -> list[str]:
+    """bwrap arguments for the host's system, read-only: /usr, the synthetic /etc (etc_arguments) and
+    /bin, /sbin and /lib* as the host has them (links into /usr on a merged-/usr system, else binds)."""
+    args = ["--ro-bind", "/usr", "/usr", *etc_arguments(network)]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.islink(f"/{name}"):
+            args += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+        elif os.path.isdir(f"/{name}"):
+            args += ["--ro-bind", f"/{name}", f"/{name}"]
+    return args
+
+
 def relative_path(path) -> str:
     """path, when it is relative and made of single components (no `..`, `.`, empty or absolute part)."""
     if not isinstance(path, str) or not path or "\0" in path or any(p in ("", ".", "..") for p in path.split("/")):
@@ -282,12 +294,7 @@ class ActionExecution:
             if root is not None:
                 cmd += root_arguments(self.tree_path(root))
             else:
-                cmd += ["--ro-bind", "/usr", "/usr", *etc_arguments(network)]
-                for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-                    if os.path.islink(f"/{name}"):
-                        cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
-                    elif os.path.isdir(f"/{name}"):
-                        cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+                cmd += host_system_arguments(network)
             cmd += ["--proc", "/proc", "--dev", "/dev"]
             if tmp_size:
                 cmd += ["--size", str(int(tmp_size))]
@@ -388,13 +395,7 @@ def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dic
     # when its stdin closes instead (hb exited, or gave it up)
     # bwrap is started by `env -i`: it stays in the sandbox as PID 1, whose /proc/1/environ the helper
     # can read (run_command passes it an empty environment itself)
-    cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *CONFINEMENT,
-           "--ro-bind", "/usr", "/usr", *etc_arguments(False)]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        if os.path.islink(f"/{name}"):
-            cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
-        elif os.path.isdir(f"/{name}"):
-            cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+    cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *CONFINEMENT, *host_system_arguments(False)]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in read_only:
         if os.path.exists(path):

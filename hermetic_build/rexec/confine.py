@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, etc_arguments
+from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments
 
 # the uid and gid a confined worker_exec has inside its sandbox: any but 0 (see the module's doc)
 INSIDE_ID = "1000"
@@ -81,12 +81,7 @@ def confinement_argv(writable: Path, env: dict, rule_modules=()) -> list[str]:
     if bwrap is None:
         return []
     cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *OUTER, "--uid", INSIDE_ID, "--gid", INSIDE_ID,
-           "--ro-bind", "/usr", "/usr", *etc_arguments(False)]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        if os.path.islink(f"/{name}"):
-            cmd += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
-        elif os.path.isdir(f"/{name}"):
-            cmd += ["--ro-bind", f"/{name}", f"/{name}"]
+           *host_system_arguments(False)]
     # the host's /proc, so that the actions' own bubblewrap can mount theirs (module doc); /dev and
     # /tmp private
     cmd += ["--bind", "/proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # (not 0755 root's)
@@ -109,12 +104,7 @@ def nesting_works() -> str | None:
     if bwrap_path() is None:
         return "bubblewrap is not usable here"
     with tempfile.TemporaryDirectory(prefix="hb-confine-probe-") as probe:
-        inner = [bwrap_path(), *CONFINEMENT, "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
-        for name in ("bin", "lib", "lib64"):
-            if os.path.islink(f"/{name}"):
-                inner += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
-            elif os.path.isdir(f"/{name}"):
-                inner += ["--ro-bind", f"/{name}", f"/{name}"]
+        inner = [bwrap_path(), *CONFINEMENT, *host_system_arguments(False), "--proc", "/proc", "--dev", "/dev"]
         argv = [*confinement_argv(Path(probe), {}), *inner, "--", "true"]
         try:
             proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)

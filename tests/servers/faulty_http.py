@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
-import socketserver
 import threading
+
+from threaded import serve_forever
 
 
 def main() -> None:
@@ -62,12 +63,7 @@ def main() -> None:
             self.wfile.write(data)
             self._log(200)
 
-    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    with Server(("127.0.0.1", args.port), Handler) as server:
-        server.serve_forever()
+    serve_forever(args.port, Handler)
 
 
 if __name__ == "__main__":

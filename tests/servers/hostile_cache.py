@@ -18,8 +18,9 @@ import argparse
 import http.server
 import json
 import os
-import socketserver
 import time
+
+from threaded import serve_forever
 
 CHUNK = b"A" * (1 << 20)
 
@@ -145,12 +146,7 @@ def main() -> None:
             while True:
                 self.wfile.write(CHUNK)
 
-    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    with Server(("127.0.0.1", args.port), Handler) as server:
-        server.serve_forever()
+    serve_forever(args.port, Handler)
 
 
 if __name__ == "__main__":

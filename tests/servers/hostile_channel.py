@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import socketserver
 import time
+
+from threaded import serve_forever
 
 
 def main() -> None:
@@ -43,12 +44,7 @@ def main() -> None:
             except OSError:
                 return
 
-    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    with Server(("127.0.0.1", args.port), Handler) as server:
-        server.serve_forever()
+    serve_forever(args.port, Handler)
 
 
 if __name__ == "__main__":
