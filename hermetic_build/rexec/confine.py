@@ -14,7 +14,14 @@ binds the host's /proc (bubblewrap's own `--proc` leaves read-only mounts over p
 kernel then refuses the inner sandbox its `/proc`). So a confined kind sees the host's processes in
 /proc: `hb worker` makes itself non-dumpable (its /proc/PID/environ is then closed to them) and
 starts the sandbox with an empty environment. Where the two sandboxes cannot nest, the worker says
-so once and runs worker_exec as before."""
+so once and runs worker_exec as before.
+
+A worker running as root does not start the sandbox as root: bubblewrap maps the uid inside to the
+uid that started it, and the kernel lets the host's uid 0 write /proc/sys (a sysctl's file mode is
+checked against the host uid, no capability needed) and signal any root process; through the bound
+/proc a kind wrote kernel.core_pattern, which runs a program as root outside every namespace.
+There the sandbox is started as CONFINED_ID (nobody) with `setpriv`, and the action's directory is
+given to that user (`give_to_confined`)."""
 
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments
 
 # the uid and gid a confined worker_exec has inside its sandbox: any but 0 (see the module's doc)
 INSIDE_ID = "1000"
+# the host uid and gid a worker running as root starts the sandbox with (module doc)
+CONFINED_ID = 65534
 # sandbox.CONFINEMENT without a PID namespace: multiprocessing's fork server reports its children's
 # PIDs to the worker, which ends an action that runs too long by that PID (in a namespace of its own,
 # the PID would name another process of the host); the host's /proc is bound anyway (module doc)
@@ -73,14 +82,72 @@ def read_only_paths(rule_modules=()) -> list[str]:
     return exposed
 
 
+@functools.cache
+def host_ids() -> tuple[int, int] | None:
+    """The (uid, gid) the sandbox is started with where this process is root (never uid 0: module doc),
+    None where it runs as the worker's own user, or where that user cannot run this Python and hb
+    (an installation under root's 0700 home): then the sandbox runs as root, said by root_why()."""
+    if os.geteuid() != 0 or _setpriv() is None:
+        return None
+    import tempfile
+
+    ids = (CONFINED_ID, CONFINED_ID)
+    with tempfile.TemporaryDirectory(prefix="hb-confine-probe-") as probe:
+        _chown_tree(Path(probe), ids)
+        env = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+        argv = _confinement_argv(Path(probe), env, (), ids)
+        if not argv:
+            return None
+        try:
+            proc = subprocess.run([*argv, sys.executable, "-P", "-c", "import hermetic_build.worker_exec"],
+                                  capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    return ids if proc.returncode == 0 else None
+
+
+def root_why() -> str | None:
+    """Why a worker running as root confines worker_exec as the host's uid 0 (None where it does not)."""
+    if os.geteuid() != 0 or host_ids() is not None:
+        return None
+    if _setpriv() is None:
+        return "`setpriv` (util-linux) is missing"
+    return (f"uid {CONFINED_ID} cannot run this Python and hb ({sys.executable}); install them where every "
+            "user can read them")
+
+
+def _setpriv() -> str | None:
+    return shutil.which("setpriv") or ("/usr/bin/setpriv" if os.path.exists("/usr/bin/setpriv") else None)
+
+
+def _chown_tree(path: Path, ids) -> None:
+    os.chown(path, *ids, follow_symlinks=False)
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(top, name), *ids, follow_symlinks=False)
+
+
+def give_to_confined(path: Path) -> None:
+    """Make the tree `path`, just written by this worker, the confined user's (as it is the worker's
+    own where no user is switched): every entry, links not followed. Nothing confined has run in it yet."""
+    ids = host_ids()
+    if ids is not None:
+        _chown_tree(path, ids)
+
+
 def confinement_argv(writable: Path, env: dict, rule_modules=()) -> list[str]:
     """The command prefix (ending with `--`) that runs a program with `env` only, `writable` (an
     absolute path, at the same path inside) the one writable directory of the host; [] where
-    bubblewrap is not usable."""
+    bubblewrap is not usable. Where this process is root, started as host_ids() when it can be."""
+    return _confinement_argv(writable, env, rule_modules, host_ids())
+
+
+def _confinement_argv(writable: Path, env: dict, rule_modules, ids) -> list[str]:
     bwrap = bwrap_path()
     if bwrap is None:
         return []
-    cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *OUTER, "--uid", INSIDE_ID, "--gid", INSIDE_ID,
+    switch = [] if ids is None else [_setpriv(), f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", "--"]
+    cmd = [*switch, shutil.which("env") or "/usr/bin/env", "-i", bwrap, *OUTER, "--uid", INSIDE_ID, "--gid", INSIDE_ID,
            *host_system_arguments(False)]
     # the host's /proc, so that the actions' own bubblewrap can mount theirs (module doc); /dev and
     # /tmp private
@@ -104,14 +171,17 @@ def nesting_works() -> str | None:
     if bwrap_path() is None:
         return "bubblewrap is not usable here"
     with tempfile.TemporaryDirectory(prefix="hb-confine-probe-") as probe:
+        give_to_confined(Path(probe))
         inner = [bwrap_path(), *CONFINEMENT, *host_system_arguments(False), "--proc", "/proc", "--dev", "/dev"]
         argv = [*confinement_argv(Path(probe), {}), *inner, "--", "true"]
+        if not confinement_argv(Path(probe), {}):
+            return "bubblewrap is not usable here"
         try:
             proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{type(exc).__name__}: {exc}"
-    if proc.returncode != 0:
-        return proc.stderr.decode(errors="replace").strip()[:300] or f"exit status {proc.returncode}"
+        if proc.returncode != 0:
+            return proc.stderr.decode(errors="replace").strip()[:300] or f"exit status {proc.returncode}"
     return None
 
 
@@ -139,7 +209,7 @@ def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | No
     import shlex
     import tempfile
 
-    directory = Path(tempfile.mkdtemp(prefix="hb-confined-python-"))
+    directory = Path(tempfile.mkdtemp(prefix="hb-confined-python-"))  # root's (or the worker's), 0700
     atexit.register(shutil.rmtree, directory, True)
     script = directory / "confined-python"
     script.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in [*argv, sys.executable]) + ' "$@"\n')

@@ -57,7 +57,29 @@ def _shared_actions_dir() -> Path:
 
     path = Path(tempfile.mkdtemp(prefix="hb-worker-actions-"))
     atexit.register(shutil.rmtree, path, True)
+    confine.give_to_confined(path)  # where the worker is root, the confined user's (confine.py)
     return path
+
+
+def _read_log(directory: Path, name: str) -> bytes:
+    """A log file the confined worker_exec wrote in `directory`, which it can write: read through
+    descriptors that follow no link, only a regular file (a kind that replaced its stdout with a link to
+    a file of the host had this worker upload that file as the action's stdout)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return b"" if not os.path.lexists(directory / name) else \
+            f"hb worker: {name} of the action is not a regular file\n".encode()
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return f"hb worker: {name} of the action is not a regular file\n".encode()
+        return f.read()
 
 
 class LeaseRefused(Exception):
@@ -254,6 +276,8 @@ class BotWorker:
                                                     action.input_root_digest.size_bytes)
             tree = reapi_tree_to_hb(pb, directory, children, self.ingest)
             materialize_tree(self.store, tree, root)
+            if self.confined():
+                confine.give_to_confined(root)  # before the special bits: a chown clears setgid
             restore_special_bits(self.store, tree, root)  # e.g. a base image's /tmp (1777): workdir is 0700
             timeout = action.timeout.seconds or None
             exit_code, stdout, stderr = self._worker_exec(root, env, timeout)
@@ -293,6 +317,8 @@ class BotWorker:
         from ..worker_exec import run_forked
 
         logs = Path(tempfile.mkdtemp(prefix="logs-", dir=self._actions_dir()))
+        if self.confined():
+            confine.give_to_confined(logs)
         try:
             env = {k: v for k, v in env.items() if k != "HB_WORKER_PID"}  # the fork server is the parent
             process = self._forkserver().Process(target=run_forked, args=(
@@ -303,7 +329,7 @@ class BotWorker:
                 process.kill()
                 process.join()
                 raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s")
-            out = [(logs / name).read_bytes() if (logs / name).exists() else b"" for name in ("stdout", "stderr")]
+            out = [_read_log(logs, name) for name in ("stdout", "stderr")]
             return process.exitcode, out[0], out[1]
         finally:
             shutil.rmtree(logs, ignore_errors=True)
@@ -329,6 +355,9 @@ class BotWorker:
             self._confined = why is None
             if why is None:
                 confine.make_non_dumpable()
+                if confine.root_why():
+                    self.log(f"hb worker {self.bot_id}: worker_exec is confined as the host's root (uid 0 may "
+                             f"write /proc/sys from inside): {confine.root_why()}")
             else:
                 self.log(f"hb worker {self.bot_id}: worker_exec runs unconfined (an action kind's Python sees this "
                          f"worker's files; its commands are still sandboxed): {why}")
@@ -338,8 +367,8 @@ class BotWorker:
         """Where input roots are made: the workdir's actions/, or with a confined fork server (started once
         per process by multiprocessing, whose sandbox has one writable directory) one directory of this
         process. Never the workdir itself, which holds this worker's store."""
-        if self.preload and self.confined():
-            return _shared_actions_dir()
+        if self.confined() and (self.preload or confine.host_ids() is not None):
+            return _shared_actions_dir()  # (as root: the workdir is root's 0700, closed to the confined user)
         actions = self.workdir / "actions"
         actions.mkdir(mode=0o700, exist_ok=True)
         return actions

@@ -410,10 +410,13 @@ def test_a_kind_that_trusts_its_params_reaches_only_its_action_directory(tmp_pat
 
     if confine.nesting_works() is not None:
         pytest.fail(f"bubblewrap does not nest here: {confine.nesting_works()}")
+    from test_adv_confine import open_to_confined
+
+    open_to_confined(tmp_path)
     modules = tmp_path / "mods"
     modules.mkdir()
     (modules / "sloppy_kind.py").write_text(SLOPPY_KIND)
-    monkeypatch.setenv("PYTHONPATH", str(modules))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(modules), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("HB_RULE_MODULES", "rules,sloppy_kind")
     secret, victim = tmp_path / "host" / "secret.txt", tmp_path / "host" / "victim.txt"
     secret.parent.mkdir()
