@@ -38,27 +38,35 @@ def _clean(url: str, replacement: str | None) -> str:
     """url with its userinfo, /t/ token and secret query values replaced by `replacement`
     (None: removed: no userinfo, no /t/<token> component, no secret parameter)."""
     parts = _split(url)
-    if parts is None or not parts.scheme:
+    if parts is None or not (parts.scheme or parts.netloc):  # `//user:pw@host/...` has no scheme
         return url
     netloc = parts.netloc
     if "@" in netloc:
         host = netloc.rpartition("@")[2]
         netloc = host if replacement is None else f"{replacement}@{host}"
-    path = _TOKEN_PATH.sub("" if replacement is None else f"/t/{replacement}", parts.path)
-    query = parts.query
-    if query:
-        kept = []
-        for item in query.split("&"):
-            name, eq, _value = item.partition("=")
-            if eq and _SECRET_PARAM.match(urllib.parse.unquote_plus(name)):
-                if replacement is not None:
-                    kept.append(f"{name}={replacement}")
-            else:
-                kept.append(item)
-        query = "&".join(kept)
-    if (netloc, path, query) == (parts.netloc, parts.path, parts.query):
+    path = parts.path
+    if parts.scheme:  # not `//pkg/t/x:label`, a channel label of a workspace
+        path = _TOKEN_PATH.sub("" if replacement is None else f"/t/{replacement}", path)
+    # a fragment is never sent, but OAuth-style URLs carry tokens there (#access_token=...)
+    query, fragment = _without_secrets(parts.query, replacement), _without_secrets(parts.fragment, replacement)
+    if (netloc, path, query, fragment) == (parts.netloc, parts.path, parts.query, parts.fragment):
         return url
-    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, fragment))
+
+
+def _without_secrets(pairs: str, replacement: str | None) -> str:
+    """`a=1&token=x` with each secret parameter's value replaced (None: the parameter removed)."""
+    if not pairs or "=" not in pairs:
+        return pairs
+    kept = []
+    for item in pairs.split("&"):
+        name, eq, _value = item.partition("=")
+        if eq and _SECRET_PARAM.match(urllib.parse.unquote_plus(name)):
+            if replacement is not None:
+                kept.append(f"{name}={replacement}")
+        else:
+            kept.append(item)
+    return "&".join(kept)
 
 
 def public_url(url: str) -> str:
@@ -78,9 +86,10 @@ def redact(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
-# C0 controls but newline and tab, DEL, C1 controls (8-bit CSI/OSC), and Unicode's bidirectional
-# overrides and isolates (text that displays in another order than it reads)
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but newline and tab, DEL, C1 controls (8-bit CSI/OSC), Unicode's bidirectional marks,
+# overrides and isolates (text that displays in another order than it reads), its line and paragraph
+# separators, and the invisible ones (zero-width spaces and joiners, word joiner, byte-order mark)
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def _escape(match: re.Match) -> str:
