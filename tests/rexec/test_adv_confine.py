@@ -82,6 +82,21 @@ def open_to_confined(path: Path) -> None:
         p.chmod(p.stat().st_mode | 0o755)
 
 
+def install_test_kind(tmp_path: Path, monkeypatch, module: str, source: str, path: list[str]) -> None:
+    """A rule module `module` (registering a test kind) for the worker: HB_RULE_MODULES names it, the
+    worker's PYTHONPATH (what it binds for the confined worker_exec) finds it first, then `path`."""
+    from hermetic_build.rexec import confine
+
+    if confine.nesting_works() is not None:
+        pytest.fail(f"bubblewrap does not nest here: {confine.nesting_works()}")
+    open_to_confined(tmp_path)
+    modules = tmp_path / "mods"
+    modules.mkdir()
+    (modules / f"{module}.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(modules), *path])))
+    monkeypatch.setenv("HB_RULE_MODULES", f"rules,{module}")
+
+
 def _interpreter() -> tuple[str, list[str]]:
     """The Python the worker runs with, and what it needs on PYTHONPATH. As root, the worker starts the
     sandbox as another user, who must be able to read the interpreter: where this one lies under root's
@@ -100,16 +115,9 @@ def _run(tmp_path, monkeypatch, preload) -> dict:
     modules of that moment), with _interpreter()."""
     from hermetic_build.rexec import confine
 
-    if confine.nesting_works() is not None:
-        pytest.fail(f"bubblewrap does not nest here: {confine.nesting_works()}")
-    open_to_confined(tmp_path)
-    modules = tmp_path / "mods"
-    modules.mkdir()
-    (modules / "escape_kind.py").write_text(ESCAPE_KIND)
     python, extra = _interpreter()
     hb_root = str(Path(confine.__file__).resolve().parent.parent.parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(modules), hb_root, *extra]))
-    monkeypatch.setenv("HB_RULE_MODULES", "rules,escape_kind")
+    install_test_kind(tmp_path, monkeypatch, "escape_kind", ESCAPE_KIND, [hb_root, *extra])
     (tmp_path / "host").mkdir()
     (tmp_path / "host" / "secret.txt").write_text("HOST-SECRET\n")
     here = Path(__file__).parent

@@ -406,18 +406,9 @@ def test_a_kind_that_trusts_its_params_reaches_only_its_action_directory(tmp_pat
     import subprocess
     import sys
 
-    from hermetic_build.rexec import confine
+    from test_adv_confine import install_test_kind
 
-    if confine.nesting_works() is not None:
-        pytest.fail(f"bubblewrap does not nest here: {confine.nesting_works()}")
-    from test_adv_confine import open_to_confined
-
-    open_to_confined(tmp_path)
-    modules = tmp_path / "mods"
-    modules.mkdir()
-    (modules / "sloppy_kind.py").write_text(SLOPPY_KIND)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(modules), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("HB_RULE_MODULES", "rules,sloppy_kind")
+    install_test_kind(tmp_path, monkeypatch, "sloppy_kind", SLOPPY_KIND, [os.environ.get("PYTHONPATH", "")])
     secret, victim = tmp_path / "host" / "secret.txt", tmp_path / "host" / "victim.txt"
     secret.parent.mkdir()
     secret.write_text("HOST-SECRET\n")
