@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import importlib
 import importlib.util
@@ -12,6 +13,7 @@ import pickle
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +155,8 @@ class Session:
         self._rules = None
         self._analyses: dict[tuple, AnalysisResult] = {}
         self._removals = BackgroundJobs("hb-out-removal", daemon=True)  # deleting directories hb-out/ no longer shows
+        self._publish_lock = threading.RLock()  # with _publish_fd, the flock on hb-out/ (_publishing)
+        self._publish_fd: int | None = None
 
     def _open_executor(self, url: str, timeout: int, download: str, uploads_results: bool):
         """The remote executor; with download "minimal", self.store becomes a LazyOutputs in front of
@@ -387,8 +391,34 @@ class Session:
                   summary={"targets": summary.targets, "recorded": summary.recorded_facts(),
                            "actions": len(indices)})
 
+    @contextlib.contextmanager
+    def _publishing(self):
+        """Hold hb-out/ for publishing: builds of one workspace (two terminals, CI jobs sharing a
+        checkout) take turns replacing what it shows, else one renamed its tree onto the directory
+        the other had just published there and failed ("Directory not empty"). An flock on the
+        hb-out/ directory itself: no file to leave behind, whatever cache each build uses. Reentrant
+        (publishing may rebuild an output whose blobs are gone, and that action's before_run takes it)."""
+        with self._publish_lock:
+            if self._publish_fd is not None:
+                yield
+                return
+            root = self.workspace.output_root
+            refuse_linked_output_root(root)
+            root.mkdir(parents=True, exist_ok=True)
+            self._publish_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fcntl.flock(self._publish_fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(self._publish_fd)
+                self._publish_fd = None
+
     def _publish(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
         """Make the outputs of the requested targets visible under hb-out/."""
+        with self._publishing():
+            return self._publish_locked(analysis, executor)
+
+    def _publish_locked(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
         refuse_linked_output_root(self.workspace.output_root)
         manifest_path = self.workspace.output_root / MANIFEST_NAME
         if manifest_path.is_dir() and not manifest_path.is_symlink():
@@ -481,13 +511,13 @@ class Session:
         outputs = [out for out in action.outputs if out.is_directory and out.path in published]
         if not outputs:
             return
-        refuse_linked_output_root(self.workspace.output_root)
-        for out in outputs:
-            dest = self.workspace.root / out.path
-            if out.path.startswith(OUTPUT_DIR + "/") and ".." not in out.path.split("/"):
-                self._clear_parents(dest)
-                if dest.is_dir() and not dest.is_symlink():
-                    self._remove_in_background(dest)
+        with self._publishing():
+            for out in outputs:
+                dest = self.workspace.root / out.path
+                if out.path.startswith(OUTPUT_DIR + "/") and ".." not in out.path.split("/"):
+                    self._clear_parents(dest)
+                    if dest.is_dir() and not dest.is_symlink():
+                        self._remove_in_background(dest)
 
     def _remove_in_background(self, dest: Path) -> None:
         """Move the directory published before aside (a temp name of this process, which a later

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import HbError, UsageError
+from .errors import HbError, UsageError, no_space
 from .redact import for_terminal
 from .report import Reporter
 
@@ -70,6 +70,13 @@ class HbGroup(click.Group):
         except KeyboardInterrupt:  # Ctrl-C: a message, not a Python traceback
             echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            if not no_space(exc):
+                raise
+            echo(HbError(f"no space left on the device{f' ({exc.filename})' if exc.filename else ''}: {exc.strerror}",
+                         hint="free space where the cache (HB_CACHE_DIR) or hb-out/ lives, e.g. hb cache gc "
+                              "--max-size ..., and run hb again: nothing half-written is kept").render(), err=True)
+            ctx.exit(HbError.exit_code)
 
 
 @click.group(cls=HbGroup, context_settings={"help_option_names": ["-h", "--help"]})

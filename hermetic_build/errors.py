@@ -5,6 +5,7 @@ Messages follow the shape `path:line: what is wrong`, then a hint, then the chai
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 # an error shows outside strings (lock entries, channel records, servers' answers, a command's output):
@@ -107,3 +108,8 @@ def did_you_mean(word: str, candidates) -> str | None:
 
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {matches[0]}?" if matches else None
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether `exc` is a full disk or an exhausted quota: said in one line, not as a traceback."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

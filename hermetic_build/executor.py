@@ -17,7 +17,7 @@ from pathlib import Path
 from .action import Action, File, action_key, get_action_kind, key_fields
 from .anchored import RefusedPath, describe, open_directory, open_subdirectory
 from .digest import Digest
-from .errors import ActionFailed, AnalysisError, HbError, IntegrityError
+from .errors import ActionFailed, AnalysisError, HbError, IntegrityError, no_space
 from .filecache import FileDigestCache
 from .sandbox import FILE_VIEWS_DIR, ActionExecution, bwrap_path, isolation_note, prepare_sandbox
 from .store.base import ActionResult, OutputEntry
@@ -363,7 +363,7 @@ class Executor:
                 import traceback
 
                 raise self._failure(action, f"{type(exc).__name__}: {exc}", execution, sandbox,
-                                    traceback.format_exc()) from exc
+                                    None if no_space(exc) else traceback.format_exc()) from exc
             outputs = self._collect_outputs(action, execution, sandbox)
             result = ActionResult(
                 tuple(outputs), 0,

@@ -46,7 +46,8 @@ class FileDigestCache:
         if not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".filecache-")
+        # a name of this process (leftovers.py): what a build killed mid-save leaves, the next one sweeps
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.hb-tmp-{os.getpid()}-")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(self._entries, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, self.path)

@@ -342,3 +342,26 @@ def test_plain_progress_lines_when_not_a_tty(workspace):
     make_chain(workspace)
     err = workspace.hb("build", "//b:count").stderr
     assert "Genrule //a:one (" in err and "[4/4] Genrule //b:count (" in err and "4 actions executed, 0 cached" in err
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(workspace, monkeypatch, capsys):
+    """A full disk while publishing into hb-out/ (or writing the cache) ended hb with a Python
+    traceback ending in "OSError: [Errno 28] No space left on device"."""
+    import errno
+
+    from hermetic_build import cli
+    from hermetic_build.build import Session
+
+    make_chain(workspace)
+    monkeypatch.setenv("HB_CACHE_DIR", str(workspace.cache))
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Session, "build", full)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["-C", str(workspace.root), "build", "//b:count"], prog_name="hb")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: no space left on the device: No space left on device" in err and "hb cache gc" in err
+    assert "Traceback" not in err

@@ -191,3 +191,55 @@ def test_the_old_tree_is_removed_before_its_action_runs_again(sandboxed):
     sandboxed.write("p/BUILD.hermetic", tree_build(MAKE))
     sandboxed.hb("build", "//p:t")  # cached: published from the store again
     published_tree_matches_store(sandboxed)
+
+
+MANY = "mkdir -p $(OUT) && seq 400 | while read i; do echo $i > $(OUT)/f$i; done"
+
+
+def test_a_build_waits_while_another_publishes_into_hb_out(sandboxed):
+    """Builds of one workspace take turns publishing into hb-out/: one renamed its tree onto the
+    directory another had just published there and failed with a traceback ("OSError: [Errno 39]
+    Directory not empty"), in 1 of 4 cold builds of the example run three at a time."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    sandboxed.write("p/BUILD.hermetic", tree_build(MANY))
+    sandboxed.hb("build", "//p:t")
+    tree = sandboxed.root / "hb-out/p/t/tree"
+    shutil.rmtree(tree)
+    fd = os.open(sandboxed.root / "hb-out", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another build, publishing
+        build = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "//p:t"],
+                                 cwd=sandboxed.root, env=sandboxed.env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert build.poll() is None, "the build published while another build held hb-out/"
+        tree.mkdir()
+        (tree / "f1").write_text("the other build's\n")  # what that build published meanwhile
+    finally:
+        os.close(fd)
+    _out, err = build.communicate(timeout=60)
+    assert build.returncode == 0, err
+    assert sorted(p.name for p in tree.iterdir()) == sorted(f"f{i}" for i in range(1, 401))
+    assert (tree / "f1").read_text() == "1\n"
+
+
+@pytest.mark.slow
+def test_builds_of_one_workspace_at_once_all_publish(sandboxed):
+    import subprocess
+    import sys
+
+    sandboxed.write("p/BUILD.hermetic", tree_build(MANY))
+    sandboxed.hb("build", "//p:t")
+    for _ in range(8):
+        shutil.rmtree(sandboxed.root / "hb-out")
+        procs = [subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "//p:t"],
+                                  cwd=sandboxed.root, env=sandboxed.env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        for p in procs:
+            _out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        assert len(os.listdir(sandboxed.root / "hb-out/p/t/tree")) == 400

@@ -151,6 +151,8 @@ class LocalStore(Store):
     def _claim(self) -> None:
         """Write the marker into a new or empty directory, or an hb cache from before markers."""
         names = os.listdir(self.root)
+        if MARKER in names:  # another hb claimed it since we looked (CI jobs starting on a new cache at once)
+            return
         in_progress = {n for n in names if n == CACHEDIR_TAG or n.startswith(MARKER + ".tmp-")}
         if LEGACY_MARKER not in names and set(names) - in_progress:
             raise UsageError(f"{self.setting} is not an hb cache (no {MARKER}); "

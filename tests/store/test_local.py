@@ -521,3 +521,18 @@ def test_put_hashed_copies_an_open_file_in_as_the_digest_it_was_hashed_to(tmp_pa
     assert os.stat(store.blob_path(digest)).st_mode & 0o777 == 0o444
     assert LocalStore(tmp_path / "c").get_blob(digest) == src.read_bytes()
     assert os.listdir(store.tmp_dir) == []
+
+
+def test_a_cache_another_process_claims_meanwhile_is_taken(tmp_path, monkeypatch):
+    """Jobs starting at once on a new cache: one sees no marker, and before it lists the directory
+    another has written the marker and made cas/, ac/, tmp/. That is an hb cache, not someone's files
+    (3 of 400 processes, started four at a time on a new directory, failed with "is not an hb cache")."""
+    import hermetic_build.store.local as local
+
+    root = tmp_path / "c"
+    d = LocalStore(root).put_blob(b"theirs")  # the other process: marker written, making the shards
+    (root / ".layout-v1").unlink()  # (written once all 512 shards exist)
+    lexists = os.path.lexists
+    monkeypatch.setattr(local.os.path, "lexists",
+                        lambda p: False if Path(p) == root / MARKER else lexists(p))  # as it was when we looked
+    assert LocalStore(root).get_blob(d) == b"theirs"
