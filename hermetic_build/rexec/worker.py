@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..anchored import RefusedPath, open_directory
+from ..anchored import RefusedPath, open_directory, open_regular_file
 from ..sandbox import FIXED_PATH
 from ..store.reapi import ReapiStore
 from ..store.remote import Signer
@@ -70,15 +70,14 @@ def _read_log(directory: Path, name: str) -> bytes:
     except OSError:
         return b""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return b"" if not os.path.lexists(directory / name) else \
-            f"hb worker: {name} of the action is not a regular file\n".encode()
+        fd, _opened = open_regular_file(dir_fd, name)
+    except FileNotFoundError:
+        return b""
+    except (OSError, RefusedPath):
+        return f"hb worker: {name} of the action is not a regular file\n".encode()
     finally:
         os.close(dir_fd)
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return f"hb worker: {name} of the action is not a regular file\n".encode()
         return f.read()
 
 

@@ -175,17 +175,11 @@ def check_records(records, packages: list[dict]) -> None:
     and an absolute one made rattler panic. It must be a clean relative path outside conda-meta/."""
     for record, package in zip(records, packages):
         where = getattr(record, "python_site_packages_path", None)
-        if where is None:
-            continue
-        parts = where.split("/") if isinstance(where, str) else [""]
-        if where.startswith("/") or any(part in ("", ".", "..") or _name_problem(part) or "\\" in part
-                                        for part in parts):
+        why = recorded_path_problem(where) if where is not None else None
+        if why:
             raise StageError(f"package {package['filename']}: its info/index.json has python_site_packages_path "
-                             f"{where!r}, not a clean relative path inside the prefix (noarch python packages "
-                             "are installed there)")
-        if parts[0] == "conda-meta":
-            raise StageError(f"package {package['filename']}: its info/index.json has python_site_packages_path "
-                             f"{where!r}: noarch python packages would be installed into conda-meta/")
+                             f"{where!r}, not a clean relative path inside the prefix ({why}): noarch python "
+                             "packages are installed there")
 
 
 def recorded_path_problem(path) -> str | None:
