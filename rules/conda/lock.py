@@ -87,7 +87,8 @@ def _conda_lock_impl(ctx):
     try:
         from .pypi import pip_index_args
 
-        indexes = pip_index_args(ctx.attr.pip_index_url, ctx.attr.pip_extra_index_urls)
+        indexes = pip_index_args(ctx.attr.pip_index_url, ctx.attr.pip_extra_index_urls,
+                                 _written_indexes(ctx, (environment, *extra)))
     except ValueError as exc:
         ctx.fail(str(exc), hint='e.g. pip_extra_index_urls = ["https://download.pytorch.org/whl/cu121"]')
     return [
@@ -96,6 +97,23 @@ def _conda_lock_impl(ctx):
                       virtual_packages_key(virtual), str(ctx.label), ctx.attr.cuda,
                       channel_dirs=tuple(channel_dirs), extra_environments=extra, pip_indexes=indexes),
     ]
+
+
+def _written_indexes(ctx, files):
+    """The pip indexes the environment files name (spec.environment_pip_indexes); a file that does
+    not exist names none (the lock reports it)."""
+    from .spec import environment_pip_indexes
+
+    texts = []
+    for file in files:
+        try:
+            texts.append((ctx.read_source(file), file.path))
+        except AnalysisError:
+            continue
+    try:
+        return environment_pip_indexes(texts)
+    except AnalysisError as exc:
+        raise AnalysisError(f"{ctx.label}: {exc.message}", location=exc.location, hint=exc.hint) from None
 
 
 def indexes_problem(custom_metadata: dict | None, indexes: tuple[str, ...]) -> str | None:
@@ -213,7 +231,11 @@ def _lock_or_check(request, speculation) -> LockOutcome:
         existing = None  # re-locked from scratch (--update has nothing to keep)
     hashes = content_hashes(spec, virtual_packages)
     fingerprints = input_fingerprints(spec, virtual_packages)
-    indexes = pypi.pip_index_args(attrs.get("pip_index_url") or "", attrs.get("pip_extra_index_urls") or ())
+    try:
+        indexes = pypi.pip_index_args(attrs.get("pip_index_url") or "", attrs.get("pip_extra_index_urls") or (),
+                                      spec.pip_indexes)
+    except ValueError as exc:
+        raise AnalysisError(f"{request.label}: {exc}") from None
 
     if request.check:
         if existing is None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from hermetic_build.api import AnalysisError, Location, public_url
 
-from .spec import PYPI_MAPPING, PipRequirement, parse_virtual_package
+from .spec import PYPI_MAPPING, PipIndexes, PipRequirement, index_url_problem, parse_virtual_package
 
 CONDA_FORGE_NAMES = pathlib.Path(__file__).resolve().with_name("conda_pypi_names.json")
 
@@ -214,21 +214,21 @@ def without_conda_provided(requirements: list[PipRequirement], provided: dict[st
 PIP_INDEXES_KEY = "hb.pip_indexes"  # the lock's custom metadata: the indexes its pip entries were resolved from
 
 
-def pip_index_args(index_url: str, extra_index_urls) -> tuple[str, ...]:
+def pip_index_args(index_url: str, extra_index_urls, written: PipIndexes = PipIndexes()) -> tuple[str, ...]:
     """uv's index options for conda_lock's pip_index_url / pip_extra_index_urls (e.g. PyTorch's
-    https://download.pytorch.org/whl/cu121); () for PyPI alone. Each an http(s) URL without
-    credentials (they would be committed in the BUILD file and recorded in the lock): uv and hb's
-    fetches take those from your netrc (README, "Private channels and indexes"). ValueError: why not."""
-    from urllib.parse import urlsplit
-
+    https://download.pytorch.org/whl/cu121) with those the environment files write (`written`,
+    environment_pip_indexes; checked there, at their lines); () for PyPI alone. Each an http(s) URL
+    without credentials (index_url_problem). ValueError: why not."""
+    if index_url and written.index_url and index_url != written.index_url:
+        raise ValueError(f"pip_index_url {index_url!r} and the --index-url {written.index_url!r} at "
+                         f"{written.index_url_at} name different indexes: keep one")
+    extras = [u for u in dict.fromkeys([*extra_index_urls, *written.extra_index_urls])]
     out = []
-    for option, url in [("--index-url", index_url)] * bool(index_url) + [("--extra-index-url", u) for u in extra_index_urls]:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-            raise ValueError(f"pip index {url!r} is not an http(s) URL")
-        if public_url(url) != url:
-            raise ValueError(f"pip index {public_url(url)!r} is written with credentials: put them in your netrc "
-                             "(`machine HOST login USER password SECRET`), not in the BUILD file")
+    for option, url in [("--index-url", index_url or written.index_url)] * bool(index_url or written.index_url) \
+            + [("--extra-index-url", u) for u in extras]:
+        why = index_url_problem(url)
+        if why:
+            raise ValueError(why)
         out += [option, url]
     return tuple(out)
 

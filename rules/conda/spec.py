@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from hermetic_build.api import AnalysisError, Location
+from hermetic_build.api import AnalysisError, Location, public_url
 
 from .yamlload import safe_loader
 
@@ -18,6 +18,124 @@ from .yamlload import safe_loader
 # with a pip section; hb ships its own small mapping (offline), the same one pypi.py uses the other way.
 PYPI_MAPPING = pathlib.Path(__file__).resolve().with_name("pypi_mapping.json")
 _PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--|^[^;]*/")  # last: a relative path
+
+
+# pip's own index options as a line of a pip: section (`conda env create` passes them to pip)
+_INDEX_OPTION = re.compile(r"^(--index-url|--extra-index-url|-i)(?:=|\s+)(\S+)$")
+# a cheap look at the bytes before any YAML is parsed: most environment files name no index
+# a whole line `    - --extra-index-url URL` (quoted or not) of a pip: section, as conda-lock must not see it
+_INDEX_LINE = re.compile(r"""^[ \t]*-[ \t]+(["']?)(--index-url|--extra-index-url|-i)(=|[ \t]+)\S+\1[ \t]*(#.*)?"""
+                         r"\r?\n?$")
+_MENTIONS_INDEXES = re.compile(rb"index-url|pip-repositories|allow-pypi-requests|^[ \t]*-[ \t]+-i[ \t=]", re.M)
+
+
+@dataclass(frozen=True)
+class PipIndexes:
+    """Where an environment's pip: section is resolved from, as its files say: conda-lock's
+    `pip-repositories:` (extra indexes; with `allow-pypi-requests: false`, instead of PyPI) and
+    pip's own `--index-url` / `-i` / `--extra-index-url` lines in a pip: section."""
+
+    index_url: str = ""  # instead of PyPI; "" keeps PyPI
+    extra_index_urls: tuple[str, ...] = ()
+    index_url_at: Location | None = None  # where index_url was written
+
+
+def index_url_problem(url) -> str | None:
+    """Why `url` cannot be a pip index hb resolves from and records in a lock, or None: an
+    http(s) URL without credentials (they would be committed and recorded in the lock; uv and
+    hb's fetches take them from your netrc)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        return f"pip index {url!r} is not an http(s) URL"
+    if public_url(url) != url:
+        return (f"pip index {public_url(url)!r} is written with credentials: put them in your netrc "
+                "(`machine HOST login USER password SECRET`), not in the BUILD or environment file")
+    return None
+
+
+def environment_pip_indexes(files) -> PipIndexes:
+    """The pip indexes environment files name ((text or bytes, shown path), ... in merge order).
+    Errors name file and line. A file that is not valid YAML names none here: reading it as an
+    environment (read_environment) reports why, at its line."""
+    import yaml
+
+    index_url, index_at, extras = "", None, []
+
+    def take_index(url: str, at: Location) -> None:
+        nonlocal index_url, index_at
+        if index_url and url != index_url:
+            raise AnalysisError(f"the pip index is given twice: {index_url!r} at {index_at} and {url!r} here",
+                                location=at, hint="keep one --index-url; add the others as --extra-index-url")
+        index_url, index_at = url, index_at or at
+
+    for data, shown in files:
+        raw = data.encode() if isinstance(data, str) else data
+        if not _MENTIONS_INDEXES.search(raw):
+            continue
+        try:
+            node = yaml.compose(raw.decode("utf-8", errors="replace"), Loader=safe_loader())
+        except (yaml.YAMLError, RecursionError):
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        repositories, allow_pypi, allow_at = [], True, None
+        for key, value in node.value:
+            if key.value == "pip-repositories":  # conda-lock's key
+                _require_strings(value, "pip-repositories", shown, example="https://download.pytorch.org/whl/cu121")
+                repositories += [(item.value.strip(), _at(item, shown)) for item in value.value]
+            elif key.value == "allow-pypi-requests":  # conda-lock's key
+                if not (isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:bool"):
+                    raise AnalysisError(f"'allow-pypi-requests' must be true or false, got {_shape(value)}",
+                                        location=_at(value, shown))
+                allow_pypi, allow_at = value.value.lower() in ("true", "yes", "on"), _at(value, shown)
+            elif key.value == "dependencies" and isinstance(value, yaml.SequenceNode):
+                for item in value.value:
+                    if not isinstance(item, yaml.MappingNode):
+                        continue
+                    for pip_key, lines in item.value:
+                        if pip_key.value != "pip" or not isinstance(lines, yaml.SequenceNode):
+                            continue
+                        for line in lines.value:
+                            option = _index_option(line)
+                            if option is None:
+                                continue
+                            name, url = option
+                            _check_index_url(url, _at(line, shown))
+                            if name == "--extra-index-url":
+                                extras.append(url)
+                            else:
+                                take_index(url, _at(line, shown))
+        for url, at in repositories:
+            _check_index_url(url, at)
+        if not allow_pypi:
+            if not repositories and not index_url:
+                raise AnalysisError("'allow-pypi-requests: false' leaves no index to resolve the pip: section from",
+                                    location=allow_at, hint="list the indexes under 'pip-repositories:'")
+            if repositories and not index_url:
+                take_index(repositories[0][0], repositories[0][1])
+                repositories = repositories[1:]
+        extras += [url for url, _ in repositories]
+    return PipIndexes(index_url, tuple(u for u in dict.fromkeys(extras) if u != index_url), index_at)
+
+
+def _index_option(node) -> tuple[str, str] | None:
+    """(option, URL) if a pip: line is an index option, else None."""
+    import yaml
+
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str"):
+        return None
+    match = _INDEX_OPTION.match(node.value.strip())
+    if match is None:
+        return None
+    return ("--index-url" if match.group(1) == "-i" else match.group(1)), match.group(2)
+
+
+def _check_index_url(url: str, at: Location) -> None:
+    why = index_url_problem(url)
+    if why:
+        raise AnalysisError(why, location=at)
 
 
 @dataclass(frozen=True)
@@ -40,6 +158,7 @@ class EnvironmentSpec:
     # (platform, the user's own conda `pip` spec): conda-lock's merge lets the bare `pip` it adds for
     # a pip: section replace it
     user_pip: tuple = ()
+    pip_indexes: PipIndexes = PipIndexes()  # what the files say (environment_pip_indexes)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -111,6 +230,7 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
     does; (path, shown path) each); refuse what hb cannot lock, naming file and line."""
     pip: list[PipRequirement] = []
     conda_pip = False
+    texts = []
     for file, file_shown in ((path, shown_path or str(path)), *extra):
         try:
             text = file.read_text()
@@ -119,20 +239,40 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
         file_pip, file_conda_pip = _check_environment_shape(text, file_shown)
         pip += file_pip
         conda_pip = conda_pip or file_conda_pip
+        texts.append((text, file_shown))
+    indexes = environment_pip_indexes(texts)
     shown = shown_path or str(path)
     import logging
 
     from conda_lock.src_parser import make_lock_spec
 
     logging.getLogger("conda_lock").setLevel(logging.ERROR)  # it logs every filtered selector line
-    try:
-        lock_spec = make_lock_spec(src_files=[path, *(f for f, _ in extra)],
-                                   channel_overrides=list(channel_overrides) or None,
-                                   platform_overrides=list(platforms), mapping_url=str(PYPI_MAPPING))
-    except Exception as exc:  # conda-lock raises plain exceptions for bad specs
-        raise AnalysisError(f"cannot read {shown}: {exc}", location=Location(shown)) from None
+    with tempfile.TemporaryDirectory(prefix="hb-env-") as scratch:
+        # conda-lock's parser takes every pip: line for a requirement: it reads copies without the
+        # index lines (blank lines instead, so its line numbers stay the file's)
+        sources = [_without_index_lines(file, text, pathlib.Path(scratch) / f"{n}.yml")
+                   for n, ((file, _), (text, _)) in enumerate(zip(((path, shown), *extra), texts))]
+        try:
+            lock_spec = make_lock_spec(src_files=sources, channel_overrides=list(channel_overrides) or None,
+                                       platform_overrides=list(platforms), mapping_url=str(PYPI_MAPPING))
+        except Exception as exc:  # conda-lock raises plain exceptions for bad specs
+            message = str(exc).replace(str(scratch), "")
+            raise AnalysisError(f"cannot read {shown}: {message}", location=Location(shown)) from None
     user_pip = _user_pip_specs([path, *(f for f, _ in extra)], platforms) if conda_pip and pip else ()
-    return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip)
+    return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip, indexes)
+
+
+def _without_index_lines(path: pathlib.Path, text: str, copy: pathlib.Path) -> pathlib.Path:
+    """`path` itself if no pip: line of it is an index option, else `copy` written with each such
+    line blanked."""
+    if not _MENTIONS_INDEXES.search(text.encode()):
+        return path
+    lines = text.splitlines(keepends=True)
+    kept = [("\n" if _INDEX_LINE.match(line) else line) for line in lines]
+    if kept == lines:
+        return path
+    copy.write_text("".join(kept))
+    return copy
 
 
 def _user_pip_specs(files, platforms) -> tuple:
@@ -194,8 +334,8 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
                         f"{item.value.strip()!r} is a pip option, not a conda package spec",
                         location=_at(item, shown),
                         hint="conda specs are package names ('numpy >=1.26'); pip options belong under "
-                             "'- pip:', where hb refuses editable installs and index options too (it locks "
-                             "wheels from the index)")
+                             "'- pip:', where hb takes --index-url and --extra-index-url and refuses editable "
+                             "installs (it locks wheels from the index)")
                 conda_pip = conda_pip or _conda_name(item.value) == "pip"
     if "dependencies" not in [key.value for key, _ in node.value]:
         raise AnalysisError("an environment file must have 'dependencies' (a list of package specs)",
@@ -222,15 +362,15 @@ def _pip_section(item, shown: str) -> list[PipRequirement]:
     for node in value.value:
         _require_string(node, "each pip requirement", shown, example="tokenizers ==0.21.*")
         text = node.value.strip()
+        if _index_option(node) is not None:
+            continue  # where to resolve from, not a requirement (environment_pip_indexes)
         if _PIP_REFUSED.search(text):
             raise AnalysisError(
                 f"pip requirement {text!r} is not a PyPI name with a version: hb locks wheels from the index only",
                 location=_at(node, shown),
-                hint="pip: --index-url / --extra-index-url go into the conda_lock target "
-                     "(pip_index_url, pip_extra_index_urls)" if text.startswith(("--index-url", "--extra-index-url",
-                                                                                 "-i ")) else
-                "editable installs, paths, URLs and pip options are refused (they are not pinned by a "
-                     "hash or they run a build); publish the package as a wheel or a conda package")
+                hint="editable installs, paths, URLs and pip options are refused (they are not pinned by a "
+                     "hash or they run a build); publish the package as a wheel or a conda package. Index "
+                     "options are taken as `--index-url URL`, `-i URL` or `--extra-index-url URL`, one a line")
         try:
             requirement = Requirement(text)
         except InvalidRequirement as exc:

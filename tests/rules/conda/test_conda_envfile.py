@@ -102,3 +102,75 @@ def test_pip_lines_of_one_package_follow_their_platform_selectors(tmp_path):
         "torch==2.1.0", "numpy==1.26.4 ; sys_platform == 'linux'", "tqdm"]
     assert [(r.text, r.line) for r in spec.pip_requirements("osx-arm64")] == [
         ("torch==2.0.1", 5), ("numpy==1.25.0 ; sys_platform == 'darwin'", 7), ("tqdm", 8)]
+
+
+def test_index_lines_of_a_pip_section_say_where_it_is_resolved_from(tmp_path):
+    """`conda env create` hands a pip: section to pip, so ML environment files write PyTorch's CUDA
+    index there (`--extra-index-url https://download.pytorch.org/whl/cu121`): hb takes those lines
+    as the indexes, not as requirements; conda-lock's parser, which would fail on them, reads the
+    rest with the file's own line numbers."""
+    from rules.conda.spec import PipIndexes
+
+    spec = read(tmp_path, "dependencies:\n  - python 3.11.*\n  - pip:\n"
+                          "    - --extra-index-url https://download.pytorch.org/whl/cu121\n"
+                          "    - '-i https://pypi.example.org/simple'\n"
+                          "    - --extra-index-url=https://other.example.org/simple  # [linux]\n"
+                          "    - torch ==2.1.0\n")
+    assert [(r.name, r.line) for r in spec.pip] == [("torch", 7)]
+    extras = ("https://download.pytorch.org/whl/cu121", "https://other.example.org/simple")
+    assert spec.pip_indexes == PipIndexes("https://pypi.example.org/simple", extras, spec.pip_indexes.index_url_at)
+    assert str(spec.pip_indexes.index_url_at) == "env/environment.yml:5"
+    assert "torch" in [d.name for d in spec.lock_spec.dependencies["linux-64"] if d.manager == "pip"]
+
+
+def test_conda_locks_pip_repositories_are_indexes_too(tmp_path):
+    """conda-lock's own keys: `pip-repositories:` adds indexes; `allow-pypi-requests: false` makes
+    them the only ones (the first replaces PyPI). hb ignored both before, and resolved from PyPI."""
+    from rules.conda.spec import PipIndexes
+
+    text = ("pip-repositories:\n  - https://a.example.org/simple\n  - https://b.example.org/simple\n"
+            "dependencies:\n  - python\n  - pip:\n    - idna\n")
+    spec = read(tmp_path, text)
+    assert spec.pip_indexes == PipIndexes("", ("https://a.example.org/simple", "https://b.example.org/simple"))
+    only = read(tmp_path, text + "allow-pypi-requests: false\n")
+    assert (only.pip_indexes.index_url, only.pip_indexes.extra_index_urls) == (
+        "https://a.example.org/simple", ("https://b.example.org/simple",))
+    assert str(only.pip_indexes.index_url_at) == "env/environment.yml:2"
+
+
+@pytest.mark.parametrize("text, where, message", [
+    ("pip-repositories:\n  - https://$USER:$PASSWORD@pypi.example.org/simple\ndependencies: [python]\n", "2",
+     "is written with credentials: put them in your netrc"),
+    ("dependencies:\n  - pip:\n    - --extra-index-url ftp://x.example.org/simple\n    - idna\n", "3",
+     "pip index 'ftp://x.example.org/simple' is not an http(s) URL"),
+    ("dependencies:\n  - pip:\n    - -i https://a.example.org/simple\n    - --index-url https://b.example.org/simple\n",
+     "4", "the pip index is given twice: 'https://a.example.org/simple' at env/environment.yml:3"),
+    ("allow-pypi-requests: false\ndependencies:\n  - pip:\n    - idna\n", "1",
+     "'allow-pypi-requests: false' leaves no index"),
+    ("allow-pypi-requests: maybe\ndependencies: [python]\n", "1", "'allow-pypi-requests' must be true or false"),
+    ("pip-repositories: https://a.example.org\ndependencies: [python]\n", "1", "'pip-repositories' must be a list"),
+    ("dependencies:\n  - pip:\n    - --find-links https://a.example.org/wheels\n", "3", "is not a PyPI name"),
+])
+def test_index_options_that_cannot_be_taken_name_file_and_line(tmp_path, text, where, message):
+    with pytest.raises(AnalysisError) as exc:
+        read(tmp_path, text)
+    assert str(exc.value.location).startswith(f"env/environment.yml:{where}"), exc.value.location
+    assert message in exc.value.message
+    assert "$PASSWORD" not in exc.value.message
+
+
+def test_the_lock_targets_indexes_and_the_files_are_merged(tmp_path):
+    from hermetic_build.api import Location
+    from rules.conda.pypi import pip_index_args
+    from rules.conda.spec import PipIndexes
+
+    written = PipIndexes("https://a.example.org/simple", ("https://b.example.org/simple",),
+                         Location("env/environment.yml", 4))
+    assert pip_index_args("", ["https://c.example.org/simple", "https://b.example.org/simple"], written) == (
+        "--index-url", "https://a.example.org/simple", "--extra-index-url", "https://c.example.org/simple",
+        "--extra-index-url", "https://b.example.org/simple")
+    same = pip_index_args("https://a.example.org/simple", [], written)
+    assert same[:2] == ("--index-url", "https://a.example.org/simple")
+    with pytest.raises(ValueError, match=r"name different indexes: keep one") as exc:
+        pip_index_args("https://z.example.org/simple", [], written)
+    assert "env/environment.yml:4" in str(exc.value)

@@ -288,6 +288,34 @@ def test_pip_requirements_resolve_from_the_indexes_the_lock_target_names(workspa
         index.stop()
 
 
+def test_index_lines_of_the_environment_file_are_the_indexes_the_lock_resolves_from(workspace, nginx_channel,
+                                                                                    tmp_path):
+    """An environment.yml written for `conda env create` names its index in the pip: section
+    (`--index-url`, `--extra-index-url`); hb locks from it as from the target's attributes: the wheel
+    comes from that index, --check and hb build find the lock fresh, and another index makes it stale."""
+    from support import Nginx, run_in_prefix
+
+    sha256 = _simple_index(tmp_path / "index", "hbindexpkg", "1.3", b"VALUE = 'from the index line'\n")
+    index = Nginx(tmp_path / "index", tmp_path / "nginx-index")
+    try:
+        _pip_env(workspace, nginx_channel.url, [f"--index-url {index.url}/simple", "hbindexpkg ==1.3"])
+        workspace.hb("lock", "//env:lock", timeout=300)
+        entry = _pip_entries(workspace)["hbindexpkg"]
+        assert entry.url == f"{index.url}/files/hbindexpkg-1.3-py3-none-any.whl" and entry.hash.sha256 == sha256
+        assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+
+        summary = workspace.build_json("//env:env")
+        tree = workspace.root / summary["targets"]["//env:env"][0]["path"]
+        proc = run_in_prefix(tree, "/opt/env/bin/python", "-c", "import hbindexpkg; print(hbindexpkg.VALUE)")
+        assert proc.stdout.strip() == "from the index line", proc.stderr
+
+        _pip_env(workspace, nginx_channel.url, [f"--extra-index-url {index.url}/simple", "hbindexpkg ==1.3"])
+        check = workspace.hb("lock", "--check", "//env:lock", check=False)
+        assert check.returncode == 1 and "the pip indexes changed" in check.stdout, check.stdout
+    finally:
+        index.stop()
+
+
 def test_pip_entries_carry_their_dependencies_per_platform_and_update_moves_one_pip_package(workspace,
                                                                                             nginx_channel):
     """conda-lock writes each pip package's dependencies (name -> spec); hb reads them from the
