@@ -64,7 +64,7 @@ def _conda_env_impl(ctx):
         if platform not in info.platforms:
             ctx.fail(f"platform {platform!r} is not locked by {info.lock_label} (platforms: {list(info.platforms)})")
         ctx.read_source(info.environment)  # tracked: editing environment.yml re-checks staleness
-        for extra in info.extra_environments:
+        for extra in (*info.extra_environments, *info.requirement_files):
             ctx.read_source(extra)
         check_fresh(info, lock, platform, ctx.workspace_root, f"{ctx.label}: ", memo=ctx.memo)
     categories = tuple(ctx.attr.categories) or ("main",)

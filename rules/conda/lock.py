@@ -6,6 +6,7 @@ written as conda-lock's unified conda-lock.yml plus explicit conda-<platform>.lo
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from hermetic_build.api import (
 from . import lockfile as lf
 from .channel import CondaChannelInfo
 from .lockkey import inputs_digest, inputs_keys, recorded_fresh, virtual_packages_key
-from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment
+from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment, requirement_files
 from .yamlload import safe_loader
 
 if TYPE_CHECKING:  # imported where a lock runs: a build that only reads locks never loads them
@@ -48,6 +49,7 @@ class CondaLockInfo(Provider):
     channel_dirs: tuple[tuple[str, File], ...] = ()
     extra_environments: tuple[File, ...] = ()  # merged on top of `environment` (conda-lock -f a -f b)
     pip_indexes: tuple[str, ...] = ()  # uv's index options (pypi.pip_index_args); () for PyPI alone
+    requirement_files: tuple[File, ...] = ()  # the requirements files pip: sections name (`-r FILE`)
 
     def virtual_packages_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.virtual_packages}
@@ -84,34 +86,36 @@ def _conda_lock_impl(ctx):
                      hint="a channel is a URL (https://conda.anaconda.org/conda-forge) or the label of a conda_channel")
         channel_dirs.append((str(dep.label), dep[CondaChannelInfo].directory))
     extra = tuple(ctx.files("extra_environments")) if ctx.attr.extra_environments else ()
+    written, requirements = _written_pip_sources(ctx, (environment, *extra))
     try:
         from .pypi import pip_index_args
 
-        indexes = pip_index_args(ctx.attr.pip_index_url, ctx.attr.pip_extra_index_urls,
-                                 _written_indexes(ctx, (environment, *extra)))
+        indexes = pip_index_args(ctx.attr.pip_index_url, ctx.attr.pip_extra_index_urls, written)
     except ValueError as exc:
         ctx.fail(str(exc), hint='e.g. pip_extra_index_urls = ["https://download.pytorch.org/whl/cu121"]')
     return [
         DefaultInfo(files=(lockfile,)),
         CondaLockInfo(lockfile, environment, platforms, tuple(ctx.attr.channels),
                       virtual_packages_key(virtual), str(ctx.label), ctx.attr.cuda,
-                      channel_dirs=tuple(channel_dirs), extra_environments=extra, pip_indexes=indexes),
+                      channel_dirs=tuple(channel_dirs), extra_environments=extra, pip_indexes=indexes,
+                      requirement_files=requirements),
     ]
 
 
-def _written_indexes(ctx, files):
-    """The pip indexes the environment files name (spec.environment_pip_indexes); a file that does
-    not exist names none (the lock reports it)."""
-    from .spec import environment_pip_indexes
+def _written_pip_sources(ctx, files):
+    """(the pip indexes, the requirements files (`-r FILE`)) the environment files name, both read
+    with ctx.read_source (tracked: editing one re-analyses); a file that does not exist names none
+    here (the lock reports it)."""
+    from .spec import environment_pip_indexes, requirement_files
 
-    texts = []
-    for file in files:
-        try:
-            texts.append((ctx.read_source(file), file.path))
-        except AnalysisError:
-            continue
+    def read(file: File) -> bytes | None:  # a link out of the workspace is refused by read_source
+        return ctx.read_source(file) if os.path.lexists(ctx.workspace_root / file.path) else None
+
+    texts = [(data, file.path) for file in files if (data := read(file)) is not None]
     try:
-        return environment_pip_indexes(texts)
+        requirements = requirement_files(
+            texts, lambda rel: None if (data := read(File(rel))) is None else data.decode("utf-8", errors="replace"))
+        return environment_pip_indexes(texts, requirements), tuple(File(rel) for rel in requirements)
     except AnalysisError as exc:
         raise AnalysisError(f"{ctx.label}: {exc.message}", location=exc.location, hint=exc.hint) from None
 
@@ -163,17 +167,18 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
     for the same environment files."""
     files = [(resolve_source(workspace_root, info.environment.path), info.environment.path),
              *((resolve_source(workspace_root, f.path), f.path) for f in info.extra_environments)]
+    requirement_paths = [(resolve_source(workspace_root, f.path), f.path) for f in info.requirement_files]
     why = indexes_problem(lock.metadata.custom_metadata, info.pip_indexes)
     if why and any(isinstance(e.package, lf.LockedWheel) and e.package.platform == platform for e in lock.entries):
         raise AnalysisError(f"{where}{info.lockfile.path} is stale for {platform}: {why}",
                             hint=f"run `hb lock {info.lock_label}` and commit the updated lock files")
-    digest = inputs_digest(info.platforms, info.channels, info.virtual_packages, files)
+    digest = inputs_digest(info.platforms, info.channels, info.virtual_packages, [*files, *requirement_paths])
     if recorded_fresh(lock.metadata, platform, digest):
         return
 
     def spec():
         return read_environment(files[0][0], info.platforms, info.channels, shown_path=files[0][1],
-                                extra=tuple(files[1:]))
+                                extra=tuple(files[1:]), read_requirement=_source_reader(workspace_root))
 
     def current_hashes() -> dict[str, str]:
         return content_hashes(spec(), info.virtual_packages_dict())
@@ -188,6 +193,17 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
         raise AnalysisError(
             f"{where}{info.lockfile.path} is stale for {platform}: " + "; ".join(reasons),
             hint=f"run `hb lock {info.lock_label}` and commit the updated lock files")
+
+
+def _source_reader(workspace_root):
+    """read_environment's reader of requirements files: workspace sources (resolve_source refuses a
+    link out of the workspace); None where one does not exist."""
+    def read(rel: str) -> str | None:
+        try:
+            return resolve_source(workspace_root, rel).read_text(errors="replace")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    return read
 
 
 def _lock(request) -> LockOutcome:
@@ -215,11 +231,20 @@ def _lock_or_check(request, speculation) -> LockOutcome:
     shown = env_rel
     extra = tuple((request.workspace.source_file(_rel(label)), _rel(label))
                   for label in attrs.get("extra_environments") or ())
-    files = ((env_path, shown), *extra)
+    read_requirement = _source_reader(request.workspace.root)
+    texts = []
+    for path, file_shown in ((env_path, shown), *extra):
+        try:
+            texts.append((path.read_bytes(), file_shown))
+        except FileNotFoundError:
+            pass  # read_environment says so
+    named = requirement_files(texts, read_requirement)  # `-r FILE`: inputs of the lock too
+    files = ((env_path, shown), *extra, *((resolve_source(request.workspace.root, rel), rel) for rel in named))
     # the inputs' digest before conda-lock reads them and again before the lock is written: a file
     # edited meanwhile gets no inputs key (lockkey.py)
     digest = inputs_digest(platforms, attrs["channels"], virtual_packages_key(virtual_packages), files)
-    spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown, extra=extra)
+    spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown, extra=extra,
+                            read_requirement=read_requirement)
     lock_path = request.source_path(attrs["lockfile"])
     from .lockread import LockReadError
 

@@ -23,10 +23,8 @@ _PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--|^[^;]
 # pip's own index options as a line of a pip: section (`conda env create` passes them to pip)
 _INDEX_OPTION = re.compile(r"^(--index-url|--extra-index-url|-i)(?:=|\s+)(\S+)$")
 # a cheap look at the bytes before any YAML is parsed: most environment files name no index
-# a whole line `    - --extra-index-url URL` (quoted or not) of a pip: section, as conda-lock must not see it
-_INDEX_LINE = re.compile(r"""^[ \t]*-[ \t]+(["']?)(--index-url|--extra-index-url|-i)(=|[ \t]+)\S+\1[ \t]*(#.*)?"""
-                         r"\r?\n?$")
-_MENTIONS_INDEXES = re.compile(rb"index-url|pip-repositories|allow-pypi-requests|^[ \t]*-[ \t]+-i[ \t=]", re.M)
+_MENTIONS_INDEXES = re.compile(rb"index-url|pip-repositories|allow-pypi-requests|^[ \t]*-[ \t]+-i[ \t=]"
+                               rb"|^[ \t]*-[ \t]+[\"']?(-r|--requirement)[ \t=]", re.M)
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,14 @@ def index_url_problem(url) -> str | None:
     return None
 
 
-def environment_pip_indexes(files) -> PipIndexes:
-    """The pip indexes environment files name ((text or bytes, shown path), ... in merge order).
-    Errors name file and line. A file that is not valid YAML names none here: reading it as an
-    environment (read_environment) reports why, at its line."""
+def environment_pip_indexes(files, requirement_files: dict | None = None) -> PipIndexes:
+    """The pip indexes environment files name ((text or bytes, shown path), ... in merge order),
+    with those of the requirements files their pip: sections name (`-r FILE`; requirement_files,
+    requirements_file.read_all). Errors name file and line. A file that is not valid YAML names none
+    here: reading it as an environment (read_environment) reports why, at its line."""
     import yaml
+
+    from . import requirements_file
 
     index_url, index_at, extras = "", None, []
 
@@ -90,23 +91,18 @@ def environment_pip_indexes(files) -> PipIndexes:
                     raise AnalysisError(f"'allow-pypi-requests' must be true or false, got {_shape(value)}",
                                         location=_at(value, shown))
                 allow_pypi, allow_at = value.value.lower() in ("true", "yes", "on"), _at(value, shown)
-            elif key.value == "dependencies" and isinstance(value, yaml.SequenceNode):
-                for item in value.value:
-                    if not isinstance(item, yaml.MappingNode):
-                        continue
-                    for pip_key, lines in item.value:
-                        if pip_key.value != "pip" or not isinstance(lines, yaml.SequenceNode):
-                            continue
-                        for line in lines.value:
-                            option = _index_option(line)
-                            if option is None:
-                                continue
-                            name, url = option
-                            _check_index_url(url, _at(line, shown))
-                            if name == "--extra-index-url":
-                                extras.append(url)
-                            else:
-                                take_index(url, _at(line, shown))
+        for line in _pip_line_nodes(raw):
+            options = [(*option, _at(line, shown))] if (option := index_option(line.value)) else []
+            included = requirements_file.REQUIREMENT_FILE.match(line.value.strip())
+            if included and requirement_files is not None:
+                rel = requirements_file.reference_path(included.group(2), shown, _at(line, shown))
+                options = requirements_file.flatten(rel, requirement_files)[1]
+            for name, url, at in options:
+                _check_index_url(url, at)
+                if name == "--extra-index-url":
+                    extras.append(url)
+                else:
+                    take_index(url, at)
         for url, at in repositories:
             _check_index_url(url, at)
         if not allow_pypi:
@@ -120,16 +116,60 @@ def environment_pip_indexes(files) -> PipIndexes:
     return PipIndexes(index_url, tuple(u for u in dict.fromkeys(extras) if u != index_url), index_at)
 
 
-def _index_option(node) -> tuple[str, str] | None:
-    """(option, URL) if a pip: line is an index option, else None."""
-    import yaml
-
-    if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str"):
-        return None
-    match = _INDEX_OPTION.match(node.value.strip())
+def index_option(line: str) -> tuple[str, str] | None:
+    """(option, URL) if a pip: line or a requirements file line is an index option, else None."""
+    match = _INDEX_OPTION.match(line.strip())
     if match is None:
         return None
     return ("--index-url" if match.group(1) == "-i" else match.group(1)), match.group(2)
+
+
+def _pip_line_nodes(raw: bytes) -> list:
+    """The string nodes of the pip: sections of an environment file's `dependencies`; [] for a file
+    that is not valid YAML (read_environment reports that at its line)."""
+    import yaml
+
+    try:
+        node = yaml.compose(raw.decode("utf-8", errors="replace"), Loader=safe_loader())
+    except (yaml.YAMLError, RecursionError):
+        return []
+    out = []
+    dependencies = [v for k, v in node.value if k.value == "dependencies"] if isinstance(node, yaml.MappingNode) else []
+    for value in dependencies:
+        for item in value.value if isinstance(value, yaml.SequenceNode) else ():
+            for key, lines in item.value if isinstance(item, yaml.MappingNode) else ():
+                for line in lines.value if key.value == "pip" and isinstance(lines, yaml.SequenceNode) else ():
+                    if isinstance(line, yaml.ScalarNode) and line.tag == "tag:yaml.org,2002:str":
+                        out.append(line)
+    return out
+
+
+def requirement_references(files) -> list[tuple[str, Location]]:
+    """(workspace path, Location of the line) of each `-r FILE` line of the environment files' pip:
+    sections ((text, shown path), ...)."""
+    from . import requirements_file
+
+    out = []
+    for data, shown in files:
+        raw = data.encode() if isinstance(data, str) else data
+        if not requirements_file.MENTIONS_REQUIREMENT_FILES.search(raw):
+            continue
+        for line in _pip_line_nodes(raw):
+            included = requirements_file.REQUIREMENT_FILE.match(line.value.strip())
+            if included:
+                at = _at(line, shown)
+                out.append((requirements_file.reference_path(included.group(2), shown, at), at))
+    return out
+
+
+def requirement_files(files, read) -> dict:
+    """Every requirements file the environment files ((text, shown path), ...) name with `-r`, and
+    those they name: workspace path -> requirements_file.RequirementsFile. read(workspace path) ->
+    its text, or None where it does not exist."""
+    from . import requirements_file
+
+    references = requirement_references(files)
+    return requirements_file.read_all(references, read) if references else {}
 
 
 def _check_index_url(url: str, at: Location) -> None:
@@ -159,6 +199,7 @@ class EnvironmentSpec:
     # a pip: section replace it
     user_pip: tuple = ()
     pip_indexes: PipIndexes = PipIndexes()  # what the files say (environment_pip_indexes)
+    requirement_files: tuple[str, ...] = ()  # workspace paths of the requirements files pip: sections name
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -225,23 +266,27 @@ def _channel_url(name: str, channel_urls: dict[str, str]) -> str:
 
 
 def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_path: str | None = None,
-                     extra: tuple[tuple[pathlib.Path, str], ...] = ()) -> EnvironmentSpec:
+                     extra: tuple[tuple[pathlib.Path, str], ...] = (), read_requirement=None) -> EnvironmentSpec:
     """Parse an environment.yml (and `extra` files merged on top, as `conda-lock -f a.yml -f b.yml`
-    does; (path, shown path) each); refuse what hb cannot lock, naming file and line."""
+    does; (path, shown path) each); refuse what hb cannot lock, naming file and line.
+    read_requirement(workspace path) -> text or None: how the requirements files that pip: sections
+    name (`-r FILE`) are read (a workspace's resolve_source); without it, relative to the directory of
+    `path` as to that of its shown path."""
     pip: list[PipRequirement] = []
     conda_pip = False
     texts = []
     for file, file_shown in ((path, shown_path or str(path)), *extra):
         try:
-            text = file.read_text()
+            texts.append((file.read_text(), file_shown))
         except FileNotFoundError:
             raise AnalysisError(f"{file_shown} does not exist", location=Location(file_shown)) from None
-        file_pip, file_conda_pip = _check_environment_shape(text, file_shown)
+    shown = shown_path or str(path)
+    requirements = requirement_files(texts, read_requirement or _reader_beside(path, shown))
+    for text, file_shown in texts:
+        file_pip, file_conda_pip = _check_environment_shape(text, file_shown, requirements)
         pip += file_pip
         conda_pip = conda_pip or file_conda_pip
-        texts.append((text, file_shown))
-    indexes = environment_pip_indexes(texts)
-    shown = shown_path or str(path)
+    indexes = environment_pip_indexes(texts, requirements)
     import logging
 
     from conda_lock.src_parser import make_lock_spec
@@ -249,9 +294,9 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
     logging.getLogger("conda_lock").setLevel(logging.ERROR)  # it logs every filtered selector line
     with tempfile.TemporaryDirectory(prefix="hb-env-") as scratch:
         # conda-lock's parser takes every pip: line for a requirement: it reads copies without the
-        # index lines (blank lines instead, so its line numbers stay the file's)
-        sources = [_without_index_lines(file, text, pathlib.Path(scratch) / f"{n}.yml")
-                   for n, ((file, _), (text, _)) in enumerate(zip(((path, shown), *extra), texts))]
+        # index lines and with each `-r FILE` line replaced by that file's requirements
+        sources = [_for_conda_lock(file, text, file_shown, pathlib.Path(scratch) / f"{n}.yml", requirements)
+                   for n, ((file, _), (text, file_shown)) in enumerate(zip(((path, shown), *extra), texts))]
         try:
             lock_spec = make_lock_spec(src_files=sources, channel_overrides=list(channel_overrides) or None,
                                        platform_overrides=list(platforms), mapping_url=str(PYPI_MAPPING))
@@ -259,20 +304,59 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
             message = str(exc).replace(str(scratch), "")
             raise AnalysisError(f"cannot read {shown}: {message}", location=Location(shown)) from None
     user_pip = _user_pip_specs([path, *(f for f, _ in extra)], platforms) if conda_pip and pip else ()
-    return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip, indexes)
+    return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip, indexes,
+                           tuple(requirements))
 
 
-def _without_index_lines(path: pathlib.Path, text: str, copy: pathlib.Path) -> pathlib.Path:
-    """`path` itself if no pip: line of it is an index option, else `copy` written with each such
-    line blanked."""
+def _reader_beside(path: pathlib.Path, shown: str):
+    """read_environment's reader of requirements files where no workspace's is given: a workspace
+    path is taken relative to the directory of the environment file's shown path."""
+    import posixpath
+
+    def read(rel: str) -> str | None:
+        try:
+            return (path.parent / posixpath.relpath(rel, posixpath.dirname(shown) or ".")).read_text()
+        except FileNotFoundError:
+            return None
+    return read
+
+
+def _for_conda_lock(path: pathlib.Path, text: str, shown: str, copy: pathlib.Path, requirements: dict) -> pathlib.Path:
+    """`path` itself if no pip: line of it is an index option or a requirements file, else `copy`
+    written with each index line blanked and each `-r FILE` line replaced by that file's
+    requirements (conda-lock then evaluates their markers per platform and hashes them)."""
+    import json
+
+    from . import requirements_file
+
     if not _MENTIONS_INDEXES.search(text.encode()):
         return path
     lines = text.splitlines(keepends=True)
-    kept = [("\n" if _INDEX_LINE.match(line) else line) for line in lines]
-    if kept == lines:
+    replaced: dict[int, list[str]] = {}  # first line -> what replaces it; the other lines of the node blanked
+    for node in _pip_line_nodes(text.encode()):
+        value = node.value.strip()
+        included = requirements_file.REQUIREMENT_FILE.match(value)
+        if index_option(value) is None and included is None:
+            continue
+        first, last = node.start_mark.line, max(node.start_mark.line, node.end_mark.line - (node.end_mark.column == 0))
+        new = ["\n"]
+        if included:
+            rel = requirements_file.reference_path(included.group(2), shown, _at(node, shown))
+            indent = " " * max(0, _item_column(lines[first]))
+            inline = requirements_file.flatten(rel, requirements)[0]
+            new = [f"{indent}- {json.dumps(r.text)}\n" for r in inline] or ["\n"]
+        replaced[first] = new
+        for n in range(first + 1, last + 1):
+            replaced[n] = ["\n"]
+    if not replaced:
         return path
-    copy.write_text("".join(kept))
+    copy.write_text("".join(line for n, original in enumerate(lines) for line in replaced.get(n, [original])))
     return copy
+
+
+def _item_column(line: str) -> int:
+    """The column of the `-` of a block sequence item's line."""
+    return len(line) - len(line.lstrip(" "))
 
 
 def _user_pip_specs(files, platforms) -> tuple:
@@ -299,7 +383,7 @@ def _conda_name(spec: str) -> str:
     return re.split(r"[\s=<>!~\[]", spec.strip(), maxsplit=1)[0]
 
 
-def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement], bool]:
+def _check_environment_shape(text: str, shown: str, requirement_files: dict) -> tuple[list[PipRequirement], bool]:
     """Check the shape conda-lock expects before it sees the file, so that a wrong shape is an
     error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
     from deep inside conda-lock."""
@@ -326,7 +410,7 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
                                     location=_at(value, shown), hint="write one spec per line: '  - numpy >=1.26'")
             for item in value.value:
                 if isinstance(item, yaml.MappingNode):
-                    pip += _pip_section(item, shown)
+                    pip += _pip_section(item, shown, requirement_files)
                     continue
                 _require_string(item, "each dependency", shown, example="numpy >=1.26")
                 if item.value.strip().startswith("-"):  # `- -e .`, `- --extra-index-url ...` among conda specs
@@ -344,11 +428,12 @@ def _check_environment_shape(text: str, shown: str) -> tuple[list[PipRequirement
     return pip, conda_pip
 
 
-def _pip_section(item, shown: str) -> list[PipRequirement]:
-    """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README)."""
+def _pip_section(item, shown: str, requirement_files: dict) -> list[PipRequirement]:
+    """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README),
+    index options (environment_pip_indexes) and `-r FILE` (the requirements of requirement_files)."""
     import yaml
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
+
+    from . import requirements_file
 
     keys = [k.value for k, _ in item.value]
     if keys != ["pip"]:
@@ -362,21 +447,35 @@ def _pip_section(item, shown: str) -> list[PipRequirement]:
     for node in value.value:
         _require_string(node, "each pip requirement", shown, example="tokenizers ==0.21.*")
         text = node.value.strip()
-        if _index_option(node) is not None:
+        if index_option(text) is not None:
             continue  # where to resolve from, not a requirement (environment_pip_indexes)
-        if _PIP_REFUSED.search(text):
-            raise AnalysisError(
-                f"pip requirement {text!r} is not a PyPI name with a version: hb locks wheels from the index only",
-                location=_at(node, shown),
-                hint="editable installs, paths, URLs and pip options are refused (they are not pinned by a "
-                     "hash or they run a build); publish the package as a wheel or a conda package. Index "
-                     "options are taken as `--index-url URL`, `-i URL` or `--extra-index-url URL`, one a line")
-        try:
-            requirement = Requirement(text)
-        except InvalidRequirement as exc:
-            raise AnalysisError(f"invalid pip requirement {text!r}: {exc}", location=_at(node, shown)) from None
-        out.append(PipRequirement(text, canonicalize_name(requirement.name), shown, node.start_mark.line + 1))
+        included = requirements_file.REQUIREMENT_FILE.match(text)
+        if included:
+            rel = requirements_file.reference_path(included.group(2), shown, _at(node, shown))
+            out += requirements_file.flatten(rel, requirement_files)[0]
+            continue
+        out.append(pip_requirement(text, _at(node, shown)))
     return out
+
+
+def pip_requirement(text: str, at: Location) -> PipRequirement:
+    """A pip: line or requirements file line that is a PyPI requirement, or an error at `at`."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    if _PIP_REFUSED.search(text):
+        raise AnalysisError(
+            f"pip requirement {text!r} is not a PyPI name with a version: hb locks wheels from the index only",
+            location=at,
+            hint="editable installs, paths, URLs and pip options are refused (they are not pinned by a "
+                 "hash or they run a build); publish the package as a wheel or a conda package. Index "
+                 "options are taken as `--index-url URL`, `-i URL` or `--extra-index-url URL`, and "
+                 "requirements files as `-r FILE`, one a line")
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        raise AnalysisError(f"invalid pip requirement {text!r}: {exc}", location=at) from None
+    return PipRequirement(text, canonicalize_name(requirement.name), at.path, at.line)
 
 
 def _require_strings(node, what: str, shown: str, example: str) -> None:

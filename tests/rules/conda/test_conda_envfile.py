@@ -174,3 +174,69 @@ def test_the_lock_targets_indexes_and_the_files_are_merged(tmp_path):
     with pytest.raises(ValueError, match=r"name different indexes: keep one") as exc:
         pip_index_args("https://z.example.org/simple", [], written)
     assert "env/environment.yml:4" in str(exc.value)
+
+
+def _workspace_env(tmp_path, files: dict):
+    """read_environment of env/environment.yml in a workspace at tmp_path holding `files`."""
+    from hermetic_build.api import resolve_source
+
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+
+    def read(rel):
+        try:
+            return resolve_source(tmp_path, rel).read_text()
+        except FileNotFoundError:
+            return None
+    return read_environment(tmp_path / "env/environment.yml", ["linux-64", "osx-arm64"],
+                            shown_path="env/environment.yml", read_requirement=read)
+
+
+def test_requirements_files_a_pip_section_names_are_read_as_pip_reads_them(tmp_path):
+    """`- -r requirements.txt` (conda env create's form): the file, relative to the environment file,
+    and the files it names, relative to it; comments, continuations and index lines as pip reads
+    them; markers evaluated per platform by conda-lock, which reads the requirements in place of the line."""
+    spec = _workspace_env(tmp_path, {
+        "env/environment.yml": "dependencies:\n  - python 3.11.*\n  - pip:\n    - -r requirements.txt  # ours\n"
+                               "    - idna\n",
+        "env/requirements.txt": "# pinned by hand\n--extra-index-url https://download.pytorch.org/whl/cu121\n"
+                                "numpy >=2.2 \\\n    ,<2.5  # continued\n\n-r ../common/base.txt\n",
+        "common/base.txt": "tokenizers ==0.21.*\npywin32 ; sys_platform == 'win32'\nuvloop ; sys_platform == 'linux'\n",
+    })
+    assert [(r.text, r.path, r.line) for r in spec.pip] == [
+        ("numpy >=2.2     ,<2.5", "env/requirements.txt", 3),
+        ("tokenizers ==0.21.*", "common/base.txt", 1),
+        ("pywin32 ; sys_platform == 'win32'", "common/base.txt", 2),
+        ("uvloop ; sys_platform == 'linux'", "common/base.txt", 3),
+        ("idna", "env/environment.yml", 5)]
+    assert spec.pip_indexes.extra_index_urls == ("https://download.pytorch.org/whl/cu121",)
+    assert spec.requirement_files == ("env/requirements.txt", "common/base.txt")
+    assert [r.name for r in spec.pip_requirements("linux-64")] == ["numpy", "tokenizers", "uvloop", "idna"]
+    assert [r.name for r in spec.pip_requirements("osx-arm64")] == ["numpy", "tokenizers", "idna"]
+
+
+@pytest.mark.parametrize("files, where, message", [
+    ({"env/requirements.txt": "idna\n-e ./mine\n"}, "env/requirements.txt:2", "'-e ./mine' is not a PyPI name"),
+    ({"env/requirements.txt": "numpy==2.2.0 --hash=sha256:abc\n"}, "env/requirements.txt:1", "is not a PyPI name"),
+    ({}, "env/environment.yml:3", "requirements file env/requirements.txt does not exist"),
+    ({"env/requirements.txt": "-r requirements.txt\n"}, "env/requirements.txt:1", "names itself"),
+    ({"env/requirements.txt": "-r ../../outside.txt\n"}, "env/requirements.txt:1", "is outside the workspace"),
+    ({"env/requirements.txt": "-r /etc/passwd\n"}, "env/requirements.txt:1", "must be a path relative to"),
+])
+def test_requirements_files_that_cannot_be_taken_name_file_and_line(tmp_path, files, where, message):
+    with pytest.raises(AnalysisError) as exc:
+        _workspace_env(tmp_path, {"env/environment.yml": "dependencies:\n  - pip:\n    - -r requirements.txt\n",
+                                  **files})
+    assert str(exc.value.location) == where
+    assert message in exc.value.message
+
+
+def test_a_requirements_file_linked_out_of_the_workspace_is_not_read(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-LINE\n")
+    (tmp_path / "ws/env").mkdir(parents=True)
+    (tmp_path / "ws/env/requirements.txt").symlink_to(secret)
+    with pytest.raises(AnalysisError) as exc:
+        _workspace_env(tmp_path / "ws", {"env/environment.yml": "dependencies:\n  - pip:\n    - -r requirements.txt\n"})
+    assert "SECRET" not in exc.value.message and "outside the workspace" in exc.value.message

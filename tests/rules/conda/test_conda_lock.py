@@ -316,6 +316,34 @@ def test_index_lines_of_the_environment_file_are_the_indexes_the_lock_resolves_f
         index.stop()
 
 
+def test_a_requirements_file_the_pip_section_names_is_locked_and_its_edits_make_the_lock_stale(workspace,
+                                                                                                 nginx_channel,
+                                                                                                 tmp_path):
+    """`- -r requirements.txt` in the pip: section: its requirements (and its index line) are locked;
+    the file is an input of the lock like environment.yml: editing it makes `hb lock --check` and
+    `hb build` (whose analysis tracks it) say the lock is stale."""
+    sha256 = _simple_index(tmp_path / "index", "hbindexpkg", "1.3", b"VALUE = 'from requirements.txt'\n")
+    from support import Nginx
+
+    index = Nginx(tmp_path / "index", tmp_path / "nginx-index")
+    try:
+        _pip_env(workspace, nginx_channel.url, ["-r requirements.txt"])
+        workspace.write("env/requirements.txt", f"--index-url {index.url}/simple\nhbindexpkg ==1.3  # pinned\n")
+        workspace.hb("lock", "//env:lock", timeout=300)
+        entry = _pip_entries(workspace)["hbindexpkg"]
+        assert entry.url == f"{index.url}/files/hbindexpkg-1.3-py3-none-any.whl" and entry.hash.sha256 == sha256
+        assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+        workspace.build_json("//env:env")
+
+        workspace.write("env/requirements.txt", f"--index-url {index.url}/simple\nhbindexpkg >=1.0\n")
+        check = workspace.hb("lock", "--check", "//env:lock", check=False)
+        assert check.returncode == 1 and "the pip requirements for linux-64 changed" in check.stdout, check.stdout
+        stale = workspace.hb("build", "//env:env", check=False)
+        assert stale.returncode == 4 and "is stale for linux-64" in stale.stderr, stale.stderr[-2000:]
+    finally:
+        index.stop()
+
+
 def test_pip_entries_carry_their_dependencies_per_platform_and_update_moves_one_pip_package(workspace,
                                                                                             nginx_channel):
     """conda-lock writes each pip package's dependencies (name -> spec); hb reads them from the
