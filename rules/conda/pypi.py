@@ -277,6 +277,15 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise AnalysisError(f"{where}uv gave no sha256 for {chosen['url']}")
         wheels.append(ResolvedWheel(name, str(package["version"]), chosen["url"], sha256))
+    pinned = {r.name: r for r in requirements if r.hashes}
+    for wheel in wheels:
+        r = pinned.get(wheel.name)
+        if r is not None and wheel.sha256 not in r.hashes:
+            raise AnalysisError(f"{where}the wheel of {wheel.name} {wheel.version} for {target.platform} is "
+                                f"{public_url(wheel.url)} (sha256 {wheel.sha256}), which the --hash options of "
+                                f"{r.text!r} do not allow", location=Location(r.path, r.line),
+                                hint="regenerate the hashes (pip-compile --generate-hashes) or pin the version "
+                                     "they were written for")
     return wheels
 
 

@@ -18,6 +18,8 @@ MENTIONS_REQUIREMENT_FILES = re.compile(rb"""^[ \t]*-[ \t]+["']?(-r|--requiremen
 MAX_DEPTH = 8  # files naming files
 MAX_BYTES = 4 << 20  # one requirements file
 _COMMENT = re.compile(r"(^|\s+)#.*$")  # pip's
+_HASH_OPTION = re.compile(r"\s--hash(?:=|\s+)(\S+)")  # pip-compile --generate-hashes writes them
+_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 
 
 def parse(text: str, path: str) -> RequirementsFile:
-    from .spec import index_option, pip_requirement
+    from .spec import index_option
 
     requirements, options, includes = [], [], []
     for number, line in logical_lines(text):
@@ -72,8 +74,24 @@ def parse(text: str, path: str) -> RequirementsFile:
         elif (option := index_option(line)) is not None:
             options.append((*option, at))
         else:
-            requirements.append(pip_requirement(line, at))
+            requirements.append(_requirement_with_hashes(line, at))
     return RequirementsFile(path, tuple(requirements), tuple(options), tuple(includes))
+
+
+def _requirement_with_hashes(line: str, at: Location):
+    """A requirement line, its `--hash=sha256:...` options taken out into PipRequirement.hashes: the
+    wheel the lock pins for it must be one of them (pypi.resolved_wheels)."""
+    import dataclasses
+
+    from .spec import pip_requirement
+
+    hashes = _HASH_OPTION.findall(" " + line)
+    requirement = pip_requirement(_HASH_OPTION.sub("", " " + line).strip(), at)
+    for value in hashes:
+        if not _SHA256.fullmatch(value):
+            raise AnalysisError(f"--hash {value!r} is not sha256:<64 hex digits>", location=at,
+                                hint="hb pins wheels by sha256 (pip-compile --generate-hashes writes those)")
+    return dataclasses.replace(requirement, hashes=tuple(value[7:] for value in hashes))
 
 
 def read_all(references, read) -> dict[str, RequirementsFile]:

@@ -182,10 +182,11 @@ def _check_index_url(url: str, at: Location) -> None:
 class PipRequirement:
     """One line of an environment file's `pip:` section, as written, with where it was written."""
 
-    text: str
+    text: str  # without --hash options
     name: str  # PEP 503-normalised
     path: str
     line: int
+    hashes: tuple[str, ...] = ()  # sha256 hex of the files a requirements file's --hash options allow
 
 
 @dataclass(frozen=True)
@@ -554,7 +555,12 @@ def content_hashes(spec: EnvironmentSpec, virtual_packages: dict[str, list[str]]
     """conda-lock's per-platform content hash of the spec, computed by conda-lock itself."""
     from conda_lock.content_hash import compute_content_hashes
 
-    return dict(compute_content_hashes(spec.lock_spec, virtual_package_repo(virtual_packages, spec.platforms)))
+    hashes = dict(compute_content_hashes(spec.lock_spec, virtual_package_repo(virtual_packages, spec.platforms)))
+    for platform, value in hashes.items():  # --hash pins of requirements files, which conda-lock does not see
+        pins = sorted((r.name, sorted(r.hashes)) for r in spec.pip_requirements(platform) if r.hashes)
+        if pins:
+            hashes[platform] = blake3(repr([value, pins]).encode()).hexdigest()
+    return hashes
 
 
 def input_fingerprints(spec: EnvironmentSpec, virtual_packages: dict[str, list[str]]) -> dict[str, str]:
@@ -566,7 +572,8 @@ def input_fingerprints(spec: EnvironmentSpec, virtual_packages: dict[str, list[s
     for platform in spec.platforms:
         out[f"hb.dependencies.{platform}"] = h(sorted(spec.match_specs(platform)))
         out[f"hb.virtual_packages.{platform}"] = h(sorted(virtual_packages.get(platform, ())))
-        pip = sorted(r.text for r in spec.pip_requirements(platform))
+        pip = sorted(r.text + "".join(f" --hash=sha256:{h}" for h in sorted(r.hashes))
+                     for r in spec.pip_requirements(platform))
         if pip:  # only when there is a pip section: locks without one keep their fingerprints
             out[f"hb.pip.{platform}"] = h(pip)
     return out

@@ -328,12 +328,21 @@ def test_a_requirements_file_the_pip_section_names_is_locked_and_its_edits_make_
     index = Nginx(tmp_path / "index", tmp_path / "nginx-index")
     try:
         _pip_env(workspace, nginx_channel.url, ["-r requirements.txt"])
-        workspace.write("env/requirements.txt", f"--index-url {index.url}/simple\nhbindexpkg ==1.3  # pinned\n")
+        pinned = f"--index-url {index.url}/simple\nhbindexpkg ==1.3 \\\n    --hash=sha256:{sha256}  # pinned\n"
+        workspace.write("env/requirements.txt", pinned)
         workspace.hb("lock", "//env:lock", timeout=300)
         entry = _pip_entries(workspace)["hbindexpkg"]
         assert entry.url == f"{index.url}/files/hbindexpkg-1.3-py3-none-any.whl" and entry.hash.sha256 == sha256
         assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
         workspace.build_json("//env:env")
+
+        # another --hash: the lock is stale, and the wheel the index serves is not one it allows
+        workspace.write("env/requirements.txt", pinned.replace(sha256, "0" * 64))
+        check = workspace.hb("lock", "--check", "//env:lock", check=False)
+        assert check.returncode == 1 and "the pip requirements for linux-64 changed" in check.stdout, check.stdout
+        refused = workspace.hb("lock", "//env:lock", check=False, timeout=300)
+        assert refused.returncode == 4 and "env/requirements.txt:2" in refused.stderr, refused.stderr[-2000:]
+        assert f"(sha256 {sha256}), which the --hash options of 'hbindexpkg ==1.3' do not allow" in refused.stderr
 
         workspace.write("env/requirements.txt", f"--index-url {index.url}/simple\nhbindexpkg >=1.0\n")
         check = workspace.hb("lock", "--check", "//env:lock", check=False)
