@@ -245,6 +245,11 @@ def _lock_or_check(request, speculation) -> LockOutcome:
     digest = inputs_digest(platforms, attrs["channels"], virtual_packages_key(virtual_packages), files)
     spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown, extra=extra,
                             read_requirement=read_requirement)
+    if not request.check:
+        for at in spec.editable:
+            request.reporter.warn(f"{at}: an editable install of local source (`-e PATH`) is not locked; install "
+                                  "it from your checkout into the environment, or build it as a wheel or conda "
+                                  "package (conda-lock leaves it out too)")
     lock_path = request.source_path(attrs["lockfile"])
     from .lockread import LockReadError
 

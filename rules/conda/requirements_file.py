@@ -29,6 +29,7 @@ class RequirementsFile:
     path: str  # its workspace path
     requirements: tuple  # spec.PipRequirement, in order
     index_options: tuple  # (option, URL, Location): --index-url / --extra-index-url lines
+    editable: tuple  # Location of each `-e PATH` line (local source: not locked, spec._pip_section)
     includes: tuple  # (workspace path, Location of its -r line), in order
 
 
@@ -63,9 +64,9 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 
 
 def parse(text: str, path: str) -> RequirementsFile:
-    from .spec import index_option
+    from .spec import index_option, is_local_editable
 
-    requirements, options, includes = [], [], []
+    requirements, options, includes, editable = [], [], [], []
     for number, line in logical_lines(text):
         at = Location(path, number)
         included = REQUIREMENT_FILE.match(line)
@@ -73,9 +74,11 @@ def parse(text: str, path: str) -> RequirementsFile:
             includes.append((reference_path(included.group(2), path, at), at))
         elif (option := index_option(line)) is not None:
             options.append((*option, at))
+        elif is_local_editable(line):
+            editable.append(at)
         else:
             requirements.append(_requirement_with_hashes(line, at))
-    return RequirementsFile(path, tuple(requirements), tuple(options), tuple(includes))
+    return RequirementsFile(path, tuple(requirements), tuple(options), tuple(editable), tuple(includes))
 
 
 def _requirement_with_hashes(line: str, at: Location):
@@ -120,13 +123,14 @@ def read_all(references, read) -> dict[str, RequirementsFile]:
     return found
 
 
-def flatten(path: str, files: dict[str, RequirementsFile]) -> tuple[list, list]:
-    """(requirements, index options) of the file at `path` with those of the files it names, in the
-    order pip reads them (read_all refused cycles)."""
+def flatten(path: str, files: dict[str, RequirementsFile]) -> tuple[list, list, list]:
+    """(requirements, index options, editable lines) of the file at `path` with those of the files it
+    names (read_all refused cycles)."""
     file = files[path]
-    requirements, options = list(file.requirements), list(file.index_options)
+    requirements, options, editable = list(file.requirements), list(file.index_options), list(file.editable)
     for included, _ in file.includes:
-        more, more_options = flatten(included, files)
+        more, more_options, more_editable = flatten(included, files)
         requirements += more
         options += more_options
-    return requirements, options
+        editable += more_editable
+    return requirements, options, editable

@@ -22,9 +22,12 @@ _PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--|^[^;]
 
 # pip's own index options as a line of a pip: section (`conda env create` passes them to pip)
 _INDEX_OPTION = re.compile(r"^(--index-url|--extra-index-url|-i)(?:=|\s+)(\S+)$")
-# a cheap look at the bytes before any YAML is parsed: most environment files name no index
-_MENTIONS_INDEXES = re.compile(rb"index-url|pip-repositories|allow-pypi-requests|^[ \t]*-[ \t]+-i[ \t=]"
-                               rb"|^[ \t]*-[ \t]+[\"']?(-r|--requirement)[ \t=]", re.M)
+# an editable install of local source (`-e .`, the project's own checkout): not locked, as conda-lock skips it
+EDITABLE = re.compile(r"^(-e|--editable)(?:=|\s*)(\S.*)$")
+# a cheap look at the bytes before any YAML is parsed: most environment files name no index,
+# requirements file or editable install
+_MENTIONS_PIP_OPTIONS = re.compile(rb"index-url|pip-repositories|allow-pypi-requests|^[ \t]*-[ \t]+-i[ \t=]"
+                               rb"|^[ \t]*-[ \t]+[\"']?(-r|--requirement|-e|--editable)", re.M)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
 
     for data, shown in files:
         raw = data.encode() if isinstance(data, str) else data
-        if not _MENTIONS_INDEXES.search(raw):
+        if not _MENTIONS_PIP_OPTIONS.search(raw):
             continue
         try:
             node = yaml.compose(raw.decode("utf-8", errors="replace"), Loader=safe_loader())
@@ -201,6 +204,7 @@ class EnvironmentSpec:
     user_pip: tuple = ()
     pip_indexes: PipIndexes = PipIndexes()  # what the files say (environment_pip_indexes)
     requirement_files: tuple[str, ...] = ()  # workspace paths of the requirements files pip: sections name
+    editable: tuple[Location, ...] = ()  # `-e PATH` lines, not locked (as conda-lock skips them)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -283,8 +287,9 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
             raise AnalysisError(f"{file_shown} does not exist", location=Location(file_shown)) from None
     shown = shown_path or str(path)
     requirements = requirement_files(texts, read_requirement or _reader_beside(path, shown))
+    editable: list[Location] = []
     for text, file_shown in texts:
-        file_pip, file_conda_pip = _check_environment_shape(text, file_shown, requirements)
+        file_pip, file_conda_pip = _check_environment_shape(text, file_shown, requirements, editable)
         pip += file_pip
         conda_pip = conda_pip or file_conda_pip
     indexes = environment_pip_indexes(texts, requirements)
@@ -306,7 +311,7 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
             raise AnalysisError(f"cannot read {shown}: {message}", location=Location(shown)) from None
     user_pip = _user_pip_specs([path, *(f for f, _ in extra)], platforms) if conda_pip and pip else ()
     return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip, indexes,
-                           tuple(requirements))
+                           tuple(requirements), tuple(editable))
 
 
 def _reader_beside(path: pathlib.Path, shown: str):
@@ -330,14 +335,14 @@ def _for_conda_lock(path: pathlib.Path, text: str, shown: str, copy: pathlib.Pat
 
     from . import requirements_file
 
-    if not _MENTIONS_INDEXES.search(text.encode()):
+    if not _MENTIONS_PIP_OPTIONS.search(text.encode()):
         return path
     lines = text.splitlines(keepends=True)
     replaced: dict[int, list[str]] = {}  # first line -> what replaces it; the other lines of the node blanked
     for node in _pip_line_nodes(text.encode()):
         value = node.value.strip()
         included = requirements_file.REQUIREMENT_FILE.match(value)
-        if index_option(value) is None and included is None:
+        if index_option(value) is None and included is None and not is_local_editable(value):
             continue
         first, last = node.start_mark.line, max(node.start_mark.line, node.end_mark.line - (node.end_mark.column == 0))
         new = ["\n"]
@@ -384,7 +389,8 @@ def _conda_name(spec: str) -> str:
     return re.split(r"[\s=<>!~\[]", spec.strip(), maxsplit=1)[0]
 
 
-def _check_environment_shape(text: str, shown: str, requirement_files: dict) -> tuple[list[PipRequirement], bool]:
+def _check_environment_shape(text: str, shown: str, requirement_files: dict,
+                             editable: list) -> tuple[list[PipRequirement], bool]:
     """Check the shape conda-lock expects before it sees the file, so that a wrong shape is an
     error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
     from deep inside conda-lock."""
@@ -411,7 +417,7 @@ def _check_environment_shape(text: str, shown: str, requirement_files: dict) -> 
                                     location=_at(value, shown), hint="write one spec per line: '  - numpy >=1.26'")
             for item in value.value:
                 if isinstance(item, yaml.MappingNode):
-                    pip += _pip_section(item, shown, requirement_files)
+                    pip += _pip_section(item, shown, requirement_files, editable)
                     continue
                 _require_string(item, "each dependency", shown, example="numpy >=1.26")
                 if item.value.strip().startswith("-"):  # `- -e .`, `- --extra-index-url ...` among conda specs
@@ -429,9 +435,17 @@ def _check_environment_shape(text: str, shown: str, requirement_files: dict) -> 
     return pip, conda_pip
 
 
-def _pip_section(item, shown: str, requirement_files: dict) -> list[PipRequirement]:
+def is_local_editable(line: str) -> bool:
+    """`-e .`, `--editable=../pkg`: local source (not `-e git+https://...`, a dependency by URL)."""
+    match = EDITABLE.match(line.strip())
+    return match is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", match.group(2)) is None
+
+
+def _pip_section(item, shown: str, requirement_files: dict, editable: list) -> list[PipRequirement]:
     """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README),
-    index options (environment_pip_indexes) and `-r FILE` (the requirements of requirement_files)."""
+    index options (environment_pip_indexes), `-r FILE` (the requirements of requirement_files) and
+    `-e PATH`, the project's own source, which no lock pins: its Location is appended to `editable`
+    and it is left out, as conda-lock leaves it out (with a warning; `hb lock` prints one too)."""
     import yaml
 
     from . import requirements_file
@@ -450,10 +464,15 @@ def _pip_section(item, shown: str, requirement_files: dict) -> list[PipRequireme
         text = node.value.strip()
         if index_option(text) is not None:
             continue  # where to resolve from, not a requirement (environment_pip_indexes)
+        if is_local_editable(text):
+            editable.append(_at(node, shown))
+            continue
         included = requirements_file.REQUIREMENT_FILE.match(text)
         if included:
             rel = requirements_file.reference_path(included.group(2), shown, _at(node, shown))
-            out += requirements_file.flatten(rel, requirement_files)[0]
+            requirements, _, more_editable = requirements_file.flatten(rel, requirement_files)
+            out += requirements
+            editable += more_editable
             continue
         out.append(pip_requirement(text, _at(node, shown)))
     return out

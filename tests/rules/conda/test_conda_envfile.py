@@ -22,7 +22,8 @@ def read(tmp_path, text: str):
     ("dependencies:\n  - [numpy]\n", "2", "got a list"),
     ("dependencies:\n  - pip: 5\n", "2", "'pip' must be a list of PyPI requirements, got an integer '5'"),
     ("dependencies:\n  - conda: [x]\n", "2", "a mapping in 'dependencies' must be a 'pip:' section"),
-    ("dependencies:\n  - pip:\n    - requests\n    - -e .\n", "4", "'-e .' is not a PyPI name with a version"),
+    ("dependencies:\n  - pip:\n    - requests\n    - -e git+https://e.org/x.git\n", "4",
+     "'-e git+https://e.org/x.git' is not a PyPI name with a version"),
     ("dependencies:\n  - pip:\n    - x @ https://e.org/x-1.tar.gz\n", "3", "is not a PyPI name with a version"),
     ("dependencies:\n  - pip:\n    - ./local\n", "3", "is not a PyPI name with a version"),
     ("dependencies:\n  - pip:\n    - numpy >=>2\n", "3", "invalid pip requirement 'numpy >=>2'"),
@@ -217,7 +218,8 @@ def test_requirements_files_a_pip_section_names_are_read_as_pip_reads_them(tmp_p
 
 
 @pytest.mark.parametrize("files, where, message", [
-    ({"env/requirements.txt": "idna\n-e ./mine\n"}, "env/requirements.txt:2", "'-e ./mine' is not a PyPI name"),
+    ({"env/requirements.txt": "idna\n-e git+https://e.org/x.git#egg=x\n"}, "env/requirements.txt:2",
+     "is not a PyPI name"),
     ({"env/requirements.txt": "numpy==2.2.0 --hash=sha256:abc\n"}, "env/requirements.txt:1",
      "--hash 'sha256:abc' is not sha256:<64 hex digits>"),
     ({"env/requirements.txt": "numpy==2.2.0 --no-binary :all:\n"}, "env/requirements.txt:1", "is not a PyPI name"),
@@ -272,3 +274,18 @@ def test_a_requirements_file_with_hashes_as_pip_compile_writes_it(tmp_path):
     plain = _workspace_env(tmp_path, {**env, "env/requirements.txt": "idna==3.10\n"})
     assert content_hashes(plain, vp) == dict(compute_content_hashes(plain.lock_spec,
                                                                     virtual_package_repo(vp, plain.platforms)))
+
+
+def test_editable_installs_of_local_source_are_left_out_as_conda_lock_leaves_them_out(tmp_path):
+    """`-e .` (the project's own checkout; also `-e.`, `--editable=../lib`, in a requirements file too)
+    is not locked, and conda-lock's parser does not see it: hb lock warns with its file and line. An
+    editable install from a URL is a dependency, still refused."""
+    spec = _workspace_env(tmp_path, {
+        "env/environment.yml": "dependencies:\n  - python 3.11.*\n  - pip:\n    - -e.\n    - idna\n"
+                               "    - --editable=../lib\n    - -r requirements.txt\n",
+        "env/requirements.txt": "-e .\ntokenizers\n",
+    })
+    assert [r.name for r in spec.pip] == ["idna", "tokenizers"]
+    assert [str(at) for at in spec.editable] == ["env/environment.yml:4", "env/environment.yml:6",
+                                                 "env/requirements.txt:1"]
+    assert [r.name for r in spec.pip_requirements("linux-64")] == ["idna", "tokenizers"]

@@ -321,16 +321,17 @@ def test_a_requirements_file_the_pip_section_names_is_locked_and_its_edits_make_
                                                                                                  tmp_path):
     """`- -r requirements.txt` in the pip: section: its requirements (and its index line) are locked;
     the file is an input of the lock like environment.yml: editing it makes `hb lock --check` and
-    `hb build` (whose analysis tracks it) say the lock is stale."""
+    `hb build` (whose analysis tracks it) say the lock is stale. `-e .` is left out with a warning."""
     sha256 = _simple_index(tmp_path / "index", "hbindexpkg", "1.3", b"VALUE = 'from requirements.txt'\n")
     from support import Nginx
 
     index = Nginx(tmp_path / "index", tmp_path / "nginx-index")
     try:
-        _pip_env(workspace, nginx_channel.url, ["-r requirements.txt"])
+        _pip_env(workspace, nginx_channel.url, ["-e .", "-r requirements.txt"])
         pinned = f"--index-url {index.url}/simple\nhbindexpkg ==1.3 \\\n    --hash=sha256:{sha256}  # pinned\n"
         workspace.write("env/requirements.txt", pinned)
-        workspace.hb("lock", "//env:lock", timeout=300)
+        locked = workspace.hb("lock", "//env:lock", timeout=300)
+        assert "warning: env/environment.yml:6: an editable install of local source" in locked.stdout + locked.stderr
         entry = _pip_entries(workspace)["hbindexpkg"]
         assert entry.url == f"{index.url}/files/hbindexpkg-1.3-py3-none-any.whl" and entry.hash.sha256 == sha256
         assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
