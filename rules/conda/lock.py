@@ -246,10 +246,8 @@ def _lock_or_check(request, speculation) -> LockOutcome:
     spec = read_environment(env_path, platforms, attrs["channels"], shown_path=shown, extra=extra,
                             read_requirement=read_requirement)
     if not request.check:
-        for at in spec.editable:
-            request.reporter.warn(f"{at}: an editable install of local source (`-e PATH`) is not locked; install "
-                                  "it from your checkout into the environment, or build it as a wheel or conda "
-                                  "package (conda-lock leaves it out too)")
+        for at, what in spec.warnings:
+            request.reporter.warn(f"{at}: {what}")
     lock_path = request.source_path(attrs["lockfile"])
     from .lockread import LockReadError
 

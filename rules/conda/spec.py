@@ -24,6 +24,8 @@ _PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--|^[^;]
 _INDEX_OPTION = re.compile(r"^(--index-url|--extra-index-url|-i)(?:=|\s+)(\S+)$")
 # an editable install of local source (`-e .`, the project's own checkout): not locked, as conda-lock skips it
 EDITABLE = re.compile(r"^(-e|--editable)(?:=|\s*)(\S.*)$")
+EDITABLE_WARNING = ("an editable install of local source (`-e PATH`) is not locked; install it from your checkout "
+                    "into the environment, or build it as a wheel or conda package (conda-lock leaves it out too)")
 # a cheap look at the bytes before any YAML is parsed: most environment files name no index,
 # requirements file or editable install
 _MENTIONS_PIP_OPTIONS = re.compile(rb"index-url|pip-repositories|allow-pypi-requests|^[ \t]*-[ \t]+-i[ \t=]"
@@ -204,7 +206,8 @@ class EnvironmentSpec:
     user_pip: tuple = ()
     pip_indexes: PipIndexes = PipIndexes()  # what the files say (environment_pip_indexes)
     requirement_files: tuple[str, ...] = ()  # workspace paths of the requirements files pip: sections name
-    editable: tuple[Location, ...] = ()  # `-e PATH` lines, not locked (as conda-lock skips them)
+    # (where, what) hb lock warns about: what the files say that the lock leaves out (`-e PATH`, variables:)
+    warnings: tuple[tuple[Location, str], ...] = ()
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -287,9 +290,9 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
             raise AnalysisError(f"{file_shown} does not exist", location=Location(file_shown)) from None
     shown = shown_path or str(path)
     requirements = requirement_files(texts, read_requirement or _reader_beside(path, shown))
-    editable: list[Location] = []
+    warnings: list[tuple[Location, str]] = []
     for text, file_shown in texts:
-        file_pip, file_conda_pip = _check_environment_shape(text, file_shown, requirements, editable)
+        file_pip, file_conda_pip = _check_environment_shape(text, file_shown, requirements, warnings)
         pip += file_pip
         conda_pip = conda_pip or file_conda_pip
     indexes = environment_pip_indexes(texts, requirements)
@@ -311,7 +314,7 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
             raise AnalysisError(f"cannot read {shown}: {message}", location=Location(shown)) from None
     user_pip = _user_pip_specs([path, *(f for f, _ in extra)], platforms) if conda_pip and pip else ()
     return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip, indexes,
-                           tuple(requirements), tuple(editable))
+                           tuple(requirements), tuple(warnings))
 
 
 def _reader_beside(path: pathlib.Path, shown: str):
@@ -390,7 +393,7 @@ def _conda_name(spec: str) -> str:
 
 
 def _check_environment_shape(text: str, shown: str, requirement_files: dict,
-                             editable: list) -> tuple[list[PipRequirement], bool]:
+                             warnings: list) -> tuple[list[PipRequirement], bool]:
     """Check the shape conda-lock expects before it sees the file, so that a wrong shape is an
     error at `file:line` (a YAML syntax error: `file:line:column`) instead of a Python exception
     from deep inside conda-lock."""
@@ -409,6 +412,10 @@ def _check_environment_shape(text: str, shown: str, requirement_files: dict,
         raise AnalysisError("an environment file must be a mapping with 'dependencies'",
                             location=_at(node, shown) if node is not None else Location(shown))
     for key, value in node.value:
+        if key.value == "variables":
+            warnings.append((_at(key, shown), "'variables:' are set by `conda activate`, which an image never "
+                                              "runs: hb does not apply them (set them with oci_image(env_vars = "
+                                              "{...}) or env_run(env_vars = {...}))"))
         if key.value in ("channels", "platforms"):
             _require_strings(value, key.value, shown, example="conda-forge" if key.value == "channels" else "linux-64")
         elif key.value == "dependencies":
@@ -417,7 +424,7 @@ def _check_environment_shape(text: str, shown: str, requirement_files: dict,
                                     location=_at(value, shown), hint="write one spec per line: '  - numpy >=1.26'")
             for item in value.value:
                 if isinstance(item, yaml.MappingNode):
-                    pip += _pip_section(item, shown, requirement_files, editable)
+                    pip += _pip_section(item, shown, requirement_files, warnings)
                     continue
                 _require_string(item, "each dependency", shown, example="numpy >=1.26")
                 if item.value.strip().startswith("-"):  # `- -e .`, `- --extra-index-url ...` among conda specs
@@ -441,11 +448,11 @@ def is_local_editable(line: str) -> bool:
     return match is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", match.group(2)) is None
 
 
-def _pip_section(item, shown: str, requirement_files: dict, editable: list) -> list[PipRequirement]:
+def _pip_section(item, shown: str, requirement_files: dict, warnings: list) -> list[PipRequirement]:
     """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README),
     index options (environment_pip_indexes), `-r FILE` (the requirements of requirement_files) and
-    `-e PATH`, the project's own source, which no lock pins: its Location is appended to `editable`
-    and it is left out, as conda-lock leaves it out (with a warning; `hb lock` prints one too)."""
+    `-e PATH`, the project's own source, which no lock pins: left out, as conda-lock leaves it out
+    (with a warning; `hb lock` prints one too, from `warnings`)."""
     import yaml
 
     from . import requirements_file
@@ -465,14 +472,14 @@ def _pip_section(item, shown: str, requirement_files: dict, editable: list) -> l
         if index_option(text) is not None:
             continue  # where to resolve from, not a requirement (environment_pip_indexes)
         if is_local_editable(text):
-            editable.append(_at(node, shown))
+            warnings.append((_at(node, shown), EDITABLE_WARNING))
             continue
         included = requirements_file.REQUIREMENT_FILE.match(text)
         if included:
             rel = requirements_file.reference_path(included.group(2), shown, _at(node, shown))
-            requirements, _, more_editable = requirements_file.flatten(rel, requirement_files)
+            requirements, _, editable = requirements_file.flatten(rel, requirement_files)
             out += requirements
-            editable += more_editable
+            warnings += [(at, EDITABLE_WARNING) for at in editable]
             continue
         out.append(pip_requirement(text, _at(node, shown)))
     return out

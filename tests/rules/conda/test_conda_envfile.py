@@ -286,6 +286,13 @@ def test_editable_installs_of_local_source_are_left_out_as_conda_lock_leaves_the
         "env/requirements.txt": "-e .\ntokenizers\n",
     })
     assert [r.name for r in spec.pip] == ["idna", "tokenizers"]
-    assert [str(at) for at in spec.editable] == ["env/environment.yml:4", "env/environment.yml:6",
-                                                 "env/requirements.txt:1"]
+    assert [str(at) for at, _ in spec.warnings] == ["env/environment.yml:4", "env/environment.yml:6",
+                                                    "env/requirements.txt:1"]
+    assert all("editable install of local source" in what for _, what in spec.warnings)
     assert [r.name for r in spec.pip_requirements("linux-64")] == ["idna", "tokenizers"]
+
+
+def test_variables_are_not_applied_and_hb_lock_says_so(tmp_path):
+    spec = read(tmp_path, "dependencies: [python]\nvariables:\n  CUDA_HOME: /usr/local/cuda\n")
+    assert [(str(at), what.split(":")[0]) for at, what in spec.warnings] == [("env/environment.yml:2", "'variables")]
+    assert "oci_image(env_vars" in spec.warnings[0][1]
