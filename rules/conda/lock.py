@@ -198,11 +198,10 @@ def check_fresh(info: CondaLockInfo, lock, platform: str, workspace_root: pathli
 def _source_reader(workspace_root):
     """read_environment's reader of requirements files: workspace sources (resolve_source refuses a
     link out of the workspace); None where one does not exist."""
+    from .requirements_file import read_text
+
     def read(rel: str) -> str | None:
-        try:
-            return resolve_source(workspace_root, rel).read_text(errors="replace")
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        return read_text(resolve_source(workspace_root, rel), rel)
     return read
 
 

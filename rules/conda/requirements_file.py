@@ -33,6 +33,26 @@ class RequirementsFile:
     includes: tuple  # (workspace path, Location of its -r line), in order
 
 
+def read_text(path, shown: str) -> str | None:
+    """A requirements file's text; None if it does not exist. A FIFO or device (a checkout can hold
+    one) is refused before it is read, so it cannot hang `hb lock`; so is a file over MAX_BYTES."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AnalysisError(f"requirements file {shown} is not a regular file", location=Location(shown))
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise AnalysisError(f"requirements file {shown} is larger than {MAX_BYTES >> 20} MiB", location=Location(shown))
+    return data.decode("utf-8", errors="replace")
+
+
 def reference_path(ref: str, naming: str, at: Location) -> str:
     """The workspace path of `-r ref` written in the file whose workspace path is `naming`."""
     if not ref or ref.startswith(("/", "~")) or "://" in ref or "\\" in ref or "\x00" in ref:

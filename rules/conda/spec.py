@@ -322,11 +322,10 @@ def _reader_beside(path: pathlib.Path, shown: str):
     path is taken relative to the directory of the environment file's shown path."""
     import posixpath
 
+    from .requirements_file import read_text
+
     def read(rel: str) -> str | None:
-        try:
-            return (path.parent / posixpath.relpath(rel, posixpath.dirname(shown) or ".")).read_text()
-        except FileNotFoundError:
-            return None
+        return read_text(path.parent / posixpath.relpath(rel, posixpath.dirname(shown) or "."), rel)
     return read
 
 

@@ -180,16 +180,14 @@ def test_the_lock_targets_indexes_and_the_files_are_merged(tmp_path):
 def _workspace_env(tmp_path, files: dict):
     """read_environment of env/environment.yml in a workspace at tmp_path holding `files`."""
     from hermetic_build.api import resolve_source
+    from rules.conda.requirements_file import read_text
 
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
 
     def read(rel):
-        try:
-            return resolve_source(tmp_path, rel).read_text()
-        except FileNotFoundError:
-            return None
+        return read_text(resolve_source(tmp_path, rel), rel)
     return read_environment(tmp_path / "env/environment.yml", ["linux-64", "osx-arm64"],
                             shown_path="env/environment.yml", read_requirement=read)
 
@@ -296,3 +294,12 @@ def test_variables_are_not_applied_and_hb_lock_says_so(tmp_path):
     spec = read(tmp_path, "dependencies: [python]\nvariables:\n  CUDA_HOME: /usr/local/cuda\n")
     assert [(str(at), what.split(":")[0]) for at, what in spec.warnings] == [("env/environment.yml:2", "'variables")]
     assert "oci_image(env_vars" in spec.warnings[0][1]
+
+
+def test_a_requirements_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    import os
+
+    (tmp_path / "env").mkdir()
+    os.mkfifo(tmp_path / "env/requirements.txt")
+    with pytest.raises(AnalysisError, match="is not a regular file"):
+        _workspace_env(tmp_path, {"env/environment.yml": "dependencies:\n  - pip:\n    - -r requirements.txt\n"})
