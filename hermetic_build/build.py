@@ -155,7 +155,7 @@ class Session:
         self._rules = None
         self._analyses: dict[tuple, AnalysisResult] = {}
         self._removals = BackgroundJobs("hb-out-removal", daemon=True)  # deleting directories hb-out/ no longer shows
-        self._publish_lock = threading.RLock()  # with _publish_fd, the flock on hb-out/ (_publishing)
+        self._publish_lock = threading.RLock()  # with _publish_fd, the flock on hb-out/ (publishing)
         self._publish_fd: int | None = None
 
     def _open_executor(self, url: str, timeout: int, download: str, uploads_results: bool):
@@ -392,7 +392,7 @@ class Session:
                            "actions": len(indices)})
 
     @contextlib.contextmanager
-    def _publishing(self):
+    def publishing(self):
         """Hold hb-out/ for publishing: builds of one workspace (two terminals, CI jobs sharing a
         checkout) take turns replacing what it shows, else one renamed its tree onto the directory
         the other had just published there and failed ("Directory not empty"). An flock on the
@@ -402,20 +402,38 @@ class Session:
             if self._publish_fd is not None:
                 yield
                 return
-            root = self.workspace.output_root
-            refuse_linked_output_root(root)
-            root.mkdir(parents=True, exist_ok=True)
-            self._publish_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._publish_fd = self._lock_output_root()
             try:
-                fcntl.flock(self._publish_fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(self._publish_fd)
                 self._publish_fd = None
 
+    def _lock_output_root(self) -> int:
+        """An flock'ed descriptor of hb-out/ as it is now: `hb clean` deletes hb-out/ while holding
+        it, so a build that waited for it locks the new one (made again) instead of publishing into
+        the deleted directory, where its outputs would vanish."""
+        root = self.workspace.output_root
+        while True:
+            refuse_linked_output_root(root)
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held, now = os.fstat(fd), os.stat(root, follow_symlinks=False)
+            except FileNotFoundError:  # deleted while this build waited
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+            os.close(fd)
+
     def _publish(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
         """Make the outputs of the requested targets visible under hb-out/."""
-        with self._publishing():
+        with self.publishing():
             return self._publish_locked(analysis, executor)
 
     def _publish_locked(self, analysis: AnalysisResult, executor: Executor) -> dict[str, list[dict]]:
@@ -511,7 +529,7 @@ class Session:
         outputs = [out for out in action.outputs if out.is_directory and out.path in published]
         if not outputs:
             return
-        with self._publishing():
+        with self.publishing():
             for out in outputs:
                 dest = self.workspace.root / out.path
                 if out.path.startswith(OUTPUT_DIR + "/") and ".." not in out.path.split("/"):

@@ -537,7 +537,8 @@ def clean(obj, expunge):
 
     session = _session(obj)
     refuse_linked_output_root(session.workspace.output_root)  # never delete through a link
-    shutil.rmtree(session.workspace.output_root, ignore_errors=True)
+    with session.publishing():  # not while a build publishes into it (it waits, then makes hb-out/ again)
+        shutil.rmtree(session.workspace.output_root, ignore_errors=True)
     shutil.rmtree(session.state_dir, ignore_errors=True)
     left = session.local_store.expunge() if expunge else []
     echo(f"removed {session.workspace.output_root}" + (f" and {session.local_store.root}" if expunge else ""))

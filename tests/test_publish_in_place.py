@@ -243,3 +243,45 @@ def test_builds_of_one_workspace_at_once_all_publish(sandboxed):
             _out, err = p.communicate(timeout=120)
             assert p.returncode == 0, err
         assert len(os.listdir(sandboxed.root / "hb-out/p/t/tree")) == 400
+
+
+def test_hb_clean_waits_for_a_build_publishing_and_a_build_waiting_publishes_into_the_new_hb_out(sandboxed):
+    """hb clean deletes hb-out/ only while no build publishes into it (the same flock); a build that
+    waited meanwhile locks the hb-out/ made again, where before it published into the deleted
+    directory and its outputs were nowhere."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    sandboxed.write("p/BUILD.hermetic", tree_build(MANY))
+    sandboxed.hb("build", "//p:t")
+    hb_out = sandboxed.root / "hb-out"
+    fd = os.open(hb_out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a build, publishing
+        clean = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "clean"], cwd=sandboxed.root,
+                                 env=sandboxed.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert clean.poll() is None and hb_out.is_dir(), "hb clean deleted hb-out/ while a build published into it"
+    finally:
+        os.close(fd)
+    _out, err = clean.communicate(timeout=60)
+    assert clean.returncode == 0 and not hb_out.exists(), err
+
+    sandboxed.hb("build", "//p:t")
+    shutil.rmtree(hb_out / "p/t/tree")
+    fd = os.open(hb_out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # hb clean, deleting
+        build = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "//p:t"],
+                                 cwd=sandboxed.root, env=sandboxed.env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert build.poll() is None
+        os.rename(hb_out, sandboxed.root / "deleted")  # as rmtree leaves it: gone from the workspace
+    finally:
+        os.close(fd)
+    _out, err = build.communicate(timeout=60)
+    assert build.returncode == 0, err
+    assert len(os.listdir(hb_out / "p/t/tree")) == 400
