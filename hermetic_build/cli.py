@@ -632,7 +632,7 @@ def _human(n: int) -> str:
 def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, preload):
     """Lease hb actions from a REAPI engine's Bots service and run them (with bubblewrap, as hb does)."""
     try:
-        from .rexec.worker import main as worker_main
+        from .rexec.worker import WorkerRefused, main as worker_main
     except ImportError as exc:
         raise UsageError(f"hb worker needs the reapi extra: {exc}",
                          hint="pip install 'hermetic-build[reapi]' (buildgrid, grpcio)") from None
@@ -640,6 +640,8 @@ def worker(url, instance, workdir, cache_dir, bot_id, properties, max_actions, p
         sys.exit(worker_main(url, instance, workdir, cache_dir, bot_id, properties, max_actions, preload))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except WorkerRefused as exc:  # as root, where worker_exec cannot run as another user (rexec/confine.py)
+        raise HbError(str(exc)) from None
 
 
 def drop_working_directory_from_path() -> None:

@@ -14,14 +14,24 @@ binds the host's /proc (bubblewrap's own `--proc` leaves read-only mounts over p
 kernel then refuses the inner sandbox its `/proc`). So a confined kind sees the host's processes in
 /proc: `hb worker` makes itself non-dumpable (its /proc/PID/environ is then closed to them) and
 starts the sandbox with an empty environment. Where the two sandboxes cannot nest, the worker says
-so once and runs worker_exec as before.
+so once and runs worker_exec as before (not as root: `root_refusal`).
 
 A worker running as root does not start the sandbox as root: bubblewrap maps the uid inside to the
 uid that started it, and the kernel lets the host's uid 0 write /proc/sys (a sysctl's file mode is
 checked against the host uid, no capability needed) and signal any root process; through the bound
 /proc a kind wrote kernel.core_pattern, which runs a program as root outside every namespace.
 There the sandbox is started as CONFINED_ID (nobody) with `setpriv`, and the action's directory is
-given to that user (`give_to_confined`)."""
+given to that user (`give_to_confined`).
+
+That user must reach what the sandbox binds: an interpreter under root's 0700 home (pyenv) it cannot.
+So, where a path it needs lies under a directory it cannot enter, the command first enters (still
+as root) a mount namespace of its own (opened.py): the host's tree, with a 0755 tmpfs over each such
+directory and the needed paths bound back at their own paths (`opening_arguments`); nothing of the
+host changes mode or owner. There `setpriv` drops to CONFINED_ID and the sandbox starts as before.
+(Not bubblewrap run as root: its monitor process, which drops every capability, stays the parent of
+CONFINED_ID's processes and may not signal them, so the sandbox outlived a timeout's kill.) A root
+worker whose sandbox still cannot run this Python and hb as CONFINED_ID refuses to start
+(`root_refusal`): it never confines as uid 0."""
 
 from __future__ import annotations
 
@@ -29,8 +39,10 @@ import functools
 import importlib.util
 import os
 import shutil
+import stat
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments
@@ -82,13 +94,23 @@ def read_only_paths(rule_modules=()) -> list[str]:
     return exposed
 
 
+@dataclass(frozen=True)
+class RootProbe:
+    """What a worker running as root learnt by starting the sandbox as CONFINED_ID once: the ids to
+    start it with, or why it cannot (then the worker refuses to start: module doc)."""
+
+    ids: tuple[int, int] | None
+    why: str | None
+
+
 @functools.cache
-def host_ids() -> tuple[int, int] | None:
-    """The (uid, gid) the sandbox is started with where this process is root (never uid 0: module doc),
-    None where it runs as the worker's own user, or where that user cannot run this Python and hb
-    (an installation under root's 0700 home): then the sandbox runs as root, said by root_why()."""
-    if os.geteuid() != 0 or _setpriv() is None:
+def root_probe() -> RootProbe | None:
+    """None where this process is not root; else whether uid CONFINED_ID, in the sandbox, can import hb
+    with this Python (an import through every path the sandbox binds, opened or not)."""
+    if os.geteuid() != 0:
         return None
+    if _setpriv() is None:
+        return RootProbe(None, "`setpriv` (util-linux) is missing")
     import tempfile
 
     ids = (CONFINED_ID, CONFINED_ID)
@@ -97,23 +119,36 @@ def host_ids() -> tuple[int, int] | None:
         env = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
         argv = _confinement_argv(Path(probe), env, (), ids)
         if not argv:
-            return None
+            return RootProbe(None, "bubblewrap is not usable here")
         try:
             proc = subprocess.run([*argv, sys.executable, "-P", "-c", "import hermetic_build.worker_exec"],
                                   capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    return ids if proc.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return RootProbe(None, f"{type(exc).__name__}: {exc}")
+    if proc.returncode != 0:
+        said = (proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return RootProbe(None, f"uid {CONFINED_ID} cannot run {sys.executable} and hb in the sandbox ({said[:200]})")
+    return RootProbe(ids, None)
 
 
-def root_why() -> str | None:
-    """Why a worker running as root confines worker_exec as the host's uid 0 (None where it does not)."""
-    if os.geteuid() != 0 or host_ids() is not None:
+def host_ids() -> tuple[int, int] | None:
+    """The (uid, gid) the sandbox is started with where this process is root (never uid 0: module doc),
+    None where it runs as the worker's own user (or, as root, where it cannot: root_refusal)."""
+    probe = root_probe()
+    return probe.ids if probe else None
+
+
+def root_refusal() -> str | None:
+    """Why a worker running as root must not run worker_exec (None where it may): it runs it only
+    confined as CONFINED_ID, never as the host's uid 0, confined (the kernel lets uid 0 write /proc/sys
+    from inside) or not."""
+    if os.geteuid() != 0:
         return None
-    if _setpriv() is None:
-        return "`setpriv` (util-linux) is missing"
-    return (f"uid {CONFINED_ID} cannot run this Python and hb ({sys.executable}); install them where every "
-            "user can read them")
+    why = root_probe().why or nesting_works()
+    if why is None:
+        return None
+    return (f"hb worker will not run actions as root here: {why}; run it as an unprivileged user, or install "
+            f"Python, its venv and hb where uid {CONFINED_ID} can read them")
 
 
 def _setpriv() -> str | None:
@@ -144,16 +179,17 @@ def confinement_argv(writable: Path, env: dict, rule_modules=()) -> list[str]:
 
 def _confinement_argv(writable: Path, env: dict, rule_modules, ids) -> list[str]:
     bwrap = bwrap_path()
-    if bwrap is None:
-        return []
-    switch = [] if ids is None else [_setpriv(), f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", "--"]
+    if bwrap is None or (ids is None and os.geteuid() == 0):
+        return []  # as root, never a sandbox of uid 0 (module doc)
+    read_only = read_only_paths(rule_modules)
+    switch = [] if ids is None else _switch(read_only, writable, ids)
     cmd = [*switch, shutil.which("env") or "/usr/bin/env", "-i", bwrap, *OUTER, "--uid", INSIDE_ID, "--gid", INSIDE_ID,
            *host_system_arguments(False)]
     # the host's /proc, so that the actions' own bubblewrap can mount theirs (module doc); /dev and
     # /tmp private
     cmd += ["--bind", "/proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # (not 0755 root's)
     inside = str(writable).rstrip("/") + "/"
-    for path in read_only_paths(rule_modules):
+    for path in read_only:
         if path in ("/usr", "/proc", "/dev") or path.startswith(("/usr/", "/proc/", "/dev/", inside)):
             continue  # bound already, or writable
         cmd += ["--ro-bind", path, path]
@@ -161,6 +197,45 @@ def _confinement_argv(writable: Path, env: dict, rule_modules, ids) -> list[str]
     for key, value in {"PATH": FIXED_PATH, **env}.items():
         cmd += ["--setenv", key, value]
     return [*cmd, "--"]
+
+
+def _enterable(directory: Path, ids) -> bool:
+    """Whether the user `ids` (no supplementary groups: setpriv --clear-groups) may search `directory`."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    bit = stat.S_IXUSR if st.st_uid == ids[0] else stat.S_IXGRP if st.st_gid == ids[1] else stat.S_IXOTH
+    return stat.S_ISDIR(st.st_mode) and bool(st.st_mode & bit)
+
+
+def opening_arguments(read_only: list[str], writable: Path, ids) -> list[str]:
+    """opened.py's arguments that let the user `ids` reach `read_only` and `writable` at their own
+    paths: a 0755 tmpfs over the highest directory of each path that user cannot enter (root's 0700
+    home), the path bound back in it. Nothing else of that directory is there. [] where every path is
+    reachable as it is."""
+    arguments: list[str] = []
+    opened: set[Path] = set()
+    for path in sorted({*read_only, os.path.realpath(writable)}):
+        closed = next((a for a in reversed(Path(path).parents) if a != Path("/") and not _enterable(a, ids)), None)
+        if closed is None:
+            continue
+        if closed not in opened:
+            arguments += ["--tmpfs", str(closed)]
+            opened.add(closed)
+        arguments += ["--bind", path]
+    return arguments
+
+
+def _switch(read_only: list[str], writable: Path, ids) -> list[str]:
+    """The command prefix, run as root, that runs the rest as `ids` (module doc): `setpriv`, in a mount
+    namespace made by opened.py where a path needs opening. opened.py execs it (no process stays
+    between the worker and the sandbox's bubblewrap, which ends with the worker: --die-with-parent)."""
+    setpriv = [_setpriv(), f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", "--"]
+    opening = opening_arguments(read_only, writable, ids)
+    if not opening:
+        return setpriv
+    return [sys.executable, "-I", "-S", str(Path(__file__).with_name("opened.py")), *opening, "--", *setpriv]
 
 
 @functools.cache

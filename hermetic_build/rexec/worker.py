@@ -81,6 +81,10 @@ def _read_log(directory: Path, name: str) -> bytes:
         return f.read()
 
 
+class WorkerRefused(Exception):
+    """This worker cannot run actions safely here (one line: why, and what to do)."""
+
+
 class LeaseRefused(Exception):
     """A lease this worker will not run; code is a google.rpc code."""
 
@@ -118,7 +122,7 @@ class BotWorker:
         self._stop = threading.Event()
         self.preload = preload  # worker_exec forked from a pre-imported fork server (see _worker_exec)
         self._mp = None
-        self._confined: bool | None = None  # decided at the first action (confine.py)
+        self._confined: bool | None = None  # decided at start (main) or at the first action (confine.py)
 
     # ----- the session -------------------------------------------------------------------------------
     def _session(self):
@@ -348,15 +352,16 @@ class BotWorker:
         return self._mp
 
     def confined(self) -> bool:
-        """Whether worker_exec runs confined (confine.py): where bubblewrap nests here. Said once."""
+        """Whether worker_exec runs confined (confine.py): where bubblewrap nests here. Said once. As root,
+        always, or WorkerRefused: worker_exec never runs as the host's uid 0 (confine.root_refusal)."""
         if self._confined is None:
+            refusal = confine.root_refusal()
+            if refusal:
+                raise WorkerRefused(refusal)
             why = confine.nesting_works()
             self._confined = why is None
             if why is None:
                 confine.make_non_dumpable()
-                if confine.root_why():
-                    self.log(f"hb worker {self.bot_id}: worker_exec is confined as the host's root (uid 0 may "
-                             f"write /proc/sys from inside): {confine.root_why()}")
             else:
                 self.log(f"hb worker {self.bot_id}: worker_exec runs unconfined (an action kind's Python sees this "
                          f"worker's files; its commands are still sandboxed): {why}")
@@ -455,6 +460,7 @@ def main(url: str, instance: str, workdir: str | None, cache: str | None, bot_id
         props.append((key, value))
     worker = BotWorker(url, instance=instance, workdir=Path(workdir) if workdir else None,
                        cache=Path(cache) if cache else None, bot_id=bot_id, properties=tuple(props), preload=preload)
+    worker.confined()  # as root, refused here rather than at the first lease (WorkerRefused)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
         worker.run(max_actions)

@@ -49,22 +49,104 @@ register_action_kind("test.escape", "1", run)
 '''
 
 
-def escape_lease(tmp_path, preload: bool) -> dict:
-    """Run the escape kind on a worker; what it found, and the stdout the worker reported."""
+ROOT_KIND = '''
+import os
+
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    found = [f"uid {os.getuid()} inside"]  # the host's uid is the owner of the output, seen by the worker
+    # a harmless sysctl written with its own value: what the host's uid 0 may do to kernel.core_pattern
+    try:
+        with open("/proc/sys/kernel/core_uses_pid", "rb") as f:
+            value = f.read()
+        fd = os.open("/proc/sys/kernel/core_uses_pid", os.O_WRONLY)
+        try:
+            os.write(fd, value)
+        finally:
+            os.close(fd)
+        found.append("SYSCTL-WRITTEN")
+    except OSError as exc:
+        found.append(f"sysctl refused: {exc.strerror}")
+    execution.path(execution.action.outputs[0]).write_text("\\n".join(found) + "\\n")
+
+
+register_action_kind("test.rootly", "1", run)
+'''
+
+
+STUCK_KIND = '''
+import os
+
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    os.execv("/usr/bin/sleep", ["sleep", execution.params["marker"]])  # this very process, never ending
+
+
+register_action_kind("test.stuck", "1", run)
+'''
+
+
+def stuck_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict:
+    """Run the stuck kind on a worker with a timeout; the lease's status, and the processes of the
+    action (its `sleep MARKER`) still there a while after the worker gave up on it."""
+    import time
+    import uuid
+
+    marker = f"3600.{uuid.uuid4().int % 10**12}"
+
+    def build(root):
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "", inputs=(), kind=kind, version="1", mnemonic="Stuck", params_json=json.dumps({"marker": marker})))
+
+    worker = make_worker(tmp_path, preload=preload)
+    status, _result = worker._work(lease(worker, tmp_path, build, timeout=3))
+    assert worker._confined
+
+    def left() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return {"code": status.code, "message": status.message, "left": left()}
+
+
+def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
+    """Run the kind `kind` (the escape kind) on a worker; what it found, the stdout the worker reported,
+    and the host's owner of the output the kind wrote (as the worker collects it)."""
     secret = tmp_path / "host" / "secret.txt"
 
     def build(root):
         (root / ".hb").mkdir()
         (root / ".hb" / "action.json").write_bytes(shell_action(
-            "", inputs=(), kind="test.escape", version="1", mnemonic="Escape",
+            "", inputs=(), kind=kind, version="1", mnemonic="Escape",
             params_json=json.dumps({"secret": str(secret)})))
 
     worker = make_worker(tmp_path, preload=preload)
+    owners, collect = [], worker._collect
+
+    def _collect(root, outputs, result, upload):
+        owners.append(os.stat(root / "p" / "o.txt", follow_symlinks=False).st_uid)
+        return collect(root, outputs, result, upload)
+
+    worker._collect = _collect
     status, result = worker._work(lease(worker, tmp_path, build))
     assert status.code == code_pb2.OK, status.message
     assert worker._confined
     out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
-    return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "",
+    return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "", "owner": owners[0] if owners else None,
             "stdout": worker.cas.blobs.get(result.stdout_digest.hash, b"").decode(errors="replace"),
             "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace"),
             "exit": result.exit_code}
@@ -97,36 +179,25 @@ def install_test_kind(tmp_path: Path, monkeypatch, module: str, source: str, pat
     monkeypatch.setenv("HB_RULE_MODULES", f"rules,{module}")
 
 
-def _interpreter() -> tuple[str, list[str]]:
-    """The Python the worker runs with, and what it needs on PYTHONPATH. As root, the worker starts the
-    sandbox as another user, who must be able to read the interpreter: where this one lies under root's
-    home (pyenv), the system's Python of the same version with this one's site-packages."""
-    import site
-    import sysconfig
-
-    system = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
-    if os.geteuid() == 0 and os.path.exists(system) and not sysconfig.get_paths()["stdlib"].startswith("/usr/"):
-        return system, [*site.getsitepackages()]
-    return sys.executable, []
-
-
-def _run(tmp_path, monkeypatch, preload) -> dict:
-    """escape_lease in a fresh process (the fork server is started once per process, with the rule
-    modules of that moment), with _interpreter()."""
+def _run(tmp_path, monkeypatch, preload, kind="test.escape", module="escape_kind", source=ESCAPE_KIND,
+         runs="escape_lease") -> dict:
+    """escape_lease (or `runs`) in a fresh process (the fork server is started once per process, with the rule
+    modules of that moment), with this Python: as root here, one under root's 0700 home (pyenv), which
+    the confined user cannot enter but through the worker's own mount namespace (confine.py)."""
     from hermetic_build.rexec import confine
 
-    python, extra = _interpreter()
     hb_root = str(Path(confine.__file__).resolve().parent.parent.parent)
-    install_test_kind(tmp_path, monkeypatch, "escape_kind", ESCAPE_KIND, [hb_root, *extra])
+    install_test_kind(tmp_path, monkeypatch, module, source, [hb_root])
     (tmp_path / "host").mkdir()
     (tmp_path / "host" / "secret.txt").write_text("HOST-SECRET\n")
     here = Path(__file__).parent
     script = (f"import sys, json; sys.path[:0] = {[str(here.parent), str(here)]!r}\n"
-              "from pathlib import Path\nfrom test_adv_confine import escape_lease\n"
-              f"if __name__ == '__main__':\n    print(json.dumps(escape_lease(Path({str(tmp_path)!r}), {preload!r})))\n")
+              f"from pathlib import Path\nfrom test_adv_confine import {runs}\n"
+              f"if __name__ == '__main__':\n    print(json.dumps({runs}(Path({str(tmp_path)!r}), {preload!r}, "
+              f"{kind!r})))\n")
     (tmp_path / "runner").mkdir()
     (tmp_path / "runner" / "run_escape.py").write_text(script)
-    proc = subprocess.run([python, str(tmp_path / "runner" / "run_escape.py")], capture_output=True,
+    proc = subprocess.run([sys.executable, str(tmp_path / "runner" / "run_escape.py")], capture_output=True,
                           text=True, timeout=300, cwd=here.parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -149,3 +220,54 @@ def test_a_kind_cannot_have_the_worker_read_a_file_through_its_log(tmp_path, mon
     got = _run(tmp_path, monkeypatch, True)
     assert "stdout relinked" in got["found"], got  # it could (its directory is writable); the worker did not follow
     assert "HOST-SECRET" not in got["stdout"] + got["stderr"], got
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_kind_never_runs_as_the_hosts_root(tmp_path, monkeypatch, preload):
+    """A worker running as root whose Python lies where uid 65534 cannot enter (pyenv under root's 0700
+    home, as here) confined worker_exec as the host's uid 0 and only said so in its log: a kind wrote
+    a sysctl (here one with its own value; kernel.core_pattern runs a program as root on the host).
+    Now it runs as confine.CONFINED_ID, through a mount namespace of the worker that opens the way."""
+    from hermetic_build.rexec import confine
+
+    got = _run(tmp_path, monkeypatch, preload, "test.rootly", "rootly_kind", ROOT_KIND)
+    expected = confine.CONFINED_ID if os.geteuid() == 0 else os.geteuid()
+    assert got["owner"] == expected, got
+    assert "SYSCTL-WRITTEN" not in got["found"] and "sysctl refused" in got["found"], got
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_confined_action_that_runs_too_long_is_ended(tmp_path, monkeypatch, preload):
+    """The worker ends an action past its timeout by the PID of what it started (worker_exec, or with the
+    fork server the process forked for it): as root, that must still be the sandbox's own process,
+    with nothing between (bubblewrap run as root to open the paths kept a monitor there, which could
+    not signal uid 65534's processes: the action outlived its timeout)."""
+    from buildgrid._protos.google.rpc import code_pb2 as codes
+
+    got = _run(tmp_path, monkeypatch, preload, "test.stuck", "stuck_kind", STUCK_KIND, runs="stuck_lease")
+    assert got["code"] == codes.DEADLINE_EXCEEDED, got
+    assert got["left"] == [], got
+
+
+def test_a_root_worker_that_cannot_confine_as_another_user_refuses_to_start(tmp_path):
+    """Where uid 65534 cannot run the worker's Python even through the opened mount namespace (a venv
+    that is itself 0700), `hb worker` as root stops at once with one line saying why and what to do;
+    before, it confined worker_exec as uid 0 and only logged it."""
+    if os.geteuid() != 0:
+        pytest.skip("a worker refuses this only as root")
+    from hermetic_build.rexec import confine
+
+    venv = tmp_path / "closed-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    venv.chmod(0o700)
+    hb_root = str(Path(confine.__file__).resolve().parent.parent.parent)
+    import site
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([hb_root, *site.getsitepackages()])}
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "hermetic_build", "worker", "--bots",
+                           "grpc://127.0.0.1:9"], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "will not run actions as root" in lines[0] and "unprivileged user" in lines[0], lines
+    assert f"uid {confine.CONFINED_ID} cannot run" in lines[0], lines

@@ -89,8 +89,10 @@ def shell_action(cmd: str, inputs=("p/in.txt",), outputs=("p/o.txt",), **kw) -> 
     return description.encode(Action(**fields), {}, 0)
 
 
-def lease(worker, tmp_path, build_root, env=(("PATH", FIXED_PATH),), outputs=("p/o.txt",), argv=WORKER_ARGV):
-    """The lease payload of an action whose input root is the directory build_root(root) makes."""
+def lease(worker, tmp_path, build_root, env=(("PATH", FIXED_PATH),), outputs=("p/o.txt",), argv=WORKER_ARGV,
+          timeout=0):
+    """The lease payload of an action whose input root is the directory build_root(root) makes (that
+    may run `timeout` seconds, 0: no limit)."""
     src = tmp_path / "input-root"
     src.mkdir()
     build_root(src)
@@ -103,6 +105,7 @@ def lease(worker, tmp_path, build_root, env=(("PATH", FIXED_PATH),), outputs=("p
                          output_paths=sorted([".hb/outputs.json", *outputs]))
     action = pb.Action(command_digest=worker.cas.add(command.SerializeToString()),
                        input_root_digest=pb.Digest(hash=root_sha, size_bytes=root_size))
+    action.timeout.seconds = timeout
     payload = any_pb2.Any()
     payload.Pack(action)
     return payload
