@@ -28,7 +28,8 @@ from hermetic_build.api import (
 from . import lockfile as lf
 from .channel import CondaChannelInfo
 from .lockkey import inputs_digest, inputs_keys, recorded_fresh, virtual_packages_key
-from .spec import content_hashes, explain_staleness, input_fingerprints, read_environment, requirement_files
+from .spec import (content_hashes, decode_text, explain_staleness, input_fingerprints, read_environment,
+                   requirement_files)
 from .yamlload import safe_loader
 
 if TYPE_CHECKING:  # imported where a lock runs: a build that only reads locks never loads them
@@ -106,15 +107,16 @@ def _written_pip_sources(ctx, files):
     """(the pip indexes, the requirements files (`-r FILE`)) the environment files name, both read
     with ctx.read_source (tracked: editing one re-analyses); a file that does not exist names none
     here (the lock reports it)."""
-    from .spec import environment_pip_indexes, requirement_files
+    from .spec import decode_text, environment_pip_indexes, requirement_files
 
-    def read(file: File) -> bytes | None:  # a link out of the workspace is refused by read_source
-        return ctx.read_source(file) if os.path.lexists(ctx.workspace_root / file.path) else None
+    def read(file: File) -> str | None:  # a link out of the workspace is refused by read_source
+        if not os.path.lexists(ctx.workspace_root / file.path):
+            return None
+        return decode_text(ctx.read_source(file), file.path)
 
-    texts = [(data, file.path) for file in files if (data := read(file)) is not None]
     try:
-        requirements = requirement_files(
-            texts, lambda rel: None if (data := read(File(rel))) is None else data.decode("utf-8", errors="replace"))
+        texts = [(text, file.path) for file in files if (text := read(file)) is not None]
+        requirements = requirement_files(texts, lambda rel: read(File(rel)))
         return environment_pip_indexes(texts, requirements), tuple(File(rel) for rel in requirements)
     except AnalysisError as exc:
         raise AnalysisError(f"{ctx.label}: {exc.message}", location=exc.location, hint=exc.hint) from None
@@ -234,7 +236,7 @@ def _lock_or_check(request, speculation) -> LockOutcome:
     texts = []
     for path, file_shown in ((env_path, shown), *extra):
         try:
-            texts.append((path.read_bytes(), file_shown))
+            texts.append((decode_text(path.read_bytes(), file_shown), file_shown))
         except FileNotFoundError:
             pass  # read_environment says so
     named = requirement_files(texts, read_requirement)  # `-r FILE`: inputs of the lock too

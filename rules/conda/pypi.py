@@ -225,7 +225,7 @@ def pip_index_args(index_url: str, extra_index_urls, written: PipIndexes = PipIn
     extras = [u for u in dict.fromkeys([*extra_index_urls, *written.extra_index_urls])]
     out = []
     for option, url in [("--index-url", index_url or written.index_url)] * bool(index_url or written.index_url) \
-            + [("--extra-index-url", u) for u in extras]:
+            + [("--extra-index-url", u) for u in extras] + [("--find-links", u) for u in written.find_links]:
         why = index_url_problem(url)
         if why:
             raise ValueError(why)

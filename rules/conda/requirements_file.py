@@ -29,7 +29,7 @@ class RequirementsFile:
     path: str  # its workspace path
     requirements: tuple  # spec.PipRequirement, in order
     index_options: tuple  # (option, URL, Location): --index-url / --extra-index-url lines
-    editable: tuple  # Location of each `-e PATH` line (local source: not locked, spec._pip_section)
+    local: tuple  # (Location, line) of each line naming local source (`-e .`, a path: not locked, spec._pip_section)
     includes: tuple  # (workspace path, Location of its -r line), in order
 
 
@@ -50,7 +50,9 @@ def read_text(path, shown: str) -> str | None:
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise AnalysisError(f"requirements file {shown} is larger than {MAX_BYTES >> 20} MiB", location=Location(shown))
-    return data.decode("utf-8", errors="replace")
+    from .spec import decode_text
+
+    return decode_text(data, shown, f"requirements file {shown}")
 
 
 def reference_path(ref: str, naming: str, at: Location) -> str:
@@ -84,21 +86,21 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 
 
 def parse(text: str, path: str) -> RequirementsFile:
-    from .spec import index_option, is_local_editable
+    from .spec import index_option, pip_line_kind
 
-    requirements, options, includes, editable = [], [], [], []
+    requirements, options, includes, local = [], [], [], []
     for number, line in logical_lines(text):
         at = Location(path, number)
-        included = REQUIREMENT_FILE.match(line)
-        if included:
-            includes.append((reference_path(included.group(2), path, at), at))
-        elif (option := index_option(line)) is not None:
-            options.append((*option, at))
-        elif is_local_editable(line):
-            editable.append(at)
-        else:
+        kind, line = pip_line_kind(line)
+        if kind == "file":
+            includes.append((reference_path(REQUIREMENT_FILE.match(line).group(2), path, at), at))
+        elif kind == "index":
+            options.append((*index_option(line), at))
+        elif kind == "local":
+            local.append((at, line))
+        elif kind == "requirement":
             requirements.append(_requirement_with_hashes(line, at))
-    return RequirementsFile(path, tuple(requirements), tuple(options), tuple(editable), tuple(includes))
+    return RequirementsFile(path, tuple(requirements), tuple(options), tuple(local), tuple(includes))
 
 
 def _requirement_with_hashes(line: str, at: Location):
@@ -144,13 +146,13 @@ def read_all(references, read) -> dict[str, RequirementsFile]:
 
 
 def flatten(path: str, files: dict[str, RequirementsFile]) -> tuple[list, list, list]:
-    """(requirements, index options, editable lines) of the file at `path` with those of the files it
-    names (read_all refused cycles)."""
+    """(requirements, index options, local source lines) of the file at `path` with those of the files
+    it names (read_all refused cycles)."""
     file = files[path]
-    requirements, options, editable = list(file.requirements), list(file.index_options), list(file.editable)
+    requirements, options, local = list(file.requirements), list(file.index_options), list(file.local)
     for included, _ in file.includes:
-        more, more_options, more_editable = flatten(included, files)
+        more, more_options, more_local = flatten(included, files)
         requirements += more
         options += more_options
-        editable += more_editable
-    return requirements, options, editable
+        local += more_local
+    return requirements, options, local

@@ -21,26 +21,50 @@ _PIP_REFUSED = re.compile(r"^\s*(-|\.|/|[A-Za-z][A-Za-z0-9+.-]*://)|@|\s--|^[^;]
 
 
 # pip's own index options as a line of a pip: section (`conda env create` passes them to pip)
-_INDEX_OPTION = re.compile(r"^(--index-url|--extra-index-url|-i)(?:=|\s+)(\S+)$")
+_INDEX_OPTION = re.compile(r"^(--index-url|--extra-index-url|-i|--find-links|-f)(?:=|\s+)(\S+)$")
+# options that ask for wheels, which is all hb takes: without effect here (pip applies them to the whole file)
+_WHEEL_ONLY_OPTIONS = re.compile(r"(^|\s)(--only-binary(?:=|\s+)\S+|--prefer-binary)(?=\s|$)")
 # an editable install of local source (`-e .`, the project's own checkout): not locked, as conda-lock skips it
 EDITABLE = re.compile(r"^(-e|--editable)(?:=|\s*)(\S.*)$")
-EDITABLE_WARNING = ("an editable install of local source (`-e PATH`) is not locked; install it from your checkout "
-                    "into the environment, or build it as a wheel or conda package (conda-lock leaves it out too)")
 # a cheap look at the bytes before any YAML is parsed: most environment files name no index,
 # requirements file or editable install
-_MENTIONS_PIP_OPTIONS = re.compile(rb"index-url|pip-repositories|allow-pypi-requests|^[ \t]*-[ \t]+-i[ \t=]"
-                               rb"|^[ \t]*-[ \t]+[\"']?(-r|--requirement|-e|--editable)", re.M)
+_MENTIONS_PIP_OPTIONS = re.compile(rb"index-url|find-links|pip-repositories|allow-pypi-requests"
+                                   rb"|^[ \t]*-[ \t]+[\"']?(-i|-f|-r|--requirement|-e|--editable)", re.M)
 
 
 @dataclass(frozen=True)
 class PipIndexes:
     """Where an environment's pip: section is resolved from, as its files say: conda-lock's
     `pip-repositories:` (extra indexes; with `allow-pypi-requests: false`, instead of PyPI) and
-    pip's own `--index-url` / `-i` / `--extra-index-url` lines in a pip: section."""
+    pip's own `--index-url` / `-i` / `--extra-index-url` / `--find-links` lines in a pip: section."""
 
     index_url: str = ""  # instead of PyPI; "" keeps PyPI
     extra_index_urls: tuple[str, ...] = ()
     index_url_at: Location | None = None  # where index_url was written
+    find_links: tuple[str, ...] = ()  # pages of links to wheels (`--find-links`, e.g. PyG's per-CUDA wheels)
+
+
+def decode_text(data: bytes, shown: str, what: str = "") -> str:
+    """An environment or requirements file's text as conda and pip read it: UTF-8 (a byte-order mark
+    dropped: Notepad writes one), or UTF-16 or UTF-32 with a byte-order mark (what `conda env export >`
+    writes in Windows PowerShell 5.1). Anything else is an error at the file, never a traceback."""
+    import codecs
+
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                          (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            break
+    else:
+        encoding = "utf-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1 if encoding == "utf-8" else None
+        raise AnalysisError(f"{what or shown} is not {encoding.removesuffix('-sig').upper()} text: {exc.reason} at "
+                            f"byte {exc.start}", location=Location(shown, line),
+                            hint="save it as UTF-8 (conda and pip read UTF-8, or UTF-16 with a byte-order "
+                                 "mark)") from None
 
 
 def index_url_problem(url) -> str | None:
@@ -67,7 +91,7 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
 
     from . import requirements_file
 
-    index_url, index_at, extras = "", None, []
+    index_url, index_at, extras, find_links = "", None, [], []
 
     def take_index(url: str, at: Location) -> None:
         nonlocal index_url, index_at
@@ -106,6 +130,8 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
                 _check_index_url(url, at)
                 if name == "--extra-index-url":
                     extras.append(url)
+                elif name == "--find-links":
+                    find_links.append(url)
                 else:
                     take_index(url, at)
         for url, at in repositories:
@@ -118,7 +144,8 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
                 take_index(repositories[0][0], repositories[0][1])
                 repositories = repositories[1:]
         extras += [url for url, _ in repositories]
-    return PipIndexes(index_url, tuple(u for u in dict.fromkeys(extras) if u != index_url), index_at)
+    return PipIndexes(index_url, tuple(u for u in dict.fromkeys(extras) if u != index_url), index_at,
+                      tuple(dict.fromkeys(find_links)))
 
 
 def index_option(line: str) -> tuple[str, str] | None:
@@ -126,7 +153,8 @@ def index_option(line: str) -> tuple[str, str] | None:
     match = _INDEX_OPTION.match(line.strip())
     if match is None:
         return None
-    return ("--index-url" if match.group(1) == "-i" else match.group(1)), match.group(2)
+    option = {"-i": "--index-url", "-f": "--find-links"}.get(match.group(1), match.group(1))
+    return option, match.group(2)
 
 
 def _pip_line_nodes(raw: bytes) -> list:
@@ -283,11 +311,14 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
     pip: list[PipRequirement] = []
     conda_pip = False
     texts = []
+    plain = []  # whether conda-lock may read the file itself (UTF-8 without a byte-order mark)
     for file, file_shown in ((path, shown_path or str(path)), *extra):
         try:
-            texts.append((file.read_text(), file_shown))
+            data = file.read_bytes()
         except FileNotFoundError:
             raise AnalysisError(f"{file_shown} does not exist", location=Location(file_shown)) from None
+        texts.append((decode_text(data, file_shown), file_shown))
+        plain.append(texts[-1][0].encode() == data)
     shown = shown_path or str(path)
     requirements = requirement_files(texts, read_requirement or _reader_beside(path, shown))
     warnings: list[tuple[Location, str]] = []
@@ -304,17 +335,39 @@ def read_environment(path: pathlib.Path, platforms, channel_overrides=(), shown_
     with tempfile.TemporaryDirectory(prefix="hb-env-") as scratch:
         # conda-lock's parser takes every pip: line for a requirement: it reads copies without the
         # index lines and with each `-r FILE` line replaced by that file's requirements
-        sources = [_for_conda_lock(file, text, file_shown, pathlib.Path(scratch) / f"{n}.yml", requirements)
-                   for n, ((file, _), (text, file_shown)) in enumerate(zip(((path, shown), *extra), texts))]
+        sources = [_for_conda_lock(file, text, file_shown, pathlib.Path(scratch) / f"{n}.yml", requirements,
+                                   is_plain)
+                   for n, ((file, _), (text, file_shown), is_plain) in enumerate(zip(((path, shown), *extra), texts,
+                                                                                     plain))]
         try:
             lock_spec = make_lock_spec(src_files=sources, channel_overrides=list(channel_overrides) or None,
                                        platform_overrides=list(platforms), mapping_url=str(PYPI_MAPPING))
         except Exception as exc:  # conda-lock raises plain exceptions for bad specs
             message = str(exc).replace(str(scratch), "")
-            raise AnalysisError(f"cannot read {shown}: {message}", location=Location(shown)) from None
-    user_pip = _user_pip_specs([path, *(f for f, _ in extra)], platforms) if conda_pip and pip else ()
+            raise AnalysisError(f"cannot read {shown}: {message}", location=_spec_location(message, texts)
+                                or Location(shown)) from None
+    user_pip = _user_pip_specs(texts, platforms) if conda_pip and pip else ()
     return EnvironmentSpec(path, lock_spec, tuple(platforms), tuple(pip), conda_pip or not pip, user_pip, indexes,
                            tuple(requirements), tuple(warnings))
+
+
+def _spec_location(message: str, texts) -> Location | None:
+    """The line of the conda spec conda-lock's error names (`Failed to turn python='3.10' into a
+    MatchSpec`), where one spec of the files is quoted in it."""
+    import yaml
+
+    for text, shown in texts:
+        try:
+            node = yaml.compose(text, Loader=safe_loader())
+        except (yaml.YAMLError, RecursionError):
+            continue
+        for key, value in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key.value != "dependencies" or not isinstance(value, yaml.SequenceNode):
+                continue
+            for item in value.value:
+                if isinstance(item, yaml.ScalarNode) and item.value.strip() and item.value.strip() in message:
+                    return _at(item, shown)
+    return None
 
 
 def _reader_beside(path: pathlib.Path, shown: str):
@@ -329,36 +382,40 @@ def _reader_beside(path: pathlib.Path, shown: str):
     return read
 
 
-def _for_conda_lock(path: pathlib.Path, text: str, shown: str, copy: pathlib.Path, requirements: dict) -> pathlib.Path:
-    """`path` itself if no pip: line of it is an index option or a requirements file, else `copy`
-    written with each index line blanked and each `-r FILE` line replaced by that file's
-    requirements (conda-lock then evaluates their markers per platform and hashes them)."""
+def _for_conda_lock(path: pathlib.Path, text: str, shown: str, copy: pathlib.Path, requirements: dict,
+                    plain: bool = True) -> pathlib.Path:
+    """`path` itself where conda-lock's parser can read it as it is, else `copy`, written in UTF-8 with
+    each pip: line that is not a plain requirement rewritten: index lines, local source and lines of
+    only wheel options blanked, a requirement's wheel options dropped, and each `-r FILE` line replaced
+    by that file's requirements (conda-lock then evaluates their markers per platform and hashes them).
+    `plain`: the file is UTF-8 without a byte-order mark."""
     import json
 
     from . import requirements_file
 
-    if not _MENTIONS_PIP_OPTIONS.search(text.encode()):
-        return path
     lines = text.splitlines(keepends=True)
     replaced: dict[int, list[str]] = {}  # first line -> what replaces it; the other lines of the node blanked
-    for node in _pip_line_nodes(text.encode()):
-        value = node.value.strip()
-        included = requirements_file.REQUIREMENT_FILE.match(value)
-        if index_option(value) is None and included is None and not is_local_editable(value):
+    for node in _pip_line_nodes(text.encode()) if b"pip" in text.encode() else ():
+        kind, line = pip_line_kind(node.value)
+        if kind == "requirement" and line == node.value.strip():
             continue
         first, last = node.start_mark.line, max(node.start_mark.line, node.end_mark.line - (node.end_mark.column == 0))
+        indent = " " * max(0, _item_column(lines[first]))
         new = ["\n"]
-        if included:
-            rel = requirements_file.reference_path(included.group(2), shown, _at(node, shown))
-            indent = " " * max(0, _item_column(lines[first]))
+        if kind == "file":
+            rel = requirements_file.reference_path(requirements_file.REQUIREMENT_FILE.match(line).group(2), shown,
+                                                   _at(node, shown))
             inline = requirements_file.flatten(rel, requirements)[0]
             new = [f"{indent}- {json.dumps(r.text)}\n" for r in inline] or ["\n"]
+        elif kind == "requirement":
+            new = [f"{indent}- {json.dumps(line)}\n"]
         replaced[first] = new
         for n in range(first + 1, last + 1):
             replaced[n] = ["\n"]
-    if not replaced:
+    if not replaced and plain:
         return path
-    copy.write_text("".join(line for n, original in enumerate(lines) for line in replaced.get(n, [original])))
+    copy.write_text("".join(line for n, original in enumerate(lines) for line in replaced.get(n, [original])),
+                    encoding="utf-8")
     return copy
 
 
@@ -368,15 +425,14 @@ def _item_column(line: str) -> int:
 
 
 def _user_pip_specs(files, platforms) -> tuple:
-    """((platform, the conda `pip` spec the files give for it), ...), the last file's winning, with the
-    platform selectors applied as conda-lock applies them."""
+    """((platform, the conda `pip` spec the files ((text, shown path), ...) give for it), ...), the last
+    file's winning, with the platform selectors applied as conda-lock applies them."""
     import yaml
     from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
     from conda_lock.src_parser.selectors import filter_platform_selectors
 
     found = {}
-    for file in files:
-        text = file.read_text()
+    for text, _shown in files:
         for platform in platforms:
             doc = yaml.load("\n".join(filter_platform_selectors(text, platform=platform)),
                             Loader=safe_loader()) or {}
@@ -447,11 +503,47 @@ def is_local_editable(line: str) -> bool:
     return match is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", match.group(2)) is None
 
 
+def is_local_source(line: str) -> bool:
+    """A pip line that names source in the checkout, editable or not (`-e .`, `./pkg`,
+    `submodules/simple-knn`): pip builds it from there; no lock pins it."""
+    line = line.strip()
+    if is_local_editable(line):
+        return True
+    if line.startswith("-") or "://" in line or "@" in line:
+        return False
+    target = line.split(";")[0].strip()
+    return bool(target) and (target.startswith((".", "/", "~")) or ("/" in target and not re.search(r"\s", target)))
+
+
+def local_source_warning(line: str) -> str:
+    return (f"local source {line.strip()!r} (an editable install or a path) is not locked: install it from your "
+            "checkout into the environment, or build it as a wheel or conda package to have it in an image "
+            "(conda-lock leaves editable installs out too)")
+
+
+def pip_line_kind(line: str) -> tuple[str, str]:
+    """What a pip: line or requirements file line is: ("index", the line), ("file", the line) for
+    `-r FILE`, ("local", the line) for local source, ("ignored", "") for a line of only
+    --only-binary / --prefer-binary (hb takes wheels only), else ("requirement", the line without those
+    options)."""
+    from . import requirements_file
+
+    line = line.strip()
+    if index_option(line) is not None:
+        return "index", line
+    if requirements_file.REQUIREMENT_FILE.match(line):
+        return "file", line
+    if is_local_source(line):
+        return "local", line
+    requirement = _WHEEL_ONLY_OPTIONS.sub(" ", line).strip()
+    return ("requirement", requirement) if requirement else ("ignored", "")
+
+
 def _pip_section(item, shown: str, requirement_files: dict, warnings: list) -> list[PipRequirement]:
     """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README),
     index options (environment_pip_indexes), `-r FILE` (the requirements of requirement_files) and
-    `-e PATH`, the project's own source, which no lock pins: left out, as conda-lock leaves it out
-    (with a warning; `hb lock` prints one too, from `warnings`)."""
+    local source (`-e .`, a path: the project's own checkout), which no lock pins: left out, as
+    conda-lock leaves editable installs out (with a warning; `hb lock` prints one, from `warnings`)."""
     import yaml
 
     from . import requirements_file
@@ -461,26 +553,25 @@ def _pip_section(item, shown: str, requirement_files: dict, warnings: list) -> l
         raise AnalysisError(f"a mapping in 'dependencies' must be a 'pip:' section, got {keys}",
                             location=_at(item, shown), hint="write '  - pip:' followed by PyPI requirements")
     value = item.value[0][1]
+    if isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null":
+        return []  # `- pip:` and nothing under it, which conda-lock skips too
     if not isinstance(value, yaml.SequenceNode):
         raise AnalysisError(f"'pip' must be a list of PyPI requirements, got {_shape(value)}",
                             location=_at(value, shown), hint="write one per line: '      - tokenizers ==0.21.*'")
     out = []
     for node in value.value:
         _require_string(node, "each pip requirement", shown, example="tokenizers ==0.21.*")
-        text = node.value.strip()
-        if index_option(text) is not None:
-            continue  # where to resolve from, not a requirement (environment_pip_indexes)
-        if is_local_editable(text):
-            warnings.append((_at(node, shown), EDITABLE_WARNING))
-            continue
-        included = requirements_file.REQUIREMENT_FILE.match(text)
-        if included:
-            rel = requirements_file.reference_path(included.group(2), shown, _at(node, shown))
-            requirements, _, editable = requirements_file.flatten(rel, requirement_files)
+        kind, text = pip_line_kind(node.value)
+        if kind == "local":
+            warnings.append((_at(node, shown), local_source_warning(text)))
+        elif kind == "file":
+            rel = requirements_file.reference_path(requirements_file.REQUIREMENT_FILE.match(text).group(2), shown,
+                                                   _at(node, shown))
+            requirements, _, local = requirements_file.flatten(rel, requirement_files)
             out += requirements
-            warnings += [(at, EDITABLE_WARNING) for at in editable]
-            continue
-        out.append(pip_requirement(text, _at(node, shown)))
+            warnings += [(at, local_source_warning(line)) for at, line in local]
+        elif kind == "requirement":
+            out.append(pip_requirement(text, _at(node, shown)))
     return out
 
 
@@ -493,10 +584,11 @@ def pip_requirement(text: str, at: Location) -> PipRequirement:
         raise AnalysisError(
             f"pip requirement {text!r} is not a PyPI name with a version: hb locks wheels from the index only",
             location=at,
-            hint="editable installs, paths, URLs and pip options are refused (they are not pinned by a "
-                 "hash or they run a build); publish the package as a wheel or a conda package. Index "
-                 "options are taken as `--index-url URL`, `-i URL` or `--extra-index-url URL`, and "
-                 "requirements files as `-r FILE`, one a line")
+            hint="URLs (git+https://..., name @ https://...) and pip options are refused (they are not "
+                 "pinned by a hash or they run a build); publish the package as a wheel or a conda package. "
+                 "Taken, one a line: index options (`--index-url URL`, `-i URL`, `--extra-index-url URL`, "
+                 "`--find-links URL`), requirements files (`-r FILE`); local source (`-e .`, a path) is left "
+                 "out with a warning")
     try:
         requirement = Requirement(text)
     except InvalidRequirement as exc:

@@ -25,7 +25,6 @@ def read(tmp_path, text: str):
     ("dependencies:\n  - pip:\n    - requests\n    - -e git+https://e.org/x.git\n", "4",
      "'-e git+https://e.org/x.git' is not a PyPI name with a version"),
     ("dependencies:\n  - pip:\n    - x @ https://e.org/x-1.tar.gz\n", "3", "is not a PyPI name with a version"),
-    ("dependencies:\n  - pip:\n    - ./local\n", "3", "is not a PyPI name with a version"),
     ("dependencies:\n  - pip:\n    - numpy >=>2\n", "3", "invalid pip requirement 'numpy >=>2'"),
     ("channels: conda-forge\ndependencies: [numpy]\n", "1", "'channels' must be a list of strings"),
     ("channels:\n  - {url: x}\ndependencies: [numpy]\n", "2", "each entry of 'channels' must be a non-empty string"),
@@ -33,7 +32,6 @@ def read(tmp_path, text: str):
     ("- numpy\n", "1", "an environment file must be a mapping with 'dependencies'"),
     ("channels: [conda-forge]\nname: x\n", "1", "an environment file must have 'dependencies'"),
     ("dependencies:\n  - numpy\n  - -e.\n", "3", "'-e.' is a pip option, not a conda package spec"),
-    ("dependencies:\n  - pip:\n    - submodules/rasterizer\n", "3", "is not a PyPI name with a version"),
     ("dependencies: [numpy\n", "2:1", "expected ',' or ']'"),
     ("dependencies: [numpy]\nname: a\x00b\n", "2:8", "invalid YAML: unacceptable character #x0000"),
     # nested past libyaml's limit: an error at its line, not the pure-Python composer's RecursionError
@@ -150,7 +148,8 @@ def test_conda_locks_pip_repositories_are_indexes_too(tmp_path):
      "'allow-pypi-requests: false' leaves no index"),
     ("allow-pypi-requests: maybe\ndependencies: [python]\n", "1", "'allow-pypi-requests' must be true or false"),
     ("pip-repositories: https://a.example.org\ndependencies: [python]\n", "1", "'pip-repositories' must be a list"),
-    ("dependencies:\n  - pip:\n    - --find-links https://a.example.org/wheels\n", "3", "is not a PyPI name"),
+    ("dependencies:\n  - pip:\n    - --find-links ./wheels\n", "3", "pip index './wheels' is not an http(s) URL"),
+    ("dependencies:\n  - pip:\n    - dipy --no-deps\n", "3", "is not a PyPI name"),
 ])
 def test_index_options_that_cannot_be_taken_name_file_and_line(tmp_path, text, where, message):
     with pytest.raises(AnalysisError) as exc:
@@ -274,20 +273,25 @@ def test_a_requirements_file_with_hashes_as_pip_compile_writes_it(tmp_path):
                                                                     virtual_package_repo(vp, plain.platforms)))
 
 
-def test_editable_installs_of_local_source_are_left_out_as_conda_lock_leaves_them_out(tmp_path):
-    """`-e .` (the project's own checkout; also `-e.`, `--editable=../lib`, in a requirements file too)
-    is not locked, and conda-lock's parser does not see it: hb lock warns with its file and line. An
-    editable install from a URL is a dependency, still refused."""
+def test_local_source_is_left_out_as_conda_lock_leaves_editable_installs_out(tmp_path):
+    """`-e .` (the project's own checkout; also `-e.`, `--editable=../lib`, a plain path such as
+    gaussian-splatting's `submodules/simple-knn`, in a requirements file too) is not locked, and
+    conda-lock's parser does not see it: hb lock warns with its file and line. An editable install from
+    a URL is a dependency, still refused. Lines of only wheel options (`--prefer-binary`), and those
+    options on a requirement (`dipy --only-binary dipy`, MNE's), change nothing: hb takes wheels only."""
     spec = _workspace_env(tmp_path, {
         "env/environment.yml": "dependencies:\n  - python 3.11.*\n  - pip:\n    - -e.\n    - idna\n"
-                               "    - --editable=../lib\n    - -r requirements.txt\n",
-        "env/requirements.txt": "-e .\ntokenizers\n",
+                               "    - --editable=../lib\n    - -r requirements.txt\n    - submodules/simple-knn\n"
+                               "    - ./vendored\n    - dipy --only-binary dipy\n    - --prefer-binary\n",
+        "env/requirements.txt": "-e .\ntokenizers\n--only-binary :all:\n",
     })
-    assert [r.name for r in spec.pip] == ["idna", "tokenizers"]
+    assert [r.text for r in spec.pip] == ["idna", "tokenizers", "dipy"]
     assert [str(at) for at, _ in spec.warnings] == ["env/environment.yml:4", "env/environment.yml:6",
-                                                    "env/requirements.txt:1"]
-    assert all("editable install of local source" in what for _, what in spec.warnings)
-    assert [r.name for r in spec.pip_requirements("linux-64")] == ["idna", "tokenizers"]
+                                                    "env/requirements.txt:1", "env/environment.yml:8",
+                                                    "env/environment.yml:9"]
+    assert all("(an editable install or a path) is not locked" in what for _, what in spec.warnings)
+    assert "'submodules/simple-knn'" in spec.warnings[3][1]
+    assert [r.name for r in spec.pip_requirements("linux-64")] == ["idna", "tokenizers", "dipy"]
 
 
 def test_variables_are_not_applied_and_hb_lock_says_so(tmp_path):
@@ -303,3 +307,47 @@ def test_a_requirements_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "env/requirements.txt")
     with pytest.raises(AnalysisError, match="is not a regular file"):
         _workspace_env(tmp_path, {"env/environment.yml": "dependencies:\n  - pip:\n    - -r requirements.txt\n"})
+
+
+def test_encodings_conda_and_pip_read_are_read_and_others_are_an_error_at_the_file(tmp_path):
+    """`conda env export >` in Windows PowerShell 5.1 writes UTF-16 with a byte-order mark, Notepad a
+    UTF-8 one: conda and pip read both, and so does hb (it crashed with UnicodeDecodeError). A cp1252
+    file is an error naming the file and line."""
+    text = "dependencies:\n  - python 3.11.*\n  - pip:\n    - -r requirements.txt\n"
+    for encoding in ("utf-16", "utf-8-sig", "utf-32"):
+        (tmp_path / encoding / "env").mkdir(parents=True)
+        (tmp_path / encoding / "env/environment.yml").write_bytes(text.encode(encoding))
+        (tmp_path / encoding / "env/requirements.txt").write_bytes("idna\n".encode(encoding))
+        spec = _workspace_env(tmp_path / encoding, {})
+        assert spec.match_specs("linux-64") == ["python 3.11.*"] and [r.name for r in spec.pip] == ["idna"]
+    (tmp_path / "cp1252/env").mkdir(parents=True)
+    (tmp_path / "cp1252/env/environment.yml").write_bytes("# \u00a9 us\ndependencies:\n  - numpy\n".encode("cp1252"))
+    with pytest.raises(AnalysisError) as exc:
+        _workspace_env(tmp_path / "cp1252", {})
+    assert str(exc.value.location) == "env/environment.yml:1" and "is not UTF-8 text" in exc.value.message
+
+
+def test_condas_own_refusals_name_the_specs_line(tmp_path):
+    """conda (and conda-lock) refuse `python='3.10'`; hb said so without a line (DeepLabCut's file)."""
+    with pytest.raises(AnalysisError) as exc:
+        read(tmp_path, "dependencies:\n  - pip\n  - python='3.10'\n")
+    assert str(exc.value.location) == "env/environment.yml:3"
+
+
+def test_an_empty_pip_section_is_none(tmp_path):
+    spec = read(tmp_path, "dependencies:\n  - python\n  - pip:\n")
+    assert spec.pip == () and "python" in spec.match_specs("linux-64")
+
+
+def test_find_links_pages_are_where_wheels_are_found_too(tmp_path):
+    """PyG publishes its per-CUDA wheels (`torch-scatter==2.1.0+pt113cu117`) as a find-links page only
+    (DiffDock's environment): `--find-links URL` is handed to uv like an index."""
+    from rules.conda.pypi import pip_index_args
+
+    spec = read(tmp_path, "dependencies:\n  - pip:\n    - --find-links https://data.pyg.org/whl/torch-1.13.1+cu117.html\n"
+                          "    - -f=https://example.org/wheels.html\n    - torch-scatter==2.1.0+pt113cu117\n")
+    assert spec.pip_indexes.find_links == ("https://data.pyg.org/whl/torch-1.13.1+cu117.html",
+                                           "https://example.org/wheels.html")
+    assert pip_index_args("", [], spec.pip_indexes) == (
+        "--find-links", "https://data.pyg.org/whl/torch-1.13.1+cu117.html", "--find-links",
+        "https://example.org/wheels.html")

@@ -331,7 +331,7 @@ def test_a_requirements_file_the_pip_section_names_is_locked_and_its_edits_make_
         pinned = f"--index-url {index.url}/simple\nhbindexpkg ==1.3 \\\n    --hash=sha256:{sha256}  # pinned\n"
         workspace.write("env/requirements.txt", pinned)
         locked = workspace.hb("lock", "//env:lock", timeout=300)
-        assert "warning: env/environment.yml:6: an editable install of local source" in locked.stdout + locked.stderr
+        assert "warning: env/environment.yml:6: local source '-e .'" in locked.stdout + locked.stderr
         entry = _pip_entries(workspace)["hbindexpkg"]
         assert entry.url == f"{index.url}/files/hbindexpkg-1.3-py3-none-any.whl" and entry.hash.sha256 == sha256
         assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
@@ -352,6 +352,29 @@ def test_a_requirements_file_the_pip_section_names_is_locked_and_its_edits_make_
         assert stale.returncode == 4 and "is stale for linux-64" in stale.stderr, stale.stderr[-2000:]
     finally:
         index.stop()
+
+
+def test_a_find_links_page_of_the_pip_section_is_where_its_wheel_is_locked_from(workspace, nginx_channel, tmp_path):
+    """`--find-links URL` (PyG's per-CUDA wheels are published only so): uv finds the wheel on that page,
+    the lock pins it by URL and sha256, hb build fetches and installs it."""
+    from support import Nginx, run_in_prefix
+
+    sha256 = _simple_index(tmp_path / "links", "hbflpkg", "2.0", b"VALUE = 'from a find-links page'\n")
+    wheel = "hbflpkg-2.0-py3-none-any.whl"
+    (tmp_path / "links/wheels.html").write_text(f'<a href="files/{wheel}#sha256={sha256}">{wheel}</a>\n')
+    page = Nginx(tmp_path / "links", tmp_path / "nginx-links")
+    try:
+        _pip_env(workspace, nginx_channel.url, [f"--find-links {page.url}/wheels.html", "hbflpkg ==2.0"])
+        workspace.hb("lock", "//env:lock", timeout=300)
+        entry = _pip_entries(workspace)["hbflpkg"]
+        assert entry.url == f"{page.url}/files/{wheel}" and entry.hash.sha256 == sha256
+        assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+        summary = workspace.build_json("//env:env")
+        tree = workspace.root / summary["targets"]["//env:env"][0]["path"]
+        proc = run_in_prefix(tree, "/opt/env/bin/python", "-c", "import hbflpkg; print(hbflpkg.VALUE)")
+        assert proc.stdout.strip() == "from a find-links page", proc.stderr
+    finally:
+        page.stop()
 
 
 def test_pip_entries_carry_their_dependencies_per_platform_and_update_moves_one_pip_package(workspace,
