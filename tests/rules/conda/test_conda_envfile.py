@@ -344,7 +344,8 @@ def test_find_links_pages_are_where_wheels_are_found_too(tmp_path):
     (DiffDock's environment): `--find-links URL` is handed to uv like an index."""
     from rules.conda.pypi import pip_index_args
 
-    spec = read(tmp_path, "dependencies:\n  - pip:\n    - --find-links https://data.pyg.org/whl/torch-1.13.1+cu117.html\n"
+    spec = read(tmp_path, "dependencies:\n  - pip:\n"
+                          "    - --find-links https://data.pyg.org/whl/torch-1.13.1+cu117.html\n"
                           "    - -f=https://example.org/wheels.html\n    - torch-scatter==2.1.0+pt113cu117\n")
     assert spec.pip_indexes.find_links == ("https://data.pyg.org/whl/torch-1.13.1+cu117.html",
                                            "https://example.org/wheels.html")
