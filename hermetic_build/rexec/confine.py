@@ -13,8 +13,11 @@ than 0 (as root, the inner bwrap failed with "setting up uid map: Operation not 
 binds the host's /proc (bubblewrap's own `--proc` leaves read-only mounts over parts of it, and the
 kernel then refuses the inner sandbox its `/proc`). So a confined kind sees the host's processes in
 /proc: `hb worker` makes itself non-dumpable (its /proc/PID/environ is then closed to them) and
-starts the sandbox with an empty environment. Where the two sandboxes cannot nest, the worker says
-so once and runs worker_exec as before (not as root: `root_refusal`).
+starts the sandbox with an empty environment. It cannot signal them: the sandbox has a PID namespace
+of its own (OUTER); before, a kind ran as a uid of the host (the worker's, or 65534 on a root worker)
+that may signal every process of that uid, the worker itself and its other actions included. Where
+the two sandboxes cannot nest, the worker says so once and runs worker_exec as before (not as root:
+`root_refusal`).
 
 A worker running as root does not start the sandbox as root: bubblewrap maps the uid inside to the
 uid that started it, and the kernel lets the host's uid 0 write /proc/sys (a sysctl's file mode is
@@ -51,11 +54,14 @@ from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments
 INSIDE_ID = "1000"
 # the host uid and gid a worker running as root starts the sandbox with (module doc)
 CONFINED_ID = 65534
-# sandbox.CONFINEMENT without a PID namespace: multiprocessing's fork server reports its children's
-# PIDs to the worker, which ends an action that runs too long by that PID (in a namespace of its own,
-# the PID would name another process of the host); the host's /proc is bound anyway (module doc)
-OUTER = ("--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--clearenv",
-         "--new-session", "--cap-drop", "ALL", "--die-with-parent")
+# sandbox.CONFINEMENT with the host's /proc bound (module doc). A PID namespace of its own: the host's
+# processes are listed in that /proc but cannot be signalled (kill, pidfd_send_signal and ptrace take
+# PIDs of the caller's namespace, or refuse a process outside it). The sandbox's first process is the
+# namespace's init: when the bubblewrap the worker started dies (--die-with-parent), the kernel ends
+# every process of the namespace. So a PID a confined fork server reports names a process of the
+# sandbox, never one of the host: the worker never signals it (worker._end_forkserver).
+OUTER = ("--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
+         "--clearenv", "--new-session", "--cap-drop", "ALL", "--die-with-parent")
 
 
 def _module_dirs(names) -> list[str]:

@@ -14,6 +14,7 @@ worker that dies stops heartbeating and the engine gives its lease to another wo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -327,15 +328,48 @@ class BotWorker:
             process = self._forkserver().Process(target=run_forked, args=(
                 str(root), env, str(logs / "stdout"), str(logs / "stderr")), daemon=True)
             process.start()
-            process.join(timeout)
-            if process.exitcode is None:
-                process.kill()
-                process.join()
-                raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s")
+            try:
+                process.join(timeout)
+                if process.exitcode is None:
+                    raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s")
+            finally:
+                if process.exitcode is None:  # past its timeout, or this worker interrupted: ended now
+                    if self.confined():
+                        self._end_forkserver()  # never by its PID, which is one of the sandbox's namespace
+                    else:
+                        process.kill()
+                    process.join()
             out = [_read_log(logs, name) for name in ("stdout", "stderr")]
             return process.exitcode, out[0], out[1]
         finally:
             shutil.rmtree(logs, ignore_errors=True)
+
+    def _end_forkserver(self) -> None:
+        """End the confined fork server with everything it forked; the next action starts a new one.
+        The PID a confined fork server reports for a forked worker_exec is one of its sandbox's PID
+        namespace (confine.OUTER): on the host it names another process, which multiprocessing's
+        `kill()` would signal. The fork server's own PID is the host's: the sandbox's bubblewrap (its
+        script execs it), whose death ends the namespace and every process in it. multiprocessing keeps
+        that PID privately; the fields reset here are those its ensure_running resets when it finds
+        the server dead (CPython 3.10 to 3.13)."""
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        with server._lock:
+            pid = server._forkserver_pid
+            if pid is None:
+                return
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            os.close(server._forkserver_alive_fd)
+            address = server._forkserver_address
+            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+        if isinstance(address, str) and address.startswith("/"):
+            with contextlib.suppress(OSError):
+                os.unlink(address)
 
     def _forkserver(self):
         if self._mp is None:

@@ -90,6 +90,67 @@ register_action_kind("test.stuck", "1", run)
 '''
 
 
+SIGNAL_KIND = '''
+import os
+import signal
+
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    pid, found = int(execution.params["victim"]), []
+    # by its PID, as kill(1) does it
+    try:
+        os.kill(pid, 0)
+        found.append("SIGNALLED by PID")
+    except OSError as exc:
+        found.append(f"kill refused: {exc.strerror}")
+    # through the host's /proc, bound in the sandbox: a /proc/PID directory is a pidfd to the kernel
+    try:
+        fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            signal.pidfd_send_signal(fd, 0)
+            found.append("SIGNALLED by pidfd")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        found.append(f"pidfd refused: {exc.strerror}")
+    execution.path(execution.action.outputs[0]).write_text("\\n".join(found) + "\\n")
+
+
+register_action_kind("test.signal", "1", run)
+'''
+
+
+def signal_lease(tmp_path, preload: bool, kind: str = "test.signal") -> dict:
+    """Run the signal kind on a worker, against a process of the host running as the host uid the
+    sandbox runs as (confine.CONFINED_ID on a root worker, else the worker's own uid); what it found,
+    and whether that process is still there."""
+    from hermetic_build.rexec import confine
+
+    ids = confine.host_ids()
+    switch = [] if ids is None else ["setpriv", f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups"]
+    victim = subprocess.Popen([*switch, "sleep", "600"])
+    try:
+        def build(root):
+            (root / ".hb").mkdir()
+            (root / ".hb" / "action.json").write_bytes(shell_action(
+                "", inputs=(), kind=kind, version="1", mnemonic="Signal",
+                params_json=json.dumps({"victim": str(victim.pid)})))
+
+        worker = make_worker(tmp_path, preload=preload)
+        status, result = worker._work(lease(worker, tmp_path, build))
+        assert status.code == code_pb2.OK, status.message
+        assert worker._confined
+        out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
+        found = worker.cas.blobs[out.digest.hash].decode() if out else ""
+        return {"found": found, "victim_alive": victim.poll() is None,
+                "victim_uid": os.stat(f"/proc/{victim.pid}").st_uid}
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 def stuck_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict:
     """Run the stuck kind on a worker with a timeout; the lease's status, and the processes of the
     action (its `sleep MARKER`) still there a while after the worker gave up on it."""
@@ -120,7 +181,13 @@ def stuck_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict:
     deadline = time.monotonic() + 10
     while left() and time.monotonic() < deadline:
         time.sleep(0.2)
-    return {"code": status.code, "message": status.message, "left": left()}
+    gone = left()
+    # the same worker's next action (with the fork server: a new one, the timed-out one was ended)
+    (tmp_path / "next").mkdir()
+    marker = "0"
+    status_next, result_next = worker._work(lease(worker, tmp_path / "next", build, timeout=60))
+    return {"code": status.code, "message": status.message, "left": gone, "next_code": status_next.code,
+            "next_exit": result_next.exit_code if result_next is not None else None}
 
 
 def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
@@ -247,6 +314,23 @@ def test_a_confined_action_that_runs_too_long_is_ended(tmp_path, monkeypatch, pr
     got = _run(tmp_path, monkeypatch, preload, "test.stuck", "stuck_kind", STUCK_KIND, runs="stuck_lease")
     assert got["code"] == codes.DEADLINE_EXCEEDED, got
     assert got["left"] == [], got
+    assert got["next_code"] == codes.OK and got["next_exit"] == 0, got  # the worker goes on
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_kind_cannot_signal_the_hosts_processes(tmp_path, monkeypatch, preload):
+    """A confined kind ran as a uid of the host (the worker's, or 65534 on a root worker), which may
+    signal every process of that uid: the worker itself, its other actions, the user's other programs,
+    `nobody`'s daemons. The sandbox has a PID namespace of its own now: the host's process, still
+    listed in the bound /proc, can be signalled neither by its PID nor through its /proc directory."""
+    got = _run(tmp_path, monkeypatch, preload, "test.signal", "signal_kind", SIGNAL_KIND, runs="signal_lease")
+    from hermetic_build.rexec import confine
+
+    ids = confine.host_ids()
+    assert got["victim_uid"] == (ids[0] if ids else os.getuid()), got  # the sandbox's own host uid
+    assert "SIGNALLED" not in got["found"], got
+    assert "kill refused: No such process" in got["found"] and "pidfd refused" in got["found"], got
+    assert got["victim_alive"], got
 
 
 def test_a_root_worker_that_cannot_confine_as_another_user_refuses_to_start(tmp_path):
