@@ -304,8 +304,11 @@ def _lock_or_check(request, speculation) -> LockOutcome:
             requirements = spec.pip_requirements(platform)
             if requirements:
                 request.reporter.info(f"resolving the pip requirements of {request.label} for {platform} with uv")
+                platform_indexes = pypi.pip_index_args(attrs.get("pip_index_url") or "",
+                                                       attrs.get("pip_extra_index_urls") or (), spec.pip_indexes,
+                                                       platform)  # (checked above, for every platform)
                 pip_jobs.append(_start_pip(request, speculation, requirements, records, platform,
-                                           virtual_packages.get(platform, []), preferences, indexes))
+                                           virtual_packages.get(platform, []), preferences, platform_indexes))
         packages.extend(_finish_pip(request, pip_jobs))
         speculation.record([job.run.inputs for job in pip_jobs if job.run is not None])
     finally:

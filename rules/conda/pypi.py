@@ -214,22 +214,32 @@ def without_conda_provided(requirements: list[PipRequirement], provided: dict[st
 PIP_INDEXES_KEY = "hb.pip_indexes"  # the lock's custom metadata: the indexes its pip entries were resolved from
 
 
-def pip_index_args(index_url: str, extra_index_urls, written: PipIndexes = PipIndexes()) -> tuple[str, ...]:
+def pip_index_args(index_url: str, extra_index_urls, written: PipIndexes = PipIndexes(),
+                   platform: str | None = None) -> tuple[str, ...]:
     """uv's index options for conda_lock's pip_index_url / pip_extra_index_urls (e.g. PyTorch's
     https://download.pytorch.org/whl/cu121) with those the environment files write (`written`,
-    environment_pip_indexes; checked there, at their lines); () for PyPI alone. Each an http(s) URL
-    without credentials (index_url_problem). ValueError: why not."""
+    environment_pip_indexes; checked there, at their lines), for `platform` (lines with a platform
+    selector only where it keeps them); () for PyPI alone. Each an http(s) URL without credentials
+    (index_url_problem). ValueError: why not. With platform None, what the lock records and compares:
+    every platform's, each selected line's URL followed by its selector (`[linux]`)."""
     if index_url and written.index_url and index_url != written.index_url:
         raise ValueError(f"pip_index_url {index_url!r} and the --index-url {written.index_url!r} at "
                          f"{written.index_url_at} name different indexes: keep one")
-    extras = [u for u in dict.fromkeys([*extra_index_urls, *written.extra_index_urls])]
+    applying = written.for_platform(platform) if platform is not None else written
+    extras = [u for u in dict.fromkeys([*extra_index_urls, *applying.extra_index_urls])]
     out = []
     for option, url in [("--index-url", index_url or written.index_url)] * bool(index_url or written.index_url) \
-            + [("--extra-index-url", u) for u in extras] + [("--find-links", u) for u in written.find_links]:
+            + [("--extra-index-url", u) for u in extras] + [("--find-links", u) for u in applying.find_links]:
         why = index_url_problem(url)
         if why:
             raise ValueError(why)
         out += [option, url]
+    if platform is None:
+        for option, url, selector in written.selected:
+            why = index_url_problem(url)
+            if why:
+                raise ValueError(why)
+            out += [option, url, f"[{selector}]"]
     return tuple(out)
 
 

@@ -30,6 +30,33 @@ EDITABLE = re.compile(r"^(-e|--editable)(?:=|\s*)(\S.*)$")
 # requirements file or editable install
 _MENTIONS_PIP_OPTIONS = re.compile(rb"index-url|find-links|pip-repositories|allow-pypi-requests"
                                    rb"|^[ \t]*-[ \t]+[\"']?(-i|-f|-r|--requirement|-e|--editable)", re.M)
+# a line's platform selector (`... # [linux]`): conda-lock's pattern (conda_lock.src_parser.selectors)
+_SELECTOR = re.compile(r"(.+?)\s*(#.*)\[([^\[\]]+)\](?(2)[^\(\)]*)$")
+
+
+def line_selector(raw_line: str) -> str | None:
+    """The platform selector of an environment file's line (`- --extra-index-url URL  # [linux]`), as
+    conda-lock reads it, or None. In YAML it is a comment: the line's value does not hold it."""
+    line = raw_line.rstrip("\r\n")
+    if line.lstrip().startswith("#"):
+        return None
+    match = _SELECTOR.match(line)
+    return match.group(3) if match else None
+
+
+def selector_applies(selector: str | None, platform: str) -> bool:
+    """Whether a line with `selector` (None: none) is kept for `platform`, as conda-lock decides."""
+    if selector is None:
+        return True
+    from conda_lock.src_parser.selectors import filter_platform_selectors
+
+    import logging
+
+    logging.getLogger("conda_lock").setLevel(logging.ERROR)  # it logs every filtered selector line
+    try:
+        return bool(list(filter_platform_selectors(f"x  # [{selector}]", platform)))
+    except KeyError:  # a platform conda-lock has no selectors for: only lines without one apply
+        return False
 
 
 @dataclass(frozen=True)
@@ -42,6 +69,19 @@ class PipIndexes:
     extra_index_urls: tuple[str, ...] = ()
     index_url_at: Location | None = None  # where index_url was written
     find_links: tuple[str, ...] = ()  # pages of links to wheels (`--find-links`, e.g. PyG's per-CUDA wheels)
+    # (option, URL, selector): --extra-index-url / --find-links lines with a platform selector
+    # (`# [linux]`), which apply only where conda-lock keeps such a line (for_platform)
+    selected: tuple[tuple[str, str, str], ...] = ()
+
+    def for_platform(self, platform: str) -> PipIndexes:
+        """What applies to `platform`: the lines without a selector and those whose selector keeps them."""
+        kept = [(option, url) for option, url, selector in self.selected if selector_applies(selector, platform)]
+        return PipIndexes(self.index_url,
+                          tuple(u for u in dict.fromkeys([*self.extra_index_urls,
+                                                          *(u for o, u in kept if o == "--extra-index-url")])
+                                if u != self.index_url),
+                          self.index_url_at,
+                          tuple(dict.fromkeys([*self.find_links, *(u for o, u in kept if o == "--find-links")])))
 
 
 def decode_text(data: bytes, shown: str, what: str = "") -> str:
@@ -91,7 +131,7 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
 
     from . import requirements_file
 
-    index_url, index_at, extras, find_links = "", None, [], []
+    index_url, index_at, extras, find_links, selected = "", None, [], [], []
 
     def take_index(url: str, at: Location) -> None:
         nonlocal index_url, index_at
@@ -120,15 +160,25 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
                     raise AnalysisError(f"'allow-pypi-requests' must be true or false, got {_shape(value)}",
                                         location=_at(value, shown))
                 allow_pypi, allow_at = value.value.lower() in ("true", "yes", "on"), _at(value, shown)
+        raw_lines = raw.decode("utf-8", errors="replace").splitlines()
         for line in _pip_line_nodes(raw):
             options = [(*option, _at(line, shown))] if (option := index_option(line.value)) else []
             included = requirements_file.REQUIREMENT_FILE.match(line.value.strip())
             if included and requirement_files is not None:
                 rel = requirements_file.reference_path(included.group(2), shown, _at(line, shown))
                 options = requirements_file.flatten(rel, requirement_files)[1]
+            # a selector on the line (`-r FILE  # [linux]`: on each index option of FILE too)
+            selector = line_selector(raw_lines[line.start_mark.line]) if line.start_mark.line < len(raw_lines) else None
             for name, url, at in options:
                 _check_index_url(url, at)
-                if name == "--extra-index-url":
+                if selector is not None and name == "--index-url":
+                    raise AnalysisError(f"the main pip index {url!r} is given for some platforms only "
+                                        f"(`# [{selector}]`): hb resolves every platform from one main index",
+                                        location=at, hint="write it as --extra-index-url with the selector, or "
+                                                          "without the selector")
+                if selector is not None:
+                    selected.append((name, url, selector))
+                elif name == "--extra-index-url":
                     extras.append(url)
                 elif name == "--find-links":
                     find_links.append(url)
@@ -145,7 +195,7 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
                 repositories = repositories[1:]
         extras += [url for url, _ in repositories]
     return PipIndexes(index_url, tuple(u for u in dict.fromkeys(extras) if u != index_url), index_at,
-                      tuple(dict.fromkeys(find_links)))
+                      tuple(dict.fromkeys(find_links)), tuple(dict.fromkeys(selected)))
 
 
 def index_option(line: str) -> tuple[str, str] | None:
@@ -401,14 +451,17 @@ def _for_conda_lock(path: pathlib.Path, text: str, shown: str, copy: pathlib.Pat
             continue
         first, last = node.start_mark.line, max(node.start_mark.line, node.end_mark.line - (node.end_mark.column == 0))
         indent = " " * max(0, _item_column(lines[first]))
+        # the line's platform selector, on each line that replaces it (conda-lock filters by it)
+        selector = line_selector(lines[first])
+        keep = f"  # [{selector}]" if selector is not None else ""
         new = ["\n"]
         if kind == "file":
             rel = requirements_file.reference_path(requirements_file.REQUIREMENT_FILE.match(line).group(2), shown,
                                                    _at(node, shown))
             inline = requirements_file.flatten(rel, requirements)[0]
-            new = [f"{indent}- {json.dumps(r.text)}\n" for r in inline] or ["\n"]
+            new = [f"{indent}- {json.dumps(r.text)}{keep}\n" for r in inline] or ["\n"]
         elif kind == "requirement":
-            new = [f"{indent}- {json.dumps(line)}\n"]
+            new = [f"{indent}- {json.dumps(line)}{keep}\n"]
         replaced[first] = new
         for n in range(first + 1, last + 1):
             replaced[n] = ["\n"]

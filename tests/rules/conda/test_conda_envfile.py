@@ -117,7 +117,8 @@ def test_index_lines_of_a_pip_section_say_where_it_is_resolved_from(tmp_path):
                           "    - torch ==2.1.0\n")
     assert [(r.name, r.line) for r in spec.pip] == [("torch", 7)]
     extras = ("https://download.pytorch.org/whl/cu121", "https://other.example.org/simple")
-    assert spec.pip_indexes == PipIndexes("https://pypi.example.org/simple", extras, spec.pip_indexes.index_url_at)
+    assert spec.pip_indexes.for_platform("linux-64") == PipIndexes("https://pypi.example.org/simple", extras,
+                                                                   spec.pip_indexes.index_url_at)
     assert str(spec.pip_indexes.index_url_at) == "env/environment.yml:5"
     assert "torch" in [d.name for d in spec.lock_spec.dependencies["linux-64"] if d.manager == "pip"]
 
@@ -174,6 +175,54 @@ def test_the_lock_targets_indexes_and_the_files_are_merged(tmp_path):
     with pytest.raises(ValueError, match=r"name different indexes: keep one") as exc:
         pip_index_args("https://z.example.org/simple", [], written)
     assert "env/environment.yml:4" in str(exc.value)
+
+
+def test_index_lines_with_a_platform_selector_apply_where_conda_lock_keeps_the_line(tmp_path):
+    """`--extra-index-url https://download.pytorch.org/whl/cu121  # [linux]`: PyTorch's CUDA index has
+    no macOS wheels. The selector is a YAML comment, so hb read the line as applying everywhere and gave
+    uv the CUDA index for macOS too, unlike conda-lock, which drops the line there. The lock records
+    the selector: changing it makes the lock stale."""
+    from rules.conda.pypi import pip_index_args
+
+    cuda, pyg = "https://download.pytorch.org/whl/cu121", "https://data.pyg.org/whl/torch-2.1.0+cpu.html"
+    spec = _two_platforms(tmp_path, "dependencies:\n  - python 3.11.*\n  - pip:\n"
+                                    f"    - --extra-index-url {cuda}  # [linux]\n"
+                                    f"    - --find-links={pyg}  # [osx]\n"
+                                    "    - --extra-index-url https://all.example.org/simple\n"
+                                    "    - torch ==2.1.0\n")
+    assert pip_index_args("", [], spec.pip_indexes, "linux-64") == (
+        "--extra-index-url", "https://all.example.org/simple", "--extra-index-url", cuda)
+    assert pip_index_args("", [], spec.pip_indexes, "osx-arm64") == (
+        "--extra-index-url", "https://all.example.org/simple", "--find-links", pyg)
+    recorded = pip_index_args("", [], spec.pip_indexes)
+    assert recorded == ("--extra-index-url", "https://all.example.org/simple",
+                        "--extra-index-url", cuda, "[linux]", "--find-links", pyg, "[osx]")
+    moved = _two_platforms(tmp_path, (tmp_path / "environment.yml").read_text().replace("[linux]", "[linux64]"))
+    assert pip_index_args("", [], moved.pip_indexes) != recorded
+    with pytest.raises(AnalysisError) as exc:
+        _two_platforms(tmp_path, f"dependencies:\n  - pip:\n    - -i {cuda}  # [linux]\n    - torch\n")
+    assert str(exc.value.location) == "env/environment.yml:3"
+    assert "for some platforms only (`# [linux]`)" in exc.value.message and "--extra-index-url" in exc.value.hint
+
+
+def test_a_requirements_file_named_for_some_platforms_applies_to_those_only(tmp_path):
+    """`- -r requirements-cuda.txt  # [linux]`: hb replaces the line by the file's requirements for
+    conda-lock's parser, and wrote them without the selector: the file's requirements were locked for
+    macOS too. Each line that replaces it now keeps its selector, and its index lines apply only there."""
+    from rules.conda.pypi import pip_index_args
+
+    spec = _workspace_env(tmp_path, {
+        "env/environment.yml": "dependencies:\n  - python 3.11.*\n  - pip:\n"
+                               "    - -r requirements-cuda.txt  # [linux]\n    - idna ==3.7 --prefer-binary  # [osx]\n"
+                               "    - tqdm\n",
+        "env/requirements-cuda.txt": "--extra-index-url https://download.pytorch.org/whl/cu121\n"
+                                     "nvidia-cuda-runtime-cu12 ==12.1.105\ntorch ==2.1.0\n"})
+    assert [r.text for r in spec.pip_requirements("linux-64")] == [
+        "nvidia-cuda-runtime-cu12 ==12.1.105", "torch ==2.1.0", "tqdm"]
+    assert [r.text for r in spec.pip_requirements("osx-arm64")] == ["idna ==3.7", "tqdm"]
+    assert pip_index_args("", [], spec.pip_indexes, "linux-64") == (
+        "--extra-index-url", "https://download.pytorch.org/whl/cu121")
+    assert pip_index_args("", [], spec.pip_indexes, "osx-arm64") == ()
 
 
 def _workspace_env(tmp_path, files: dict):
