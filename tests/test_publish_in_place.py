@@ -143,6 +143,15 @@ MAKE = ("mkdir -p $(OUT)/d/e && printf b > $(OUT)/d/b.txt && printf '#!/bin/sh\\
         "touch -h -d @978307200 $(OUT)/d/b.txt")
 
 
+def _start_hb(workspace, *args: str):
+    """`hb ARGS` started in the workspace, its output piped (text)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", *args], cwd=workspace.root,
+                            env=workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_a_sandboxed_tree_is_published_by_rename(sandboxed):
     sandboxed.write("p/BUILD.hermetic", tree_build(MAKE))
     sandboxed.hb("build", "//p:t")
@@ -201,8 +210,6 @@ def test_a_build_waits_while_another_publishes_into_hb_out(sandboxed):
     directory another had just published there and failed with a traceback ("OSError: [Errno 39]
     Directory not empty"), in 1 of 4 cold builds of the example run three at a time."""
     import fcntl
-    import subprocess
-    import sys
     import time
 
     sandboxed.write("p/BUILD.hermetic", tree_build(MANY))
@@ -212,9 +219,7 @@ def test_a_build_waits_while_another_publishes_into_hb_out(sandboxed):
     fd = os.open(sandboxed.root / "hb-out", os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another build, publishing
-        build = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "//p:t"],
-                                 cwd=sandboxed.root, env=sandboxed.env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        build = _start_hb(sandboxed, "build", "//p:t")
         time.sleep(3)
         assert build.poll() is None, "the build published while another build held hb-out/"
         tree.mkdir()
@@ -229,16 +234,11 @@ def test_a_build_waits_while_another_publishes_into_hb_out(sandboxed):
 
 @pytest.mark.slow
 def test_builds_of_one_workspace_at_once_all_publish(sandboxed):
-    import subprocess
-    import sys
-
     sandboxed.write("p/BUILD.hermetic", tree_build(MANY))
     sandboxed.hb("build", "//p:t")
     for _ in range(8):
         shutil.rmtree(sandboxed.root / "hb-out")
-        procs = [subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "//p:t"],
-                                  cwd=sandboxed.root, env=sandboxed.env(), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        procs = [_start_hb(sandboxed, "build", "//p:t") for _ in range(3)]
         for p in procs:
             _out, err = p.communicate(timeout=120)
             assert p.returncode == 0, err
@@ -250,8 +250,6 @@ def test_hb_clean_waits_for_a_build_publishing_and_a_build_waiting_publishes_int
     waited meanwhile locks the hb-out/ made again, where before it published into the deleted
     directory and its outputs were nowhere."""
     import fcntl
-    import subprocess
-    import sys
     import time
 
     sandboxed.write("p/BUILD.hermetic", tree_build(MANY))
@@ -260,8 +258,7 @@ def test_hb_clean_waits_for_a_build_publishing_and_a_build_waiting_publishes_int
     fd = os.open(hb_out, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a build, publishing
-        clean = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "clean"], cwd=sandboxed.root,
-                                 env=sandboxed.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        clean = _start_hb(sandboxed, "clean")
         time.sleep(3)
         assert clean.poll() is None and hb_out.is_dir(), "hb clean deleted hb-out/ while a build published into it"
     finally:
@@ -274,9 +271,7 @@ def test_hb_clean_waits_for_a_build_publishing_and_a_build_waiting_publishes_int
     fd = os.open(hb_out, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # hb clean, deleting
-        build = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", "build", "//p:t"],
-                                 cwd=sandboxed.root, env=sandboxed.env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        build = _start_hb(sandboxed, "build", "//p:t")
         time.sleep(3)
         assert build.poll() is None
         os.rename(hb_out, sandboxed.root / "deleted")  # as rmtree leaves it: gone from the workspace

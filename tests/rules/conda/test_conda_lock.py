@@ -288,26 +288,34 @@ def test_pip_requirements_resolve_from_the_indexes_the_lock_target_names(workspa
         index.stop()
 
 
+def _locked_built_and_imported(workspace, name: str, url: str, sha256: str, value: str) -> None:
+    """hb lock pins the wheel `name` at `url` by `sha256`, --check finds the lock fresh, and in the env hb
+    builds from it, `import name` gives `name.VALUE == value`."""
+    from support import run_in_prefix
+
+    workspace.hb("lock", "//env:lock", timeout=300)
+    entry = _pip_entries(workspace)[name]
+    assert entry.url == url and entry.hash.sha256 == sha256
+    assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
+    summary = workspace.build_json("//env:env")
+    tree = workspace.root / summary["targets"]["//env:env"][0]["path"]
+    proc = run_in_prefix(tree, "/opt/env/bin/python", "-c", f"import {name}; print({name}.VALUE)")
+    assert proc.stdout.strip() == value, proc.stderr
+
+
 def test_index_lines_of_the_environment_file_are_the_indexes_the_lock_resolves_from(workspace, nginx_channel,
                                                                                     tmp_path):
     """An environment.yml written for `conda env create` names its index in the pip: section
     (`--index-url`, `--extra-index-url`); hb locks from it as from the target's attributes: the wheel
     comes from that index, --check and hb build find the lock fresh, and another index makes it stale."""
-    from support import Nginx, run_in_prefix
+    from support import Nginx
 
     sha256 = _simple_index(tmp_path / "index", "hbindexpkg", "1.3", b"VALUE = 'from the index line'\n")
     index = Nginx(tmp_path / "index", tmp_path / "nginx-index")
     try:
         _pip_env(workspace, nginx_channel.url, [f"--index-url {index.url}/simple", "hbindexpkg ==1.3"])
-        workspace.hb("lock", "//env:lock", timeout=300)
-        entry = _pip_entries(workspace)["hbindexpkg"]
-        assert entry.url == f"{index.url}/files/hbindexpkg-1.3-py3-none-any.whl" and entry.hash.sha256 == sha256
-        assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
-
-        summary = workspace.build_json("//env:env")
-        tree = workspace.root / summary["targets"]["//env:env"][0]["path"]
-        proc = run_in_prefix(tree, "/opt/env/bin/python", "-c", "import hbindexpkg; print(hbindexpkg.VALUE)")
-        assert proc.stdout.strip() == "from the index line", proc.stderr
+        _locked_built_and_imported(workspace, "hbindexpkg", f"{index.url}/files/hbindexpkg-1.3-py3-none-any.whl",
+                                   sha256, "from the index line")
 
         _pip_env(workspace, nginx_channel.url, [f"--extra-index-url {index.url}/simple", "hbindexpkg ==1.3"])
         check = workspace.hb("lock", "--check", "//env:lock", check=False)
@@ -357,7 +365,7 @@ def test_a_requirements_file_the_pip_section_names_is_locked_and_its_edits_make_
 def test_a_find_links_page_of_the_pip_section_is_where_its_wheel_is_locked_from(workspace, nginx_channel, tmp_path):
     """`--find-links URL` (PyG's per-CUDA wheels are published only so): uv finds the wheel on that page,
     the lock pins it by URL and sha256, hb build fetches and installs it."""
-    from support import Nginx, run_in_prefix
+    from support import Nginx
 
     sha256 = _simple_index(tmp_path / "links", "hbflpkg", "2.0", b"VALUE = 'from a find-links page'\n")
     wheel = "hbflpkg-2.0-py3-none-any.whl"
@@ -365,14 +373,7 @@ def test_a_find_links_page_of_the_pip_section_is_where_its_wheel_is_locked_from(
     page = Nginx(tmp_path / "links", tmp_path / "nginx-links")
     try:
         _pip_env(workspace, nginx_channel.url, [f"--find-links {page.url}/wheels.html", "hbflpkg ==2.0"])
-        workspace.hb("lock", "//env:lock", timeout=300)
-        entry = _pip_entries(workspace)["hbflpkg"]
-        assert entry.url == f"{page.url}/files/{wheel}" and entry.hash.sha256 == sha256
-        assert workspace.hb("lock", "--check", "//env:lock").returncode == 0
-        summary = workspace.build_json("//env:env")
-        tree = workspace.root / summary["targets"]["//env:env"][0]["path"]
-        proc = run_in_prefix(tree, "/opt/env/bin/python", "-c", "import hbflpkg; print(hbflpkg.VALUE)")
-        assert proc.stdout.strip() == "from a find-links page", proc.stderr
+        _locked_built_and_imported(workspace, "hbflpkg", f"{page.url}/files/{wheel}", sha256, "from a find-links page")
     finally:
         page.stop()
 
