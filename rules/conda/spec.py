@@ -44,6 +44,21 @@ def line_selector(raw_line: str) -> str | None:
     return match.group(3) if match else None
 
 
+# the selectors conda-lock evaluates (conda_lock.src_parser.selectors: each platform's set); any
+# other bracket at the end of a line reads as a selector that keeps the line on no platform
+KNOWN_SELECTORS = frozenset({"linux", "linux64", "aarch64", "ppc64le", "unix", "osx", "osx64", "arm64", "win",
+                             "win64"})
+
+
+def unknown_selector(selector: str, line: str, at: Location) -> AnalysisError:
+    """The error for a pip: line hb rewrites or reads itself (an index line, `-r FILE`) that ends in a
+    bracket conda-lock would take for a selector keeping it on no platform (`# mirror [internal]`)."""
+    return AnalysisError(f"`# [{selector}]` at the end of this line reads as a platform selector that conda-lock "
+                         f"keeps on no platform: {line!r} would apply nowhere", location=at,
+                         hint=f"selectors: {', '.join(sorted(KNOWN_SELECTORS))}; a comment that does not end in "
+                              "[brackets] is not one")
+
+
 def selector_applies(selector: str | None, platform: str) -> bool:
     """Whether a line with `selector` (None: none) is kept for `platform`, as conda-lock decides."""
     if selector is None:
@@ -171,6 +186,8 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
             selector = line_selector(raw_lines[line.start_mark.line]) if line.start_mark.line < len(raw_lines) else None
             for name, url, at in options:
                 _check_index_url(url, at)
+                if selector is not None and selector not in KNOWN_SELECTORS:
+                    raise unknown_selector(selector, line.value.strip(), _at(line, shown))
                 if selector is not None and name == "--index-url":
                     raise AnalysisError(f"the main pip index {url!r} is given for some platforms only "
                                         f"(`# [{selector}]`): hb resolves every platform from one main index",
@@ -453,6 +470,8 @@ def _for_conda_lock(path: pathlib.Path, text: str, shown: str, copy: pathlib.Pat
         indent = " " * max(0, _item_column(lines[first]))
         # the line's platform selector, on each line that replaces it (conda-lock filters by it)
         selector = line_selector(lines[first])
+        if selector is not None and selector not in KNOWN_SELECTORS:
+            raise unknown_selector(selector, node.value.strip(), _at(node, shown))
         keep = f"  # [{selector}]" if selector is not None else ""
         new = ["\n"]
         if kind == "file":

@@ -203,6 +203,19 @@ def test_index_lines_with_a_platform_selector_apply_where_conda_lock_keeps_the_l
         _two_platforms(tmp_path, f"dependencies:\n  - pip:\n    - -i {cuda}  # [linux]\n    - torch\n")
     assert str(exc.value.location) == "env/environment.yml:3"
     assert "for some platforms only (`# [linux]`)" in exc.value.message and "--extra-index-url" in exc.value.hint
+    with pytest.raises(AnalysisError) as exc:
+        _two_platforms(tmp_path, f"dependencies:\n  - pip:\n    - idna\n    - -f {pyg}  # our mirror [internal]\n")
+    assert str(exc.value.location) == "env/environment.yml:4"
+    assert "`# [internal]`" in exc.value.message and "would apply nowhere" in exc.value.message
+
+
+def test_conda_locks_selectors_are_the_ones_hb_knows():
+    """KNOWN_SELECTORS is conda-lock's table: each keeps a line on some platform, nothing else does."""
+    from rules.conda.spec import KNOWN_SELECTORS, selector_applies
+
+    platforms = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
+    for selector in [*KNOWN_SELECTORS, "internal", "py311", "not win"]:
+        assert any(selector_applies(selector, p) for p in platforms) == (selector in KNOWN_SELECTORS), selector
 
 
 def test_a_requirements_file_named_for_some_platforms_applies_to_those_only(tmp_path):
@@ -223,6 +236,10 @@ def test_a_requirements_file_named_for_some_platforms_applies_to_those_only(tmp_
     assert pip_index_args("", [], spec.pip_indexes, "linux-64") == (
         "--extra-index-url", "https://download.pytorch.org/whl/cu121")
     assert pip_index_args("", [], spec.pip_indexes, "osx-arm64") == ()
+    with pytest.raises(AnalysisError) as exc:
+        _workspace_env(tmp_path, {"env/environment.yml": "dependencies:\n  - pip:\n"
+                                                         "    - -r requirements-cuda.txt  # pinned [cuda]\n"})
+    assert str(exc.value.location) == "env/environment.yml:3" and "would apply nowhere" in exc.value.message
 
 
 def _workspace_env(tmp_path, files: dict):
