@@ -59,7 +59,7 @@ CONFINED_ID = 65534
 # PIDs of the caller's namespace, or refuse a process outside it). The sandbox's first process is the
 # namespace's init: when the bubblewrap the worker started dies (--die-with-parent), the kernel ends
 # every process of the namespace. So a PID a confined fork server reports names a process of the
-# sandbox, never one of the host: the worker never signals it (worker._end_forkserver).
+# sandbox, never one of the host: the worker never signals it (worker.end_confined_forkserver).
 OUTER = ("--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
          "--clearenv", "--new-session", "--cap-drop", "ALL", "--die-with-parent")
 

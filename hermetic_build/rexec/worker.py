@@ -94,6 +94,37 @@ class LeaseRefused(Exception):
         self.code = code
 
 
+def end_confined_forkserver() -> None:
+    """End the confined fork server with everything it forked; the next action starts a new one.
+    The PID a confined fork server reports for a forked worker_exec is one of its sandbox's PID
+    namespace (confine.OUTER): on the host it names another process, which multiprocessing's
+    `kill()` and `terminate()` would signal (at a timeout, and for a daemon process still running
+    when the worker exits). The fork server's own PID is the host's: the sandbox's bubblewrap (its
+    script execs it), whose death ends the namespace and every process in it; a forked process's
+    sentinel then reads EOF, so multiprocessing finds it ended. multiprocessing keeps that PID
+    privately; the fields reset here are those its ensure_running resets when it finds the server
+    dead (CPython 3.10 to 3.13)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    with server._lock:
+        pid = server._forkserver_pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        os.close(server._forkserver_alive_fd)
+        address = server._forkserver_address
+        server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+    if isinstance(address, str) and address.startswith("/"):
+        with contextlib.suppress(OSError):
+            os.unlink(address)
+
+
 class BotWorker:
     def __init__(self, url: str, *, instance: str = "", workdir: Path | None = None, cache: Path | None = None,
                  bot_id: str | None = None, properties: tuple[tuple[str, str], ...] = (), timeout: float = 30.0,
@@ -335,7 +366,7 @@ class BotWorker:
             finally:
                 if process.exitcode is None:  # past its timeout, or this worker interrupted: ended now
                     if self.confined():
-                        self._end_forkserver()  # never by its PID, which is one of the sandbox's namespace
+                        end_confined_forkserver()  # never by its PID, which is one of the sandbox's namespace
                     else:
                         process.kill()
                     process.join()
@@ -343,33 +374,6 @@ class BotWorker:
             return process.exitcode, out[0], out[1]
         finally:
             shutil.rmtree(logs, ignore_errors=True)
-
-    def _end_forkserver(self) -> None:
-        """End the confined fork server with everything it forked; the next action starts a new one.
-        The PID a confined fork server reports for a forked worker_exec is one of its sandbox's PID
-        namespace (confine.OUTER): on the host it names another process, which multiprocessing's
-        `kill()` would signal. The fork server's own PID is the host's: the sandbox's bubblewrap (its
-        script execs it), whose death ends the namespace and every process in it. multiprocessing keeps
-        that PID privately; the fields reset here are those its ensure_running resets when it finds
-        the server dead (CPython 3.10 to 3.13)."""
-        from multiprocessing import forkserver
-
-        server = forkserver._forkserver
-        with server._lock:
-            pid = server._forkserver_pid
-            if pid is None:
-                return
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            os.close(server._forkserver_alive_fd)
-            address = server._forkserver_address
-            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
-        if isinstance(address, str) and address.startswith("/"):
-            with contextlib.suppress(OSError):
-                os.unlink(address)
 
     def _forkserver(self):
         if self._mp is None:
@@ -383,6 +387,11 @@ class BotWorker:
                 script = confine.confined_executable(_shared_actions_dir(), env, modules)
                 if script is not None:
                     self._mp.set_executable(str(script))
+                    # before multiprocessing's own exit handler (atexit runs the last registered first),
+                    # which would terminate a running worker_exec by its PID (end_confined_forkserver)
+                    import atexit
+
+                    atexit.register(end_confined_forkserver)
         return self._mp
 
     def confined(self) -> bool:

@@ -190,6 +190,43 @@ def stuck_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict:
             "next_exit": result_next.exit_code if result_next is not None else None}
 
 
+def exit_during_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict:
+    """Start the stuck kind on a worker with the fork server, and return (this process then exits)
+    while it runs: every os.kill of this process, from then to its very end, is appended to
+    tmp_path/kills.txt."""
+    import multiprocessing
+    import threading
+    import time
+    from multiprocessing import forkserver
+
+    marker = "3600.424242"
+    kills = tmp_path / "kills.txt"
+    real_kill = os.kill
+
+    def recording_kill(pid, sig):
+        with open(kills, "a") as f:
+            f.write(f"{pid} {int(sig)}\n")
+        return real_kill(pid, sig)
+
+    os.kill = recording_kill
+
+    def build(root):
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "", inputs=(), kind=kind, version="1", mnemonic="Stuck", params_json=json.dumps({"marker": marker})))
+
+    worker = make_worker(tmp_path, preload=preload)
+    payload = lease(worker, tmp_path, build)  # no timeout
+    threading.Thread(target=worker._work, args=(payload,), daemon=True).start()
+    deadline = time.monotonic() + 120
+    while not multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # worker_exec has exec'd the stuck `sleep`
+    children = multiprocessing.active_children()
+    return {"marker": marker, "child_pids": [c.pid for c in children],
+            "server_pid": forkserver._forkserver._forkserver_pid}
+
+
 def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
     """Run the kind `kind` (the escape kind) on a worker; what it found, the stdout the worker reported,
     and the host's owner of the output the kind wrote (as the worker collects it)."""
@@ -331,6 +368,36 @@ def test_a_kind_cannot_signal_the_hosts_processes(tmp_path, monkeypatch, preload
     assert "SIGNALLED" not in got["found"], got
     assert "kill refused: No such process" in got["found"] and "pidfd refused" in got["found"], got
     assert got["victim_alive"], got
+
+
+def test_a_worker_that_exits_while_a_confined_action_runs_never_signals_it_by_its_pid(tmp_path, monkeypatch):
+    """multiprocessing's exit handler terminates a daemon process still running by the PID the fork
+    server reported, which for a confined fork server is one of its sandbox's PID namespace: on the
+    host it names another process (a root worker could end any). The worker ends the fork server's
+    sandbox first, and the action with it."""
+    import time
+
+    got = _run(tmp_path, monkeypatch, True, "test.stuck", "stuck_kind", STUCK_KIND, runs="exit_during_lease")
+    assert got["child_pids"] and got["server_pid"], got
+    kills = [tuple(map(int, line.split())) for line in (tmp_path / "kills.txt").read_text().splitlines()] \
+        if (tmp_path / "kills.txt").exists() else []
+    assert not [k for k in kills if k[0] in got["child_pids"]], (kills, got)
+    assert (got["server_pid"], 9) in kills, (kills, got)
+
+    def left() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{got['marker']}\0".encode():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left() == [], "the action outlived the worker"
 
 
 def test_a_root_worker_that_cannot_confine_as_another_user_refuses_to_start(tmp_path):
