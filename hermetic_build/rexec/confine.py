@@ -9,20 +9,24 @@ is no network, and the worker's own store and credentials are not there at all.
 
 The actions' own commands still run in their bubblewrap sandbox, nested in this one. That nests only
 under two conditions, measured with bubblewrap 0.8: the outer sandbox maps the user to a uid other
-than 0 (as root, the inner bwrap failed with "setting up uid map: Operation not permitted"), and it
-binds the host's /proc (bubblewrap's own `--proc` leaves read-only mounts over parts of it, and the
-kernel then refuses the inner sandbox its `/proc`). So a confined kind sees the host's processes in
-/proc: `hb worker` makes itself non-dumpable (its /proc/PID/environ is then closed to them) and
-starts the sandbox with an empty environment. It cannot signal them: the sandbox has a PID namespace
-of its own (OUTER); before, a kind ran as a uid of the host (the worker's, or 65534 on a root worker)
-that may signal every process of that uid, the worker itself and its other actions included. Where
-the two sandboxes cannot nest, the worker says so once and runs worker_exec as before (not as root:
-`root_refusal`).
+than 0 (as root, the inner bwrap failed with "setting up uid map: Operation not permitted"), and its
+/proc is a whole procfs of the sandbox's PID namespace. bubblewrap's `--proc` covers /proc/sys and a
+few others read-only only where they are writable, which they are only to the host's root (then the
+kernel refused the inner sandbox its `/proc`, a mount over part of the only procfs); the sandbox never
+starts as root (`root_refusal`), so its /proc is whole. Bound from the host instead, the inner bwrap
+looked up /proc/PID of its child by the PID of the sandbox's namespace in the host's procfs (measured:
+"open /proc/9/ns/ns failed", and its child hung waiting for it). A confined kind sees only the
+sandbox's processes and can signal no other: the sandbox has a PID namespace of its own (OUTER);
+before, a kind ran as a uid of the host (the worker's, or 65534 on a root worker) that may signal
+every process of that uid, the worker itself and its other actions included. `hb worker` also makes
+itself non-dumpable and starts the sandbox with an empty environment. Where the two sandboxes cannot
+nest, the worker says so once and runs worker_exec as before (not as root: `root_refusal`).
 
 A worker running as root does not start the sandbox as root: bubblewrap maps the uid inside to the
 uid that started it, and the kernel lets the host's uid 0 write /proc/sys (a sysctl's file mode is
-checked against the host uid, no capability needed) and signal any root process; through the bound
-/proc a kind wrote kernel.core_pattern, which runs a program as root outside every namespace.
+checked against the host uid, no capability needed) and signal any root process; through the host's
+/proc, bound then, a kind wrote kernel.core_pattern, which runs a program as root outside every
+namespace.
 There the sandbox is started as CONFINED_ID (nobody) with `setpriv`, and the action's directory is
 given to that user (`give_to_confined`).
 
@@ -54,12 +58,12 @@ from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments
 INSIDE_ID = "1000"
 # the host uid and gid a worker running as root starts the sandbox with (module doc)
 CONFINED_ID = 65534
-# sandbox.CONFINEMENT with the host's /proc bound (module doc). A PID namespace of its own: the host's
-# processes are listed in that /proc but cannot be signalled (kill, pidfd_send_signal and ptrace take
-# PIDs of the caller's namespace, or refuse a process outside it). The sandbox's first process is the
-# namespace's init: when the bubblewrap the worker started dies (--die-with-parent), the kernel ends
-# every process of the namespace. So a PID a confined fork server reports names a process of the
-# sandbox, never one of the host: the worker never signals it (worker.end_confined_forkserver).
+# sandbox.CONFINEMENT with a whole /proc (module doc). A PID namespace of its own: the host's processes
+# are neither listed nor signalled (kill, pidfd_send_signal and ptrace take PIDs of the caller's
+# namespace). The sandbox's first process is the namespace's init: when the bubblewrap the worker
+# started dies (--die-with-parent), the kernel ends every process of the namespace. So a PID a
+# confined fork server reports names a process of the sandbox, never one of the host: the worker
+# never signals it (worker.end_confined_forkserver).
 OUTER = ("--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
          "--clearenv", "--new-session", "--cap-drop", "ALL", "--die-with-parent")
 
@@ -191,9 +195,9 @@ def _confinement_argv(writable: Path, env: dict, rule_modules, ids) -> list[str]
     switch = [] if ids is None else _switch(read_only, writable, ids)
     cmd = [*switch, shutil.which("env") or "/usr/bin/env", "-i", bwrap, *OUTER, "--uid", INSIDE_ID, "--gid", INSIDE_ID,
            *host_system_arguments(False)]
-    # the host's /proc, so that the actions' own bubblewrap can mount theirs (module doc); /dev and
-    # /tmp private
-    cmd += ["--bind", "/proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # (not 0755 root's)
+    # a whole /proc of the sandbox's PID namespace, where the actions' own bubblewrap can mount theirs
+    # (module doc); /dev and /tmp private
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # (not 0755 root's)
     inside = str(writable).rstrip("/") + "/"
     for path in read_only:
         if path in ("/usr", "/proc", "/dev") or path.startswith(("/usr/", "/proc/", "/dev/", inside)):

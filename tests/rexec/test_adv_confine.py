@@ -105,7 +105,11 @@ def run(execution):
         found.append("SIGNALLED by PID")
     except OSError as exc:
         found.append(f"kill refused: {exc.strerror}")
-    # through the host's /proc, bound in the sandbox: a /proc/PID directory is a pidfd to the kernel
+    # through /proc (the host's was bound in the sandbox): a /proc/PID directory is a pidfd to the kernel
+    found.append(f"listed: {os.path.exists(f'/proc/{pid}')}")
+    # the sandbox's /proc is that of its own PID namespace: the actions' nested bubblewrap finds its
+    # child at /proc/PID by the PID it got (with the host's /proc, another process or none: it hung)
+    found.append(f"own /proc: {os.readlink('/proc/self') == str(os.getpid())}")
     try:
         fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -309,10 +313,10 @@ def _run(tmp_path, monkeypatch, preload, kind="test.escape", module="escape_kind
 
 @pytest.mark.parametrize("preload", [False, True])
 def test_a_kind_cannot_write_the_hosts_sysctls(tmp_path, monkeypatch, preload):
-    """The host's /proc is bound into the sandbox (for the nested bubblewrap) and writable; a worker
+    """The host's /proc was bound into the sandbox (for the nested bubblewrap) and writable; a worker
     running as root mapped the kind's uid 1000 to the host's uid 0, and the kernel lets uid 0 write
     /proc/sys without any capability: kernel.core_pattern ('|/action/dir/x') would run a program as
-    root on the host at the next crash."""
+    root on the host at the next crash. (Now the sandbox has a /proc of its own, never as root.)"""
     got = _run(tmp_path, monkeypatch, preload)
     assert "SYSCTL-WRITABLE" not in got["found"] and "sysctl refused" in got["found"], got
 
@@ -358,8 +362,10 @@ def test_a_confined_action_that_runs_too_long_is_ended(tmp_path, monkeypatch, pr
 def test_a_kind_cannot_signal_the_hosts_processes(tmp_path, monkeypatch, preload):
     """A confined kind ran as a uid of the host (the worker's, or 65534 on a root worker), which may
     signal every process of that uid: the worker itself, its other actions, the user's other programs,
-    `nobody`'s daemons. The sandbox has a PID namespace of its own now: the host's process, still
-    listed in the bound /proc, can be signalled neither by its PID nor through its /proc directory."""
+    `nobody`'s daemons. The sandbox has a PID namespace of its own now, and a /proc of that namespace:
+    the host's process is not listed, and can be signalled neither by its PID nor through /proc.
+    (With the host's /proc bound in a PID namespace, the actions' own nested bubblewrap looked up its
+    child by its namespace PID in the host's /proc and hung: "open /proc/9/ns/ns failed".)"""
     got = _run(tmp_path, monkeypatch, preload, "test.signal", "signal_kind", SIGNAL_KIND, runs="signal_lease")
     from hermetic_build.rexec import confine
 
@@ -367,6 +373,7 @@ def test_a_kind_cannot_signal_the_hosts_processes(tmp_path, monkeypatch, preload
     assert got["victim_uid"] == (ids[0] if ids else os.getuid()), got  # the sandbox's own host uid
     assert "SIGNALLED" not in got["found"], got
     assert "kill refused: No such process" in got["found"] and "pidfd refused" in got["found"], got
+    assert "listed: False" in got["found"] and "own /proc: True" in got["found"], got
     assert got["victim_alive"], got
 
 
