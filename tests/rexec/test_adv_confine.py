@@ -155,10 +155,30 @@ def signal_lease(tmp_path, preload: bool, kind: str = "test.signal") -> dict:
         victim.wait()
 
 
+def sleeps_left(marker: str, wait: float = 10) -> list[str]:
+    """The PIDs of the host's `sleep MARKER` processes (the stuck kind's) still there after up to
+    `wait` seconds."""
+    import time
+
+    def left() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + wait
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left()
+
+
 def stuck_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict:
     """Run the stuck kind on a worker with a timeout; the lease's status, and the processes of the
     action (its `sleep MARKER`) still there a while after the worker gave up on it."""
-    import time
     import uuid
 
     marker = f"3600.{uuid.uuid4().int % 10**12}"
@@ -172,20 +192,7 @@ def stuck_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict:
     status, _result = worker._work(lease(worker, tmp_path, build, timeout=3))
     assert worker._confined
 
-    def left() -> list[str]:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
-                    found.append(pid)
-            except OSError:
-                pass
-        return found
-
-    deadline = time.monotonic() + 10
-    while left() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    gone = left()
+    gone = sleeps_left(marker)
     # the same worker's next action (with the fork server: a new one, the timed-out one was ended)
     (tmp_path / "next").mkdir()
     marker = "0"
@@ -382,8 +389,6 @@ def test_a_worker_that_exits_while_a_confined_action_runs_never_signals_it_by_it
     server reported, which for a confined fork server is one of its sandbox's PID namespace: on the
     host it names another process (a root worker could end any). The worker ends the fork server's
     sandbox first, and the action with it."""
-    import time
-
     got = _run(tmp_path, monkeypatch, True, "test.stuck", "stuck_kind", STUCK_KIND, runs="exit_during_lease")
     assert got["child_pids"] and got["server_pid"], got
     kills = [tuple(map(int, line.split())) for line in (tmp_path / "kills.txt").read_text().splitlines()] \
@@ -391,20 +396,7 @@ def test_a_worker_that_exits_while_a_confined_action_runs_never_signals_it_by_it
     assert not [k for k in kills if k[0] in got["child_pids"]], (kills, got)
     assert (got["server_pid"], 9) in kills, (kills, got)
 
-    def left() -> list[str]:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{got['marker']}\0".encode():
-                    found.append(pid)
-            except OSError:
-                pass
-        return found
-
-    deadline = time.monotonic() + 10
-    while left() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert left() == [], "the action outlived the worker"
+    assert sleeps_left(got["marker"]) == [], "the action outlived the worker"
 
 
 def test_a_root_worker_that_cannot_confine_as_another_user_refuses_to_start(tmp_path):
