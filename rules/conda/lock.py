@@ -28,8 +28,8 @@ from hermetic_build.api import (
 from . import lockfile as lf
 from .channel import CondaChannelInfo
 from .lockkey import inputs_digest, inputs_keys, recorded_fresh, virtual_packages_key
-from .spec import (content_hashes, decode_text, explain_staleness, input_fingerprints, read_environment,
-                   requirement_files)
+from .spec import (content_hashes, decode_text, environment_pip_indexes, explain_staleness, input_fingerprints,
+                   read_environment, requirement_files)
 from .yamlload import safe_loader
 
 if TYPE_CHECKING:  # imported where a lock runs: a build that only reads locks never loads them
@@ -107,8 +107,6 @@ def _written_pip_sources(ctx, files):
     """(the pip indexes, the requirements files (`-r FILE`)) the environment files name, both read
     with ctx.read_source (tracked: editing one re-analyses); a file that does not exist names none
     here (the lock reports it)."""
-    from .spec import decode_text, environment_pip_indexes, requirement_files
-
     def read(file: File) -> str | None:  # a link out of the workspace is refused by read_source
         if not os.path.lexists(ctx.workspace_root / file.path):
             return None

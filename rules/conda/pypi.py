@@ -227,19 +227,16 @@ def pip_index_args(index_url: str, extra_index_urls, written: PipIndexes = PipIn
                          f"{written.index_url_at} name different indexes: keep one")
     applying = written.for_platform(platform) if platform is not None else written
     extras = [u for u in dict.fromkeys([*extra_index_urls, *applying.extra_index_urls])]
+    main = index_url or written.index_url
+    entries = ([("--index-url", main)] if main else []) + [("--extra-index-url", u) for u in extras] \
+        + [("--find-links", u) for u in applying.find_links] \
+        + ([(option, url, f"[{selector}]") for option, url, selector in written.selected] if platform is None else [])
     out = []
-    for option, url in [("--index-url", index_url or written.index_url)] * bool(index_url or written.index_url) \
-            + [("--extra-index-url", u) for u in extras] + [("--find-links", u) for u in applying.find_links]:
+    for option, url, *selector in entries:
         why = index_url_problem(url)
         if why:
             raise ValueError(why)
-        out += [option, url]
-    if platform is None:
-        for option, url, selector in written.selected:
-            why = index_url_problem(url)
-            if why:
-                raise ValueError(why)
-            out += [option, url, f"[{selector}]"]
+        out += [option, url, *selector]
     return tuple(out)
 
 

@@ -159,10 +159,7 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
         raw = data.encode() if isinstance(data, str) else data
         if not _MENTIONS_PIP_OPTIONS.search(raw):
             continue
-        try:
-            node = yaml.compose(raw.decode("utf-8", errors="replace"), Loader=safe_loader())
-        except (yaml.YAMLError, RecursionError):
-            continue
+        node = _compose(raw)
         if not isinstance(node, yaml.MappingNode):
             continue
         repositories, allow_pypi, allow_at = [], True, None
@@ -176,7 +173,7 @@ def environment_pip_indexes(files, requirement_files: dict | None = None) -> Pip
                                         location=_at(value, shown))
                 allow_pypi, allow_at = value.value.lower() in ("true", "yes", "on"), _at(value, shown)
         raw_lines = raw.decode("utf-8", errors="replace").splitlines()
-        for line in _pip_line_nodes(raw):
+        for line in _pip_line_nodes(node):
             options = [(*option, _at(line, shown))] if (option := index_option(line.value)) else []
             included = requirements_file.REQUIREMENT_FILE.match(line.value.strip())
             if included and requirement_files is not None:
@@ -224,15 +221,23 @@ def index_option(line: str) -> tuple[str, str] | None:
     return option, match.group(2)
 
 
-def _pip_line_nodes(raw: bytes) -> list:
-    """The string nodes of the pip: sections of an environment file's `dependencies`; [] for a file
-    that is not valid YAML (read_environment reports that at its line)."""
+def _compose(raw: bytes):
+    """An environment file's YAML node tree; None for a file that is not valid YAML (read_environment
+    reports that at its line)."""
     import yaml
 
     try:
-        node = yaml.compose(raw.decode("utf-8", errors="replace"), Loader=safe_loader())
+        return yaml.compose(raw.decode("utf-8", errors="replace"), Loader=safe_loader())
     except (yaml.YAMLError, RecursionError):
-        return []
+        return None
+
+
+def _pip_line_nodes(raw) -> list:
+    """The string nodes of the pip: sections of an environment file's `dependencies` (its bytes, or
+    the node tree _compose made of them); [] for a file that is not valid YAML."""
+    import yaml
+
+    node = _compose(raw) if isinstance(raw, bytes) else raw
     out = []
     dependencies = [v for k, v in node.value if k.value == "dependencies"] if isinstance(node, yaml.MappingNode) else []
     for value in dependencies:
@@ -559,8 +564,8 @@ def _check_environment_shape(text: str, shown: str, requirement_files: dict,
                         f"{item.value.strip()!r} is a pip option, not a conda package spec",
                         location=_at(item, shown),
                         hint="conda specs are package names ('numpy >=1.26'); pip options belong under "
-                             "'- pip:', where hb takes --index-url and --extra-index-url and refuses editable "
-                             "installs (it locks wheels from the index)")
+                             "'- pip:', where hb takes index options and requirements files and leaves local "
+                             "source (-e .) out of the lock")
                 conda_pip = conda_pip or _conda_name(item.value) == "pip"
     if "dependencies" not in [key.value for key, _ in node.value]:
         raise AnalysisError("an environment file must have 'dependencies' (a list of package specs)",
