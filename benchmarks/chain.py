@@ -9,12 +9,12 @@
 --repeat A/B pairs (default 8), alternating which of the two runs first; `sync` before each timed run.
 Per pair it prints both wall times and both CPU times and their differences, with the 1-minute load
 average before and after the pair. CPU = user + system seconds of the whole process tree: hb and every
-descendant it waited for (wait4's rusage of the hb process, which includes the sandboxes, rattler-build
-and every other child hb reaped). On a shared machine a whole-process wall time swings by tens of
+descendant (harness.py's launcher is a child subreaper, so the sandboxes count even where bubblewrap
+leaves its namespace's init unreaped), rattler-build and every other child included. On a shared machine a whole-process wall time swings by tens of
 percent, so the median of the per-pair differences (with their spread and how many pairs came out
 positive) and the CPU seconds added are the numbers to read; the custody actions' own durations (hb's
 progress lines) show how much of it is the SBOM and provenance work itself. --no-verify leaves out
-the hb verify runs (the SBOM question only, in less time). Peak RSS of the hb processes is the largest ru_maxrss.
+the hb verify runs (the SBOM question only, in less time). Peak RSS is that of the largest process of the tree.
 hb's own modules are byte-compiled first (python -m compileall), as an installed hb is, so that a
 PYTHONDONTWRITEBYTECODE environment does not make every run compile them again.
 
@@ -35,13 +35,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from harness import Cmd, CommandFailed, Started  # noqa: E402
 from support import copy_example  # noqa: E402
 
 IMAGES = ["//env:nlp", "//env:nlp-gpu"]
@@ -53,35 +54,31 @@ SUMMARY = re.compile(r"^(\d+) actions executed, (\d+) cached", re.MULTILINE)
 @dataclass(frozen=True)
 class Run:
     wall: float  # seconds, spawn to exit
-    cpu: float  # user + system seconds of hb and everything it waited for
-    rss_mib: float  # peak RSS of the largest child so far
+    cpu: float  # user + system seconds of hb's whole process tree
+    rss_mib: float  # peak RSS of the largest process of the tree
     custody_actions: float  # summed durations of the OciSbom / OciProvenance actions it ran
     executed: int  # actions hb ran (its summary line); a cold build caches none
     cached: int
 
 
-def start_hb(example, *args) -> tuple[subprocess.Popen, float]:
-    proc = subprocess.Popen([sys.executable, "-m", "hermetic_build.cli", *args], cwd=example.root, env=example.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return proc, time.perf_counter()
+def start_hb(example, *args) -> Started:
+    return Started(Cmd((sys.executable, "-m", "hermetic_build.cli", *args), example.root, example.env()))
 
 
-def finish_hb(proc: subprocess.Popen, started: float) -> Run:
-    """Wait for one hb process: its wall time, and its own rusage (CPU, peak RSS) from wait4."""
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, proc.args))} exited {proc.returncode}:\n{stderr}")
-    custody = sum(float(m) for m in CUSTODY_ACTION.findall(stderr))
-    executed, cached = map(int, SUMMARY.findall(stderr)[-1]) if SUMMARY.search(stderr) else (-1, -1)
-    return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, custody, executed, cached)
+def finish_hb(started: Started) -> Run:
+    """Wait for one hb process: its wall time, and the rusage (CPU, peak RSS) of its whole tree."""
+    try:
+        run = started.finish()
+    except CommandFailed as exc:
+        raise SystemExit(str(exc)) from None
+    custody = sum(float(m) for m in CUSTODY_ACTION.findall(run.stderr))
+    executed, cached = map(int, SUMMARY.findall(run.stderr)[-1]) if SUMMARY.search(run.stderr) else (-1, -1)
+    return Run(run.seconds, run.cpu, run.max_rss_kib / 1024, custody, executed, cached)
 
 
 def run_hb(example, *args) -> Run:
     subprocess.run(["sync"], check=True)
-    return finish_hb(*start_hb(example, *args))
+    return finish_hb(start_hb(example, *args))
 
 
 def stats(values: list[float], unit: str = "s") -> str:
@@ -111,8 +108,8 @@ def main() -> None:
                 subprocess.run(["sync"], check=True)
                 started = {name: start_hb(examples[name], "build", *labels)
                            for name, labels in (order if i % 2 == 0 else order[::-1])}
-                images.append(finish_hb(*started["images"]))
-                custody.append(finish_hb(*started["custody"]))
+                images.append(finish_hb(started["images"]))
+                custody.append(finish_hb(started["custody"]))
             else:
                 for name, labels in order if i % 2 == 0 else order[::-1]:
                     (images if name == "images" else custody).append(run_hb(examples[name], "build", *labels))

@@ -4,8 +4,8 @@
                                 [--packages 300 --files 20 --file-kib 16] [--big-mib 1024] [--pip-only | --pip-lock-only]
 
 Rows (issue 11 and 9), each hb run and its baseline alternating, `sync` before every timed process,
-min / median wall time, median CPU time and peak RSS (os.wait4: the process and the children it
-waited for) per row:
+min / median wall time, median CPU time and peak RSS (harness.run_once: the whole process tree,
+sandboxed actions included) per row:
 - cold env build: `hb build` with an empty cache and no hb-out (fetch + stage + publish) vs
   8-thread GETs of the same archives from the same nginx + rattler.install (goal <= 1.2x);
 - stage only: warm CAS, a new prefix each time so only CondaStage runs (and its tree is published
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from harness import Retired, compile_bytecode  # noqa: E402
+from harness import Cmd, Retired, compile_bytecode, run_once, sync  # noqa: E402
 from support import Nginx, Workspace, copy_example, env_workspace  # noqa: E402
 
 
@@ -113,19 +113,10 @@ def fetch_throughput(ws, cache: Path, nginx, archives) -> tuple[float, float]:
 
 
 def run_measured(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MiB, stderr) of one whole process (os.wait4's rusage: the process
-    and the children it waited for)."""
-    import subprocess
-
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[:4]} exited {proc.returncode}:\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss // 1024, stderr
+    """(wall seconds, peak RSS in MiB, stderr) of one whole process (harness.run_once: the largest
+    process of its tree, sandboxes included)."""
+    run = run_once(Cmd(tuple(argv), cwd, env))
+    return run.seconds, run.max_rss_kib // 1024, run.stderr
 
 
 def _median(runs) -> tuple[float, int]:
@@ -281,27 +272,20 @@ HB = [sys.executable, "-m", "hermetic_build.cli"]
 @dataclass
 class Run:
     seconds: float  # wall time of the whole process
-    rss_mib: int  # peak RSS of the process and the children it waited for (wait4's rusage)
-    cpu: float  # user + system CPU seconds of the same
+    rss_mib: int  # peak RSS of the largest process of the command's tree (sandboxes included)
+    cpu: float  # user + system CPU seconds of the whole tree
     stderr: str
 
 
 def measure(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> Run:
-    """One whole process, timed after a `sync` (so no run pays for the previous one's dirty pages).
-    Started through GNU time, whose own footprint is a few MiB: a child forked from this (large)
-    Python process would report this process's RSS at fork time as its peak."""
-    import subprocess
-
-    subprocess.run(["sync"], check=True)
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as usage:
-        started = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-q", "-o", usage.name, "-f", "%M %U %S", *argv], cwd=cwd, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        seconds = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise RuntimeError(f"{argv[:5]} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-        rss_kib, user, system = usage.read().split()[-3:]
-    return Run(seconds, int(rss_kib) // 1024, float(user) + float(system), proc.stderr)
+    """One whole process, timed after a `sync` (so no run pays for the previous one's dirty pages),
+    through harness.run_once's launcher: a small process (a child forked from this large Python
+    process would report this process's RSS at fork time as its peak) and a child subreaper, so the
+    sandboxed actions' CPU and RSS count (bubblewrap leaves its namespace's init unreaped: with GNU
+    time, which measured here before, a stage worker's CPU and memory were missing from hb's)."""
+    sync()
+    run = run_once(Cmd(tuple(argv), cwd, env))
+    return Run(run.seconds, run.max_rss_kib // 1024, run.cpu, run.stderr)
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 Every row runs `python -m hermetic_build.cli ...` as a subprocess (bytecode cached, as installed),
 at least 3 times, and prints the minimum and the median wall time, the median CPU time (user +
-system, hb and its children) and the peak RSS of the run (ru_maxrss from wait4: the process and
-the children it waited for). The baseline, timed side by side in the same run after a `sync`, is
+system, hb and its whole process tree) and the peak RSS of the run (the largest process of that
+tree; benchmarks/harness.py's launcher, a child subreaper, so sandboxed processes count). The baseline, timed side by side in the same run after a `sync`, is
 `python -c pass`: the interpreter's start-up, the floor for any command written in Python.
 
 Goals (issue 11): no-op of the example (`hb -C examples build //env:nlp-gpu` again) <= 0.3 s; no-op
@@ -27,6 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from harness import Cmd, CommandFailed, run_once  # noqa: E402
 
 from hermetic_build.filecache import RACY_SECONDS  # noqa: E402
 
@@ -60,17 +63,12 @@ def _env(cache: Path | None) -> dict:
 
 
 def run(argv: list[str], cwd: Path, cache: Path | None) -> tuple[float, float, int]:
-    """One whole process: (wall s, CPU s of it and its children, peak RSS KiB)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+    """One whole process: (wall s, CPU s of its whole tree, peak RSS KiB), through harness.run_once."""
+    try:
+        measured = run_once(Cmd(tuple(argv), cwd, _env(cache)))
+    except CommandFailed as exc:
+        raise SystemExit(str(exc)) from None
+    return measured.seconds, measured.cpu, measured.max_rss_kib
 
 
 def hb(*args: str) -> list[str]:

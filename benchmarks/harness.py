@@ -14,10 +14,11 @@ Rules it keeps (README, "Benchmarks"):
 - `sync` before every timed run (so a previous run's dirty pages are not flushed on the next one's
   clock), outside the timed part; an untimed `before(i)` hook for per-run set-up (a fresh cache);
 - >= 3 runs by default; min and median reported;
-- peak RSS per run: getrusage(RUSAGE_CHILDREN).ru_maxrss taken in a small launcher process whose only
-  child is the command (see _LAUNCHER for why not in this process): the peak of the largest single
-  process of the command's tree (every descendant that was waited for), not the sum of processes
-  alive at the same time; the launcher's own ~10 MiB is the floor;
+- peak RSS and CPU per run: getrusage(RUSAGE_CHILDREN) taken in a small launcher process whose only
+  child is the command (see _LAUNCHER for why not in this process), which is a child subreaper: the
+  peak of the largest single process of the command's whole tree, and the CPU of all of it, sandboxes
+  included (bubblewrap leaves the init of its PID namespace unreaped; the launcher reaps it); not the
+  sum of processes alive at the same time; the launcher's own ~10 MiB is the floor;
 - a baseline row carries a one-line statement of what it does, printed under the table.
 """
 
@@ -26,8 +27,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,6 +51,7 @@ class Run:
     max_rss_kib: int
     stdout: str
     stderr: str
+    cpu: float = 0.0  # user + system CPU seconds of the command's whole tree (sandboxes included)
 
 
 @dataclass(frozen=True)
@@ -120,10 +121,17 @@ class Retired:
 # exec (a forked child starts with its parent's resident pages), so a command started straight from a big
 # benchmark process would report the benchmark's own size as its peak. The launcher is a small process; the
 # command it forks inherits only that, and getrusage(RUSAGE_CHILDREN) in the launcher is the command's peak.
-# The wall time is taken inside the launcher, from fork to reaped exit (the launcher's own start is excluded).
+# The launcher is also a child subreaper (PR_SET_CHILD_SUBREAPER): a descendant whose parent exits without
+# waiting for it is reaped here, so its CPU and RSS count. bubblewrap does that with --unshare-pid: its
+# outer process takes the command's status from the namespace's init and exits without reaping it, which
+# took every sandboxed action (a stage worker's 1-5 CPU s and 84 MiB) out of wait4's rusage of hb.
+# The wall time is taken inside the launcher, from fork to reaped exit of the command (the launcher's own
+# start is excluded); orphans still running then are waited for (untimed, at most 120 s) before rusage.
 _LAUNCHER = """
-import os, resource, sys, time
+import ctypes, os, resource, signal, sys, time
 out, argv = sys.argv[1], sys.argv[2:]
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    sys.exit("the measuring launcher cannot be a child subreaper: prctl failed")
 started = time.perf_counter()
 pid = os.fork()
 if pid == 0:
@@ -133,8 +141,17 @@ if pid == 0:
         os._exit(127)
 _, status = os.waitpid(pid, 0)
 seconds = time.perf_counter() - started
+signal.alarm(120)  # an orphan that never exits fails the run (the launcher dies of SIGALRM)
+orphans = 0
+while True:
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+    orphans += 1
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(out, "w") as f:
-    f.write(f"{seconds!r} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+    f.write(f"{seconds!r} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime!r} {orphans}")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
@@ -142,29 +159,44 @@ sys.exit(code if code >= 0 else 128 - code)
 
 def run_once(cmd: Cmd, *, capture: bool = True, timeout: float | None = None) -> Run:
     """Run one whole process (through the launcher above): wall time from fork to reaped exit, and the
-    peak RSS of the largest process in its tree. Output goes to temporary files, never pipes."""
-    import signal
-    import sys
-    import tempfile
+    peak RSS of the largest process in its tree and the CPU of all of it. Output goes to temporary
+    files, never pipes."""
+    return Started(cmd, capture).finish(timeout)
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
-            tempfile.NamedTemporaryFile("r", prefix="hb-bench-rusage-") as result:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, result.name, *cmd.argv], cwd=cmd.cwd,
-                                env=cmd.env, stdout=out if capture else subprocess.DEVNULL,
-                                stderr=err if capture else subprocess.DEVNULL, text=True, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise CommandFailed(f"{' '.join(cmd.argv[:6])} ran past {timeout} s")
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-        measured = result.read().split()
-    if code != 0 or len(measured) != 2:
-        raise CommandFailed(f"{' '.join(cmd.argv[:6])} exited {code}:\n{stdout[-1500:]}\n{stderr[-3000:]}")
-    return Run(float(measured[0]), int(measured[1]), stdout, stderr)
+
+class Started:
+    """One command started through the launcher (several may run at once); finish() waits for it."""
+
+    def __init__(self, cmd: Cmd, capture: bool = True):
+        import sys
+        import tempfile
+
+        self.cmd = cmd
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.result = tempfile.NamedTemporaryFile("r", prefix="hb-bench-rusage-")
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, self.result.name, *cmd.argv],
+                                     cwd=cmd.cwd, env=cmd.env, stdout=self.out if capture else subprocess.DEVNULL,
+                                     stderr=self.err if capture else subprocess.DEVNULL, text=True,
+                                     start_new_session=True)
+
+    def finish(self, timeout: float | None = None) -> Run:
+        import signal
+
+        what = " ".join(map(str, self.cmd.argv[:6]))
+        with self.out, self.err, self.result:
+            try:
+                code = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                raise CommandFailed(f"{what} ran past {timeout} s") from None
+            self.out.seek(0)
+            self.err.seek(0)
+            stdout, stderr = self.out.read(), self.err.read()
+            measured = self.result.read().split()
+        if code != 0 or len(measured) != 4:
+            raise CommandFailed(f"{what} exited {code}:\n{stdout[-1500:]}\n{stderr[-3000:]}")
+        return Run(float(measured[0]), int(measured[1]), stdout, stderr, float(measured[2]))
 
 
 class Bench:

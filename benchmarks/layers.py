@@ -13,8 +13,8 @@ Each hb row is the whole `hb build //...:img` process as a user runs it, with th
 (their action-cache entries and layer aliases removed before each run). The baseline is
 `tar -C <tree> -cf - . | pigz -6 > out` over the same staged tree: it tars and compresses on every
 core, nothing more (no hashing, no cache, no image). `sync` runs before each timed run; >= 3
-repetitions, min and median; peak RSS is the largest ru_maxrss among the waited-for children of a
-fresh measuring process (resource.getrusage(RUSAGE_CHILDREN)), one per row and run.
+repetitions, min and median; peak RSS is that of the largest process of the command's tree, and CPU
+that of the whole tree, taken by harness.py's launcher (a child subreaper: sandboxes count), one per run.
 
     python3 benchmarks/layers.py [--big-mib 1024] [--packages 300] [--huge-mib 4096] [--runs 3]
 """
@@ -36,31 +36,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from harness import Retired, compile_bytecode  # noqa: E402
+from harness import Cmd, Retired, compile_bytecode, run_once, sync  # noqa: E402
 from support import Workspace, env_workspace  # noqa: E402
 
 HB_REPO = REPO  # whose hermetic_build and rules the timed `hb build` runs (--hb-repo: e.g. main, for before/after)
 
-_MEASURE = """
-import resource, subprocess, sys, time, os
-subprocess.run(["sync"], check=True)
-t = time.perf_counter()
-p = subprocess.run(sys.argv[2:], cwd=sys.argv[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-s = time.perf_counter() - t
-if p.returncode:
-    sys.stderr.buffer.write(p.stderr)
-    sys.exit(p.returncode)
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(s, r.ru_maxrss, r.ru_utime + r.ru_stime)
-"""
-
-
 def measure(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MiB, CPU seconds (user + system) of the command and its descendants),
-    from a fresh measuring process."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(cwd), *argv], env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
-    return float(out[0]), int(out[1]) / 1024, float(out[2])
+    """(wall seconds, peak RSS MiB, CPU seconds (user + system) of the command's whole process tree),
+    after a `sync`, through harness.run_once."""
+    sync()
+    run = run_once(Cmd(tuple(argv), cwd, env))
+    return run.seconds, run.max_rss_kib / 1024, run.cpu
 
 
 def realistic_file(path: Path, size: int) -> None:

@@ -23,7 +23,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from harness import Bench, Cmd  # noqa: E402
+from harness import Bench, Cmd, CommandFailed, run_once  # noqa: E402
 
 # tests/support (and pytest with it) is imported only by the parent: the child processes measured
 # below import what they use and nothing else
@@ -234,35 +233,17 @@ genrule(name = "all", srcs = [":g%d" % i for i in range(N)], outs = ["all.txt"],
 
 
 def run_measured(argv: list[str], cwd: Path, env: dict) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in KiB of the hb process, its --json "actions"): hb runs as a user runs it, a child of
-    a forked helper whose getrusage(RUSAGE_CHILDREN) then holds only that hb process."""
-    import resource
-    import subprocess
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the helper
-        os.close(read)
-        started = time.perf_counter()
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        try:
-            actions = json.loads(proc.stdout)["actions"]
-        except (ValueError, KeyError):
-            actions = None
-        os.write(write, json.dumps([wall, rss, proc.returncode, actions, proc.stderr[-2000:]]).encode())
-        os._exit(0)
-    os.close(write)
-    chunks = []
-    while chunk := os.read(read, 1 << 16):
-        chunks.append(chunk)
-    os.close(read)
-    os.waitpid(pid, 0)
-    wall, rss, code, out, err = json.loads(b"".join(chunks))
-    if code != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {code}: {err}")
-    return wall, rss, out
+    """(wall seconds, peak RSS in KiB of the largest process of hb's tree, its --json "actions"): hb runs
+    as a user runs it, through harness.run_once (a child subreaper: sandboxed actions count)."""
+    try:
+        run = run_once(Cmd(tuple(argv), cwd, env))
+    except CommandFailed as exc:
+        raise RuntimeError(str(exc)) from None
+    try:
+        actions = json.loads(run.stdout)["actions"]
+    except (ValueError, KeyError):
+        actions = None
+    return run.seconds, run.max_rss_kib, actions
 
 
 def remote_execution(n: int, reps: int = 3) -> None:
