@@ -15,7 +15,6 @@ sha256 (a wheel's metadata never changes), so a re-lock asks PyPI nothing new.
 from __future__ import annotations
 
 import concurrent.futures
-import email.parser
 import json
 import os
 import pathlib
@@ -25,7 +24,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 from hermetic_build.api import AnalysisError
@@ -70,6 +68,8 @@ def parse_metadata(text: str, where: str) -> WheelMetadata:
     """Name, version and Requires-Dist of a core metadata file (RFC 822 headers); AnalysisError naming
     `where` (the wheel) if one of them is missing or a Requires-Dist line is no PEP 508 requirement
     (left out, the lock would miss the dependency it names)."""
+    import email.parser  # here: hb build reads lock files through normalise() and never parses metadata
+
     headers = email.parser.HeaderParser().parsestr(text)
     name, version = headers.get("Name"), headers.get("Version")
     if not name or not version:
