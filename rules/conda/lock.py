@@ -454,7 +454,8 @@ def _finish_pip(request, jobs: list[_PipJob]):
     wheels' metadata (fetched once for all platforms); errors in platform order."""
     from . import pypi, pypi_deps
     where = f"{request.label}: "
-    resolved = [(job, pypi.resolved_wheels(job.run.result(), list(job.remaining), job.target, job.provided, where)
+    resolved = [(job, pypi.resolved_wheels(job.run.result(), list(job.remaining), job.target, job.provided, where,
+                                           job.run.inputs.indexes)
                  if job.run is not None else []) for job in jobs]
     cache = pypi_deps.MetadataCache(request.state_dir() / "pypi-metadata")
     metadata = pypi_deps.fetch_metadata([w for _, wheels in resolved for w in wheels], cache, where)

@@ -106,7 +106,7 @@ def pick_wheel(name: str, wheels: list[dict], target: WheelTarget) -> dict | Non
     rank = _tag_rank(target)
     best = None
     for wheel in wheels:
-        filename = wheel.get("name") or wheel["url"].rsplit("/", 1)[-1]
+        filename = wheel.get("name") or str(wheel.get("url") or "").rsplit("/", 1)[-1]
         try:
             _, _, _, tags = parse_wheel_filename(filename)
         except InvalidWheelFilename:
@@ -263,10 +263,23 @@ def uv_inputs(requirements: list[PipRequirement], target: WheelTarget, provided:
                     target.python_version, target.uv_platform, target.uv_env, tuple(indexes))
 
 
+def wheel_schemes(indexes: tuple[str, ...]) -> tuple[str, ...]:
+    """The URL schemes a wheel of the indexes `indexes` (uv's index options, pip_index_args; () for
+    PyPI) may have: https, and http where one of them is an http index. An index page is outside
+    data: it may name a wheel on another host (a CDN), never a file of the machine that locks (uv
+    follows a `file://` link of an http page, reads and hashes the local file) or another protocol,
+    as a conda channel may not (lock._PACKAGE_SCHEMES)."""
+    from urllib.parse import urlsplit
+
+    return ("https", "http") if any(urlsplit(arg).scheme == "http" for arg in indexes) else ("https",)
+
+
 def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
-                    where: str = "") -> list[ResolvedWheel]:
-    """The wheels of uv's result (a uv_run.UvResult) for `target`, conda-provided packages left out."""
+                    where: str = "", indexes: tuple[str, ...] = ()) -> list[ResolvedWheel]:
+    """The wheels of uv's result (a uv_run.UvResult) for `target`, conda-provided packages left out,
+    each an http(s) URL its indexes (uv's index options) may name (wheel_schemes)."""
     import tomllib
+    from urllib.parse import urlsplit
 
     if result.returncode != 0:
         raise _resolution_error(result.stderr, requirements, target, where)
@@ -280,10 +293,19 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
         chosen = pick_wheel(name, listed, target)
         if chosen is None:
             raise _not_installable(name, package, listed, requirements, target, where)
+        url = chosen.get("url")
+        allowed = wheel_schemes(indexes)
+        if not isinstance(url, str) or urlsplit(url).scheme not in allowed:
+            shown = public_url(url) if isinstance(url, str) else f"the local path {chosen.get('path')!r}"
+            raise AnalysisError(f"{where}the index lists {shown} for {name} {package.get('version', '')} "
+                                f"({target.platform}): a wheel of these indexes must be an {' or '.join(allowed)} "
+                                "URL", location=_location(requirements, name),
+                                hint="the index or find-links page is wrong or hostile: fix or drop it (nothing "
+                                     "was written)")
         sha256 = (chosen.get("hashes") or {}).get("sha256", "")
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise AnalysisError(f"{where}uv gave no sha256 for {chosen['url']}")
-        wheels.append(ResolvedWheel(name, str(package["version"]), chosen["url"], sha256))
+            raise AnalysisError(f"{where}uv gave no sha256 for {public_url(url)}")
+        wheels.append(ResolvedWheel(name, str(package["version"]), url, sha256))
     pinned = {r.name: r for r in requirements if r.hashes}
     for wheel in wheels:
         r = pinned.get(wheel.name)
