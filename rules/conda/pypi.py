@@ -281,8 +281,14 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
     import tomllib
     from urllib.parse import urlsplit
 
+    if result.timed_out:
+        raise AnalysisError(f"{where}uv did not finish resolving the pip requirements for {target.platform} within "
+                            f"{result.timed_out} s and was ended: an index or find-links page that answers slowly "
+                            "or without end?", location=_location(requirements, result.stderr),
+                            hint=f"if the indexes are right and resolving takes longer, raise uv_timeout_s "
+                                 f"({result.limits.where})")
     if result.returncode != 0:
-        raise _resolution_error(result.stderr, requirements, target, where)
+        raise _resolution_error(result.stderr, requirements, target, where, result.limits)
     lock = tomllib.loads(result.pylock)
     wheels = []
     for package in lock.get("packages", []):
@@ -344,9 +350,12 @@ def _location(requirements: list[PipRequirement], text: str) -> Location | None:
     return Location(requirements[0].path, requirements[0].line) if requirements else None
 
 
-def _resolution_error(stderr: str, requirements, target: WheelTarget, where: str) -> AnalysisError:
+def _resolution_error(stderr: str, requirements, target: WheelTarget, where: str, limits=None) -> AnalysisError:
     message = "\n".join(line for line in stderr.strip().splitlines() if line.strip())
     hint = "check the pip: requirements (name, version) against PyPI"
+    if re.search(r"^memory allocation of \d+ bytes failed", message, re.M) or "File too large" in message:
+        hint = ("uv ran out of the memory or file size hb allows it (an index or find-links page without end?); "
+                f"if the indexes are right, raise uv_max_memory_mb ({limits.where if limits else 'hermetic.toml'})")
     if "no usable wheels" in message or "building from source is disabled" in message or "--only-binary" in message:
         hint = ("hb installs wheels only: a requirement published only as an sdist would run its build at "
                 "install time and cannot be pinned to one file; pick a version with wheels for this platform "

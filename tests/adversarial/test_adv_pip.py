@@ -27,11 +27,13 @@ def _python_channel(root: Path) -> None:
             {"info": {"subdir": subdir}, "repodata_version": 2, "packages": {}, "packages.conda": packages}))
 
 
-def wheel(directory: Path, name: str, version: str) -> tuple[str, str]:
+def wheel(directory: Path, name: str, version: str, requires=()) -> tuple[str, str]:
     """(file name, sha256) of a pure-Python wheel of `name` written into `directory`."""
     filename = f"{name}-{version}-py3-none-any.whl"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n"
+                                                                                      for r in requires)
     files = {f"{name}/__init__.py": b"VALUE = 1\n",
-             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/METADATA": metadata.encode(),
              f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\n"
                                                   b"Tag: py3-none-any\n"}
     record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},"
@@ -79,3 +81,39 @@ def test_an_index_page_cannot_lock_a_file_of_the_locking_machine(served, workspa
     assert "file://" in proc.stderr and "hbevil" in proc.stderr and "must be an https or http URL" in proc.stderr, \
         proc.stderr
     assert not (workspace.root / "env/conda-lock.yml").exists()
+
+
+@pytest.mark.parametrize("setting, flags, expected", [
+    # as fast as loopback goes: uv at 10 GB of memory after 25 s before, and growing
+    ("uv_max_memory_mb = 200", (), "raise uv_max_memory_mb"),
+    # a byte a second: uv (whose timeout is per read) was still waiting 100 s later, and hb with it
+    ("uv_timeout_s = 5", ("--drip", "1"), "within 5 s"),
+])
+def test_an_endless_find_links_page_ends_uv_in_an_error(tmp_path, workspace, setting, flags, expected):
+    import subprocess
+    import sys
+    import time
+
+    from support import free_port, stop, wait_for_http
+
+    _python_channel(tmp_path / "root")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "servers" / "hostile_channel.py"),
+                             "--root", str(tmp_path / "root"), "--port", str(port), "--endless", "links.html", *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/noarch/repodata.json", proc)
+        (workspace.root / "hermetic.toml").write_text(f"[conda]\n{setting}\n")
+        env_workspace(workspace, url, ["python 3.11.*"], virtual_packages={"linux-64": VPKGS["linux-64"]})
+        workspace.write("env/environment.yml", f"channels: [{url}]\ndependencies:\n  - python 3.11.*\n  - pip:\n"
+                        f"    - --find-links {url}/links.html\n    - hbevil\n")
+        started = time.monotonic()
+        result = workspace.hb("lock", "//env:lock", check=False, timeout=150)
+        assert result.returncode == 4, result.stdout + result.stderr
+        assert time.monotonic() - started < 60
+        assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert not (workspace.root / "env/conda-lock.yml").exists()
+    finally:
+        stop(proc)
+
