@@ -312,15 +312,30 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise AnalysisError(f"{where}uv gave no sha256 for {public_url(url)}")
         wheels.append(ResolvedWheel(name, str(package["version"]), url, sha256))
-    pinned = {r.name: r for r in requirements if r.hashes}
+    # pip's hash-checking mode: once a requirement has --hash options, every package installed needs
+    # them (pip-compile --generate-hashes writes each dependency with its hashes), and each line of a
+    # package that has them must allow its wheel
+    pinned: dict[str, list[PipRequirement]] = {}
+    for r in requirements:
+        if r.hashes:
+            pinned.setdefault(r.name, []).append(r)
     for wheel in wheels:
-        r = pinned.get(wheel.name)
-        if r is not None and wheel.sha256 not in r.hashes:
-            raise AnalysisError(f"{where}the wheel of {wheel.name} {wheel.version} for {target.platform} is "
-                                f"{public_url(wheel.url)} (sha256 {wheel.sha256}), which the --hash options of "
-                                f"{r.text!r} do not allow", location=Location(r.path, r.line),
-                                hint="regenerate the hashes (pip-compile --generate-hashes) or pin the version "
-                                     "they were written for")
+        for r in pinned.get(wheel.name, ()):
+            if wheel.sha256 not in r.hashes:
+                raise AnalysisError(f"{where}the wheel of {wheel.name} {wheel.version} for {target.platform} is "
+                                    f"{public_url(wheel.url)} (sha256 {wheel.sha256}), which the --hash options of "
+                                    f"{r.text!r} do not allow", location=Location(r.path, r.line),
+                                    hint="regenerate the hashes (pip-compile --generate-hashes) or pin the version "
+                                         "they were written for")
+    unhashed = [w for w in wheels if pinned and w.name not in pinned]
+    if unhashed:
+        first = next(iter(pinned.values()))[0]
+        raise AnalysisError(f"{where}{', '.join(f'{w.name} {w.version}' for w in unhashed)} ({target.platform}) "
+                            f"would be locked with no --hash option allowing it, while {first.text!r} and the other "
+                            "requirements with --hash options ask for hash-checking, where pip installs no package "
+                            "without its hashes", location=Location(first.path, first.line),
+                            hint="add each with its hashes (pip-compile --generate-hashes writes every dependency), "
+                                 "or drop the --hash options")
     return wheels
 
 

@@ -117,3 +117,17 @@ def test_an_endless_find_links_page_ends_uv_in_an_error(tmp_path, workspace, set
     finally:
         stop(proc)
 
+
+def test_a_requirements_file_with_hashes_locks_no_wheel_it_does_not_hash(served, workspace, tmp_path):
+    """pip-compile --generate-hashes writes every package with its hashes, and pip installs such a file
+    in hash-checking mode: a package that no --hash pins (a dependency the index's metadata adds) is
+    refused. hb locked it unchecked: the hashes pinned the named wheels and nothing else."""
+    pkg, pkg_sha256 = wheel(tmp_path / "pages/files", "hbpkg", "1.0", ["hbdep"])
+    dep, _ = wheel(tmp_path / "pages/files", "hbdep", "1.0")
+    pages = {f"simple/{name}/index.html": f'<a href="../../files/{file}">{file}</a>\n'
+             for name, file in (("hbpkg", pkg), ("hbdep", dep))}
+    workspace.write("env/requirements.txt", f"hbpkg==1.0 \\\n    --hash=sha256:{pkg_sha256}\n")
+    _, proc = served(pages, ["--index-url {url}/simple", "-r requirements.txt"])
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "hbdep 1.0" in proc.stderr and "no --hash" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (workspace.root / "env/conda-lock.yml").exists()
