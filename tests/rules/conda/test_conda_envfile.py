@@ -382,6 +382,14 @@ def test_a_requirements_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
         _workspace_env(tmp_path, {"env/environment.yml": "dependencies:\n  - pip:\n    - -r requirements.txt\n"})
 
 
+@pytest.mark.parametrize("ref", ["reqs", "."])
+def test_a_requirements_file_that_is_a_directory_is_an_error_at_the_file(tmp_path, ref):
+    """`-r reqs` naming a directory ended `hb lock` in an IsADirectoryError traceback."""
+    (tmp_path / "env/reqs").mkdir(parents=True)
+    with pytest.raises(AnalysisError, match="is not a regular file"):
+        _workspace_env(tmp_path, {"env/environment.yml": f"dependencies:\n  - pip:\n    - -r {ref}\n"})
+
+
 def test_encodings_conda_and_pip_read_are_read_and_others_are_an_error_at_the_file(tmp_path):
     """`conda env export >` in Windows PowerShell 5.1 writes UTF-16 with a byte-order mark, Notepad a
     UTF-8 one: conda and pip read both, and so does hb (it crashed with UnicodeDecodeError). A cp1252
