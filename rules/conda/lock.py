@@ -211,7 +211,8 @@ def _lock(request) -> LockOutcome:
         return _lock_or_check(request, None)
     # the uv runs the last lock of this target made start now, before conda-lock is imported and the
     # environment read and solved; they are used only for the same inputs (uv_run.py)
-    speculation = uv_run.Speculation(request.state_dir(), str(request.label), request.state_dir() / "uv-cache")
+    speculation = uv_run.Speculation(request.state_dir(), str(request.label), request.state_dir() / "uv-cache",
+                                     uv_limits(request.settings))
     try:
         return _lock_or_check(request, speculation)
     finally:
@@ -414,6 +415,22 @@ def repodata_limits(settings):
                           "[conda] in hermetic.toml")
 
 
+def uv_limits(settings):
+    """uv_run.UvLimits from hermetic.toml's [conda] uv_timeout_s and uv_max_memory_mb."""
+    from .uv_run import DEFAULT_UV_MAX_MEMORY_MB, DEFAULT_UV_TIMEOUT_S, UvLimits
+
+    section = settings.extra.get("conda", {})
+    values = {}
+    for key, default in (("uv_timeout_s", DEFAULT_UV_TIMEOUT_S), ("uv_max_memory_mb", DEFAULT_UV_MAX_MEMORY_MB)):
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AnalysisError(f"[conda] {key} in hermetic.toml must be a positive integer, not {value!r}",
+                                hint=f"the default is {default}")
+        values[key] = value
+    return UvLimits(values["uv_timeout_s"], values["uv_max_memory_mb"],
+                    "[conda] uv_timeout_s, uv_max_memory_mb in hermetic.toml")
+
+
 def _rel(label) -> str:
     return f"{label.package}/{label.name}" if label.package else label.name
 
@@ -445,7 +462,8 @@ def _start_pip(request, speculation, requirements, records, platform: str, virtu
     run = None
     if remaining:
         inputs = pypi.uv_inputs(remaining, target, provided, preferences, indexes)
-        run = speculation.take(inputs) or uv_run.UvRun(inputs, request.state_dir() / "uv-cache")
+        run = speculation.take(inputs) or uv_run.UvRun(inputs, request.state_dir() / "uv-cache",
+                                                       uv_limits(request.settings))
     return _PipJob(platform, target, provided, tuple(requirements), tuple(remaining), run)
 
 
@@ -454,7 +472,8 @@ def _finish_pip(request, jobs: list[_PipJob]):
     wheels' metadata (fetched once for all platforms); errors in platform order."""
     from . import pypi, pypi_deps
     where = f"{request.label}: "
-    resolved = [(job, pypi.resolved_wheels(job.run.result(), list(job.remaining), job.target, job.provided, where)
+    resolved = [(job, pypi.resolved_wheels(job.run.result(), list(job.remaining), job.target, job.provided, where,
+                                           job.run.inputs.indexes)
                  if job.run is not None else []) for job in jobs]
     cache = pypi_deps.MetadataCache(request.state_dir() / "pypi-metadata")
     metadata = pypi_deps.fetch_metadata([w for _, wheels in resolved for w in wheels], cache, where)

@@ -106,7 +106,7 @@ def pick_wheel(name: str, wheels: list[dict], target: WheelTarget) -> dict | Non
     rank = _tag_rank(target)
     best = None
     for wheel in wheels:
-        filename = wheel.get("name") or wheel["url"].rsplit("/", 1)[-1]
+        filename = wheel.get("name") or str(wheel.get("url") or "").rsplit("/", 1)[-1]
         try:
             _, _, _, tags = parse_wheel_filename(filename)
         except InvalidWheelFilename:
@@ -263,13 +263,32 @@ def uv_inputs(requirements: list[PipRequirement], target: WheelTarget, provided:
                     target.python_version, target.uv_platform, target.uv_env, tuple(indexes))
 
 
-def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
-                    where: str = "") -> list[ResolvedWheel]:
-    """The wheels of uv's result (a uv_run.UvResult) for `target`, conda-provided packages left out."""
-    import tomllib
+def wheel_schemes(indexes: tuple[str, ...]) -> tuple[str, ...]:
+    """The URL schemes a wheel of the indexes `indexes` (uv's index options, pip_index_args; () for
+    PyPI) may have: https, and http where one of them is an http index. An index page is outside
+    data: it may name a wheel on another host (a CDN), never a file of the machine that locks (uv
+    follows a `file://` link of an http page, reads and hashes the local file) or another protocol,
+    as a conda channel may not (lock._PACKAGE_SCHEMES)."""
+    from urllib.parse import urlsplit
 
+    return ("https", "http") if any(urlsplit(arg).scheme == "http" for arg in indexes) else ("https",)
+
+
+def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTarget, provided: dict[str, str],
+                    where: str = "", indexes: tuple[str, ...] = ()) -> list[ResolvedWheel]:
+    """The wheels of uv's result (a uv_run.UvResult) for `target`, conda-provided packages left out,
+    each an http(s) URL its indexes (uv's index options) may name (wheel_schemes)."""
+    import tomllib
+    from urllib.parse import urlsplit
+
+    if result.timed_out:
+        raise AnalysisError(f"{where}uv did not finish resolving the pip requirements for {target.platform} within "
+                            f"{result.timed_out} s and was ended: an index or find-links page that answers slowly "
+                            "or without end?", location=_location(requirements, result.stderr),
+                            hint=f"if the indexes are right and resolving takes longer, raise uv_timeout_s "
+                                 f"({result.limits.where})")
     if result.returncode != 0:
-        raise _resolution_error(result.stderr, requirements, target, where)
+        raise _resolution_error(result.stderr, requirements, target, where, result.limits)
     lock = tomllib.loads(result.pylock)
     wheels = []
     for package in lock.get("packages", []):
@@ -280,19 +299,43 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
         chosen = pick_wheel(name, listed, target)
         if chosen is None:
             raise _not_installable(name, package, listed, requirements, target, where)
+        url = chosen.get("url")
+        allowed = wheel_schemes(indexes)
+        if not isinstance(url, str) or urlsplit(url).scheme not in allowed:
+            shown = public_url(url) if isinstance(url, str) else f"the local path {chosen.get('path')!r}"
+            raise AnalysisError(f"{where}the index lists {shown} for {name} {package.get('version', '')} "
+                                f"({target.platform}): a wheel of these indexes must be an {' or '.join(allowed)} "
+                                "URL", location=_location(requirements, name),
+                                hint="the index or find-links page is wrong or hostile: fix or drop it (nothing "
+                                     "was written)")
         sha256 = (chosen.get("hashes") or {}).get("sha256", "")
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise AnalysisError(f"{where}uv gave no sha256 for {chosen['url']}")
-        wheels.append(ResolvedWheel(name, str(package["version"]), chosen["url"], sha256))
-    pinned = {r.name: r for r in requirements if r.hashes}
+            raise AnalysisError(f"{where}uv gave no sha256 for {public_url(url)}")
+        wheels.append(ResolvedWheel(name, str(package["version"]), url, sha256))
+    # pip's hash-checking mode: once a requirement has --hash options, every package installed needs
+    # them (pip-compile --generate-hashes writes each dependency with its hashes), and each line of a
+    # package that has them must allow its wheel
+    pinned: dict[str, list[PipRequirement]] = {}
+    for r in requirements:
+        if r.hashes:
+            pinned.setdefault(r.name, []).append(r)
     for wheel in wheels:
-        r = pinned.get(wheel.name)
-        if r is not None and wheel.sha256 not in r.hashes:
-            raise AnalysisError(f"{where}the wheel of {wheel.name} {wheel.version} for {target.platform} is "
-                                f"{public_url(wheel.url)} (sha256 {wheel.sha256}), which the --hash options of "
-                                f"{r.text!r} do not allow", location=Location(r.path, r.line),
-                                hint="regenerate the hashes (pip-compile --generate-hashes) or pin the version "
-                                     "they were written for")
+        for r in pinned.get(wheel.name, ()):
+            if wheel.sha256 not in r.hashes:
+                raise AnalysisError(f"{where}the wheel of {wheel.name} {wheel.version} for {target.platform} is "
+                                    f"{public_url(wheel.url)} (sha256 {wheel.sha256}), which the --hash options of "
+                                    f"{r.text!r} do not allow", location=Location(r.path, r.line),
+                                    hint="regenerate the hashes (pip-compile --generate-hashes) or pin the version "
+                                         "they were written for")
+    unhashed = [w for w in wheels if pinned and w.name not in pinned]
+    if unhashed:
+        first = next(iter(pinned.values()))[0]
+        raise AnalysisError(f"{where}{', '.join(f'{w.name} {w.version}' for w in unhashed)} ({target.platform}) "
+                            f"would be locked with no --hash option allowing it, while {first.text!r} and the other "
+                            "requirements with --hash options ask for hash-checking, where pip installs no package "
+                            "without its hashes", location=Location(first.path, first.line),
+                            hint="add each with its hashes (pip-compile --generate-hashes writes every dependency), "
+                                 "or drop the --hash options")
     return wheels
 
 
@@ -322,9 +365,12 @@ def _location(requirements: list[PipRequirement], text: str) -> Location | None:
     return Location(requirements[0].path, requirements[0].line) if requirements else None
 
 
-def _resolution_error(stderr: str, requirements, target: WheelTarget, where: str) -> AnalysisError:
+def _resolution_error(stderr: str, requirements, target: WheelTarget, where: str, limits=None) -> AnalysisError:
     message = "\n".join(line for line in stderr.strip().splitlines() if line.strip())
     hint = "check the pip: requirements (name, version) against PyPI"
+    if re.search(r"^memory allocation of \d+ bytes failed", message, re.M) or "File too large" in message:
+        hint = ("uv ran out of the memory or file size hb allows it (an index or find-links page without end?); "
+                f"if the indexes are right, raise uv_max_memory_mb ({limits.where if limits else 'hermetic.toml'})")
     if "no usable wheels" in message or "building from source is disabled" in message or "--only-binary" in message:
         hint = ("hb installs wheels only: a requirement published only as an sdist would run its build at "
                 "install time and cannot be pinned to one file; pick a version with wheels for this platform "

@@ -43,10 +43,11 @@ def read_text(path, shown: str) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    # fstat before a file object is made of fd: open() refuses a directory with IsADirectoryError
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AnalysisError(f"requirements file {shown} is not a regular file", location=Location(shown))
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise AnalysisError(f"requirements file {shown} is not a regular file", location=Location(shown))
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise AnalysisError(f"requirements file {shown} is larger than {MAX_BYTES >> 20} MiB", location=Location(shown))

@@ -543,6 +543,13 @@ def _check_environment_shape(text: str, shown: str, requirement_files: dict,
     if node is None or not isinstance(node, yaml.MappingNode):
         raise AnalysisError("an environment file must be a mapping with 'dependencies'",
                             location=_at(node, shown) if node is not None else Location(shown))
+    seen: dict[str, Location] = {}
+    for key, _ in node.value:  # conda's YAML reader (ruamel) refuses a key given twice; PyYAML keeps the last
+        if isinstance(key, yaml.ScalarNode) and key.value in seen:
+            raise AnalysisError(f"{key.value!r} is given twice (first at {seen[key.value]}): conda refuses such a "
+                                "file, and hb and conda-lock would each read another of them",
+                                location=_at(key, shown), hint="merge them into one")
+        seen[getattr(key, "value", "")] = _at(key, shown)
     for key, value in node.value:
         if key.value == "variables":
             warnings.append((_at(key, shown), "'variables:' are set by `conda activate`, which an image never "
@@ -556,7 +563,7 @@ def _check_environment_shape(text: str, shown: str, requirement_files: dict,
                                     location=_at(value, shown), hint="write one spec per line: '  - numpy >=1.26'")
             for item in value.value:
                 if isinstance(item, yaml.MappingNode):
-                    pip += _pip_section(item, shown, requirement_files, warnings)
+                    pip += _pip_section(item, shown, requirement_files, warnings, text.splitlines())
                     continue
                 _require_string(item, "each dependency", shown, example="numpy >=1.26")
                 if item.value.strip().startswith("-"):  # `- -e .`, `- --extra-index-url ...` among conda specs
@@ -616,7 +623,8 @@ def pip_line_kind(line: str) -> tuple[str, str]:
     return ("requirement", requirement) if requirement else ("ignored", "")
 
 
-def _pip_section(item, shown: str, requirement_files: dict, warnings: list) -> list[PipRequirement]:
+def _pip_section(item, shown: str, requirement_files: dict, warnings: list,
+                 lines: list[str] = ()) -> list[PipRequirement]:
     """`- pip: [requirement, ...]`: PyPI requirements by name and version only (wheels, see README),
     index options (environment_pip_indexes), `-r FILE` (the requirements of requirement_files) and
     local source (`-e .`, a path: the project's own checkout), which no lock pins: left out, as
@@ -638,6 +646,16 @@ def _pip_section(item, shown: str, requirement_files: dict, warnings: list) -> l
     out = []
     for node in value.value:
         _require_string(node, "each pip requirement", shown, example="tokenizers ==0.21.*")
+        # a selector is read from the line a pip: line starts on (as conda-lock filters lines): one on a
+        # later line of a value written over several lines would be ignored by hb, and conda-lock would
+        # drop that line alone
+        last = node.end_mark.line - (node.end_mark.column == 0)  # as _for_conda_lock blanks them
+        for n in range(node.start_mark.line + 1, min(last + 1, len(lines))):
+            if line_selector(lines[n]) is not None:
+                raise AnalysisError(f"the platform selector `# [{line_selector(lines[n])}]` is on a continuation of "
+                                    f"the pip: line {node.value.strip()!r}, which hb and conda-lock read from its "
+                                    "first line", location=Location(shown, n + 1),
+                                    hint="write the pip: line on one line, with its selector at its end")
         kind, text = pip_line_kind(node.value)
         if kind == "local":
             warnings.append((_at(node, shown), local_source_warning(text)))

@@ -24,6 +24,32 @@ from dataclasses import dataclass
 _ENV_KEPT = ("PATH", "HOME", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy",
              "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 _SCHEMA = 2  # 2: UvInputs.indexes
+DEFAULT_UV_TIMEOUT_S = 900
+DEFAULT_UV_MAX_MEMORY_MB = 4096
+_MAX_STDERR = 1 << 20  # what of uv's stderr an error shows
+
+
+@dataclass(frozen=True)
+class UvLimits:
+    """Bounds of one uv process. An index or find-links page is outside data, and uv bounds neither
+    a page's size nor its whole time (its timeout is per read): a page sent as fast as loopback goes
+    took uv to 10 GB of memory in 25 s, one sent a byte a second held it past any wait (reproduced).
+    uv runs with RLIMIT_DATA (its heap: an allocation past it ends uv) and RLIMIT_FSIZE (no file it
+    writes, in its cache or its scratch directory, grows past it) at max_memory_mb, and is killed
+    timeout_s after it started. `where`: the settings that raise them, for the error's hint."""
+
+    timeout_s: int = DEFAULT_UV_TIMEOUT_S
+    max_memory_mb: int = DEFAULT_UV_MAX_MEMORY_MB
+    where: str = "[conda] uv_timeout_s, uv_max_memory_mb in hermetic.toml"
+
+    def apply(self) -> None:
+        """In the child, before uv is executed (subprocess's preexec_fn): only setrlimit calls."""
+        import resource
+
+        size = self.max_memory_mb << 20
+        for limit in (resource.RLIMIT_DATA, resource.RLIMIT_FSIZE):
+            hard = resource.getrlimit(limit)[1]
+            resource.setrlimit(limit, (size if hard == resource.RLIM_INFINITY else min(size, hard), hard))
 
 
 @dataclass(frozen=True)
@@ -56,6 +82,8 @@ class UvResult:
     returncode: int
     stderr: str
     pylock: str  # the pylock.toml uv wrote ("" when it failed)
+    timed_out: float = 0  # the limit in seconds uv ran past (it was killed), else 0
+    limits: UvLimits = UvLimits()
 
 
 def uv_binary() -> str:
@@ -67,8 +95,12 @@ def uv_binary() -> str:
 class UvRun:
     """A started `uv pip compile` process in its own scratch directory."""
 
-    def __init__(self, inputs: UvInputs, cache_dir: pathlib.Path):
+    def __init__(self, inputs: UvInputs, cache_dir: pathlib.Path, limits: UvLimits = UvLimits()):
+        import time
+
         self.inputs = inputs
+        self.limits = limits
+        self._deadline = time.monotonic() + limits.timeout_s
         self._tmp = pathlib.Path(tempfile.mkdtemp(prefix="hb-uv-"))
         (self._tmp / "requirements.in").write_text(inputs.requirements)
         (self._tmp / "constraints.txt").write_text(inputs.constraints)
@@ -82,16 +114,23 @@ class UvRun:
                 "--cache-dir", str(cache_dir), "--quiet", "--no-header", *inputs.indexes]
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(argv, cwd=self._tmp, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=self._stderr)
+                                      stdout=subprocess.DEVNULL, stderr=self._stderr, preexec_fn=limits.apply)
 
     def result(self) -> UvResult:
+        import time
+
         try:
-            returncode = self._proc.wait()
+            timed_out = 0
+            try:
+                returncode = self._proc.wait(timeout=max(0.0, self._deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                returncode, timed_out = self._proc.wait(), self.limits.timeout_s
             self._stderr.seek(0)
-            stderr = self._stderr.read().decode("utf-8", "replace")
+            stderr = self._stderr.read(_MAX_STDERR).decode("utf-8", "replace")
             out = self._tmp / "pylock.toml"
-            pylock = out.read_text() if returncode == 0 and out.is_file() else ""
-            return UvResult(returncode, stderr, pylock)
+            pylock = out.read_text() if returncode == 0 and out.is_file() and not timed_out else ""
+            return UvResult(returncode, stderr, pylock, timed_out, self.limits)
         finally:
             self._cleanup()
 
@@ -110,11 +149,11 @@ class Speculation:
     """The uv runs the last `hb lock` of one target made, started again at once; `take` hands one
     over only for identical inputs; `close` kills the rest; `record` keeps this lock's inputs."""
 
-    def __init__(self, state_dir: pathlib.Path, label: str, cache_dir: pathlib.Path):
+    def __init__(self, state_dir: pathlib.Path, label: str, cache_dir: pathlib.Path, limits: UvLimits = UvLimits()):
         self._path = state_dir / "uv-inputs" / f"{hashlib.sha256(label.encode()).hexdigest()[:32]}.json"
         self._runs: list[UvRun] = []
         for inputs in self._load():
-            self._runs.append(UvRun(inputs, cache_dir))
+            self._runs.append(UvRun(inputs, cache_dir, limits))
 
     def _load(self) -> list[UvInputs]:
         try:

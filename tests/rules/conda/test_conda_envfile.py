@@ -34,6 +34,13 @@ def read(tmp_path, text: str):
     ("dependencies:\n  - numpy\n  - -e.\n", "3", "'-e.' is a pip option, not a conda package spec"),
     ("dependencies: [numpy\n", "2:1", "expected ',' or ']'"),
     ("dependencies: [numpy]\nname: a\x00b\n", "2:8", "invalid YAML: unacceptable character #x0000"),
+    # a key given twice: PyYAML (conda-lock) keeps the second, hb took the pip: index lines of both, conda refuses it
+    ("dependencies:\n  - pip:\n    - --extra-index-url https://a.example.org/simple\ndependencies: [python]\n", "4",
+     "'dependencies' is given twice (first at env/environment.yml:1)"),
+    # a selector on the second line of a pip: line written over two: hb read none (the index applied everywhere)
+    ("dependencies:\n  - python\n  - pip:\n    - --extra-index-url\n      https://a.example.org/simple  # [osx]\n",
+     "5", "the platform selector `# [osx]` is on a continuation of the pip: line"),
+    ("dependencies:\n  - python\n  - pip:\n    - \"idna\n      <4\"  # [linux]\n", "5", "is on a continuation"),
     # nested past libyaml's limit: an error at its line, not the pure-Python composer's RecursionError
     ("dependencies:\n  - " + "[" * 3000 + "]" * 3000 + "\n", "2:", "invalid YAML: exceeded maximum nesting depth"),
 ])
@@ -373,6 +380,14 @@ def test_a_requirements_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "env/requirements.txt")
     with pytest.raises(AnalysisError, match="is not a regular file"):
         _workspace_env(tmp_path, {"env/environment.yml": "dependencies:\n  - pip:\n    - -r requirements.txt\n"})
+
+
+@pytest.mark.parametrize("ref", ["reqs", "."])
+def test_a_requirements_file_that_is_a_directory_is_an_error_at_the_file(tmp_path, ref):
+    """`-r reqs` naming a directory ended `hb lock` in an IsADirectoryError traceback."""
+    (tmp_path / "env/reqs").mkdir(parents=True)
+    with pytest.raises(AnalysisError, match="is not a regular file"):
+        _workspace_env(tmp_path, {"env/environment.yml": f"dependencies:\n  - pip:\n    - -r {ref}\n"})
 
 
 def test_encodings_conda_and_pip_read_are_read_and_others_are_an_error_at_the_file(tmp_path):
