@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -43,9 +44,9 @@ class UvLimits:
     where: str = "[conda] uv_timeout_s, uv_max_memory_mb in hermetic.toml"
 
     def apply(self) -> None:
-        """In the child, before uv is executed (subprocess's preexec_fn): only setrlimit calls."""
-        import resource
-
+        """In the child, before uv is executed (subprocess's preexec_fn): only getrlimit and setrlimit
+        calls, no import (`resource` is imported with this module: an import in a child forked from a
+        process with threads can wait for ever on a lock one of them held at the fork)."""
         size = self.max_memory_mb << 20
         for limit in (resource.RLIMIT_DATA, resource.RLIMIT_FSIZE):
             hard = resource.getrlimit(limit)[1]
