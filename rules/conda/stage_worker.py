@@ -575,6 +575,11 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
         """Members handed over unread (the writer's thread reads each and checks it against its
         RECORD row as it writes it: one pass over the bytes), in the zip's order."""
 
+        def read_dist_info(self, name: str) -> str:
+            # installer reads these whole and parses them in memory: each within its bound first
+            check_read_whole(self, filename, name)
+            return super().read_dist_info(name)
+
         def get_contents(self):
             import stat
 
@@ -599,6 +604,25 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
     except Exception as exc:  # noqa: BLE001 - installer's errors name the file
         raise StageError(f"installing wheel {filename} failed: {type(exc).__name__}: "
                          f"{' '.join(str(exc).split())}") from None
+
+
+def check_read_whole(source, filename: str, name: str) -> None:
+    """StageError unless the wheel's .dist-info file `name`, if there, is within its bound
+    (zipdir.MAX_READ_WHOLE; the zip check refused a larger one already: this holds for any file
+    installer reads)."""
+    path = f"{source.dist_info_dir}/{name}"
+    try:
+        info = source._zipfile.getinfo(path)
+    except KeyError:
+        return
+    try:
+        from .zipdir import read_whole_problem
+    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
+        from zipdir import read_whole_problem
+
+    problem = read_whole_problem(path, info.file_size)
+    if problem:
+        raise StageError(f"wheel {filename}: {problem}")
 
 
 MAX_METADATA_HEADER = 16 << 20  # what the lock's reader of METADATA reads at most (pypi_deps.MAX_METADATA_BYTES)

@@ -486,3 +486,37 @@ def test_a_wheel_writes_no_dist_info_but_its_own(tmp_path, member):
     with pytest.raises(stage_worker.StageError, match=r"numpy-9\.dist-info|2 \.dist-info/RECORD files"):
         _install(tmp_path, wheel, out)
     assert not (out / "lib/python3.11/site-packages/numpy-9.dist-info").exists()
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("WHEEL", b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\n" + b"a: b\n" * (1 << 18)),
+    ("entry_points.txt", b"".join(b"[s%d]\n" % i for i in range(200_000))),
+    ("RECORD", b"\n" * (32 << 20)),
+])
+def test_a_dist_info_file_read_whole_is_bounded_at_fetch_and_at_the_stage(tmp_path, name, data):
+    """installer reads WHEEL, entry_points.txt and RECORD whole and parses them in memory, at many
+    times their size; the unpack limit bounds only a wheel's total (red team, fourteenth session: a
+    690 KB wheel whose WHEEL file was 256 MiB took the stage 8 GB and 96 s, and installed)."""
+    dist = "demo-1.0.dist-info"
+    plain = make_wheel(tmp_path / "plain.whl", scripts={"demo-cli": "demo:main"})
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            content = src.read(item)
+            if item.filename == f"{dist}/{name}":  # RECORD's rows, then the padding; the others replaced
+                content = content + data if name == "RECORD" else data
+                size = len(content)
+            elif item.filename == f"{dist}/RECORD":
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+                content = b"\n".join(f"{dist}/{name},sha256={digest},{len(data)}".encode()
+                                     if line.startswith(f"{dist}/{name},".encode()) else line
+                                     for line in content.split(b"\n"))
+            dst.writestr(item.filename, content)
+    assert size > 1 << 20 and wheel.stat().st_size < 1 << 20
+    message = f"its {dist}/{name} is {size:,} bytes, more than the "
+    with pytest.raises(ActionFailed, match=re.escape(message)):
+        check_wheel(wheel, wheel.name)
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=re.escape(message)):
+        _install(tmp_path, wheel, out)
+    assert sorted(os.listdir(out / "lib/python3.11/site-packages")) == []
