@@ -720,9 +720,8 @@ def check_wheel_metadata(source, filename: str) -> None:
     """The wheel's METADATA must name one project and one version, those of its file name (PEP 503 /
     PEP 440 equal): layering names a wheel's layer after it (`pypi:<Name>`), and the lock entry, whose
     name and version the SBOM reports, was checked against the file name. Only the header is read, at
-    most MAX_METADATA_HEADER bytes (the body, a README, may be long)."""
-    import email.parser
-
+    most MAX_METADATA_HEADER bytes (the body, a README, may be long), by zipdir.metadata_header, as
+    layering reads it."""
     from packaging.utils import canonicalize_name, parse_wheel_filename
     from packaging.version import InvalidVersion, Version
 
@@ -732,18 +731,16 @@ def check_wheel_metadata(source, filename: str) -> None:
         info = source._zipfile.getinfo(path)
     except KeyError:
         raise StageError(f"wheel {filename} has no {path}") from None
-    lines, size = [], 0
+    try:
+        from .zipdir import metadata_header
+    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
+        from zipdir import metadata_header
+
     with source._zipfile.open(info) as stream:
-        while True:
-            line = stream.readline(MAX_METADATA_HEADER + 1 - size)
-            size += len(line)
-            if line in (b"", b"\n", b"\r\n"):
-                break
-            if size > MAX_METADATA_HEADER:
-                raise StageError(f"wheel {filename}: the header of its {path} is longer than "
-                                 f"{MAX_METADATA_HEADER >> 20} MiB")
-            lines.append(line)
-    headers = email.parser.HeaderParser().parsestr(b"".join(lines).decode("utf-8", "replace"))
+        headers = metadata_header(stream.readline, MAX_METADATA_HEADER)
+    if headers is None:
+        raise StageError(f"wheel {filename}: the header of its {path} is longer than "
+                         f"{MAX_METADATA_HEADER >> 20} MiB")
     for key in ("Name", "Version"):
         found = headers.get_all(key) or []
         if len(found) != 1:

@@ -74,6 +74,26 @@ def wheel_member_problem(name: str) -> str | None:
     return None
 
 
+def metadata_header(readline, limit: int):
+    """The header of a core-metadata file (a wheel's METADATA) as email's parser reads it, as pip and
+    importlib.metadata read it: its lines up to the first blank one (`\n` or `\r\n`), read with
+    readline(n), parsed by email.parser.HeaderParser (which also ends lines at a lone `\r`). The stage's
+    check of a wheel's Name and Version and layering's name for its layer both read it here, so both
+    see the same header. None when it is longer than `limit` bytes."""
+    import email.parser
+
+    lines, size = [], 0
+    while True:
+        line = readline(limit + 1 - size)
+        size += len(line)
+        if line in (b"", b"\n", b"\r\n"):
+            break
+        if size > limit:
+            return None
+        lines.append(line)
+    return email.parser.HeaderParser().parsestr(b"".join(lines).decode("utf-8", "replace"))
+
+
 def read_whole_problem(path: str, size: int) -> str | None:
     """Why the .dist-info member `path` (dist-info/name) of `size` bytes is too large to be read
     whole, or None."""

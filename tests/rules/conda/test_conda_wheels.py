@@ -623,3 +623,33 @@ def test_member_chunks_takes_what_zlib_holds_back_at_the_end(tmp_path):
         assert sum(len(chunk) for chunk in stage_worker.member_chunks(fd, info, path.name)) == len(data)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("metadata", [
+    b"Metadata-Version: 2.1\r\nName: demo\r\nVersion: 1.0\r\n\r\nName: numpy\r\nRequires-Dist: tool\r\n",
+    b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nSummary: x\x0cName: numpy\x1cRequires-Dist: tool\n\nbody\n",
+])
+def test_layering_reads_the_metadata_header_the_stage_checked(tmp_path, metadata):
+    """The stage checks a wheel's Name in its METADATA header as email's parser reads it; layering
+    split the file at its first blank LF line and took every line of str.splitlines: with CRLF line
+    ends the body's `Name: numpy`, or one after a form feed inside a header value, named the layer
+    pypi:numpy (red team, fourteenth session, with the real `hb build`: image history
+    "hb //env:img: pypi:numpy" for the wheel demo). Now both read it through zipdir.metadata_header."""
+    wheel = _with_metadata(tmp_path / "demo-1.0-py3-none-any.whl", metadata)
+    out = _prefix(tmp_path)
+    _install(tmp_path, wheel, out)  # the stage's check: Name demo, Version 1.0
+    blobs, entries = Blobs(), {}
+    for path in sorted(out.rglob("*")):
+        rel = str(path.relative_to(out))
+        if path.is_dir():
+            entries[rel] = TreeEntry(path.name, "dir", mode=0o755)
+        else:
+            data = path.read_bytes()
+            blobs[digest_bytes(data)] = data
+            entries[rel] = TreeEntry(path.name, "file", digest_bytes(data))
+    record = json.dumps({"name": "python", "depends": [], "files": ["bin/python"]}).encode()
+    blobs[digest_bytes(record)] = record
+    entries["conda-meta"] = TreeEntry("conda-meta", "dir", mode=0o755)
+    entries["conda-meta/python-3.11-0.json"] = TreeEntry("python-3.11-0.json", "file", digest_bytes(record))
+    names = [g.name for g in env_groups(blobs, entries, 100)]
+    assert names == ["python", "pypi:demo", "(environment metadata)"]
