@@ -278,6 +278,16 @@ def _writer_threads() -> int:
 WRITER_THREADS = _writer_threads()
 
 
+# What one path a wheel writes, and the directories a wheel makes, may cost: each component of a path
+# is walked (and each directory kept) by the claim. Neither a path's length nor the directories count
+# towards the unpack limit, which counts file bytes: an entry point named "a/" * 60,000 + "x" (a 1.2 KB
+# wheel) took the stage 3.6 GB of memory (quadratic in its length), and member names of "a/" * 900
+# made 90,000 directories (353 MB of disk) from a 371 KB wheel. A path relative to the prefix (itself
+# at most 255 bytes) stays far below PATH_MAX; real wheels make a few thousand directories at most.
+MAX_INSTALLED_PATH = 1024
+MAX_WHEEL_DIRECTORIES = 200_000  # zipdir.MAX_WHEEL_ENTRIES
+
+
 class WheelWriter:
     """Writes the members of the wheels of one stage from a few threads: each member is decompressed,
     hashed against its RECORD row and written by a thread, so that the disk's latency per created
@@ -298,6 +308,7 @@ class WheelWriter:
         self.claimed: set[str] = set()  # files written or queued
         self.own_dist_info = ""  # the .dist-info of the wheel being installed, relative to the prefix
         self.claimed_dirs: set[str] = set()  # the directories those need
+        self.dirs_made_by: dict[str, int] = {}  # wheel filename -> directories it made (claimed_dirs it added)
         self.listings: dict[str, set[str]] = {}  # directories that were there before the wheels: their names
         self.made_dirs: set[str] = set()  # directories the threads made (or found) already
         self.real_dirs: set[str] = {self.out_real}  # directories known to be directories, not links
@@ -315,6 +326,9 @@ class WheelWriter:
         if not (target + os.sep).startswith(out_real + os.sep):
             raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
         rel = os.path.relpath(target, out_real)
+        if len(rel.encode("utf-8", "surrogateescape")) > MAX_INSTALLED_PATH:  # before any work per component
+            raise StageError(f"wheel {filename}: {path[:200]!r}... ({scheme}) would write a path of "
+                             f"{len(rel.encode('utf-8', 'surrogateescape')):,} bytes (at most {MAX_INSTALLED_PATH:,})")
         parts = rel.split(os.sep)
         why = next(filter(None, map(_name_problem, parts)), None)
         if why:  # a console script's name comes from entry_points.txt, not from a member name the zip check saw
@@ -350,9 +364,15 @@ class WheelWriter:
                              "another wheel (the lock installs it twice)")
         self.claimed.add(target)
         parent = os.path.dirname(target)
+        made = self.dirs_made_by.get(filename, 0)
         while parent != out_real and parent not in self.claimed_dirs:
+            made += 1
+            if made > MAX_WHEEL_DIRECTORIES:
+                raise StageError(f"wheel {filename} would make more than {MAX_WHEEL_DIRECTORIES:,} directories "
+                                 f"(to write {rel[:200]!r})")
             self.claimed_dirs.add(parent)
             parent = os.path.dirname(parent)
+        self.dirs_made_by[filename] = made
         return rel
 
     def _names(self, directory: str) -> set[str]:

@@ -653,3 +653,43 @@ def test_layering_reads_the_metadata_header_the_stage_checked(tmp_path, metadata
     entries["conda-meta/python-3.11-0.json"] = TreeEntry("python-3.11-0.json", "file", digest_bytes(record))
     names = [g.name for g in env_groups(blobs, entries, 100)]
     assert names == ["python", "pypi:demo", "(environment metadata)"]
+
+
+def test_a_path_a_wheel_writes_is_bounded_before_its_components_are_walked(tmp_path):
+    """An entry point's name is a path the zip check never saw: "a/" * 60,000 + "x" in a 1.2 KB wheel
+    took the stage 3.6 GB (each component walked, each parent kept as a whole path: quadratic; red
+    team, fourteenth session, with the real `hb build`). Member names are bounded the same way."""
+    import tracemalloc
+
+    wheel = make_wheel(_dir(tmp_path, "ep") / "demo-1.0-py3-none-any.whl", scripts={"a/" * 8000 + "x": "demo:main"})
+    out = _prefix(tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(stage_worker.StageError, match=r"\(scripts\) would write a path of 16,005 bytes "
+                                                          r"\(at most 1,024\)"):
+            _install(tmp_path, wheel, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
+    member = make_wheel(_dir(tmp_path, "m") / "demo-1.0-py3-none-any.whl",
+                        files={"demo/" + "a/" * 600 + "x.py": b"", "demo/__init__.py": b""})
+    with pytest.raises(stage_worker.StageError, match=r"\(purelib\) would write a path of 1,238 bytes"):
+        _install(tmp_path, member, _prefix(tmp_path, "m-out"))
+    fits = make_wheel(_dir(tmp_path, "f") / "demo-1.0-py3-none-any.whl",
+                      files={"demo/" + "a/" * 400 + "x.py": b"", "demo/__init__.py": b""})
+    _install(tmp_path, fits, _prefix(tmp_path, "f-out"))
+
+
+def test_the_directories_a_wheel_makes_are_bounded(tmp_path, monkeypatch):
+    """Directories cost disk (a block each) and the claim's memory, but not the unpack limit, which
+    counts file bytes: member names of "a/" * 900 made 90,000 directories (353 MB) from a 371 KB
+    wheel (red team, fourteenth session). At most MAX_WHEEL_DIRECTORIES per wheel."""
+    monkeypatch.setattr(stage_worker, "MAX_WHEEL_DIRECTORIES", 50)
+    files = {f"demo/d{i}/x.py": b"" for i in range(60)}
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", files={**files, "demo/__init__.py": b""})
+    with pytest.raises(stage_worker.StageError, match=r"demo-1.0-py3-none-any.whl would make more than 50 directories"):
+        _install(tmp_path, wheel, _prefix(tmp_path))
+    few = make_wheel(_dir(tmp_path, "few") / "demo-1.0-py3-none-any.whl",
+                     files={**{f"demo/d{i}/x.py": b"" for i in range(40)}, "demo/__init__.py": b""})
+    _install(tmp_path, few, _prefix(tmp_path, "few-out"))
