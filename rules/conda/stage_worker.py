@@ -335,11 +335,14 @@ class WheelWriter:
             raise StageError(f"wheel {filename}: {path!r} ({scheme}) has {why}")
         if parts[0] == "conda-meta":  # the package manager's records: what hb and conda read to know the env
             raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, in conda's own records")
-        if (len(parts) > 4 and parts[0] == "lib" and parts[2] == "site-packages" and parts[3].endswith(".dist-info")
+        if (len(parts) > 3 and parts[0] == "lib" and parts[2] == "site-packages"
+                and parts[3].lower().endswith((".dist-info", ".egg-info"))
                 and "/".join(parts[:4]) != self.own_dist_info):
-            # layering and importlib.metadata take every site-packages/*.dist-info for an installed project
-            raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, into another project's "
-                             f".dist-info (a wheel writes only its own, {self.own_dist_info})")
+            # layering takes every site-packages/*.dist-info for an installed project, and importlib.metadata
+            # (pip list, version checks) every name ending so in any case, and *.egg-info: NUMPY-9.DIST-INFO
+            # or numpy-9.egg-info made importlib.metadata report numpy 9
+            raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, another project's "
+                             f"metadata (a wheel writes only its own .dist-info, {self.own_dist_info})")
         current, missing = out_real, False
         for part in parts[:-1]:  # never write through a link of the prefix
             parent, current = current, os.path.join(current, part)

@@ -693,3 +693,19 @@ def test_the_directories_a_wheel_makes_are_bounded(tmp_path, monkeypatch):
     few = make_wheel(_dir(tmp_path, "few") / "demo-1.0-py3-none-any.whl",
                      files={**{f"demo/d{i}/x.py": b"" for i in range(40)}, "demo/__init__.py": b""})
     _install(tmp_path, few, _prefix(tmp_path, "few-out"))
+
+
+@pytest.mark.parametrize("member", ["NUMPY-9.DIST-INFO/METADATA", "numpy-9.egg-info/PKG-INFO",
+                                    "demo-1.0.data/purelib/numpy.egg-info",
+                                    "demo-1.0.data/data/lib/python3.11/site-packages/Numpy-9.Dist-Info/METADATA"])
+def test_a_wheel_plants_no_metadata_importlib_reads_for_another_project(tmp_path, member):
+    """importlib.metadata (pip list, version checks) takes every site-packages entry whose name ends in
+    .dist-info or .egg-info, in any case: a wheel writing NUMPY-9.DIST-INFO/METADATA or
+    numpy-9.egg-info/PKG-INFO made it report numpy 9 (red team, fourteenth session)."""
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl",
+                       files={"demo/__init__.py": b"", member: b"Metadata-Version: 2.1\nName: numpy\nVersion: 9\n"})
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=r"another project's metadata \(a wheel writes only its own "
+                                                      r"\.dist-info, lib/python3.11/site-packages/demo-1.0.dist-info\)"):
+        _install(tmp_path, wheel, out)
+    assert not [name for name in os.listdir(out / "lib/python3.11/site-packages") if "numpy" in name.lower()]
