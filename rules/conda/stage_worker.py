@@ -694,10 +694,19 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
         def get_contents(self):
             import stat
 
+            from installer.utils import SCHEME_NAMES
+
             records = {row[0]: row for row in parse_record_file(self.read_dist_info("RECORD").splitlines())}
             for info in self._zipfile.infolist():
                 if info.filename.endswith("/"):
                     continue
+                parts = info.filename.split("/")
+                if parts[0] == self.data_dir and (len(parts) < 3 or parts[1] not in SCHEME_NAMES):
+                    # installer maps it to a scheme by splitting it until it reaches the data directory:
+                    # a file named the data directory itself never does (an endless loop that took
+                    # memory until the machine's was gone); its own error for the other shapes
+                    raise StageError(f"wheel {filename}: member {info.filename!r} is not a file of a "
+                                     f"{self.data_dir}/<scheme>/ directory ({', '.join(SCHEME_NAMES)})")
                 member = _Member(archive, info, records.get(info.filename, (info.filename, "", "")))
                 mode = info.external_attr >> 16
                 yield member.record, member, bool(mode and stat.S_ISREG(mode) and mode & 0o111)

@@ -111,3 +111,13 @@ def test_an_entry_point_path_is_bounded_before_it_is_walked(tmp_path):
     """"a/" * 60,000 + "x" (a 1.2 KB wheel) took the stage 3.4 GB of memory."""
     wheel = _wheel(tmp_path / "demo-1.0-py3-none-any.whl", {}, scripts={"a/" * 60_000 + "x": "demo:main"})
     _fails(_workspace(tmp_path, wheel), "(scripts) would write a path of 120,005 bytes (at most 1,024)")
+
+
+def test_a_member_named_the_data_directory_fails_the_stage_instead_of_hanging_it(tmp_path):
+    """installer looped on it, appending to a list: the stage hung and grew until the machine's memory
+    was gone (an action has no time limit)."""
+    wheel = _wheel(tmp_path / "demo-1.0-py3-none-any.whl", {"demo-1.0.data": b"x"})
+    ws = _workspace(tmp_path, wheel)
+    proc = ws.hb("build", "//env:env", check=False, timeout=120)
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr, proc.stderr
+    assert "member 'demo-1.0.data' is not a file of a demo-1.0.data/<scheme>/ directory" in proc.stderr

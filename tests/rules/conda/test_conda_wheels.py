@@ -710,3 +710,30 @@ def test_a_wheel_plants_no_metadata_importlib_reads_for_another_project(tmp_path
     with pytest.raises(stage_worker.StageError, match=message):
         _install(tmp_path, wheel, out)
     assert not [name for name in os.listdir(out / "lib/python3.11/site-packages") if "numpy" in name.lower()]
+
+
+def test_a_member_named_the_data_directory_is_refused_not_looped_on(tmp_path):
+    """installer maps a member under NAME-VERSION.data/ to its scheme by splitting its path until it
+    reaches that directory: a file named the directory itself never does, and installer looped,
+    appending to a list, until the machine's memory was gone (red team, fourteenth session: the real
+    `hb build` hung, its stage growing). Run in a child process: the old code never returns."""
+    import subprocess
+    import sys
+
+    cases = {"demo-1.0.data": "is not a file of a demo-1.0.data/<scheme>/ directory",
+             "demo-1.0.data/purelib": "is not a file of a demo-1.0.data/<scheme>/",
+             "demo-1.0.data/bogus/x": "is not a file of a demo-1.0.data/<scheme>/"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(stage_worker.__file__))))
+    for i, (member, message) in enumerate(cases.items()):
+        wheel = make_wheel(_dir(tmp_path, f"w{i}") / "demo-1.0-py3-none-any.whl",
+                           files={"demo/__init__.py": b"", member: b"x"})
+        out = _prefix(tmp_path, f"out{i}")
+        code = ("import sys; from rules.conda import stage_worker\n"
+                "try:\n"
+                f"    stage_worker.install_wheel({str(wheel)!r}, {{'filename': {wheel.name!r}, 'name': 'demo'}}, "
+                f"{str(out)!r}, '/opt/env', '3.11')\n"
+                "except stage_worker.StageError as exc:\n"
+                "    print(exc)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20,
+                              env={**os.environ, "PYTHONPATH": root})
+        assert message in proc.stdout, (member, proc.stdout, proc.stderr)
