@@ -886,7 +886,9 @@ def _check_unpacked(package_dir: str, package: str) -> None:
             raise refuse(f"info/paths.json lists {path!r}, which leads out of the package through a link")
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# C0 and C1 controls and the line and paragraph separators: a name holding one is not printable, and
+# str.splitlines ends a line there (a console script "python\u2028x" split its RECORD row for layering)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # os.fsdecode's escapes of bytes that are not UTF-8
 
 

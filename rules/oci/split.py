@@ -81,6 +81,7 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
     files their RECORD lists, relative to the prefix. A .dist-info shipped inside a conda package
     (its RECORD listed in conda-meta) belongs to that package, not to a wheel."""
     import csv
+    import io
     import posixpath
 
     out: dict[str, dict] = {}
@@ -92,7 +93,10 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
         dist_info = path.rsplit("/", 1)[0]
         files = []
         try:
-            rows = list(csv.reader(_text(store, entry, path, MAX_RECORD_BYTES).splitlines()))
+            # lines end at "\n" only, as installer's csv writer ends them: str.splitlines also ends them at
+            # U+2028, U+0085 and others, so a console script named "python\u2028x" (its RECORD row
+            # "../../../bin/python\u2028x,...") had layering give conda's bin/python to the wheel's layer
+            rows = list(csv.reader(io.StringIO(_text(store, entry, path, MAX_RECORD_BYTES), newline="")))
         except csv.Error as exc:  # a field over csv's limit, a NUL byte
             raise ActionFailed(f"the environment's {path} is not a readable RECORD: {exc}") from None
         for row in rows:

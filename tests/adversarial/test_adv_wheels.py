@@ -121,3 +121,10 @@ def test_a_member_named_the_data_directory_fails_the_stage_instead_of_hanging_it
     proc = ws.hb("build", "//env:env", check=False, timeout=120)
     assert proc.returncode == 5 and "Traceback" not in proc.stderr, proc.stderr
     assert "member 'demo-1.0.data' is not a file of a demo-1.0.data/<scheme>/ directory" in proc.stderr
+
+
+def test_a_console_script_cannot_split_its_record_row_to_take_a_conda_file_into_its_layer(tmp_path):
+    """"python\u2028x": layering split its RECORD row at the separator and put conda's bin/python in
+    the wheel's layer; now such a name is refused, like a control character."""
+    wheel = _wheel(tmp_path / "demo-1.0-py3-none-any.whl", {}, scripts={"python\u2028x": "demo:main"})
+    _fails(_workspace(tmp_path, wheel), "'python\\u2028x' (scripts) has a control character in its name")

@@ -737,3 +737,41 @@ def test_a_member_named_the_data_directory_is_refused_not_looped_on(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20,
                               env={**os.environ, "PYTHONPATH": root})
         assert message in proc.stdout, (member, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x9b"])
+def test_a_console_script_name_holds_no_line_separator_or_c1_control(tmp_path, separator):
+    """A console script named "python\\u2028x" was installed as bin/python\\u2028x, and its RECORD row
+    "../../../bin/python\\u2028x,..." was split by layering's str.splitlines: conda's bin/python went
+    into the wheel's layer (red team, fourteenth session, with the real `hb build` of an image)."""
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", scripts={f"python{separator}x": "demo:main"})
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=r"\(scripts\) has a control character in its name"):
+        _install(tmp_path, wheel, out)
+    assert sorted(os.listdir(out / "bin")) == ["python"]
+
+
+def test_layering_reads_a_record_row_by_row_as_csv_wrote_it(tmp_path):
+    """Whatever the stage lets through (a tree from a cache is input), a RECORD is read as installer's
+    csv writer wrote it, lines ending at "\\n" only: a row naming "bin/python\\u2028x" is that file, not
+    conda's bin/python."""
+    blobs, entries = Blobs(), {}
+
+    def add(path, data: bytes):
+        blobs[digest_bytes(data)] = data
+        entries[path] = TreeEntry(path.rsplit("/", 1)[-1], "file", digest_bytes(data))
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            entries.setdefault("/".join(parts[:i]), TreeEntry(parts[i - 1], "dir", mode=0o755))
+
+    sp = "lib/python3.11/site-packages"
+    record = {"name": "python", "depends": [], "files": ["bin/python"]}
+    add("conda-meta/python-3.11-0.json", json.dumps(record).encode())
+    add("bin/python", b"py")
+    add("bin/python\u2028x", b"#!/opt/env/bin/python\n")
+    add(f"{sp}/demo-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+    add(f"{sp}/demo-1.0.dist-info/RECORD", "../../../bin/python\u2028x,sha256=x,1\ndemo-1.0.dist-info/METADATA,,\n"
+                                           "demo-1.0.dist-info/RECORD,,\n".encode())
+    groups = {g.name: g.paths for g in env_groups(blobs, entries, 100)}
+    assert groups["python"] == ("bin/python",)
+    assert "bin/python\u2028x" in groups["pypi:demo"] and "bin/python" not in groups["pypi:demo"]
