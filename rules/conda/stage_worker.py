@@ -278,6 +278,16 @@ def _writer_threads() -> int:
 WRITER_THREADS = _writer_threads()
 
 
+# What one path a wheel writes, and the directories a wheel makes, may cost: each component of a path
+# is walked (and each directory kept) by the claim. Neither a path's length nor the directories count
+# towards the unpack limit, which counts file bytes: an entry point named "a/" * 60,000 + "x" (a 1.2 KB
+# wheel) took the stage 3.6 GB of memory (quadratic in its length), and member names of "a/" * 900
+# made 90,000 directories (353 MB of disk) from a 371 KB wheel. A path relative to the prefix (itself
+# at most 255 bytes) stays far below PATH_MAX; real wheels make a few thousand directories at most.
+MAX_INSTALLED_PATH = 1024
+MAX_WHEEL_DIRECTORIES = 200_000  # zipdir.MAX_WHEEL_ENTRIES
+
+
 class WheelWriter:
     """Writes the members of the wheels of one stage from a few threads: each member is decompressed,
     hashed against its RECORD row and written by a thread, so that the disk's latency per created
@@ -298,6 +308,7 @@ class WheelWriter:
         self.claimed: set[str] = set()  # files written or queued
         self.own_dist_info = ""  # the .dist-info of the wheel being installed, relative to the prefix
         self.claimed_dirs: set[str] = set()  # the directories those need
+        self.dirs_made_by: dict[str, int] = {}  # wheel filename -> directories it made (claimed_dirs it added)
         self.listings: dict[str, set[str]] = {}  # directories that were there before the wheels: their names
         self.made_dirs: set[str] = set()  # directories the threads made (or found) already
         self.real_dirs: set[str] = {self.out_real}  # directories known to be directories, not links
@@ -315,17 +326,23 @@ class WheelWriter:
         if not (target + os.sep).startswith(out_real + os.sep):
             raise StageError(f"wheel {filename}: {path} ({scheme}) lies outside the prefix")
         rel = os.path.relpath(target, out_real)
+        if len(rel.encode("utf-8", "surrogateescape")) > MAX_INSTALLED_PATH:  # before any work per component
+            raise StageError(f"wheel {filename}: {path[:200]!r}... ({scheme}) would write a path of "
+                             f"{len(rel.encode('utf-8', 'surrogateescape')):,} bytes (at most {MAX_INSTALLED_PATH:,})")
         parts = rel.split(os.sep)
         why = next(filter(None, map(_name_problem, parts)), None)
         if why:  # a console script's name comes from entry_points.txt, not from a member name the zip check saw
             raise StageError(f"wheel {filename}: {path!r} ({scheme}) has {why}")
         if parts[0] == "conda-meta":  # the package manager's records: what hb and conda read to know the env
             raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, in conda's own records")
-        if (len(parts) > 4 and parts[0] == "lib" and parts[2] == "site-packages" and parts[3].endswith(".dist-info")
+        if (len(parts) > 3 and parts[0] == "lib" and parts[2] == "site-packages"
+                and parts[3].lower().endswith((".dist-info", ".egg-info"))
                 and "/".join(parts[:4]) != self.own_dist_info):
-            # layering and importlib.metadata take every site-packages/*.dist-info for an installed project
-            raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, into another project's "
-                             f".dist-info (a wheel writes only its own, {self.own_dist_info})")
+            # layering takes every site-packages/*.dist-info for an installed project, and importlib.metadata
+            # (pip list, version checks) every name ending so in any case, and *.egg-info: NUMPY-9.DIST-INFO
+            # or numpy-9.egg-info made importlib.metadata report numpy 9
+            raise StageError(f"wheel {filename}: {path} ({scheme}) would write {rel}, another project's "
+                             f"metadata (a wheel writes only its own .dist-info, {self.own_dist_info})")
         current, missing = out_real, False
         for part in parts[:-1]:  # never write through a link of the prefix
             parent, current = current, os.path.join(current, part)
@@ -350,9 +367,15 @@ class WheelWriter:
                              "another wheel (the lock installs it twice)")
         self.claimed.add(target)
         parent = os.path.dirname(target)
+        made = self.dirs_made_by.get(filename, 0)
         while parent != out_real and parent not in self.claimed_dirs:
+            made += 1
+            if made > MAX_WHEEL_DIRECTORIES:
+                raise StageError(f"wheel {filename} would make more than {MAX_WHEEL_DIRECTORIES:,} directories "
+                                 f"(to write {rel[:200]!r})")
             self.claimed_dirs.add(parent)
             parent = os.path.dirname(parent)
+        self.dirs_made_by[filename] = made
         return rel
 
     def _names(self, directory: str) -> set[str]:
@@ -423,15 +446,46 @@ class WheelWriter:
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip entry's local header (zipfile's structFileHeader)
 _READ = 1 << 20
-_STORED, _DEFLATED = 0, 8
+_STORED, _DEFLATED, _BZIP2, _LZMA = 0, 8, 12, 14  # the methods zipfile reads
+
+
+class _Inflater:
+    """zlib's raw deflate with the interface of bz2's and lzma's decompressors (needs_input, eof,
+    decompress(data, max_length))."""
+
+    def __init__(self):
+        import zlib
+
+        self._z = zlib.decompressobj(-15)
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._z.unconsumed_tail
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        return self._z.decompress(data or self._z.unconsumed_tail, max_length)
+
+    def flush(self) -> bytes:
+        """What zlib holds back once all the input is consumed (the rest of a match cut by max_length:
+        at most a few hundred bytes), as zipfile takes it at the end."""
+        return self._z.flush()
 
 
 def member_chunks(fd: int, info, filename: str):
     """The bytes of the wheel member `info` (a ZipInfo of the central directory), read from fd with
-    pread and inflated with zlib, in pieces of at most 1 MiB; what zipfile's reader would give,
-    checked as it checks: the local header is there and names the member, no encryption, and the
-    data inflates to exactly the size the directory records (the caller checks the RECORD hash).
-    A method other than stored or deflate (bzip2, lzma: never seen in a wheel) goes through zipfile."""
+    pread and decompressed, in pieces of at most 1 MiB; what zipfile's reader would give, checked as
+    it checks: the local header is there and names the member, no encryption, and the data
+    decompresses to exactly the size the directory records (the caller checks the RECORD hash).
+    Every method zipfile reads (stored, deflate, bzip2, lzma) is read here, from the one descriptor
+    with pread: a ZipFile per member read the whole central directory again for each (a 1.2 MB wheel
+    of 10,000 bzip2 members took 365 s, 200,000 would take days) on a dup of the shared descriptor,
+    whose file offset the threads moved under each other (a sound bzip2 wheel failed the stage)."""
+    import bz2
+    import lzma
     import zlib
 
     def refuse(why: str) -> StageError:
@@ -448,39 +502,69 @@ def member_chunks(fd: int, info, filename: str):
         raise refuse(f"is named {name!r} in its local header")
     if flags & 0x1 or info.flag_bits & 0x1:
         raise refuse("is encrypted")
-    if info.compress_type not in (_STORED, _DEFLATED):
-        yield from _zipfile_chunks(fd, info)
-        return
     position = offset + _LOCAL_HEADER.size + name_length + extra_length
     end = position + info.compress_size
-    inflater = zlib.decompressobj(-15) if info.compress_type == _DEFLATED else None
-    produced = 0
-    while position < end or (inflater is not None and inflater.unconsumed_tail):
-        if inflater is not None and inflater.unconsumed_tail:
-            data = inflater.decompress(inflater.unconsumed_tail, _READ)
-        else:
-            piece = os.pread(fd, min(_READ, end - position), position)
-            if not piece:
-                raise refuse("is cut short: the wheel ends inside it")
-            position += len(piece)
-            data = inflater.decompress(piece, _READ) if inflater is not None else piece
-        produced += len(data)
-        if produced > info.file_size:
-            raise refuse(f"holds more than the {info.file_size} bytes its directory entry records")
-        if data:
-            yield data
-    if inflater is not None and not inflater.eof:
-        raise refuse("is not a complete deflate stream")
+    if info.compress_type == _DEFLATED:
+        decompressor = _Inflater()
+    elif info.compress_type == _BZIP2:
+        decompressor = bz2.BZ2Decompressor()
+    elif info.compress_type == _LZMA:  # zipfile's: 2 bytes of version, 2 of the properties' size, properties
+        start = os.pread(fd, 4, position)
+        size = struct.unpack("<H", start[2:4])[0] if len(start) == 4 else 0
+        properties = os.pread(fd, size, position + 4)
+        if len(start) != 4 or len(properties) != size or position + 4 + size > end:
+            raise refuse("is cut short: the wheel ends inside it")
+        try:
+            decompressor = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[
+                lzma._decode_filter_properties(lzma.FILTER_LZMA1, properties)])
+        except (lzma.LZMAError, ValueError) as exc:
+            raise refuse(f"has lzma properties that are not: {exc}") from None
+        position += 4 + size
+    elif info.compress_type == _STORED:
+        decompressor = None
+    else:
+        raise refuse(f"is compressed with method {info.compress_type}, which zipfile does not read")
+    produced, flushed = 0, False
+    try:
+        while True:
+            if decompressor is not None and decompressor.eof:
+                break
+            if decompressor is None or decompressor.needs_input:
+                if position >= end:
+                    if flushed or not isinstance(decompressor, _Inflater):
+                        break
+                    # what zlib holds back when the last output filled max_length exactly: a member
+                    # of a 256 MiB run of zeros was refused as incomplete before
+                    data, flushed = decompressor.flush(), True
+                else:
+                    piece = os.pread(fd, min(_READ, end - position), position)
+                    if not piece:
+                        raise refuse("is cut short: the wheel ends inside it")
+                    position += len(piece)
+                    data = decompressor.decompress(piece, _READ) if decompressor is not None else piece
+            else:  # output held back by max_length: no more input until it is taken
+                data = decompressor.decompress(b"", _READ)
+            produced += len(data)
+            if produced > info.file_size:
+                raise refuse(f"holds more than the {info.file_size} bytes its directory entry records")
+            if data:
+                yield data
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as exc:
+        raise refuse(f"cannot be decompressed: {exc}") from None
+    if decompressor is not None and not decompressor.eof and info.compress_type != _LZMA:
+        raise refuse("is not a complete compressed stream")
     if produced != info.file_size:
         raise refuse(f"holds {produced} bytes, not the {info.file_size} its directory entry records")
 
 
-def _zipfile_chunks(fd: int, info):
-    import zipfile
+class _Chunks:
+    """A stream over a generator of non-empty pieces, for the writer (which reads until b"")."""
 
-    with zipfile.ZipFile(os.fdopen(os.dup(fd), "rb")) as zf, zf.open(info) as stream:
-        while chunk := stream.read(_READ):
-            yield chunk
+    def __init__(self, chunks):
+        self._chunks = chunks
+
+    def read(self, *_args) -> bytes:
+        return next(self._chunks, b"")
 
 
 class _Member:
@@ -489,20 +573,48 @@ class _Member:
     def __init__(self, archive: str, info, record: tuple):
         self.archive, self.info, self.record = archive, info, record
 
-    def read_checked(self, filename: str) -> bytes:
-        """The member's bytes, read here and checked against its RECORD row (a script of the
-        wheel's .data/scripts, whose shebang installer rewrites before writing it)."""
+    def script(self, filename: str, interpreter: str) -> "_Chunks":
+        """The member as installer writes a script of the wheel's .data/scripts: a first line
+        `#!python...` replaced by `#!<interpreter>` (installer's fix_shebang), read in pieces from its
+        own descriptor with pread (member_chunks) and checked against its RECORD row when the last
+        piece was read. Before, each script was read whole into memory, twice, by a new ZipFile that
+        read the whole central directory again: 5,000 scripts took 68 s, quadratic."""
+        return _Chunks(self._script_chunks(filename, interpreter))
+
+    def _script_chunks(self, filename: str, interpreter: str):
         import base64
         import hashlib
-        import zipfile
 
-        with zipfile.ZipFile(self.archive) as zf:
-            data = zf.read(self.info)
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode("ascii").rstrip("=")
+        hasher, size = hashlib.sha256(), 0
+        head, decided, skipping = b"", False, False
+        fd = os.open(self.archive, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for chunk in member_chunks(fd, self.info, filename):
+                hasher.update(chunk)
+                size += len(chunk)
+                if not decided:  # installer looks at the first 8 bytes
+                    head += chunk
+                    if len(head) < 8:
+                        continue
+                    chunk, head, decided = head, b"", True
+                    if chunk.startswith(b"#!python"):
+                        yield f"#!{interpreter}\n".encode()
+                        skipping = True
+                if skipping:  # the rest of the first line, newline included, is dropped
+                    newline = chunk.find(b"\n")
+                    if newline < 0:
+                        continue
+                    chunk, skipping = chunk[newline + 1:], False
+                if chunk:
+                    yield chunk
+            if head:  # fewer than 8 bytes: as they are
+                yield head
+        finally:
+            os.close(fd)
+        digest = base64.urlsafe_b64encode(hasher.digest()).decode("ascii").rstrip("=")
         algorithm, _, expected = self.record[1].partition("=")
-        if algorithm != "sha256" or digest != expected or (self.record[2] and int(self.record[2]) != len(data)):
+        if algorithm != "sha256" or digest != expected or (self.record[2] and int(self.record[2]) != size):
             raise StageError(f"wheel {filename}: {self.record[0]} does not match its RECORD hash / size")
-        return data
 
     def read(self, *_args):  # installer reads only scripts, which write_file hands over as bytes
         raise StageError(f"wheel member {self.info.filename} was read outside the writer")
@@ -524,7 +636,6 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
                   writer: WheelWriter | None = None) -> None:
     """Install one wheel into the staged prefix `out`, as if it lived at `prefix` (with its own
     writer unless one is given: then its files may still be being written when this returns)."""
-    import io
 
     from installer import install
     from installer.destinations import SchemeDictionaryDestination
@@ -547,9 +658,9 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
 
     class Destination(SchemeDictionaryDestination):
         def write_file(self, scheme, path, stream, is_executable):
-            if isinstance(stream, _Member) and scheme == "scripts":  # installer rewrites its #!python line
-                with io.BytesIO(stream.read_checked(filename)) as data:
-                    return super().write_file(scheme, path, data, is_executable)
+            if isinstance(stream, _Member) and scheme == "scripts":  # its #!python line rewritten, as installer does
+                return self.write_to_fs(scheme, os.fspath(path), stream.script(filename, self.interpreter),
+                                        is_executable)
             return super().write_file(scheme, path, stream, is_executable)
 
         def write_to_fs(self, scheme, path, stream, is_executable):
@@ -575,13 +686,27 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
         """Members handed over unread (the writer's thread reads each and checks it against its
         RECORD row as it writes it: one pass over the bytes), in the zip's order."""
 
+        def read_dist_info(self, name: str) -> str:
+            # installer reads these whole and parses them in memory: each within its bound first
+            check_read_whole(self, filename, name)
+            return super().read_dist_info(name)
+
         def get_contents(self):
             import stat
+
+            from installer.utils import SCHEME_NAMES
 
             records = {row[0]: row for row in parse_record_file(self.read_dist_info("RECORD").splitlines())}
             for info in self._zipfile.infolist():
                 if info.filename.endswith("/"):
                     continue
+                parts = info.filename.split("/")
+                if parts[0] == self.data_dir and (len(parts) < 3 or parts[1] not in SCHEME_NAMES):
+                    # installer maps it to a scheme by splitting it until it reaches the data directory:
+                    # a file named the data directory itself never does (an endless loop that took
+                    # memory until the machine's was gone); its own error for the other shapes
+                    raise StageError(f"wheel {filename}: member {info.filename!r} is not a file of a "
+                                     f"{self.data_dir}/<scheme>/ directory ({', '.join(SCHEME_NAMES)})")
                 member = _Member(archive, info, records.get(info.filename, (info.filename, "", "")))
                 mode = info.external_attr >> 16
                 yield member.record, member, bool(mode and stat.S_ISREG(mode) and mode & 0o111)
@@ -601,6 +726,25 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
                          f"{' '.join(str(exc).split())}") from None
 
 
+def check_read_whole(source, filename: str, name: str) -> None:
+    """StageError unless the wheel's .dist-info file `name`, if there, is within its bound
+    (zipdir.MAX_READ_WHOLE; the zip check refused a larger one already: this holds for any file
+    installer reads)."""
+    path = f"{source.dist_info_dir}/{name}"
+    try:
+        info = source._zipfile.getinfo(path)
+    except KeyError:
+        return
+    try:
+        from .zipdir import read_whole_problem
+    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
+        from zipdir import read_whole_problem
+
+    problem = read_whole_problem(path, info.file_size)
+    if problem:
+        raise StageError(f"wheel {filename}: {problem}")
+
+
 MAX_METADATA_HEADER = 16 << 20  # what the lock's reader of METADATA reads at most (pypi_deps.MAX_METADATA_BYTES)
 
 
@@ -608,9 +752,8 @@ def check_wheel_metadata(source, filename: str) -> None:
     """The wheel's METADATA must name one project and one version, those of its file name (PEP 503 /
     PEP 440 equal): layering names a wheel's layer after it (`pypi:<Name>`), and the lock entry, whose
     name and version the SBOM reports, was checked against the file name. Only the header is read, at
-    most MAX_METADATA_HEADER bytes (the body, a README, may be long)."""
-    import email.parser
-
+    most MAX_METADATA_HEADER bytes (the body, a README, may be long), by zipdir.metadata_header, as
+    layering reads it."""
     from packaging.utils import canonicalize_name, parse_wheel_filename
     from packaging.version import InvalidVersion, Version
 
@@ -620,18 +763,16 @@ def check_wheel_metadata(source, filename: str) -> None:
         info = source._zipfile.getinfo(path)
     except KeyError:
         raise StageError(f"wheel {filename} has no {path}") from None
-    lines, size = [], 0
+    try:
+        from .zipdir import metadata_header
+    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
+        from zipdir import metadata_header
+
     with source._zipfile.open(info) as stream:
-        while True:
-            line = stream.readline(MAX_METADATA_HEADER + 1 - size)
-            size += len(line)
-            if line in (b"", b"\n", b"\r\n"):
-                break
-            if size > MAX_METADATA_HEADER:
-                raise StageError(f"wheel {filename}: the header of its {path} is longer than "
-                                 f"{MAX_METADATA_HEADER >> 20} MiB")
-            lines.append(line)
-    headers = email.parser.HeaderParser().parsestr(b"".join(lines).decode("utf-8", "replace"))
+        headers = metadata_header(stream.readline, MAX_METADATA_HEADER)
+    if headers is None:
+        raise StageError(f"wheel {filename}: the header of its {path} is longer than "
+                         f"{MAX_METADATA_HEADER >> 20} MiB")
     for key in ("Name", "Version"):
         found = headers.get_all(key) or []
         if len(found) != 1:
@@ -745,7 +886,9 @@ def _check_unpacked(package_dir: str, package: str) -> None:
             raise refuse(f"info/paths.json lists {path!r}, which leads out of the package through a link")
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# C0 and C1 controls and the line and paragraph separators: a name holding one is not printable, and
+# str.splitlines ends a line there (a console script "python\u2028x" split its RECORD row for layering)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # os.fsdecode's escapes of bytes that are not UTF-8
 
 

@@ -20,6 +20,13 @@ import zipfile
 MAX_DIRECTORY_BYTES = 64 << 20  # the largest real wheels' directories are a few MiB
 MAX_WHEEL_ENTRIES = 200_000  # of a wheel, wherever one is read (real ones: tens of thousands at most)
 MIN_UNPACK_LIMIT = 64 << 20  # a wheel may always expand to this, whatever max_unpack_ratio says
+# what the stage's installer reads whole from a wheel's .dist-info and parses in memory, at most: the
+# unpack limit bounds only the total (64 MiB, or 1000 times the wheel's size), and parsing costs many
+# times the bytes (a 690 KB wheel's 256 MiB WHEEL file took the stage 8 GB and 96 s; 6 MiB of
+# entry_points.txt sections 1.1 GB). Real ones: WHEEL ~100 bytes, entry_points.txt some KiB, RECORD
+# a few MiB for the largest wheels (torch: 1.6 MiB).
+MAX_READ_WHOLE = {"WHEEL": 1 << 20, "entry_points.txt": 1 << 20, "RECORD": 32 << 20}
+MAX_READ_WHOLE_OTHER = 1 << 20
 _RECORD = struct.Struct(zipfile.structCentralDir)  # 46 bytes, then name, extra field and comment
 
 
@@ -67,11 +74,41 @@ def wheel_member_problem(name: str) -> str | None:
     return None
 
 
+def metadata_header(readline, limit: int):
+    """The header of a core-metadata file (a wheel's METADATA) as email's parser reads it, as pip and
+    importlib.metadata read it: its lines up to the first blank one (`\n` or `\r\n`), read with
+    readline(n), parsed by email.parser.HeaderParser (which also ends lines at a lone `\r`). The stage's
+    check of a wheel's Name and Version and layering's name for its layer both read it here, so both
+    see the same header. None when it is longer than `limit` bytes."""
+    import email.parser
+
+    lines, size = [], 0
+    while True:
+        line = readline(limit + 1 - size)
+        size += len(line)
+        if line in (b"", b"\n", b"\r\n"):
+            break
+        if size > limit:
+            return None
+        lines.append(line)
+    return email.parser.HeaderParser().parsestr(b"".join(lines).decode("utf-8", "replace"))
+
+
+def read_whole_problem(path: str, size: int) -> str | None:
+    """Why the .dist-info member `path` (dist-info/name) of `size` bytes is too large to be read
+    whole, or None."""
+    limit = MAX_READ_WHOLE.get(path.rsplit("/", 1)[-1], MAX_READ_WHOLE_OTHER)
+    if size > limit:
+        return f"its {path} is {size:,} bytes, more than the {limit:,} a wheel's may have (it is read whole)"
+    return None
+
+
 def wheel_problem(path, filename: str, max_ratio: int) -> tuple[str, bool] | None:
     """Why the wheel at `path` is refused, and whether only its size is (a larger max_unpack_ratio
     would let it through), or None: its directory measured before zipfile reads it, members with safe
     relative names, regular files or directories only, unique, expanding to at most
-    max(MIN_UNPACK_LIMIT, max_ratio x its size), one .dist-info/RECORD. No member is decompressed.
+    max(MIN_UNPACK_LIMIT, max_ratio x its size), one .dist-info/RECORD, the .dist-info files read whole
+    within MAX_READ_WHOLE. No member is decompressed.
     The fetch's check (archive.check_wheel) and the stage worker, where the bytes are unpacked (the
     fetch's result may come from a shared cache), ask the same question here."""
     where = f"wheel {filename}"
@@ -101,6 +138,11 @@ def wheel_problem(path, filename: str, max_ratio: int) -> tuple[str, bool] | Non
         total += info.file_size
         if key.endswith(".dist-info/RECORD") and key.count("/") == 1:
             records.append(key)
+        top, _, rest = key.partition("/")
+        if top.endswith(".dist-info") and rest in MAX_READ_WHOLE:
+            problem = read_whole_problem(key, info.file_size)
+            if problem:
+                return f"{where}: {problem}", False
     if total > limit:
         return (f"{where} expands to {total} bytes, more than {limit} (max_unpack_ratio {max_ratio} x "
                 f"{compressed} compressed bytes)"), True

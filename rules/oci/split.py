@@ -81,6 +81,7 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
     files their RECORD lists, relative to the prefix. A .dist-info shipped inside a conda package
     (its RECORD listed in conda-meta) belongs to that package, not to a wheel."""
     import csv
+    import io
     import posixpath
 
     out: dict[str, dict] = {}
@@ -92,7 +93,10 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
         dist_info = path.rsplit("/", 1)[0]
         files = []
         try:
-            rows = list(csv.reader(_text(store, entry, path, MAX_RECORD_BYTES).splitlines()))
+            # lines end at "\n" only, as installer's csv writer ends them: str.splitlines also ends them at
+            # U+2028, U+0085 and others, so a console script named "python\u2028x" (its RECORD row
+            # "../../../bin/python\u2028x,...") had layering give conda's bin/python to the wheel's layer
+            rows = list(csv.reader(io.StringIO(_text(store, entry, path, MAX_RECORD_BYTES), newline="")))
         except csv.Error as exc:  # a field over csv's limit, a NUL byte
             raise ActionFailed(f"the environment's {path} is not a readable RECORD: {exc}") from None
         for row in rows:
@@ -132,17 +136,27 @@ def pypi_key(name: str) -> str:
 
 
 def _wheel_metadata(store, entry: TreeEntry | None, path: str) -> tuple[str, list[str]]:
-    """(Name, names of its unconditional Requires-Dist) from a METADATA file's header."""
+    """(Name, names of its unconditional Requires-Dist) from a METADATA file's header, read as the
+    stage's check of the wheel read it (zipdir.metadata_header: email's parser, up to the first blank
+    line). Before, layering split the file at its first `\n\n` and took every line that
+    str.splitlines made: a METADATA whose header said `Name: demo` with CRLF line ends, and whose body
+    said `Name: numpy` (or a header value holding `\x0cName: numpy`), passed the stage's check and
+    was layered as pypi:numpy (red team, fourteenth session)."""
+    import io
+
+    from rules.conda.zipdir import metadata_header
+
     if entry is None or entry.kind != "file":
         return "", []
-    name, depends = "", []
-    for line in _text(store, entry, path, MAX_METADATA_BYTES).split("\n\n", 1)[0].splitlines():
-        key, _, value = line.partition(":")
-        if key == "Name":
-            name = value.strip()
-        elif key == "Requires-Dist" and "extra" not in value.partition(";")[2]:
-            depends.append(re.split(r"[\s;(<>=!~\[]", value.strip(), maxsplit=1)[0])
-    return name, depends
+    data = small_blob(store, entry.digest, MAX_METADATA_BYTES, f"the environment's {path}")
+    headers = metadata_header(io.BytesIO(data).readline, MAX_METADATA_BYTES)
+    names = (headers.get_all("Name") or []) if headers is not None else []
+    if len(names) != 1:  # the stage refuses such a wheel; a tree from a cache is input
+        raise ActionFailed(f"the environment's {path} has {len(names)} Name headers (a wheel's has one)")
+    depends = [re.split(r"[\s;(<>=!~\[]", str(value).strip(), maxsplit=1)[0]
+               for value in headers.get_all("Requires-Dist") or []
+               if "extra" not in str(value).partition(";")[2]]
+    return str(names[0]).strip(), depends
 
 
 SMALL_BUCKETS = 16

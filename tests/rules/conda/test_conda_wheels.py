@@ -486,3 +486,292 @@ def test_a_wheel_writes_no_dist_info_but_its_own(tmp_path, member):
     with pytest.raises(stage_worker.StageError, match=r"numpy-9\.dist-info|2 \.dist-info/RECORD files"):
         _install(tmp_path, wheel, out)
     assert not (out / "lib/python3.11/site-packages/numpy-9.dist-info").exists()
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("WHEEL", b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\n" + b"a: b\n" * (1 << 18)),
+    ("entry_points.txt", b"".join(b"[s%d]\n" % i for i in range(200_000))),
+    ("RECORD", b"\n" * (32 << 20)),
+])
+def test_a_dist_info_file_read_whole_is_bounded_at_fetch_and_at_the_stage(tmp_path, name, data):
+    """installer reads WHEEL, entry_points.txt and RECORD whole and parses them in memory, at many
+    times their size; the unpack limit bounds only a wheel's total (red team, fourteenth session: a
+    690 KB wheel whose WHEEL file was 256 MiB took the stage 8 GB and 96 s, and installed)."""
+    dist = "demo-1.0.dist-info"
+    plain = make_wheel(tmp_path / "plain.whl", scripts={"demo-cli": "demo:main"})
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            content = src.read(item)
+            if item.filename == f"{dist}/{name}":  # RECORD's rows, then the padding; the others replaced
+                content = content + data if name == "RECORD" else data
+                size = len(content)
+            elif item.filename == f"{dist}/RECORD":
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+                content = b"\n".join(f"{dist}/{name},sha256={digest},{len(data)}".encode()
+                                     if line.startswith(f"{dist}/{name},".encode()) else line
+                                     for line in content.split(b"\n"))
+            dst.writestr(item.filename, content)
+    assert size > 1 << 20 and wheel.stat().st_size < 1 << 20
+    message = f"its {dist}/{name} is {size:,} bytes, more than the "
+    with pytest.raises(ActionFailed, match=re.escape(message)):
+        check_wheel(wheel, wheel.name)
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=re.escape(message)):
+        _install(tmp_path, wheel, out)
+    assert sorted(os.listdir(out / "lib/python3.11/site-packages")) == []
+
+
+def test_bzip2_and_lzma_members_are_read_once_each_from_threads_as_deflate_ones(tmp_path, monkeypatch):
+    """Members of any method are read with pread from the writer's one descriptor. Before, a bzip2 or
+    lzma member went through a new ZipFile on a dup of that descriptor: every member read the whole
+    central directory again (10,000 members: 365 s on one thread, quadratic) and the threads moved
+    the shared file offset under each other (a sound bzip2 wheel of 5,000 members failed the real
+    `hb build` with "Bad magic number for central directory"; red team, fourteenth session)."""
+    files = {f"demo/m{i}.py": f"V = {i}\n".encode() * (i % 7) for i in range(3000)}
+    trees = {}
+    for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        wheel = _dir(tmp_path, f"w{method}") / "demo-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(make_wheel(tmp_path / f"src{method}.whl", files=files)) as src, \
+                zipfile.ZipFile(wheel, "w", method) as dst:
+            for item in src.infolist():
+                dst.writestr(item.filename, src.read(item))
+        opened = []
+        real_init = zipfile.ZipFile.__init__
+
+        def counting_init(self, *args, **kwargs):
+            opened.append(args[0] if args else kwargs.get("file"))
+            real_init(self, *args, **kwargs)
+
+        monkeypatch.setattr(zipfile.ZipFile, "__init__", counting_init)
+        out = _prefix(tmp_path, f"out{method}")
+        params = [{"filename": wheel.name, "name": "demo"}]
+        stage_worker.install_wheels({wheel.name: str(wheel)}, params, str(out), "/opt/env", "3.11")
+        monkeypatch.setattr(zipfile.ZipFile, "__init__", real_init)
+        assert len(opened) < 10, (method, len(opened))  # the checks' and installer's, none per member
+        trees[method] = _tree(out)
+    assert trees[zipfile.ZIP_DEFLATED] == trees[zipfile.ZIP_BZIP2] == trees[zipfile.ZIP_LZMA]
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_a_corrupt_bzip2_or_lzma_member_is_a_clean_error(tmp_path, method):
+    source = tmp_path / "good.whl"
+    with zipfile.ZipFile(source, "w", method) as zf:
+        zf.writestr("pkg/a.py", os.urandom(1000) + b"A = 1\n" * 5000)
+    with zipfile.ZipFile(source) as zf:
+        info = zf.getinfo("pkg/a.py")
+    data = bytearray(source.read_bytes())
+    middle = info.header_offset + 30 + len("pkg/a.py") + info.compress_size // 2
+    data[middle:middle + 64] = bytes(64)
+    path = tmp_path / "bad.whl"
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        message = r"member 'pkg/a.py' (cannot be decompressed|holds|is not a complete)"
+        with pytest.raises(stage_worker.StageError, match=message):
+            b"".join(stage_worker.member_chunks(fd, info, path.name))
+    finally:
+        os.close(fd)
+
+
+def test_scripts_of_the_data_directory_are_streamed_not_read_whole_each_by_a_new_zipfile(tmp_path, monkeypatch):
+    """A .data/scripts member was read whole, twice, by a new ZipFile that read the whole central
+    directory again: 5,000 scripts took 68 s (quadratic; the zip check allows 200,000) and a 256 MiB
+    script 568 MiB of memory (red team, fourteenth session). Now each is read in pieces from its own
+    descriptor, its #!python line rewritten as installer does and its RECORD row checked at the end."""
+    import tracemalloc
+
+    files = {f"demo-1.0.data/scripts/s{i}": b"#!python\nprint(%d)\n" % i for i in range(1500)}
+    files["demo-1.0.data/scripts/big"] = b"#!python3 -X utf8\n" + bytes(48 << 20)
+    files["demo-1.0.data/scripts/tiny"] = b"#!py"
+    files["demo-1.0.data/scripts/binary"] = b"\x7fELF" + bytes(100)
+    files["demo/__init__.py"] = b""
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", files=files)
+    opened = []
+    real_init = zipfile.ZipFile.__init__
+
+    def counting_init(self, *args, **kwargs):
+        opened.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", counting_init)
+    out = _prefix(tmp_path)
+    tracemalloc.start()
+    try:
+        _install(tmp_path, wheel, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(opened) < 10 and peak < 16 << 20, (len(opened), peak)
+    assert (out / "bin/s7").read_bytes() == b"#!/opt/env/bin/python\nprint(7)\n"
+    assert (out / "bin/big").stat().st_size == len("#!/opt/env/bin/python\n") + (48 << 20)
+    assert (out / "bin/tiny").read_bytes() == b"#!py" and (out / "bin/binary").read_bytes() == b"\x7fELF" + bytes(100)
+
+
+def test_member_chunks_takes_what_zlib_holds_back_at_the_end(tmp_path):
+    """The last output of a highly compressed member can fill the piece exactly with all input
+    consumed: a sound wheel whose member was "#!python\\n" and 256 MiB of zeros failed the stage as
+    "not a complete deflate stream" (zipfile flushes the decompressor at the end; now so does hb)."""
+    path = tmp_path / "z.whl"
+    data = b"#!python\n" + bytes(256 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("demo/zeros", data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("demo/zeros")
+        assert sum(len(chunk) for chunk in stage_worker.member_chunks(fd, info, path.name)) == len(data)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("metadata", [
+    b"Metadata-Version: 2.1\r\nName: demo\r\nVersion: 1.0\r\n\r\nName: numpy\r\nRequires-Dist: tool\r\n",
+    b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nSummary: x\x0cName: numpy\x1cRequires-Dist: tool\n\nbody\n",
+])
+def test_layering_reads_the_metadata_header_the_stage_checked(tmp_path, metadata):
+    """The stage checks a wheel's Name in its METADATA header as email's parser reads it; layering
+    split the file at its first blank LF line and took every line of str.splitlines: with CRLF line
+    ends the body's `Name: numpy`, or one after a form feed inside a header value, named the layer
+    pypi:numpy (red team, fourteenth session, with the real `hb build`: image history
+    "hb //env:img: pypi:numpy" for the wheel demo). Now both read it through zipdir.metadata_header."""
+    wheel = _with_metadata(tmp_path / "demo-1.0-py3-none-any.whl", metadata)
+    out = _prefix(tmp_path)
+    _install(tmp_path, wheel, out)  # the stage's check: Name demo, Version 1.0
+    blobs, entries = Blobs(), {}
+    for path in sorted(out.rglob("*")):
+        rel = str(path.relative_to(out))
+        if path.is_dir():
+            entries[rel] = TreeEntry(path.name, "dir", mode=0o755)
+        else:
+            data = path.read_bytes()
+            blobs[digest_bytes(data)] = data
+            entries[rel] = TreeEntry(path.name, "file", digest_bytes(data))
+    record = json.dumps({"name": "python", "depends": [], "files": ["bin/python"]}).encode()
+    blobs[digest_bytes(record)] = record
+    entries["conda-meta"] = TreeEntry("conda-meta", "dir", mode=0o755)
+    entries["conda-meta/python-3.11-0.json"] = TreeEntry("python-3.11-0.json", "file", digest_bytes(record))
+    names = [g.name for g in env_groups(blobs, entries, 100)]
+    assert names == ["python", "pypi:demo", "(environment metadata)"]
+
+
+def test_a_path_a_wheel_writes_is_bounded_before_its_components_are_walked(tmp_path):
+    """An entry point's name is a path the zip check never saw: "a/" * 60,000 + "x" in a 1.2 KB wheel
+    took the stage 3.6 GB (each component walked, each parent kept as a whole path: quadratic; red
+    team, fourteenth session, with the real `hb build`). Member names are bounded the same way."""
+    import tracemalloc
+
+    wheel = make_wheel(_dir(tmp_path, "ep") / "demo-1.0-py3-none-any.whl", scripts={"a/" * 8000 + "x": "demo:main"})
+    out = _prefix(tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(stage_worker.StageError, match=r"\(scripts\) would write a path of 16,005 bytes "
+                                                          r"\(at most 1,024\)"):
+            _install(tmp_path, wheel, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
+    member = make_wheel(_dir(tmp_path, "m") / "demo-1.0-py3-none-any.whl",
+                        files={"demo/" + "a/" * 600 + "x.py": b"", "demo/__init__.py": b""})
+    with pytest.raises(stage_worker.StageError, match=r"\(purelib\) would write a path of 1,238 bytes"):
+        _install(tmp_path, member, _prefix(tmp_path, "m-out"))
+    fits = make_wheel(_dir(tmp_path, "f") / "demo-1.0-py3-none-any.whl",
+                      files={"demo/" + "a/" * 400 + "x.py": b"", "demo/__init__.py": b""})
+    _install(tmp_path, fits, _prefix(tmp_path, "f-out"))
+
+
+def test_the_directories_a_wheel_makes_are_bounded(tmp_path, monkeypatch):
+    """Directories cost disk (a block each) and the claim's memory, but not the unpack limit, which
+    counts file bytes: member names of "a/" * 900 made 90,000 directories (353 MB) from a 371 KB
+    wheel (red team, fourteenth session). At most MAX_WHEEL_DIRECTORIES per wheel."""
+    monkeypatch.setattr(stage_worker, "MAX_WHEEL_DIRECTORIES", 50)
+    files = {f"demo/d{i}/x.py": b"" for i in range(60)}
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", files={**files, "demo/__init__.py": b""})
+    with pytest.raises(stage_worker.StageError, match=r"demo-1.0-py3-none-any.whl would make more than 50 directories"):
+        _install(tmp_path, wheel, _prefix(tmp_path))
+    few = make_wheel(_dir(tmp_path, "few") / "demo-1.0-py3-none-any.whl",
+                     files={**{f"demo/d{i}/x.py": b"" for i in range(40)}, "demo/__init__.py": b""})
+    _install(tmp_path, few, _prefix(tmp_path, "few-out"))
+
+
+@pytest.mark.parametrize("member", ["NUMPY-9.DIST-INFO/METADATA", "numpy-9.egg-info/PKG-INFO",
+                                    "demo-1.0.data/purelib/numpy.egg-info",
+                                    "demo-1.0.data/data/lib/python3.11/site-packages/Numpy-9.Dist-Info/METADATA"])
+def test_a_wheel_plants_no_metadata_importlib_reads_for_another_project(tmp_path, member):
+    """importlib.metadata (pip list, version checks) takes every site-packages entry whose name ends in
+    .dist-info or .egg-info, in any case: a wheel writing NUMPY-9.DIST-INFO/METADATA or
+    numpy-9.egg-info/PKG-INFO made it report numpy 9 (red team, fourteenth session)."""
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl",
+                       files={"demo/__init__.py": b"", member: b"Metadata-Version: 2.1\nName: numpy\nVersion: 9\n"})
+    out = _prefix(tmp_path)
+    message = (r"another project's metadata \(a wheel writes only its own \.dist-info, "
+               r"lib/python3.11/site-packages/demo-1.0.dist-info\)")
+    with pytest.raises(stage_worker.StageError, match=message):
+        _install(tmp_path, wheel, out)
+    assert not [name for name in os.listdir(out / "lib/python3.11/site-packages") if "numpy" in name.lower()]
+
+
+def test_a_member_named_the_data_directory_is_refused_not_looped_on(tmp_path):
+    """installer maps a member under NAME-VERSION.data/ to its scheme by splitting its path until it
+    reaches that directory: a file named the directory itself never does, and installer looped,
+    appending to a list, until the machine's memory was gone (red team, fourteenth session: the real
+    `hb build` hung, its stage growing). Run in a child process: the old code never returns."""
+    import subprocess
+    import sys
+
+    cases = {"demo-1.0.data": "is not a file of a demo-1.0.data/<scheme>/ directory",
+             "demo-1.0.data/purelib": "is not a file of a demo-1.0.data/<scheme>/",
+             "demo-1.0.data/bogus/x": "is not a file of a demo-1.0.data/<scheme>/"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(stage_worker.__file__))))
+    for i, (member, message) in enumerate(cases.items()):
+        wheel = make_wheel(_dir(tmp_path, f"w{i}") / "demo-1.0-py3-none-any.whl",
+                           files={"demo/__init__.py": b"", member: b"x"})
+        out = _prefix(tmp_path, f"out{i}")
+        code = ("import sys; from rules.conda import stage_worker\n"
+                "try:\n"
+                f"    stage_worker.install_wheel({str(wheel)!r}, {{'filename': {wheel.name!r}, 'name': 'demo'}}, "
+                f"{str(out)!r}, '/opt/env', '3.11')\n"
+                "except stage_worker.StageError as exc:\n"
+                "    print(exc)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20,
+                              env={**os.environ, "PYTHONPATH": root})
+        assert message in proc.stdout, (member, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x9b"])
+def test_a_console_script_name_holds_no_line_separator_or_c1_control(tmp_path, separator):
+    """A console script named "python\\u2028x" was installed as bin/python\\u2028x, and its RECORD row
+    "../../../bin/python\\u2028x,..." was split by layering's str.splitlines: conda's bin/python went
+    into the wheel's layer (red team, fourteenth session, with the real `hb build` of an image)."""
+    wheel = make_wheel(tmp_path / "demo-1.0-py3-none-any.whl", scripts={f"python{separator}x": "demo:main"})
+    out = _prefix(tmp_path)
+    with pytest.raises(stage_worker.StageError, match=r"\(scripts\) has a control character in its name"):
+        _install(tmp_path, wheel, out)
+    assert sorted(os.listdir(out / "bin")) == ["python"]
+
+
+def test_layering_reads_a_record_row_by_row_as_csv_wrote_it(tmp_path):
+    """Whatever the stage lets through (a tree from a cache is input), a RECORD is read as installer's
+    csv writer wrote it, lines ending at "\\n" only: a row naming "bin/python\\u2028x" is that file, not
+    conda's bin/python."""
+    blobs, entries = Blobs(), {}
+
+    def add(path, data: bytes):
+        blobs[digest_bytes(data)] = data
+        entries[path] = TreeEntry(path.rsplit("/", 1)[-1], "file", digest_bytes(data))
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            entries.setdefault("/".join(parts[:i]), TreeEntry(parts[i - 1], "dir", mode=0o755))
+
+    sp = "lib/python3.11/site-packages"
+    record = {"name": "python", "depends": [], "files": ["bin/python"]}
+    add("conda-meta/python-3.11-0.json", json.dumps(record).encode())
+    add("bin/python", b"py")
+    add("bin/python\u2028x", b"#!/opt/env/bin/python\n")
+    add(f"{sp}/demo-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+    add(f"{sp}/demo-1.0.dist-info/RECORD", "../../../bin/python\u2028x,sha256=x,1\ndemo-1.0.dist-info/METADATA,,\n"
+                                           "demo-1.0.dist-info/RECORD,,\n".encode())
+    groups = {g.name: g.paths for g in env_groups(blobs, entries, 100)}
+    assert groups["python"] == ("bin/python",)
+    assert "bin/python\u2028x" in groups["pypi:demo"] and "bin/python" not in groups["pypi:demo"]
