@@ -196,5 +196,7 @@ def _signal_name(number: int) -> str:
 
 
 # 4: the installed records are checked against the lock (check_installed_records); a result staged
-# before that check is not reused
-register_action_kind("conda.stage", "4", _stage, read_only_files=True)
+# before that check is not reused. 5: the wheels' checks of the fourteenth session's red team (bounded
+# .dist-info reads, paths and directories, no metadata of another project, `<data>/<scheme>/` only,
+# names without line separators): a tree staged without them is not reused
+register_action_kind("conda.stage", "5", _stage, read_only_files=True)

@@ -124,7 +124,9 @@ def read_layers(path) -> list[dict]:
     return json.loads(Path(path).read_text())["layers"]
 
 
-# 2: parallel gzip (FORMAT_VERSION 2); 3: small packages bucketed by name; 4: libdeflate (FORMAT_VERSION 3)
-register_action_kind("oci.layers", "4", _run_layers, stage_inputs=False)
+# 2: parallel gzip (FORMAT_VERSION 2); 3: small packages bucketed by name; 4: libdeflate (FORMAT_VERSION 3);
+# 5: a wheel's RECORD read row by row as csv wrote it and its METADATA header as the stage checked it
+# (split.py): layers made by a reader that a line separator or a body's Name could mislead are not reused
+register_action_kind("oci.layers", "5", _run_layers, stage_inputs=False)
 
 __all__ = ["DEFAULT_MAX_LAYERS", "FINAL_LAYER", "OciLayersInfo", "declare_layers", "read_layers"]
