@@ -381,7 +381,9 @@ class BotWorker:
 
             self._mp = multiprocessing.get_context("forkserver")
             modules = _rule_modules()
-            self._mp.set_forkserver_preload(["hermetic_build.worker_exec", *modules])
+            # forkserver_start first: the fork server non-dumpable before anything else (its doc)
+            self._mp.set_forkserver_preload(["hermetic_build.rexec.forkserver_start", "hermetic_build.worker_exec",
+                                             *modules])
             if self.confined():  # the fork server and every worker_exec it forks: see _actions_dir
                 env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
                 script = confine.confined_executable(_shared_actions_dir(), env, modules)
