@@ -94,6 +94,69 @@ class LeaseRefused(Exception):
         self.code = code
 
 
+def _children(pid: int, tid: int | None = None) -> list[int] | None:
+    """The PIDs of the children of task `tid` of process `pid` (/proc/PID/task/TID/children, one
+    RCU-protected walk of the kernel's list per entry); None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/children", "rb") as f:
+            return [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        return None
+
+
+def _confined_forkserver_process(bwrap_pid: int) -> int | None:
+    """The host PID of the confined fork server: the only child of the sandbox's bubblewrap (this
+    process's own child, `bwrap_pid`, whose PID cannot be reused before this process waits for it),
+    the sandbox's pid 1 (confine.confined_executable: --as-pid-1). None where it is not exactly one."""
+    children = _children(bwrap_pid)
+    return children[0] if children is not None and len(children) == 1 else None
+
+
+def forkserver_left_processes() -> bool:
+    """Whether the confined fork server's sandbox holds a process other than the fork server, between two
+    actions (True where that cannot be read, or the fork server has a thread: then the caller ends the
+    sandbox all the same).
+
+    A process an action leaves behind (double fork, setsid) would live on into the next actions, in the
+    sandbox whose one writable directory holds their input roots (reproduced: it wrote into the next
+    action's input root). Rather than find and signal such processes one by one (their PIDs can be
+    reused; a fork bomb or a process that forks and exits in a loop outruns a scan of /proc), the
+    worker ends the whole sandbox after an action that left any (end_confined_forkserver: the kernel
+    ends every process of its PID namespace) and the next action starts a new fork server. A
+    well-behaved action leaves none, so the fork server stays, and this costs two small reads.
+
+    Why an empty list of the fork server's children proves that it is alone: the fork server is the
+    namespace's init, so every other process of the sandbox descends from one of its children, and a
+    process whose parent exits is reparented to it (or to a subreaper, itself a descendant) before that
+    parent leaves its list of children. So while any other process exists, the list is never empty;
+    reading its first entry is one walk under RCU, at one instant. The action's own worker_exec has
+    been reaped when its exit status reaches this process. The fork server forks only when asked, and
+    no action code can run in it (non-dumpable: rexec/forkserver_start.py), so once it is alone it
+    stays alone. One thread only: the children of other threads would be other lists, read at other
+    instants."""
+    from multiprocessing import forkserver
+
+    pid = forkserver._forkserver._forkserver_pid
+    if pid is None:
+        return False
+    server = _confined_forkserver_process(pid)
+    if server is None:
+        return True
+    try:
+        tasks = os.listdir(f"/proc/{server}/task")
+    except OSError:
+        return True
+    return tasks != [str(server)] or _children(server) != []
+
+
+def _wait_for_exit(pidfd: int, seconds: float) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
 def end_confined_forkserver() -> None:
     """End the confined fork server with everything it forked; the next action starts a new one.
     The PID a confined fork server reports for a forked worker_exec is one of its sandbox's PID
@@ -107,14 +170,28 @@ def end_confined_forkserver() -> None:
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
+    pidfd = None
     with server._lock:
         pid = server._forkserver_pid
         if pid is None:
             return
+        # the sandbox's pid 1, the fork server, by a pidfd taken while it is still the child of the
+        # bubblewrap this process started (so no other process that got its PID): its exit is the end of
+        # the namespace, whose every other process the kernel kills and reaps first
+        init = _confined_forkserver_process(pid)
+        if init is not None:
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(init)
+            if pidfd is not None and _confined_forkserver_process(pid) != init:
+                os.close(pidfd)
+                pidfd = None
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # else by --die-with-parent
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         os.close(server._forkserver_alive_fd)
@@ -123,6 +200,14 @@ def end_confined_forkserver() -> None:
     if isinstance(address, str) and address.startswith("/"):
         with contextlib.suppress(OSError):
             os.unlink(address)
+    if pidfd is not None:
+        # before the next action's input root is written: a process of this sandbox still running
+        # (killed, not yet ended) could still write into it
+        try:
+            if not _wait_for_exit(pidfd, 60):
+                raise RuntimeError("the confined fork server's sandbox did not end within 60 s of SIGKILL")
+        finally:
+            os.close(pidfd)
 
 
 class BotWorker:
@@ -370,6 +455,12 @@ class BotWorker:
                     else:
                         process.kill()
                     process.join()
+                elif self.confined() and forkserver_left_processes():
+                    # no process of an action outlives it: the sandbox of the fork server, which runs the
+                    # next actions, is ended with whatever this one left there (forkserver_left_processes)
+                    self.log(f"hb worker {self.bot_id}: an action left processes in the fork server's sandbox: "
+                             "ended with them")
+                    end_confined_forkserver()
             out = [_read_log(logs, name) for name in ("stdout", "stderr")]
             return process.exitcode, out[0], out[1]
         finally:

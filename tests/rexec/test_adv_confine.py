@@ -146,6 +146,14 @@ while [ "$(date +%s)" -lt "$end" ]; do
   sleep 0.02
 done
 '''
+# the same marks, by a process that starts the next one and exits, again and again: a new PID each
+# time, which a scan of /proc can miss
+HOPPING = '''
+for d in "${1%/*}"/action-*; do
+  if [ "$d" != "$1" ] && [ -d "$d" ]; then : > "$d/LEFTOVER-WAS-HERE"; fi
+done
+if [ "$(date +%s)" -lt "$3" ]; then sh -c "$2" "$0" "$1" "$2" "$3" & fi
+'''
 
 
 def run(execution):
@@ -155,6 +163,9 @@ def run(execution):
         if pid == 0:
             os.setsid()
             if os.fork() == 0:
+                if execution.params["hop"]:
+                    os.execv("/bin/sh", ["sh", "-c", HOPPING, execution.params["marker"], root, HOPPING,
+                                         str(int(time.time()) + 120)])
                 os.execv("/bin/sh", ["sh", "-c", LEFTOVER, execution.params["marker"], root])
             os._exit(0)
         os.waitpid(pid, 0)
@@ -336,11 +347,13 @@ def marked_processes(marker: str) -> list[str]:
     return found
 
 
-def linger_leases(tmp_path, preload: bool, kind: str = "test.linger") -> dict:
+def linger_leases(tmp_path, preload: bool, kind: str = "test.linger", hop: bool = False) -> dict:
     """Two actions of the linger kind on one worker: the first leaves a process behind, the second
     looks for its mark; what each wrote, and the first one's processes left on the host after each
     (their arguments hold a marker)."""
     import uuid
+
+    from multiprocessing import forkserver
 
     marker = f"hb-leftover-{uuid.uuid4().hex}"
     worker = make_worker(tmp_path, preload=preload)
@@ -350,7 +363,7 @@ def linger_leases(tmp_path, preload: bool, kind: str = "test.linger") -> dict:
             (root / ".hb").mkdir()
             (root / ".hb" / "action.json").write_bytes(shell_action(
                 "", inputs=(), kind=kind, version="1", mnemonic="Linger",
-                params_json=json.dumps({"mode": mode, "marker": marker})))
+                params_json=json.dumps({"mode": mode, "marker": marker, "hop": hop})))
 
         (tmp_path / mode).mkdir()
         status, result = worker._work(lease(worker, tmp_path / mode, build, timeout=120))
@@ -359,12 +372,20 @@ def linger_leases(tmp_path, preload: bool, kind: str = "test.linger") -> dict:
         got[mode] = {"exit": result.exit_code, "out": worker.cas.blobs[out.digest.hash].decode() if out else "",
                      "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:]}
         got[f"left_after_{mode}"] = marked_processes(marker)
+        got[f"server_after_{mode}"] = forkserver._forkserver._forkserver_pid
     assert worker._confined
     return got
 
 
+def hopping_linger_leases(tmp_path, preload: bool, kind: str = "test.linger") -> dict:
+    return linger_leases(tmp_path, preload, kind, hop=True)
+
+
 def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
-    """The inject kind on a worker, then an honest action on the same worker; what the first found."""
+    """The inject kind on a worker, then two honest actions on the same worker; what the first found,
+    and the fork server's PID (that of its bubblewrap) after each action."""
+    from multiprocessing import forkserver
+
     worker = make_worker(tmp_path, preload=preload)
 
     def build(root):
@@ -376,11 +397,16 @@ def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
     assert status.code == code_pb2.OK, status.message
     assert worker._confined
     out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
-    (tmp_path / "next").mkdir()
-    status_next, result_next = worker._work(lease(worker, tmp_path / "next", basic_root(), timeout=120))
+    servers = [forkserver._forkserver._forkserver_pid]
+    for name in ("next", "third"):
+        (tmp_path / name).mkdir()
+        status_next, result_next = worker._work(lease(worker, tmp_path / name, basic_root(), timeout=120))
+        assert status_next.code == code_pb2.OK, status_next.message
+        servers.append(forkserver._forkserver._forkserver_pid)
     return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "", "exit": result.exit_code,
             "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:],
-            "next_code": status_next.code, "next_exit": result_next.exit_code if result_next else None}
+            "next_code": status_next.code, "next_exit": result_next.exit_code if result_next else None,
+            "servers": servers}
 
 
 def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
@@ -568,16 +594,20 @@ def test_a_root_worker_that_cannot_confine_as_another_user_refuses_to_start(tmp_
     assert f"uid {confine.CONFINED_ID} cannot run" in lines[0], lines
 
 
-@pytest.mark.parametrize("preload", [False, True])
-def test_no_process_of_an_action_outlives_it(tmp_path, monkeypatch, preload):
+@pytest.mark.parametrize("preload,runs", [(False, "linger_leases"), (True, "linger_leases"),
+                                          (True, "hopping_linger_leases")])
+def test_no_process_of_an_action_outlives_it(tmp_path, monkeypatch, preload, runs):
     """With the fork server, one sandbox runs action after action, and every input root lies in its one
     writable directory: a process an action left behind (double fork, new session) lived on into the
-    next action and wrote into its input root while it ran (reproduced). Now the worker ends the fork
-    server's sandbox after an action that left a process in it; the next action starts a new one."""
-    got = _run(tmp_path, monkeypatch, preload, "test.linger", "linger_kind", LINGER_KIND, runs="linger_leases")
+    next action and wrote into its input root (reproduced: the next action's worker_exec found the mark
+    there and refused its input root). Now the worker ends the fork server's sandbox after an action
+    that left a process in it, one that keeps changing its PID too; the next action starts a new one."""
+    got = _run(tmp_path, monkeypatch, preload, "test.linger", "linger_kind", LINGER_KIND, runs=runs)
     assert got["plant"]["exit"] == 0 and got["plant"]["out"] == "planted\n", got
     assert got["victim"]["exit"] == 0 and got["victim"]["out"] == "clean\n", got
     assert got["left_after_plant"] == [] and got["left_after_victim"] == [], got
+    if preload:  # the sandbox that held the process was ended; the victim's left none: it stays
+        assert got["server_after_plant"] is None and got["server_after_victim"] is not None, got
 
 
 @pytest.mark.parametrize("preload", [False, True])
@@ -598,3 +628,5 @@ def test_a_kind_cannot_inject_into_the_fork_server(tmp_path, monkeypatch, preloa
     assert "parent: mem refused" in got["found"] and "parent: ptrace refused" in got["found"], got
     # the sandbox's first process is the fork server itself (before, bubblewrap's, as reachable)
     assert "init is the fork server: True (pid 1)" in got["found"], got
+    # actions that leave no process keep the fork server (its speed): the same one ran all three
+    assert got["servers"][0] is not None and len(set(got["servers"])) == 1, got
