@@ -43,6 +43,7 @@ from .merkle import (BlobIngest, RemoteTreeError, Upload, fetch_directories, hb_
 HEARTBEAT = 1.0  # seconds between UpdateBotSession calls while an action runs
 LONG_POLL = 20.0  # seconds an idle UpdateBotSession may wait for work
 MAX_MESSAGE = 1 << 20  # an Action or a Command
+LEFT_GRACE = 0.5  # seconds an exiting process of a finished action may take to leave the fork server's sandbox
 WORKER_MODULE = "hermetic_build.worker_exec"
 PASSED_ENV = ("PYTHONPATH", "HB_RULE_MODULES")  # this worker's own settings, handed to worker_exec
 
@@ -112,10 +113,10 @@ def _confined_forkserver_process(bwrap_pid: int) -> int | None:
     return children[0] if children is not None and len(children) == 1 else None
 
 
-def forkserver_left_processes() -> bool:
-    """Whether the confined fork server's sandbox holds a process other than the fork server, between two
-    actions (True where that cannot be read, or the fork server has a thread: then the caller ends the
-    sandbox all the same).
+def forkserver_left_processes() -> str | None:
+    """What the confined fork server's sandbox holds besides the fork server, between two actions (None:
+    nothing; also a reason where that cannot be read, or the fork server has a thread: then the caller
+    ends the sandbox all the same).
 
     A process an action leaves behind (double fork, setsid) would live on into the next actions, in the
     sandbox whose one writable directory holds their input roots (reproduced: it wrote into the next
@@ -138,15 +139,42 @@ def forkserver_left_processes() -> bool:
 
     pid = forkserver._forkserver._forkserver_pid
     if pid is None:
-        return False
+        return None
     server = _confined_forkserver_process(pid)
     if server is None:
-        return True
+        return f"its bubblewrap's children are {_children(pid)}, not the fork server alone"
     try:
         tasks = os.listdir(f"/proc/{server}/task")
+    except OSError as exc:
+        return f"its threads cannot be listed ({exc.strerror})"
+    if tasks != [str(server)]:
+        return f"the fork server has {len(tasks)} threads"
+    # an action's own bubblewrap ends after its monitor, which this action's worker_exec waited for:
+    # reparented to the fork server, it may still be there, exiting, or reaped by the fork server after
+    # it reported the worker_exec's exit (measured: now and then). Read again for a short while; only the
+    # last read decides, so this waits and proves nothing more
+    deadline, delay = time.monotonic() + LEFT_GRACE, 0.001
+    while True:
+        children = _children(server)
+        if children is None:
+            return "the fork server's children cannot be read"
+        if not children:
+            return None
+        if time.monotonic() >= deadline:
+            return f"{len(children)} processes: " + ", ".join(_described(child) for child in children[:10])
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _described(pid: int) -> str:
+    """'PID (NAME) STATE' of a process of the host, for the log."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read().decode(errors="replace")
+        name, _, rest = stat_line.partition("(")[2].rpartition(")")
+        return f"{pid} ({name[:32]}) {rest.split()[0] if rest.split() else '?'}"
     except OSError:
-        return True
-    return tasks != [str(server)] or _children(server) != []
+        return f"{pid} (gone)"
 
 
 def _wait_for_exit(pidfd: int, seconds: float) -> bool:
@@ -455,11 +483,11 @@ class BotWorker:
                     else:
                         process.kill()
                     process.join()
-                elif self.confined() and forkserver_left_processes():
+                elif self.confined() and (left := forkserver_left_processes()) is not None:
                     # no process of an action outlives it: the sandbox of the fork server, which runs the
                     # next actions, is ended with whatever this one left there (forkserver_left_processes)
-                    self.log(f"hb worker {self.bot_id}: an action left processes in the fork server's sandbox: "
-                             "ended with them")
+                    self.log(f"hb worker {self.bot_id}: the fork server's sandbox is ended after an action "
+                             f"({left})")
                     end_confined_forkserver()
             out = [_read_log(logs, name) for name in ("stdout", "stderr")]
             return process.exitcode, out[0], out[1]

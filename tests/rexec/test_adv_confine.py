@@ -357,7 +357,8 @@ def linger_leases(tmp_path, preload: bool, kind: str = "test.linger", hop: bool 
 
     marker = f"hb-leftover-{uuid.uuid4().hex}"
     worker = make_worker(tmp_path, preload=preload)
-    got = {}
+    got = {"log": []}
+    worker.log = got["log"].append
     for mode in ("plant", "victim"):
         def build(root, mode=mode):
             (root / ".hb").mkdir()
@@ -387,6 +388,8 @@ def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
     from multiprocessing import forkserver
 
     worker = make_worker(tmp_path, preload=preload)
+    log = []
+    worker.log = log.append
 
     def build(root):
         (root / ".hb").mkdir()
@@ -406,7 +409,7 @@ def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
     return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "", "exit": result.exit_code,
             "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:],
             "next_code": status_next.code, "next_exit": result_next.exit_code if result_next else None,
-            "servers": servers}
+            "servers": servers, "log": log}
 
 
 def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
