@@ -239,6 +239,13 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
         import ctypes
         import signal
 
+        from .rexec.confine import is_dumpable, make_non_dumpable
+
+        # non-dumpable, as the fork server (rexec/forkserver_start.py) it inherits that from: a dumpable
+        # fork server (whose memory an action could write: every later action is forked from it) runs
+        # no action
+        dumpable = is_dumpable()
+        make_non_dumpable()
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         null = os.open(os.devnull, os.O_RDONLY)
@@ -248,6 +255,9 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
             out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             os.dup2(out, fd)
             os.close(out)
+        if dumpable:
+            print("hb worker_exec: the fork server is dumpable: it runs no action", file=sys.stderr)
+            return
         os.environ.clear()
         os.environ.update(env)
         os.chdir(root)

@@ -271,14 +271,25 @@ def nesting_works() -> str | None:
 
 
 def make_non_dumpable() -> None:
-    """PR_SET_DUMPABLE 0 for this process: /proc/PID/environ, maps and fds become readable only with
-    CAP_SYS_PTRACE in the host's namespace, which a confined kind never has (module doc)."""
+    """PR_SET_DUMPABLE 0 for this process: /proc/PID/environ, maps, fds and mem, and ptrace, become
+    reachable only with CAP_SYS_PTRACE in the user namespace it was started in, which a confined kind
+    never has (module doc). Its forks inherit it; an exec resets it."""
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
     except (OSError, AttributeError):
         pass
+
+
+def is_dumpable() -> bool:
+    """PR_GET_DUMPABLE of this process (True where it cannot be read)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0) != 0  # PR_GET_DUMPABLE
+    except (OSError, AttributeError):
+        return True
 
 
 def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | None:
@@ -290,6 +301,13 @@ def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | No
     argv = confinement_argv(writable, env, rule_modules)
     if not argv:
         return None
+    # the fork server is the sandbox's first process, its PID namespace's init (--as-pid-1): else
+    # bubblewrap's own init is, a process of the same uid and namespace that a worker_exec could
+    # ptrace (it is dumpable) and that outlives every action. So every other process of the sandbox
+    # descends from the fork server, and one an action leaves behind is reparented to it, where the
+    # worker finds it (worker.forkserver_left_processes); signals sent from inside the namespace that
+    # the fork server does not handle (SIGKILL, SIGSTOP) do not reach it.
+    argv = [*argv[:-1], "--as-pid-1", "--"]
     import atexit
     import shlex
     import tempfile

@@ -43,6 +43,7 @@ from .merkle import (BlobIngest, RemoteTreeError, Upload, fetch_directories, hb_
 HEARTBEAT = 1.0  # seconds between UpdateBotSession calls while an action runs
 LONG_POLL = 20.0  # seconds an idle UpdateBotSession may wait for work
 MAX_MESSAGE = 1 << 20  # an Action or a Command
+LEFT_GRACE = 0.5  # seconds an exiting process of a finished action may take to leave the fork server's sandbox
 WORKER_MODULE = "hermetic_build.worker_exec"
 PASSED_ENV = ("PYTHONPATH", "HB_RULE_MODULES")  # this worker's own settings, handed to worker_exec
 
@@ -94,6 +95,96 @@ class LeaseRefused(Exception):
         self.code = code
 
 
+def _children(pid: int, tid: int | None = None) -> list[int] | None:
+    """The PIDs of the children of task `tid` of process `pid` (/proc/PID/task/TID/children, one
+    RCU-protected walk of the kernel's list per entry); None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/children", "rb") as f:
+            return [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        return None
+
+
+def _confined_forkserver_process(bwrap_pid: int) -> int | None:
+    """The host PID of the confined fork server: the only child of the sandbox's bubblewrap (this
+    process's own child, `bwrap_pid`, whose PID cannot be reused before this process waits for it),
+    the sandbox's pid 1 (confine.confined_executable: --as-pid-1). None where it is not exactly one."""
+    children = _children(bwrap_pid)
+    return children[0] if children is not None and len(children) == 1 else None
+
+
+def forkserver_left_processes() -> str | None:
+    """What the confined fork server's sandbox holds besides the fork server, between two actions (None:
+    nothing; also a reason where that cannot be read, or the fork server has a thread: then the caller
+    ends the sandbox all the same).
+
+    A process an action leaves behind (double fork, setsid) would live on into the next actions, in the
+    sandbox whose one writable directory holds their input roots (reproduced: it wrote into the next
+    action's input root). Rather than find and signal such processes one by one (their PIDs can be
+    reused; a fork bomb or a process that forks and exits in a loop outruns a scan of /proc), the
+    worker ends the whole sandbox after an action that left any (end_confined_forkserver: the kernel
+    ends every process of its PID namespace) and the next action starts a new fork server. A
+    well-behaved action leaves none, so the fork server stays, and this costs two small reads.
+
+    Why an empty list of the fork server's children proves that it is alone: the fork server is the
+    namespace's init, so every other process of the sandbox descends from one of its children, and a
+    process whose parent exits is reparented to it (or to a subreaper, itself a descendant) before that
+    parent leaves its list of children. So while any other process exists, the list is never empty;
+    reading its first entry is one walk under RCU, at one instant. The action's own worker_exec has
+    been reaped when its exit status reaches this process. The fork server forks only when asked, and
+    no action code can run in it (non-dumpable: rexec/forkserver_start.py), so once it is alone it
+    stays alone. One thread only: the children of other threads would be other lists, read at other
+    instants."""
+    from multiprocessing import forkserver
+
+    pid = forkserver._forkserver._forkserver_pid
+    if pid is None:
+        return None
+    server = _confined_forkserver_process(pid)
+    if server is None:
+        return f"its bubblewrap's children are {_children(pid)}, not the fork server alone"
+    try:
+        tasks = os.listdir(f"/proc/{server}/task")
+    except OSError as exc:
+        return f"its threads cannot be listed ({exc.strerror})"
+    if tasks != [str(server)]:
+        return f"the fork server has {len(tasks)} threads"
+    # an action's own bubblewrap ends after its monitor, which this action's worker_exec waited for:
+    # reparented to the fork server, it may still be there, exiting, or reaped by the fork server after
+    # it reported the worker_exec's exit (measured: now and then). Read again for a short while; only the
+    # last read decides, so this waits and proves nothing more
+    deadline, delay = time.monotonic() + LEFT_GRACE, 0.001
+    while True:
+        children = _children(server)
+        if children is None:
+            return "the fork server's children cannot be read"
+        if not children:
+            return None
+        if time.monotonic() >= deadline:
+            return f"{len(children)} processes: " + ", ".join(_described(child) for child in children[:10])
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _described(pid: int) -> str:
+    """'PID (NAME) STATE' of a process of the host, for the log."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read().decode(errors="replace")
+        name, _, rest = stat_line.partition("(")[2].rpartition(")")
+        return f"{pid} ({name[:32]}) {rest.split()[0] if rest.split() else '?'}"
+    except OSError:
+        return f"{pid} (gone)"
+
+
+def _wait_for_exit(pidfd: int, seconds: float) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
 def end_confined_forkserver() -> None:
     """End the confined fork server with everything it forked; the next action starts a new one.
     The PID a confined fork server reports for a forked worker_exec is one of its sandbox's PID
@@ -107,14 +198,28 @@ def end_confined_forkserver() -> None:
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
+    pidfd = None
     with server._lock:
         pid = server._forkserver_pid
         if pid is None:
             return
+        # the sandbox's pid 1, the fork server, by a pidfd taken while it is still the child of the
+        # bubblewrap this process started (so no other process that got its PID): its exit is the end of
+        # the namespace, whose every other process the kernel kills and reaps first
+        init = _confined_forkserver_process(pid)
+        if init is not None:
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(init)
+            if pidfd is not None and _confined_forkserver_process(pid) != init:
+                os.close(pidfd)
+                pidfd = None
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # else by --die-with-parent
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         os.close(server._forkserver_alive_fd)
@@ -123,6 +228,14 @@ def end_confined_forkserver() -> None:
     if isinstance(address, str) and address.startswith("/"):
         with contextlib.suppress(OSError):
             os.unlink(address)
+    if pidfd is not None:
+        # before the next action's input root is written: a process of this sandbox still running
+        # (killed, not yet ended) could still write into it
+        try:
+            if not _wait_for_exit(pidfd, 60):
+                raise RuntimeError("the confined fork server's sandbox did not end within 60 s of SIGKILL")
+        finally:
+            os.close(pidfd)
 
 
 class BotWorker:
@@ -370,6 +483,12 @@ class BotWorker:
                     else:
                         process.kill()
                     process.join()
+                elif self.confined() and (left := forkserver_left_processes()) is not None:
+                    # no process of an action outlives it: the sandbox of the fork server, which runs the
+                    # next actions, is ended with whatever this one left there (forkserver_left_processes)
+                    self.log(f"hb worker {self.bot_id}: the fork server's sandbox is ended after an action "
+                             f"({left})")
+                    end_confined_forkserver()
             out = [_read_log(logs, name) for name in ("stdout", "stderr")]
             return process.exitcode, out[0], out[1]
         finally:
@@ -381,7 +500,9 @@ class BotWorker:
 
             self._mp = multiprocessing.get_context("forkserver")
             modules = _rule_modules()
-            self._mp.set_forkserver_preload(["hermetic_build.worker_exec", *modules])
+            # forkserver_start first: the fork server non-dumpable before anything else (its doc)
+            self._mp.set_forkserver_preload(["hermetic_build.rexec.forkserver_start", "hermetic_build.worker_exec",
+                                             *modules])
             if self.confined():  # the fork server and every worker_exec it forks: see _actions_dir
                 env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
                 script = confine.confined_executable(_shared_actions_dir(), env, modules)

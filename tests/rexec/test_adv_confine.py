@@ -15,7 +15,7 @@ pytest.importorskip("buildgrid._protos.build.bazel.remote.execution.v2.remote_ex
 from buildgrid._protos.google.rpc import code_pb2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_adv_worker import lease, make_worker, shell_action  # noqa: E402
+from test_adv_worker import basic_root, lease, make_worker, shell_action  # noqa: E402
 
 ESCAPE_KIND = '''
 import os
@@ -124,6 +124,103 @@ def run(execution):
 
 register_action_kind("test.signal", "1", run)
 '''
+
+
+# A kind whose first action leaves a process behind (double fork, a new session), which for two
+# minutes marks every other action directory beside its own; its second action waits for that mark in
+# its own input root. With the fork server, every input root lies in the one writable directory of
+# the fork server's sandbox.
+LINGER_KIND = """
+import os
+import time
+from pathlib import Path
+
+from hermetic_build.api import register_action_kind
+
+LEFTOVER = '''
+end=$(( $(date +%s) + 120 ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  for d in "${1%/*}"/action-*; do
+    if [ "$d" != "$1" ] && [ -d "$d" ]; then : > "$d/LEFTOVER-WAS-HERE"; fi
+  done
+  sleep 0.02
+done
+'''
+# the same marks, by a process that starts the next one and exits, again and again: a new PID each
+# time, which a scan of /proc can miss
+HOPPING = '''
+for d in "${1%/*}"/action-*; do
+  if [ "$d" != "$1" ] && [ -d "$d" ]; then : > "$d/LEFTOVER-WAS-HERE"; fi
+done
+if [ "$(date +%s)" -lt "$3" ]; then sh -c "$2" "$0" "$1" "$2" "$3" & fi
+'''
+
+
+def run(execution):
+    root, out = os.getcwd(), execution.path(execution.action.outputs[0])
+    if execution.params["mode"] == "plant":
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()
+            if os.fork() == 0:
+                if execution.params["hop"]:
+                    os.execv("/bin/sh", ["sh", "-c", HOPPING, execution.params["marker"], root, HOPPING,
+                                         str(int(time.time()) + 120)])
+                os.execv("/bin/sh", ["sh", "-c", LEFTOVER, execution.params["marker"], root])
+            os._exit(0)
+        os.waitpid(pid, 0)
+        out.write_text("planted\\n")
+        return
+    for _ in range(40):
+        if (Path(root) / "LEFTOVER-WAS-HERE").exists():
+            out.write_text("POISONED\\n")
+            return
+        time.sleep(0.1)
+    out.write_text("clean\\n")
+
+
+register_action_kind("test.linger", "1", run)
+"""
+
+
+# Tries to take over the process this worker_exec was forked from (the fork server, which forks every
+# later action's worker_exec) and the sandbox's first process: opens its memory for writing and
+# attaches to it with ptrace (PTRACE_SEIZE: it is not stopped; the attachment ends with this process).
+INJECT_KIND = """
+import ctypes
+import os
+
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    found = [f"dumpable: {libc.prctl(3, 0, 0, 0, 0)}"]  # PR_GET_DUMPABLE, of this worker_exec
+    for name, pid in (("parent", os.getppid()), ("init", 1)):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\\0")
+            # the fork server: this Python, running multiprocessing.forkserver's main (bubblewrap's
+            # argv names it too)
+            server = os.path.basename(argv[0]).startswith(b"python") and b"forkserver" in argv[-2]
+            found.append(f"{name} is the fork server: {server} (pid {pid})")
+        except (OSError, IndexError) as exc:
+            found.append(f"{name} cmdline: {exc}")
+        try:
+            os.close(os.open(f"/proc/{pid}/mem", os.O_RDWR))
+            found.append(f"{name}: MEMORY-WRITABLE")
+        except OSError as exc:
+            found.append(f"{name}: mem refused: {exc.strerror}")
+        if libc.ptrace(0x4206, pid, None, None) == 0:  # PTRACE_SEIZE
+            found.append(f"{name}: PTRACE-ATTACHED")
+        else:
+            found.append(f"{name}: ptrace refused: {os.strerror(ctypes.get_errno())}")
+    execution.path(execution.action.outputs[0]).write_text("\\n".join(found) + "\\n")
+
+
+register_action_kind("test.inject", "1", run)
+"""
 
 
 def signal_lease(tmp_path, preload: bool, kind: str = "test.signal") -> dict:
@@ -236,6 +333,83 @@ def exit_during_lease(tmp_path, preload: bool, kind: str = "test.stuck") -> dict
     children = multiprocessing.active_children()
     return {"marker": marker, "child_pids": [c.pid for c in children],
             "server_pid": forkserver._forkserver._forkserver_pid}
+
+
+def marked_processes(marker: str) -> list[str]:
+    """The PIDs of the host's processes with `marker` among their arguments."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def linger_leases(tmp_path, preload: bool, kind: str = "test.linger", hop: bool = False) -> dict:
+    """Two actions of the linger kind on one worker: the first leaves a process behind, the second
+    looks for its mark; what each wrote, and the first one's processes left on the host after each
+    (their arguments hold a marker)."""
+    import uuid
+
+    from multiprocessing import forkserver
+
+    marker = f"hb-leftover-{uuid.uuid4().hex}"
+    worker = make_worker(tmp_path, preload=preload)
+    got = {"log": []}
+    worker.log = got["log"].append
+    for mode in ("plant", "victim"):
+        def build(root, mode=mode):
+            (root / ".hb").mkdir()
+            (root / ".hb" / "action.json").write_bytes(shell_action(
+                "", inputs=(), kind=kind, version="1", mnemonic="Linger",
+                params_json=json.dumps({"mode": mode, "marker": marker, "hop": hop})))
+
+        (tmp_path / mode).mkdir()
+        status, result = worker._work(lease(worker, tmp_path / mode, build, timeout=120))
+        assert status.code == code_pb2.OK, status.message
+        out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
+        got[mode] = {"exit": result.exit_code, "out": worker.cas.blobs[out.digest.hash].decode() if out else "",
+                     "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:]}
+        got[f"left_after_{mode}"] = marked_processes(marker)
+        got[f"server_after_{mode}"] = forkserver._forkserver._forkserver_pid
+    assert worker._confined
+    return got
+
+
+def hopping_linger_leases(tmp_path, preload: bool, kind: str = "test.linger") -> dict:
+    return linger_leases(tmp_path, preload, kind, hop=True)
+
+
+def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
+    """The inject kind on a worker, then two honest actions on the same worker; what the first found,
+    and the fork server's PID (that of its bubblewrap) after each action."""
+    from multiprocessing import forkserver
+
+    worker = make_worker(tmp_path, preload=preload)
+    log = []
+    worker.log = log.append
+
+    def build(root):
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "", inputs=(), kind=kind, version="1", mnemonic="Inject", params_json="{}"))
+
+    status, result = worker._work(lease(worker, tmp_path, build, timeout=120))
+    assert status.code == code_pb2.OK, status.message
+    assert worker._confined
+    out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
+    servers = [forkserver._forkserver._forkserver_pid]
+    for name in ("next", "third"):
+        (tmp_path / name).mkdir()
+        status_next, result_next = worker._work(lease(worker, tmp_path / name, basic_root(), timeout=120))
+        assert status_next.code == code_pb2.OK, status_next.message
+        servers.append(forkserver._forkserver._forkserver_pid)
+    return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "", "exit": result.exit_code,
+            "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:],
+            "next_code": status_next.code, "next_exit": result_next.exit_code if result_next else None,
+            "servers": servers, "log": log}
 
 
 def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
@@ -421,3 +595,41 @@ def test_a_root_worker_that_cannot_confine_as_another_user_refuses_to_start(tmp_
     assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr[-2000:])
     assert "will not run actions as root" in lines[0] and "unprivileged user" in lines[0], lines
     assert f"uid {confine.CONFINED_ID} cannot run" in lines[0], lines
+
+
+@pytest.mark.parametrize("preload,runs", [(False, "linger_leases"), (True, "linger_leases"),
+                                          (True, "hopping_linger_leases")])
+def test_no_process_of_an_action_outlives_it(tmp_path, monkeypatch, preload, runs):
+    """With the fork server, one sandbox runs action after action, and every input root lies in its one
+    writable directory: a process an action left behind (double fork, new session) lived on into the
+    next action and wrote into its input root (reproduced: the next action's worker_exec found the mark
+    there and refused its input root). Now the worker ends the fork server's sandbox after an action
+    that left a process in it, one that keeps changing its PID too; the next action starts a new one."""
+    got = _run(tmp_path, monkeypatch, preload, "test.linger", "linger_kind", LINGER_KIND, runs=runs)
+    assert got["plant"]["exit"] == 0 and got["plant"]["out"] == "planted\n", got
+    assert got["victim"]["exit"] == 0 and got["victim"]["out"] == "clean\n", got
+    assert got["left_after_plant"] == [] and got["left_after_victim"] == [], got
+    if preload:  # the sandbox that held the process was ended; the victim's left none: it stays
+        assert got["server_after_plant"] is None and got["server_after_victim"] is not None, got
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_kind_cannot_inject_into_the_fork_server(tmp_path, monkeypatch, preload):
+    """The fork server forks every later action's worker_exec, possibly for other users: code of one
+    action that writes its memory runs in all later ones. It is worker_exec's parent, of its uid and
+    namespace, and this kernel has no Yama: it was dumpable, so an action opened /proc/PARENT/mem
+    for writing and attached to it with ptrace (reproduced). The fork server and every worker_exec
+    it forks are non-dumpable now, before any action's code runs."""
+    got = _run(tmp_path, monkeypatch, preload, "test.inject", "inject_kind", INJECT_KIND, runs="inject_lease")
+    assert got["exit"] == 0, got
+    assert got["next_code"] == code_pb2.OK and got["next_exit"] == 0, got  # the worker goes on
+    if not preload:
+        return  # a sandbox of its own, which ends with the action: its first process is bubblewrap's
+    assert "parent is the fork server: True" in got["found"], got
+    assert "dumpable: 0" in got["found"], got
+    assert "MEMORY-WRITABLE" not in got["found"] and "PTRACE-ATTACHED" not in got["found"], got
+    assert "parent: mem refused" in got["found"] and "parent: ptrace refused" in got["found"], got
+    # the sandbox's first process is the fork server itself (before, bubblewrap's, as reachable)
+    assert "init is the fork server: True (pid 1)" in got["found"], got
+    # actions that leave no process keep the fork server (its speed): the same one ran all three
+    assert got["servers"][0] is not None and len(set(got["servers"])) == 1, got
