@@ -403,32 +403,32 @@ def repodata_limits(settings):
     """solve.RepodataLimits from hermetic.toml's [conda] repodata_timeout_s and max_repodata_mb."""
     from .solve import DEFAULT_MAX_REPODATA_MB, DEFAULT_REPODATA_TIMEOUT_S, RepodataLimits
 
-    section = settings.extra.get("conda", {})
-    values = {}
-    for key, default in (("repodata_timeout_s", DEFAULT_REPODATA_TIMEOUT_S), ("max_repodata_mb", DEFAULT_MAX_REPODATA_MB)):
-        value = section.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AnalysisError(f"[conda] {key} in hermetic.toml must be a positive integer, not {value!r}",
-                                hint=f"the default is {default}")
-        values[key] = value
-    return RepodataLimits(values["repodata_timeout_s"], values["max_repodata_mb"] << 20,
-                          "[conda] in hermetic.toml")
+    timeout_s, max_mb = _positive_settings(settings, repodata_timeout_s=DEFAULT_REPODATA_TIMEOUT_S,
+                                           max_repodata_mb=DEFAULT_MAX_REPODATA_MB)
+    return RepodataLimits(timeout_s, max_mb << 20, "[conda] in hermetic.toml")
 
 
 def uv_limits(settings):
     """uv_run.UvLimits from hermetic.toml's [conda] uv_timeout_s and uv_max_memory_mb."""
     from .uv_run import DEFAULT_UV_MAX_MEMORY_MB, DEFAULT_UV_TIMEOUT_S, UvLimits
 
+    timeout_s, max_mb = _positive_settings(settings, uv_timeout_s=DEFAULT_UV_TIMEOUT_S,
+                                           uv_max_memory_mb=DEFAULT_UV_MAX_MEMORY_MB)
+    return UvLimits(timeout_s, max_mb, "[conda] uv_timeout_s, uv_max_memory_mb in hermetic.toml")
+
+
+def _positive_settings(settings, **defaults: int) -> tuple[int, ...]:
+    """The values of hermetic.toml's [conda] keys named in `defaults` (each its default where unset), in
+    that order; AnalysisError for one that is not a positive integer."""
     section = settings.extra.get("conda", {})
-    values = {}
-    for key, default in (("uv_timeout_s", DEFAULT_UV_TIMEOUT_S), ("uv_max_memory_mb", DEFAULT_UV_MAX_MEMORY_MB)):
+    values = []
+    for key, default in defaults.items():
         value = section.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AnalysisError(f"[conda] {key} in hermetic.toml must be a positive integer, not {value!r}",
                                 hint=f"the default is {default}")
-        values[key] = value
-    return UvLimits(values["uv_timeout_s"], values["uv_max_memory_mb"],
-                    "[conda] uv_timeout_s, uv_max_memory_mb in hermetic.toml")
+        values.append(value)
+    return tuple(values)
 
 
 def _rel(label) -> str:

@@ -437,13 +437,17 @@ def _with_metadata(path, metadata: bytes, name="demo", version="1.0"):
             if item.filename == f"{dist}/METADATA":
                 data = metadata
             elif item.filename == f"{dist}/RECORD":
-                digest = base64.urlsafe_b64encode(hashlib.sha256(metadata).digest()).rstrip(b"=").decode()
-                data = b"\n".join(f"{dist}/METADATA,sha256={digest},{len(metadata)}".encode()
-                                  if line.startswith(f"{dist}/METADATA,".encode()) else line
-                                  for line in data.split(b"\n"))
+                data = _record_row_replaced(data, f"{dist}/METADATA", metadata)
             dst.writestr(item.filename, data)
     plain.unlink()
     return path
+
+
+def _record_row_replaced(record: bytes, path: str, data: bytes) -> bytes:
+    """A RECORD whose row for `path` gives the hash and size of `data` (the member's new bytes)."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return b"\n".join(f"{path},sha256={digest},{len(data)}".encode() if line.startswith(f"{path},".encode())
+                      else line for line in record.split(b"\n"))
 
 
 @pytest.mark.parametrize(("metadata", "message"), [
@@ -507,10 +511,7 @@ def test_a_dist_info_file_read_whole_is_bounded_at_fetch_and_at_the_stage(tmp_pa
                 content = content + data if name == "RECORD" else data
                 size = len(content)
             elif item.filename == f"{dist}/RECORD":
-                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-                content = b"\n".join(f"{dist}/{name},sha256={digest},{len(data)}".encode()
-                                     if line.startswith(f"{dist}/{name},".encode()) else line
-                                     for line in content.split(b"\n"))
+                content = _record_row_replaced(content, f"{dist}/{name}", data)
             dst.writestr(item.filename, content)
     assert size > 1 << 20 and wheel.stat().st_size < 1 << 20
     message = f"its {dist}/{name} is {size:,} bytes, more than the "
