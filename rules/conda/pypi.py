@@ -291,6 +291,7 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
         raise _resolution_error(result.stderr, requirements, target, where, result.limits)
     lock = tomllib.loads(result.pylock)
     wheels = []
+    allowed = wheel_schemes(indexes)
     for package in lock.get("packages", []):
         name = normalise(package["name"])
         if name in provided:
@@ -300,7 +301,6 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
         if chosen is None:
             raise _not_installable(name, package, listed, requirements, target, where)
         url = chosen.get("url")
-        allowed = wheel_schemes(indexes)
         if not isinstance(url, str) or urlsplit(url).scheme not in allowed:
             shown = public_url(url) if isinstance(url, str) else f"the local path {chosen.get('path')!r}"
             raise AnalysisError(f"{where}the index lists {shown} for {name} {package.get('version', '')} "

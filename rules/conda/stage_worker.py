@@ -29,6 +29,7 @@ RECORD and written by a few threads (WheelWriter), so that the disk's wait per c
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -250,15 +251,21 @@ def normalise_prefix(root, locked: dict[str, dict]) -> None:
 MAX_UNPACK_RATIO = 1000  # archive.DEFAULT_MAX_UNPACK_RATIO, where the target sets none
 
 
+@functools.cache
+def _zipdir():
+    """zipdir.py, the fetch's wheel checks: from this package, or from beside this file where it runs as a
+    script (the sandboxed worker)."""
+    try:
+        from . import zipdir
+    except ImportError:
+        import zipdir
+    return zipdir
+
+
 def check_wheel_members(path: str, filename: str, max_ratio: int = 0) -> None:
     """The fetch's check again (zipdir.wheel_problem), here where the bytes are unpacked: the result
     may come from a shared cache."""
-    try:
-        from .zipdir import wheel_problem
-    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
-        from zipdir import wheel_problem
-
-    found = wheel_problem(path, filename, max_ratio or MAX_UNPACK_RATIO)
+    found = _zipdir().wheel_problem(path, filename, max_ratio or MAX_UNPACK_RATIO)
     if found:
         raise StageError(found[0])
 
@@ -735,12 +742,7 @@ def check_read_whole(source, filename: str, name: str) -> None:
         info = source._zipfile.getinfo(path)
     except KeyError:
         return
-    try:
-        from .zipdir import read_whole_problem
-    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
-        from zipdir import read_whole_problem
-
-    problem = read_whole_problem(path, info.file_size)
+    problem = _zipdir().read_whole_problem(path, info.file_size)
     if problem:
         raise StageError(f"wheel {filename}: {problem}")
 
@@ -763,13 +765,8 @@ def check_wheel_metadata(source, filename: str) -> None:
         info = source._zipfile.getinfo(path)
     except KeyError:
         raise StageError(f"wheel {filename} has no {path}") from None
-    try:
-        from .zipdir import metadata_header
-    except ImportError:  # run as a script (the sandboxed worker), beside zipdir.py
-        from zipdir import metadata_header
-
     with source._zipfile.open(info) as stream:
-        headers = metadata_header(stream.readline, MAX_METADATA_HEADER)
+        headers = _zipdir().metadata_header(stream.readline, MAX_METADATA_HEADER)
     if headers is None:
         raise StageError(f"wheel {filename}: the header of its {path} is longer than "
                          f"{MAX_METADATA_HEADER >> 20} MiB")
