@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from hermetic_build.api import ActionFailed, TreeEntry, small_blob, walk_tree
+from hermetic_build.api import ActionFailed, TreeEntry, json_values_at_most, small_blob, walk_tree
 
 FINAL_LAYER = "(environment metadata)"
 
@@ -150,14 +150,6 @@ class ParseBudget:
             raise ActionFailed(f"the environment's {path}: its records hold more than the {self.limit:,} values "
                                "layering reads for a tree of its size: it is not what it should be (a hostile "
                                "package, or a cache entry changed)")
-
-
-def json_values_at_most(data: bytes) -> int:
-    """An upper bound on the values (and members) json.loads makes of `data`, counted without parsing:
-    each is the document, the first of its array or object (after a '[' or '{') or follows a ','. An
-    object's keys are not counted: json.loads makes one string of each distinct key, and a new key
-    comes with a ',' too. Colons are left out so that names like `Pod::Usage.3pm` count nothing."""
-    return data.count(b",") + data.count(b"[") + data.count(b"{") + 1
 
 
 def _normalise(name: str) -> str:
