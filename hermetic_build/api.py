@@ -9,6 +9,7 @@ from .lock import LockOutcome, LockRequest
 from .publish import PublishRequest
 from .redact import public_url, redact_url
 from .attest import check_statement, envelope_bytes
+from .boundedjson import MAX_JSON_VALUES, TooManyJsonValues, json_values_at_most, loads_bounded
 from .referrers import DSSE_TYPE, artifact_manifest, canonical as canonical_oci_json, descriptor, has_referrers_api, layout_artifacts, sha256_of
 from .registry import RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
 from .rule import DefaultInfo, Provider, attr, rule
@@ -24,5 +25,5 @@ __all__ = [
     "MissingBlob", "PublishRequest", "RegistryAuthError", "RegistryClient", "RegistryError", "RegistryRef",
     "RegistryUnavailable", "RegistryPushError", "RemoteError", "TreeEntry", "UsageError", "canonical_json",
     "DSSE_TYPE", "artifact_manifest", "canonical_oci_json", "descriptor", "sha256_of", "check_statement", "envelope_bytes", "has_referrers_api", "layout_artifacts",
-    "public_url", "redact_url",
+    "public_url", "redact_url", "MAX_JSON_VALUES", "TooManyJsonValues", "json_values_at_most", "loads_bounded",
 ]

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from .boundedjson import loads_bounded
 from .errors import HbError, UsageError
 
 DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -131,7 +132,7 @@ def check_statement(payload: bytes, *, subject: str | None = None,
     """Parse an in-toto Statement and check its subject digest and that it names every package of each
     lock (for a lock of several platforms: every package of one of them, the image's)."""
     try:
-        statement = json.loads(payload)
+        statement = loads_bounded(payload, "the payload")
         subjects = [s["digest"]["sha256"] for s in statement["subject"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise AttestationError(f"the payload is not an in-toto Statement: {exc}") from None
@@ -191,7 +192,7 @@ def layout_manifest_digest(layout: Path, ref_name: str | None = None) -> str:
     """The manifest digest an OCI image layout's index.json names (the one tagged ref_name, if given)."""
     index_file = layout / "index.json"
     try:
-        index = json.loads(_read(index_file, "image index"))
+        index = loads_bounded(_read(index_file, "image index"), str(index_file))
         manifests = [m for m in index["manifests"]
                      if ref_name is None or m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref_name]
     except (ValueError, KeyError, TypeError) as exc:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .boundedjson import loads_bounded
 from .errors import UsageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -90,7 +91,7 @@ def read_layout_blob(layout: Path, digest: str, limit: int = MAX_ARTIFACT_BYTES)
 
 def read_index(layout: Path) -> dict:
     try:
-        index = json.loads(_layout_file(layout, "index.json").read_bytes())
+        index = loads_bounded(_layout_file(layout, "index.json").read_bytes(), f"{layout}/index.json")
     except (OSError, ValueError) as exc:
         raise UsageError(f"{layout}/index.json is not a readable OCI image index: {exc}") from None
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
@@ -144,7 +145,7 @@ def attach_to_layout(layout: Path, subject_digest: str, artifact_type: str, name
 
 def _subject_in_layout(layout: Path, entry: dict) -> str | None:
     try:
-        return json.loads(read_layout_blob(layout, entry["digest"])).get("subject", {}).get("digest")
+        return loads_bounded(read_layout_blob(layout, entry["digest"]), entry["digest"]).get("subject", {}).get("digest")
     except (UsageError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -175,7 +176,7 @@ def _at_most(entries: list, where: str, artifact_type: str) -> None:
 def parse_json(data: bytes, what: str):
     """Outside JSON: a UsageError naming `what` for anything json refuses, nesting too deep included."""
     try:
-        return json.loads(data)
+        return loads_bounded(data, what)
     except (ValueError, RecursionError) as exc:
         raise UsageError(f"{what} is not JSON: {str(exc)[:200]}") from None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from hermetic_build.api import ActionFailed, DefaultInfo, attr, register_action_kind, rule
+from hermetic_build.api import ActionFailed, DefaultInfo, attr, loads_bounded, register_action_kind, rule
 
 from .env import CondaEnvInfo
 from .fetch import sha256_of_file
@@ -91,8 +91,8 @@ def _run_in_image(execution) -> None:
 
     params = execution.params
     rootfs = execution.tree_path(params["rootfs"])
-    facts = json.loads(execution.path(next(f for f in execution.action.inputs if f.path == params["image_facts"]))
-                       .read_text())
+    facts = loads_bounded(execution.path(next(f for f in execution.action.inputs if f.path == params["image_facts"]))
+                          .read_bytes(), params["image_facts"])
     shell = next(([f"/{path}", *args] for path, args in SHELLS if os.path.lexists(rootfs / path)), None)
     if shell is None:
         raise ActionFailed(f"{params['image']} has no shell (bash, sh or busybox) to run the command with")

@@ -15,7 +15,8 @@ import site
 import sys
 from pathlib import Path
 
-from hermetic_build.api import ActionFailed, Location, MissingBlob, register_action_kind
+from hermetic_build.api import (ActionFailed, Location, MissingBlob, TooManyJsonValues, loads_bounded,
+                                register_action_kind)
 
 WORKER = Path(__file__).resolve().with_name("stage_worker.py")
 WORKER_EXIT = WORKER.with_name("worker_exit.py")  # how the workers end, bound next to them
@@ -149,15 +150,19 @@ def _identity(record: dict) -> str:
 
 
 def _read_record(entry: os.DirEntry) -> dict:
+    """The fields of a conda-meta record this check uses (not the record: one is parsed at a time, its
+    files lists are not kept), read within bounds on its size and on the values parsing it makes."""
     path = f"conda-meta/{entry.name}"
     if entry.stat(follow_symlinks=False).st_size > MAX_RECORD_BYTES:
         raise ActionFailed(f"{path} in the staged prefix is larger than {MAX_RECORD_BYTES >> 20} MiB")
     try:
         with open(entry.path, "rb") as f:
-            record = json.loads(f.read())
+            record = loads_bounded(f.read(), f"{path} in the staged prefix")
+    except TooManyJsonValues:
+        raise
     except (OSError, ValueError) as exc:
         raise ActionFailed(f"{path} in the staged prefix cannot be read as JSON: {exc}") from None
-    return record if isinstance(record, dict) else {}
+    return {key: record.get(key) for key in ("fn", "name", "version", "build")} if isinstance(record, dict) else {}
 
 
 def _heal_corrupt_inputs(execution) -> None:

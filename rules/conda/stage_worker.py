@@ -722,6 +722,7 @@ def install_wheel(archive: str, wheel: dict, out: str, prefix: str, python: str,
                               bytecode_optimization_levels=(), overwrite_existing=False)
     try:
         with DeferredWheel.open(archive) as source:
+            check_record_rows(source.read_dist_info("RECORD"), source._zipfile.infolist(), filename)
             source.validate_record(validate_contents=False)  # every member listed in RECORD with a hash
             check_wheel_metadata(source, filename)
             writer.own_dist_info = f"{os.path.relpath(site, out)}/{source.dist_info_dir}"
@@ -745,6 +746,22 @@ def check_read_whole(source, filename: str, name: str) -> None:
     problem = _zipdir().read_whole_problem(path, info.file_size)
     if problem:
         raise StageError(f"wheel {filename}: {problem}")
+
+
+# str.splitlines' line boundaries, which installer splits RECORD at: "\r\n" is one
+_LINE_BOUNDARIES = ("\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def check_record_rows(text: str, infos, filename: str) -> None:
+    """StageError if the wheel's RECORD has more rows than twice its files (and 16): installer holds
+    every row of it as objects, twice (its check and its install), so 32 MiB of rows that name no
+    file took a 33 KB wheel's stage to 661 MiB and 4.9 s. A RECORD lists each file of the wheel once;
+    rows are counted without splitting the text (installer's splitlines, the same boundaries)."""
+    rows = sum(text.count(boundary) for boundary in _LINE_BOUNDARIES) - text.count("\r\n") + 1
+    files = sum(1 for info in infos if not info.filename.endswith("/"))
+    if rows > 2 * files + 16:
+        raise StageError(f"wheel {filename}: its RECORD has {rows:,} rows for {files:,} files (a RECORD lists "
+                         "each file of the wheel once; the other rows would only take the stage's memory)")
 
 
 MAX_METADATA_HEADER = 16 << 20  # what the lock's reader of METADATA reads at most (pypi_deps.MAX_METADATA_BYTES)

@@ -15,6 +15,7 @@ from hermetic_build.api import (
     RegistryError,
     RegistryRef,
     attr,
+    loads_bounded,
     register_action_kind,
     rule,
 )
@@ -39,10 +40,10 @@ def _write_outputs(execution, manifest: bytes, config: bytes, fetch_layer) -> No
     """fetch_layer(descriptor, dest) writes one layer blob; its sha256 is checked here."""
     index_out, blobs_out, config_out = (execution.path(f) for f in execution.action.outputs)
     blobs_out.mkdir(parents=True, exist_ok=True)
-    m = json.loads(manifest)
+    m = loads_bounded(manifest, "the base image's manifest")
     if "sha256:" + hashlib.sha256(config).hexdigest() != m["config"]["digest"]:
         raise ActionFailed("the base image's config does not match its digest")
-    parsed_config = json.loads(config)
+    parsed_config = loads_bounded(config, "the base image's config")
     _check_config(parsed_config)
     diff_ids = parsed_config.get("rootfs", {}).get("diff_ids", [])
     if not isinstance(m.get("layers"), list) or not all(isinstance(d, dict) for d in m["layers"]):
@@ -124,7 +125,7 @@ def _pull(execution) -> None:
         if got is None:
             raise ActionFailed(f"{hints['host']}/{repo}@{params['digest']} does not exist")
         manifest, _ = got
-        parsed = json.loads(manifest)
+        parsed = loads_bounded(manifest, f"{hints['host']}/{repo}@{params['digest']}")
         if parsed.get("mediaType") == OCI_INDEX or "manifests" in parsed:
             entry = next((m for m in parsed["manifests"]
                           if {k: m.get("platform", {}).get(k) for k in _PLATFORM} == _PLATFORM), None)
@@ -133,7 +134,7 @@ def _pull(execution) -> None:
             # the index is pinned, so what it names must be pinned too: a tag here would let the
             # registry answer with any manifest (get_manifest checks content against a digest only)
             manifest = _pinned_manifest(client, repo, entry.get("digest"))
-        config_digest = json.loads(manifest)["config"]["digest"]
+        config_digest = loads_bounded(manifest, f"{hints['host']}/{repo}@{params['digest']}")["config"]["digest"]
         if not isinstance(config_digest, str) or not SHA256_DIGEST.match(config_digest):
             raise ActionFailed(f"the base image's config digest {str(config_digest)[:100]!r} is not sha256")
         config = client.get_blob(repo, config_digest)

@@ -8,7 +8,6 @@ an image index of the referrers under the tag `sha256-<image digest hex>`."""
 
 from __future__ import annotations
 
-import json
 
 from hermetic_build.api import (
     DSSE_TYPE,
@@ -22,6 +21,7 @@ from hermetic_build.api import (
     attr,
     has_referrers_api,
     layout_artifacts,
+    loads_bounded,
     lookup_tree,
     register_action_kind,
     rule,
@@ -82,8 +82,8 @@ def _run_bundle(execution) -> None:
                     raise MissingBlob(entry.digest)
             elif entry.kind != "file":
                 raise ActionFailed(f"{layout.path}/{path} is a {entry.kind}; an image layout holds files only")
-        index = json.loads(small_blob(store, lookup_tree(store, execution.input_tree(layout), "index.json").digest,
-                                      MAX_JSON_BYTES, f"{layout.path}/index.json"))
+        index = loads_bounded(small_blob(store, lookup_tree(store, execution.input_tree(layout), "index.json").digest,
+                                         MAX_JSON_BYTES, f"{layout.path}/index.json"), f"{layout.path}/index.json")
     except MissingBlob as exc:
         raise ActionFailed(f"{layout.path} is incomplete in the cache ({exc})") from None
     images = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == params["ref_name"]]
@@ -118,11 +118,12 @@ def _run_bundle(execution) -> None:
 
 def referrers_of(layout_dir, image_digest: str) -> list[dict]:
     """The artifact descriptors of a bundle's index.json whose manifests name `image_digest` as subject."""
-    index = json.loads((layout_dir / "index.json").read_text())
+    index = loads_bounded((layout_dir / "index.json").read_bytes(), f"{layout_dir}/index.json")
     found = []
     for entry in index.get("manifests", []):
         if entry.get("artifactType"):
-            manifest = json.loads((layout_dir / "blobs/sha256" / entry["digest"][7:]).read_bytes())
+            path = layout_dir / "blobs/sha256" / entry["digest"][7:]
+            manifest = loads_bounded(path.read_bytes(), str(path))
             if manifest.get("subject", {}).get("digest") == image_digest:
                 found.append(entry)
     return found
@@ -139,7 +140,7 @@ def signed_provenance(layout_dir, image_digest: str, signer) -> tuple[dict, byte
                          hint="attach an oci_provenance of the image: attach = [..., \":name-provenance\"]")
     check_statement(statements[0], subject=image_digest)
     envelope = envelope_bytes(signer(statements[0]))
-    index = json.loads((layout_dir / "index.json").read_text())
+    index = loads_bounded((layout_dir / "index.json").read_bytes(), f"{layout_dir}/index.json")
     image = next(m for m in index["manifests"] if m["digest"] == image_digest and not m.get("artifactType"))
     subject = {k: image[k] for k in ("mediaType", "digest", "size")}
     manifest = artifact_manifest(subject, DSSE_TYPE, [("provenance.dsse.json", envelope, DSSE_TYPE)])
@@ -157,7 +158,7 @@ def push_referrers(client, repository: str, layout_dir, image_digest: str,
     referrers = referrers_of(layout_dir, image_digest)
     for entry in referrers:
         data = (layout_dir / "blobs/sha256" / entry["digest"][7:]).read_bytes()
-        manifest = json.loads(data)
+        manifest = loads_bounded(data, f"{layout_dir}/blobs/sha256/{entry['digest'][7:]}")
         for blob in [manifest["config"], *manifest["layers"]]:
             if client.blob_size(repository, blob["digest"]) is None:
                 client.upload_blob(repository, layout_dir / "blobs/sha256" / blob["digest"][7:],
@@ -174,7 +175,7 @@ def push_referrers(client, repository: str, layout_dir, image_digest: str,
         return len(referrers), "referrers API"
     tag = "sha256-" + image_digest.split(":", 1)[1]
     existing = client.get_manifest(repository, tag)
-    listed = json.loads(existing[0]).get("manifests", []) if existing else []
+    listed = loads_bounded(existing[0], f"{repository}:{tag}").get("manifests", []) if existing else []
     merged = {d["digest"]: d for d in listed}
     merged.update({d["digest"]: {k: d[k] for k in ("mediaType", "digest", "size", "artifactType", "annotations")}
                    for d in referrers})

@@ -6,7 +6,6 @@ oci_docker_archive: the same image as a tarball `docker load` accepts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from hermetic_build.api import (
@@ -16,6 +15,7 @@ from hermetic_build.api import (
     MissingBlob,
     Provider,
     attr,
+    loads_bounded,
     register_action_kind,
     rule,
     small_blob,
@@ -207,12 +207,13 @@ def _run_image(execution) -> None:
     layout.mkdir(parents=True, exist_ok=True)
     blobs_dir = layout / "blobs" / "sha256"
     blobs_dir.mkdir(parents=True, exist_ok=True)
-    base = json.loads(_input_bytes(execution, params["base_config"])) if params["base_config"] else {}
+    base = (loads_bounded(_input_bytes(execution, params["base_config"]), params["base_config"])
+            if params["base_config"] else {})
     created = epoch_rfc3339(params["epoch"])
     descriptors, diff_ids, history = [], [], list(base.get("history", []))
     for layer_set in params["layer_sets"]:
         blobs = dict(walk_tree(store, _input_entry(execution, layer_set["blobs"], "dir").digest))
-        for layer in json.loads(_input_bytes(execution, layer_set["index"]))["layers"]:
+        for layer in loads_bounded(_input_bytes(execution, layer_set["index"]), layer_set["index"])["layers"]:
             hex_ = layer["digest"].split(":", 1)[1]
             dest = blobs_dir / hex_
             if not dest.exists():

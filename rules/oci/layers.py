@@ -16,7 +16,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from hermetic_build.api import File, Provider, register_action_kind
+from hermetic_build.api import File, Provider, loads_bounded, register_action_kind
 
 from .split import FINAL_LAYER, LayerGroup, env_groups, layer_entries, tree_entries
 from .tarlayer import FORMAT_VERSION, LayerBlob, compressor_identity, write_layer
@@ -84,7 +84,7 @@ def _run_layers(execution) -> None:
         alias = f"oci-layer/{FORMAT_VERSION}:{key}"
         meta_path = tmp / f"meta-{i}.json"
         if execution.recall_alias(alias, meta_path):
-            blob = LayerBlob.from_json(json.loads(meta_path.read_text()))
+            blob = LayerBlob.from_json(loads_bounded(meta_path.read_bytes(), f"the cached layer record {alias}"))
             dest = blobs_out / blob.digest.split(":", 1)[1]
             if dest.exists():
                 return blob, True
@@ -121,7 +121,7 @@ def _run_layers(execution) -> None:
 
 
 def read_layers(path) -> list[dict]:
-    return json.loads(Path(path).read_text())["layers"]
+    return loads_bounded(Path(path).read_bytes(), str(path))["layers"]
 
 
 # 2: parallel gzip (FORMAT_VERSION 2); 3: small packages bucketed by name; 4: libdeflate (FORMAT_VERSION 3);

@@ -3,7 +3,6 @@ with one canonical JSON encoding so that the same inputs always give the same ma
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -11,7 +10,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hermetic_build.api import canonical_oci_json, descriptor, sha256_of  # noqa: F401 - re-exported
+from hermetic_build.api import canonical_oci_json, descriptor, loads_bounded, sha256_of  # noqa: F401 - re-exported
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -77,11 +76,11 @@ class LayoutImage:
 
     @property
     def manifest_json(self) -> dict:
-        return json.loads(self.manifest)
+        return loads_bounded(self.manifest, f"{self.layout}: manifest {self.manifest_digest}")
 
     @property
     def config_json(self) -> dict:
-        return json.loads(self.config)
+        return loads_bounded(self.config, f"{self.layout}: the config of {self.manifest_digest}")
 
     def blob(self, digest: str) -> Path:
         return blob_path(self.layout, digest)
@@ -101,7 +100,7 @@ def read_layout(layout: Path, ref_name: str | None = None, digest: str | None = 
 def _read_layout(layout: Path, ref_name: str | None, digest: str | None) -> LayoutImage:
     if not (layout / "index.json").is_file():
         raise LayoutError(f"{layout} is not an OCI image layout (no index.json)")
-    index = json.loads(_read_regular(layout / "index.json", layout, "index.json"))
+    index = loads_bounded(_read_regular(layout / "index.json", layout, "index.json"), f"{layout}/index.json")
     manifests = index.get("manifests", [])
     if digest:
         chosen = [m for m in manifests if m["digest"] == digest]
@@ -115,9 +114,10 @@ def _read_layout(layout: Path, ref_name: str | None, digest: str | None) -> Layo
                           f"{f' with digest {digest}' if digest else ''}, found {len(chosen)} (images: {names})")
     entry = chosen[0]
     manifest = _read_checked(layout, entry["digest"])
-    if json.loads(manifest).get("mediaType", OCI_MANIFEST) == OCI_INDEX:
+    parsed = loads_bounded(manifest, f"{layout}: manifest {entry['digest']}")
+    if parsed.get("mediaType", OCI_MANIFEST) == OCI_INDEX:
         raise LayoutError(f"{layout}: {entry['digest']} is an index of several platforms; pin one platform's manifest")
-    config = _read_checked(layout, json.loads(manifest)["config"]["digest"])
+    config = _read_checked(layout, parsed["config"]["digest"])
     return LayoutImage(layout, manifest, entry["digest"], config,
                        entry.get("annotations", {}).get(REF_NAME, "latest"))
 

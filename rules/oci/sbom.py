@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
-from hermetic_build.api import ActionFailed, DefaultInfo, MissingBlob, attr, lookup_tree, register_action_kind, rule, small_blob
+from hermetic_build.api import (ActionFailed, DefaultInfo, MissingBlob, attr, loads_bounded, lookup_tree, register_action_kind,
+                                rule, small_blob)
 
 from .layout import MAX_JSON_BYTES
 
@@ -130,13 +131,14 @@ def image_layers(execution) -> tuple[str, list[dict]]:
     """(manifest digest, the manifest's layer descriptors) of the layout's ref_name."""
     params = execution.params
     layout = next(f for f in execution.action.inputs if f.path == params["layout"])
-    index = json.loads(_blob_of(execution, layout, "index.json"))
+    index = loads_bounded(_blob_of(execution, layout, "index.json"), f"{layout.path}/index.json")
     found = [m for m in index.get("manifests", [])
              if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == params["ref_name"]]
     if len(found) != 1:
         raise ActionFailed(f"{layout.path}/index.json has no single manifest named {params['ref_name']!r}")
     digest = found[0]["digest"]
-    manifest = json.loads(_blob_of(execution, layout, f"blobs/sha256/{digest.split(':', 1)[1]}"))
+    path = f"blobs/sha256/{digest.split(':', 1)[1]}"
+    manifest = loads_bounded(_blob_of(execution, layout, path), f"{layout.path}/{path}")
     return digest, manifest["layers"]
 
 
@@ -144,8 +146,8 @@ def read_layer_sets(execution) -> list[list[dict]]:
     """Each layer set's layers.json entries (digest, packages), in image order."""
     sets = []
     for path in execution.params["layer_indexes"]:
-        sets.append(json.loads(small_blob(execution.store, execution.input_entries[path].digest, MAX_JSON_BYTES,
-                                          path))["layers"])
+        sets.append(loads_bounded(small_blob(execution.store, execution.input_entries[path].digest, MAX_JSON_BYTES,
+                                             path), path)["layers"])
     return sets
 
 

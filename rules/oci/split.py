@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from hermetic_build.api import ActionFailed, TreeEntry, small_blob, walk_tree
+from hermetic_build.api import ActionFailed, TreeEntry, json_values_at_most, small_blob, walk_tree
 
 FINAL_LAYER = "(environment metadata)"
 
@@ -76,14 +76,16 @@ def _ordered(records: dict[str, dict]) -> list[str]:
 WHEEL_RECORD = re.compile(r"^(lib/python[0-9.]+/site-packages)/[^/]+\.dist-info/RECORD$")
 
 
-def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -> dict[str, dict]:
+def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str],
+                  budget: "ParseBudget | None" = None) -> dict[str, dict]:
     """conda-meta-like records ({name, depends, files}) of the wheels installed in site-packages: the
-    files their RECORD lists, relative to the prefix. A .dist-info shipped inside a conda package
-    (its RECORD listed in conda-meta) belongs to that package, not to a wheel."""
+    files of the tree their RECORD lists, relative to the prefix. A .dist-info shipped inside a conda
+    package (its RECORD listed in conda-meta) belongs to that package, not to a wheel."""
     import csv
     import io
     import posixpath
 
+    budget = budget or ParseBudget(len(entries))
     out: dict[str, dict] = {}
     for path, entry in sorted(entries.items()):
         match = WHEEL_RECORD.match(path)
@@ -92,19 +94,22 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
         site = match.group(1)
         dist_info = path.rsplit("/", 1)[0]
         files = []
+        data = small_blob(store, entry.digest, MAX_WHEEL_RECORD_BYTES, f"the environment's {path}")
+        # a row is a list of up to 3 strings; csv ends a row at "\n" or "\r" (counted before it parses)
+        budget.spend(path, 4 * (data.count(b"\n") + data.count(b"\r") + 1))
         try:
             # lines end at "\n" only, as installer's csv writer ends them: str.splitlines also ends them at
             # U+2028, U+0085 and others, so a console script named "python\u2028x" (its RECORD row
-            # "../../../bin/python\u2028x,...") had layering give conda's bin/python to the wheel's layer
-            rows = list(csv.reader(io.StringIO(_text(store, entry, path, MAX_RECORD_BYTES), newline="")))
+            # "../../../bin/python\u2028x,...") had layering give conda's bin/python to the wheel's layer.
+            # Rows are read one at a time, and only those naming a file of the tree are kept.
+            for row in csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline="")):
+                if not row or not row[0]:
+                    continue
+                rel = posixpath.normpath(posixpath.join(site, row[0]))
+                if rel in entries and not rel.startswith("../") and rel != "..":
+                    files.append(rel)
         except csv.Error as exc:  # a field over csv's limit, a NUL byte
             raise ActionFailed(f"the environment's {path} is not a readable RECORD: {exc}") from None
-        for row in rows:
-            if not row or not row[0]:
-                continue
-            rel = posixpath.normpath(posixpath.join(site, row[0]))
-            if not rel.startswith("../") and rel != "..":
-                files.append(rel)
         name, depends = _wheel_metadata(store, entries.get(f"{dist_info}/METADATA"), f"{dist_info}/METADATA")
         name = name or dist_info.rsplit("/", 1)[1].rsplit("-", 1)[0]
         key = pypi_key(name)
@@ -116,14 +121,35 @@ def wheel_records(store, entries: dict[str, TreeEntry], conda_files: set[str]) -
     return out
 
 
-# what layering reads whole from an environment's tree: a conda-meta record or a wheel's RECORD (the
-# stage refuses a record past the same size), a wheel's METADATA (its header is what is used)
+# what layering reads whole from an environment's tree: a conda-meta record (the stage refuses a
+# record past the same size), a wheel's RECORD (the stage refuses a wheel's past 32 MiB; installer
+# rewrites it with a row a file), a wheel's METADATA (its header is what is used)
 MAX_RECORD_BYTES = 256 << 20
+MAX_WHEEL_RECORD_BYTES = 64 << 20
 MAX_METADATA_BYTES = 64 << 20
 
 
-def _text(store, entry: TreeEntry, path: str, limit: int) -> str:
-    return small_blob(store, entry.digest, limit, f"the environment's {path}").decode("utf-8", errors="replace")
+class ParseBudget:
+    """How many values (JSON values, RECORD fields) layering may parse out of one environment's
+    records: PER_ENTRY for each entry of its tree, and BASE. A record that lists what the tree holds
+    needs ~8 a file (a conda-meta record lists each file twice, the second time with 4-6 fields);
+    past that, the tree is not what the stage writes, and parsing it would cost memory out of all
+    proportion (a tree from a remote cache: a 32 MiB RECORD of empty rows took 1.6 GiB and 11 s, a
+    32 MiB record of empty JSON lists 0.5 GiB; at the bounds on their size, 13 and 4 GiB). Counted
+    on the bytes, before anything is parsed."""
+
+    PER_ENTRY = 32
+    BASE = 100_000
+
+    def __init__(self, entries: int):
+        self.left = self.limit = self.BASE + self.PER_ENTRY * entries
+
+    def spend(self, path: str, values: int) -> None:
+        self.left -= values
+        if self.left < 0:
+            raise ActionFailed(f"the environment's {path}: its records hold more than the {self.limit:,} values "
+                               "layering reads for a tree of its size: it is not what it should be (a hostile "
+                               "package, or a cache entry changed)")
 
 
 def _normalise(name: str) -> str:
@@ -189,16 +215,19 @@ def env_groups(store, entries: dict[str, TreeEntry], max_layers: int) -> list[La
         raise ActionFailed(f"max_layers must be at least 2 (one package layer and the final one), got {max_layers}")
     records: dict[str, dict] = {}
     found_in: dict[str, str] = {}
+    budget = ParseBudget(len(entries))
     for path, entry in sorted(entries.items()):
         if path.startswith("conda-meta/") and path.endswith(".json") and entry.kind == "file":
-            record = _conda_record(path, small_blob(store, entry.digest, MAX_RECORD_BYTES, f"the environment's {path}"))
+            data = small_blob(store, entry.digest, MAX_RECORD_BYTES, f"the environment's {path}")
+            budget.spend(path, json_values_at_most(data))
+            record = _conda_record(path, data)
             if record["name"] in found_in:
                 raise ActionFailed(f"the environment's {path} and {found_in[record['name']]} both record the package "
                                    f"{record['name']!r}")
             found_in[record["name"]] = path
             records[record["name"]] = record
     conda_files = {path for record in records.values() for path in record.get("files", ())}
-    records.update(wheel_records(store, entries, conda_files))
+    records.update(wheel_records(store, entries, conda_files, budget))
     ordered = _ordered(records)
     owner: dict[str, str] = {}
     for name in ordered:  # a path two packages install belongs to the later one, as in the prefix

@@ -201,6 +201,24 @@ def test_an_archive_that_is_not_the_package_its_lock_entry_names_fails_the_stage
     assert caught.value.message == "the staged prefix records other 1.0 0 (conda-meta), a package the lock does not name"
 
 
+def test_a_record_the_sandbox_wrote_is_parsed_within_a_bound_on_its_values(tmp_path):
+    """hb reads the records its stage's sandbox wrote (rattler copies a package's index.json `depends`
+    into them): one whose values json.loads would make out of all proportion to its bytes is refused
+    unparsed, and of the others only the fields the check uses are kept, one record at a time."""
+    import pytest
+
+    from hermetic_build.api import MAX_JSON_VALUES, TooManyJsonValues
+    from rules.conda.stage import check_installed_records
+
+    meta = tmp_path / "conda-meta"
+    meta.mkdir()
+    depends = ["a"] * (MAX_JSON_VALUES + 1)
+    (meta / "plain-1.0-0.json").write_text(json.dumps({"fn": "plain-1.0-0.tar.bz2", "name": "plain", "version": "1.0",
+                                                       "build": "0", "depends": depends}))
+    with pytest.raises(TooManyJsonValues, match="conda-meta/plain-1.0-0.json in the staged prefix holds up to "):
+        check_installed_records(meta, [{"filename": "plain-1.0-0.tar.bz2", "name": "plain"}])
+
+
 def test_no_file_of_the_environment_is_writable_by_group_or_others(tmp_path):
     """rattler keeps a package's modes; 0666 and 0777 would let any user of an image change the env."""
     import stat as stat_module

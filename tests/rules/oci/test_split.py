@@ -140,7 +140,7 @@ class NoReads(Blobs):
 
 @pytest.mark.parametrize("path, size, limit", [
     ("conda-meta/zz-1-0.json", (256 << 20) + 1, "256 MiB"),
-    ("lib/python3.11/site-packages/evil-1.dist-info/RECORD", 300 << 20, "256 MiB"),
+    ("lib/python3.11/site-packages/evil-1.dist-info/RECORD", 65 << 20, "64 MiB"),
     ("lib/python3.11/site-packages/evil-1.dist-info/METADATA", 3 << 30, "64 MiB"),
 ])
 def test_a_file_layering_reads_whole_is_refused_unread_past_its_size(path, size, limit):
@@ -158,3 +158,35 @@ def test_a_file_layering_reads_whole_is_refused_unread_past_its_size(path, size,
     entries[path] = TreeEntry(path.rsplit("/", 1)[-1], "file", Digest("ab" * 32, size))
     with pytest.raises(ActionFailed, match=f"the environment's {path} is {size:,} bytes, more than the {limit}"):
         env_groups(blobs, entries, 100)
+
+
+@pytest.mark.parametrize("path, content", [
+    # 32 MiB of such rows took layering 1.6 GiB and 11 s; as many empty JSON lists 0.5 GiB
+    ("lib/python3.11/site-packages/evil-1.dist-info/RECORD", b"a,,\n" * 30_000),
+    ("conda-meta/zz-1-0.json", json.dumps({"name": "zz", "files": [], "junk": [[]] * 120_000}).encode()),
+])
+def test_records_with_more_values_than_the_tree_could_need_are_refused_unparsed(path, content):
+    """A tree from a remote cache may hold records of any shape: one whose values are out of all
+    proportion to the tree's entries is refused on a count of its bytes, before it is parsed."""
+    blobs, entries = _env(PACKAGES)
+    d = digest_bytes(content)
+    blobs[d] = content
+    entries[path] = TreeEntry(path.rsplit("/", 1)[-1], "file", d)
+    with pytest.raises(ActionFailed, match=f"the environment's {path}: its records hold more than the 100,"):
+        env_groups(blobs, entries, 100)
+
+
+def test_records_of_a_large_real_shaped_environment_are_within_the_budget():
+    """A conda-meta record lists each file twice (files, and paths_data with 4-6 fields), a wheel's
+    RECORD once: 20,000 files with man pages named like perl's (`Pod::Usage.3pm`) pass."""
+    files = {f"share/man/man3/Pod::Usage::M{i}.3pm": 1 for i in range(20_000)}
+    blobs, entries = _env({"perl": ([], files)})
+    path = "conda-meta/perl-1-0.json"
+    record = {"name": "perl", "depends": [], "files": sorted(files), "paths_data": {"paths_version": 1, "paths": [
+        {"_path": f, "path_type": "hardlink", "sha256": "ab" * 32, "size_in_bytes": 1, "file_mode": "text",
+         "prefix_placeholder": "/opt/placeholder"} for f in sorted(files)]}}
+    data = json.dumps(record).encode()
+    blobs[digest_bytes(data)] = data
+    entries[path] = TreeEntry(path.rsplit("/", 1)[-1], "file", digest_bytes(data))
+    groups = env_groups(blobs, entries, 100)
+    assert any("perl" in group.packages for group in groups), groups
