@@ -59,6 +59,13 @@ class _Helper:
             raise _NoAnswer(f"it wrote {line[:200]!r}")
         return reply
 
+    def end_input(self) -> None:
+        """Close its stdin: it exits once it has answered what it was asked."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
     def ended(self) -> str:
         """Why the helper stopped answering: its exit status and the end of what it wrote to stderr."""
         self.close()
@@ -66,11 +73,11 @@ class _Helper:
         return f"exit status {self.proc.returncode}" + (f": {err}" if err else "")
 
     def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        self.end_input()
+        try:
+            self.proc.stdout.close()
+        except OSError:
+            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -169,6 +176,8 @@ class _Pool:
     def close(self) -> None:
         with self.ready:
             helpers, self.idle = self.idle, []
+        for helper in helpers:  # every helper told first, then each waited for: they end at once
+            helper.end_input()
         for helper in helpers:
             helper.close()
 
