@@ -22,6 +22,7 @@ WORKER = Path(__file__).resolve().with_name("check_worker.py")
 ARCHIVE = Path(__file__).resolve().with_name("archive.py")
 ZIPDIR = Path(__file__).resolve().with_name("zipdir.py")  # archive.py imports it
 MAX_HELPERS = max(1, os.cpu_count() or 1)
+MAX_ANSWER = 1 << 20  # characters of one answer line (a refusal's message names one archive entry)
 
 
 class _NoAnswer(Exception):
@@ -46,11 +47,16 @@ class _Helper:
 
     def _read(self) -> dict:
         try:
-            line = self.proc.stdout.readline()
+            # at most MAX_ANSWER characters: a helper is hb's code, but it parses hostile archives, and one
+            # made to write without end must not fill hb's memory (an answer is some hundred bytes)
+            line = self.proc.stdout.readline(MAX_ANSWER + 1)
         except (OSError, ValueError) as exc:  # ValueError: its pipe was closed
             raise _NoAnswer(str(exc) or type(exc).__name__) from None
         if not line:
             raise _NoAnswer(self.ended())
+        if len(line) > MAX_ANSWER:
+            self.proc.kill()
+            raise _NoAnswer(f"it wrote an answer of more than {MAX_ANSWER:,} characters: {line[:200]!r}")
         try:
             reply = json.loads(line)
         except ValueError:
