@@ -39,6 +39,8 @@ def main() -> None:
                                              f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
+    # stdin closed: hb is done with it (and waits for it to exit); nothing is left to finalize
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ WORKER = Path(__file__).resolve().with_name("check_worker.py")
 ARCHIVE = Path(__file__).resolve().with_name("archive.py")
 ZIPDIR = Path(__file__).resolve().with_name("zipdir.py")  # archive.py imports it
 MAX_HELPERS = max(1, os.cpu_count() or 1)
+MAX_ANSWER = 1 << 20  # characters of one answer line (a refusal's message names one archive entry)
 
 
 class _NoAnswer(Exception):
@@ -46,11 +47,16 @@ class _Helper:
 
     def _read(self) -> dict:
         try:
-            line = self.proc.stdout.readline()
+            # at most MAX_ANSWER characters: a helper is hb's code, but it parses hostile archives, and one
+            # made to write without end must not fill hb's memory (an answer is some hundred bytes)
+            line = self.proc.stdout.readline(MAX_ANSWER + 1)
         except (OSError, ValueError) as exc:  # ValueError: its pipe was closed
             raise _NoAnswer(str(exc) or type(exc).__name__) from None
         if not line:
             raise _NoAnswer(self.ended())
+        if len(line) > MAX_ANSWER:
+            self.proc.kill()
+            raise _NoAnswer(f"it wrote an answer of more than {MAX_ANSWER:,} characters: {line[:200]!r}")
         try:
             reply = json.loads(line)
         except ValueError:
@@ -59,6 +65,13 @@ class _Helper:
             raise _NoAnswer(f"it wrote {line[:200]!r}")
         return reply
 
+    def end_input(self) -> None:
+        """Close its stdin: it exits once it has answered what it was asked."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
     def ended(self) -> str:
         """Why the helper stopped answering: its exit status and the end of what it wrote to stderr."""
         self.close()
@@ -66,11 +79,11 @@ class _Helper:
         return f"exit status {self.proc.returncode}" + (f": {err}" if err else "")
 
     def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        self.end_input()
+        try:
+            self.proc.stdout.close()
+        except OSError:
+            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -169,6 +182,8 @@ class _Pool:
     def close(self) -> None:
         with self.ready:
             helpers, self.idle = self.idle, []
+        for helper in helpers:  # every helper told first, then each waited for: they end at once
+            helper.end_input()
         for helper in helpers:
             helper.close()
 

@@ -141,3 +141,19 @@ def test_a_wheel_is_checked_by_the_helper_too_with_its_hint(execution):
     assert "expands to 83886" in info.value.message and "max_unpack_ratio" in info.value.hint
     (helper,) = checker._pools[os.path.realpath(execution.store.tmp_dir)].idle
     assert helper.proc.pid != os.getpid()
+
+
+def test_an_answer_without_end_is_cut_off_and_its_helper_ended():
+    """A helper parses hostile archives: one made to write an endless line must not fill hb's memory.
+    (A real process standing in for a helper that was subverted: it answers the request with 64 MiB.)"""
+    import resource
+
+    script = ("import sys; print('{\"ready\": true}', flush=True); sys.stdin.readline(); "
+              "[sys.stdout.write('x' * (1 << 20)) for _ in range(64)]; sys.stdout.flush()")
+    helper = checker._Helper([sys.executable, "-c", script])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(checker._NoAnswer, match="it wrote an answer of more than 1,048,576 characters"):
+        helper.ask({"path": "x", "filename": "x", "max_ratio": 1, "kind": "conda"})
+    helper.close()
+    assert helper.proc.returncode is not None
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 << 10  # KiB: not the 64 MiB line
