@@ -261,6 +261,9 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
         os.environ.clear()
         os.environ.update(env)
         os.chdir(root)
+        import tempfile
+
+        tempfile.tempdir = None  # chosen again for this action (the fork server's choice is not kept)
         code = run(Path(root))
     except BaseException:  # noqa: BLE001 - reported as the action's stderr, like an interpreter would
         import traceback

@@ -196,14 +196,18 @@ def _confinement_argv(writable: Path, env: dict, rule_modules, ids) -> list[str]
     cmd = [*switch, shutil.which("env") or "/usr/bin/env", "-i", bwrap, *OUTER, "--uid", INSIDE_ID, "--gid", INSIDE_ID,
            *host_system_arguments(False)]
     # a whole /proc of the sandbox's PID namespace, where the actions' own bubblewrap can mount theirs
-    # (module doc); /dev and /tmp private
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # (not 0755 root's)
+    # (module doc); /dev private; /tmp an empty read-only tmpfs: with the fork server one sandbox runs
+    # action after action, and what one left in a writable /tmp stayed for the next ones (and in memory).
+    # A kind's temporary files go to its action's directory (tempfile's last choice, the working
+    # directory), removed with it; the actions' own bubblewrap mounts a /tmp of its own over this one.
+    # Made read-only last: the writable directory may lie under /tmp, its mount point made in it first.
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     inside = str(writable).rstrip("/") + "/"
     for path in read_only:
         if path in ("/usr", "/proc", "/dev") or path.startswith(("/usr/", "/proc/", "/dev/", inside)):
             continue  # bound already, or writable
         cmd += ["--ro-bind", path, path]
-    cmd += ["--bind", str(writable), str(writable)]
+    cmd += ["--bind", str(writable), str(writable), "--remount-ro", "/tmp"]  # /tmp alone, not the bind in it
     for key, value in {"PATH": FIXED_PATH, **env}.items():
         cmd += ["--setenv", key, value]
     return [*cmd, "--"]

@@ -442,6 +442,35 @@ class BotWorker:
             return result, kind
         finally:
             shutil.rmtree(root, ignore_errors=True)
+            if self._shares_actions_dir():
+                self._sweep_actions_dir(_shared_actions_dir())
+
+    def _sweep_actions_dir(self, directory: Path) -> None:
+        """Remove what an action left in the directory of the input roots besides its own (a confined
+        kind may write there: it holds its own root): after each action, with none running (a worker runs
+        one at a time), so nothing of one action is there for the next ones to find, nor fills the disk.
+        The directory is this worker's; what is in it, its actions' (links are removed, never followed)."""
+        def writable_and_again(function, path, _exc_info):
+            # a directory the action made unreadable or unwritable: its owner (the confined user, or
+            # this worker as root) opens it, then it is removed; a link is never chmod-ed (nor followed)
+            for where in (os.path.dirname(path), path):
+                with contextlib.suppress(OSError):
+                    if not os.path.islink(where) and os.path.isdir(where):
+                        os.chmod(where, 0o700)
+            with contextlib.suppress(OSError):
+                function(path)
+
+        left = []
+        for entry in os.scandir(directory):
+            left.append(entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, onerror=writable_and_again)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        if left:
+            self.log(f"hb worker {self.bot_id}: removed what an action left beside its directory: "
+                     f"{', '.join(sorted(left)[:5])}{' ...' if len(left) > 5 else ''}")
 
     def _worker_exec(self, root: Path, env: dict, timeout: int | None) -> tuple[int, bytes, bytes]:
         """(exit status, stdout, stderr) of worker_exec in the input root `root`. By default in a process
@@ -535,11 +564,14 @@ class BotWorker:
         """Where input roots are made: the workdir's actions/, or with a confined fork server (started once
         per process by multiprocessing, whose sandbox has one writable directory) one directory of this
         process. Never the workdir itself, which holds this worker's store."""
-        if self.confined() and (self.preload or confine.host_ids() is not None):
+        if self._shares_actions_dir():
             return _shared_actions_dir()  # (as root: the workdir is root's 0700, closed to the confined user)
         actions = self.workdir / "actions"
         actions.mkdir(mode=0o700, exist_ok=True)
         return actions
+
+    def _shares_actions_dir(self) -> bool:
+        return self.confined() and (self.preload or confine.host_ids() is not None)
 
     def _collect(self, root: Path, outputs: list[str], result, upload: Upload) -> None:
         """Declared outputs present in the working directory, read through descriptors (a link, or

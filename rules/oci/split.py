@@ -270,7 +270,8 @@ def _conda_record(path: str, data: bytes) -> dict:
         value = record.get(field, [])
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ActionFailed(f"the environment's {path}: {field!r} must be a list of strings")
-    return record
+    # what layering uses: the rest (paths_data: each file again, with its fields) is not kept
+    return {"name": record["name"], "depends": record.get("depends", []), "files": record.get("files", [])}
 
 
 def layer_entries(paths, entries: dict[str, TreeEntry], root: str) -> list[tuple[str, TreeEntry]]:

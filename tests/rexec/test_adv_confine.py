@@ -186,6 +186,42 @@ register_action_kind("test.linger", "1", run)
 # Tries to take over the process this worker_exec was forked from (the fork server, which forks every
 # later action's worker_exec) and the sandbox's first process: opens its memory for writing and
 # attaches to it with ptrace (PTRACE_SEIZE: it is not stopped; the attachment ends with this process).
+RESIDUE_KIND = """
+import os
+import tempfile
+from pathlib import Path
+
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    root, found = Path(os.getcwd()), []
+    marker = execution.params["marker"]
+    if execution.params["mode"] == "plant":
+        try:
+            Path("/tmp", marker).write_text("residue")
+            found.append("tmp planted")
+        except OSError as exc:
+            found.append(f"tmp refused: {exc.strerror}")
+        try:
+            (root.parent / marker).mkdir()
+            (root.parent / marker / "inside").write_text("residue")
+            os.chmod(root.parent / marker, 0)  # and made hard to remove
+            found.append("beside planted")
+        except OSError as exc:
+            found.append(f"beside refused: {exc.strerror}")
+        with tempfile.NamedTemporaryFile() as f:  # a kind's temporary file: in its own directory
+            found.append(f"tempfile in root: {Path(f.name).parent == root}")
+    else:
+        found.append("tmp residue" if Path("/tmp", marker).exists() else "tmp clean")
+        found.append("beside residue" if (root.parent / marker).exists() else "beside clean")
+    execution.path(execution.action.outputs[0]).write_text("\\n".join(found) + "\\n")
+
+
+register_action_kind("test.residue", "1", run)
+"""
+
+
 INJECT_KIND = """
 import ctypes
 import os
@@ -380,6 +416,32 @@ def linger_leases(tmp_path, preload: bool, kind: str = "test.linger", hop: bool 
 
 def hopping_linger_leases(tmp_path, preload: bool, kind: str = "test.linger") -> dict:
     return linger_leases(tmp_path, preload, kind, hop=True)
+
+
+def residue_leases(tmp_path, preload: bool, kind: str = "test.residue") -> dict:
+    """Two actions of the residue kind on one worker: the first leaves files in /tmp and beside its
+    directory, the second looks for them; what each found, and the worker's log."""
+    import uuid
+
+    marker = f"hb-residue-{uuid.uuid4().hex}"
+    worker = make_worker(tmp_path, preload=preload)
+    got = {"log": []}
+    worker.log = got["log"].append
+    for mode in ("plant", "look"):
+        def build(root, mode=mode):
+            (root / ".hb").mkdir()
+            (root / ".hb" / "action.json").write_bytes(shell_action(
+                "", inputs=(), kind=kind, version="1", mnemonic="Residue",
+                params_json=json.dumps({"mode": mode, "marker": marker})))
+
+        (tmp_path / mode).mkdir()
+        status, result = worker._work(lease(worker, tmp_path / mode, build, timeout=120))
+        assert status.code == code_pb2.OK, status.message
+        out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
+        got[mode] = {"exit": result.exit_code, "out": worker.cas.blobs[out.digest.hash].decode() if out else "",
+                     "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:]}
+    assert worker._confined
+    return got
 
 
 def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
@@ -633,3 +695,19 @@ def test_a_kind_cannot_inject_into_the_fork_server(tmp_path, monkeypatch, preloa
     assert "init is the fork server: True (pid 1)" in got["found"], got
     # actions that leave no process keep the fork server (its speed): the same one ran all three
     assert got["servers"][0] is not None and len(set(got["servers"])) == 1, got
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_nothing_an_action_leaves_in_tmp_or_beside_its_directory_reaches_the_next(tmp_path, monkeypatch, preload):
+    """With the fork server, one sandbox runs action after action: a file an action wrote in its /tmp
+    (a tmpfs, in memory) stayed there for every later action, and a directory it made beside its own
+    input root stayed in the sandbox's one writable directory (reproduced: the next action found both).
+    Now /tmp is read-only there (a kind's temporary files go to its own directory) and the worker
+    removes whatever an action left beside its directory."""
+    got = _run(tmp_path, monkeypatch, preload, "test.residue", "residue_kind", RESIDUE_KIND, runs="residue_leases")
+    assert got["plant"]["exit"] == 0 and got["look"]["exit"] == 0, got
+    assert "tmp refused: Read-only file system" in got["plant"]["out"], got
+    assert "tempfile in root: True" in got["plant"]["out"], got
+    assert got["look"]["out"] == "tmp clean\nbeside clean\n", got
+    if "beside planted" in got["plant"]["out"]:
+        assert any("removed what an action left beside its directory: hb-residue-" in line for line in got["log"]), got
