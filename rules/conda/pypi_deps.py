@@ -260,9 +260,7 @@ def _metadata_from_wheel(url: str, sha256: str, where: str) -> str:
 
 def read_wheel_metadata(path: str, what: str) -> str:
     """The .dist-info/METADATA text of the wheel at `path`, read in a sandboxed Python."""
-    from hermetic_build.api import ActionExecution
-    from hermetic_build.boundedjson import loads_bounded
-    from hermetic_build.sandbox import run_bounded
+    from hermetic_build.api import ActionExecution, loads_bounded, run_bounded
 
     from .stage import ZIPDIR, python_paths, worker_python
 
