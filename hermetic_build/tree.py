@@ -22,6 +22,10 @@ TREE_VERSION = 1
 MAX_DIRECTORY_BYTES = 64 << 20  # one directory blob (about 400,000 entries)
 MAX_TREE_DEPTH = 4096  # deeper than any path Linux can open (PATH_MAX 4096)
 MAX_TREE_ENTRIES = 1_000_000  # entries in one tree, counting a shared subtree each time it appears
+# the JSON values a directory blob may make (boundedjson's count): at most 5 an entry (its object and
+# four members), so MAX_TREE_ENTRIES in one directory; ~400 MiB of objects at most, where 64 MiB of
+# `[[],...]` made 1.5 GiB
+MAX_DIRECTORY_VALUES = 5 * MAX_TREE_ENTRIES + 16
 _KINDS = ("file", "dir", "symlink")
 
 
@@ -93,7 +97,7 @@ def decode_directory(data: bytes) -> list[TreeEntry]:
     """Parse a directory blob with a strict schema; raises InvalidEntry (a ValueError) if it is not
     exactly what encode_directory writes: version, single-component names, strictly sorted (so
     unique), known kinds, a digest for files and directories, a target for links, mode bits."""
-    obj = load_json(data, limit=MAX_DIRECTORY_BYTES)
+    obj = load_json(data, limit=MAX_DIRECTORY_BYTES, max_values=MAX_DIRECTORY_VALUES)
     if not isinstance(obj, dict) or obj.keys() != {"v", "entries"}:
         raise InvalidEntry("not a directory blob")
     if type(obj["v"]) is not int or obj["v"] != TREE_VERSION:

@@ -71,3 +71,34 @@ def test_etc_holds_only_the_allowed_entries():
     assert "/etc/resolv.conf" not in bound
     if os.path.exists("/etc/resolv.conf"):
         assert "/etc/resolv.conf" in etc_arguments(network=True)
+
+
+def test_run_bounded_reads_a_helpers_answer_within_its_bounds():
+    """run_bounded: a helper's whole answer and its stderr's tail; one that writes past the stdout bound,
+    or runs past the timeout, is killed at once and says which (its stdout is then not kept)."""
+    import time
+
+    from hermetic_build.sandbox import run_bounded
+
+    done = run_bounded([sys.executable, "-c", "import sys; sys.stdout.write('a' * 5000); "
+                        "sys.stderr.write('e' * 200000 + 'END')"], timeout=30, stdout_limit=5000, stderr_limit=1000)
+    assert (done.returncode, done.stdout, done.overrun) == (0, b"a" * 5000, "")
+    assert len(done.stderr) == 1000 and done.stderr.endswith(b"END")
+
+    started = time.monotonic()
+    done = run_bounded([sys.executable, "-c", "import sys, time; sys.stdout.write('a' * 5001); sys.stdout.flush(); "
+                        "time.sleep(60)"], timeout=30, stdout_limit=5000)
+    assert done.overrun == "it wrote more than 5,000 bytes" and done.stdout == b"" and done.returncode < 0
+    assert time.monotonic() - started < 10
+
+    started = time.monotonic()
+    done = run_bounded([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1, stdout_limit=5000)
+    assert done.overrun == "it ran longer than 1 s" and done.returncode < 0
+    assert time.monotonic() - started < 10
+
+    # its pipes closed but the process still there: the same deadline
+    started = time.monotonic()
+    done = run_bounded([sys.executable, "-c", "import os, time; os.close(1); os.close(2); time.sleep(60)"],
+                       timeout=1, stdout_limit=5000)
+    assert done.overrun == "it ran longer than 1 s" and done.returncode < 0
+    assert time.monotonic() - started < 10

@@ -195,3 +195,46 @@ def test_threads_write_the_same_tree_and_a_missing_blob_still_fails(tmp_path):
     os.unlink(store.blob_path(blob))
     with pytest.raises(MissingBlob):
         materialize_tree(store, digest, tmp_path / "missing", threads=8)
+
+
+_PARSE_DIRECTORY = r"""
+import resource, sys, tempfile
+from hermetic_build.store.local import LocalStore
+from hermetic_build.tree import InvalidTree, read_directory
+store = LocalStore(tempfile.mkdtemp(dir=sys.argv[1]))
+digest = store.put_blob(b"[" + b"[]," * ((64 << 20) // 3 - 2) + b"[]]")  # just under MAX_DIRECTORY_BYTES
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+try:
+    read_directory(store, digest)
+except InvalidTree as exc:
+    print(exc.why)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10) - before)
+"""
+
+
+def test_a_directory_blob_of_empty_lists_is_refused_before_it_is_parsed(tmp_path):
+    """A directory blob within MAX_DIRECTORY_BYTES (a remote cache's result may name one) of `[[],...]`:
+    json.loads made 22 million lists, 1.5 GiB of hb's memory and 10 s, before the schema refused it. Its
+    values are counted on the bytes first (load_json, boundedjson) and it is refused unparsed (memory
+    measured in a fresh process)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _PARSE_DIRECTORY, str(tmp_path)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    why, grown_mib = done.stdout.strip().splitlines()
+    assert why.startswith("up to 44,739,") and "JSON values, more than the 5,000,016" in why
+    assert int(grown_mib) < 100
+
+
+def test_a_directory_of_as_many_entries_as_a_tree_may_have_decodes():
+    """The bound on a directory's values leaves room for MAX_TREE_ENTRIES entries in one directory (links:
+    file entries, with their digests, reach MAX_DIRECTORY_BYTES first)."""
+    from hermetic_build.tree import MAX_TREE_ENTRIES, TreeEntry
+
+    entries = [TreeEntry(f"{i:07d}", "symlink", None, 0o777, "t") for i in range(MAX_TREE_ENTRIES)]
+    entries[-1] = TreeEntry(entries[-1].name, "file", digest_bytes(b""), 0o644)
+    assert len(decode_directory(encode_directory(entries))) == MAX_TREE_ENTRIES
+    with pytest.raises(InvalidEntry, match="JSON values"):
+        decode_directory(encode_directory([*entries, TreeEntry("x,,,,,,,,,,,,,,,,,", "symlink", None, 0o777, "t")]))

@@ -19,6 +19,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from ..anchored import open_regular_file
+from ..boundedjson import MAX_JSON_VALUES, json_values_at_most
 from ..digest import Digest
 from ..leftovers import temp_name_beside
 
@@ -43,13 +44,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def load_json(data: bytes, *, limit: int = MAX_ENTRY_BYTES):
-    """json.loads for bytes from a cache: bounded size, no NaN/Infinity, no recursion blow-up.
+def load_json(data: bytes, *, limit: int = MAX_ENTRY_BYTES, max_values: int = MAX_JSON_VALUES):
+    """json.loads for bytes from a cache: bounded size, no NaN/Infinity, no recursion blow-up, and at
+    most `max_values` values made (counted on the bytes before parsing, boundedjson: a 64 MiB directory
+    blob of `[[],...]` took 1.5 GiB and 10 s to parse before its schema refused it).
     Raises InvalidEntry for every way it can fail."""
     if not isinstance(data, (bytes, bytearray)):
         raise InvalidEntry("not bytes")
     if len(data) > limit:
         raise InvalidEntry(f"{len(data)} bytes, more than the {limit} an entry may have")
+    if (values := json_values_at_most(data)) > max_values:
+        raise InvalidEntry(f"up to {values:,} JSON values, more than the {max_values:,} such an entry may have")
     try:
         return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:

@@ -15,11 +15,9 @@ sha256 (a wheel's metadata never changes), so a re-lock asks PyPI nothing new.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import pathlib
 import re
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -29,6 +27,7 @@ from dataclasses import dataclass
 from hermetic_build.api import AnalysisError
 
 MAX_METADATA_BYTES = 16 << 20
+MAX_ANSWER_BYTES = 6 * MAX_METADATA_BYTES + 4096  # the sandboxed reader's JSON answer
 FETCH_THREADS = 16
 _TIMEOUT_S = 60
 _PLATFORM_MARKERS = {  # sys_platform, platform_system, platform_machine, os_name
@@ -261,20 +260,23 @@ def _metadata_from_wheel(url: str, sha256: str, where: str) -> str:
 
 def read_wheel_metadata(path: str, what: str) -> str:
     """The .dist-info/METADATA text of the wheel at `path`, read in a sandboxed Python."""
-    from hermetic_build.api import ActionExecution
+    from hermetic_build.api import ActionExecution, loads_bounded, run_bounded
 
     from .stage import ZIPDIR, python_paths, worker_python
 
     path = os.path.realpath(path)
     _, exposed = python_paths((str(ZIPDIR),))
     argv = [worker_python(), "-I", "-c", _READ_METADATA, path, str(MAX_METADATA_BYTES), str(ZIPDIR.parent)]
+    # the reader parses a hostile zip: what it answers is read within bounds (sandbox.run_bounded), never
+    # more than the JSON of a METADATA of MAX_METADATA_BYTES can take (json escapes a character to at
+    # most 6 bytes); a subverted reader writing without end took 3.7 GiB of hb's memory in 3 s before
+    done = run_bounded(ActionExecution.helper_command(argv, read_only=(*exposed, path)), timeout=_TIMEOUT_S,
+                       stdout_limit=MAX_ANSWER_BYTES)
+    if done.overrun:
+        raise AnalysisError(f"{what}: the sandboxed reader of its METADATA was ended: {done.overrun}")
     try:
-        done = subprocess.run(ActionExecution.helper_command(argv, read_only=(*exposed, path)),
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise AnalysisError(f"{what}: reading its METADATA took over {_TIMEOUT_S} s") from None
-    try:
-        reply = json.loads(done.stdout) if done.returncode == 0 else None
+        reply = loads_bounded(done.stdout, f"the METADATA reader's answer for {what}") if done.returncode == 0 \
+            else None
     except ValueError:
         reply = None
     if isinstance(reply, dict) and isinstance(reply.get("metadata"), str):
@@ -282,7 +284,8 @@ def read_wheel_metadata(path: str, what: str) -> str:
     if isinstance(reply, dict) and isinstance(reply.get("error"), str):
         raise AnalysisError(f"{what} {reply['error']}")
     tail = done.stderr.decode("utf-8", "replace").strip()[-500:]
-    raise AnalysisError(f"{what}: reading its METADATA failed (exit status {done.returncode}){': ' + tail if tail else ''}")
+    raise AnalysisError(f"{what}: reading its METADATA failed (exit status {done.returncode})"
+                        f"{': ' + tail if tail else ''}")
 
 
 def fetch_metadata(wheels, cache: MetadataCache, where: str = "") -> dict[str, WheelMetadata]:

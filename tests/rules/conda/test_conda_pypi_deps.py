@@ -234,6 +234,45 @@ def test_a_trickling_metadata_file_ends_within_the_timeout(tmp_path, monkeypatch
     assert time.monotonic() - started < 10
 
 
+_SUBVERTED_READER = r"""
+import resource, sys, time
+from hermetic_build.api import AnalysisError
+from rules.conda import pypi_deps
+pypi_deps._TIMEOUT_S = 20
+# a subverted METADATA reader: 512 MiB on stdout, then it holds on
+pypi_deps._READ_METADATA = "import sys, time\nb = b'x' * (1 << 20)\nfor _ in range(512): sys.stdout.buffer.write(b)\n" \
+    "sys.stdout.flush()\ntime.sleep(60)\n"
+started = time.monotonic()
+try:
+    pypi_deps.read_wheel_metadata(sys.argv[1], "w 1.0")
+except AnalysisError as exc:
+    print(exc)
+print(time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
+"""
+
+
+def test_a_metadata_reader_that_writes_without_end_is_ended_at_its_answers_bound(tmp_path):
+    """The sandboxed reader parses a hostile wheel, so it may be subverted: what it writes was captured
+    whole (subprocess.run's capture_output) until the 60 s timeout, 3.7 GiB of hb's memory in 3 s. Now
+    its answer is read to at most MAX_ANSWER_BYTES and it is ended there, at once (measured in a fresh
+    process: 512 MiB written took its memory past 512 MiB and the whole timeout before)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    wheel = tmp_path / "w-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    root = pathlib.Path(pypi_deps.__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _SUBVERTED_READER, str(wheel)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the sandboxed reader of its METADATA was ended: it wrote more than" in lines[0]
+    seconds, max_rss_mib = float(lines[-1].split()[0]), int(lines[-1].split()[1])
+    assert seconds < 10
+    assert max_rss_mib < 300
+
+
 def test_a_metadata_file_is_followed_to_http_and_https_only(tmp_path):
     """An index's redirect of a PEP 658 file is followed over http(s) only, as the build's fetches are
     (urllib, used before, refused file: but opened ftp: connections)."""
