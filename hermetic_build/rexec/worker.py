@@ -63,10 +63,17 @@ def _shared_actions_dir() -> Path:
     return path
 
 
+# what this worker reads of worker_exec's stdout or stderr: worker_exec keeps a command's output to
+# about 8 MiB (sandbox.OUTPUT_LIMIT), so more comes only from a kind's Python gone wrong or subverted,
+# which wrote into the worker's memory without end (a log read whole, or captured until the timeout)
+MAX_LOG_BYTES = 16 << 20
+
+
 def _read_log(directory: Path, name: str) -> bytes:
     """A log file the confined worker_exec wrote in `directory`, which it can write: read through
     descriptors that follow no link, only a regular file (a kind that replaced its stdout with a link to
-    a file of the host had this worker upload that file as the action's stdout)."""
+    a file of the host had this worker upload that file as the action's stdout), to at most
+    MAX_LOG_BYTES (then its first MAX_LOG_BYTES and a line saying how much was left out)."""
     try:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -80,7 +87,11 @@ def _read_log(directory: Path, name: str) -> bytes:
     finally:
         os.close(dir_fd)
     with os.fdopen(fd, "rb") as f:
-        return f.read()
+        data = f.read(MAX_LOG_BYTES)
+        size = os.fstat(f.fileno()).st_size
+    if size > MAX_LOG_BYTES:
+        data += f"\n[hb worker: {size - MAX_LOG_BYTES:,} more bytes of {name} left out]\n".encode()
+    return data
 
 
 class WorkerRefused(Exception):
@@ -483,14 +494,21 @@ class BotWorker:
             if self.confined():  # only this action's directory writable; ends with this worker (--die-with-parent)
                 env = {k: v for k, v in env.items() if k != "HB_WORKER_PID"}
                 confined = [*confine.confinement_argv(root, env, _rule_modules())[:-1], "--chdir", str(root), "--"]
+            # its stdout and stderr go to files of this worker's, outside the action's directory, read
+            # back within MAX_LOG_BYTES (captured, they were held whole until the timeout, if any)
+            logs = Path(tempfile.mkdtemp(prefix="logs-", dir=self.workdir))
             try:
-                # -P: `-m` would put the working directory, the input root, first on sys.path, where a
-                # package `hermetic_build` of the input root would stand in for this worker's hb
-                proc = subprocess.run([*confined, sys.executable, "-P", "-m", WORKER_MODULE, DESCRIPTION_PATH],
-                                      cwd=root, env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+                with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
+                    # -P: `-m` would put the working directory, the input root, first on sys.path, where a
+                    # package `hermetic_build` of the input root would stand in for this worker's hb
+                    proc = subprocess.run([*confined, sys.executable, "-P", "-m", WORKER_MODULE, DESCRIPTION_PATH],
+                                          cwd=root, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                          timeout=timeout)
+                return proc.returncode, _read_log(logs, "stdout"), _read_log(logs, "stderr")
             except subprocess.TimeoutExpired as exc:
                 raise LeaseRefused(code.DEADLINE_EXCEEDED, f"the action ran longer than {timeout} s") from exc
-            return proc.returncode, proc.stdout, proc.stderr
+            finally:
+                shutil.rmtree(logs, ignore_errors=True)
         from ..worker_exec import run_forked
 
         logs = Path(tempfile.mkdtemp(prefix="logs-", dir=self._actions_dir()))

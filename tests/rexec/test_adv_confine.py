@@ -222,6 +222,23 @@ register_action_kind("test.residue", "1", run)
 """
 
 
+LOUD_KIND = """
+import os
+
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    chunk = b"x" * (1 << 20)
+    for _ in range(execution.params["mib"]):  # past what worker_exec keeps of a command's output
+        os.write(1, chunk)
+    execution.path(execution.action.outputs[0]).write_text("loud\\n")
+
+
+register_action_kind("test.loud", "1", run)
+"""
+
+
 INJECT_KIND = """
 import ctypes
 import os
@@ -442,6 +459,26 @@ def residue_leases(tmp_path, preload: bool, kind: str = "test.residue") -> dict:
                      "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:]}
     assert worker._confined
     return got
+
+
+def loud_lease(tmp_path, preload: bool, kind: str = "test.loud") -> dict:
+    """The loud kind on a worker (256 MiB to stdout): how much of it the worker reported as the action's
+    stdout, and how much the worker's own peak memory grew meanwhile."""
+    import resource
+
+    def build(root):
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "", inputs=(), kind=kind, version="1", mnemonic="Loud", params_json=json.dumps({"mib": 256})))
+
+    worker = make_worker(tmp_path, preload=preload)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    status, result = worker._work(lease(worker, tmp_path, build, timeout=120))
+    assert status.code == code_pb2.OK, status.message
+    assert worker._confined
+    stdout = worker.cas.blobs.get(result.stdout_digest.hash, b"")
+    return {"exit": result.exit_code, "stdout_bytes": len(stdout), "tail": stdout[-200:].decode(errors="replace"),
+            "grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}
 
 
 def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
@@ -711,3 +748,19 @@ def test_nothing_an_action_leaves_in_tmp_or_beside_its_directory_reaches_the_nex
     assert got["look"]["out"] == "tmp clean\nbeside clean\n", got
     if "beside planted" in got["plant"]["out"]:
         assert any("removed what an action left beside its directory: hb-residue-" in line for line in got["log"]), got
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_what_a_kind_writes_to_its_stdout_reaches_the_worker_within_a_bound(tmp_path, monkeypatch, preload):
+    """The worker read worker_exec's stdout whole: captured until the action ended (without the fork
+    server) or read back from its log file (with it). A kind's Python that wrote 256 MiB grew the
+    worker's own memory by as much (reproduced); worker_exec keeps a command's output to about 8 MiB, so
+    the worker now reads 16 MiB of each stream and says how much it left out."""
+    from hermetic_build.rexec import worker
+
+    MAX_LOG_BYTES = getattr(worker, "MAX_LOG_BYTES", 16 << 20)  # noqa: N806 - (so that it runs on the code before)
+    got = _run(tmp_path, monkeypatch, preload, "test.loud", "loud_kind", LOUD_KIND, runs="loud_lease")
+    assert got["exit"] == 0, got
+    assert MAX_LOG_BYTES < got["stdout_bytes"] < MAX_LOG_BYTES + 200, got
+    assert f"{(256 << 20) - MAX_LOG_BYTES:,} more bytes of stdout left out" in got["tail"], got
+    assert got["grew_kib"] < 120 << 10, got
