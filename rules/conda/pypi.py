@@ -289,6 +289,10 @@ def resolved_wheels(result, requirements: list[PipRequirement], target: WheelTar
                                  f"({result.limits.where})")
     if result.returncode != 0:
         raise _resolution_error(result.stderr, requirements, target, where, result.limits)
+    if result.oversized:
+        raise AnalysisError(f"{where}uv's resolution of the pip requirements for {target.platform} is larger than "
+                            f"{result.oversized:,} bytes (a pylock.toml of hundreds of packages is about 1 MB): an "
+                            "index that answers with huge pages?", location=_location(requirements, result.stderr))
     lock = tomllib.loads(result.pylock)
     wheels = []
     allowed = wheel_schemes(indexes)

@@ -85,6 +85,12 @@ class UvResult:
     pylock: str  # the pylock.toml uv wrote ("" when it failed)
     timed_out: float = 0  # the limit in seconds uv ran past (it was killed), else 0
     limits: UvLimits = UvLimits()
+    oversized: int = 0  # MAX_PYLOCK_BYTES, where uv wrote a pylock.toml larger than that (then pylock is "")
+
+
+# what hb reads of the pylock.toml uv writes (a resolution of hundreds of packages is about 1 MB): uv
+# writes what the indexes answer, within RLIMIT_FSIZE (4 GiB), and all of it was read and parsed here
+MAX_PYLOCK_BYTES = 64 << 20
 
 
 def uv_binary() -> str:
@@ -130,8 +136,15 @@ class UvRun:
             self._stderr.seek(0)
             stderr = self._stderr.read(_MAX_STDERR).decode("utf-8", "replace")
             out = self._tmp / "pylock.toml"
-            pylock = out.read_text() if returncode == 0 and out.is_file() and not timed_out else ""
-            return UvResult(returncode, stderr, pylock, timed_out, self.limits)
+            pylock, oversized = "", 0
+            if returncode == 0 and out.is_file() and not timed_out:
+                with open(out, "rb") as f:
+                    data = f.read(MAX_PYLOCK_BYTES + 1)
+                if len(data) > MAX_PYLOCK_BYTES:
+                    oversized = MAX_PYLOCK_BYTES
+                else:
+                    pylock = data.decode("utf-8", "replace")
+            return UvResult(returncode, stderr, pylock, timed_out, self.limits, oversized)
         finally:
             self._cleanup()
 

@@ -45,3 +45,21 @@ def test_an_unreadable_record_starts_nothing(tmp_path):
     assert Speculation(state, "//env:lock", tmp_path / "c")._runs == []
     spec._path.write_text("not json")
     assert Speculation(state, "//env:lock", tmp_path / "c")._runs == []
+
+
+def test_a_pylock_past_its_bound_is_not_read(tmp_path, monkeypatch):
+    """uv writes what the indexes answer (within 4 GiB): hb read and parsed all of it. Past
+    MAX_PYLOCK_BYTES (lowered here to the few bytes of an empty resolution) it is not read, and the
+    lock fails saying so."""
+    import pytest
+
+    from hermetic_build.api import AnalysisError
+    from rules.conda import uv_run
+    from rules.conda.pypi import WheelTarget, resolved_wheels
+
+    monkeypatch.setattr(uv_run, "MAX_PYLOCK_BYTES", 10)
+    result = UvRun(EMPTY, tmp_path / "uv-cache").result()
+    assert result.returncode == 0 and result.oversized == 10 and result.pylock == ""
+    target = WheelTarget("linux-64", "3.11.2", "x86_64-manylinux_2_36", (), ("manylinux_2_36_x86_64",))
+    with pytest.raises(AnalysisError, match="the pip requirements for linux-64 is larger than 10 bytes"):
+        resolved_wheels(result, [], target, {})
