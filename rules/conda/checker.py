@@ -22,7 +22,13 @@ WORKER = Path(__file__).resolve().with_name("check_worker.py")
 ARCHIVE = Path(__file__).resolve().with_name("archive.py")
 ZIPDIR = Path(__file__).resolve().with_name("zipdir.py")  # archive.py imports it
 MAX_HELPERS = max(1, os.cpu_count() or 1)
-MAX_ANSWER = 1 << 20  # characters of one answer line (a refusal's message names one archive entry)
+MAX_ANSWER = 1 << 20  # bytes of one answer line (a refusal's message names one archive entry)
+# how long a helper may take to start, and to check one archive: generous (this machine checked 300
+# small packages at 1.5 ms each, and decompresses tens of MiB a second), so only a helper that hangs
+# (subverted, or a reader that loops) is ended, and the fetch fails instead of waiting for ever
+START_SECONDS = 120
+CHECK_SECONDS = 120
+CHECK_BYTES_PER_SECOND = 4 << 20
 
 
 class _NoAnswer(Exception):
@@ -32,31 +38,57 @@ class _NoAnswer(Exception):
 class _Helper:
     def __init__(self, command: list[str]):
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-        if self._read() != {"ready": True}:
+                                     stderr=subprocess.PIPE)
+        self._pending = b""
+        if self._read(START_SECONDS) != {"ready": True}:
             self.close()
             raise _NoAnswer("it did not start")
 
-    def ask(self, request: dict) -> dict:
+    def ask(self, request: dict, seconds: float) -> dict:
+        """Its answer to `request`, within `seconds` (then it is ended)."""
         try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
             self.proc.stdin.flush()
         except (OSError, ValueError) as exc:  # ValueError: its pipe was closed
             raise _NoAnswer(str(exc) or type(exc).__name__) from None
-        return self._read()
+        return self._read(seconds)
 
-    def _read(self) -> dict:
-        try:
-            # at most MAX_ANSWER characters: a helper is hb's code, but it parses hostile archives, and one
-            # made to write without end must not fill hb's memory (an answer is some hundred bytes)
-            line = self.proc.stdout.readline(MAX_ANSWER + 1)
-        except (OSError, ValueError) as exc:  # ValueError: its pipe was closed
-            raise _NoAnswer(str(exc) or type(exc).__name__) from None
-        if not line:
-            raise _NoAnswer(self.ended())
+    def _line(self, seconds: float) -> bytes:
+        """The next line it writes, read from its pipe within `seconds` and MAX_ANSWER bytes: a helper is
+        hb's code, but it parses hostile archives, and one made to write without end must not fill hb's
+        memory (an answer is some hundred bytes), nor one that never answers hold the build."""
+        import select
+        import time
+
+        deadline = time.monotonic() + seconds
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._pending:
+            if len(self._pending) > MAX_ANSWER:
+                self.proc.kill()
+                raise _NoAnswer(f"it wrote an answer of more than {MAX_ANSWER:,} bytes: {self._pending[:200]!r}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.proc.kill()
+                raise _NoAnswer(f"it did not answer within {seconds:.0f} s")
+            if not select.select([fd], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError as exc:
+                raise _NoAnswer(str(exc)) from None
+            if not chunk:
+                raise _NoAnswer(self.ended())
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
         if len(line) > MAX_ANSWER:
             self.proc.kill()
-            raise _NoAnswer(f"it wrote an answer of more than {MAX_ANSWER:,} characters: {line[:200]!r}")
+            raise _NoAnswer(f"it wrote an answer of more than {MAX_ANSWER:,} bytes: {line[:200]!r}")
+        return line
+
+    def _read(self, seconds: float) -> dict:
+        if self.proc.stdout.closed:
+            raise _NoAnswer("its pipe was closed")
+        line = self._line(seconds)
         try:
             reply = json.loads(line)
         except ValueError:
@@ -75,7 +107,7 @@ class _Helper:
     def ended(self) -> str:
         """Why the helper stopped answering: its exit status and the end of what it wrote to stderr."""
         self.close()
-        err = self.proc.stderr.read()[-2000:].strip() if self.proc.stderr else ""
+        err = self.proc.stderr.read(1 << 16)[-2000:].decode(errors="replace").strip() if self.proc.stderr else ""
         return f"exit status {self.proc.returncode}" + (f": {err}" if err else "")
 
     def close(self) -> None:
@@ -218,8 +250,9 @@ def check_archive_sandboxed(execution, path: Path, filename: str, max_ratio: int
     except (_NoAnswer, OSError) as exc:
         raise ActionFailed(f"{filename}: the sandboxed archive check could not start ({exc})") from None
     try:
+        seconds = CHECK_SECONDS + os.path.getsize(path) / CHECK_BYTES_PER_SECOND
         reply = helper.ask({"path": os.path.realpath(path), "filename": filename, "max_ratio": max_ratio,
-                            "kind": kind})
+                            "kind": kind}, seconds)
     except _NoAnswer as exc:
         pool.discard(helper)
         raise ActionFailed(f"{filename}: the sandboxed archive check ended without an answer ({exc})") from None

@@ -152,8 +152,26 @@ def test_an_answer_without_end_is_cut_off_and_its_helper_ended():
               "[sys.stdout.write('x' * (1 << 20)) for _ in range(64)]; sys.stdout.flush()")
     helper = checker._Helper([sys.executable, "-c", script])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(checker._NoAnswer, match="it wrote an answer of more than 1,048,576 characters"):
-        helper.ask({"path": "x", "filename": "x", "max_ratio": 1, "kind": "conda"})
+    with pytest.raises(checker._NoAnswer, match="it wrote an answer of more than 1,048,576 bytes"):
+        helper.ask({"path": "x", "filename": "x", "max_ratio": 1, "kind": "conda"}, 60)
     helper.close()
     assert helper.proc.returncode is not None
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 << 10  # KiB: not the 64 MiB line
+
+
+@pytest.mark.parametrize("answer", ["", '{"ok": tr'])
+def test_a_helper_that_does_not_answer_is_ended_at_its_deadline(answer):
+    """A helper that never answers (or stops mid-line) held the fetch, and the build, for ever: it is
+    ended once its deadline (CHECK_SECONDS plus the archive's size at CHECK_BYTES_PER_SECOND; 1 s here)
+    has passed. (A real process standing in for a subverted or looping helper.)"""
+    import time
+
+    script = ("import sys, time; print('{\"ready\": true}', flush=True); sys.stdin.readline(); "
+              f"sys.stdout.write({answer!r}); sys.stdout.flush(); time.sleep(600)")
+    helper = checker._Helper([sys.executable, "-c", script])
+    started = time.monotonic()
+    with pytest.raises(checker._NoAnswer, match="it did not answer within 1 s"):
+        helper.ask({"path": "x", "filename": "x", "max_ratio": 1, "kind": "conda"}, 1)
+    assert time.monotonic() - started < 10
+    helper.close()
+    assert helper.proc.returncode is not None
