@@ -3,10 +3,12 @@ confine.host_ids() is None and the sandbox runs as the worker's own uid (mapped 
 the uid of the worker process itself. CI runs as root, so each test starts the real BotWorker (in a
 fresh process, as test_adv_confine._run does) as NONROOT_ID, through opened.py where this Python lies
 under a directory that user cannot enter (pyenv under root's 0700 home), with and without the fork
-server; the same hostile kinds as test_adv_confine."""
+server; the same hostile kinds as test_adv_confine, and the keyrings, which the root path did not show
+on the worker's own user."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +23,146 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_adv_confine import (ESCAPE_KIND, INJECT_KIND, LINGER_KIND, SIGNAL_KIND, STUCK_KIND,  # noqa: E402
                               escape_lease, exit_during_lease, hopping_linger_leases, inject_lease, install_test_kind,
                               linger_leases, signal_lease, sleeps_left, stuck_lease)
+from test_adv_worker import lease, make_worker, shell_action  # noqa: E402
 
 # what the runner (run_worker) imports from this module
 RUNS = (escape_lease, exit_during_lease, hopping_linger_leases, inject_lease, linger_leases, signal_lease, stuck_lease)
 
 NONROOT_ID = 4271  # the worker's user: a uid of no account or process of this machine
+KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
 
-def run_worker(tmp_path, monkeypatch, preload, kind, module, source, runs, *, uid=NONROOT_ID,
-               from_home=None) -> dict:
+# Run as the worker's user before the worker: a session keyring of its own with a key (as a login's,
+# pam_keyinit), and, where that user is not root, a key in its user keyring of the host (removed after).
+KEYS = r'''
+import ctypes, os, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+keyctl, add_key = int(sys.argv[1]), int(sys.argv[1]) - 2
+def check(result):
+    if result < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return result
+def add(name, value, ring):
+    return check(libc.syscall(ctypes.c_long(add_key), b"user", name, value, ctypes.c_size_t(len(value)),
+                              ctypes.c_long(ring)))
+
+check(libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(1), None))  # KEYCTL_JOIN_SESSION_KEYRING: a new one
+add(b"hb-worker-session", b"WORKER-SESSION-SECRET", -3)  # KEY_SPEC_SESSION_KEYRING
+def ctl(*args):
+    return check(libc.syscall(ctypes.c_long(keyctl), *[ctypes.c_long(a) for a in args]))
+user_key = None
+if os.getuid() != 0:  # made in the session keyring (to set its timeout), then moved to the user keyring
+    user_key = add(b"hb-worker-user", b"WORKER-USER-SECRET", -3)
+    ctl(15, user_key, 600)  # KEYCTL_SET_TIMEOUT
+    ctl(8, user_key, -4)  # KEYCTL_LINK into KEY_SPEC_USER_KEYRING
+    ctl(9, user_key, -3)  # KEYCTL_UNLINK from the session keyring
+try:
+    code = subprocess.run(sys.argv[2:]).returncode
+finally:
+    if user_key is not None:
+        ctl(9, user_key, -4)
+sys.exit(code)
+'''
+
+KEYRING_KIND = r'''
+import ctypes
+import os
+
+from hermetic_build.api import register_action_kind
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+def keyctl(number, *args):
+    result = libc.syscall(ctypes.c_long(number), *[a if isinstance(a, ctypes.Array) else ctypes.c_long(a)
+                                                   for a in args])
+    if result < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return result
+
+
+def payloads(number, ring, found):
+    ids = ctypes.create_string_buffer(4096)
+    size = keyctl(number, 11, ring, ids, 4096)  # KEYCTL_READ of a keyring: the ids of its keys
+    for i in range(0, min(size, 4096), 4):
+        key, data = int.from_bytes(ids.raw[i:i + 4], "little"), ctypes.create_string_buffer(4096)
+        try:
+            size = keyctl(number, 11, key, data, 4096)
+            found.append(f"key {key}: {data.raw[:size].decode(errors='replace')}")
+        except OSError as exc:
+            found.append(f"key {key} refused: {exc.strerror}")
+
+
+def run(execution):
+    number, found = int(execution.params["keyctl"]), []
+    # the session keyring inherited from the worker: this process possesses it and its keys
+    try:
+        payloads(number, keyctl(number, 0, -3, 0), found)  # KEYCTL_GET_KEYRING_ID of the session keyring
+    except OSError as exc:
+        found.append(f"session keyring refused: {exc.strerror}")
+    # the user keyrings of the host that /proc/keys lists (the worker's user's, where it is not root):
+    # linked into the session keyring, which this process possesses, their keys are possessed too
+    with open("/proc/keys") as f:
+        rings = [int(line.split()[0], 16) for line in f if " _uid." in line]
+    found.append(f"user keyrings listed: {len(rings)}")
+    for ring in rings:
+        try:
+            keyctl(number, 8, ring, -3)  # KEYCTL_LINK
+            payloads(number, ring, found)
+        except OSError as exc:
+            found.append(f"user keyring refused: {exc.strerror}")
+    # the same call through the i386 ABI (int 0x80), which a filter of the x86_64 numbers alone lets by
+    if os.uname().machine == "x86_64":
+        import mmap
+
+        code = bytes.fromhex("53b820010000bb00000000b9fdffffff31d2cd805bc3")  # keyctl(GET_KEYRING_ID, @s, 0)
+        page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        page.write(code)
+        result = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()
+        found.append(f"i386 keyctl: {'refused' if result < 0 else 'KEYRING-REACHED'} ({result})")
+    execution.path(execution.action.outputs[0]).write_text("\n".join(found) + "\n")
+
+
+register_action_kind("test.keyring", "1", run)
+'''
+
+def _lease_of(tmp_path, preload: bool, kind: str, params: dict) -> dict:
+    def build(root):
+        (root / ".hb").mkdir()
+        (root / ".hb" / "action.json").write_bytes(shell_action(
+            "", inputs=(), kind=kind, version="1", mnemonic="Probe", params_json=json.dumps(params)))
+
+    worker = make_worker(tmp_path, preload=preload)
+    log = []
+    worker.log = log.append
+    owners, collect = [], worker._collect
+
+    def _collect(root, outputs, result, upload):
+        owners.append(os.stat(root / "p" / "o.txt", follow_symlinks=False).st_uid)
+        return collect(root, outputs, result, upload)
+
+    worker._collect = _collect
+    status, result = worker._work(lease(worker, tmp_path, build))
+    assert status.code == code_pb2.OK, status.message
+    out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
+    return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "", "exit": result.exit_code,
+            "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:],
+            "log": log,
+            "confined": worker._confined, "uid": os.getuid(), "owner": owners[0] if owners else None}
+
+
+def keyring_lease(tmp_path, preload: bool, kind: str = "test.keyring") -> dict:
+    return _lease_of(tmp_path, preload, kind, {"keyctl": KEYCTL})
+
+
+def run_worker(tmp_path, monkeypatch, preload, kind, module, source, runs, *, uid=NONROOT_ID, from_home=None,
+               keys=False) -> dict:
     """`runs`(tmp_path, preload, kind) in a fresh process run as `uid` (None: this process's, root), which
     starts the real BotWorker; its answer. from_home: started in the user's home (which holds
     ~/.ssh/id_ed25519 and ~/.config/token), "module" as `python -m` (the working directory is then
-    sys.path[0]), "script" as a script (as the `hb` script is run)."""
+    sys.path[0]), "script" as a script (as the `hb` script is run). keys:
+    with a session keyring and a user keyring key (KEYS)."""
     from hermetic_build.rexec import confine
 
     hb_root = str(Path(confine.__file__).resolve().parent.parent.parent)
@@ -55,6 +185,11 @@ def run_worker(tmp_path, monkeypatch, preload, kind, module, source, runs, *, ui
     argv = [sys.executable, *(["-m", "hb_runner"] if as_module else [str(tmp_path / "runner" / "hb_runner.py")])]
     if as_module:
         env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(tmp_path / "runner")])
+    if keys:
+        if KEYCTL is None:
+            pytest.fail(f"no keyring syscall numbers for {platform.machine()}")
+        (tmp_path / "keys.py").write_text(KEYS)
+        argv = [sys.executable, "-I", "-S", str(tmp_path / "keys.py"), str(KEYCTL), *argv]
     if uid is not None:
         ids = (uid, uid)
         subprocess.run(["chown", "-R", f"{uid}:{uid}", str(tmp_path)], check=True)
@@ -71,6 +206,26 @@ def run_worker(tmp_path, monkeypatch, preload, kind, module, source, runs, *, ui
     if isinstance(got, dict) and "uid" in got:
         assert got["uid"] == (os.getuid() if uid is None else uid), got
     return got
+
+
+@pytest.mark.parametrize("uid", [NONROOT_ID, None], ids=["unprivileged", "root"])
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_kind_cannot_read_the_workers_keyrings(tmp_path, monkeypatch, preload, uid):
+    """The kernel's keyrings are not namespaced: a confined kind possessed the session keyring of the
+    worker it inherited (a login's; as root, root's) and read its key, and, as the worker's own uid on the
+    host (an unprivileged worker), linked that user's host keyring (listed in /proc/keys) into it and read
+    its key too (reproduced with this kind). Now keyctl, add_key and request_key fail with ENOSYS in
+    worker_exec and all it starts (a seccomp filter), by the i386 ABI too."""
+    got = run_worker(tmp_path, monkeypatch, preload, "test.keyring", "keyring_kind", KEYRING_KIND, "keyring_lease",
+                     uid=uid, keys=True)
+    assert got["confined"] and got["exit"] == 0, got
+    assert "SECRET" not in got["found"] and "REACHED" not in got["found"], got
+    assert "session keyring refused: Function not implemented" in got["found"], got
+    if uid is not None:  # its user keyring of the host is listed (a name only), and cannot be linked
+        assert "user keyrings listed: 1" in got["found"], got
+        assert "user keyring refused: Function not implemented" in got["found"], got
+    if platform.machine() == "x86_64":
+        assert "i386 keyctl: refused (-38)" in got["found"], got
 
 
 # The hostile kinds of test_adv_confine, on the unprivileged worker
