@@ -69,7 +69,8 @@ OUTER = ("--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "-
 
 
 def _module_dirs(names) -> list[str]:
-    """The directories that hold the top-level packages `names` (found, not imported)."""
+    """The top-level packages `names` (found, not imported): each package's directory, or the module's
+    file. Never the directory that holds them (the working directory, for a module found there)."""
     found = []
     for name in names:
         try:
@@ -77,20 +78,38 @@ def _module_dirs(names) -> list[str]:
         except (ImportError, ValueError):
             continue
         for location in (spec.submodule_search_locations or []) if spec else []:
-            found.append(str(Path(location).resolve().parent))
+            found.append(str(Path(location).resolve()))
         if spec is not None and spec.origin and not spec.submodule_search_locations:
-            found.append(str(Path(spec.origin).resolve().parent))
+            found.append(str(Path(spec.origin).resolve()))
     return found
+
+
+def _startup_entry() -> str | None:
+    """The entry Python put first on sys.path for the program it runs, resolved: the working directory
+    under `-m` (`python -m hermetic_build worker` in one's home), the script's directory otherwise; None
+    under -P or where it was '' (-c). No confined interpreter has it on its path (worker_exec runs with
+    -P, the fork server with -c), and bound it exposed that directory: the home of a worker started
+    there, its ~/.ssh, its credentials (reproduced: an action read its ~/.ssh/id_ed25519)."""
+    if sys.flags.safe_path:
+        return None
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None:  # -m
+        return os.path.realpath(os.getcwd())
+    script = getattr(main, "__file__", None)
+    return os.path.dirname(os.path.realpath(script)) if script else None
 
 
 def read_only_paths(rule_modules=()) -> list[str]:
     """What worker_exec needs of the host, read-only: the interpreter's installation and its site
-    directories, hb, the rule modules, this worker's PYTHONPATH and its __main__ script."""
+    directories, hb, the rule modules, this worker's PYTHONPATH and its __main__ script; the other
+    entries of sys.path (.pth files'), not the one of the program's start (_startup_entry)."""
     import site
 
+    startup = _startup_entry()
     roots = [sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
              os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(os.path.abspath(sys.executable)),
-             *site.getsitepackages(), site.getusersitepackages(), *sys.path,
+             *site.getsitepackages(), site.getusersitepackages(),
+             *(p for p in sys.path if not (p and os.path.isabs(p) and os.path.realpath(p) == startup)),
              *_module_dirs(["hermetic_build", *rule_modules]),
              *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     main = getattr(sys.modules.get("__main__"), "__file__", None)
@@ -389,6 +408,12 @@ def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | No
     # worker finds it (worker.forkserver_left_processes); signals sent from inside the namespace that
     # the fork server does not handle (SIGKILL, SIGSTOP) do not reach it.
     argv = [*argv[:-1], "--as-pid-1", "--"]
+    # every process the fork server forks first enters this process's working directory (multiprocessing's
+    # spawn.prepare) and exits 1, before the action, where it is not there: a worker started in its home
+    # (not bound: _startup_entry) failed every action, with no stderr. An empty directory stands for it
+    cwd = os.path.realpath(".")
+    if cwd != "/" and not cwd.startswith(("/proc/", "/dev/")) and os.path.isdir(cwd):
+        argv[-2:-2] = ["--dir", cwd]
     import atexit
     import shlex
     import tempfile

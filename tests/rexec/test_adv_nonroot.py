@@ -3,8 +3,8 @@ confine.host_ids() is None and the sandbox runs as the worker's own uid (mapped 
 the uid of the worker process itself. CI runs as root, so each test starts the real BotWorker (in a
 fresh process, as test_adv_confine._run does) as NONROOT_ID, through opened.py where this Python lies
 under a directory that user cannot enter (pyenv under root's 0700 home), with and without the fork
-server; the same hostile kinds as test_adv_confine, and the keyrings, which the root path did not show
-on the worker's own user."""
+server; the same hostile kinds as test_adv_confine, and the keyrings and the worker's working directory,
+which the root path did not show."""
 
 import json
 import os
@@ -127,6 +127,25 @@ def run(execution):
 register_action_kind("test.keyring", "1", run)
 '''
 
+READ_KIND = r'''
+from hermetic_build.api import register_action_kind
+
+
+def run(execution):
+    found = []
+    for path in execution.params["paths"]:
+        try:
+            with open(path, "rb") as f:
+                found.append(f"READ {path}: {f.read(200).decode(errors='replace')}")
+        except OSError as exc:
+            found.append(f"read {path} refused: {exc.strerror}")
+    execution.path(execution.action.outputs[0]).write_text("\n".join(found) + "\n")
+
+
+register_action_kind("test.read", "1", run)
+'''
+
+
 def _lease_of(tmp_path, preload: bool, kind: str, params: dict) -> dict:
     def build(root):
         (root / ".hb").mkdir()
@@ -154,6 +173,12 @@ def _lease_of(tmp_path, preload: bool, kind: str, params: dict) -> dict:
 
 def keyring_lease(tmp_path, preload: bool, kind: str = "test.keyring") -> dict:
     return _lease_of(tmp_path, preload, kind, {"keyctl": KEYCTL})
+
+
+def read_lease(tmp_path, preload: bool, kind: str = "test.read") -> dict:
+    home = tmp_path / "home"
+    return _lease_of(tmp_path, preload, kind, {"paths": [str(home / ".ssh" / "id_ed25519"),
+                                                         str(home / ".config" / "token")]})
 
 
 def run_worker(tmp_path, monkeypatch, preload, kind, module, source, runs, *, uid=NONROOT_ID, from_home=None,
@@ -226,6 +251,20 @@ def test_a_kind_cannot_read_the_workers_keyrings(tmp_path, monkeypatch, preload,
         assert "user keyring refused: Function not implemented" in got["found"], got
     if platform.machine() == "x86_64":
         assert "i386 keyctl: refused (-38)" in got["found"], got
+
+
+@pytest.mark.parametrize("started", ["module", "script"])
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_worker_started_in_its_home_does_not_expose_it(tmp_path, monkeypatch, preload, started):
+    """`python -m hermetic_build worker` (README: the same program as `hb`) puts its working directory
+    first on sys.path, and the sandbox bound every entry of sys.path read-only: a worker started in its
+    user's home had that home readable by every kind, as that user (reproduced: ~/.ssh/id_ed25519 read).
+    Now neither that entry nor the directory holding hb or a rule module is bound, only what they are."""
+    got = run_worker(tmp_path, monkeypatch, preload, "test.read", "read_kind", READ_KIND, "read_lease",
+                     from_home=started)
+    assert got["confined"] and got["exit"] == 0 and got["owner"] == NONROOT_ID, got
+    assert "WORKER-USER" not in got["found"] and "READ" not in got["found"], got
+    assert got["found"].count("refused: No such file or directory") == 2, got
 
 
 # The hostile kinds of test_adv_confine, on the unprivileged worker
