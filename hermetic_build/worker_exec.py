@@ -239,13 +239,14 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
         import ctypes
         import signal
 
-        from .rexec.confine import is_dumpable, make_non_dumpable
+        from .rexec.confine import is_dumpable, keyring_filter, keyrings_blocked, make_non_dumpable
 
         # non-dumpable, as the fork server (rexec/forkserver_start.py) it inherits that from: a dumpable
         # fork server (whose memory an action could write: every later action is forked from it) runs
-        # no action
+        # no action; nor one that has not blocked the keyrings (confine.block_keyrings)
         dumpable = is_dumpable()
         make_non_dumpable()
+        keyrings_open = keyring_filter() is not None and not keyrings_blocked()
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         null = os.open(os.devnull, os.O_RDONLY)
@@ -255,8 +256,9 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
             out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             os.dup2(out, fd)
             os.close(out)
-        if dumpable:
-            print("hb worker_exec: the fork server is dumpable: it runs no action", file=sys.stderr)
+        if dumpable or keyrings_open:
+            print(f"hb worker_exec: the fork server is {'dumpable' if dumpable else 'not keyring-filtered'}: "
+                  "it runs no action", file=sys.stderr)
             return
         os.environ.clear()
         os.environ.update(env)
@@ -278,6 +280,14 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
 
 def main(argv: list[str] | None = None) -> int:
     die_with_worker()
+    from .rexec.confine import block_keyrings
+
+    # no keyring call for this process and all it starts, before any action's code: the keyrings are
+    # not namespaced (confine.block_keyrings); None: this machine's syscall numbers are not known
+    if block_keyrings() is False:
+        print("hb worker_exec: the kernel refused the keyring filter (seccomp): no action runs",
+              file=sys.stderr)
+        return REFUSED
     argv = sys.argv[1:] if argv is None else argv
     if argv not in ([], [DESCRIPTION_PATH]):
         print(f"usage: python -m hermetic_build.worker_exec {DESCRIPTION_PATH}", file=sys.stderr)

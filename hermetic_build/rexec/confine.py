@@ -69,7 +69,8 @@ OUTER = ("--unshare-user", "--unshare-ipc", "--unshare-net", "--unshare-uts", "-
 
 
 def _module_dirs(names) -> list[str]:
-    """The directories that hold the top-level packages `names` (found, not imported)."""
+    """The top-level packages `names` (found, not imported): each package's directory, or the module's
+    file. Never the directory that holds them (the working directory, for a module found there)."""
     found = []
     for name in names:
         try:
@@ -77,20 +78,38 @@ def _module_dirs(names) -> list[str]:
         except (ImportError, ValueError):
             continue
         for location in (spec.submodule_search_locations or []) if spec else []:
-            found.append(str(Path(location).resolve().parent))
+            found.append(str(Path(location).resolve()))
         if spec is not None and spec.origin and not spec.submodule_search_locations:
-            found.append(str(Path(spec.origin).resolve().parent))
+            found.append(str(Path(spec.origin).resolve()))
     return found
+
+
+def _startup_entry() -> str | None:
+    """The entry Python put first on sys.path for the program it runs, resolved: the working directory
+    under `-m` (`python -m hermetic_build worker` in one's home), the script's directory otherwise; None
+    under -P or where it was '' (-c). No confined interpreter has it on its path (worker_exec runs with
+    -P, the fork server with -c), and bound it exposed that directory: the home of a worker started
+    there, its ~/.ssh, its credentials (reproduced: an action read its ~/.ssh/id_ed25519)."""
+    if sys.flags.safe_path:
+        return None
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None:  # -m
+        return os.path.realpath(os.getcwd())
+    script = getattr(main, "__file__", None)
+    return os.path.dirname(os.path.realpath(script)) if script else None
 
 
 def read_only_paths(rule_modules=()) -> list[str]:
     """What worker_exec needs of the host, read-only: the interpreter's installation and its site
-    directories, hb, the rule modules, this worker's PYTHONPATH and its __main__ script."""
+    directories, hb, the rule modules, this worker's PYTHONPATH and its __main__ script; the other
+    entries of sys.path (.pth files'), not the one of the program's start (_startup_entry)."""
     import site
 
+    startup = _startup_entry()
     roots = [sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix,
              os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(os.path.abspath(sys.executable)),
-             *site.getsitepackages(), site.getusersitepackages(), *sys.path,
+             *site.getsitepackages(), site.getusersitepackages(),
+             *(p for p in sys.path if not (p and os.path.isabs(p) and os.path.realpath(p) == startup)),
              *_module_dirs(["hermetic_build", *rule_modules]),
              *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     main = getattr(sys.modules.get("__main__"), "__file__", None)
@@ -296,6 +315,87 @@ def is_dumpable() -> bool:
         return True
 
 
+# The kernel's keyrings are reachable from every namespace: a confined process possesses the session
+# keyring it inherited from the worker (a login's, pam_keyinit; as root, root's) and may read its keys,
+# and /proc/keys lists, and KEYCTL_LINK attaches to its own keyring, the host user keyring of the uid it
+# runs as on the host (the worker's own, where it is not root), whose keys it then reads (reproduced
+# both, with a real BotWorker). So no confined process may make a keyring call: keyctl, add_key and
+# request_key fail with ENOSYS, by a seccomp filter that the fork server (forkserver_start.py) and
+# worker_exec (main) install in themselves before any action's code runs; it passes to every process
+# they start, the actions' own sandboxes included, and cannot be removed. Syscall numbers per
+# platform.machine(): (AUDIT_ARCH, numbers, mask of the number) for the native and compat ABIs (x32's
+# numbers carry bit 30 on x86_64).
+_KEYRING_SYSCALLS = {
+    "x86_64": ((0xC000003E, (248, 249, 250), 0xBFFFFFFF), (0x40000003, (286, 287, 288), None)),
+    "aarch64": ((0xC00000B7, (217, 218, 219), None), (0x40000028, (309, 310, 311), None)),
+}
+
+
+def keyring_filter() -> bytes | None:
+    """The classic-BPF program (struct sock_filter[]) of the keyring filter on this machine; None where
+    its syscall numbers are not known here. A process of another ABI than those listed gets ENOSYS
+    for every call (no such process runs on these machines)."""
+    import errno
+    import platform
+    import struct
+
+    arches = _KEYRING_SYSCALLS.get(platform.machine())
+    if not arches:
+        return None
+    ld_abs, jeq, alu_and, ret = 0x20, 0x15, 0x54, 0x06
+    allow, refuse = 0x7FFF0000, 0x00050000 | errno.ENOSYS  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+    program: list[tuple] = [(ld_abs, 0, 0, 4)]  # seccomp_data.arch
+    for arch, numbers, mask in arches:
+        block = [(ld_abs, 0, 0, 0)] + ([(alu_and, 0, 0, mask)] if mask else [])  # seccomp_data.nr
+        block += [(jeq, "REFUSE", 0, n) for n in numbers] + [(ret, 0, 0, allow)]
+        program.append((jeq, 0, len(block), arch))  # another ABI: the next block
+        program += block
+    program.append((ret, 0, 0, refuse))
+    return b"".join(struct.pack("=HBBI", code, len(program) - 1 - i - 1 if jt == "REFUSE" else jt, jf, k)
+                    for i, (code, jt, jf, k) in enumerate(program))
+
+
+def block_keyrings() -> bool | None:
+    """Install the keyring filter (above) in this thread, inherited by everything it starts: True when
+    installed, None where this machine's syscall numbers are not known, False where the kernel refused."""
+    import ctypes
+
+    program = keyring_filter()
+    if program is None:
+        return None
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+        if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (bubblewrap has set it already)
+            return False
+        fprog = SockFprog(len(program) // 8, program)
+        return libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    except (OSError, AttributeError):
+        return False
+
+
+def keyrings_blocked() -> bool:
+    """Whether a keyring call of this thread fails with ENOSYS (the filter; or a kernel without keyrings)."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        number = {"x86_64": 250, "aarch64": 219}.get(__import__("platform").machine())
+        if number is None:
+            return False
+        # KEYCTL_GET_KEYRING_ID of KEY_SPEC_SESSION_KEYRING, not created
+        result = libc.syscall(ctypes.c_long(number), ctypes.c_long(0), ctypes.c_long(-3), ctypes.c_long(0))
+        return result == -1 and ctypes.get_errno() == errno.ENOSYS
+    except (OSError, AttributeError):
+        return False
+
+
 def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | None:
     """A script that runs this interpreter confined (confinement_argv), with its arguments:
     multiprocessing's fork server is started with it, so every worker_exec forked from it is confined
@@ -312,6 +412,12 @@ def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | No
     # worker finds it (worker.forkserver_left_processes); signals sent from inside the namespace that
     # the fork server does not handle (SIGKILL, SIGSTOP) do not reach it.
     argv = [*argv[:-1], "--as-pid-1", "--"]
+    # every process the fork server forks first enters this process's working directory (multiprocessing's
+    # spawn.prepare) and exits 1, before the action, where it is not there: a worker started in its home
+    # (not bound: _startup_entry) failed every action, with no stderr. An empty directory stands for it
+    cwd = os.path.realpath(".")
+    if cwd != "/" and not cwd.startswith(("/proc/", "/dev/")) and os.path.isdir(cwd):
+        argv[-2:-2] = ["--dir", cwd]
     import atexit
     import shlex
     import tempfile
