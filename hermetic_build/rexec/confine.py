@@ -199,14 +199,15 @@ def give_to_confined(path: Path) -> None:
         _chown_tree(path, ids)
 
 
-def confinement_argv(writable: Path, env: dict, rule_modules=()) -> list[str]:
+def confinement_argv(writable: Path, env: dict, rule_modules=(), empty_dirs=()) -> list[str]:
     """The command prefix (ending with `--`) that runs a program with `env` only, `writable` (an
-    absolute path, at the same path inside) the one writable directory of the host; [] where
-    bubblewrap is not usable. Where this process is root, started as host_ids() when it can be."""
-    return _confinement_argv(writable, env, rule_modules, host_ids())
+    absolute path, at the same path inside) the one writable directory of the host, and an empty
+    directory at each of `empty_dirs`; [] where bubblewrap is not usable. Where this process is root,
+    started as host_ids() when it can be."""
+    return _confinement_argv(writable, env, rule_modules, host_ids(), empty_dirs)
 
 
-def _confinement_argv(writable: Path, env: dict, rule_modules, ids) -> list[str]:
+def _confinement_argv(writable: Path, env: dict, rule_modules, ids, empty_dirs=()) -> list[str]:
     bwrap = bwrap_path()
     if bwrap is None or (ids is None and os.geteuid() == 0):
         return []  # as root, never a sandbox of uid 0 (module doc)
@@ -226,7 +227,10 @@ def _confinement_argv(writable: Path, env: dict, rule_modules, ids) -> list[str]
         if path in ("/usr", "/proc", "/dev") or path.startswith(("/usr/", "/proc/", "/dev/", inside)):
             continue  # bound already, or writable
         cmd += ["--ro-bind", path, path]
-    cmd += ["--bind", str(writable), str(writable), "--remount-ro", "/tmp"]  # /tmp alone, not the bind in it
+    cmd += ["--bind", str(writable), str(writable)]
+    for directory in empty_dirs:
+        cmd += ["--dir", str(directory)]
+    cmd += ["--remount-ro", "/tmp"]  # /tmp alone, not what is bound or made in it
     for key, value in {"PATH": FIXED_PATH, **env}.items():
         cmd += ["--setenv", key, value]
     return [*cmd, "--"]
@@ -402,7 +406,12 @@ def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | No
     too (`writable`: the directory of the actions' directories). It lies in a new directory outside
     `writable` (a confined process must not rewrite what starts the next fork server). None without
     bubblewrap."""
-    argv = confinement_argv(writable, env, rule_modules)
+    # every process the fork server forks first enters this process's working directory (multiprocessing's
+    # spawn.prepare) and exits 1, before the action, where it is not there: a worker started in its home
+    # (not bound: _startup_entry) failed every action, with no stderr. An empty directory stands for it
+    cwd = os.path.realpath(".")
+    empty = [cwd] if cwd != "/" and not cwd.startswith(("/proc/", "/dev/")) and os.path.isdir(cwd) else []
+    argv = confinement_argv(writable, env, rule_modules, empty)
     if not argv:
         return None
     # the fork server is the sandbox's first process, its PID namespace's init (--as-pid-1): else
@@ -412,12 +421,6 @@ def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | No
     # worker finds it (worker.forkserver_left_processes); signals sent from inside the namespace that
     # the fork server does not handle (SIGKILL, SIGSTOP) do not reach it.
     argv = [*argv[:-1], "--as-pid-1", "--"]
-    # every process the fork server forks first enters this process's working directory (multiprocessing's
-    # spawn.prepare) and exits 1, before the action, where it is not there: a worker started in its home
-    # (not bound: _startup_entry) failed every action, with no stderr. An empty directory stands for it
-    cwd = os.path.realpath(".")
-    if cwd != "/" and not cwd.startswith(("/proc/", "/dev/")) and os.path.isdir(cwd):
-        argv[-2:-2] = ["--dir", cwd]
     import atexit
     import shlex
     import tempfile
