@@ -7,6 +7,7 @@ import functools
 import os
 import shutil
 import subprocess
+import threading
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,10 +313,17 @@ class ActionExecution:
             cmd += ["--chdir", workdir]
             for key, value in env.items():
                 cmd += ["--setenv", key, value]
+            program = seccomp_program()  # the kernel's keyrings closed to the command (hermetic_build/seccomp.py)
+            if program is not None:
+                cmd += ["--seccomp", str(program)]
             cmd += ["--", *argv]
             # bwrap itself gets no environment: its process stays in the sandbox's PID namespace as
             # PID 1, where the command can read /proc/1/environ (it had hb's whole environment)
-            returncode, out, err = run_captured(cmd, env={})
+            try:
+                returncode, out, err = run_captured(cmd, env={}, pass_fds=() if program is None else (program,))
+            finally:
+                if program is not None:
+                    os.close(program)
         else:
             returncode, out, err = run_captured(argv, cwd=self.execroot, env=env)
         self.stdout += out
@@ -359,13 +367,14 @@ class _BoundedOutput:
         return bytes(self.head) + f"\n[hb: {self.dropped} bytes of output left out]\n".encode() + bytes(self.tail)
 
 
-def run_captured(argv: list[str], *, env: dict, cwd=None, limit: int = OUTPUT_LIMIT) -> tuple[int, bytes, bytes]:
-    """Run argv with stdin /dev/null; its exit status and its stdout and stderr, each read to the end
-    but kept to at most about `limit` bytes (_BoundedOutput)."""
+def run_captured(argv: list[str], *, env: dict, cwd=None, limit: int = OUTPUT_LIMIT,
+                 pass_fds: tuple[int, ...] = ()) -> tuple[int, bytes, bytes]:
+    """Run argv with stdin /dev/null (and the descriptors pass_fds); its exit status and its stdout and
+    stderr, each read to the end but kept to at most about `limit` bytes (_BoundedOutput)."""
     import threading
 
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, pass_fds=pass_fds)
     kept = (_BoundedOutput(limit), _BoundedOutput(limit))
 
     def drain(stream, into):
@@ -442,6 +451,29 @@ def run_bounded(argv: list[str], *, timeout: float, stdout_limit: int, stderr_li
         proc.stderr.close()
         returncode = proc.wait()
     return BoundedRun(returncode, b"" if overrun else bytes(out), bytes(err), overrun)
+
+
+_seccomp_memfd: int | None = None
+_seccomp_lock = threading.Lock()
+
+
+def seccomp_program() -> int | None:
+    """A new descriptor (close it after the command started) from which bubblewrap's --seccomp reads the
+    keyring filter (hermetic_build/seccomp.py); None where this machine's syscall numbers are not known.
+    One memfd holds the program; each command gets a descriptor of its own, opened again through /proc
+    (a shared one's offset would be at its end for the second reader)."""
+    global _seccomp_memfd
+    with _seccomp_lock:
+        if _seccomp_memfd is None:
+            from .seccomp import keyring_filter
+
+            program = keyring_filter()
+            if program is None:
+                return None
+            fd = os.memfd_create("hb-seccomp", os.MFD_CLOEXEC)
+            os.write(fd, program)
+            _seccomp_memfd = fd
+    return os.open(f"/proc/self/fd/{_seccomp_memfd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dict | None = None) -> list[str]:

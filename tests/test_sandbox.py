@@ -102,3 +102,60 @@ def test_run_bounded_reads_a_helpers_answer_within_its_bounds():
                        timeout=1, stdout_limit=5000)
     assert done.overrun == "it ran longer than 1 s" and done.returncode < 0
     assert time.monotonic() - started < 10
+
+
+KEYRING_PROBE = r'''
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+keyctl = int(sys.argv[1])
+def call(*args):
+    return libc.syscall(ctypes.c_long(keyctl), *[a if isinstance(a, ctypes.Array) else ctypes.c_long(a) for a in args])
+ring = call(0, -3, 0)  # KEYCTL_GET_KEYRING_ID of the session keyring
+if ring < 0:
+    print(f"session keyring refused: {os.strerror(ctypes.get_errno())}")
+    sys.exit(0)
+ids = ctypes.create_string_buffer(4096)
+for i in range(0, max(call(11, ring, ids, 4096), 0), 4):  # KEYCTL_READ of a keyring: its keys' ids
+    data = ctypes.create_string_buffer(4096)
+    size = call(11, int.from_bytes(ids.raw[i:i + 4], "little"), data, 4096)
+    print(f"key: {data.raw[:max(size, 0)]!r}")
+'''
+
+WITH_A_SESSION_KEY = r'''
+import ctypes, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+keyctl = int(sys.argv[1])
+assert libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(1), None) >= 0  # a new session keyring of its own
+secret = b"HOST-SESSION-SECRET"
+assert libc.syscall(ctypes.c_long(keyctl - 2), b"user", b"hb-test", secret, ctypes.c_size_t(len(secret)),
+                    ctypes.c_long(-3)) >= 0  # add_key into it
+sys.exit(subprocess.run(sys.argv[2:]).returncode)
+'''
+
+
+def test_a_command_cannot_read_the_keyrings_of_the_user_who_builds(workspace, tmp_path):
+    """The kernel's keyrings are not namespaced: a genrule under `hb build` read a key of the session
+    keyring hb was started with (a login's has one: Kerberos tickets, ecryptfs keys; reproduced).
+    bubblewrap now installs hb's keyring filter (hermetic_build/seccomp.py) before the command runs:
+    keyctl, add_key and request_key fail with ENOSYS, as under Docker's default profile."""
+    import platform
+
+    import pytest
+
+    keyctl = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
+    if keyctl is None:
+        pytest.fail(f"no keyring syscall numbers for {platform.machine()} in this test")
+    require_tool("bwrap")
+    workspace.write("p/probe.py", KEYRING_PROBE)
+    workspace.write("p/BUILD.hermetic", f'genrule(name = "k", srcs = ["probe.py"], outs = ["o"], '
+                                        f'cmd = "python3 $(SRCS) {keyctl} > $(OUTS)")\n')
+    (tmp_path / "keys.py").write_text(WITH_A_SESSION_KEY)
+    proc = subprocess.run([sys.executable, str(tmp_path / "keys.py"), str(keyctl), sys.executable, "-m",
+                           "hermetic_build.cli", "build", "//p:k"], cwd=workspace.root, env=workspace.env(),
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found = (workspace.root / "hb-out/p/k/o").read_text()
+    assert "HOST-SESSION-SECRET" not in found, found
+    assert found == "session keyring refused: Function not implemented\n", found

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments
+from ..seccomp import keyring_filter  # noqa: F401 - worker_exec imports it from here
 
 # the uid and gid a confined worker_exec has inside its sandbox: any but 0 (see the module's doc)
 INSIDE_ID = "1000"
@@ -319,49 +320,10 @@ def is_dumpable() -> bool:
         return True
 
 
-# The kernel's keyrings are reachable from every namespace: a confined process possesses the session
-# keyring it inherited from the worker (a login's, pam_keyinit; as root, root's) and may read its keys,
-# and /proc/keys lists, and KEYCTL_LINK attaches to its own keyring, the host user keyring of the uid it
-# runs as on the host (the worker's own, where it is not root), whose keys it then reads (reproduced
-# both, with a real BotWorker). So no confined process may make a keyring call: keyctl, add_key and
-# request_key fail with ENOSYS, by a seccomp filter that the fork server (forkserver_start.py) and
-# worker_exec (main) install in themselves before any action's code runs; it passes to every process
-# they start, the actions' own sandboxes included, and cannot be removed. Syscall numbers per
-# platform.machine(): (AUDIT_ARCH, numbers, mask of the number) for the native and compat ABIs (x32's
-# numbers carry bit 30 on x86_64).
-_KEYRING_SYSCALLS = {
-    "x86_64": ((0xC000003E, (248, 249, 250), 0xBFFFFFFF), (0x40000003, (286, 287, 288), None)),
-    "aarch64": ((0xC00000B7, (217, 218, 219), None), (0x40000028, (309, 310, 311), None)),
-}
-
-
-def keyring_filter() -> bytes | None:
-    """The classic-BPF program (struct sock_filter[]) of the keyring filter on this machine; None where
-    its syscall numbers are not known here. A process of another ABI than those listed gets ENOSYS
-    for every call (no such process runs on these machines)."""
-    import errno
-    import platform
-    import struct
-
-    arches = _KEYRING_SYSCALLS.get(platform.machine())
-    if not arches:
-        return None
-    ld_abs, jeq, alu_and, ret = 0x20, 0x15, 0x54, 0x06
-    allow, refuse = 0x7FFF0000, 0x00050000 | errno.ENOSYS  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
-    program: list[tuple] = [(ld_abs, 0, 0, 4)]  # seccomp_data.arch
-    for arch, numbers, mask in arches:
-        block = [(ld_abs, 0, 0, 0)] + ([(alu_and, 0, 0, mask)] if mask else [])  # seccomp_data.nr
-        block += [(jeq, "REFUSE", 0, n) for n in numbers] + [(ret, 0, 0, allow)]
-        program.append((jeq, 0, len(block), arch))  # another ABI: the next block
-        program += block
-    program.append((ret, 0, 0, refuse))
-    return b"".join(struct.pack("=HBBI", code, len(program) - 1 - i - 1 if jt == "REFUSE" else jt, jf, k)
-                    for i, (code, jt, jf, k) in enumerate(program))
-
-
 def block_keyrings() -> bool | None:
-    """Install the keyring filter (above) in this thread, inherited by everything it starts: True when
-    installed, None where this machine's syscall numbers are not known, False where the kernel refused."""
+    """Install the keyring filter (hermetic_build/seccomp.py) in this thread, inherited by everything it
+    starts: True when installed, None where this machine's syscall numbers are not known, False where
+    the kernel refused."""
     import ctypes
 
     program = keyring_filter()

@@ -1,0 +1,41 @@
+"""The seccomp filter hb puts on what runs untrusted code: the kernel's keyrings closed (keyctl, add_key
+and request_key fail with ENOSYS). Keyrings are not namespaced, so a sandbox does not hide them: a process
+possesses the session keyring it inherited (a login's, pam_keyinit; as root, root's) and may read its
+keys, and /proc/keys lists, and KEYCTL_LINK attaches to its own keyring, the host user keyring of the uid
+it runs as, whose keys it then reads (reproduced, with a real BotWorker and with `hb build`'s own sandbox).
+Docker's default profile refuses the same calls. Two users: the confined worker_exec of `hb worker`
+(rexec/confine.block_keyrings, installed in itself) and every command `hb build` runs in bubblewrap
+(sandbox.ActionExecution.run_command, given to bubblewrap's --seccomp)."""
+
+from __future__ import annotations
+
+# Syscall numbers per platform.machine(): (AUDIT_ARCH, numbers, mask of the number) for the native and
+# compat ABIs (x32's numbers carry bit 30 on x86_64).
+_KEYRING_SYSCALLS = {
+    "x86_64": ((0xC000003E, (248, 249, 250), 0xBFFFFFFF), (0x40000003, (286, 287, 288), None)),
+    "aarch64": ((0xC00000B7, (217, 218, 219), None), (0x40000028, (309, 310, 311), None)),
+}
+
+
+def keyring_filter() -> bytes | None:
+    """The classic-BPF program (struct sock_filter[]) of the keyring filter on this machine; None where
+    its syscall numbers are not known here. A process of another ABI than those listed gets ENOSYS
+    for every call (no such process runs on these machines)."""
+    import errno
+    import platform
+    import struct
+
+    arches = _KEYRING_SYSCALLS.get(platform.machine())
+    if not arches:
+        return None
+    ld_abs, jeq, alu_and, ret = 0x20, 0x15, 0x54, 0x06
+    allow, refuse = 0x7FFF0000, 0x00050000 | errno.ENOSYS  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+    program: list[tuple] = [(ld_abs, 0, 0, 4)]  # seccomp_data.arch
+    for arch, numbers, mask in arches:
+        block = [(ld_abs, 0, 0, 0)] + ([(alu_and, 0, 0, mask)] if mask else [])  # seccomp_data.nr
+        block += [(jeq, "REFUSE", 0, n) for n in numbers] + [(ret, 0, 0, allow)]
+        program.append((jeq, 0, len(block), arch))  # another ABI: the next block
+        program += block
+    program.append((ret, 0, 0, refuse))
+    return b"".join(struct.pack("=HBBI", code, len(program) - 1 - i - 1 if jt == "REFUSE" else jt, jf, k)
+                    for i, (code, jt, jf, k) in enumerate(program))
