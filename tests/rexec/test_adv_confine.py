@@ -409,15 +409,28 @@ def linger_leases(tmp_path, preload: bool, kind: str = "test.linger", hop: bool 
     from multiprocessing import forkserver
 
     marker = f"hb-leftover-{uuid.uuid4().hex}"
+
+    def after(mode: str, got: dict) -> None:
+        got[f"left_after_{mode}"] = marked_processes(marker)
+        got[f"server_after_{mode}"] = forkserver._forkserver._forkserver_pid
+
+    return leases_in_turn(tmp_path, preload, kind, "Linger", ("plant", "victim"),
+                          {"marker": marker, "hop": hop}, after)
+
+
+def leases_in_turn(tmp_path, preload: bool, kind: str, mnemonic: str, modes, params: dict, after=None) -> dict:
+    """One action of the kind `kind` per mode, in turn on one worker (params plus its mode): what each
+    wrote to p/o.txt, its exit status and the end of its stderr, under the mode's name, and the
+    worker's log; after(mode, got) is called after each."""
     worker = make_worker(tmp_path, preload=preload)
     got = {"log": []}
     worker.log = got["log"].append
-    for mode in ("plant", "victim"):
+    for mode in modes:
         def build(root, mode=mode):
             (root / ".hb").mkdir()
             (root / ".hb" / "action.json").write_bytes(shell_action(
-                "", inputs=(), kind=kind, version="1", mnemonic="Linger",
-                params_json=json.dumps({"mode": mode, "marker": marker, "hop": hop})))
+                "", inputs=(), kind=kind, version="1", mnemonic=mnemonic,
+                params_json=json.dumps({**params, "mode": mode})))
 
         (tmp_path / mode).mkdir()
         status, result = worker._work(lease(worker, tmp_path / mode, build, timeout=120))
@@ -425,8 +438,8 @@ def linger_leases(tmp_path, preload: bool, kind: str = "test.linger", hop: bool 
         out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
         got[mode] = {"exit": result.exit_code, "out": worker.cas.blobs[out.digest.hash].decode() if out else "",
                      "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:]}
-        got[f"left_after_{mode}"] = marked_processes(marker)
-        got[f"server_after_{mode}"] = forkserver._forkserver._forkserver_pid
+        if after is not None:
+            after(mode, got)
     assert worker._confined
     return got
 
@@ -440,25 +453,8 @@ def residue_leases(tmp_path, preload: bool, kind: str = "test.residue") -> dict:
     directory, the second looks for them; what each found, and the worker's log."""
     import uuid
 
-    marker = f"hb-residue-{uuid.uuid4().hex}"
-    worker = make_worker(tmp_path, preload=preload)
-    got = {"log": []}
-    worker.log = got["log"].append
-    for mode in ("plant", "look"):
-        def build(root, mode=mode):
-            (root / ".hb").mkdir()
-            (root / ".hb" / "action.json").write_bytes(shell_action(
-                "", inputs=(), kind=kind, version="1", mnemonic="Residue",
-                params_json=json.dumps({"mode": mode, "marker": marker})))
-
-        (tmp_path / mode).mkdir()
-        status, result = worker._work(lease(worker, tmp_path / mode, build, timeout=120))
-        assert status.code == code_pb2.OK, status.message
-        out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
-        got[mode] = {"exit": result.exit_code, "out": worker.cas.blobs[out.digest.hash].decode() if out else "",
-                     "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:]}
-    assert worker._confined
-    return got
+    return leases_in_turn(tmp_path, preload, kind, "Residue", ("plant", "look"),
+                          {"marker": f"hb-residue-{uuid.uuid4().hex}"})
 
 
 def loud_lease(tmp_path, preload: bool, kind: str = "test.loud") -> dict:
@@ -511,18 +507,18 @@ def inject_lease(tmp_path, preload: bool, kind: str = "test.inject") -> dict:
             "servers": servers, "log": log}
 
 
-def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
-    """Run the kind `kind` (the escape kind) on a worker; what it found, the stdout the worker reported,
-    and the host's owner of the output the kind wrote (as the worker collects it)."""
-    secret = tmp_path / "host" / "secret.txt"
-
+def probe_lease(tmp_path, preload: bool, kind: str, mnemonic: str, params: dict) -> dict:
+    """One action of the kind `kind` with `params` on a new worker: what it wrote to p/o.txt, its exit
+    status, stdout and stderr as the worker reported them, the worker's log, and the host's owner of
+    the output (as the worker collects it)."""
     def build(root):
         (root / ".hb").mkdir()
         (root / ".hb" / "action.json").write_bytes(shell_action(
-            "", inputs=(), kind=kind, version="1", mnemonic="Escape",
-            params_json=json.dumps({"secret": str(secret)})))
+            "", inputs=(), kind=kind, version="1", mnemonic=mnemonic, params_json=json.dumps(params)))
 
     worker = make_worker(tmp_path, preload=preload)
+    log = []
+    worker.log = log.append
     owners, collect = [], worker._collect
 
     def _collect(root, outputs, result, upload):
@@ -532,12 +528,19 @@ def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
     worker._collect = _collect
     status, result = worker._work(lease(worker, tmp_path, build))
     assert status.code == code_pb2.OK, status.message
-    assert worker._confined
     out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
     return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "", "owner": owners[0] if owners else None,
             "stdout": worker.cas.blobs.get(result.stdout_digest.hash, b"").decode(errors="replace"),
             "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace"),
-            "exit": result.exit_code}
+            "exit": result.exit_code, "log": log, "confined": worker._confined}
+
+
+def escape_lease(tmp_path, preload: bool, kind: str = "test.escape") -> dict:
+    """Run the kind `kind` (the escape kind) on a worker; what it found, the stdout the worker reported,
+    and the host's owner of the output the kind wrote (as the worker collects it)."""
+    got = probe_lease(tmp_path, preload, kind, "Escape", {"secret": str(tmp_path / "host" / "secret.txt")})
+    assert got["confined"]
+    return got
 
 
 def open_to_confined(path: Path) -> None:

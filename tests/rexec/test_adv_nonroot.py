@@ -22,8 +22,7 @@ from buildgrid._protos.google.rpc import code_pb2
 sys.path.insert(0, str(Path(__file__).parent))
 from test_adv_confine import (ESCAPE_KIND, INJECT_KIND, LINGER_KIND, SIGNAL_KIND, STUCK_KIND,  # noqa: E402
                               escape_lease, exit_during_lease, hopping_linger_leases, inject_lease, install_test_kind,
-                              linger_leases, signal_lease, sleeps_left, stuck_lease)
-from test_adv_worker import lease, make_worker, shell_action  # noqa: E402
+                              linger_leases, probe_lease, signal_lease, sleeps_left, stuck_lease)
 
 # what the runner (run_worker) imports from this module
 RUNS = (escape_lease, exit_during_lease, hopping_linger_leases, inject_lease, linger_leases, signal_lease, stuck_lease)
@@ -147,28 +146,8 @@ register_action_kind("test.read", "1", run)
 
 
 def _lease_of(tmp_path, preload: bool, kind: str, params: dict) -> dict:
-    def build(root):
-        (root / ".hb").mkdir()
-        (root / ".hb" / "action.json").write_bytes(shell_action(
-            "", inputs=(), kind=kind, version="1", mnemonic="Probe", params_json=json.dumps(params)))
-
-    worker = make_worker(tmp_path, preload=preload)
-    log = []
-    worker.log = log.append
-    owners, collect = [], worker._collect
-
-    def _collect(root, outputs, result, upload):
-        owners.append(os.stat(root / "p" / "o.txt", follow_symlinks=False).st_uid)
-        return collect(root, outputs, result, upload)
-
-    worker._collect = _collect
-    status, result = worker._work(lease(worker, tmp_path, build))
-    assert status.code == code_pb2.OK, status.message
-    out = next((f for f in result.output_files if f.path == "p/o.txt"), None)
-    return {"found": worker.cas.blobs[out.digest.hash].decode() if out else "", "exit": result.exit_code,
-            "stderr": worker.cas.blobs.get(result.stderr_digest.hash, b"").decode(errors="replace")[-2000:],
-            "log": log,
-            "confined": worker._confined, "uid": os.getuid(), "owner": owners[0] if owners else None}
+    got = probe_lease(tmp_path, preload, kind, "Probe", params)
+    return {**got, "stderr": got["stderr"][-2000:], "uid": os.getuid()}
 
 
 def keyring_lease(tmp_path, preload: bool, kind: str = "test.keyring") -> dict:
