@@ -4,7 +4,7 @@ possesses the session keyring it inherited (a login's, pam_keyinit; as root, roo
 keys, and /proc/keys lists, and KEYCTL_LINK attaches to its own keyring, the host user keyring of the uid
 it runs as, whose keys it then reads (reproduced, with a real BotWorker and with `hb build`'s own sandbox).
 Docker's default profile refuses the same calls. Two users: the confined worker_exec of `hb worker`
-(rexec/confine.block_keyrings, installed in itself) and every command `hb build` runs in bubblewrap
+(block_keyrings, installed in itself) and every command `hb build` runs in bubblewrap
 (sandbox.ActionExecution.run_command, given to bubblewrap's --seccomp)."""
 
 from __future__ import annotations
@@ -39,3 +39,46 @@ def keyring_filter() -> bytes | None:
     program.append((ret, 0, 0, refuse))
     return b"".join(struct.pack("=HBBI", code, len(program) - 1 - i - 1 if jt == "REFUSE" else jt, jf, k)
                     for i, (code, jt, jf, k) in enumerate(program))
+
+
+def block_keyrings() -> bool | None:
+    """Install the keyring filter (keyring_filter) in this thread, inherited by everything it
+    starts: True when installed, None where this machine's syscall numbers are not known, False where
+    the kernel refused."""
+    import ctypes
+
+    program = keyring_filter()
+    if program is None:
+        return None
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+        if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (bubblewrap has set it already)
+            return False
+        fprog = SockFprog(len(program) // 8, program)
+        return libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    except (OSError, AttributeError):
+        return False
+
+
+def keyrings_blocked() -> bool:
+    """Whether a keyring call of this thread fails with ENOSYS (the filter; or a kernel without keyrings)."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        arches = _KEYRING_SYSCALLS.get(__import__("platform").machine())
+        if not arches:
+            return False
+        number = arches[0][1][2]  # keyctl of the native ABI
+        # KEYCTL_GET_KEYRING_ID of KEY_SPEC_SESSION_KEYRING, not created
+        result = libc.syscall(ctypes.c_long(number), ctypes.c_long(0), ctypes.c_long(-3), ctypes.c_long(0))
+        return result == -1 and ctypes.get_errno() == errno.ENOSYS
+    except (OSError, AttributeError):
+        return False

@@ -239,11 +239,12 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
         import ctypes
         import signal
 
-        from .rexec.confine import is_dumpable, keyring_filter, keyrings_blocked, make_non_dumpable
+        from .rexec.confine import is_dumpable, make_non_dumpable
+        from .seccomp import keyring_filter, keyrings_blocked
 
         # non-dumpable, as the fork server (rexec/forkserver_start.py) it inherits that from: a dumpable
         # fork server (whose memory an action could write: every later action is forked from it) runs
-        # no action; nor one that has not blocked the keyrings (confine.block_keyrings)
+        # no action; nor one that has not blocked the keyrings (seccomp.block_keyrings)
         dumpable = is_dumpable()
         make_non_dumpable()
         keyrings_open = keyring_filter() is not None and not keyrings_blocked()
@@ -280,10 +281,10 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
 
 def main(argv: list[str] | None = None) -> int:
     die_with_worker()
-    from .rexec.confine import block_keyrings
+    from .seccomp import block_keyrings
 
     # no keyring call for this process and all it starts, before any action's code: the keyrings are
-    # not namespaced (confine.block_keyrings); None: this machine's syscall numbers are not known
+    # not namespaced (seccomp.block_keyrings); None: this machine's syscall numbers are not known
     if block_keyrings() is False:
         print("hb worker_exec: the kernel refused the keyring filter (seccomp): no action runs",
               file=sys.stderr)

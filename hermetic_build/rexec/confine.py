@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments
-from ..seccomp import keyring_filter  # noqa: F401 - worker_exec imports it from here
 
 # the uid and gid a confined worker_exec has inside its sandbox: any but 0 (see the module's doc)
 INSIDE_ID = "1000"
@@ -318,48 +317,6 @@ def is_dumpable() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0) != 0  # PR_GET_DUMPABLE
     except (OSError, AttributeError):
         return True
-
-
-def block_keyrings() -> bool | None:
-    """Install the keyring filter (hermetic_build/seccomp.py) in this thread, inherited by everything it
-    starts: True when installed, None where this machine's syscall numbers are not known, False where
-    the kernel refused."""
-    import ctypes
-
-    program = keyring_filter()
-    if program is None:
-        return None
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-        if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS (bubblewrap has set it already)
-            return False
-        fprog = SockFprog(len(program) // 8, program)
-        return libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
-    except (OSError, AttributeError):
-        return False
-
-
-def keyrings_blocked() -> bool:
-    """Whether a keyring call of this thread fails with ENOSYS (the filter; or a kernel without keyrings)."""
-    import ctypes
-    import errno
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        number = {"x86_64": 250, "aarch64": 219}.get(__import__("platform").machine())
-        if number is None:
-            return False
-        # KEYCTL_GET_KEYRING_ID of KEY_SPEC_SESSION_KEYRING, not created
-        result = libc.syscall(ctypes.c_long(number), ctypes.c_long(0), ctypes.c_long(-3), ctypes.c_long(0))
-        return result == -1 and ctypes.get_errno() == errno.ENOSYS
-    except (OSError, AttributeError):
-        return False
 
 
 def confined_executable(writable: Path, env: dict, rule_modules=()) -> Path | None:

@@ -9,12 +9,13 @@ forked from it (reproduced: /proc/PARENT/mem opened for writing, PTRACE_SEIZE at
 it can be traced only with CAP_SYS_PTRACE in the user namespace it was started in, which no confined
 process has. The flag is copied to every process it forks (run_forked checks it before running an
 action, so a fork server that could not set it runs none). It also installs the keyring filter
-(confine.block_keyrings: no keyctl, add_key, request_key for it and all it forks: the worker's session
+(seccomp.block_keyrings: no keyctl, add_key, request_key for it and all it forks: the worker's session
 keyring and its user's host keyring were readable by a kind, reproduced), and quiets a warning (below)."""
 
 import warnings
 
-from .confine import block_keyrings, make_non_dumpable
+from ..seccomp import block_keyrings
+from .confine import make_non_dumpable
 
 make_non_dumpable()
 block_keyrings()  # checked by run_forked before it runs an action
