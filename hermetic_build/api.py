@@ -13,7 +13,7 @@ from .boundedjson import MAX_JSON_VALUES, TooManyJsonValues, json_values_at_most
 from .referrers import DSSE_TYPE, artifact_manifest, canonical as canonical_oci_json, descriptor, has_referrers_api, layout_artifacts, sha256_of
 from .registry import RegistryAuthError, RegistryClient, RegistryError, RegistryRef, RegistryUnavailable
 from .rule import DefaultInfo, Provider, attr, rule
-from .sandbox import ActionExecution, BoundedRun, relative_path, run_bounded
+from .sandbox import ActionExecution, BoundedRun, HelperCommand, relative_path, run_bounded, start_helper
 from .tree import MissingBlob, TreeEntry, lookup_tree, materialize_tree, small_blob, store_tree, walk_tree
 from .workspace import host_platform, resolve_source
 
@@ -26,5 +26,5 @@ __all__ = [
     "RegistryUnavailable", "RegistryPushError", "RemoteError", "TreeEntry", "UsageError", "canonical_json",
     "DSSE_TYPE", "artifact_manifest", "canonical_oci_json", "descriptor", "sha256_of", "check_statement", "envelope_bytes", "has_referrers_api", "layout_artifacts",
     "public_url", "redact_url", "MAX_JSON_VALUES", "TooManyJsonValues", "json_values_at_most", "loads_bounded",
-    "BoundedRun", "run_bounded",
+    "BoundedRun", "run_bounded", "HelperCommand", "start_helper",
 ]

@@ -258,7 +258,7 @@ class ActionExecution:
         }
 
     @staticmethod
-    def helper_command(argv: list[str], read_only: tuple[str, ...] = ()) -> list[str]:
+    def helper_command(argv: list[str], read_only: tuple[str, ...] = ()) -> HelperCommand:
         """The command for a long-lived sandboxed helper process shared by many actions (worker_command)."""
         return worker_command(argv, read_only=read_only)
 
@@ -403,7 +403,7 @@ class BoundedRun:
     overrun: str = ""
 
 
-def run_bounded(argv: list[str], *, timeout: float, stdout_limit: int, stderr_limit: int = 64 << 10,
+def run_bounded(argv: HelperCommand | list[str], *, timeout: float, stdout_limit: int, stderr_limit: int = 64 << 10,
                 env: dict | None = None, cwd=None) -> BoundedRun:
     """Run a helper whose stdout is an answer hb's process reads whole (a sandboxed reader of hostile
     bytes, which may be subverted): stdin /dev/null, stdout read to at most `stdout_limit` bytes and
@@ -414,8 +414,8 @@ def run_bounded(argv: list[str], *, timeout: float, stdout_limit: int, stderr_li
     import time
 
     deadline = time.monotonic() + timeout
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = start_helper(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
     out, err = bytearray(), bytearray()
     overrun = ""
     try:
@@ -476,14 +476,24 @@ def seccomp_program() -> int | None:
     return os.open(f"/proc/self/fd/{_seccomp_memfd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
-def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dict | None = None) -> list[str]:
+@dataclass(frozen=True)
+class HelperCommand:
+    """A long-lived helper's command (worker_command): bubblewrap's options (empty where bubblewrap is
+    not usable) and the helper's own argv. start_helper starts it."""
+
+    options: tuple[str, ...]
+    argv: tuple[str, ...]
+
+
+def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dict | None = None) -> HelperCommand:
     """The command that runs a long-lived helper process (e.g. a checker that reads untrusted files
     for many actions of a build) in bubblewrap: no network, the host's /usr and libraries and the
-    `read_only` paths visible read-only, nothing writable but a private /tmp, and the environment
-    `env` only. Where bubblewrap is not usable, argv itself (the build has already said so)."""
+    `read_only` paths visible read-only, nothing writable but a private /tmp, the environment `env`
+    only, and the kernel's keyrings closed (start_helper). Where bubblewrap is not usable, argv itself
+    (the build has already said so)."""
     bwrap = bwrap_path()
     if not bwrap:
-        return list(argv)
+        return HelperCommand((), tuple(argv))
     # no --die-with-parent: it fires when the *thread* that started the helper ends; the helper ends
     # when its stdin closes instead (hb exited, or gave it up)
     # bwrap is started by `env -i`: it stays in the sandbox as PID 1, whose /proc/1/environ the helper
@@ -495,7 +505,26 @@ def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dic
             cmd += ["--ro-bind", path, path]
     for key, value in {"PATH": FIXED_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", **(env or {})}.items():
         cmd += ["--setenv", key, value]
-    return [*cmd, "--chdir", "/tmp", "--", *argv]
+    return HelperCommand((*cmd, "--chdir", "/tmp"), tuple(argv))
+
+
+def start_helper(command: HelperCommand | list[str], **popen_arguments) -> subprocess.Popen:
+    """Start a helper (worker_command; a plain argv runs as it is). bubblewrap installs hb's keyring filter
+    (hermetic_build/seccomp.py) before the helper runs, as for run_command: the kernel's keyrings are not
+    namespaced, and a helper subverted by the hostile bytes it parses read the session keyring of the
+    user who builds (reproduced with a helper made to call keyctl)."""
+    if not isinstance(command, HelperCommand):
+        return subprocess.Popen(list(command), **popen_arguments)
+    if not command.options:
+        return subprocess.Popen(list(command.argv), **popen_arguments)
+    program = seccomp_program()
+    if program is None:
+        return subprocess.Popen([*command.options, "--", *command.argv], **popen_arguments)
+    try:
+        return subprocess.Popen([*command.options, "--seccomp", str(program), "--", *command.argv],
+                                pass_fds=(program,), **popen_arguments)
+    finally:
+        os.close(program)
 
 
 def root_arguments(rootfs: Path) -> list[str]:

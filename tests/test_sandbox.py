@@ -159,3 +159,42 @@ def test_a_command_cannot_read_the_keyrings_of_the_user_who_builds(workspace, tm
     found = (workspace.root / "hb-out/p/k/o").read_text()
     assert "HOST-SESSION-SECRET" not in found, found
     assert found == "session keyring refused: Function not implemented\n", found
+
+
+HELPER_IN_A_SESSION_WITH_A_KEY = r'''
+import os, sys
+from hermetic_build.sandbox import run_bounded, worker_command
+probe, keyctl = sys.argv[1:3]
+roots = {sys.prefix, sys.base_prefix, os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix),
+         os.path.dirname(os.path.realpath(sys.executable)), probe}
+done = run_bounded(worker_command([sys.executable, "-I", probe, keyctl], read_only=tuple(sorted(roots))),
+                   timeout=60, stdout_limit=1 << 20)
+sys.stdout.write(done.stdout.decode())
+sys.stderr.write(done.stderr.decode())
+sys.exit(done.returncode)
+'''
+
+
+def test_a_long_lived_helper_cannot_read_the_keyrings_of_the_user_who_builds(tmp_path):
+    """The long-lived helpers (worker_command: archive checks, METADATA reads) parse hostile bytes in
+    bubblewrap; a helper subverted by them read a key of the session keyring hb was started with, as a
+    genrule did (reproduced with this probe as the helper). start_helper now hands bubblewrap the same
+    keyring filter as run_command."""
+    import platform
+
+    import pytest
+
+    keyctl = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
+    if keyctl is None:
+        pytest.fail(f"no keyring syscall numbers for {platform.machine()} in this test")
+    require_tool("bwrap")
+    (tmp_path / "probe.py").write_text(KEYRING_PROBE)
+    (tmp_path / "keys.py").write_text(WITH_A_SESSION_KEY)
+    (tmp_path / "helper.py").write_text(HELPER_IN_A_SESSION_WITH_A_KEY)
+    code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, str(tmp_path / "keys.py"), str(keyctl), sys.executable,
+                           str(tmp_path / "helper.py"), str(tmp_path / "probe.py"), str(keyctl)],
+                          env={**os.environ, "PYTHONPATH": code_root}, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "HOST-SESSION-SECRET" not in proc.stdout, proc.stdout
+    assert proc.stdout == "session keyring refused: Function not implemented\n", proc.stdout

@@ -36,9 +36,10 @@ class _NoAnswer(Exception):
 
 
 class _Helper:
-    def __init__(self, command: list[str]):
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+    def __init__(self, command):
+        from hermetic_build.api import start_helper
+
+        self.proc = start_helper(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pending = b""
         if self._read(START_SECONDS) != {"ready": True}:
             self.close()

@@ -61,6 +61,43 @@ def test_verdicts_and_messages_are_those_of_the_in_process_check(execution):
     assert helper.proc.pid != os.getpid() and helper.proc.poll() is None
 
 
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_the_helper_runs_under_the_keyring_filter(execution):
+    """The helper parses hostile archives: the process that does it (bubblewrap's child) runs under hb's
+    seccomp keyring filter (sandbox.start_helper; tests/test_sandbox.py shows a helper's keyctl refused)."""
+    from hermetic_build.sandbox import bwrap_path
+
+    if bwrap_path() is None:
+        pytest.fail("bubblewrap is not usable here: the helper runs unsandboxed")
+    good = Package(members=(file("share/a.txt"),), paths=({"_path": "share/a.txt"},)).write(execution.store.tmp_dir)
+    checker.check_archive_sandboxed(execution, good, good.name, 1000)
+    (helper,) = checker._pools[os.path.realpath(execution.store.tmp_dir)].idle
+    workers = [pid for pid in _descendants(helper.proc.pid)
+               if b"check_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert workers, "the helper's process was not found"
+    for pid in workers:
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert "\nSeccomp:\t2\n" in status, status
+
+
 def test_a_helper_that_died_is_replaced_and_one_that_dies_mid_check_is_an_action_failure(execution):
     good = Package(members=(file("share/a.txt"),), paths=({"_path": "share/a.txt"},)).write(execution.store.tmp_dir)
     checker.check_archive_sandboxed(execution, good, good.name, 1000)
