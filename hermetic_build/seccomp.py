@@ -9,23 +9,38 @@ Docker's default profile refuses the same calls. Two users: the confined worker_
 
 from __future__ import annotations
 
-# Syscall numbers per platform.machine(): (AUDIT_ARCH, numbers, mask of the number) for the native and
-# compat ABIs (x32's numbers carry bit 30 on x86_64).
+# The numbers of add_key, request_key and keyctl per platform.machine(): (AUDIT_ARCH, numbers, mask of the
+# number) for each ABI a kernel of that family may run, the native one first (x32's numbers carry bit 30
+# on x86_64). A 32-bit userland reports its own machine (i686, armv8l under `linux32`) on a 64-bit kernel,
+# whose 64-bit programs the sandbox may run too: each family lists all its ABIs, whichever member hb
+# runs as. From the kernel's syscall tables, as libseccomp's scmp_sys_resolver gives them (a test checks
+# each against it); the AUDIT_ARCH values from linux/audit.h.
+_GENERIC = (217, 218, 219)  # include/uapi/asm-generic/unistd.h: arm64, riscv, loongarch
+_X86_64 = (0xC000003E, (248, 249, 250), 0xBFFFFFFF)
+_I386 = (0x40000003, (286, 287, 288), None)
+_AARCH64, _ARM = (0xC00000B7, _GENERIC, None), (0x40000028, (309, 310, 311), None)
+_PPC64LE = (0xC0000015, (269, 270, 271), None)
+_PPC64, _PPC = (0x80000015, (269, 270, 271), None), (0x00000014, (269, 270, 271), None)
+_S390X, _S390 = (0x80000016, (278, 279, 280), None), (0x00000016, (278, 279, 280), None)
+_RISCV64, _RISCV32 = (0xC00000F3, _GENERIC, None), (0x400000F3, _GENERIC, None)
+_LOONGARCH64 = (0xC0000102, _GENERIC, None)
 _KEYRING_SYSCALLS = {
-    "x86_64": ((0xC000003E, (248, 249, 250), 0xBFFFFFFF), (0x40000003, (286, 287, 288), None)),
-    "aarch64": ((0xC00000B7, (217, 218, 219), None), (0x40000028, (309, 310, 311), None)),
+    "x86_64": (_X86_64, _I386), "i386": (_I386, _X86_64), "i586": (_I386, _X86_64), "i686": (_I386, _X86_64),
+    "aarch64": (_AARCH64, _ARM), "armv7l": (_ARM, _AARCH64), "armv8l": (_ARM, _AARCH64),
+    "ppc64le": (_PPC64LE,), "ppc64": (_PPC64, _PPC), "s390x": (_S390X, _S390),
+    "riscv64": (_RISCV64, _RISCV32), "loongarch64": (_LOONGARCH64,),
 }
 
 
-def keyring_filter() -> bytes | None:
-    """The classic-BPF program (struct sock_filter[]) of the keyring filter on this machine; None where
-    its syscall numbers are not known here. A process of another ABI than those listed gets ENOSYS
-    for every call (no such process runs on these machines)."""
+def keyring_filter(machine: str | None = None) -> bytes | None:
+    """The classic-BPF program (struct sock_filter[]) of the keyring filter on this machine (or on
+    `machine`, a platform.machine() value); None where its syscall numbers are not known. A process of
+    another ABI than those listed gets ENOSYS for every call (no such process runs on these machines)."""
     import errno
     import platform
     import struct
 
-    arches = _KEYRING_SYSCALLS.get(platform.machine())
+    arches = _KEYRING_SYSCALLS.get(machine or platform.machine())
     if not arches:
         return None
     ld_abs, jeq, alu_and, ret = 0x20, 0x15, 0x54, 0x06
