@@ -117,6 +117,27 @@ def etc_arguments(network: bool) -> list[str]:
     return args
 
 
+# Files of a sandbox's /proc that show the host's kernel state, hidden as Docker's default masked paths
+# hide them: /proc/keys and /proc/key-users list the keys (ids, types and names) of every keyring the
+# sandbox's uid may view, the builder's session and user keyrings included (the keyring filter refuses
+# the calls that read them: seccomp.py), and the others show the kernel's timers and memory. Each is
+# bound over by /dev/null, which a sandbox cannot open (its /proc is nodev): reading one fails with
+# EACCES. Not for the confinement of `hb worker`, whose /proc must stay fully visible so that the
+# actions' own bubblewrap can mount theirs (the kernel refuses a new procfs where files of the
+# existing one are covered): those get the masks.
+MASKED_PROC_FILES = ("/proc/keys", "/proc/key-users", "/proc/kcore", "/proc/timer_list", "/proc/sched_debug",
+                     "/proc/latency_stats", "/proc/timer_stats")
+
+
+def proc_arguments() -> list[str]:
+    """bwrap arguments for a sandbox's /proc: its own procfs, MASKED_PROC_FILES covered."""
+    args = ["--proc", "/proc"]
+    for path in MASKED_PROC_FILES:
+        if os.path.exists(path):  # the same kernel's procfs: the file is there in the sandbox too
+            args += ["--ro-bind", "/dev/null", path]
+    return args
+
+
 def host_system_arguments(network: bool) -> list[str]:
     """bwrap arguments for the host's system, read-only: /usr, the synthetic /etc (etc_arguments) and
     /bin, /sbin and /lib* as the host has them (links into /usr on a merged-/usr system, else binds)."""
@@ -296,7 +317,7 @@ class ActionExecution:
                 cmd += root_arguments(self.tree_path(root))
             else:
                 cmd += host_system_arguments(network)
-            cmd += ["--proc", "/proc", "--dev", "/dev"]
+            cmd += [*proc_arguments(), "--dev", "/dev"]
             if tmp_size:
                 cmd += ["--size", str(int(tmp_size))]
             cmd += ["--tmpfs", "/tmp"]
@@ -499,7 +520,7 @@ def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dic
     # bwrap is started by `env -i`: it stays in the sandbox as PID 1, whose /proc/1/environ the helper
     # can read (run_command passes it an empty environment itself)
     cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *CONFINEMENT, *host_system_arguments(False)]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    cmd += [*proc_arguments(), "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in read_only:
         if os.path.exists(path):
             cmd += ["--ro-bind", path, path]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from support import require_tool
 
@@ -198,3 +199,16 @@ def test_a_long_lived_helper_cannot_read_the_keyrings_of_the_user_who_builds(tmp
     assert proc.returncode == 0, proc.stderr
     assert "HOST-SESSION-SECRET" not in proc.stdout, proc.stdout
     assert proc.stdout == "session keyring refused: Function not implemented\n", proc.stdout
+
+
+def test_a_command_cannot_list_the_hosts_keys_in_proc(workspace):
+    """/proc/keys lists the ids, types and names of every key the sandbox's uid may view (the keyring
+    filter refuses the calls, not this file): a genrule read them. It and Docker's other masked /proc
+    files (sandbox.MASKED_PROC_FILES) are covered in every sandbox; reading one fails."""
+    require_tool("bwrap")
+    Path("/proc/keys").read_text()  # readable here, outside
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "k", outs = ["o"], '
+                                        'cmd = "(cat /proc/keys /proc/key-users 2>&1; true) > $(OUTS)")\n')
+    workspace.hb("build", "//p:k")
+    found = (workspace.root / "hb-out/p/k/o").read_text()
+    assert "keyring" not in found and found.count("Permission denied") == 2, found
