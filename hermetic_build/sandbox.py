@@ -56,6 +56,16 @@ class SandboxSupport:
     path: str | None
     usable: bool
     reason: str = ""
+    no_nested_userns: bool = False  # whether NO_NESTED_USERNS works here
+
+
+# What keeps a command from making user namespaces of its own: in one it holds every capability, which
+# opens the kernel interfaces most local privilege escalations go through (nf_tables, mounts of other
+# filesystems); a genrule's `unshare -U` worked before (reproduced). bubblewrap sets
+# user.max_user_namespaces to 0 inside (Docker's default profile refuses the same clone and unshare
+# calls). It needs a user namespace of the sandbox's own (--unshare-user, where --unshare-all only tries
+# one), so it is used only where the probe below could start a sandbox with it.
+NO_NESTED_USERNS = ("--unshare-user", "--disable-userns")
 
 
 @functools.cache
@@ -63,12 +73,22 @@ def sandbox_support() -> SandboxSupport:
     path = shutil.which("bwrap")
     if not path:
         return SandboxSupport(None, False)
-    probe = subprocess.run([path, "--unshare-all", "--ro-bind", "/", "/", "true"],
+    probe = subprocess.run([path, "--unshare-all", *NO_NESTED_USERNS, "--ro-bind", "/", "/", "true"],
                            check=False, capture_output=True, stdin=subprocess.DEVNULL)
     if probe.returncode == 0:
+        return SandboxSupport(path, True, no_nested_userns=True)
+    probe = subprocess.run([path, "--unshare-all", "--ro-bind", "/", "/", "true"],
+                           check=False, capture_output=True, stdin=subprocess.DEVNULL)
+    if probe.returncode == 0:  # bubblewrap before 0.8, or a user namespace it may not make here
         return SandboxSupport(path, True)
     said = probe.stderr.decode(errors="replace").strip() or f"it exited with status {probe.returncode}"
     return SandboxSupport(path, False, said)
+
+
+def confinement() -> list[str]:
+    """CONFINEMENT, and NO_NESTED_USERNS where bubblewrap can do it here: the options of every command's
+    and long-lived helper's sandbox."""
+    return [*CONFINEMENT, *(NO_NESTED_USERNS if sandbox_support().no_nested_userns else ())]
 
 
 def bwrap_path() -> str | None:
@@ -310,7 +330,7 @@ class ActionExecution:
         env = {**self.base_env(bwrap is not None), **(extra_env or {})}
         if bwrap:
             workdir = f"{SANDBOX_ROOT}/execroot"
-            cmd = [bwrap, *CONFINEMENT, "--die-with-parent"]
+            cmd = [bwrap, *confinement(), "--die-with-parent"]
             if network:
                 cmd.append("--share-net")
             if root is not None:
@@ -519,7 +539,7 @@ def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dic
     # when its stdin closes instead (hb exited, or gave it up)
     # bwrap is started by `env -i`: it stays in the sandbox as PID 1, whose /proc/1/environ the helper
     # can read (run_command passes it an empty environment itself)
-    cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *CONFINEMENT, *host_system_arguments(False)]
+    cmd = [shutil.which("env") or "/usr/bin/env", "-i", bwrap, *confinement(), *host_system_arguments(False)]
     cmd += [*proc_arguments(), "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in read_only:
         if os.path.exists(path):

@@ -212,3 +212,29 @@ def test_a_command_cannot_list_the_hosts_keys_in_proc(workspace):
     workspace.hb("build", "//p:k")
     found = (workspace.root / "hb-out/p/k/o").read_text()
     assert "keyring" not in found and found.count("Permission denied") == 2, found
+
+
+USERNS_PROBE = r'''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER: every capability in a namespace of its own
+    print("made a user namespace")
+else:
+    print(f"refused: {os.strerror(ctypes.get_errno())}")
+'''
+
+
+def test_a_command_cannot_make_a_user_namespace(workspace):
+    """In a user namespace of its own a process holds every capability, which opens the kernel interfaces
+    most local privilege escalations go through; a genrule made one (reproduced). bubblewrap now
+    disables further user namespaces in every command's sandbox (sandbox.NO_NESTED_USERNS)."""
+    from hermetic_build.sandbox import sandbox_support
+
+    require_tool("bwrap")
+    assert sandbox_support().no_nested_userns, "this bubblewrap cannot disable user namespaces (0.8 or later can)"
+    workspace.write("p/probe.py", USERNS_PROBE)
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "u", srcs = ["probe.py"], outs = ["o"], '
+                                        'cmd = "python3 $(SRCS) > $(OUTS)")\n')
+    workspace.hb("build", "//p:u")
+    found = (workspace.root / "hb-out/p/u/o").read_text()
+    assert found.startswith("refused: ") and "made" not in found, found

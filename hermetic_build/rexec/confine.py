@@ -52,7 +52,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, host_system_arguments, proc_arguments
+from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, confinement, host_system_arguments, proc_arguments
 
 # the uid and gid a confined worker_exec has inside its sandbox: any but 0 (see the module's doc)
 INSIDE_ID = "1000"
@@ -284,7 +284,7 @@ def nesting_works() -> str | None:
         return "bubblewrap is not usable here"
     with tempfile.TemporaryDirectory(prefix="hb-confine-probe-") as probe:
         give_to_confined(Path(probe))
-        inner = [bwrap_path(), *CONFINEMENT, *host_system_arguments(False), *proc_arguments(), "--dev", "/dev"]
+        inner = [bwrap_path(), *confinement(), *host_system_arguments(False), *proc_arguments(), "--dev", "/dev"]
         argv = [*confinement_argv(Path(probe), {}), *inner, "--", "true"]
         if not confinement_argv(Path(probe), {}):
             return "bubblewrap is not usable here"
