@@ -139,7 +139,7 @@ def etc_arguments(network: bool) -> list[str]:
 
 # Files of a sandbox's /proc that show the host's kernel state, hidden as Docker's default masked paths
 # hide them: /proc/keys and /proc/key-users list the keys (ids, types and names) of every keyring the
-# sandbox's uid may view, the builder's session and user keyrings included (the keyring filter refuses
+# sandbox's uid may view, the builder's session and user keyrings included (the seccomp filter refuses
 # the calls that read them: seccomp.py), and the others show the kernel's timers and memory. Each is
 # bound over by /dev/null, which a sandbox cannot open (its /proc is nodev): reading one fails with
 # EACCES. Not for the confinement of `hb worker`, whose /proc must stay fully visible so that the
@@ -500,15 +500,15 @@ _seccomp_lock = threading.Lock()
 
 def seccomp_program() -> int | None:
     """A new descriptor (close it after the command started) from which bubblewrap's --seccomp reads the
-    keyring filter (hermetic_build/seccomp.py); None where this machine's syscall numbers are not known.
+    seccomp filter (hermetic_build/seccomp.py); None where this machine's syscall numbers are not known.
     One memfd holds the program; each command gets a descriptor of its own, opened again through /proc
     (a shared one's offset would be at its end for the second reader)."""
     global _seccomp_memfd
     with _seccomp_lock:
         if _seccomp_memfd is None:
-            from .seccomp import keyring_filter
+            from .seccomp import syscall_filter
 
-            program = keyring_filter()
+            program = syscall_filter()
             if program is None:
                 return None
             fd = os.memfd_create("hb-seccomp", os.MFD_CLOEXEC)
@@ -550,7 +550,7 @@ def worker_command(argv: list[str], *, read_only: tuple[str, ...] = (), env: dic
 
 
 def start_helper(command: HelperCommand | list[str], **popen_arguments) -> subprocess.Popen:
-    """Start a helper (worker_command; a plain argv runs as it is). bubblewrap installs hb's keyring filter
+    """Start a helper (worker_command; a plain argv runs as it is). bubblewrap installs hb's seccomp filter
     (hermetic_build/seccomp.py) before the helper runs, as for run_command: the kernel's keyrings are not
     namespaced, and a helper subverted by the hostile bytes it parses read the session keyring of the
     user who builds (reproduced with a helper made to call keyctl)."""

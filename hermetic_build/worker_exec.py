@@ -240,14 +240,14 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
         import signal
 
         from .rexec.confine import is_dumpable, make_non_dumpable
-        from .seccomp import keyring_filter, keyrings_blocked
+        from .seccomp import syscall_filter, syscall_filter_active
 
         # non-dumpable, as the fork server (rexec/forkserver_start.py) it inherits that from: a dumpable
         # fork server (whose memory an action could write: every later action is forked from it) runs
-        # no action; nor one that has not blocked the keyrings (seccomp.block_keyrings)
+        # no action; nor one without the seccomp filter (seccomp.install_syscall_filter)
         dumpable = is_dumpable()
         make_non_dumpable()
-        keyrings_open = keyring_filter() is not None and not keyrings_blocked()
+        unfiltered = syscall_filter() is not None and not syscall_filter_active()
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         null = os.open(os.devnull, os.O_RDONLY)
@@ -257,8 +257,8 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
             out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             os.dup2(out, fd)
             os.close(out)
-        if dumpable or keyrings_open:
-            print(f"hb worker_exec: the fork server is {'dumpable' if dumpable else 'not keyring-filtered'}: "
+        if dumpable or unfiltered:
+            print(f"hb worker_exec: the fork server is {'dumpable' if dumpable else 'without its seccomp filter'}: "
                   "it runs no action", file=sys.stderr)
             return
         os.environ.clear()
@@ -281,12 +281,12 @@ def run_forked(root: str, env: dict, stdout_path: str, stderr_path: str) -> None
 
 def main(argv: list[str] | None = None) -> int:
     die_with_worker()
-    from .seccomp import block_keyrings
+    from .seccomp import install_syscall_filter
 
-    # no keyring call for this process and all it starts, before any action's code: the keyrings are
-    # not namespaced (seccomp.block_keyrings); None: this machine's syscall numbers are not known
-    if block_keyrings() is False:
-        print("hb worker_exec: the kernel refused the keyring filter (seccomp): no action runs",
+    # no keyring call (nor io_uring, bpf...) for this process and all it starts, before any action's code:
+    # the keyrings are not namespaced (seccomp.py); None: this machine's syscall numbers are not known
+    if install_syscall_filter() is False:
+        print("hb worker_exec: the kernel refused the seccomp filter: no action runs",
               file=sys.stderr)
         return REFUSED
     argv = sys.argv[1:] if argv is None else argv

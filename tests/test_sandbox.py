@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import require_tool
 
 from hermetic_build.sandbox import ETC_ENTRIES, SandboxSupport, etc_arguments, isolation_note
@@ -143,8 +144,6 @@ def test_a_command_cannot_read_the_keyrings_of_the_user_who_builds(workspace, tm
     keyctl, add_key and request_key fail with ENOSYS, as under Docker's default profile."""
     import platform
 
-    import pytest
-
     keyctl = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
     if keyctl is None:
         pytest.fail(f"no keyring syscall numbers for {platform.machine()} in this test")
@@ -182,8 +181,6 @@ def test_a_long_lived_helper_cannot_read_the_keyrings_of_the_user_who_builds(tmp
     genrule did (reproduced with this probe as the helper). start_helper now hands bubblewrap the same
     keyring filter as run_command."""
     import platform
-
-    import pytest
 
     keyctl = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
     if keyctl is None:
@@ -238,3 +235,30 @@ def test_a_command_cannot_make_a_user_namespace(workspace):
     workspace.hb("build", "//p:u")
     found = (workspace.root / "hb-out/p/u/o").read_text()
     assert found.startswith("refused: ") and "made" not in found, found
+
+
+IO_URING_PROBE = r'''
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+fd = libc.syscall(ctypes.c_long(int(sys.argv[1])), ctypes.c_long(1), params)
+print("io_uring:", "an instance" if fd >= 0 else os.strerror(ctypes.get_errno()))
+'''
+
+
+def test_a_command_cannot_reach_io_uring(workspace):
+    """io_uring is a path into the kernel that most recent kernel exploits took (Docker refuses it since
+    25.0); a genrule set up an instance (reproduced). The seccomp filter refuses it with ENOSYS, as a
+    kernel without io_uring would, so a program that tries it falls back to epoll."""
+    import platform
+
+    require_tool("bwrap")
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.fail(f"no io_uring_setup number for {platform.machine()} in this test")
+    workspace.write("p/probe.py", IO_URING_PROBE)
+    workspace.write("p/BUILD.hermetic", 'genrule(name = "u", srcs = ["probe.py"], outs = ["o"], '
+                                        'cmd = "python3 $(SRCS) 425 > $(OUTS)")\n')
+    workspace.hb("build", "//p:u")
+    found = (workspace.root / "hb-out/p/u/o").read_text()
+    assert found == "io_uring: Function not implemented\n", found

@@ -1,6 +1,6 @@
-"""The keyring filter's program (hermetic_build/seccomp.py) for every machine it knows, run by a small
-classic-BPF interpreter here: the three keyring calls of each ABI refused with ENOSYS, every other call
-allowed, an unknown ABI refused. The numbers are checked against libseccomp's scmp_sys_resolver (the
+"""The seccomp filter's program (hermetic_build/seccomp.py) for every machine it knows, run by a small
+classic-BPF interpreter here: the refused calls (keyrings, io_uring, bpf, perf_event_open, userfaultfd) of
+each ABI refused with ENOSYS, every other call allowed, an unknown ABI refused. The numbers are checked against libseccomp's scmp_sys_resolver (the
 kernel's syscall tables) and the AUDIT_ARCH values against linux/audit.h, so a machine this suite never
 runs on still gets the filter it needs."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hermetic_build.seccomp import _KEYRING_SYSCALLS, keyring_filter
+from hermetic_build.seccomp import _REFUSED_SYSCALLS, REFUSED_CALLS, syscall_filter
 
 ALLOW, REFUSE = 0x7FFF0000, 0x00050000 | errno.ENOSYS
 # libseccomp's names of the ABIs (scmp_sys_resolver -a); the audit.h name of each
@@ -27,12 +27,12 @@ ABIS = {
     0x00000016: ("s390", "AUDIT_ARCH_S390"), 0xC00000F3: ("riscv64", "AUDIT_ARCH_RISCV64"),
     0x400000F3: ("riscv32", "AUDIT_ARCH_RISCV32"), 0xC0000102: ("loongarch64", "AUDIT_ARCH_LOONGARCH64"),
 }
-CALLS = ("add_key", "request_key", "keyctl")
+CALLS = REFUSED_CALLS
 
 
 def run_bpf(program: bytes, arch: int, nr: int) -> int:
     """What the kernel's classic-BPF interpreter returns for a call `nr` of ABI `arch` (the opcodes
-    keyring_filter uses: ld [abs], jeq #k, and #k, ret #k)."""
+    syscall_filter uses: ld [abs], jeq #k, and #k, ret #k)."""
     data = struct.pack("=iI", nr, arch) + bytes(56)  # struct seccomp_data: nr, arch, ip, args
     insns = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
     acc, pc = 0, 0
@@ -51,10 +51,10 @@ def run_bpf(program: bytes, arch: int, nr: int) -> int:
             raise AssertionError(f"opcode {code:#x} at {pc - 1}")
 
 
-@pytest.mark.parametrize("machine", sorted(_KEYRING_SYSCALLS))
-def test_each_abi_of_each_machine_has_its_keyring_calls_refused_and_nothing_else(machine):
-    program = keyring_filter(machine)
-    for arch, numbers, mask in _KEYRING_SYSCALLS[machine]:
+@pytest.mark.parametrize("machine", sorted(_REFUSED_SYSCALLS))
+def test_each_abi_of_each_machine_has_its_refused_calls_refused_and_nothing_else(machine):
+    program = syscall_filter(machine)
+    for arch, numbers, mask in _REFUSED_SYSCALLS[machine]:
         for nr in numbers:
             assert run_bpf(program, arch, nr) == REFUSE, (machine, hex(arch), nr)
             if mask is not None:  # x32: the same call with bit 30 set
@@ -66,7 +66,7 @@ def test_each_abi_of_each_machine_has_its_keyring_calls_refused_and_nothing_else
 
 
 def test_a_machine_without_numbers_gets_no_filter():
-    assert keyring_filter("sparc64") is None
+    assert syscall_filter("sparc64") is None
 
 
 def test_the_numbers_are_the_kernels():
@@ -77,7 +77,7 @@ def test_the_numbers_are_the_kernels():
     assert resolver, "scmp_sys_resolver is missing: apt-get install seccomp (.ci/run installs it)"
     generic = tuple(int(subprocess.run([resolver, "-a", "aarch64", call], capture_output=True, text=True,
                                        check=True).stdout) for call in CALLS)
-    for arches in _KEYRING_SYSCALLS.values():
+    for arches in _REFUSED_SYSCALLS.values():
         for arch, numbers, mask in arches:
             name = ABIS[arch][0]
             found = []

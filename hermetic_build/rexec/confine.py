@@ -52,7 +52,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..sandbox import CONFINEMENT, FIXED_PATH, bwrap_path, confinement, host_system_arguments, proc_arguments
+from ..sandbox import FIXED_PATH, bwrap_path, confinement, host_system_arguments, proc_arguments
 
 # the uid and gid a confined worker_exec has inside its sandbox: any but 0 (see the module's doc)
 INSIDE_ID = "1000"
