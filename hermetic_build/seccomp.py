@@ -1,11 +1,12 @@
 """The seccomp filter hb puts on what runs untrusted code: the kernel's keyrings closed (keyctl, add_key
-and request_key fail with ENOSYS), and the other kernel interfaces of REFUSED_CALLS. Keyrings are not namespaced, so a sandbox does not hide them: a process
-possesses the session keyring it inherited (a login's, pam_keyinit; as root, root's) and may read its
-keys, and /proc/keys lists, and KEYCTL_LINK attaches to its own keyring, the host user keyring of the uid
-it runs as, whose keys it then reads (reproduced, with a real BotWorker and with `hb build`'s own sandbox).
-Docker's default profile refuses the same calls. Its users: the confined worker_exec of `hb worker`
-(install_syscall_filter, installed in itself) and every command and long-lived helper hb runs in
-bubblewrap (sandbox.run_command and sandbox.start_helper, given to bubblewrap's --seccomp)."""
+and request_key fail with ENOSYS), and the other kernel interfaces of REFUSED_CALLS. Keyrings are not
+namespaced, so a sandbox does not hide them: a process possesses the session keyring it inherited (a
+login's, pam_keyinit; as root, root's) and may read its keys, and /proc/keys lists, and KEYCTL_LINK
+attaches to its own keyring, the host user keyring of the uid it runs as, whose keys it then reads
+(reproduced, with a real BotWorker and with `hb build`'s own sandbox). Docker's default profile refuses
+the same calls. Its users: the confined worker_exec of `hb worker` (install_syscall_filter, installed in
+itself) and every command and long-lived helper hb runs in bubblewrap (ActionExecution.run_command and
+sandbox.start_helper, given to bubblewrap's --seccomp)."""
 
 from __future__ import annotations
 

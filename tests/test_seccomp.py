@@ -1,8 +1,8 @@
 """The seccomp filter's program (hermetic_build/seccomp.py) for every machine it knows, run by a small
-classic-BPF interpreter here: the refused calls (keyrings, io_uring, bpf, perf_event_open, userfaultfd) of
-each ABI refused with ENOSYS, every other call allowed, an unknown ABI refused. The numbers are checked against libseccomp's scmp_sys_resolver (the
-kernel's syscall tables) and the AUDIT_ARCH values against linux/audit.h, so a machine this suite never
-runs on still gets the filter it needs."""
+classic-BPF interpreter here: the refused calls (keyrings, io_uring, bpf, perf_event_open, userfaultfd)
+of each ABI refused with ENOSYS, every other call allowed, an unknown ABI refused. The numbers are
+checked against libseccomp's scmp_sys_resolver (the kernel's syscall tables) and the AUDIT_ARCH values
+against linux/audit.h, so a machine this suite never runs on still gets the filter it needs."""
 
 from __future__ import annotations
 
