@@ -3,6 +3,7 @@ environment and, where bubblewrap is installed, no network and no view of the re
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -354,17 +355,10 @@ class ActionExecution:
             cmd += ["--chdir", workdir]
             for key, value in env.items():
                 cmd += ["--setenv", key, value]
-            program = seccomp_program()  # the kernel's keyrings closed to the command (hermetic_build/seccomp.py)
-            if program is not None:
-                cmd += ["--seccomp", str(program)]
-            cmd += ["--", *argv]
             # bwrap itself gets no environment: its process stays in the sandbox's PID namespace as
             # PID 1, where the command can read /proc/1/environ (it had hb's whole environment)
-            try:
-                returncode, out, err = run_captured(cmd, env={}, pass_fds=() if program is None else (program,))
-            finally:
-                if program is not None:
-                    os.close(program)
+            with seccomp_arguments() as (seccomp, fds):
+                returncode, out, err = run_captured([*cmd, *seccomp, "--", *argv], env={}, pass_fds=fds)
         else:
             returncode, out, err = run_captured(argv, cwd=self.execroot, env=env)
         self.stdout += out
@@ -412,8 +406,6 @@ def run_captured(argv: list[str], *, env: dict, cwd=None, limit: int = OUTPUT_LI
                  pass_fds: tuple[int, ...] = ()) -> tuple[int, bytes, bytes]:
     """Run argv with stdin /dev/null (and the descriptors pass_fds); its exit status and its stdout and
     stderr, each read to the end but kept to at most about `limit` bytes (_BoundedOutput)."""
-    import threading
-
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, pass_fds=pass_fds)
     kept = (_BoundedOutput(limit), _BoundedOutput(limit))
@@ -517,6 +509,21 @@ def seccomp_program() -> int | None:
     return os.open(f"/proc/self/fd/{_seccomp_memfd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
+@contextlib.contextmanager
+def seccomp_arguments():
+    """(bubblewrap's --seccomp arguments, the descriptors to pass it) for one command that starts inside
+    the block: the seccomp filter of hermetic_build/seccomp.py on a descriptor of its own, closed after;
+    ([], ()) where this machine's syscall numbers are not known."""
+    program = seccomp_program()
+    if program is None:
+        yield [], ()
+        return
+    try:
+        yield ["--seccomp", str(program)], (program,)
+    finally:
+        os.close(program)
+
+
 @dataclass(frozen=True)
 class HelperCommand:
     """A long-lived helper's command (worker_command): bubblewrap's options (empty where bubblewrap is
@@ -558,14 +565,8 @@ def start_helper(command: HelperCommand | list[str], **popen_arguments) -> subpr
         return subprocess.Popen(list(command), **popen_arguments)
     if not command.options:
         return subprocess.Popen(list(command.argv), **popen_arguments)
-    program = seccomp_program()
-    if program is None:
-        return subprocess.Popen([*command.options, "--", *command.argv], **popen_arguments)
-    try:
-        return subprocess.Popen([*command.options, "--seccomp", str(program), "--", *command.argv],
-                                pass_fds=(program,), **popen_arguments)
-    finally:
-        os.close(program)
+    with seccomp_arguments() as (seccomp, fds):
+        return subprocess.Popen([*command.options, *seccomp, "--", *command.argv], pass_fds=fds, **popen_arguments)
 
 
 def root_arguments(rootfs: Path) -> list[str]:
